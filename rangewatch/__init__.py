@@ -1,0 +1,24 @@
+"""rangewatch: catch value-range mistakes in image and diffusion training while the run is young."""
+
+from .conventions import Convention, get_convention, list_conventions, register_convention
+from .expectation import Expectation
+from .findings import Finding, RangeMismatchError
+from .inference import Inference, infer_convention
+from .stats import RangeStats, RangeSummary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Convention",
+    "Expectation",
+    "Finding",
+    "Inference",
+    "RangeMismatchError",
+    "RangeStats",
+    "RangeSummary",
+    "get_convention",
+    "infer_convention",
+    "list_conventions",
+    "register_convention",
+    "__version__",
+]

@@ -1,0 +1,39 @@
+"""Real photographs shipped inside scikit-image (no download), as torch tensors."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+COLOUR = ["astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "rocket", "colorwheel"]
+GRAY = ["camera", "moon", "coins", "page", "grass", "gravel", "cell"]
+
+
+@functools.lru_cache(maxsize=None)
+def photo(name: str) -> np.ndarray:
+    """HWC (or HW) uint8 array of a scikit-image photo; 'motorcycle_left/right' and 'logo' (RGBA) too."""
+    data = pytest.importorskip("skimage.data", reason="scikit-image ships the test photos")
+    if name.startswith("motorcycle_"):
+        left, right, _ = data.stereo_motorcycle()
+        return left if name.endswith("left") else right
+    return getattr(data, name)()
+
+
+def all_names() -> list[str]:
+    return COLOUR + ["motorcycle_left", "motorcycle_right", "logo"] + GRAY
+
+
+def as_tensor(name: str, max_side: int = 384) -> torch.Tensor:
+    """CHW uint8 tensor via torchvision's ToImage, downscaled so the longest side is <= max_side."""
+    from torchvision.transforms import v2
+
+    img = photo(name)
+    t = v2.ToImage()(img)
+    h, w = t.shape[-2:]
+    if max(h, w) > max_side:
+        s = max_side / max(h, w)
+        t = v2.functional.resize(t, [max(8, int(h * s)), max(8, int(w * s))], antialias=True)
+    return t.as_subclass(torch.Tensor)
