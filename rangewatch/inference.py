@@ -73,6 +73,8 @@ def _summary(x: torch.Tensor | RangeStats | RangeSummary, channel_dim: int | Non
         return x.compute()
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"infer_convention takes a tensor, RangeStats or RangeSummary, got {type(x).__name__}")
+    if x.numel() == 0:
+        return RangeStats(channel_dim=channel_dim).compute()
     st = RangeStats(channel_dim=channel_dim)
     st.update(x, detail=True)
     return st.compute()
