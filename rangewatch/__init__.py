@@ -1,5 +1,7 @@
 """rangewatch: catch value-range mistakes in image and diffusion training while the run is young."""
 
+from .callback import RangeWatch
+from .config import ConfigError
 from .conventions import Convention, get_convention, list_conventions, register_convention
 from .expectation import Expectation
 from .findings import Finding, RangeMismatchError
@@ -9,7 +11,9 @@ from .stats import RangeStats, RangeSummary
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigError",
     "Convention",
+    "RangeWatch",
     "Expectation",
     "Finding",
     "Inference",

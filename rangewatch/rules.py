@@ -63,16 +63,16 @@ def check_expectation(
         f"{inference.convention.label}" if inference.convention is not None else "values that fit no known convention"
     )
     lo, hi = exp.bounds(summary.channels)
-    evidence = (
-        f"{where} looks like {seen} ({inference.evidence}); "
-        f"{exp.label} would keep values within {'/'.join(f'{v:.3g}' for v in lo)} .. {'/'.join(f'{v:.3g}' for v in hi)}"
-    )
+    evidence = f"{where} looks like {seen}: {inference.evidence}; {exp.label} data would span {'/'.join(f'{v:.3g}' for v in lo)} .. {'/'.join(f'{v:.3g}' for v in hi)}"
     if spill > 0:
         evidence += f", but they overshoot by {spill:.1%} of the range"
+    target = where.split(":")[0]
+    if target.startswith(("batch", "val/batch")):
+        target = f"the data pipeline that produces {target.removeprefix('val/')} (end of dataset.transform)"
     if observed != "unknown":
-        fix = conversion_fix(observed, exp, where.split(":")[0])
+        fix = conversion_fix(observed, exp, target)
     else:
-        fix = f"check the preprocessing feeding {where.split(':')[0]}: it should produce {exp.label}"
+        fix = f"check the preprocessing feeding {target}: it should produce {exp.label}"
     sev = "error" if (inference.confident or spill > 0.25) else "warning"
     return Finding(
         kind="mismatch",

@@ -1,0 +1,463 @@
+"""The Lightning callback: wires taps -> stats -> inference/rules -> findings -> sinks."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from .config import ConfigError, check_bool, check_choice, check_expect, check_int, check_str_list, load_options
+from .conventions import Convention, get_convention
+from .expectation import Expectation
+from .findings import Finding, RangeMismatchError
+from .inference import Inference, infer_convention
+from .rules import check_expectation
+from .sinks import LoggerSink, findings_markdown, tag
+from .stats import RangeStats, RangeSummary
+from .taps import DEFAULT_SKIP_KEYS, ModuleTaps, find_images, image_channel_dim, parse_tap_key
+
+__all__ = ["RangeWatch"]
+
+Policy = Literal["warn", "raise", "log"]
+_POLICIES = ("warn", "raise", "log")
+_QUIET_KINDS = ("note", "internal")  # never raise for these
+
+
+@dataclass
+class _Tap:
+    name: str
+    channel_dim: int
+    stats: RangeStats
+    fed: bool = False
+    disabled: bool = False
+    inferred: Inference | None = None
+    bounds: str | None = None
+    steps_checked: int = 0
+    history: list[str] = field(default_factory=list)
+
+
+class RangeWatch(Callback):
+    r"""Watch the value ranges of batches and model inputs/outputs; say at the first batch when they
+    do not follow what each model expects, with the evidence and the fix.
+
+    Taps: every image-like tensor in train and validation batches (named by path: ``batch.image``,
+    ``batch[0]``, ``batch.cond.pixels``), and the inputs/outputs of the submodules named in
+    ``expect`` or ``modules`` (``"vae.encoder"`` = its input, ``"decoder:output"`` = its output).
+    Statistics are accumulated on the tensor's device every step and brought to the host only on
+    check steps: the first ``check_first_n`` batches, then every ``log_every_n_steps``.
+
+    Args:
+        expect: tap -> convention name, e.g. ``{"batch.lq": "symmetric", "vae.encoder": "symmetric",
+            "image_encoder": "clip"}`` (any name from :func:`rangewatch.list_conventions`).
+        batch_keys: only watch these batch paths (``"batch.lq"`` or ``"lq"``); default: all image-like.
+        skip_keys: glob patterns of batch keys never treated as images (masks, labels, token ids).
+        modules: more submodules to watch (inputs and outputs) without an expectation.
+        policy: ``"warn"`` (one rank-zero warning per distinct finding), ``"raise"`` (raise
+            :class:`~rangewatch.RangeMismatchError` at the first batch that shows one), ``"log"``.
+        check_first_n: number of first train batches that are all checked.
+        log_every_n_steps: check/log interval; default: the Trainer's ``log_every_n_steps``.
+        histograms: log per-channel histograms to TensorBoard at check steps.
+        hist_bins: histogram bins per channel.
+        watch_validation: also watch validation batches (taps ``val/batch...``).
+
+    Example::
+
+        >>> import lightning.pytorch as pl
+        >>> from rangewatch import RangeWatch
+        >>> watch = RangeWatch(expect={"batch.image": "symmetric"}, policy="warn")
+        >>> trainer = pl.Trainer(callbacks=[watch], max_steps=1, logger=False, enable_progress_bar=False,
+        ...                      enable_model_summary=False, enable_checkpointing=False)
+        >>> watch.findings
+        []
+
+    TensorBoard tags: ``rangewatch/<tap>/<stat>/c<k>`` with stat in ``min``, ``max``, ``mean``,
+    ``std``, ``nonfinite``, ``out_of_range``; histograms ``rangewatch/<tap>/hist/c<k>``; the
+    findings table as text under ``rangewatch/findings``.
+    """
+
+    def __init__(
+        self,
+        expect: dict[str, str] | None = None,
+        batch_keys: list[str] | None = None,
+        skip_keys: list[str] | None = None,
+        modules: list[str] | None = None,
+        policy: Policy = "warn",
+        check_first_n: int = 3,
+        log_every_n_steps: int | None = None,
+        histograms: bool = True,
+        hist_bins: int = 64,
+        watch_validation: bool = True,
+    ) -> None:
+        super().__init__()
+        self.expect = check_expect(expect)
+        self.batch_keys = check_str_list("batch_keys", batch_keys)
+        self.skip_keys = tuple(check_str_list("skip_keys", skip_keys) or DEFAULT_SKIP_KEYS)
+        self.modules = check_str_list("modules", modules) or []
+        self.policy: Policy = check_choice("policy", policy, _POLICIES)  # type: ignore[assignment]
+        self.check_first_n = check_int("check_first_n", check_first_n, 0)
+        self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, 1, allow_none=True)
+        self.histograms = check_bool("histograms", histograms)
+        self.hist_bins = check_int("hist_bins", hist_bins, 1)
+        self.watch_validation = check_bool("watch_validation", watch_validation)
+
+        self.findings: list[Finding] = []
+        self.expectations: dict[str, Expectation] = {}
+        self._reported: set[tuple[str, str, str, str]] = set()
+        self._taps: dict[str, _Tap] = {}
+        self._pending_states: dict[str, dict[str, Any]] = {}
+        self._module_taps = ModuleTaps(self._on_module_tensor)
+        self._train_batches = 0
+        self._detail = False
+        self._check_now = False
+        self._step_at_start = 0
+        self._sink: LoggerSink | None = None
+        self._trainer: pl.Trainer | None = None
+        self._notes: set[str] = set()
+        self._set_declared()
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RangeWatch":
+        """Options from a plain YAML file (top level, under ``rangewatch:``, or a LightningCLI entry)."""
+        return cls(**load_options(path, cls.__init__))
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(expect=sorted(self.expect.items()), policy=self.policy)
+
+    def _set_declared(self) -> None:
+        for key, conv in self.expect.items():
+            name = self._tap_name_for_key(key)
+            self.expectations[name] = Expectation(conv, f"declared in RangeWatch(expect={{{key!r}: {conv!r}}})", "declared",
+                                                  "batch" if name.startswith("batch") else parse_tap_key(key)[1])  # type: ignore[arg-type]
+
+    @staticmethod
+    def _tap_name_for_key(key: str) -> str:
+        if key.startswith("batch"):
+            return key
+        if key.startswith("val/"):
+            return key
+        name, side = parse_tap_key(key)
+        return f"{name}:{side}"
+
+    def expectation_for(self, tap: str) -> Expectation | None:
+        """The expectation that applies to a tap (validation batch taps share the train key)."""
+        if tap in self.expectations:
+            return self.expectations[tap]
+        if tap.startswith("val/"):
+            return self.expectations.get(tap[4:])
+        if tap.startswith("batch."):
+            return None
+        return None
+
+    # ------------------------------------------------------------------ lifecycle
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+        self._sink = LoggerSink(list(trainer.loggers)) if trainer.is_global_zero else None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._attach(pl_module)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._module_taps.handles:
+            self._attach(pl_module)
+
+    def _attach(self, pl_module: pl.LightningModule) -> None:
+        wanted: dict[str, set[str]] = {}
+        for key in list(self.expect) + list(self.modules):
+            if key.startswith("batch") or key.startswith("val/"):
+                continue
+            name, side = parse_tap_key(key)
+            sides = wanted.setdefault(name, set())
+            if ":" in key or key in self.expect:
+                sides.add(side)
+            else:  # modules=[...] without a side: both
+                sides.update(("input", "output"))
+        missing = self._module_taps.attach(pl_module, wanted)
+        if missing:
+            self._module_taps.detach()
+            names = [n for n, _ in pl_module.named_modules() if n]
+            msgs = []
+            for m in missing:
+                close = difflib.get_close_matches(m, names, n=3)
+                msgs.append(f"{m!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
+            raise ConfigError(
+                f"RangeWatch: no submodule named {', '.join(msgs)} in {type(pl_module).__name__}; "
+                f"named submodules include: {', '.join(names[:25])}{' ...' if len(names) > 25 else ''}"
+            )
+        if self.expectations:
+            lines = [f"  {tap}: {e.convention} ({e.source})" for tap, e in sorted(self.expectations.items())]
+            rank_zero_info("rangewatch expectations:\n" + "\n".join(lines))
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._module_taps.detach()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._module_taps.detach()
+
+    # ------------------------------------------------------------------ taps
+    def _new_tap(self, name: str, t: torch.Tensor, channel_dim: int) -> _Tap:
+        exp = self.expectation_for(name)
+        bounds = exp.convention if exp is not None and exp.conv.kind == "pixel" else None
+        stats = self._make_stats(channel_dim, bounds)
+        tap = _Tap(name, channel_dim, stats, bounds=bounds)
+        pending = self._pending_states.pop(name, None)
+        if pending is not None:
+            tap.bounds = pending.get("bounds", bounds)
+            tap.stats = self._make_stats(channel_dim, tap.bounds)
+            tap.stats.load_state_dict(pending["stats"])
+            tap.stats.dtypes_seen = set(pending.get("dtypes", ()))
+            tap.stats.to(t.device)
+            tap.steps_checked = int(pending.get("steps_checked", 0))
+        self._taps[name] = tap
+        return tap
+
+    def _make_stats(self, channel_dim: int, bounds: str | None) -> RangeStats:
+        trainer = self._trainer
+        sync_fn = None
+        if trainer is not None and trainer.world_size > 1:
+            strategy = trainer.strategy
+
+            def sync_fn(t: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
+                return list(strategy.all_gather(t).unbind(0))
+
+        return RangeStats(channel_dim=channel_dim, bounds=bounds, hist_bins=self.hist_bins if self.histograms else 0,
+                          dist_sync_fn=sync_fn)
+
+    def _feed(self, name: str, t: torch.Tensor, channel_dim: int) -> None:
+        tap = self._taps.get(name)
+        try:
+            if tap is None:
+                tap = self._new_tap(name, t, channel_dim)
+            if tap.disabled:
+                return
+            tap.stats.update(t, detail=self._detail)
+            tap.fed = True
+        except (ConfigError, RangeMismatchError):
+            raise
+        except Exception as e:  # rangewatch must never be the cause of a failed run
+            self._internal(name, e, tap)
+
+    def _on_module_tensor(self, tap_name: str, t: torch.Tensor) -> None:
+        tap = self._taps.get(tap_name)
+        if tap is not None and tap.disabled:
+            return
+        if tap is None:
+            if not (t.is_floating_point() or t.dtype == torch.uint8) or t.dim() < 2 or t.numel() == 0:
+                self._note_once(tap_name, f"{tap_name} carries a {t.dtype} tensor of shape {tuple(t.shape)}: not image-like, not watched")
+                self._taps[tap_name] = _Tap(tap_name, 1, RangeStats(), disabled=True)
+                return
+            cd = image_channel_dim(t, channels=tuple(range(1, 65)))
+            self._feed(tap_name, t, 1 if cd is None else cd)
+            return
+        self._feed(tap_name, t, tap.channel_dim)
+
+    def _feed_batch(self, batch: Any, prefix: str) -> None:
+        try:
+            images = find_images(batch, self.batch_keys, self.skip_keys)
+        except Exception as e:
+            self._internal(f"{prefix}batch", e, None)
+            return
+        for img in images:
+            self._feed(prefix + img.path, img.tensor, img.channel_dim)
+
+    # ------------------------------------------------------------------ train / validation hooks
+    def _is_check_step(self, trainer: pl.Trainer) -> bool:
+        every = self.log_every_n_steps or max(1, int(getattr(trainer, "log_every_n_steps", 50) or 50))
+        return self._train_batches < self.check_first_n or trainer.global_step % every == 0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._check_now = self._is_check_step(trainer)
+        self._detail = self._check_now
+        self._step_at_start = int(trainer.global_step)
+        self._feed_batch(batch, "")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._train_batches += 1
+        if self._check_now:
+            self._check(trainer, lambda n: not n.startswith("val/"), step=self._step_at_start)
+        self._detail = False
+        self._check_now = False
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._detail = batch_idx < max(1, self.check_first_n)
+        if self.watch_validation:
+            self._feed_batch(batch, "val/")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer, lambda n: True)
+        self._detail = False
+
+    # ------------------------------------------------------------------ checks
+    def _check(self, trainer: pl.Trainer, which: Any, step: int | None = None) -> None:
+        step = int(trainer.global_step) if step is None else step
+        new: list[Finding] = []
+        metrics: dict[str, float] = {}
+        summaries: list[tuple[str, RangeSummary]] = []
+        for name in sorted(self._taps):
+            tap = self._taps[name]
+            if tap.disabled or not tap.fed or not which(name):
+                continue
+            try:
+                s = tap.stats.compute()  # the host transfer (and the cross-rank reduction)
+                new.extend(self._judge(tap, s, step))
+                metrics.update(self._metrics(tap, s))
+                summaries.append((name, s))
+                self._reset(tap)
+            except (ConfigError, RangeMismatchError):
+                raise
+            except Exception as e:
+                self._internal(name, e, tap)
+        if self._sink is not None and trainer.is_global_zero:
+            try:
+                if metrics:
+                    self._sink.scalars(metrics, step)
+                    if not self._sink.has_tensorboard and self.histograms and self._sink.active:
+                        self._note_once("histograms", "rangewatch: histograms, images and text need a TensorBoardLogger; other loggers get scalars only")
+                if self.histograms:
+                    for name, s in summaries:
+                        self._sink.histograms(name, s, step)
+            except Exception as e:
+                self._internal("logging", e, None)
+        self._report(new, step)
+
+    def _judge(self, tap: _Tap, s: RangeSummary, step: int) -> list[Finding]:
+        out: list[Finding] = []
+        if s.empty:
+            return out
+        inf = infer_convention(s)
+        tap.inferred = inf
+        tap.steps_checked += 1
+        exp = self.expectation_for(tap.name)
+        if exp is not None and exp.conv.kind == "pixel":
+            f = check_expectation(tap.name, s, inf, exp.conv, step=step, source=exp.source)
+            if f is not None:
+                out.append(f)
+        nonfinite = int(s.nonfinite.sum()) if float(s.detail_count.sum()) else 0
+        if bool(s.nonfinite_seen.any()):
+            chans = [str(i) for i, v in enumerate(s.nonfinite_seen.tolist()) if v]
+            count = f"{nonfinite} non-finite values (NaN {int(s.nan.sum())}, Inf {int(s.inf.sum())})" if nonfinite else "NaN/Inf values"
+            out.append(
+                Finding(
+                    kind="nonfinite",
+                    where=tap.name,
+                    observed="NaN/Inf",
+                    expected="finite values",
+                    evidence=f"{count} in channel(s) {', '.join(chans)} since the last check",
+                    fix="find where they start: RangeWatch(modules=[...]) on the suspects; in fp16 try bf16 or keep the overflowing module in fp32",
+                    severity="error",
+                    step=step,
+                )
+            )
+        return out
+
+    def _metrics(self, tap: _Tap, s: RangeSummary) -> dict[str, float]:
+        m: dict[str, float] = {}
+        for c in range(s.channels):
+            for stat, vals in (("min", s.range_min), ("max", s.range_max), ("mean", s.mean), ("std", s.std)):
+                v = float(vals[c])
+                if math.isfinite(v):
+                    m[tag(tap.name, stat, c)] = v
+            if float(s.detail_count[c]) > 0:
+                m[tag(tap.name, "nonfinite", c)] = float(s.nonfinite[c])
+                if s.bounds is not None:
+                    m[tag(tap.name, "out_of_range", c)] = float((s.below[c] + s.above[c]) / s.detail_count[c])
+        return m
+
+    def _reset(self, tap: _Tap) -> None:
+        """Start a new window; once a convention is known, histograms and out-of-range use its bounds."""
+        target = tap.bounds
+        if target is None and tap.inferred is not None and tap.inferred.confident and tap.inferred.name != "unknown":
+            target = tap.inferred.name
+        if target != tap.bounds:
+            device = tap.stats.min.device
+            tap.stats = self._make_stats(tap.channel_dim, target).to(device)
+            tap.bounds = target
+        else:
+            tap.stats.reset()
+        tap.fed = False
+
+    # ------------------------------------------------------------------ findings
+    def _report(self, new: list[Finding], step: int) -> None:
+        fresh = []
+        for f in new:
+            if f.key in self._reported:
+                continue
+            self._reported.add(f.key)
+            self.findings.append(f)
+            fresh.append(f)
+        if not fresh:
+            return
+        if self._sink is not None:
+            try:
+                self._sink.text("rangewatch/findings", findings_markdown(self.findings), step)
+            except Exception as e:
+                self._internal("logging", e, None)
+        loud = [f for f in fresh if f.kind not in _QUIET_KINDS]
+        if self.policy == "warn":
+            for f in loud:
+                rank_zero_warn(f"rangewatch: {f}")
+        elif self.policy == "raise" and loud:
+            raise RangeMismatchError(loud)
+
+    def _internal(self, where: str, error: BaseException, tap: _Tap | None) -> None:
+        if tap is not None:
+            tap.disabled = True
+        f = Finding(
+            kind="internal",
+            where=where,
+            observed=f"{type(error).__name__}: {error}",
+            expected="",
+            evidence="rangewatch failed on this tap and switched it off; training goes on",
+            fix="please report this with the tensor's shape and dtype",
+            severity="info",
+            step=self._trainer.global_step if self._trainer is not None else None,
+        )
+        if f.key not in self._reported:
+            self._reported.add(f.key)
+            self.findings.append(f)
+            rank_zero_warn(f"rangewatch: internal error at {where} ({type(error).__name__}: {error}); this tap is switched off")
+
+    def _note_once(self, key: str, text: str) -> None:
+        if key in self._notes:
+            return
+        self._notes.add(key)
+        rank_zero_info(text)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        taps = {}
+        for name, tap in self._taps.items():
+            if tap.disabled:
+                continue
+            taps[name] = {
+                "stats": {k: v.detach().cpu() for k, v in tap.stats.state_dict().items()},
+                "bounds": tap.bounds,
+                "channel_dim": tap.channel_dim,
+                "dtypes": sorted(tap.stats.dtypes_seen),
+                "steps_checked": tap.steps_checked,
+            }
+        return {
+            "version": 1,
+            "train_batches": self._train_batches,
+            "reported": [list(k) for k in self._reported],
+            "findings": [f.to_dict() for f in self.findings],
+            "taps": taps,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._train_batches = int(state_dict.get("train_batches", 0))
+        self._reported = {tuple(k) for k in state_dict.get("reported", [])}  # type: ignore[misc]
+        self.findings = [Finding(**f) for f in state_dict.get("findings", [])]
+        self._taps.clear()
+        self._pending_states = dict(state_dict.get("taps", {}))
+
+    def __repr__(self) -> str:
+        return f"RangeWatch(expect={self.expect}, policy={self.policy!r})"

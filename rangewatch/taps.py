@@ -1,0 +1,178 @@
+"""Taps: where tensors are seen.
+
+- :func:`find_images` walks a batch (tensor, tuple/list, dict, nested) and names the image-like
+  tensors by path: ``batch``, ``batch[0]``, ``batch.image``, ``batch.cond.pixels``.
+- :class:`ModuleTaps` adds forward (pre-)hooks to named submodules and hands their input/output
+  tensors to a callback; hooks never change what flows through the model.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+__all__ = ["ImageTensor", "find_images", "image_channel_dim", "ModuleTaps", "parse_tap_key", "DEFAULT_SKIP_KEYS"]
+
+#: batch keys that hold masks, labels and other non-image tensors even when they are image-shaped
+DEFAULT_SKIP_KEYS: tuple[str, ...] = ("*mask*", "*label*", "*seg*", "*depth*", "*flow*", "*token*", "*ids*", "*target_idx*")
+
+_IMAGE_CHANNELS = (1, 3, 4)
+_MIN_SIDE = 8
+_PIXEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8)
+
+
+@dataclass(frozen=True)
+class ImageTensor:
+    path: str
+    tensor: torch.Tensor
+    channel_dim: int
+
+
+def image_channel_dim(t: torch.Tensor, channels: tuple[int, ...] = _IMAGE_CHANNELS) -> int | None:
+    """The channel dim of an image-like batch tensor, or None.
+
+    4-D ``(N, C, H, W)`` (any memory format) or ``(N, H, W, C)``; 5-D video ``(N, T, C, H, W)`` or
+    ``(N, C, T, H, W)``; C in ``channels`` and spatial sides of at least 8. Only float and uint8.
+    """
+    if not isinstance(t, torch.Tensor) or t.dtype not in _PIXEL_DTYPES or t.numel() == 0:
+        return None
+    s = t.shape
+    if t.dim() == 4:
+        if s[1] in channels and min(s[2], s[3]) >= _MIN_SIDE:
+            return 1
+        if s[3] in channels and min(s[1], s[2]) >= _MIN_SIDE and t.dtype == torch.uint8:
+            return 3
+    elif t.dim() == 5:
+        if s[2] in channels and min(s[3], s[4]) >= _MIN_SIDE:
+            return 2
+        if s[1] in channels and min(s[3], s[4]) >= _MIN_SIDE:
+            return 1
+    return None
+
+
+def _skipped(path: str, key: str, skip: tuple[str, ...]) -> bool:
+    k = key.lower()
+    return any(fnmatch.fnmatch(k, pat) or fnmatch.fnmatch(path.lower(), pat) for pat in skip)
+
+
+def _walk(obj: Any, path: str, skip: tuple[str, ...], depth: int) -> Iterator[ImageTensor]:
+    if depth > 6:
+        return
+    if isinstance(obj, torch.Tensor):
+        cd = image_channel_dim(obj)
+        if cd is not None:
+            yield ImageTensor(path, obj, cd)
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if isinstance(k, str) and not _skipped(f"{path}.{k}", k, skip):
+                yield from _walk(v, f"{path}.{k}", skip, depth + 1)
+    elif isinstance(obj, (list, tuple)) and not isinstance(obj, str):
+        fields = getattr(obj, "_fields", None)  # namedtuple
+        for i, v in enumerate(obj[:16]):
+            if fields:
+                if not _skipped(f"{path}.{fields[i]}", fields[i], skip):
+                    yield from _walk(v, f"{path}.{fields[i]}", skip, depth + 1)
+            else:
+                yield from _walk(v, f"{path}[{i}]", skip, depth + 1)
+
+
+def find_images(batch: Any, keys: list[str] | None = None, skip_keys: tuple[str, ...] = DEFAULT_SKIP_KEYS) -> list[ImageTensor]:
+    """Image-like tensors in ``batch``, named by path. ``keys`` (paths such as ``"batch.lq"`` or
+    just ``"lq"``) restricts the result; token ids, masks, labels and scalars are skipped."""
+    found = list(_walk(batch, "batch", tuple(skip_keys), 0))
+    if keys:
+        wanted = {k if k.startswith("batch") else f"batch.{k}" for k in keys} | set(keys)
+        found = [f for f in found if f.path in wanted]
+    return found
+
+
+def parse_tap_key(key: str) -> tuple[str, str]:
+    """``"vae.encoder"`` -> (``"vae.encoder"``, ``"input"``); ``"decoder:output"`` -> (``"decoder"``, ``"output"``)."""
+    if ":" in key:
+        name, side = key.rsplit(":", 1)
+        if side not in ("input", "output"):
+            raise ValueError(f"tap {key!r}: the part after ':' must be 'input' or 'output', got {side!r}")
+        return name, side
+    return key, "input"
+
+
+def first_tensor(obj: Any) -> torch.Tensor | None:
+    """The first tensor in a module's args/outputs (tensor, tuple, list, dict, ModelOutput)."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, Mapping):
+        for v in obj.values():
+            t = first_tensor(v)
+            if t is not None:
+                return t
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            t = first_tensor(v)
+            if t is not None:
+                return t
+    else:
+        for attr in ("sample", "latent_dist"):  # diffusers outputs
+            v = getattr(obj, attr, None)
+            if isinstance(v, torch.Tensor):
+                return v
+            mean = getattr(v, "mean", None)
+            if isinstance(mean, torch.Tensor):
+                return mean
+    return None
+
+
+class ModuleTaps:
+    """Forward hooks on named submodules; ``on_tensor(tap_name, tensor)`` sees a module's first
+    input tensor (``"<name>:input"``) and/or first output tensor (``"<name>:output"``)."""
+
+    def __init__(self, on_tensor: Callable[[str, torch.Tensor], None]):
+        self.on_tensor = on_tensor
+        self.handles: list[RemovableHandle] = []
+        self.attached: dict[str, tuple[str, ...]] = {}
+
+    def attach(self, root: nn.Module, wanted: dict[str, set[str]]) -> list[str]:
+        """Hook ``{module name: {"input", "output"}}``; returns the names that do not exist."""
+        self.detach()
+        modules = dict(root.named_modules())
+        missing = []
+        for name, sides in wanted.items():
+            mod = modules.get(name)
+            if mod is None:
+                missing.append(name)
+                continue
+            if "input" in sides:
+                self.handles.append(mod.register_forward_pre_hook(self._pre_hook(f"{name}:input")))
+            if "output" in sides:
+                self.handles.append(mod.register_forward_hook(self._hook(f"{name}:output")))
+            self.attached[name] = tuple(sorted(sides))
+        return missing
+
+    def _pre_hook(self, tap: str) -> Callable:
+        def hook(module: nn.Module, args: Any) -> None:
+            t = first_tensor(args)
+            if t is not None:
+                self.on_tensor(tap, t)
+            return None
+
+        return hook
+
+    def _hook(self, tap: str) -> Callable:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            t = first_tensor(output)
+            if t is not None:
+                self.on_tensor(tap, t)
+            return None
+
+        return hook
+
+    def detach(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self.attached.clear()
