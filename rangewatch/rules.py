@@ -67,10 +67,11 @@ def check_expectation(
     if spill > 0:
         evidence += f", but they overshoot by {spill:.1%} of the range"
     target = where.split(":")[0]
-    if target.startswith(("batch", "val/batch")):
-        target = f"the data pipeline that produces {target.removeprefix('val/')} (end of dataset.transform)"
+    is_batch = target.startswith(("batch", "val/batch"))
     if observed != "unknown":
-        fix = conversion_fix(observed, exp, target)
+        fix = conversion_fix(observed, exp, "" if is_batch else target)
+        if is_batch:
+            fix += f" at the end of the dataset transform that produces {target.removeprefix('val/')}"
     else:
         fix = f"check the preprocessing feeding {target}: it should produce {exp.label}"
     sev = "error" if (inference.confident or spill > 0.25) else "warning"
