@@ -37,3 +37,16 @@ def as_tensor(name: str, max_side: int = 384) -> torch.Tensor:
         s = max_side / max(h, w)
         t = v2.functional.resize(t, [max(8, int(h * s)), max(8, int(w * s))], antialias=True)
     return t.as_subclass(torch.Tensor)
+
+
+def photo_batch(n: int = 8, size: int = 64, names: list[str] | None = None) -> torch.Tensor:
+    """(n, 3, size, size) uint8 batch of real colour photos (centre crops, resized)."""
+    from torchvision.transforms import v2
+
+    names = names or ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "motorcycle_left", "retina", "hubble_deep_field"]
+    out = []
+    for i in range(n):
+        t = as_tensor(names[i % len(names)], 256)
+        t = v2.functional.center_crop(t, [min(t.shape[-2:])] * 2)
+        out.append(v2.functional.resize(t, [size, size], antialias=True))
+    return torch.stack(out)
