@@ -100,7 +100,7 @@ class _Call:
     channel_dim: int | None
     mode: str  # "clamp" (to `assumed`), "stretch" (min/max), "none" (taken as is)
     assumed: tuple[float, float] | None
-    assumption: str  # human text: "min_max=(0, 1) (the default)"
+    assumption: str  # human text: "the default min_max=(0, 1)"
     slug: str  # tag-safe text of the assumption: "min_max_0_1"
     quant: str = "round"  # how the call turns [0, 1] into 0..255: round | trunc | half_up
     scale_each: bool = False
@@ -274,6 +274,7 @@ class Preview:
         self.record = record
         self.call = call.name
         self.where = record.where
+        self.site = ""  # "file.py:line" of the call
         self.slug = slug
         self.mode = call.mode
         self.assumed = call.assumed
@@ -844,7 +845,11 @@ class VisualizationWatch:
             if not _ACTIVE:
                 _uninstall()
         if self.logger is not None:
-            self.log_previews(self.logger, step=self.step)
+            try:
+                self.log_previews(self.logger, step=self.step)
+            except Exception as exc:  # never mask what happened inside the block
+                warnings.warn(f"rangewatch could not log visualisation previews: {type(exc).__name__}: {exc}",
+                              VisualizationWarning, stacklevel=2)
 
     def __enter__(self) -> "VisualizationWatch":
         return self.start()
@@ -934,11 +939,13 @@ class VisualizationWatch:
                 if p is None:
                     slug = _tag_safe(f"{call.name}_in_{obs.func}")
                     p = self._previews[key] = Preview(rec, call, slug, self.max_preview_images, self.hist_bins)
+                    p.site = obs.site
                 if not p.full:
                     p._add(call, obs.summary)
                     p.findings.extend([f for f in new if f not in p.findings])
                     rec.preview = p
-            _RECORD_OF_FINDING.update({id(f): weakref.ref(rec) for f in new})
+            if new:
+                _remember(new, rec)
 
     def _judge(self, obs: _Observation, where: str) -> tuple[list[Finding], str]:
         """Findings for one call (before de-duplication) and a one-line message."""
@@ -1030,6 +1037,13 @@ _RECORD_OF_FINDING: dict[int, "weakref.ReferenceType[VisRecord]"] = {}
 _TAG_BAD = re.compile(r"[^-/\w.]")
 
 
+def _remember(findings: list[Finding], rec: VisRecord) -> None:
+    if len(_RECORD_OF_FINDING) > 4096:  # drop entries whose record is gone
+        for k in [k for k, r in _RECORD_OF_FINDING.items() if r() is None]:
+            del _RECORD_OF_FINDING[k]
+    _RECORD_OF_FINDING.update({id(f): weakref.ref(rec) for f in findings})
+
+
 def _tag_safe(s: str) -> str:
     """TensorBoard-safe tag text: only letters, digits, ``_ - . /``."""
     return re.sub(r"_+", "_", _TAG_BAD.sub("_", s)).strip("_/") or "untitled"
@@ -1118,7 +1132,11 @@ def log_previews(
         raise TypeError(f"log_previews needs a TensorBoard SummaryWriter (or TensorBoardLogger), got {type(experiment).__name__}")
     prefix = tag_prefix.rstrip("/")
     tags: list[str] = []
+    used: set[str] = set()
     for p in _previews_of(items):
+        if p.slug in used:  # two call sites of one call in one function: tell them apart by line
+            p.slug = _tag_safe(f"{p.slug}_line{p.site.rsplit(':', 1)[-1]}")
+        used.add(p.slug)
         grid = p.build()
         tag = _tag_safe(f"{prefix}/{p.image_tag}")
         with _suppressed():

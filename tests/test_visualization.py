@@ -384,3 +384,15 @@ def test_api_errors_and_log_previews_inputs(tmp_path):
     acc = read_events(tmp_path)
     (tag,) = acc.Tags()["images"]
     assert tag.endswith("broken_unit_0_1-vs-corrected_symmetric") and acc.Images(tag)[0].step == 3
+
+
+def test_two_call_sites_in_one_function_get_their_own_previews(tmp_path):
+    x = to_sym(photo_u8(size=16))
+    writer = SummaryWriter(tmp_path)
+    with watch_visualization(warn=False) as w:
+        tvu.save_image(x, tmp_path / "a.png")
+        tvu.save_image(x, tmp_path / "b.png")
+    assert len(w.findings) == 2 and w.findings[0].where != w.findings[1].where
+    images = [t for t in log_previews(writer, w, step=0) if "/broken_" in t]
+    writer.close()
+    assert len(images) == 2 and len(set(images)) == 2 and "_line" in images[1]
