@@ -7,6 +7,8 @@ from .expectation import Expectation
 from .findings import Finding, RangeMismatchError
 from .inference import Inference, infer_convention
 from .stats import RangeStats, RangeSummary
+from .compat import enable_basicsr_compat, import_basicsr
+from .visualization import VisualizationWatch, log_previews, watch_visualization
 
 __version__ = "0.1.0"
 
@@ -24,5 +26,10 @@ __all__ = [
     "infer_convention",
     "list_conventions",
     "register_convention",
+    "VisualizationWatch",
+    "enable_basicsr_compat",
+    "import_basicsr",
+    "log_previews",
+    "watch_visualization",
     "__version__",
 ]

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from .config import ConfigError, check_bool, check_choice, check_expect, check_int, check_str_list, load_options
+from .config import ConfigError, check_bool, check_choice, check_expect, check_float, check_int, check_str_list, load_options
 from .conventions import Convention, get_convention
 from .expectation import Expectation
 from .findings import Finding, RangeMismatchError
@@ -66,6 +66,11 @@ class RangeWatch(Callback):
         histograms: log per-channel histograms to TensorBoard at check steps.
         hist_bins: histogram bins per channel.
         watch_validation: also watch validation batches (taps ``val/batch...``).
+        watch_visualization: during validation, observe the calls that turn tensors into images
+            (basicsr ``tensor2img``, torchvision ``make_grid``/``save_image``, TensorBoard
+            ``add_image``) and report those that clamp away data (kind ``clipping``); corrected
+            previews go to TensorBoard under ``rangewatch/preview/...``.
+        clip_threshold: share of values a visualisation call must clamp to be reported.
 
     Example::
 
@@ -94,6 +99,8 @@ class RangeWatch(Callback):
         histograms: bool = True,
         hist_bins: int = 64,
         watch_validation: bool = True,
+        watch_visualization: bool = True,
+        clip_threshold: float = 0.005,
     ) -> None:
         super().__init__()
         self.expect = check_expect(expect)
@@ -106,6 +113,8 @@ class RangeWatch(Callback):
         self.histograms = check_bool("histograms", histograms)
         self.hist_bins = check_int("hist_bins", hist_bins, 1)
         self.watch_validation = check_bool("watch_validation", watch_validation)
+        self.watch_visualization = check_bool("watch_visualization", watch_visualization)
+        self.clip_threshold = check_float("clip_threshold", clip_threshold, 0.0, 1.0)
 
         self.findings: list[Finding] = []
         self.expectations: dict[str, Expectation] = {}
@@ -120,6 +129,8 @@ class RangeWatch(Callback):
         self._sink: LoggerSink | None = None
         self._trainer: pl.Trainer | None = None
         self._notes: set[str] = set()
+        self._vis: Any = None
+        self._vis_pending: list[Finding] = []
         self._set_declared()
 
     # ------------------------------------------------------------------ construction helpers
@@ -168,6 +179,38 @@ class RangeWatch(Callback):
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._module_taps.handles:
             self._attach(pl_module)
+        if self.watch_visualization:
+            try:
+                if self._vis is None:
+                    from .visualization import VisualizationWatch
+
+                    self._vis = VisualizationWatch(
+                        threshold=self.clip_threshold, context="validation preview", on_finding=self._vis_pending.append,
+                        warn=False, hist_bins=self.hist_bins,
+                    )
+                self._vis.step = int(trainer.global_step)
+                self._vis.start()
+            except Exception as e:
+                self.watch_visualization = False
+                self._internal("visualization", e, None)
+
+    def _stop_visualization(self, trainer: pl.Trainer) -> None:
+        if self._vis is None or not self._vis.active:
+            return
+        try:
+            self._vis.stop()
+            if self._sink is not None and self._sink.has_tensorboard:
+                from .visualization import log_previews
+
+                for w in self._sink.writers:
+                    log_previews(w, self._vis, step=int(trainer.global_step))
+            else:
+                self._vis.pop_previews()
+        except Exception as e:
+            self._internal("visualization", e, None)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_visualization(trainer)
 
     def _attach(self, pl_module: pl.LightningModule) -> None:
         wanted: dict[str, set[str]] = {}
@@ -198,9 +241,13 @@ class RangeWatch(Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._module_taps.detach()
+        self._stop_visualization(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._module_taps.detach()
+        if self._vis is not None:
+            while self._vis.active:
+                self._vis.stop()
 
     # ------------------------------------------------------------------ taps
     def _new_tap(self, name: str, t: torch.Tensor, channel_dim: int) -> _Tap:
@@ -290,6 +337,11 @@ class RangeWatch(Callback):
         self._detail = batch_idx < max(1, self.check_first_n)
         if self.watch_validation:
             self._feed_batch(batch, "val/")
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._vis_pending:
+            pending, self._vis_pending[:] = list(self._vis_pending), []
+            self._report(pending, int(trainer.global_step))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check(trainer, lambda n: True)

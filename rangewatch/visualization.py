@@ -958,7 +958,7 @@ class VisualizationWatch:
         looks = f"the data looks like {conv.label} ({conv.name})" if conv is not None else (
             f"the data spans {_num(float(s.range_min.min()))}..{_num(float(s.range_max.max()))} and fits no known convention"
         )
-        observed = f"data that looks like {conv.label} ({conv.name})" if conv is not None else "data that fits no known convention"
+        observed = conv.name if conv is not None else "unknown"  # a convention name, like every Finding.observed
         fix = _fix(call.name, conv, inf, channels)
         nan_count = int(round(float(s.nan.sum())))
         if nan_count:
@@ -1004,7 +1004,7 @@ class VisualizationWatch:
             evidence = (f"`{call.name}` clamps {to}: the data follows {conv.label} ({conv.name}), the range the call "
                         f"assumes, but overshoots it; {inf.evidence}")
             out.append(Finding(
-                kind="clipping", where=where, observed=f"{observed}, overshooting it", expected=expected,
+                kind="clipping", where=where, observed=observed, expected=expected,
                 evidence=evidence, fix="the call is right for this data; constrain the output (clamp, sigmoid, tanh) "
                 "if the overshoot is not intended", severity="info", step=self.step,
             ))
