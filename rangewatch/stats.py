@@ -1,17 +1,39 @@
 """Device-side per-channel range statistics (:class:`RangeStats`).
 
-``update`` only queues reductions on the tensor's own device: no ``.item()``, ``.cpu()``,
-``bool(tensor)`` or branch on tensor values. ``compute`` is the single host transfer.
-The accumulator is a torchmetrics :class:`~torchmetrics.Metric`, so every state carries its
-cross-process reduction (min, max or sum) and ``compute`` synchronises once under DDP.
+``update`` only queues kernels on the tensor's own device: no ``.item()``, ``.cpu()``,
+``.tolist()``, ``bool(tensor)`` or branch on tensor values (decisions depend on shapes, dtypes and
+devices only). ``compute`` is the single host transfer. The accumulator is a torchmetrics
+:class:`~torchmetrics.Metric`, so every state carries its cross-process reduction (min, max or
+sum) and ``compute`` synchronises once under DDP.
+
+Exactness (what the tests check against a numpy float64 reference):
+
+* ``min``/``max``/``finite_min``/``finite_max`` are exact (the tensor's own values).
+* ``nan``/``inf``/``below``/``above``/``count``/``hist`` counts are exact. ``below`` is
+  ``x < low`` and ``above`` is ``x > high`` with the bounds taken as float64 numbers, for every
+  input dtype (float32 work uses the bounds rounded outward to float32, which compares the same).
+* ``mean``/``std`` come from per-row partial sums accumulated in float32 (float64 for float64 and
+  integer inputs) and combined in float64: relative error ~1e-7 of ``mean(|x|)`` for the mean and
+  ~1e-7 of ``mean(x**2)`` for the variance. float16/bfloat16 inputs never overflow (a float16
+  tensor of a million 1000s has mean 1000).
+* Histogram bins are half-open, ``[e_i, e_{i+1})``, with ``e = RangeSummary.hist_edges[c]``;
+  ``hist_underflow`` counts ``x < e_0`` (``-inf`` included), ``hist_overflow`` counts
+  ``x >= e_bins`` (``+inf`` included), NaN is in neither (it is counted in ``nan``). The edges are
+  the exact float32 thresholds of the binning arithmetic ``floor((x - low) / width)``: they equal
+  ``linspace(low, high, bins + 1)`` wherever those are float32 numbers the arithmetic reproduces
+  (e.g. a power-of-two width) and otherwise differ from it by a float32 rounding, so
+  ``numpy.histogram(x, hist_edges[c])`` gives the same counts (numpy closes its last bin on the
+  right; here a value equal to ``e_bins`` is overflow).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torchmetrics import Metric
 
@@ -39,7 +61,21 @@ _DETAIL = {
     "above": ("sum", 0.0),
     "detail_count": ("sum", 0.0),
 }
+_ALL = {**_EVERY_STEP, **_DETAIL}
 _STATE_ORDER = tuple(_EVERY_STEP) + tuple(_DETAIL)
+
+_INF = float("inf")
+#: reduce over the contiguous inner axis first when it holds at least this many elements
+_INNER_MIN = 16
+#: a float32 sum of 0/1 values is exact while each reduced run is shorter than this
+_EXACT_F32 = 1 << 24
+#: CPU scratch buffers are kept between updates for tensors up to this many elements
+_SCRATCH_MAX = 1 << 27
+#: integer dtypes that float32 holds exactly; wider integers are handled in float64
+_SMALL_INTS = {torch.bool, torch.uint8, torch.int8, torch.int16}
+for _n in ("uint16",):
+    if hasattr(torch, _n):
+        _SMALL_INTS.add(getattr(torch, _n))
 
 
 @dataclass
@@ -48,7 +84,11 @@ class RangeSummary:
 
     ``min``/``max``/``mean``/``std`` cover every element seen (NaN once a NaN was seen);
     ``finite_min``/``finite_max``, ``nan``/``inf``/``nonfinite``, ``below``/``above`` come from
-    ``detail=True`` updates, over ``detail_count`` elements per channel.
+    ``detail=True`` updates, over ``detail_count`` elements per channel. ``below`` counts
+    ``x < low`` and ``above`` counts ``x > high`` (values equal to a bound are inside).
+    ``hist`` is ``(C, bins)`` with half-open bins ``[hist_edges[c, i], hist_edges[c, i+1])``;
+    ``hist_underflow`` counts values below the first edge (``-inf`` included), ``hist_overflow``
+    values at or above the last edge (``+inf`` included); NaN is in neither.
     """
 
     channels: int
@@ -119,11 +159,143 @@ def _resolve_bounds(bounds: Any) -> Convention | tuple[tuple[float, ...], tuple[
     return lo_t, hi_t
 
 
+# ---------------------------------------------------------------------- float32 helpers (host side)
+def _f32(values: Sequence[float], direction: str = "nearest") -> np.ndarray:
+    """``values`` as float32, rounded to nearest, ``"up"`` (smallest float32 >= v) or ``"down"``."""
+    v64 = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        f = v64.astype(np.float32)
+        if direction == "up":
+            f = np.where(f.astype(np.float64) < v64, np.nextafter(f, np.float32(np.inf)), f)
+        elif direction == "down":
+            f = np.where(f.astype(np.float64) > v64, np.nextafter(f, np.float32(-np.inf)), f)
+    return f.astype(np.float32)
+
+
+def _f32_from_keys(keys: np.ndarray) -> np.ndarray:
+    """Inverse of the order-preserving map float32 -> int (negative floats -> negative keys)."""
+    bits = np.where(keys >= 0, keys, (-keys) | 0x80000000).astype(np.uint32)
+    return bits.view(np.float32)
+
+
+def _bin_thresholds(lo32: np.ndarray, width32: np.ndarray, bins: int) -> np.ndarray:
+    """``(C, bins + 1)`` float64: for each channel and i, the smallest float32 ``x`` with
+    ``float32((float32(x - lo)) / width) >= i``, i.e. the exact edges of the device binning
+    ``floor((x - lo) / width)`` done in float32 (monotone in ``x``, so a binary search finds them)."""
+    c = lo32.shape[0]
+    target = np.broadcast_to(np.arange(bins + 1, dtype=np.float32), (c, bins + 1))
+    lo_k = np.full((c, bins + 1), -0x7F800000, dtype=np.int64)  # -inf: predicate false
+    hi_k = np.full((c, bins + 1), 0x7F800000, dtype=np.int64)  # +inf: predicate true
+    lo_b, w_b = lo32[:, None], width32[:, None]
+    with np.errstate(over="ignore", invalid="ignore"):
+        while True:
+            open_ = hi_k - lo_k > 1
+            if not open_.any():
+                break
+            mid = (lo_k + hi_k) // 2
+            x = _f32_from_keys(mid)
+            t = (x - lo_b) / w_b  # float32 arithmetic, as on the device
+            ok = t >= target
+            hi_k = np.where(open_ & ok, mid, hi_k)
+            lo_k = np.where(open_ & ~ok, mid, lo_k)
+    return _f32_from_keys(hi_k).astype(np.float64)
+
+
+@functools.lru_cache(maxsize=256)
+def _group(rows: int, width: int) -> int:
+    """Rows folded together when reducing over the outer axis of a ``(rows, width)`` block: a divisor
+    ``g`` of ``rows`` with ``g * width`` around 128 columns (vectorised column reductions)."""
+    best = 1
+    for g in range(1, 1024 // max(width, 1) + 1):
+        if g * 8 > rows:
+            break
+        if rows % g == 0:
+            best = g
+            if g * width >= 128:
+                break
+    return best
+
+
+def _bincount_ok(device: torch.device) -> bool:
+    """``torch.bincount`` is the fast scatter on CPU; CUDA's synchronises (it sizes its output from
+    the data), so other devices use ``index_add_``."""
+    return device.type == "cpu"
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Small constant to ``device`` without a blocking copy (pinned + non_blocking on CUDA)."""
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device, non_blocking=True)
+
+
+def _reduce(t: torch.Tensor, op: str, acc: torch.dtype | None = None) -> torch.Tensor:
+    """Per-channel reduction of an ``(A, C, B)`` tensor to ``(C,)``.
+
+    ``op``: ``amin``/``amax`` (result in ``t``'s dtype), ``sum`` (partials in ``acc``, combined in
+    float64), ``sumsq`` (sum of squares, same), ``count`` (sum of a 0/1 tensor, exact).
+    A long contiguous inner axis is reduced first (vectorised along memory); a short one (e.g.
+    channels-last: ``B == 1``) is reduced as columns of ``(A/g, g*C*B)`` blocks instead.
+    """
+    a, c, b = t.shape
+    if b >= _INNER_MIN or a == 1 or b >= a:
+        runs = b
+        if op == "amin":
+            p = t.amin(dim=2)
+        elif op == "amax":
+            p = t.amax(dim=2)
+        elif op == "sum":
+            p = t.sum(dim=2, dtype=acc)
+        elif op == "count":
+            p = t.sum(dim=2, dtype=torch.float32 if runs < _EXACT_F32 else torch.float64)
+        else:  # sumsq: per-row norms, combined as a float64 norm
+            p = torch.linalg.vector_norm(t, dim=2, dtype=acc)
+            return torch.linalg.vector_norm(p, dim=0, dtype=torch.float64).square()
+    else:
+        g = _group(a, c * b)
+        v = t.reshape(a // g, g * c * b)
+        runs = a // g
+        if op == "amin":
+            p = v.amin(dim=0)
+        elif op == "amax":
+            p = v.amax(dim=0)
+        elif op == "sum":
+            p = v.sum(dim=0, dtype=acc)
+        elif op == "count":
+            p = v.sum(dim=0, dtype=torch.float32 if runs < _EXACT_F32 else torch.float64)
+        else:  # sumsq (vector_norm over an outer axis is slow on CPU)
+            w = v.to(acc) if v.dtype != acc else v
+            p = torch.mul(w, w).sum(dim=0)
+        p = p.view(g, c, b).transpose(1, 2).reshape(g * b, c)
+    if op == "amin":
+        return p.amin(dim=0)
+    if op == "amax":
+        return p.amax(dim=0)
+    return p.sum(dim=0, dtype=torch.float64)
+
+
+@dataclass
+class _Consts:
+    """Per-(device, channels) constants of the detail path, built once on the host."""
+
+    lo64: torch.Tensor | None  # (1, C, 1) float64 bounds
+    hi64: torch.Tensor | None
+    lo32: torch.Tensor | None  # (1, C, 1) float32 bounds rounded outward (same comparisons)
+    hi32: torch.Tensor | None
+    hist_lo: torch.Tensor | None  # (1, C, 1) float32 histogram origin
+    hist_width: torch.Tensor | None  # (1, C, 1) float32 bin width
+    hist_off: torch.Tensor | None  # (1, C, 1) float32: c * (bins + 3) + 1
+    hist_edges: torch.Tensor | None  # (C, bins + 1) float64 exact edges
+
+
 class RangeStats(Metric):
     """Per-channel min/max/mean/std/non-finite/out-of-bounds accumulator on the tensor's device.
 
     Args:
-        channel_dim: the channel dimension; ``None`` treats the whole tensor as one channel.
+        channel_dim: the channel dimension; ``None`` treats the whole tensor as one channel
+            (a 0-d tensor is one channel either way).
         bounds: a convention (or its name) or per-channel ``(low, high)`` used by ``detail=True``
             updates to count values below/above the expected range.
         hist_bins: number of fixed histogram bins per channel filled by ``detail=True`` updates (0: off).
@@ -131,6 +303,10 @@ class RangeStats(Metric):
             on each side, or (-1.5, 2.5) without bounds.
         dist_sync_fn: gather function for cross-process reduction (torchmetrics signature); the
             callback passes the Lightning strategy's ``all_gather``.
+
+    ``update(x)`` costs four reductions over ``x`` (min, max, sum, sum of squares); see
+    ``benchmarks/README.md``. Empty tensors are ignored. On CPU, ``detail=True`` keeps scratch
+    buffers of the tensor's size between updates (freed by :meth:`reset`).
 
     Example:
         >>> import torch
@@ -155,21 +331,31 @@ class RangeStats(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(dist_sync_fn=dist_sync_fn, **kwargs)
-        if channel_dim is not None and not isinstance(channel_dim, int):
+        if channel_dim is not None and (not isinstance(channel_dim, int) or isinstance(channel_dim, bool)):
             raise TypeError(f"channel_dim must be an int or None, got {channel_dim!r}")
-        if not isinstance(hist_bins, int) or hist_bins < 0:
+        if not isinstance(hist_bins, int) or isinstance(hist_bins, bool) or hist_bins < 0:
             raise ValueError(f"hist_bins must be a non-negative int, got {hist_bins!r}")
-        if hist_range is not None and not (len(hist_range) == 2 and float(hist_range[0]) < float(hist_range[1])):
-            raise ValueError(f"hist_range must be (low, high) with low < high, got {hist_range!r}")
+        if hist_range is not None and not (
+            len(hist_range) == 2
+            and math.isfinite(float(hist_range[0]))
+            and math.isfinite(float(hist_range[1]))
+            and float(hist_range[0]) < float(hist_range[1])
+        ):
+            raise ValueError(f"hist_range must be finite (low, high) with low < high, got {hist_range!r}")
         self.channel_dim = channel_dim
         self.bounds = _resolve_bounds(bounds)
         self.hist_bins = hist_bins
         self.hist_range = None if hist_range is None else (float(hist_range[0]), float(hist_range[1]))
         self.dtypes_seen: set[str] = set()
-        for name, (red, _) in {**_EVERY_STEP, **_DETAIL}.items():
+        for name, (red, _) in _ALL.items():
             self.add_state(name, default=torch.zeros(0, dtype=torch.float64), dist_reduce_fx=red, persistent=True)
-        self.add_state("hist", default=torch.zeros(0, dtype=torch.float64), dist_reduce_fx="sum", persistent=True)
+        self.add_state(
+            "hist", default=torch.zeros(0, hist_bins + 2, dtype=torch.float64), dist_reduce_fx="sum", persistent=True
+        )
         self._bounds_cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._consts_cache: dict[tuple[str, int], _Consts] = {}
+        self._edges_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._scratch: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -178,156 +364,342 @@ class RangeStats(Metric):
 
     def _init_states(self, channels: int, device: torch.device) -> None:
         for name in _STATE_ORDER:
-            fill = {**_EVERY_STEP, **_DETAIL}[name][1]
-            setattr(self, name, torch.full((channels,), fill, dtype=torch.float64, device=device))
-        if self.hist_bins:
-            # per channel: [underflow, bins..., overflow]; NaN is counted in `nan`
-            self.hist = torch.zeros(channels, self.hist_bins + 2, dtype=torch.float64, device=device)
+            setattr(self, name, torch.full((channels,), _ALL[name][1], dtype=torch.float64, device=device))
+        # per channel: [underflow, bins..., overflow]; NaN is counted in `nan`
+        self.hist = torch.zeros(channels if self.hist_bins else 0, self.hist_bins + 2, dtype=torch.float64, device=device)
 
-    def bounds_for(self, channels: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor] | None:
+    def reset(self) -> None:
+        super().reset()
+        self._scratch.clear()
+
+    def _bounds_host(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
         if self.bounds is None:
             return None
+        if isinstance(self.bounds, Convention):
+            lo, hi = self.bounds.bounds(channels)
+        else:
+            lo, hi = self.bounds
+            lo = lo * channels if len(lo) == 1 else lo
+            hi = hi * channels if len(hi) == 1 else hi
+            if len(lo) != channels or len(hi) != channels:
+                raise ValueError(f"bounds give {len(lo)} channels but the tensor has {channels}")
+        return tuple(lo), tuple(hi)
+
+    def bounds_for(self, channels: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-channel ``(low, high)`` float64 bounds on ``device`` (``None`` without bounds)."""
+        b = self._bounds_host(channels)
+        if b is None:
+            return None
+        device = torch.device(device)
         key = (str(device), channels)
         if key not in self._bounds_cache:
-            if isinstance(self.bounds, Convention):
-                lo, hi = self.bounds.bounds(channels)
-            else:
-                lo, hi = self.bounds
-                lo = lo * channels if len(lo) == 1 else lo
-                hi = hi * channels if len(hi) == 1 else hi
-                if len(lo) != channels or len(hi) != channels:
-                    raise ValueError(f"bounds give {len(lo)} channels but the tensor has {channels}")
             self._bounds_cache[key] = (
-                torch.tensor(lo, dtype=torch.float64, device=device),
-                torch.tensor(hi, dtype=torch.float64, device=device),
+                _to_device(torch.tensor(b[0], dtype=torch.float64), device),
+                _to_device(torch.tensor(b[1], dtype=torch.float64), device),
             )
         return self._bounds_cache[key]
 
-    def hist_edges_for(self, channels: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """``(C, bins + 1)`` float64 bin edges."""
-        if self.hist_range is not None:
-            lo = torch.full((channels,), self.hist_range[0], dtype=torch.float64, device=device)
-            hi = torch.full((channels,), self.hist_range[1], dtype=torch.float64, device=device)
-        else:
-            b = self.bounds_for(channels, device)
-            if b is None:
-                lo = torch.full((channels,), -1.5, dtype=torch.float64, device=device)
-                hi = torch.full((channels,), 2.5, dtype=torch.float64, device=device)
+    def _hist_host(self, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """float32 origin and width per channel and the exact ``(C, bins + 1)`` float64 edges."""
+        if channels not in self._edges_cache:
+            if self.hist_range is not None:
+                lo = np.full(channels, self.hist_range[0])
+                hi = np.full(channels, self.hist_range[1])
             else:
-                span = b[1] - b[0]
-                lo, hi = b[0] - 0.5 * span, b[1] + 0.5 * span
-        steps = torch.linspace(0, 1, self.hist_bins + 1, dtype=torch.float64, device=device)
-        return lo[:, None] + (hi - lo)[:, None] * steps[None, :]
+                b = self._bounds_host(channels)
+                if b is None:
+                    lo, hi = np.full(channels, -1.5), np.full(channels, 2.5)
+                else:
+                    blo, bhi = np.asarray(b[0], dtype=np.float64), np.asarray(b[1], dtype=np.float64)
+                    span = bhi - blo
+                    lo, hi = blo - 0.5 * span, bhi + 0.5 * span
+            lo32 = _f32(lo)
+            width32 = _f32((hi - lo) / self.hist_bins)
+            if not (np.isfinite(lo32).all() and np.isfinite(width32).all() and (width32 > 0).all()):
+                raise ValueError(f"histogram range {list(zip(lo, hi))} cannot be binned in float32")
+            self._edges_cache[channels] = (lo32, width32, _bin_thresholds(lo32, width32, self.hist_bins))
+        return self._edges_cache[channels]
+
+    def hist_edges_for(self, channels: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``(C, bins + 1)`` float64 bin edges: bins are ``[e_i, e_{i+1})`` (see the module docstring)."""
+        edges = torch.from_numpy(self._hist_host(channels)[2].copy())
+        return _to_device(edges, torch.device(device))
+
+    def _consts(self, channels: int, device: torch.device) -> _Consts:
+        key = (str(device), channels)
+        k = self._consts_cache.get(key)
+        if k is None:
+            k = _Consts(None, None, None, None, None, None, None, None)
+            b = self._bounds_host(channels)
+            shape = (1, channels, 1)
+            if b is not None:
+                k.lo64 = _to_device(torch.tensor(b[0], dtype=torch.float64).view(shape), device)
+                k.hi64 = _to_device(torch.tensor(b[1], dtype=torch.float64).view(shape), device)
+                k.lo32 = _to_device(torch.from_numpy(_f32(b[0], "up")).view(shape), device)
+                k.hi32 = _to_device(torch.from_numpy(_f32(b[1], "down")).view(shape), device)
+            if self.hist_bins:
+                lo32, width32, edges = self._hist_host(channels)
+                off = np.arange(channels, dtype=np.float32) * np.float32(self.hist_bins + 3) + np.float32(1)
+                k.hist_lo = _to_device(torch.from_numpy(lo32.copy()).view(shape), device)
+                k.hist_width = _to_device(torch.from_numpy(width32.copy()).view(shape), device)
+                k.hist_off = _to_device(torch.from_numpy(off).view(shape), device)
+                k.hist_edges = torch.from_numpy(edges.copy())
+            self._consts_cache[key] = k
+        return k
+
+    def _buffer(self, name: str, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A scratch tensor; on CPU it is kept between updates (no page faults on every call)."""
+        n = math.prod(shape)
+        if device.type != "cpu" or n > _SCRATCH_MAX:
+            return torch.empty(shape, dtype=dtype, device=device)
+        buf = self._scratch.get(name)
+        if buf is None or buf.dtype != dtype or buf.numel() < n:
+            buf = torch.empty(n, dtype=dtype)
+            self._scratch[name] = buf
+        return buf[:n].view(shape)
+
+    def _channels_of(self, x: torch.Tensor) -> int:
+        if self.channel_dim is None or x.dim() == 0:
+            return 1
+        if not -x.dim() <= self.channel_dim < x.dim():
+            raise ValueError(
+                f"channel_dim={self.channel_dim} is out of range for a {x.dim()}-D tensor of shape {tuple(x.shape)}; "
+                "pass channel_dim=None to treat the whole tensor as one channel"
+            )
+        return int(x.shape[self.channel_dim])
 
     def _as_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        """A view (A, C, B) of ``x`` (or its copy) with the channel axis in the middle; reductions go
-        over dim 2 first (contiguous) and then dim 0."""
+        """``x`` as ``(A, C, B)`` with the channel axis in the middle: a view whenever ``x`` is dense
+        in any dimension order (contiguous, channels-last, permuted), else a copy. The statistics do
+        not depend on the order of the other axes, so they are taken in memory order."""
         if self.channel_dim is None or x.dim() == 0:
-            return x.reshape(1, 1, -1), 1, 0
-        cd = self.channel_dim
-        if not -x.dim() <= cd < x.dim():
-            raise ValueError(
-                f"channel_dim={self.channel_dim} is out of range for a {x.dim()}-D tensor of shape {tuple(x.shape)}"
-            )
-        cd %= x.dim()
-        c = x.shape[cd]
-        if x.dim() == 4 and cd == 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            return x.permute(0, 2, 3, 1).reshape(-1, c, 1), c, cd  # a view: channel innermost
-        a = 1
-        for s in x.shape[:cd]:
-            a *= s
-        return x.reshape(a, c, -1), c, cd
+            cd = -1
+            c = 1
+        else:
+            cd = self.channel_dim % x.dim()
+            c = int(x.shape[cd])
+        nd = x.dim()
+        perm = sorted(range(nd), key=lambda d: (-x.stride(d), d))
+        p = x.permute(perm)
+        if not p.is_contiguous():
+            p, perm = x.contiguous(), list(range(nd))
+        if cd < 0:
+            return p.reshape(1, 1, -1), 1, cd
+        k = perm.index(cd)
+        a = math.prod(p.shape[:k])
+        return p.reshape(a, c, -1), c, cd
 
     # ------------------------------------------------------------------ update
     def update(self, x: torch.Tensor, detail: bool = False) -> None:  # type: ignore[override]
         """Accumulate statistics of ``x``; ``detail=True`` also counts non-finite / out-of-bounds
-        values, finite min/max and the histogram. Never synchronises with the host."""
+        values, finite min/max and the histogram. Never synchronises with the host: every decision
+        below depends on shapes, dtypes and devices only."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"RangeStats.update takes a tensor, got {type(x).__name__}")
         if x.is_complex():
             raise TypeError("RangeStats does not handle complex tensors")
-        rows, c, _ = self._as_rows(x.detach())
+        x = x.detach()
+        c = self._channels_of(x)
         if x.numel() == 0:
-            return  # nothing to count; shape-only decision, no sync
+            return  # nothing to count (shape-only decision)
         if self.min.numel() == 0:
             self._init_states(c, x.device)
         elif self.min.numel() != c:
             raise ValueError(f"RangeStats saw {self.min.numel()} channels before and now {c} (shape {tuple(x.shape)})")
+        elif self.min.device != x.device:
+            raise ValueError(
+                f"RangeStats keeps its states on {self.min.device} but got a tensor on {x.device}; "
+                "move the metric (.to(device)) or reset() it first"
+            )
         self.dtypes_seen.add(str(x.dtype).replace("torch.", ""))
 
+        rows, c, _ = self._as_rows(x)
         if rows.dtype == torch.bool:
-            rows = rows.to(torch.uint8)
-        if rows.is_floating_point():
+            rows = rows.view(torch.uint8)
+        floating = rows.is_floating_point()
+        if floating:
             acc = torch.float64 if rows.dtype == torch.float64 else torch.float32
             fr = rows
-        else:
-            acc = torch.float32
-            fr = rows.to(torch.float32)
-
-        mn = rows.amin(dim=2).amin(dim=0).to(torch.float64)
-        mx = rows.amax(dim=2).amax(dim=0).to(torch.float64)
-        s = fr.sum(dim=2, dtype=acc).to(torch.float64).sum(dim=0)
-        q = torch.linalg.vector_norm(fr, dim=2, dtype=acc).to(torch.float64).square().sum(dim=0)
-        n = rows.shape[0] * rows.shape[2]
+        else:  # integers: exact sums in float64
+            acc = torch.float64
+            fr = rows.to(torch.float64)
+        mn = _reduce(rows, "amin")
+        mx = _reduce(rows, "amax")
+        s = _reduce(fr, "sum", acc)
+        q = _reduce(fr, "sumsq", acc)
+        n = rows.numel() // c
 
         self.min = torch.minimum(self.min, mn)  # NaN propagates, as intended
         self.max = torch.maximum(self.max, mx)
         self.sum = self.sum + s
         self.sumsq = self.sumsq + q
         self.count = self.count + n
-        # any NaN makes min/max NaN and any Inf makes one of them infinite: a free non-finite flag
-        seen = (~(torch.isfinite(mn) & torch.isfinite(mx))).to(torch.float64)
-        self.nonfinite_seen = torch.maximum(self.nonfinite_seen, seen)
+        if floating:
+            # any NaN makes min/max NaN and any Inf makes one of them infinite, so min - max is
+            # non-finite exactly when a non-finite value was seen: a free flag (0/1)
+            self.nonfinite_seen = torch.maximum(self.nonfinite_seen, torch.nan_to_num((self.min - self.max) * 0.0, nan=1.0))
 
         if detail:
-            self._update_detail(rows, fr, c, n)
+            self._update_detail(rows, c, n, mn, mx)
 
-    def _update_detail(self, rows: torch.Tensor, fr: torch.Tensor, c: int, n: int) -> None:
+    def _update_detail(self, rows: torch.Tensor, c: int, n: int, mn: torch.Tensor, mx: torch.Tensor) -> None:
         device = rows.device
-        if rows.is_floating_point():
-            fin = torch.isfinite(rows)
-            nan = torch.isnan(rows)
-            inf_ = ~(fin | nan)
-            fmin = torch.where(fin, rows, torch.inf).amin(dim=2).amin(dim=0).to(torch.float64)
-            fmax = torch.where(fin, rows, -torch.inf).amax(dim=2).amax(dim=0).to(torch.float64)
-            self.nan = self.nan + nan.sum(dim=(0, 2), dtype=torch.float64)
-            self.inf = self.inf + inf_.sum(dim=(0, 2), dtype=torch.float64)
+        floating = rows.is_floating_point()
+        f32_exact = rows.dtype in (torch.float32, torch.float16, torch.bfloat16) or rows.dtype in _SMALL_INTS
+        wd = torch.float32 if f32_exact else torch.float64  # the dtype the comparisons happen in
+        k = self._consts(c, device)
+        s = self._buffer("s", rows.shape, wd, device)
+        nan = None
+        if floating:
+            # finite extremes: non-finite -> -inf for the max, then -> +inf for the min
+            if rows.dtype == wd:
+                torch.nan_to_num(rows, nan=-_INF, posinf=-_INF, neginf=-_INF, out=s)
+            else:
+                s.copy_(rows)
+                s.nan_to_num_(nan=-_INF, posinf=-_INF, neginf=-_INF)
+            fmax = _reduce(s, "amax")
+            s.nan_to_num_(nan=_INF, posinf=_INF, neginf=_INF)
+            fmin = _reduce(s, "amin")
+            torch.eq(s, _INF, out=s)  # 1.0 where x is NaN or +-inf
+            nonfinite = _reduce(s, "count")
+            if not self.hist_bins:  # with a histogram NaN has its own bin
+                torch.abs(rows, out=s) if rows.dtype == wd else s.copy_(rows).abs_()
+                torch.eq(s, _INF, out=s)  # 1.0 where x is +-inf
+                nan = nonfinite - _reduce(s, "count")
         else:
-            fmin = rows.amin(dim=2).amin(dim=0).to(torch.float64)
-            fmax = rows.amax(dim=2).amax(dim=0).to(torch.float64)
+            fmin, fmax = mn, mx
         self.finite_min = torch.minimum(self.finite_min, fmin)
         self.finite_max = torch.maximum(self.finite_max, fmax)
         self.detail_count = self.detail_count + n
 
-        b = self.bounds_for(c, device)
-        if b is not None:
-            lo = b[0].to(fr.dtype if fr.dtype == torch.float64 else torch.float32).view(1, c, 1)
-            hi = b[1].to(lo.dtype).view(1, c, 1)
-            self.below = self.below + (fr < lo).sum(dim=(0, 2), dtype=torch.float64)
-            self.above = self.above + (fr > hi).sum(dim=(0, 2), dtype=torch.float64)
+        if k.lo64 is not None:
+            lo, hi = (k.lo32, k.hi32) if wd == torch.float32 else (k.lo64, k.hi64)
+            torch.lt(rows, lo, out=s)
+            self.below = self.below + _reduce(s, "count")
+            torch.gt(rows, hi, out=s)
+            self.above = self.above + _reduce(s, "count")
 
         if self.hist_bins:
-            edges = self.hist_edges_for(c, device)
-            lo = edges[:, 0].to(torch.float32).view(1, c, 1)
-            width = ((edges[:, -1] - edges[:, 0]) / self.hist_bins).to(torch.float32).view(1, c, 1)
-            t = ((fr.to(torch.float32) - lo) / width).floor_().clamp_(-1, self.hist_bins)
-            # bin 0 = underflow (also -inf), bins+1 = overflow (also +inf); NaN goes to a discard slot
-            slot = self.hist_bins + 2
-            idx = torch.nan_to_num(t, nan=float(slot - 1)).long() + 1
-            idx = torch.where(torch.isnan(t), slot, idx) if rows.is_floating_point() else idx
-            idx = idx + torch.arange(c, device=device).view(1, c, 1) * (slot + 1)
-            counts = torch.zeros(c * (slot + 1), dtype=torch.float64, device=device)
-            counts.index_add_(0, idx.reshape(-1), torch.ones(1, dtype=torch.float64, device=device).expand(idx.numel()))
-            self.hist = self.hist + counts.view(c, slot + 1)[:, :slot]
+            counts = self._histogram(rows, s, wd, k, c)
+            self.hist = self.hist + counts[:, : self.hist_bins + 2]
+            if floating:
+                nan = counts[:, self.hist_bins + 2]
+        if floating:
+            self.nan = self.nan + nan
+            self.inf = self.inf + (nonfinite - nan)
+
+    def _histogram(self, rows: torch.Tensor, s: torch.Tensor, wd: torch.dtype, k: _Consts, c: int) -> torch.Tensor:
+        """``(C, bins + 3)`` float64 counts: [underflow, bins..., overflow, NaN] per channel.
+
+        Bin of ``x``: ``clamp(floor((x - lo) / width), -1, bins)`` in float32, so the bins are
+        exactly ``[e_i, e_{i+1})`` for the edges of :func:`_bin_thresholds`. float64 (and wide
+        integer) inputs are first rounded *down* to float32, which keeps ``x >= e`` for every
+        float32 edge ``e``. One scatter (``bincount`` on CPU, ``index_add_`` elsewhere: CUDA's
+        bincount synchronises) counts all channels and slots at once.
+        """
+        device = rows.device
+        bins = self.hist_bins
+        slots = bins + 3
+        if wd == torch.float32:
+            h = s
+            torch.sub(rows, k.hist_lo, out=h)
+        else:
+            x64 = rows if rows.dtype == torch.float64 else rows.to(torch.float64)
+            h = self._buffer("h", rows.shape, torch.float32, device)
+            h.copy_(x64)  # round to nearest ...
+            down = torch.nextafter(h, torch.full((), -_INF, dtype=torch.float32, device=device))
+            h = torch.where(h.to(torch.float64) > x64, down, h)  # ... then down where it went up
+            h.sub_(k.hist_lo)
+        h.div_(k.hist_width).floor_().clamp_(-1, bins)
+        h.nan_to_num_(nan=bins + 1)  # NaN slot
+        h.add_(k.hist_off)  # channel c, slot j -> c * slots + j
+        if _bincount_ok(device):
+            itype = torch.int16 if c * slots < (1 << 15) else torch.int32
+            idx = self._buffer("i", rows.shape, itype, device)
+            idx.copy_(h)
+            counts = torch.bincount(idx.view(-1), minlength=c * slots).to(torch.float64)
+        else:
+            idx = h.reshape(-1).to(torch.int64)
+            counts = torch.zeros(c * slots, dtype=torch.float64, device=device)
+            counts.index_add_(0, idx, torch.ones((), dtype=torch.float64, device=device).expand(idx.numel()))
+        return counts.view(c, slots)
+
+    # ------------------------------------------------------------------ sync / merge
+    def _pack(self) -> torch.Tensor:
+        parts = [getattr(self, n) for n in _STATE_ORDER]
+        if self.hist_bins and self.hist.numel():
+            parts.append(self.hist.reshape(-1))
+        return torch.cat(parts)
+
+    def _unpack(self, packed: torch.Tensor, channels: int) -> dict[str, torch.Tensor]:
+        st = {n: packed[..., i * channels : (i + 1) * channels] for i, n in enumerate(_STATE_ORDER)}
+        if self.hist_bins:
+            rest = packed[..., len(_STATE_ORDER) * channels :]
+            st["hist"] = rest.reshape(*packed.shape[:-1], channels, self.hist_bins + 2)
+        return st
+
+    def _channels_in(self, length: int) -> int:
+        per = len(_STATE_ORDER) + (self.hist_bins + 2 if self.hist_bins else 0)
+        if length % per:
+            raise ValueError(f"cannot unpack {length} synced values into RangeStats states ({per} per channel)")
+        return length // per
+
+    def _sync_dist(self, dist_sync_fn: Callable | None = None, process_group: Any | None = None) -> None:
+        """One gather of all states packed together (instead of one per state); ranks that saw no
+        data send an empty tensor and are left out of the reduction."""
+        if dist_sync_fn is None:
+            from torchmetrics.utilities.distributed import gather_all_tensors
+
+            dist_sync_fn = gather_all_tensors
+        local = self._pack()
+        gathered = dist_sync_fn(local, group=process_group or self.process_group)
+        parts = [g.reshape(-1).to(local.device) for g in gathered if g.numel()]
+        if not parts:
+            return
+        if any(p.numel() != parts[0].numel() for p in parts):
+            raise ValueError(f"ranks hold different RangeStats sizes {[p.numel() for p in parts]}: different channel counts?")
+        c = self._channels_in(parts[0].numel())
+        st = self._unpack(torch.stack(parts), c)
+        for name, t in st.items():
+            red = "sum" if name == "hist" else _ALL[name][0]
+            if red == "min":
+                v = t.amin(dim=0)
+            elif red == "max":
+                v = t.amax(dim=0)
+            else:
+                v = t.sum(dim=0)
+            setattr(self, name, v)
+        if not self.hist_bins:
+            self.hist = torch.zeros(0, 2, dtype=torch.float64, device=local.device)
+
+    def merge(self, other: "RangeStats") -> None:
+        """Fold another accumulator's states into this one (same channels and histogram)."""
+        if other.channels == 0:
+            self.dtypes_seen |= other.dtypes_seen
+            return
+        if other.hist_bins != self.hist_bins:
+            raise ValueError(f"cannot merge hist_bins={other.hist_bins} into hist_bins={self.hist_bins}")
+        if self.channels == 0:
+            self._init_states(other.channels, other.min.device)
+        if other.channels != self.channels:
+            raise ValueError(f"cannot merge {other.channels} channels into {self.channels}")
+        for name in _STATE_ORDER:
+            red = _ALL[name][0]
+            a, b = getattr(self, name), getattr(other, name).to(self.min.device)
+            setattr(self, name, torch.minimum(a, b) if red == "min" else torch.maximum(a, b) if red == "max" else a + b)
+        if self.hist_bins:
+            self.hist = self.hist + other.hist.to(self.hist.device)
+        self.dtypes_seen |= other.dtypes_seen
 
     # ------------------------------------------------------------------ compute
     def _wrap_compute(self, compute: Callable) -> Callable:
         """Sync across processes around ``compute`` (once), without torchmetrics' caching and
-        scalar squeezing (a one-channel summary keeps its channel axis)."""
+        scalar squeezing (a one-channel summary keeps its channel axis). Every rank takes part in
+        the sync, also one that saw no data (it would otherwise leave the others waiting)."""
 
         @functools.wraps(compute)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            if self.min.numel() == 0:
+            if self._is_synced:  # synced by hand (sync() ... unsync()): use those states as they are
                 return compute(*args, **kwargs)
             with self.sync_context(
                 dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
@@ -339,22 +711,18 @@ class RangeStats(Metric):
     def compute(self) -> RangeSummary:  # type: ignore[override]
         """One host transfer of all states; call only on check/logging steps."""
         c = self.channels
-        device = self.min.device
         if c == 0:
             z = torch.zeros(0, dtype=torch.float64)
-            return RangeSummary(0, z, z, z, z, z, z, z, z, z, z, z, z, z, z, None, None, None, None, None, tuple(sorted(self.dtypes_seen)))
-        parts = [getattr(self, n) for n in _STATE_ORDER]
-        hist = self.hist if self.hist_bins and self.hist.numel() else None
-        if hist is not None:
-            parts.append(hist.reshape(-1))
-        packed = torch.cat(parts).cpu()  # the single host transfer
-        st = {n: packed[i * c : (i + 1) * c] for i, n in enumerate(_STATE_ORDER)}
+            return RangeSummary(0, z, z, z, z, z, z.bool(), z, z, z, z, z, z, z, z, None, None, None, None, None,
+                                tuple(sorted(self.dtypes_seen)))
+        packed = self._pack().cpu()  # the single host transfer
+        st = self._unpack(packed, c)
         cnt = st["count"]
         mean = st["sum"] / cnt.clamp(min=1)
         var = (st["sumsq"] / cnt.clamp(min=1) - mean * mean).clamp(min=0)
         hist_t = edges = under = over = None
-        if hist is not None:
-            h = packed[len(_STATE_ORDER) * c :].view(c, self.hist_bins + 2)
+        if self.hist_bins:
+            h = st["hist"]
             under, hist_t, over = h[:, 0], h[:, 1:-1], h[:, -1]
             edges = self.hist_edges_for(c, "cpu")
         bounds = self.bounds_for(c, "cpu")
@@ -381,19 +749,3 @@ class RangeStats(Metric):
             bounds=bounds,
             dtypes=tuple(sorted(self.dtypes_seen)),
         )
-
-    def merge(self, other: "RangeStats") -> None:
-        """Fold another accumulator's states into this one (same channels)."""
-        if other.channels == 0:
-            return
-        if self.channels == 0:
-            self._init_states(other.channels, other.min.device)
-        if other.channels != self.channels:
-            raise ValueError(f"cannot merge {other.channels} channels into {self.channels}")
-        for name in _STATE_ORDER:
-            red = {**_EVERY_STEP, **_DETAIL}[name][0]
-            a, b = getattr(self, name), getattr(other, name).to(self.min.device)
-            setattr(self, name, torch.minimum(a, b) if red == "min" else torch.maximum(a, b) if red == "max" else a + b)
-        if self.hist_bins and other.hist.numel():
-            self.hist = self.hist + other.hist.to(self.hist.device) if self.hist.numel() else other.hist.clone()
-        self.dtypes_seen |= other.dtypes_seen

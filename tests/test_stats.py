@@ -1,0 +1,571 @@
+"""RangeStats against a numpy float64 reference: exactness, layouts, merge/sync, state_dict, no host sync.
+
+CUDA-only checks (sync debug mode) live in ``test_stats_cuda.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rangewatch import stats as stats_mod
+from rangewatch.stats import RangeStats, RangeSummary
+
+SETTINGS = dict(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+
+DTYPES = [torch.uint8, torch.bool, torch.float16, torch.bfloat16, torch.float32, torch.float64]
+#: relative tolerance of mean (scaled by mean|x|) and variance (scaled by mean x^2): float32
+#: accumulation for float inputs up to 32 bits, float64 otherwise
+RTOL = {torch.float64: 1e-10, torch.uint8: 1e-10, torch.bool: 1e-10}
+RTOL_DEFAULT = 1e-5
+IMAGENET_LO, IMAGENET_HI = -2.1179039301310043, 2.2489082969432315  # not float32 numbers
+
+
+# ---------------------------------------------------------------------------- reference
+def channel_rows(x: torch.Tensor, channel_dim: int | None) -> np.ndarray:
+    """``x`` as a float64 numpy array of shape (C, N) (exact for every dtype tested here)."""
+    a = x.detach().to(torch.float64).cpu().numpy()
+    if channel_dim is None or a.ndim == 0:
+        return a.reshape(1, -1)
+    return np.moveaxis(a, channel_dim, 0).reshape(a.shape[channel_dim], -1)
+
+
+def check_summary(r: RangeSummary, rows: np.ndarray, dtype: torch.dtype, *, detail: bool,
+                  bounds: tuple[np.ndarray, np.ndarray] | None = None, hist: bool = False) -> None:
+    c, n = rows.shape
+    assert r.channels == c
+    np.testing.assert_array_equal(r.count.numpy(), np.full(c, n))
+    rtol = RTOL.get(dtype, RTOL_DEFAULT)
+    for ch in range(c):
+        v = rows[ch]
+        nan, fin = np.isnan(v), np.isfinite(v)
+        if nan.any():
+            assert math.isnan(r.min[ch]) and math.isnan(r.max[ch]) and math.isnan(r.mean[ch])
+        else:
+            assert float(r.min[ch]) == v.min() and float(r.max[ch]) == v.max()
+        assert bool(r.nonfinite_seen[ch]) == bool((~fin).any())
+        big = dtype in (torch.float32, torch.bfloat16) and fin.any() and np.abs(v[fin]).max() > 1e18
+        if fin.all() and not big:  # float32 sums of squares overflow past ~1.8e19 (documented)
+            mean, var = v.mean(), v.var()
+            assert abs(float(r.mean[ch]) - mean) <= rtol * np.abs(v).mean() + 1e-300, (ch, float(r.mean[ch]), mean)
+            assert abs(float(r.std[ch]) ** 2 - var) <= rtol * (v * v).mean() + 1e-300, (ch, float(r.std[ch]) ** 2, var)
+        elif not fin.all():
+            assert not math.isfinite(r.mean[ch])
+        if not detail:
+            continue
+        assert float(r.detail_count[ch]) == n
+        f = v[fin]
+        assert float(r.finite_min[ch]) == (f.min() if f.size else math.inf)
+        assert float(r.finite_max[ch]) == (f.max() if f.size else -math.inf)
+        assert float(r.nan[ch]) == nan.sum()
+        assert float(r.inf[ch]) == np.isinf(v).sum()
+        assert float(r.nonfinite[ch]) == (~fin).sum()
+        if bounds is not None:
+            assert float(r.below[ch]) == (v < bounds[0][ch]).sum(), ("below", ch)
+            assert float(r.above[ch]) == (v > bounds[1][ch]).sum(), ("above", ch)
+        if hist:
+            e = r.hist_edges[ch].numpy()
+            w = v[~nan]
+            assert float(r.hist_underflow[ch]) == (w < e[0]).sum()
+            assert float(r.hist_overflow[ch]) == (w >= e[-1]).sum()
+            inside = w[(w >= e[0]) & (w < e[-1])]  # numpy closes its last bin; ours is half-open
+            np.testing.assert_array_equal(r.hist[ch].numpy(), np.histogram(inside, bins=e)[0])
+
+
+# ---------------------------------------------------------------------------- data
+def _dtype_max(dtype: torch.dtype) -> float:
+    return float(torch.finfo(dtype).max) if dtype.is_floating_point else 255.0
+
+
+@st.composite
+def cases(draw):
+    ndim = draw(st.integers(2, 5))
+    shape = [draw(st.integers(1, 6 if ndim <= 3 else 4)) for _ in range(ndim)]
+    dtype = draw(st.sampled_from(DTYPES))
+    channel_dim = draw(st.one_of(st.none(), st.integers(-ndim, ndim - 1)))
+    layout = draw(st.sampled_from(["contiguous", "channels_last", "transposed"]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    scale = draw(st.sampled_from([1.0, 100.0, 3e4]))
+    specials = draw(st.lists(st.sampled_from(["nan", "inf", "-inf", "zero", "negzero", "max", "bound", "edge", "tiny"]),
+                             max_size=6))
+    bounds = draw(st.sampled_from([None, (0.0, 1.0), (IMAGENET_LO, IMAGENET_HI), (-1.0, 1.0), (-3.0, 250.0)]))
+    hist_bins = draw(st.sampled_from([0, 0, 1, 4, 7, 16]))
+    hist_range = draw(st.sampled_from([None, None, (-2.0, 2.0), (-0.3, 0.7), (0.0, 256.0)]))
+    return dict(shape=shape, dtype=dtype, channel_dim=channel_dim, layout=layout, seed=seed, scale=scale,
+                specials=specials, bounds=bounds, hist_bins=hist_bins, hist_range=hist_range)
+
+
+def make_tensor(case: dict, edges: np.ndarray | None = None) -> torch.Tensor:
+    rng = np.random.default_rng(case["seed"])
+    dtype, shape = case["dtype"], case["shape"]
+    if dtype == torch.bool:
+        a = rng.integers(0, 2, size=shape).astype(np.float64)
+    elif dtype == torch.uint8:
+        a = rng.integers(0, 256, size=shape).astype(np.float64)
+    else:
+        a = rng.normal(size=shape) * case["scale"]
+    flat = a.reshape(-1)
+    lo, hi = case["bounds"] or (0.0, 1.0)
+    for kind in case["specials"]:
+        i = rng.integers(0, flat.size)
+        if kind == "bound":  # a bound itself and its float32 neighbours
+            b = np.float32(lo if rng.integers(2) else hi)
+            flat[i] = float(np.nextafter(b, np.float32(rng.choice([-np.inf, np.inf])))) if rng.integers(2) else float(b)
+        elif kind == "edge" and edges is not None:
+            e = np.float32(edges.reshape(-1)[rng.integers(0, edges.size)])
+            flat[i] = float(np.nextafter(e, np.float32(-np.inf))) if rng.integers(2) else float(e)
+        elif dtype.is_floating_point:
+            flat[i] = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf, "zero": 0.0, "negzero": -0.0,
+                       "max": _dtype_max(dtype) * rng.choice([-1, 1]), "tiny": 1e-40, "edge": 0.5}[kind]
+    if not dtype.is_floating_point:
+        a = np.clip(np.nan_to_num(np.round(a)), 0, 1 if dtype == torch.bool else 255)
+    t = torch.from_numpy(a).to(dtype)
+    nd = t.dim()
+    if case["layout"] == "channels_last" and nd in (4, 5):
+        t = t.contiguous(memory_format=torch.channels_last if nd == 4 else torch.channels_last_3d)
+    elif case["layout"] == "transposed":
+        t = t.transpose(0, -1).contiguous().transpose(0, -1)  # same values, permuted strides
+    return t
+
+
+def stats_for(case: dict) -> RangeStats:
+    return RangeStats(channel_dim=case["channel_dim"], bounds=case["bounds"], hist_bins=case["hist_bins"],
+                      hist_range=case["hist_range"])
+
+
+def channels_of(case: dict) -> int:
+    return 1 if case["channel_dim"] is None else case["shape"][case["channel_dim"]]
+
+
+# ---------------------------------------------------------------------------- property tests
+@settings(**SETTINGS)
+@given(cases(), st.booleans())
+def test_matches_numpy_reference(case, detail):
+    s = stats_for(case)
+    c = channels_of(case)
+    edges = s.hist_edges_for(c).numpy() if case["hist_bins"] else None
+    x = make_tensor(case, edges)
+    s.update(x, detail=detail)
+    r = s.compute()
+    b = s.bounds_for(c)
+    check_summary(r, channel_rows(x, case["channel_dim"]), case["dtype"], detail=detail,
+                  bounds=None if b is None else (b[0].numpy(), b[1].numpy()), hist=bool(case["hist_bins"]) and detail)
+    assert r.dtypes == (str(case["dtype"]).replace("torch.", ""),)
+
+
+@settings(**SETTINGS)
+@given(cases(), st.integers(1, 3))
+def test_steps_merge_and_halves_equal_whole(case, cut):
+    """Updates over several steps, merge() of two accumulators and one accumulator over the whole
+    tensor agree (exactly for extremes and counts)."""
+    s = stats_for(case)
+    c = channels_of(case)
+    x = make_tensor(case, s.hist_edges_for(c).numpy() if case["hist_bins"] else None)
+    whole = stats_for(case)
+    whole.update(x, detail=True)
+    dim = 0 if case["channel_dim"] not in (0, -x.dim()) else 1
+    k = min(cut, x.shape[dim])
+    a, b = x.narrow(dim, 0, k), x.narrow(dim, k, x.shape[dim] - k)
+    steps = stats_for(case)
+    steps.update(a, detail=True)
+    steps.update(b, detail=True)
+    left, right = stats_for(case), stats_for(case)
+    left.update(a, detail=True)
+    right.update(b, detail=True)
+    left.merge(right)
+    w = whole.compute()
+    for other in (steps.compute(), left.compute()):
+        _assert_same_summary(other, w, case["dtype"])
+
+
+def _assert_same_summary(a: RangeSummary, b: RangeSummary, dtype: torch.dtype) -> None:
+    exact = ["count", "min", "max", "finite_min", "finite_max", "nan", "inf", "below", "above", "detail_count",
+             "nonfinite_seen"]
+    for k in exact:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, equal_nan=True, msg=k)
+    for k in ("hist", "hist_underflow", "hist_overflow", "hist_edges"):
+        if b[k] is None:
+            assert a[k] is None
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    rtol = RTOL.get(dtype, RTOL_DEFAULT)
+    fin = torch.isfinite(b.mean) & torch.isfinite(b.std)
+    scale = b.mean.abs() + b.std
+    assert ((a.mean - b.mean).abs()[fin] <= 4 * rtol * scale[fin] + 1e-300).all()
+    assert ((a.std**2 - b.std**2).abs()[fin] <= 4 * rtol * (b.mean**2 + b.std**2)[fin] + 1e-300).all()
+
+
+# ---------------------------------------------------------------------------- specific cases
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8])
+def test_large_layouts_against_numpy(layout, dtype):
+    """Big enough for the grouped column reduction of channels-last and multi-chunk partial sums."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 40, 48, generator=g) * 2
+    if dtype == torch.uint8:
+        x = (x * 40 + 128).clamp(0, 255)
+    x = x.to(dtype)
+    if dtype.is_floating_point:
+        x[1, 2, 3, 4] = float("nan")
+        x[0, 1, 5, :3] = float("inf")
+        x[3, 0, 0, 0] = -float("inf")
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    s = RangeStats(bounds="imagenet", hist_bins=64)
+    s.update(x)
+    s.update(x, detail=True)
+    r = s.compute()
+    rows = channel_rows(x, 1)
+    np.testing.assert_array_equal(r.count.numpy(), 2 * np.full(3, rows.shape[1]))
+    single = RangeStats(bounds="imagenet", hist_bins=64)
+    single.update(x, detail=True)
+    b = single.bounds_for(3)
+    check_summary(single.compute(), rows, dtype, detail=True, bounds=(b[0].numpy(), b[1].numpy()), hist=True)
+
+
+def test_fp16_sum_does_not_overflow():
+    x = torch.full((1, 1, 1000, 1000), 1000.0, dtype=torch.float16)  # sum 1e9, far past fp16's 65504
+    s = RangeStats()
+    s.update(x)
+    r = s.compute()
+    assert float(r.mean[0]) == pytest.approx(1000.0, rel=1e-6)
+    assert float(r.std[0]) == pytest.approx(0.0, abs=1e-2)
+    assert float(r.count[0]) == 1e6
+    y = torch.full((2, 3, 300, 300), 60000.0, dtype=torch.float16)  # squares far past fp16 too
+    s = RangeStats()
+    s.update(y)
+    assert torch.allclose(s.compute().mean, torch.full((3,), 60000.0, dtype=torch.float64))
+
+
+def test_mean_std_precision_float32():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, 128, 128, generator=g) * 0.25 + 0.5
+    s = RangeStats()
+    s.update(x)
+    r = s.compute()
+    rows = channel_rows(x, 1)
+    np.testing.assert_allclose(r.mean.numpy(), rows.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(r.std.numpy(), rows.std(1), rtol=1e-5)
+
+
+def test_histogram_edge_semantics():
+    """Bins are [e_i, e_{i+1}); below the first edge is underflow, at or above the last is overflow."""
+    s = RangeStats(channel_dim=None, hist_bins=4, hist_range=(0.0, 4.0))
+    edges = s.hist_edges_for(1)
+    assert edges.tolist() == [[0.0, 1.0, 2.0, 3.0, 4.0]]  # exact for a power-of-two width
+    x = torch.tensor([-math.inf, -1e-30, 0.0, -0.0, 0.5, float(np.nextafter(np.float32(1), np.float32(0))), 1.0, 3.999, 4.0, 4.5, math.inf, math.nan])
+    s.update(x, detail=True)
+    r = s.compute()
+    assert r.hist.tolist() == [[4.0, 1.0, 0.0, 1.0]]
+    assert r.hist_underflow.tolist() == [2.0] and r.hist_overflow.tolist() == [3.0]
+    assert r.nan.tolist() == [1.0] and r.inf.tolist() == [2.0]
+
+
+def test_histogram_edges_close_to_linspace():
+    s = RangeStats(bounds="imagenet", hist_bins=64)
+    e = s.hist_edges_for(3)
+    lo, hi = s.bounds_for(3)
+    span = hi - lo
+    nominal = (lo - span / 2)[:, None] + (2 * span)[:, None] * torch.linspace(0, 1, 65, dtype=torch.float64)[None, :]
+    assert (e[:, 1:] > e[:, :-1]).all()
+    ulp = 2.0**-23 * nominal.abs().amax(dim=1, keepdim=True)  # float32 spacing at the range's magnitude
+    assert ((e - nominal).abs() <= 4 * ulp).all()  # float32 rounding of origin and width
+
+
+def test_bounds_are_compared_as_float64():
+    """A float32 value just past a bound that float32 cannot represent counts as outside."""
+    s = RangeStats(channel_dim=None, bounds=(IMAGENET_LO, IMAGENET_HI))
+    lo32, hi32 = np.float32(IMAGENET_LO), np.float32(IMAGENET_HI)
+    vals = [lo32, np.nextafter(lo32, np.float32(-np.inf)), np.nextafter(lo32, np.float32(np.inf)),
+            hi32, np.nextafter(hi32, np.float32(-np.inf)), np.nextafter(hi32, np.float32(np.inf)), np.float32(0)]
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        x = torch.tensor(np.array(vals, dtype=np.float32)).to(dtype)
+        s.reset()
+        s.update(x, detail=True)
+        r = s.compute()
+        v = x.double().numpy()
+        assert r.below.tolist() == [float((v < IMAGENET_LO).sum())], dtype
+        assert r.above.tolist() == [float((v > IMAGENET_HI).sum())], dtype
+
+
+def test_integer_and_bool_inputs():
+    x = torch.tensor([[0, 255, 7], [3, 3, 3]], dtype=torch.uint8)
+    s = RangeStats(channel_dim=0, bounds=(1.0, 254.5), hist_bins=4, hist_range=(0.0, 256.0))
+    s.update(x, detail=True)
+    r = s.compute()
+    assert r.min.tolist() == [0.0, 3.0] and r.max.tolist() == [255.0, 3.0]
+    assert r.finite_min.tolist() == [0.0, 3.0] and r.nan.tolist() == [0.0, 0.0]
+    assert r.below.tolist() == [1.0, 0.0] and r.above.tolist() == [1.0, 0.0]
+    assert r.hist.tolist() == [[2.0, 0.0, 0.0, 1.0], [3.0, 0.0, 0.0, 0.0]]
+    assert r.integer and r.dtypes == ("uint8",)
+    b = RangeStats(channel_dim=None)
+    b.update(torch.tensor([True, False, True, True]))
+    rb = b.compute()
+    assert rb.mean.tolist() == [0.75] and rb.max.tolist() == [1.0] and not rb.nonfinite_seen.any()
+    big = RangeStats(channel_dim=None)
+    big.update(torch.tensor([2**40, -(2**40), 3], dtype=torch.int64))
+    assert big.compute().mean.tolist() == [1.0]  # int64 sums are exact (float64), not float32
+
+
+def test_all_nonfinite_channel():
+    x = torch.tensor([[math.nan, math.inf], [1.0, 2.0]])
+    s = RangeStats(channel_dim=0, bounds=(0.0, 1.5))
+    s.update(x, detail=True)
+    r = s.compute()
+    assert r.finite_min[0] == math.inf and r.finite_max[0] == -math.inf
+    assert r.range_min[0] != r.range_min[0]  # falls back to the NaN plain minimum
+    assert r.finite_min[1] == 1.0 and r.finite_max[1] == 2.0
+    assert r.above.tolist() == [1.0, 1.0] and r.nonfinite.tolist() == [2.0, 0.0]
+
+
+# ---------------------------------------------------------------------------- shapes and errors
+def test_empty_tensors_are_ignored():
+    s = RangeStats(bounds="unit", hist_bins=8)
+    s.update(torch.empty(0, 3, 4, 4), detail=True)
+    s.update(torch.empty(2, 0, 4, 4))
+    r = s.compute()
+    assert r.channels == 0 and r.empty and r.hist is None and r.count.numel() == 0
+    x = torch.rand(2, 3, 4, 4)
+    s.update(x, detail=True)
+    before = s.compute()
+    s.update(torch.empty(0, 3, 4, 4, dtype=torch.float16), detail=True)
+    s.update(torch.empty(5, 0))  # a different (empty) channel count is nothing to count either
+    after = s.compute()
+    assert not after.empty
+    _assert_same_summary(after, before, torch.float32)
+
+
+def test_missing_channel_dim_is_a_clear_error():
+    s = RangeStats(channel_dim=1)
+    with pytest.raises(ValueError, match=r"channel_dim=1 is out of range for a 1-D tensor.*channel_dim=None"):
+        s.update(torch.ones(5))
+    with pytest.raises(ValueError, match="out of range"):
+        s.update(torch.ones(0))  # also when empty
+    with pytest.raises(ValueError, match="out of range"):
+        RangeStats(channel_dim=-3).update(torch.ones(2, 2))
+    one = RangeStats(channel_dim=None)
+    one.update(torch.ones(5))
+    assert one.compute().channels == 1
+    scalar = RangeStats(channel_dim=1)
+    scalar.update(torch.tensor(2.5))  # a 0-d tensor is one channel
+    r = scalar.compute()
+    assert r.channels == 1 and r.mean.tolist() == [2.5]
+
+
+def test_other_errors():
+    s = RangeStats()
+    s.update(torch.zeros(1, 3, 2, 2))
+    with pytest.raises(ValueError, match="saw 3 channels before and now 4"):
+        s.update(torch.zeros(1, 4, 2, 2))
+    with pytest.raises(ValueError, match="states on cpu but got a tensor on meta"):
+        s.update(torch.zeros(1, 3, 2, 2, device="meta"))
+    with pytest.raises(TypeError, match="takes a tensor"):
+        s.update([1.0, 2.0])
+    with pytest.raises(TypeError, match="complex"):
+        s.update(torch.zeros(1, 3, 2, 2, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="bounds give 2 channels but the tensor has 3"):
+        RangeStats(bounds=((0.0, 0.0), (1.0, 1.0))).update(torch.zeros(1, 3, 2, 2), detail=True)
+    with pytest.raises(ValueError, match="hist_bins"):
+        RangeStats(hist_bins=-1)
+    with pytest.raises(ValueError, match="hist_range"):
+        RangeStats(hist_bins=4, hist_range=(1.0, 1.0))
+    with pytest.raises(TypeError, match="channel_dim"):
+        RangeStats(channel_dim=1.0)
+    with pytest.raises(ValueError, match="cannot merge 3 channels into 2"):
+        a = RangeStats()
+        a.update(torch.zeros(1, 2, 2))
+        a.merge(s)
+
+
+# ---------------------------------------------------------------------------- state and sync
+def _filled(seed: int, hist_bins: int = 16, n: int = 4) -> tuple[RangeStats, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 8, 8, generator=g) * 2
+    x[0, seed % 3, 0, 0] = float("nan") if seed % 2 else float("inf")
+    s = RangeStats(bounds="symmetric", hist_bins=hist_bins)
+    s.update(x)
+    s.update(x, detail=True)
+    return s, x
+
+
+def test_state_dict_round_trip():
+    s, x = _filled(3)
+    sd = s.state_dict()
+    assert "hist" in sd and sd["hist"].shape == (3, 18)
+    fresh = RangeStats(bounds="symmetric", hist_bins=16)
+    fresh.load_state_dict(sd)
+    _assert_same_summary(fresh.compute(), s.compute(), torch.float32)
+    # and it keeps accumulating like the original
+    fresh.update(x, detail=True)
+    s.update(x, detail=True)
+    _assert_same_summary(fresh.compute(), s.compute(), torch.float32)
+    assert sd["hist"].shape == (3, 18)  # the loaded tensors are not updated in place
+
+
+def test_sync_dist_with_fake_gather():
+    """torchmetrics' sync path without DDP: the gather returns two ranks' states."""
+    a, xa = _filled(1)
+    b, xb = _filled(2)
+    ref = RangeStats(bounds="symmetric", hist_bins=16)
+    for x in (xa, xb):
+        ref.update(x)
+        ref.update(x, detail=True)
+    calls = []
+
+    def fake_gather(t, group=None):
+        calls.append(t.shape)
+        return [t.clone(), b._pack()]
+
+    a._sync_dist(fake_gather)
+    assert len(calls) == 1  # all states in one gather
+    r, w = a.compute(), ref.compute()
+    _assert_same_summary(r, w, torch.float32)
+    ra, rb = _filled(1)[0].compute(), b.compute()  # the reductions, one by one
+    same = dict(rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(r.min, torch.minimum(ra.min, rb.min), **same)
+    torch.testing.assert_close(r.max, torch.maximum(ra.max, rb.max), **same)
+    torch.testing.assert_close(r.finite_min, torch.minimum(ra.finite_min, rb.finite_min), **same)
+    torch.testing.assert_close(r.nonfinite_seen, ra.nonfinite_seen | rb.nonfinite_seen, **same)
+    for k in ("count", "nan", "inf", "below", "above", "hist", "hist_underflow"):
+        torch.testing.assert_close(r[k], ra[k] + rb[k], **same)
+    # a rank that saw no data sends an empty tensor and still receives the result
+    empty = RangeStats(bounds="symmetric", hist_bins=16)
+    empty._sync_dist(lambda t, group=None: [t, b._pack()])
+    _assert_same_summary(empty.compute(), b.compute(), torch.float32)
+    # the public path: sync() only when distributed is available (forced here)
+    c = _filled(1)[0]
+    c.sync(dist_sync_fn=fake_gather, distributed_available=lambda: True)
+    _assert_same_summary(c.compute(), w, torch.float32)
+    c.unsync()
+    _assert_same_summary(c.compute(), _filled(1)[0].compute(), torch.float32)
+
+
+def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        g = torch.Generator().manual_seed(7)
+        x = torch.randn(6, 3, 10, 10, generator=g)
+        x[1, 1, 2, 2] = float("nan")
+        x[4, 0, 0, 0] = float("inf")
+        s = RangeStats(bounds="imagenet", hist_bins=32)
+        part = x[:3] if rank == 0 else x[3:]
+        s.update(part)
+        s.update(part, detail=True)
+        summary = s.compute()
+        local_after = s.count.clone()
+        # second round: rank 1 saw nothing at all
+        e = RangeStats(bounds="imagenet", hist_bins=32)
+        if rank == 0:
+            e.update(x, detail=True)
+        summary_e = e.compute()
+        torch.save({"summary": summary.__dict__, "local_count": local_after, "summary_e": summary_e.__dict__},
+                   os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_gloo_matches_single_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / 'store'}"
+    mp.spawn(_ddp_worker, args=(2, init, str(tmp_path)), nprocs=2, join=True)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(6, 3, 10, 10, generator=g)
+    x[1, 1, 2, 2] = float("nan")
+    x[4, 0, 0, 0] = float("inf")
+    ref = RangeStats(bounds="imagenet", hist_bins=32)
+    ref.update(x)
+    ref.update(x, detail=True)
+    w = ref.compute()
+    single = RangeStats(bounds="imagenet", hist_bins=32)
+    single.update(x, detail=True)
+    w_e = single.compute()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        _assert_same_summary(RangeSummary(**got["summary"]), w, torch.float32)
+        assert got["local_count"].tolist() == [600.0] * 3  # unsynced again after compute
+        _assert_same_summary(RangeSummary(**got["summary_e"]), w_e, torch.float32)
+
+
+# ---------------------------------------------------------------------------- no host sync
+def _forbid_sync(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("host sync in RangeStats.update")
+
+    for name in ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__", "nonzero"):
+        monkeypatch.setattr(torch.Tensor, name, boom)
+    for name in ("nonzero", "masked_select", "unique", "argwhere"):
+        monkeypatch.setattr(torch, name, boom)
+
+
+@pytest.mark.parametrize("hist_bins", [0, 64])
+def test_update_never_reads_values_back(monkeypatch, hist_bins):
+    """CPU proof: every value-reading entry point raises while update runs (first update included)."""
+    inputs = [
+        torch.randn(2, 3, 8, 8),
+        torch.randn(2, 3, 8, 8).half(),
+        torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last),
+        torch.randn(2, 3, 8, 8, dtype=torch.float64),
+        torch.randint(0, 255, (2, 3, 8, 8), dtype=torch.uint8),
+    ]
+    inputs[0][0, 0, 0, 0] = float("nan")
+    accs = [RangeStats(bounds="imagenet", hist_bins=hist_bins) for _ in inputs]
+    with monkeypatch.context() as m:
+        _forbid_sync(m)
+        with pytest.raises(AssertionError):
+            bool(torch.ones(1))  # the patch is active
+        for acc, x in zip(accs, inputs):
+            for _ in range(2):
+                acc.update(x)
+                acc.update(x, detail=True)
+    for acc, x in zip(accs, inputs):
+        b = acc.bounds_for(3)
+        r = acc.compute()
+        single = RangeStats(bounds="imagenet", hist_bins=hist_bins)
+        single.update(x, detail=True)
+        check_summary(single.compute(), channel_rows(x, 1), x.dtype, detail=True,
+                      bounds=(b[0].numpy(), b[1].numpy()), hist=bool(hist_bins))
+        assert r.count.tolist() == [4 * 2 * 64.0] * 3
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_update_runs_on_meta_tensors(memory_format):
+    """The non-CPU path (what CUDA runs: index_add_ histogram, no cached scratch) on data-less
+    tensors: any value read, data-dependent shape or CUDA-syncing op such as bincount fails here."""
+    s = RangeStats(bounds="imagenet", hist_bins=64)
+    for dtype in (torch.float32, torch.float16, torch.float64, torch.uint8):
+        s.reset()
+        x = torch.empty(2, 3, 8, 8, device="meta", dtype=dtype).contiguous(memory_format=memory_format)
+        s.update(x)
+        s.update(x, detail=True)
+        assert s.min.device.type == "meta" and s.hist.shape == (3, 66)
+
+
+def test_generic_device_path_on_cpu(monkeypatch):
+    """The index_add_ histogram and uncached buffers (the CUDA code path) give the same counts."""
+    case = dict(shape=[3, 3, 9, 7], dtype=torch.float32, channel_dim=1, layout="contiguous", seed=5, scale=1.0,
+                specials=["nan", "inf", "-inf", "edge", "edge", "edge", "bound"], bounds=(IMAGENET_LO, IMAGENET_HI),
+                hist_bins=16, hist_range=None)
+    ref = stats_for(case)
+    x = make_tensor(case, ref.hist_edges_for(3).numpy())
+    ref.update(x, detail=True)
+    monkeypatch.setattr(stats_mod, "_bincount_ok", lambda device: False)
+    monkeypatch.setattr(stats_mod, "_SCRATCH_MAX", 0)
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        gen = stats_for(case)
+        gen.update(x.to(dtype), detail=True)
+        if dtype == torch.float32:
+            _assert_same_summary(gen.compute(), ref.compute(), dtype)
+        b = gen.bounds_for(3)
+        check_summary(gen.compute(), channel_rows(x.to(dtype), 1), dtype, detail=True,
+                      bounds=(b[0].numpy(), b[1].numpy()), hist=True)
