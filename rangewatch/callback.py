@@ -71,6 +71,10 @@ class RangeWatch(Callback):
             ``add_image``) and report those that clamp away data (kind ``clipping``); corrected
             previews go to TensorBoard under ``rangewatch/preview/...``.
         clip_threshold: share of values a visualisation call must clamp to be reported.
+        derive_expectations: at fit start, read what each submodule expects from its own metadata
+            (diffusers VAEs, timm ``pretrained_cfg``, transformers image processors / model types,
+            open_clip ``preprocess_cfg``) and what the data loaders produce from their transforms.
+            Declared ``expect`` entries win.
 
     Example::
 
@@ -101,6 +105,7 @@ class RangeWatch(Callback):
         watch_validation: bool = True,
         watch_visualization: bool = True,
         clip_threshold: float = 0.005,
+        derive_expectations: bool = True,
     ) -> None:
         super().__init__()
         self.expect = check_expect(expect)
@@ -115,6 +120,10 @@ class RangeWatch(Callback):
         self.watch_validation = check_bool("watch_validation", watch_validation)
         self.watch_visualization = check_bool("watch_visualization", watch_visualization)
         self.clip_threshold = check_float("clip_threshold", clip_threshold, 0.0, 1.0)
+        self.derive_expectations = check_bool("derive_expectations", derive_expectations)
+        self.image_processors: dict[str, Any] = {}
+        self._derived_keys: set[str] = set()
+        self._loader_expect: dict[str, Expectation] = {}
 
         self.findings: list[Finding] = []
         self.expectations: dict[str, Expectation] = {}
@@ -163,9 +172,9 @@ class RangeWatch(Callback):
         if tap in self.expectations:
             return self.expectations[tap]
         if tap.startswith("val/"):
-            return self.expectations.get(tap[4:])
-        if tap.startswith("batch."):
-            return None
+            return self.expectations.get(tap[4:]) or self._loader_expect.get("val")
+        if tap.startswith("batch"):
+            return self._loader_expect.get("train")
         return None
 
     # ------------------------------------------------------------------ lifecycle
@@ -212,8 +221,36 @@ class RangeWatch(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop_visualization(trainer)
 
+    def _derive(self, pl_module: pl.LightningModule) -> None:
+        """Expectations from model metadata; declared ones win."""
+        if not self.derive_expectations or self._derived_keys:
+            return
+        from .model_expectations import derive_expectations
+
+        notes: list[str] = []
+        try:
+            derived = derive_expectations(pl_module, image_processors=self.image_processors or None, notes=notes)
+        except Exception as e:
+            self._internal("derive_expectations", e, None)
+            return
+        for key, exp in derived.items():
+            name, side = key.rsplit(":", 1)
+            if side not in ("input", "output") or not name:
+                continue
+            tap = f"{name}:{side}"
+            if tap in self.expectations:  # declared wins
+                continue
+            self.expectations[tap] = exp
+            self._derived_keys.add(tap)
+        for n in notes:
+            self._note_once(n, f"rangewatch: {n}")
+
     def _attach(self, pl_module: pl.LightningModule) -> None:
+        self._derive(pl_module)
         wanted: dict[str, set[str]] = {}
+        for tap in self._derived_keys:
+            name, side = tap.rsplit(":", 1)
+            wanted.setdefault(name, set()).add(side)
         for key in list(self.expect) + list(self.modules):
             if key.startswith("batch") or key.startswith("val/"):
                 continue
@@ -238,6 +275,63 @@ class RangeWatch(Callback):
         if self.expectations:
             lines = [f"  {tap}: {e.convention} ({e.source})" for tap, e in sorted(self.expectations.items())]
             rank_zero_info("rangewatch expectations:\n" + "\n".join(lines))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._predict_loaders(trainer)
+
+    def _predict_loaders(self, trainer: pl.Trainer) -> None:
+        """What the loaders' transforms produce; a disagreement with a module's expectation is
+        reported before step 0 (the cheapest possible warning)."""
+        if not self.derive_expectations or self._loader_expect:
+            return
+        try:
+            from .transform_inspection import predict_dataset
+
+            early: list[Finding] = []
+            for stage, loader in (("train", trainer.train_dataloader), ("val", getattr(trainer, "val_dataloaders", None))):
+                if loader is None:
+                    continue
+                pred = predict_dataset(loader, where=f"{stage} dataloader")
+                if pred is None:
+                    continue
+                exp = pred.expectation("batch")
+                if exp is None:
+                    for n in pred.notes:
+                        self._note_once(n, f"rangewatch: {n}")
+                    continue
+                self._loader_expect[stage] = exp
+                if stage != "train":
+                    continue
+                for tap, mexp in sorted(self.expectations.items()):
+                    if tap.startswith(("batch", "val/")) or not tap.endswith(":input") or mexp.conv.kind != "pixel":
+                        continue
+                    if mexp.convention != exp.convention:
+                        early.append(self._pipeline_finding(tap, exp, mexp, trainer))
+            rank_zero_info("rangewatch loader predictions: " + ", ".join(f"{k}: {v.convention} ({v.source})" for k, v in self._loader_expect.items()))
+            self._report(early, int(trainer.global_step))
+        except (ConfigError, RangeMismatchError):
+            raise
+        except Exception as e:
+            self._internal("transform inspection", e, None)
+
+    def _pipeline_finding(self, tap: str, data: Expectation, model: Expectation, trainer: pl.Trainer) -> Finding:
+        from .fixes import conversion_fix
+
+        module = tap.rsplit(":", 1)[0]
+        return Finding(
+            kind="mismatch",
+            where=f"train dataloader -> {tap}",
+            observed=data.convention,
+            expected=model.convention,
+            evidence=(
+                f"the data pipeline produces {data.conv.label} ({data.source}) while {module} expects {model.conv.label} "
+                f"({model.source}); unless the model re-normalises in between, {module} gets the wrong range"
+            ),
+            fix=conversion_fix(data.convention, model.convention, module),
+            severity="info",
+            step=int(trainer.global_step),
+            source=model.source,
+        )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._module_taps.detach()
@@ -453,11 +547,13 @@ class RangeWatch(Callback):
             except Exception as e:
                 self._internal("logging", e, None)
         loud = [f for f in fresh if f.kind not in _QUIET_KINDS]
-        if self.policy == "warn":
+        if self.policy == "warn" or self.policy == "raise":
             for f in loud:
-                rank_zero_warn(f"rangewatch: {f}")
-        elif self.policy == "raise" and loud:
-            raise RangeMismatchError(loud)
+                if self.policy == "warn" or f.severity == "info":
+                    rank_zero_warn(f"rangewatch: {f}")
+        stop = [f for f in loud if f.severity != "info"]
+        if self.policy == "raise" and stop:
+            raise RangeMismatchError(stop)
 
     def _internal(self, where: str, error: BaseException, tap: _Tap | None) -> None:
         if tap is not None:

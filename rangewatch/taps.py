@@ -23,6 +23,7 @@ __all__ = ["ImageTensor", "find_images", "image_channel_dim", "ModuleTaps", "par
 DEFAULT_SKIP_KEYS: tuple[str, ...] = ("*mask*", "*label*", "*seg*", "*depth*", "*flow*", "*token*", "*ids*", "*target_idx*")
 
 _IMAGE_CHANNELS = (1, 3, 4)
+_PIXEL_KWARGS = ("pixel_values", "x", "sample", "images", "image", "input")
 _MIN_SIDE = 8
 _PIXEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8)
 
@@ -147,15 +148,17 @@ class ModuleTaps:
                 missing.append(name)
                 continue
             if "input" in sides:
-                self.handles.append(mod.register_forward_pre_hook(self._pre_hook(f"{name}:input")))
+                self.handles.append(mod.register_forward_pre_hook(self._pre_hook(f"{name}:input"), with_kwargs=True))
             if "output" in sides:
                 self.handles.append(mod.register_forward_hook(self._hook(f"{name}:output")))
             self.attached[name] = tuple(sorted(sides))
         return missing
 
     def _pre_hook(self, tap: str) -> Callable:
-        def hook(module: nn.Module, args: Any) -> None:
+        def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
             t = first_tensor(args)
+            if t is None and kwargs:  # transformers models take pixel_values=...
+                t = first_tensor([kwargs[k] for k in _PIXEL_KWARGS if k in kwargs] or list(kwargs.values()))
             if t is not None:
                 self.on_tensor(tap, t)
             return None
