@@ -367,7 +367,12 @@ class RangeWatch(Callback):
             strategy = trainer.strategy
 
             def sync_fn(t: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
-                return list(strategy.all_gather(t).unbind(0))
+                # RangeStats gathers one flat packed tensor; a rank that saw no data sends an empty
+                # one, and strategy.all_gather needs equal shapes: gather sizes, pad, gather, trim
+                t = t.reshape(-1)
+                sizes = strategy.all_gather(torch.tensor([t.numel()], device=t.device)).reshape(-1).tolist()
+                padded = torch.cat([t, t.new_zeros(max(sizes) - t.numel())])
+                return [g[:n] for g, n in zip(strategy.all_gather(padded).unbind(0), sizes)]
 
         return RangeStats(channel_dim=channel_dim, bounds=bounds, hist_bins=self.hist_bins if self.histograms else 0,
                           dist_sync_fn=sync_fn)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +35,11 @@ MAX_STEPS = 4  # two epochs of two steps
 HIST_BINS = 64
 OVERSHOOT = 1.15  # beyond [-1, 1]: makes out_of_range non-zero and the data spill past "symmetric"
 TAP = "batch[0]"
+MOD_TAP = "pick:input"  # an nn.Identity fed x[keep]: empty on rank 1 at odd steps
+KEEP = (0, 1, 4, 8, 10)  # step 0: samples 0, 4 (rank 0) and 1 (rank 1); step 1: 8, 10 (rank 0 only)
 STATS = ("min", "max", "mean", "std", "nonfinite", "out_of_range")
 MISMATCH = "rangewatch: [mismatch]"
+TIMEOUT_S = 100
 
 
 def make_images() -> np.ndarray:
@@ -49,10 +53,13 @@ def make_images() -> np.ndarray:
     return x
 
 
-def global_batch(step: int) -> np.ndarray:
+def global_batch(step: int, only_kept: bool = False) -> np.ndarray:
     per_epoch = N // GLOBAL_BATCH
     k = step % per_epoch
-    return make_images()[k * GLOBAL_BATCH : (k + 1) * GLOBAL_BATCH]
+    idx = np.arange(k * GLOBAL_BATCH, (k + 1) * GLOBAL_BATCH)
+    if only_kept:
+        idx = idx[np.isin(idx, KEEP)]
+    return make_images()[idx]
 
 
 # ---------------------------------------------------------------------------------- the script
@@ -82,7 +89,9 @@ def _run(mode: str, out: str) -> None:
 
     x = torch.from_numpy(make_images())
     y = torch.linspace(-1, 1, N)
-    ds = TensorDataset(x, y)
+    keep = torch.zeros(N, dtype=torch.bool)
+    keep[list(KEEP)] = True
+    ds = TensorDataset(x, y, keep)
 
     class Net(pl.LightningModule):
         def __init__(self) -> None:
@@ -90,9 +99,11 @@ def _run(mode: str, out: str) -> None:
             torch.manual_seed(0)
             self.conv = nn.Conv2d(C, 4, 3, padding=1)
             self.head = nn.Linear(4, 1)
+            self.pick = nn.Identity()
 
         def training_step(self, batch, batch_idx):  # noqa: ANN001
-            xb, yb = batch
+            xb, yb, kb = batch
+            self.pick(xb[kb])  # a module tap that sees an empty tensor on one rank at some steps
             return F.mse_loss(self.head(self.conv(xb).mean(dim=(2, 3))).squeeze(1), yb)
 
         def configure_optimizers(self):
@@ -104,7 +115,7 @@ def _run(mode: str, out: str) -> None:
                 return DataLoader(ds, batch_size=PER_RANK_BATCH, sampler=sampler)
             return DataLoader(ds, batch_size=GLOBAL_BATCH, shuffle=False)
 
-    watch = RangeWatch(expect={TAP: "symmetric"}, log_every_n_steps=1, check_first_n=2, hist_bins=HIST_BINS)
+    watch = RangeWatch(expect={TAP: "symmetric"}, modules=[MOD_TAP], log_every_n_steps=1, check_first_n=2, hist_bins=HIST_BINS)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=WORLD if mode == "ddp" else 1,
@@ -139,12 +150,23 @@ def _launch(mode: str, out: Path) -> subprocess.CompletedProcess:
         env.pop(k, None)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), mode, str(out)],
-        env=env, cwd=str(out), capture_output=True, text=True, timeout=100,
+        env=env, cwd=str(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
-    assert proc.returncode == 0, f"{mode} run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return proc
+    try:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # rank 1 too: Lightning starts it in this session
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{mode} run did not finish in {TIMEOUT_S}s (a collective waiting forever?):\n{stderr[-6000:]}")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # nothing of it may outlive the test
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, f"{mode} run failed ({proc.returncode}):\n{stdout[-3000:]}\n{stderr[-6000:]}"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def _read_events(out: Path) -> tuple[list[str], dict[str, list[tuple[int, float]]], dict[str, list], list[int]]:
@@ -162,12 +184,12 @@ def _read_events(out: Path) -> tuple[list[str], dict[str, list[tuple[int, float]
     return files, scalars, hists, texts
 
 
-def _tag(stat: str, c: int) -> str:
-    return f"rangewatch/{TAP}/{stat}/c{c}"
+def _tag(stat: str, c: int, tap: str = TAP) -> str:
+    return f"rangewatch/{tap}/{stat}/c{c}"
 
 
-def _numpy_figures(step: int) -> dict[str, np.ndarray]:
-    xb = global_batch(step)
+def _numpy_figures(step: int, only_kept: bool = False) -> dict[str, np.ndarray]:
+    xb = global_batch(step, only_kept)
     x64 = xb.astype(np.float64).transpose(1, 0, 2, 3).reshape(C, -1)
     lo, hi = -1.0, 1.0  # "symmetric"
     # histogram exactly as RangeStats bins it: float32 (x - lo) / width, floor, clamp to [-1, bins]
@@ -205,13 +227,20 @@ def test_ddp_matches_single_process_and_numpy(tmp_path: Path) -> None:
     assert f".{r0['pid']}." in Path(ddp_files[0]).name and f".{r1['pid']}." not in Path(ddp_files[0]).name
     assert sorted(p.name for p in (ddp_out / "tb").iterdir()) == ["version_0"]
 
-    # the same tags, one value per step 0..MAX_STEPS-1, equal between DDP and one process
+    # the same tags and steps, equal values between DDP and one process (all taps)
     expected_tags = {_tag(s, c) for s in STATS for c in range(C)}
-    assert set(ddp_scalars) == set(single_scalars) == expected_tags
-    assert set(ddp_hists) == set(single_hists) == {f"rangewatch/{TAP}/hist/c{c}" for c in range(C)}
-    for t in expected_tags:
-        assert [s for s, _ in ddp_scalars[t]] == [s for s, _ in single_scalars[t]] == list(range(MAX_STEPS)), t
+    mod_tags = {_tag(s, c, MOD_TAP) for s in ("min", "max", "mean", "std") for c in range(C)}
+    assert set(ddp_scalars) == set(single_scalars) >= expected_tags | mod_tags
+    assert set(ddp_hists) == set(single_hists) >= {f"rangewatch/{t}/hist/c{c}" for t in (TAP, MOD_TAP) for c in range(C)}
+    for t in ddp_scalars:
+        assert [s for s, _ in ddp_scalars[t]] == [s for s, _ in single_scalars[t]], t
         np.testing.assert_allclose([v for _, v in ddp_scalars[t]], [v for _, v in single_scalars[t]], rtol=1e-6, atol=1e-7, err_msg=t)
+    for t in expected_tags | mod_tags:
+        assert [s for s, _ in ddp_scalars[t]] == list(range(MAX_STEPS)), t
+    for t in ddp_hists:
+        assert [(s, list(h.bucket), list(h.bucket_limit), h.num) for s, h in ddp_hists[t]] == [
+            (s, list(h.bucket), list(h.bucket_limit), h.num) for s, h in single_hists[t]
+        ], t
 
     # ... and equal to numpy over the global batch of each step
     for step in range(MAX_STEPS):
@@ -220,6 +249,11 @@ def test_ddp_matches_single_process_and_numpy(tmp_path: Path) -> None:
             got = np.array([dict(ddp_scalars[_tag(stat, c)])[step] for c in range(C)])
             np.testing.assert_allclose(got, ref[stat], rtol=1e-5, atol=1e-6, err_msg=f"{stat} at step {step}")
         assert (ref["out_of_range"] > 0).all() and (ref["max"] == np.float32(OVERSHOOT)).all()  # the data do what we want
+        # the module tap: only the kept samples of the global batch (at odd steps all on rank 0)
+        ref_mod = _numpy_figures(step, only_kept=True)
+        for stat in ("min", "max", "mean", "std"):
+            got = np.array([dict(ddp_scalars[_tag(stat, c, MOD_TAP)])[step] for c in range(C)])
+            np.testing.assert_allclose(got, ref_mod[stat], rtol=1e-5, atol=1e-6, err_msg=f"{MOD_TAP} {stat} at step {step}")
         for c in range(C):
             tag = f"rangewatch/{TAP}/hist/c{c}"
             (sd, hd), (ss, hs) = ddp_hists[tag][step], single_hists[tag][step]
