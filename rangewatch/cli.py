@@ -21,6 +21,17 @@ def _conventions(_: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    results = run_demo(args.case, args.logdir, progress=not args.no_progress)
+    bad = [r.case for r in results if not r.ok]
+    if bad:
+        print(f"\nthese cases did not give the finding they are about: {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rangewatch",
@@ -32,6 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     c = sub.add_parser("conventions", help="list the value-range conventions rangewatch knows")
     c.set_defaults(func=_conventions)
+
+    from .demo import CASES
+
+    d = sub.add_parser(
+        "demo",
+        help="train a small model on the embedded photos with RangeWatch attached and show what it finds",
+        description="Short real Lightning runs (CPU) on the photos rangewatch ships, one per case; "
+        "prints the findings and the tensorboard command.",
+        epilog="examples:\n  rangewatch demo                      # the CodeFormer dark-preview case\n"
+        "  rangewatch demo --case vae-range\n  rangewatch demo --case all --logdir /tmp/rw\n\ncases:\n"
+        + "\n".join(f"  {k:13s} {c.title}" for k, c in CASES.items()) + "\n  all           every case above",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("--case", default="dark-preview", choices=[*CASES, "all"], help="scenario to run (default: dark-preview)")
+    d.add_argument("--logdir", default="rangewatch_logs", help="TensorBoard log directory (default: ./rangewatch_logs)")
+    d.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    d.set_defaults(func=_demo)
     return p
 
 

@@ -1,0 +1,249 @@
+"""``rangewatch demo``: short real Lightning runs on the embedded photos, one per case of the README.
+
+Each case trains a small model for a few steps with :class:`~rangewatch.RangeWatch` attached and
+writes TensorBoard logs under ``<logdir>/<case>``. ``clean`` has no bug and must give no finding.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .conventions import get_convention
+from .findings import Finding
+from .photos import load_photos
+
+__all__ = ["CASES", "DemoResult", "run_case", "run_demo", "findings_table"]
+
+
+# ----------------------------------------------------------------------------- data
+class PhotoPairs(Dataset):
+    """Restoration pairs from the embedded photos: ``lq`` (blurred, noisy) and ``gt``, in ``convention``."""
+
+    def __init__(self, size: int = 64, convention: str = "symmetric", n: int = 16):
+        photos = load_photos(size).float() / 255
+        g = torch.Generator().manual_seed(0)
+        self.gt = photos.repeat((n + len(photos) - 1) // len(photos), 1, 1, 1)[:n]
+        small = nn.functional.avg_pool2d(self.gt, 4)
+        lq = nn.functional.interpolate(small, scale_factor=4, mode="bilinear", align_corners=False)
+        self.lq = (lq + 0.03 * torch.randn(lq.shape, generator=g)).clamp(0, 1)
+        self.conv = get_convention(convention)
+
+    def __len__(self) -> int:
+        return len(self.gt)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"lq": self.conv.from_unit(self.lq[i][None])[0], "gt": self.conv.from_unit(self.gt[i][None])[0]}
+
+
+# ----------------------------------------------------------------------------- models
+def _lightning() -> Any:
+    import lightning.pytorch as pl
+
+    return pl
+
+
+def restorer_class() -> type:
+    pl = _lightning()
+
+    class Restorer(pl.LightningModule):
+        """A small residual restoration net in [-1,1], basicsr style: validation converts outputs with
+        ``tensor2img`` (the CodeFormer stage-2 code path)."""
+
+        def __init__(self, min_max: tuple[float, float] | None = (-1, 1)):
+            super().__init__()
+            self.net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 3, 3, padding=1))
+            self.min_max = min_max
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x + self.net(x)).clamp(-1, 1)
+
+        def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+            return nn.functional.l1_loss(self(batch["lq"]), batch["gt"])
+
+        def validation_step(self, batch: dict, batch_idx: int) -> None:
+            from .compat import import_basicsr
+
+            import_basicsr()
+            from basicsr.utils import tensor2img
+
+            out = self(batch["lq"])
+            kw = {} if self.min_max is None else {"min_max": self.min_max}
+            for img in out[:2]:
+                tensor2img(img, **kw)  # what the run would write to disk as its preview
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    return Restorer
+
+
+def tiny_vae() -> nn.Module:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(32,), down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4, norm_num_groups=8, sample_size=64,
+    )
+
+
+def encoders_class() -> type:
+    pl = _lightning()
+
+    class Encoders(pl.LightningModule):
+        """An IP-Adapter-like pipeline: one loader of [0,1] images, a VAE ([-1,1]), a CLIP image encoder
+        (CLIP mean/std) and a DINO-style timm backbone (ImageNet mean/std), each fed through its own
+        normalisation (``norms``)."""
+
+        def __init__(self, norms: dict[str, str], with_encoders: bool = True):
+            super().__init__()
+            self.norms = norms
+            self.vae = tiny_vae()
+            if with_encoders:
+                import timm
+                import transformers as tr
+
+                cfg = tr.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64, patch_size=16)
+                self.image_encoder = tr.CLIPVisionModelWithProjection(cfg)
+                self.dino = timm.create_model("resnet18", pretrained=False, num_classes=0)
+            self.head = nn.Conv2d(4, 3, 1)
+
+        def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+            u = batch["gt"]
+            z = self.vae.encode(get_convention(self.norms["vae"]).from_unit(u)).latent_dist.mean
+            loss = nn.functional.mse_loss(self.head(z), u)
+            if "image_encoder" in self.norms:
+                emb = self.image_encoder(pixel_values=get_convention(self.norms["image_encoder"]).from_unit(u)).image_embeds
+                feats = self.dino(get_convention(self.norms["dino"]).from_unit(u))
+                loss = loss + 0.0 * (emb.mean() + feats.mean())
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.Adam(self.head.parameters(), lr=1e-3)
+
+    return Encoders
+
+
+# ----------------------------------------------------------------------------- cases
+@dataclass
+class Case:
+    name: str
+    title: str
+    expect_kind: str | None  # the finding kind the case is about (None: no finding)
+    build: Callable[[], tuple[Any, DataLoader, DataLoader | None, dict[str, Any]]]
+    steps: int = 8
+
+
+def _pairs(convention: str) -> tuple[DataLoader, DataLoader]:
+    ds = PhotoPairs(64, convention)
+    return DataLoader(ds, batch_size=4, shuffle=True), DataLoader(ds, batch_size=4)
+
+
+def _clean() -> tuple:
+    train, val = _pairs("symmetric")
+    return restorer_class()((-1, 1)), train, val, {"expect": {"batch.lq": "symmetric", "batch.gt": "symmetric"}}
+
+
+def _dark_preview() -> tuple:
+    train, val = _pairs("symmetric")
+    return restorer_class()(None), train, val, {"expect": {"batch.lq": "symmetric", "batch.gt": "symmetric"}}
+
+
+def _vae_range() -> tuple:
+    train, _ = _pairs("unit")
+    return encoders_class()({"vae": "unit"}, with_encoders=False), train, None, {}
+
+
+def _multi_norm() -> tuple:
+    train, _ = _pairs("unit")
+    norms = {"vae": "symmetric", "image_encoder": "imagenet", "dino": "clip"}  # CLIP and ImageNet swapped
+    return encoders_class()(norms), train, None, {}
+
+
+CASES: dict[str, Case] = {
+    "dark-preview": Case("dark-preview", "CodeFormer stage 2: validation previews through tensor2img's default min_max=(0, 1)", "clipping", _dark_preview),
+    "vae-range": Case("vae-range", "[0,1] photos fed to a VAE built for [-1,1] (diffusers AutoencoderKL)", "mismatch", _vae_range, steps=4),
+    "multi-norm": Case("multi-norm", "VAE + CLIP image encoder + DINO-style backbone, CLIP and ImageNet normalisation swapped", "mismatch", _multi_norm, steps=3),
+    "clean": Case("clean", "the restoration run with every range right", None, _clean),
+}
+
+
+@dataclass
+class DemoResult:
+    case: str
+    findings: list[Finding]
+    logdir: Path
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        kind = CASES[self.case].expect_kind
+        problems = [f for f in self.findings if f.kind not in ("note",)]
+        if kind is None:
+            return not problems
+        return any(f.kind == kind for f in self.findings)
+
+
+def run_case(name: str, logdir: str | Path = "rangewatch_logs", progress: bool = True) -> DemoResult:
+    """Train one case for a few steps with RangeWatch attached; logs go to ``<logdir>/<name>``."""
+    pl = _lightning()
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from .callback import RangeWatch
+
+    case = CASES[name]
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    model, train, val, opts = case.build()
+    watch = RangeWatch(policy="log", log_every_n_steps=2, **opts)
+    logger = TensorBoardLogger(str(logdir), name=name, version="")
+    trainer = pl.Trainer(
+        max_steps=case.steps, accelerator="cpu", devices=1, logger=logger, callbacks=[watch],
+        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
+        log_every_n_steps=2, num_sanity_val_steps=0, limit_val_batches=1 if val is not None else 0,
+        val_check_interval=None, check_val_every_n_epoch=1,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"lightning\..*")
+        trainer.fit(model, train, val)
+    logger.experiment.flush()
+    return DemoResult(name, list(watch.findings), Path(logger.log_dir), time.perf_counter() - start)
+
+
+def findings_table(findings: list[Finding], width: int = 100) -> str:
+    """A plain-text table: where, seen, expected, fix."""
+    if not findings:
+        return "  no findings"
+    rows = [("where", "seen", "expected", "fix")] + [(f.where, f.observed, f.expected, f.fix) for f in findings]
+    w0 = min(34, max(len(r[0]) for r in rows))
+    w1 = min(12, max(len(r[1]) for r in rows))
+    w2 = min(22, max(len(r[2]) for r in rows))
+    out = []
+    for i, (a, b, c, d) in enumerate(rows):
+        out.append(f"  {a[:w0]:<{w0}}  {b[:w1]:<{w1}}  {c[:w2]:<{w2}}  {d}")
+        if i == 0:
+            out.append("  " + "-" * min(width, w0 + w1 + w2 + 40))
+    return "\n".join(out)
+
+
+def run_demo(case: str = "dark-preview", logdir: str | Path = "rangewatch_logs", progress: bool = True, echo: Callable[[str], None] = print) -> list[DemoResult]:
+    names = list(CASES) if case == "all" else [case]
+    results = []
+    for name in names:
+        echo(f"\n== {name}: {CASES[name].title}")
+        r = run_case(name, logdir, progress)
+        shown = [f for f in r.findings if f.kind != "note"]
+        echo(f"\n{len(shown)} finding(s) in {r.seconds:.1f} s:")
+        echo(findings_table(shown))
+        for f in shown:
+            echo(f"\n  * {f}")
+        results.append(r)
+    echo(f"\nTensorBoard logs: {Path(logdir).resolve()}\nOpen them with:\n  tensorboard --logdir {Path(logdir).resolve()}")
+    return results
