@@ -261,7 +261,9 @@ def test_ddp_matches_single_process_and_numpy(tmp_path: Path) -> None:
             assert list(hd.bucket) == list(hs.bucket) == ref["hist"][c].tolist(), (tag, step)
             assert list(hd.bucket_limit) == list(hs.bucket_limit)
             assert hd.num == hs.num == GLOBAL_BATCH * H * W
-            np.testing.assert_allclose([hd.min, hd.max, hd.sum, hd.sum_squares], [hs.min, hs.max, hs.sum, hs.sum_squares], rtol=1e-9)
+            assert (hd.min, hd.max) == (hs.min, hs.max)
+            # sums come from float32 partial sums, grouped differently for 4- and 8-sample batches
+            np.testing.assert_allclose([hd.sum, hd.sum_squares], [hs.sum, hs.sum_squares], rtol=1e-6)
             xc = global_batch(step)[:, c].astype(np.float64)
             np.testing.assert_allclose([hd.sum, hd.sum_squares], [xc.sum(), (xc * xc).sum()], rtol=1e-6)
 
