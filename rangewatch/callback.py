@@ -307,7 +307,8 @@ class RangeWatch(Callback):
                         continue
                     if mexp.convention != exp.convention:
                         early.append(self._pipeline_finding(tap, exp, mexp, trainer))
-            rank_zero_info("rangewatch loader predictions: " + ", ".join(f"{k}: {v.convention} ({v.source})" for k, v in self._loader_expect.items()))
+            if self._loader_expect:
+                rank_zero_info("rangewatch loader predictions: " + ", ".join(f"{k}: {v.convention} ({v.source})" for k, v in self._loader_expect.items()))
             self._report(early, int(trainer.global_step))
         except (ConfigError, RangeMismatchError):
             raise
@@ -454,7 +455,8 @@ class RangeWatch(Callback):
         summaries: list[tuple[str, RangeSummary]] = []
         for name in sorted(self._taps):
             tap = self._taps[name]
-            if tap.disabled or not tap.fed or not which(name):
+            # under DDP every rank takes part in every tap's reduction, fed this window or not
+            if tap.disabled or not which(name) or (not tap.fed and trainer.world_size == 1):
                 continue
             try:
                 s = tap.stats.compute()  # the host transfer (and the cross-rank reduction)
