@@ -19,7 +19,7 @@ Exactness (what the tests check against a numpy float64 reference):
 * Histogram bins are half-open, ``[e_i, e_{i+1})``, with ``e = RangeSummary.hist_edges[c]``;
   ``hist_underflow`` counts ``x < e_0`` (``-inf`` included), ``hist_overflow`` counts
   ``x >= e_bins`` (``+inf`` included), NaN is in neither (it is counted in ``nan``). The edges are
-  the exact float32 thresholds of the binning arithmetic ``floor((x - low) / width)``: they equal
+  the exact float32 thresholds of the binning arithmetic ``floor((x - low) * (bins / (high - low)))``: they equal
   ``linspace(low, high, bins + 1)`` wherever those are float32 numbers the arithmetic reproduces
   (e.g. a power-of-two width) and otherwise differ from it by a float32 rounding, so
   ``numpy.histogram(x, hist_edges[c])`` gives the same counts (numpy closes its last bin on the
@@ -178,15 +178,15 @@ def _f32_from_keys(keys: np.ndarray) -> np.ndarray:
     return bits.view(np.float32)
 
 
-def _bin_thresholds(lo32: np.ndarray, width32: np.ndarray, bins: int) -> np.ndarray:
+def _bin_thresholds(lo32: np.ndarray, scale32: np.ndarray, bins: int, shift: int = 0) -> np.ndarray:
     """``(C, bins + 1)`` float64: for each channel and i, the smallest float32 ``x`` with
-    ``float32((float32(x - lo)) / width) >= i``, i.e. the exact edges of the device binning
-    ``floor((x - lo) / width)`` done in float32 (monotone in ``x``, so a binary search finds them)."""
+    ``float32(float32(x - lo) * scale) >= i - shift``, i.e. the exact edges of the device binning
+    ``floor((x - lo) * scale) + shift`` done in float32 (monotone in ``x``: a binary search finds them)."""
     c = lo32.shape[0]
-    target = np.broadcast_to(np.arange(bins + 1, dtype=np.float32), (c, bins + 1))
+    target = np.broadcast_to(np.arange(-shift, bins + 1 - shift, dtype=np.float32), (c, bins + 1))
     lo_k = np.full((c, bins + 1), -0x7F800000, dtype=np.int64)  # -inf: predicate false
     hi_k = np.full((c, bins + 1), 0x7F800000, dtype=np.int64)  # +inf: predicate true
-    lo_b, w_b = lo32[:, None], width32[:, None]
+    lo_b, s_b = lo32[:, None], scale32[:, None]
     with np.errstate(over="ignore", invalid="ignore"):
         while True:
             open_ = hi_k - lo_k > 1
@@ -194,7 +194,7 @@ def _bin_thresholds(lo32: np.ndarray, width32: np.ndarray, bins: int) -> np.ndar
                 break
             mid = (lo_k + hi_k) // 2
             x = _f32_from_keys(mid)
-            t = (x - lo_b) / w_b  # float32 arithmetic, as on the device
+            t = (x - lo_b) * s_b  # float32 arithmetic, as on the device
             ok = t >= target
             hi_k = np.where(open_ & ok, mid, hi_k)
             lo_k = np.where(open_ & ~ok, mid, lo_k)
@@ -216,6 +216,11 @@ def _group(rows: int, width: int) -> int:
     return best
 
 
+@functools.lru_cache(maxsize=None)
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
 def _bincount_ok(device: torch.device) -> bool:
     """``torch.bincount`` is the fast scatter on CPU; CUDA's synchronises (it sizes its output from
     the data), so other devices use ``index_add_``."""
@@ -234,46 +239,70 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 def _reduce(t: torch.Tensor, op: str, acc: torch.dtype | None = None) -> torch.Tensor:
     """Per-channel reduction of an ``(A, C, B)`` tensor to ``(C,)``.
 
-    ``op``: ``amin``/``amax`` (result in ``t``'s dtype), ``sum`` (partials in ``acc``, combined in
-    float64), ``sumsq`` (sum of squares, same), ``count`` (sum of a 0/1 tensor, exact).
-    A long contiguous inner axis is reduced first (vectorised along memory); a short one (e.g.
-    channels-last: ``B == 1``) is reduced as columns of ``(A/g, g*C*B)`` blocks instead.
+    ``op``: ``amin``/``amax`` (in ``t``'s dtype), ``sum`` (accumulated in ``acc``), ``sumsq`` (sum
+    of squares: per-row norms in ``acc`` combined in float64), ``count`` (sum of a 0/1 tensor,
+    exact: float32 only while every accumulated run is shorter than 2**24).
+    A long contiguous inner axis is reduced along memory (one kernel over dims 0 and 2 runs at the
+    speed of a plain sum); a short one (e.g. channels-last: ``B == 1``) is reduced as the columns of
+    ``(A/g, g*C*B)`` blocks instead (vectorised across columns), then the ``g*B`` partials.
     """
     a, c, b = t.shape
     if b >= _INNER_MIN or a == 1 or b >= a:
-        runs = b
+        # one kernel over (0, 2) unless its C outputs split unevenly over the intra-op threads
+        # (CPU reductions parallelise over outputs: 3 channels on 2 threads run at 2/3 speed)
+        threads = torch.get_num_threads() if t.device.type == "cpu" else 1
+        if threads == 1 or c == 1 or c % threads == 0 or a == 1:
+            if op == "amin":
+                return t.amin(dim=(0, 2))
+            if op == "amax":
+                return t.amax(dim=(0, 2))
+            if op == "sum":
+                return t.sum(dim=(0, 2), dtype=acc)
+            if op == "count" and a * b < _EXACT_F32:
+                return t.sum(dim=(0, 2), dtype=torch.float32)
         if op == "amin":
-            p = t.amin(dim=2)
-        elif op == "amax":
-            p = t.amax(dim=2)
-        elif op == "sum":
-            p = t.sum(dim=2, dtype=acc)
-        elif op == "count":
-            p = t.sum(dim=2, dtype=torch.float32 if runs < _EXACT_F32 else torch.float64)
-        else:  # sumsq: per-row norms, combined as a float64 norm
-            p = torch.linalg.vector_norm(t, dim=2, dtype=acc)
-            return torch.linalg.vector_norm(p, dim=0, dtype=torch.float64).square()
-    else:
-        g = _group(a, c * b)
-        v = t.reshape(a // g, g * c * b)
-        runs = a // g
-        if op == "amin":
-            p = v.amin(dim=0)
-        elif op == "amax":
-            p = v.amax(dim=0)
-        elif op == "sum":
-            p = v.sum(dim=0, dtype=acc)
-        elif op == "count":
-            p = v.sum(dim=0, dtype=torch.float32 if runs < _EXACT_F32 else torch.float64)
-        else:  # sumsq (vector_norm over an outer axis is slow on CPU)
-            w = v.to(acc) if v.dtype != acc else v
-            p = torch.mul(w, w).sum(dim=0)
-        p = p.view(g, c, b).transpose(1, 2).reshape(g * b, c)
+            return t.amin(dim=2).amin(dim=0)
+        if op == "amax":
+            return t.amax(dim=2).amax(dim=0)
+        if op == "sum":
+            return t.sum(dim=2, dtype=acc).sum(dim=0, dtype=torch.float64)
+        if op == "count":
+            p = t.sum(dim=2, dtype=torch.float32 if b < _EXACT_F32 else torch.float64)
+            return p.sum(dim=0, dtype=torch.float64)
+        # sumsq: vector_norm is fast over the inner axis only
+        p = torch.linalg.vector_norm(t, dim=2, dtype=acc)
+        return torch.linalg.vector_norm(p, dim=0, dtype=torch.float64).square()
+    g = _group(a, c * b)
+    v = t.reshape(a // g, g * c * b)
+    runs = a // g
+    if op == "amin":
+        p = v.amin(dim=0)
+    elif op == "amax":
+        p = v.amax(dim=0)
+    elif op == "sum":
+        p = v.sum(dim=0, dtype=acc)
+    elif op == "count":
+        p = v.sum(dim=0, dtype=torch.float32 if runs < _EXACT_F32 else torch.float64)
+    else:  # sumsq (vector_norm over an outer axis is slow on CPU)
+        w = v.to(acc) if v.dtype != acc else v
+        p = torch.mul(w, w).sum(dim=0)
+    p = p.view(g, c, b).transpose(1, 2).reshape(g * b, c)
     if op == "amin":
         return p.amin(dim=0)
     if op == "amax":
         return p.amax(dim=0)
     return p.sum(dim=0, dtype=torch.float64)
+
+
+@dataclass
+class _HistHost:
+    """Histogram arithmetic of one channel count: ``bin = floor((x - origin) * scale) + shift``."""
+
+    origin: np.ndarray  # (C,) float32
+    scale: np.ndarray  # (C,) float32, bins per unit
+    shift: int
+    edges: np.ndarray  # (C, bins + 1) float64, exact
+    below_slots: int  # > 0: x < lower bound  <=>  slot < below_slots (slot 0 is underflow)
 
 
 @dataclass
@@ -285,9 +314,10 @@ class _Consts:
     lo32: torch.Tensor | None  # (1, C, 1) float32 bounds rounded outward (same comparisons)
     hi32: torch.Tensor | None
     hist_lo: torch.Tensor | None  # (1, C, 1) float32 histogram origin
-    hist_width: torch.Tensor | None  # (1, C, 1) float32 bin width
-    hist_off: torch.Tensor | None  # (1, C, 1) float32: c * (bins + 3) + 1
-    hist_edges: torch.Tensor | None  # (C, bins + 1) float64 exact edges
+    hist_scale: torch.Tensor | None  # (1, C, 1) float32 bins per unit (1 / width)
+    hist_off: torch.Tensor | None  # (1, C, 1) float32: c * (bins + 3) + 1 + shift
+    hist_shift: int = 0
+    below_slots: int = 0
 
 
 class RangeStats(Metric):
@@ -359,6 +389,25 @@ class RangeStats(Metric):
 
     # ------------------------------------------------------------------ helpers
     @property
+    def nonfinite_seen(self) -> torch.Tensor:
+        """``(C,)`` float64 state, 1.0 where a channel has seen NaN/Inf since the last reset.
+
+        Derived when read, at no per-step cost: any NaN makes the running min/max NaN and any Inf
+        makes one of them infinite, so ``(min - max) * 0`` is NaN exactly then. What is assigned
+        (reset, load, sync, merge) is kept and or-ed in. No host sync either way.
+        """
+        stored = self.__dict__["_nonfinite_stored"]
+        mn, mx = self.__dict__.get("min"), self.__dict__.get("max")
+        if mn is None or mx is None or mn.numel() == 0:
+            return stored
+        derived = torch.nan_to_num((mn - mx).mul_(0.0), nan=1.0)
+        return derived if stored.shape != derived.shape else torch.maximum(stored, derived)
+
+    @nonfinite_seen.setter
+    def nonfinite_seen(self, value: torch.Tensor) -> None:
+        self.__dict__["_nonfinite_stored"] = value
+
+    @property
     def channels(self) -> int:
         return int(self.min.numel())
 
@@ -399,37 +448,49 @@ class RangeStats(Metric):
             )
         return self._bounds_cache[key]
 
-    def _hist_host(self, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """float32 origin and width per channel and the exact ``(C, bins + 1)`` float64 edges."""
-        if channels not in self._edges_cache:
+    def _hist_host(self, channels: int) -> _HistHost:
+        """Host-side histogram arithmetic of ``channels`` channels (cached)."""
+        h = self._edges_cache.get(channels)
+        if h is None:
+            bins = self.hist_bins
+            b = self._bounds_host(channels)
             if self.hist_range is not None:
                 lo = np.full(channels, self.hist_range[0])
                 hi = np.full(channels, self.hist_range[1])
+            elif b is None:
+                lo, hi = np.full(channels, -1.5), np.full(channels, 2.5)
             else:
-                b = self._bounds_host(channels)
-                if b is None:
-                    lo, hi = np.full(channels, -1.5), np.full(channels, 2.5)
-                else:
-                    blo, bhi = np.asarray(b[0], dtype=np.float64), np.asarray(b[1], dtype=np.float64)
-                    span = bhi - blo
-                    lo, hi = blo - 0.5 * span, bhi + 0.5 * span
-            lo32 = _f32(lo)
-            width32 = _f32((hi - lo) / self.hist_bins)
-            if not (np.isfinite(lo32).all() and np.isfinite(width32).all() and (width32 > 0).all()):
+                blo, bhi = np.asarray(b[0], dtype=np.float64), np.asarray(b[1], dtype=np.float64)
+                span = bhi - blo
+                lo, hi = blo - 0.5 * span, bhi + 0.5 * span
+            scale32 = _f32(bins / (hi - lo))  # bins per unit: exact for power-of-two widths
+            origin32, shift, from_bound = _f32(lo), 0, False
+            if b is not None:
+                # the lower bound on a bin edge (the default range puts it at bins/4): count from
+                # there, so that this edge is exactly the bound and `below` comes with the histogram
+                j = (np.asarray(b[0], dtype=np.float64) - lo) * (bins / (hi - lo))
+                jr = np.round(j)
+                low = _f32(b[0], "up")
+                if (np.abs(j - jr) < 1e-9 * max(bins, 1)).all() and (jr == jr[0]).all() and 0 <= jr[0] <= bins \
+                        and np.isfinite(low).all():
+                    origin32, shift, from_bound = low, int(jr[0]), True
+            if not (np.isfinite(origin32).all() and np.isfinite(scale32).all() and (scale32 > 0).all()):
                 raise ValueError(f"histogram range {list(zip(lo, hi))} cannot be binned in float32")
-            self._edges_cache[channels] = (lo32, width32, _bin_thresholds(lo32, width32, self.hist_bins))
-        return self._edges_cache[channels]
+            edges = _bin_thresholds(origin32, scale32, bins, shift)
+            h = _HistHost(origin32, scale32, shift, edges, below_slots=shift + 1 if from_bound else 0)
+            self._edges_cache[channels] = h
+        return h
 
     def hist_edges_for(self, channels: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """``(C, bins + 1)`` float64 bin edges: bins are ``[e_i, e_{i+1})`` (see the module docstring)."""
-        edges = torch.from_numpy(self._hist_host(channels)[2].copy())
+        edges = torch.from_numpy(self._hist_host(channels).edges.copy())
         return _to_device(edges, torch.device(device))
 
     def _consts(self, channels: int, device: torch.device) -> _Consts:
         key = (str(device), channels)
         k = self._consts_cache.get(key)
         if k is None:
-            k = _Consts(None, None, None, None, None, None, None, None)
+            k = _Consts(None, None, None, None, None, None, None)
             b = self._bounds_host(channels)
             shape = (1, channels, 1)
             if b is not None:
@@ -438,12 +499,14 @@ class RangeStats(Metric):
                 k.lo32 = _to_device(torch.from_numpy(_f32(b[0], "up")).view(shape), device)
                 k.hi32 = _to_device(torch.from_numpy(_f32(b[1], "down")).view(shape), device)
             if self.hist_bins:
-                lo32, width32, edges = self._hist_host(channels)
-                off = np.arange(channels, dtype=np.float32) * np.float32(self.hist_bins + 3) + np.float32(1)
-                k.hist_lo = _to_device(torch.from_numpy(lo32.copy()).view(shape), device)
-                k.hist_width = _to_device(torch.from_numpy(width32.copy()).view(shape), device)
+                hh = self._hist_host(channels)
+                # slot of channel c: c * (bins + 3) + 1 + bin, bin = floor(...) + shift
+                off = np.arange(channels, dtype=np.float32) * np.float32(self.hist_bins + 3) + np.float32(1 + hh.shift)
+                k.hist_lo = _to_device(torch.from_numpy(hh.origin.copy()).view(shape), device)
+                k.hist_scale = _to_device(torch.from_numpy(hh.scale.copy()).view(shape), device)
                 k.hist_off = _to_device(torch.from_numpy(off).view(shape), device)
-                k.hist_edges = torch.from_numpy(edges.copy())
+                k.hist_shift = hh.shift
+                k.below_slots = hh.below_slots
             self._consts_cache[key] = k
         return k
 
@@ -479,6 +542,10 @@ class RangeStats(Metric):
             cd = self.channel_dim % x.dim()
             c = int(x.shape[cd])
         nd = x.dim()
+        if x.is_contiguous():  # the common case, without the general permutation below
+            if cd < 0:
+                return x.view(1, 1, -1), 1, cd
+            return x.view(math.prod(x.shape[:cd]), c, -1), c, cd
         perm = sorted(range(nd), key=lambda d: (-x.stride(d), d))
         p = x.permute(perm)
         if not p.is_contiguous():
@@ -511,7 +578,7 @@ class RangeStats(Metric):
                 f"RangeStats keeps its states on {self.min.device} but got a tensor on {x.device}; "
                 "move the metric (.to(device)) or reset() it first"
             )
-        self.dtypes_seen.add(str(x.dtype).replace("torch.", ""))
+        self.dtypes_seen.add(_dtype_name(x.dtype))
 
         rows, c, _ = self._as_rows(x)
         if rows.dtype == torch.bool:
@@ -529,15 +596,14 @@ class RangeStats(Metric):
         q = _reduce(fr, "sumsq", acc)
         n = rows.numel() // c
 
-        self.min = torch.minimum(self.min, mn)  # NaN propagates, as intended
-        self.max = torch.maximum(self.max, mx)
-        self.sum = self.sum + s
-        self.sumsq = self.sumsq + q
-        self.count = self.count + n
-        if floating:
-            # any NaN makes min/max NaN and any Inf makes one of them infinite, so min - max is
-            # non-finite exactly when a non-finite value was seen: a free flag (0/1)
-            self.nonfinite_seen = torch.maximum(self.nonfinite_seen, torch.nan_to_num((self.min - self.max) * 0.0, nan=1.0))
+        # states are updated in place: they are never shared (see _load_from_state_dict), and a
+        # Module attribute assignment costs more than the small kernels here
+        torch.minimum(self.min, mn, out=self.min)  # NaN propagates, as intended
+        torch.maximum(self.max, mx, out=self.max)
+        self.sum.add_(s)
+        self.sumsq.add_(q)
+        self.count.add_(n)
+        # nonfinite_seen needs no work here: it is derived from min/max when read (see below)
 
         if detail:
             self._update_detail(rows, c, n, mn, mx)
@@ -560,38 +626,42 @@ class RangeStats(Metric):
             fmax = _reduce(s, "amax")
             s.nan_to_num_(nan=_INF, posinf=_INF, neginf=_INF)
             fmin = _reduce(s, "amin")
-            torch.eq(s, _INF, out=s)  # 1.0 where x is NaN or +-inf
+            s.eq_(_INF)  # 1.0 where x is NaN or +-inf
             nonfinite = _reduce(s, "count")
             if not self.hist_bins:  # with a histogram NaN has its own bin
-                torch.abs(rows, out=s) if rows.dtype == wd else s.copy_(rows).abs_()
-                torch.eq(s, _INF, out=s)  # 1.0 where x is +-inf
-                nan = nonfinite - _reduce(s, "count")
+                torch.ne(rows, rows, out=s)  # 1.0 where x is NaN
+                nan = _reduce(s, "count")
         else:
             fmin, fmax = mn, mx
-        self.finite_min = torch.minimum(self.finite_min, fmin)
-        self.finite_max = torch.maximum(self.finite_max, fmax)
-        self.detail_count = self.detail_count + n
+        torch.minimum(self.finite_min, fmin, out=self.finite_min)
+        torch.maximum(self.finite_max, fmax, out=self.finite_max)
+        self.detail_count.add_(n)
+
+        counts = None
+        if self.hist_bins:
+            counts = self._histogram(rows, s, wd, k, c)
+            self.hist.add_(counts[:, : self.hist_bins + 2])
+            if floating:
+                nan = counts[:, self.hist_bins + 2]
 
         if k.lo64 is not None:
             lo, hi = (k.lo32, k.hi32) if wd == torch.float32 else (k.lo64, k.hi64)
-            torch.lt(rows, lo, out=s)
-            self.below = self.below + _reduce(s, "count")
+            if counts is not None and k.below_slots and wd == torch.float32:
+                # the lower bound is a bin edge of the float32 binning: x < low <=> slot < below_slots
+                self.below.add_(counts[:, : k.below_slots].sum(dim=1))
+            else:
+                torch.lt(rows, lo, out=s)
+                self.below.add_(_reduce(s, "count"))
             torch.gt(rows, hi, out=s)
-            self.above = self.above + _reduce(s, "count")
-
-        if self.hist_bins:
-            counts = self._histogram(rows, s, wd, k, c)
-            self.hist = self.hist + counts[:, : self.hist_bins + 2]
-            if floating:
-                nan = counts[:, self.hist_bins + 2]
+            self.above.add_(_reduce(s, "count"))
         if floating:
-            self.nan = self.nan + nan
-            self.inf = self.inf + (nonfinite - nan)
+            self.nan.add_(nan)
+            self.inf.add_(nonfinite - nan)
 
     def _histogram(self, rows: torch.Tensor, s: torch.Tensor, wd: torch.dtype, k: _Consts, c: int) -> torch.Tensor:
         """``(C, bins + 3)`` float64 counts: [underflow, bins..., overflow, NaN] per channel.
 
-        Bin of ``x``: ``clamp(floor((x - lo) / width), -1, bins)`` in float32, so the bins are
+        Bin of ``x``: ``clamp(floor((x - origin) * scale) + shift, -1, bins)`` in float32, so the bins are
         exactly ``[e_i, e_{i+1})`` for the edges of :func:`_bin_thresholds`. float64 (and wide
         integer) inputs are first rounded *down* to float32, which keeps ``x >= e`` for every
         float32 edge ``e``. One scatter (``bincount`` on CPU, ``index_add_`` elsewhere: CUDA's
@@ -610,8 +680,9 @@ class RangeStats(Metric):
             down = torch.nextafter(h, torch.full((), -_INF, dtype=torch.float32, device=device))
             h = torch.where(h.to(torch.float64) > x64, down, h)  # ... then down where it went up
             h.sub_(k.hist_lo)
-        h.div_(k.hist_width).floor_().clamp_(-1, bins)
-        h.nan_to_num_(nan=bins + 1)  # NaN slot
+        j = k.hist_shift
+        h.mul_(k.hist_scale).floor_().clamp_(-1 - j, bins - j)
+        h.nan_to_num_(nan=bins + 1 - j)  # NaN slot
         h.add_(k.hist_off)  # channel c, slot j -> c * slots + j
         if _bincount_ok(device):
             itype = torch.int16 if c * slots < (1 << 15) else torch.int32
@@ -623,6 +694,11 @@ class RangeStats(Metric):
             counts = torch.zeros(c * slots, dtype=torch.float64, device=device)
             counts.index_add_(0, idx, torch.ones((), dtype=torch.float64, device=device).expand(idx.numel()))
         return counts.view(c, slots)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        for name in (*_STATE_ORDER, "hist"):  # own copies: update() works in place
+            setattr(self, name, getattr(self, name).clone())
 
     # ------------------------------------------------------------------ sync / merge
     def _pack(self) -> torch.Tensor:

@@ -278,9 +278,14 @@ def test_histogram_edges_close_to_linspace():
     assert ((e - nominal).abs() <= 4 * ulp).all()  # float32 rounding of origin and width
 
 
-def test_bounds_are_compared_as_float64():
-    """A float32 value just past a bound that float32 cannot represent counts as outside."""
-    s = RangeStats(channel_dim=None, bounds=(IMAGENET_LO, IMAGENET_HI))
+@pytest.mark.parametrize("hist_bins", [0, 64, 7])
+def test_bounds_are_compared_as_float64(hist_bins):
+    """A float32 value just past a bound that float32 cannot represent counts as outside (with a
+    64-bin default-range histogram `below` comes from the bins: the bound is their edge 16)."""
+    s = RangeStats(channel_dim=None, bounds=(IMAGENET_LO, IMAGENET_HI), hist_bins=hist_bins)
+    if hist_bins == 64:
+        e = np.float32(s.hist_edges_for(1)[0, 16].item())  # the smallest float32 >= the bound
+        assert float(e) >= IMAGENET_LO > float(np.nextafter(e, np.float32(-np.inf)))
     lo32, hi32 = np.float32(IMAGENET_LO), np.float32(IMAGENET_HI)
     vals = [lo32, np.nextafter(lo32, np.float32(-np.inf)), np.nextafter(lo32, np.float32(np.inf)),
             hi32, np.nextafter(hi32, np.float32(-np.inf)), np.nextafter(hi32, np.float32(np.inf)), np.float32(0)]
@@ -398,6 +403,7 @@ def test_state_dict_round_trip():
     s, x = _filled(3)
     sd = s.state_dict()
     assert "hist" in sd and sd["hist"].shape == (3, 18)
+    kept = {k: v.clone() for k, v in sd.items()}
     fresh = RangeStats(bounds="symmetric", hist_bins=16)
     fresh.load_state_dict(sd)
     _assert_same_summary(fresh.compute(), s.compute(), torch.float32)
@@ -405,7 +411,8 @@ def test_state_dict_round_trip():
     fresh.update(x, detail=True)
     s.update(x, detail=True)
     _assert_same_summary(fresh.compute(), s.compute(), torch.float32)
-    assert sd["hist"].shape == (3, 18)  # the loaded tensors are not updated in place
+    for k, v in kept.items():  # the loaded tensors are not updated in place
+        torch.testing.assert_close(sd[k], v, rtol=0, atol=0, equal_nan=True)
 
 
 def test_sync_dist_with_fake_gather():
