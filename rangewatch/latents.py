@@ -155,6 +155,8 @@ class LatentMonitor:
         cast_threshold: ``color_cast`` fires when the chroma of the channel-mean RGB push exceeds this
             (preview units, which read as [-1, 1]).
         preview_samples: how many samples of the last update are kept (on the device) for previews.
+        **stats_kwargs: passed to :class:`~rangewatch.stats.RangeStats` (e.g. ``dist_sync_fn``). Under
+            DDP the soft-clamp count (``|x| > soft_threshold``) is this rank's own; the rest syncs.
     """
 
     def __init__(
@@ -170,12 +172,17 @@ class LatentMonitor:
         cast_threshold: float = 0.1,
         unexplained_factor: float = 2.0,
         preview_samples: int = 4,
+        **stats_kwargs: Any,
     ) -> None:
         self.conv = _latent_conv(convention)
         self.channel_dim = channel_dim
         b = self.conv.boundary
         self.stats = RangeStats(
-            channel_dim=channel_dim, bounds=self.conv, hist_bins=hist_bins, hist_range=hist_range or (-2 * b, 2 * b)
+            channel_dim=channel_dim,
+            bounds=self.conv,
+            hist_bins=hist_bins,
+            hist_range=hist_range or (-2 * b, 2 * b),
+            **stats_kwargs,
         )
         self.soft_threshold = float(soft_threshold)
         self.outlier_share = float(outlier_share)
