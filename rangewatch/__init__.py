@@ -8,6 +8,8 @@ from .findings import Finding, RangeMismatchError
 from .inference import Inference, infer_convention
 from .stats import RangeStats, RangeSummary
 from .compat import enable_basicsr_compat, import_basicsr
+from .latents import LatentMonitor, latent_preview, log_latents, soft_clamp
+from .numerics import FP16_MAX, ModuleTracer, TraceReport, nan_image_finding
 from .visualization import VisualizationWatch, log_previews, watch_visualization
 
 __version__ = "0.1.0"
@@ -31,5 +33,13 @@ __all__ = [
     "import_basicsr",
     "log_previews",
     "watch_visualization",
+    "FP16_MAX",
+    "LatentMonitor",
+    "ModuleTracer",
+    "TraceReport",
+    "latent_preview",
+    "log_latents",
+    "nan_image_finding",
+    "soft_clamp",
     "__version__",
 ]

@@ -21,7 +21,7 @@ from .inference import Inference, infer_convention
 from .rules import check_expectation
 from .sinks import LoggerSink, findings_markdown, tag
 from .stats import RangeStats, RangeSummary
-from .taps import DEFAULT_SKIP_KEYS, ModuleTaps, find_images, image_channel_dim, parse_tap_key
+from .taps import DEFAULT_SKIP_KEYS, ModuleTaps, find_images, image_channel_dim, parse_tap_key, resolve_path
 
 __all__ = ["RangeWatch"]
 
@@ -41,6 +41,7 @@ class _Tap:
     bounds: str | None = None
     steps_checked: int = 0
     history: list[str] = field(default_factory=list)
+    latent: Any = None  # a LatentMonitor for taps expected to carry latents
 
 
 class RangeWatch(Callback):
@@ -75,6 +76,20 @@ class RangeWatch(Callback):
             (diffusers VAEs, timm ``pretrained_cfg``, transformers image processors / model types,
             open_clip ``preprocess_cfg``) and what the data loaders produce from their transforms.
             Declared ``expect`` entries win.
+        trace_modules: ``"all"`` (every leaf module) or a list of module names / patterns
+            (``"vae.decoder.*"``): per-module max-abs and NaN/Inf counts in forward order, kept on
+            the device. When NaN/Inf appear, a ``nonfinite`` finding names the first module whose
+            inputs were finite and whose output was not; ``fp16_headroom`` findings name fp16
+            modules past ``headroom_share`` of 65504.
+        trace_history: steps kept by the tracer.
+        trace_exact: exact NaN/Inf counts and finite max-abs per module (an extra pass per call).
+        headroom_share: share of the fp16 maximum (65504) that makes an ``fp16_headroom`` finding.
+        check_nonfinite_every_step: fail fast on NaN/Inf: one bool is read from the device every
+            step (one small sync); otherwise they are checked at the check steps.
+
+    Taps declared with a latent convention (``expect={"unet:input": "sdxl_latent"}``) are watched by a
+    latent monitor: scale, shift, colour cast and outliers (``latent_scale``, ``latent_shift``,
+    ``color_cast``, ``latent_outliers``), with an RGB preview and per-channel histograms in TensorBoard.
 
     Example::
 
@@ -106,6 +121,11 @@ class RangeWatch(Callback):
         watch_visualization: bool = True,
         clip_threshold: float = 0.005,
         derive_expectations: bool = True,
+        trace_modules: str | list[str] | None = None,
+        trace_history: int = 8,
+        trace_exact: bool = False,
+        headroom_share: float = 0.5,
+        check_nonfinite_every_step: bool = False,
     ) -> None:
         super().__init__()
         self.expect = check_expect(expect)
@@ -121,6 +141,14 @@ class RangeWatch(Callback):
         self.watch_visualization = check_bool("watch_visualization", watch_visualization)
         self.clip_threshold = check_float("clip_threshold", clip_threshold, 0.0, 1.0)
         self.derive_expectations = check_bool("derive_expectations", derive_expectations)
+        if trace_modules is not None and trace_modules != "all":
+            trace_modules = check_str_list("trace_modules", trace_modules)
+        self.trace_modules = trace_modules
+        self.trace_history = check_int("trace_history", trace_history, 1)
+        self.trace_exact = check_bool("trace_exact", trace_exact)
+        self.headroom_share = check_float("headroom_share", headroom_share, 0.0, 1.0)
+        self.check_nonfinite_every_step = check_bool("check_nonfinite_every_step", check_nonfinite_every_step)
+        self._tracer: Any = None
         self.image_processors: dict[str, Any] = {}
         self._derived_keys: set[str] = set()
         self._loader_expect: dict[str, Expectation] = {}
@@ -139,6 +167,7 @@ class RangeWatch(Callback):
         self._trainer: pl.Trainer | None = None
         self._notes: set[str] = set()
         self._vis: Any = None
+        self._declared_batch_paths = [k if k.startswith("batch") else f"batch.{k}" for k in self.expect if k.startswith("batch")]
         self._vis_pending: list[Finding] = []
         self._set_declared()
 
@@ -188,6 +217,8 @@ class RangeWatch(Callback):
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._module_taps.handles:
             self._attach(pl_module)
+        if self._tracer is not None:
+            self._tracer.enabled = False  # validation forwards would mix into the training step
         if self.watch_visualization:
             try:
                 if self._vis is None:
@@ -245,8 +276,31 @@ class RangeWatch(Callback):
         for n in notes:
             self._note_once(n, f"rangewatch: {n}")
 
+    def _nonfinite_now(self) -> bool:
+        """Fail-fast: one bool read from the device (a small sync), only with check_nonfinite_every_step."""
+        from .numerics import nonfinite_flag
+
+        flag = nonfinite_flag([t.stats for t in self._taps.values() if not t.disabled])
+        if self._tracer is not None:
+            flag = flag.to(self._tracer.nonfinite_flag().device) | self._tracer.nonfinite_flag()
+        return bool(flag.item())
+
+    def _attach_tracer(self, pl_module: pl.LightningModule) -> None:
+        if self.trace_modules is None or self._tracer is not None:
+            return
+        from .numerics import ModuleTracer
+
+        self._tracer = ModuleTracer(
+            pl_module, self.trace_modules, self.trace_history, headroom_share=self.headroom_share,
+            auto_step=False, exact=self.trace_exact,
+        ).attach()
+
     def _attach(self, pl_module: pl.LightningModule) -> None:
         self._derive(pl_module)
+        try:
+            self._attach_tracer(pl_module)
+        except Exception as e:
+            self._internal("trace_modules", e, None)
         wanted: dict[str, set[str]] = {}
         for tap in self._derived_keys:
             name, side = tap.rsplit(":", 1)
@@ -337,9 +391,24 @@ class RangeWatch(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._module_taps.detach()
         self._stop_visualization(trainer)
+        if self._tracer is not None:
+            self._tracer.detach()
+            self._tracer = None
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._module_taps.detach()
+        if self._tracer is not None and not isinstance(exception, RangeMismatchError):
+            try:  # a NaN loss that raised: still name where the NaN came from
+                found = self._tracer.check(int(trainer.global_step))
+                for f in found:
+                    if f.key not in self._reported:
+                        self._reported.add(f.key)
+                        self.findings.append(f)
+                        rank_zero_warn(f"rangewatch: {f}")
+            except Exception as e:
+                self._internal("trace_modules", e, None)
+            self._tracer.detach()
+            self._tracer = None
         if self._vis is not None:
             while self._vis.active:
                 self._vis.stop()
@@ -347,6 +416,13 @@ class RangeWatch(Callback):
     # ------------------------------------------------------------------ taps
     def _new_tap(self, name: str, t: torch.Tensor, channel_dim: int) -> _Tap:
         exp = self.expectation_for(name)
+        if exp is not None and exp.conv.kind == "latent":
+            from .latents import LatentMonitor
+
+            mon = LatentMonitor(exp.conv, channel_dim=channel_dim, dist_sync_fn=self._sync_fn())
+            tap = _Tap(name, channel_dim, mon.stats, latent=mon)
+            self._taps[name] = tap
+            return tap
         bounds = exp.convention if exp is not None and exp.conv.kind == "pixel" else None
         stats = self._make_stats(channel_dim, bounds)
         tap = _Tap(name, channel_dim, stats, bounds=bounds)
@@ -362,6 +438,10 @@ class RangeWatch(Callback):
         return tap
 
     def _make_stats(self, channel_dim: int, bounds: str | None) -> RangeStats:
+        return RangeStats(channel_dim=channel_dim, bounds=bounds, hist_bins=self.hist_bins if self.histograms else 0,
+                          dist_sync_fn=self._sync_fn())
+
+    def _sync_fn(self) -> Any:
         trainer = self._trainer
         sync_fn = None
         if trainer is not None and trainer.world_size > 1:
@@ -375,8 +455,7 @@ class RangeWatch(Callback):
                 padded = torch.cat([t, t.new_zeros(max(sizes) - t.numel())])
                 return [g[:n] for g, n in zip(strategy.all_gather(padded).unbind(0), sizes)]
 
-        return RangeStats(channel_dim=channel_dim, bounds=bounds, hist_bins=self.hist_bins if self.histograms else 0,
-                          dist_sync_fn=sync_fn)
+        return sync_fn
 
     def _feed(self, name: str, t: torch.Tensor, channel_dim: int) -> None:
         tap = self._taps.get(name)
@@ -385,7 +464,10 @@ class RangeWatch(Callback):
                 tap = self._new_tap(name, t, channel_dim)
             if tap.disabled:
                 return
-            tap.stats.update(t, detail=self._detail)
+            if tap.latent is not None:
+                tap.latent.update(t)
+            else:
+                tap.stats.update(t, detail=self._detail)
             tap.fed = True
         except (ConfigError, RangeMismatchError):
             raise
@@ -412,8 +494,15 @@ class RangeWatch(Callback):
         except Exception as e:
             self._internal(f"{prefix}batch", e, None)
             return
+        seen = set()
         for img in images:
+            seen.add(img.path)
             self._feed(prefix + img.path, img.tensor, img.channel_dim)
+        for key in self._declared_batch_paths:  # declared keys that do not look like images (latents)
+            if key not in seen:
+                t = resolve_path(batch, key)
+                if t is not None and t.is_floating_point() and t.dim() >= 3 and t.numel():
+                    self._feed(prefix + key, t, 1)
 
     # ------------------------------------------------------------------ train / validation hooks
     def _is_check_step(self, trainer: pl.Trainer) -> bool:
@@ -424,12 +513,17 @@ class RangeWatch(Callback):
         self._check_now = self._is_check_step(trainer)
         self._detail = self._check_now
         self._step_at_start = int(trainer.global_step)
+        if self._tracer is not None:
+            self._tracer.enabled = True
+            self._tracer.start_step(self._step_at_start)
         self._feed_batch(batch, "")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._train_batches += 1
         if self._check_now:
-            self._check(trainer, lambda n: not n.startswith("val/"), step=self._step_at_start)
+            self._check(trainer, lambda n: not n.startswith("val/"), step=self._step_at_start, train_check=True)
+        elif self.check_nonfinite_every_step and self._nonfinite_now():
+            self._check(trainer, lambda n: not n.startswith("val/"), step=self._step_at_start, train_check=True)
         self._detail = False
         self._check_now = False
 
@@ -448,7 +542,7 @@ class RangeWatch(Callback):
         self._detail = False
 
     # ------------------------------------------------------------------ checks
-    def _check(self, trainer: pl.Trainer, which: Any, step: int | None = None) -> None:
+    def _check(self, trainer: pl.Trainer, which: Any, step: int | None = None, train_check: bool = False) -> None:
         step = int(trainer.global_step) if step is None else step
         new: list[Finding] = []
         metrics: dict[str, float] = {}
@@ -463,7 +557,6 @@ class RangeWatch(Callback):
                 new.extend(self._judge(tap, s, step))
                 metrics.update(self._metrics(tap, s))
                 summaries.append((name, s))
-                self._reset(tap)
             except (ConfigError, RangeMismatchError):
                 raise
             except Exception as e:
@@ -476,18 +569,35 @@ class RangeWatch(Callback):
                         self._note_once("histograms", "rangewatch: histograms, images and text need a TensorBoardLogger; other loggers get scalars only")
                 if self.histograms:
                     for name, s in summaries:
-                        self._sink.histograms(name, s, step)
+                        if self._taps[name].latent is None:
+                            self._sink.histograms(name, s, step)
+                if self._sink.has_tensorboard:
+                    from .latents import log_latents
+
+                    for name, _ in summaries:
+                        if self._taps[name].latent is not None:
+                            for w in self._sink.writers:
+                                log_latents(w, name, self._taps[name].latent, step)
             except Exception as e:
                 self._internal("logging", e, None)
+        for name, _ in summaries:
+            self._reset(self._taps[name])
+        if self._tracer is not None and train_check:
+            try:
+                new.extend(self._tracer.check(step))
+            except Exception as e:
+                self._internal("trace_modules", e, None)
         self._report(new, step)
 
     def _judge(self, tap: _Tap, s: RangeSummary, step: int) -> list[Finding]:
         out: list[Finding] = []
         if s.empty:
             return out
+        tap.steps_checked += 1
+        if tap.latent is not None:
+            return tap.latent.check(step, where=tap.name)
         inf = infer_convention(s)
         tap.inferred = inf
-        tap.steps_checked += 1
         exp = self.expectation_for(tap.name)
         if exp is not None and exp.conv.kind == "pixel":
             f = check_expectation(tap.name, s, inf, exp.conv, step=step, source=exp.source)
@@ -526,6 +636,10 @@ class RangeWatch(Callback):
 
     def _reset(self, tap: _Tap) -> None:
         """Start a new window; once a convention is known, histograms and out-of-range use its bounds."""
+        if tap.latent is not None:
+            tap.latent.reset()
+            tap.fed = False
+            return
         target = tap.bounds
         if target is None and tap.inferred is not None and tap.inferred.confident and tap.inferred.name != "unknown":
             target = tap.inferred.name

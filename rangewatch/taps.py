@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["ImageTensor", "find_images", "image_channel_dim", "ModuleTaps", "parse_tap_key", "DEFAULT_SKIP_KEYS"]
+__all__ = ["ImageTensor", "find_images", "resolve_path", "image_channel_dim", "ModuleTaps", "parse_tap_key", "DEFAULT_SKIP_KEYS"]
 
 #: batch keys that hold masks, labels and other non-image tensors even when they are image-shaped
 DEFAULT_SKIP_KEYS: tuple[str, ...] = ("*mask*", "*label*", "*seg*", "*depth*", "*flow*", "*token*", "*ids*", "*target_idx*")
@@ -91,6 +91,26 @@ def find_images(batch: Any, keys: list[str] | None = None, skip_keys: tuple[str,
         wanted = {k if k.startswith("batch") else f"batch.{k}" for k in keys} | set(keys)
         found = [f for f in found if f.path in wanted]
     return found
+
+
+def resolve_path(batch: Any, path: str) -> torch.Tensor | None:
+    """The tensor at a batch path such as ``batch.cond.latents`` or ``batch[1]`` (None if absent)."""
+    import re
+
+    if not path.startswith("batch"):
+        return None
+    obj = batch
+    for name, index in re.findall(r"\.([^.\[\]]+)|\[(\d+)\]", path[len("batch"):]):
+        try:
+            if index:
+                obj = obj[int(index)]
+            elif isinstance(obj, Mapping):
+                obj = obj[name]
+            else:
+                obj = getattr(obj, name)
+        except (KeyError, IndexError, AttributeError, TypeError):
+            return None
+    return obj if isinstance(obj, torch.Tensor) else None
 
 
 def parse_tap_key(key: str) -> tuple[str, str]:
