@@ -131,6 +131,82 @@ def encoders_class() -> type:
     return Encoders
 
 
+def fp16_class() -> type:
+    pl = _lightning()
+
+    class HalfRestorer(pl.LightningModule):
+        """A restoration net run in pure fp16 (``precision="16-true"``) whose decoder mid block has
+        large weights, as the SDXL / Flux VAEs do: its activations pass 65504, become inf, then NaN,
+        and the preview turns black."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = nn.Conv2d(3, 16, 3, padding=1)
+            self.decoder = nn.Sequential()
+            self.decoder.add_module("conv_in", nn.Conv2d(16, 16, 3, padding=1))
+            self.decoder.add_module("act", nn.SiLU())
+            self.decoder.add_module("mid", nn.Conv2d(16, 16, 3, padding=1))
+            self.decoder.add_module("conv_out", nn.Conv2d(16, 3, 3, padding=1))
+            with torch.no_grad():
+                self.decoder.mid.weight.fill_(30000.0)  # the overflow: its outputs reach about 1e5 > 65504
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.decoder(self.encoder(x))
+
+        def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+            return nn.functional.l1_loss(self(batch["lq"]).float(), batch["gt"].float())
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    return HalfRestorer
+
+
+class PhotoLatents(Dataset):
+    """SDXL-space latents made from the photos with the inverse of the linear latent-to-RGB map
+    (no VAE weights can be downloaded), with the yellow lean the SDXL write-up describes, and
+    returned *unscaled* (``z / 0.13025``): the pipeline forgot ``* vae.config.scaling_factor``."""
+
+    def __init__(self, size: int = 32):
+        conv = get_convention("sdxl_latent")
+        rgb = load_photos(size).float() / 127.5 - 1  # (N, 3, H, W) in [-1, 1]
+        f = torch.tensor(conv.latent_rgb)  # (4, 3)
+        bias = torch.tensor(conv.latent_rgb_bias)
+        z = torch.einsum("nkhw,kc->nchw", rgb - bias[None, :, None, None], torch.linalg.pinv(f))
+        z = (z - z.mean((0, 2, 3), keepdim=True)) / z.std((0, 2, 3), keepdim=True)
+        g = torch.Generator().manual_seed(0)
+        z = 0.8 * z + 0.6 * torch.randn(z.shape, generator=g)
+        z[:, 0] += 0.8  # luminance up, towards yellow (cf. Fooocus #994)
+        self.z_vae = z / conv.scale
+
+    def __len__(self) -> int:
+        return len(self.z_vae)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"latents": self.z_vae[i]}
+
+
+def denoiser_class() -> type:
+    pl = _lightning()
+
+    class Denoiser(pl.LightningModule):
+        """A small latent denoiser (the UNet's place) trained on noised latents."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.unet = nn.Sequential(nn.Conv2d(4, 32, 3, padding=1), nn.SiLU(), nn.Conv2d(32, 4, 3, padding=1))
+
+        def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+            z = batch["latents"]
+            noise = torch.randn_like(z)
+            return nn.functional.mse_loss(self.unet(z + noise), noise)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    return Denoiser
+
+
 # ----------------------------------------------------------------------------- cases
 @dataclass
 class Case:
@@ -139,6 +215,7 @@ class Case:
     expect_kind: str | None  # the finding kind the case is about (None: no finding)
     build: Callable[[], tuple[Any, DataLoader, DataLoader | None, dict[str, Any]]]
     steps: int = 8
+    precision: str = "32-true"
 
 
 def _pairs(convention: str) -> tuple[DataLoader, DataLoader]:
@@ -167,10 +244,22 @@ def _multi_norm() -> tuple:
     return encoders_class()(norms), train, None, {}
 
 
+def _fp16_black() -> tuple:
+    train, _ = _pairs("symmetric")
+    return fp16_class()(), train, None, {"trace_modules": "all", "expect": {"batch.lq": "symmetric"}}
+
+
+def _sdxl_latent() -> tuple:
+    ds = PhotoLatents()
+    return denoiser_class()(), DataLoader(ds, batch_size=4, shuffle=True), None, {"expect": {"unet:input": "sdxl_latent"}}
+
+
 CASES: dict[str, Case] = {
     "dark-preview": Case("dark-preview", "CodeFormer stage 2: validation previews through tensor2img's default min_max=(0, 1)", "clipping", _dark_preview),
     "vae-range": Case("vae-range", "[0,1] photos fed to a VAE built for [-1,1] (diffusers AutoencoderKL)", "mismatch", _vae_range, steps=4),
     "multi-norm": Case("multi-norm", "VAE + CLIP image encoder + DINO-style backbone, CLIP and ImageNet normalisation swapped", "mismatch", _multi_norm, steps=3),
+    "fp16-black": Case("fp16-black", "a restoration net in pure fp16 whose decoder overflows 65504 (black images)", "nonfinite", _fp16_black, steps=3, precision="16-true"),
+    "sdxl-latent": Case("sdxl-latent", "SDXL latents fed to the denoiser without * scaling_factor (values past +-30)", "latent_scale", _sdxl_latent, steps=4),
     "clean": Case("clean", "the restoration run with every range right", None, _clean),
 }
 
@@ -205,7 +294,7 @@ def run_case(name: str, logdir: str | Path = "rangewatch_logs", progress: bool =
     watch = RangeWatch(policy="log", log_every_n_steps=2, **opts)
     logger = TensorBoardLogger(str(logdir), name=name, version="")
     trainer = pl.Trainer(
-        max_steps=case.steps, accelerator="cpu", devices=1, logger=logger, callbacks=[watch],
+        max_steps=case.steps, accelerator="cpu", devices=1, logger=logger, callbacks=[watch], precision=case.precision,
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
         log_every_n_steps=2, num_sanity_val_steps=0, limit_val_batches=1 if val is not None else 0,
         val_check_interval=None, check_val_every_n_epoch=1,
