@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -65,6 +65,7 @@ _ALL = {**_EVERY_STEP, **_DETAIL}
 _STATE_ORDER = tuple(_EVERY_STEP) + tuple(_DETAIL)
 
 _INF = float("inf")
+_NORM_FIRST = True
 #: reduce over the contiguous inner axis first when it holds at least this many elements
 _INNER_MIN = 16
 #: a float32 sum of 0/1 values is exact while each reduced run is shorter than this
@@ -236,7 +237,14 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device, non_blocking=True)
 
 
-def _reduce(t: torch.Tensor, op: str, acc: torch.dtype | None = None) -> torch.Tensor:
+def _outer(a: int, c: int, b: int) -> bool:
+    """Whether an ``(A, C, B)`` block is reduced over its outer axis (short inner runs, e.g.
+    channels-last ``B == 1``) rather than along its contiguous inner axis."""
+    return not (b >= _INNER_MIN or a == 1 or b >= a)
+
+
+def _reduce(t: torch.Tensor, op: str, acc: torch.dtype | None = None,
+            scratch: Callable[[torch.Size, torch.dtype], torch.Tensor] | None = None) -> torch.Tensor:
     """Per-channel reduction of an ``(A, C, B)`` tensor to ``(C,)``.
 
     ``op``: ``amin``/``amax`` (in ``t``'s dtype), ``sum`` (accumulated in ``acc``), ``sumsq`` (sum
@@ -245,9 +253,10 @@ def _reduce(t: torch.Tensor, op: str, acc: torch.dtype | None = None) -> torch.T
     A long contiguous inner axis is reduced along memory (one kernel over dims 0 and 2 runs at the
     speed of a plain sum); a short one (e.g. channels-last: ``B == 1``) is reduced as the columns of
     ``(A/g, g*C*B)`` blocks instead (vectorised across columns), then the ``g*B`` partials.
+    ``scratch(shape, dtype)`` provides the buffer of the squares in that case.
     """
     a, c, b = t.shape
-    if b >= _INNER_MIN or a == 1 or b >= a:
+    if not _outer(a, c, b):
         # one kernel over (0, 2) unless its C outputs split unevenly over the intra-op threads
         # (CPU reductions parallelise over outputs: 3 channels on 2 threads run at 2/3 speed)
         threads = torch.get_num_threads() if t.device.type == "cpu" else 1
@@ -283,9 +292,18 @@ def _reduce(t: torch.Tensor, op: str, acc: torch.dtype | None = None) -> torch.T
         p = v.sum(dim=0, dtype=acc)
     elif op == "count":
         p = v.sum(dim=0, dtype=torch.float32 if runs < _EXACT_F32 else torch.float64)
-    else:  # sumsq (vector_norm over an outer axis is slow on CPU)
-        w = v.to(acc) if v.dtype != acc else v
-        p = torch.mul(w, w).sum(dim=0)
+    else:  # sumsq: vector_norm over an outer axis is slow on CPU; square blocks that stay in cache
+        step = v.shape[0] if v.device.type != "cpu" else max(1, (1 << 18) // v.shape[1])
+        p = torch.zeros(v.shape[1], dtype=torch.float64, device=v.device)
+        for i in range(0, v.shape[0], step):
+            blk = v[i : i + step]
+            sq = scratch(blk.shape, acc) if scratch is not None else torch.empty(blk.shape, dtype=acc, device=v.device)
+            if blk.dtype != acc:
+                sq.copy_(blk)
+                sq.mul_(sq)
+            else:
+                torch.mul(blk, blk, out=sq)
+            p.add_(sq.sum(dim=0))
     p = p.view(g, c, b).transpose(1, 2).reshape(g * b, c)
     if op == "amin":
         return p.amin(dim=0)
@@ -318,6 +336,16 @@ class _Consts:
     hist_off: torch.Tensor | None  # (1, C, 1) float32: c * (bins + 3) + 1 + shift
     hist_shift: int = 0
     below_slots: int = 0
+    tiles: dict = field(default_factory=dict)
+
+    def tile(self, t: torch.Tensor, g: int, c: int, b: int) -> torch.Tensor:
+        """``(1, C, 1)`` constant repeated to ``(1, g*C*B)``: broadcasting against the
+        ``(A/g, g*C*B)`` view of a short-inner-axis block keeps the elementwise loops vectorised."""
+        key = (id(t), g, b)
+        r = self.tiles.get(key)
+        if r is None:
+            r = self.tiles[key] = t.reshape(1, c, 1).expand(g, c, b).reshape(1, g * c * b)
+        return r
 
 
 class RangeStats(Metric):
@@ -384,7 +412,7 @@ class RangeStats(Metric):
         )
         self._bounds_cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._consts_cache: dict[tuple[str, int], _Consts] = {}
-        self._edges_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._edges_cache: dict[int, _HistHost] = {}
         self._scratch: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ helpers
@@ -396,11 +424,11 @@ class RangeStats(Metric):
         makes one of them infinite, so ``(min - max) * 0`` is NaN exactly then. What is assigned
         (reset, load, sync, merge) is kept and or-ed in. No host sync either way.
         """
-        stored = self.__dict__["_nonfinite_stored"]
-        mn, mx = self.__dict__.get("min"), self.__dict__.get("max")
-        if mn is None or mx is None or mn.numel() == 0:
+        d = self.__dict__
+        stored, mn, mx, cnt = d["_nonfinite_stored"], d.get("min"), d.get("max"), d.get("count")
+        if mn is None or mx is None or cnt is None or mn.numel() == 0:
             return stored
-        derived = torch.nan_to_num((mn - mx).mul_(0.0), nan=1.0)
+        derived = torch.nan_to_num((mn - mx).mul_(0.0), nan=1.0).mul_(cnt > 0)  # fresh (+inf, -inf): 0
         return derived if stored.shape != derived.shape else torch.maximum(stored, derived)
 
     @nonfinite_seen.setter
@@ -521,6 +549,10 @@ class RangeStats(Metric):
             self._scratch[name] = buf
         return buf[:n].view(shape)
 
+    def _squares(self, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        """Buffer of the squares for the channels-last sum of squares (kept between updates on CPU)."""
+        return self._buffer("q", shape, dtype, self.min.device)
+
     def _channels_of(self, x: torch.Tensor) -> int:
         if self.channel_dim is None or x.dim() == 0:
             return 1
@@ -590,10 +622,18 @@ class RangeStats(Metric):
         else:  # integers: exact sums in float64
             acc = torch.float64
             fr = rows.to(torch.float64)
-        mn = _reduce(rows, "amin")
-        mx = _reduce(rows, "amax")
-        s = _reduce(fr, "sum", acc)
-        q = _reduce(fr, "sumsq", acc)
+        if _NORM_FIRST:
+            # the sum of squares is the costliest kernel: run it first, while the first pass over
+            # x waits on memory anyway; the other three then find x in cache
+            q = _reduce(fr, "sumsq", acc, self._squares)
+            mn = _reduce(rows, "amin")
+            mx = _reduce(rows, "amax")
+            s = _reduce(fr, "sum", acc)
+        else:
+            mn = _reduce(rows, "amin")
+            mx = _reduce(rows, "amax")
+            s = _reduce(fr, "sum", acc)
+            q = _reduce(fr, "sumsq", acc, self._squares)
         n = rows.numel() // c
 
         # states are updated in place: they are never shared (see _load_from_state_dict), and a
@@ -615,21 +655,34 @@ class RangeStats(Metric):
         wd = torch.float32 if f32_exact else torch.float64  # the dtype the comparisons happen in
         k = self._consts(c, device)
         s = self._buffer("s", rows.shape, wd, device)
+        # elementwise work on R/S (same memory as rows/s), reductions on the (A, C, B) views
+        a, _, b = rows.shape
+        if _outer(a, c, b):
+            g = _group(a, c * b)
+            R, S = rows.reshape(a // g, g * c * b), s.view(a // g, g * c * b)
+
+            def tile(t: torch.Tensor) -> torch.Tensor:
+                return k.tile(t, g, c, b)
+        else:
+            R, S = rows, s
+
+            def tile(t: torch.Tensor) -> torch.Tensor:
+                return t
         nan = None
         if floating:
             # finite extremes: non-finite -> -inf for the max, then -> +inf for the min
             if rows.dtype == wd:
-                torch.nan_to_num(rows, nan=-_INF, posinf=-_INF, neginf=-_INF, out=s)
+                torch.nan_to_num(R, nan=-_INF, posinf=-_INF, neginf=-_INF, out=S)
             else:
-                s.copy_(rows)
-                s.nan_to_num_(nan=-_INF, posinf=-_INF, neginf=-_INF)
+                S.copy_(R)
+                S.nan_to_num_(nan=-_INF, posinf=-_INF, neginf=-_INF)
             fmax = _reduce(s, "amax")
-            s.nan_to_num_(nan=_INF, posinf=_INF, neginf=_INF)
+            S.nan_to_num_(nan=_INF, posinf=_INF, neginf=_INF)
             fmin = _reduce(s, "amin")
-            s.eq_(_INF)  # 1.0 where x is NaN or +-inf
+            S.eq_(_INF)  # 1.0 where x is NaN or +-inf
             nonfinite = _reduce(s, "count")
             if not self.hist_bins:  # with a histogram NaN has its own bin
-                torch.ne(rows, rows, out=s)  # 1.0 where x is NaN
+                torch.ne(R, R, out=S)  # 1.0 where x is NaN
                 nan = _reduce(s, "count")
         else:
             fmin, fmax = mn, mx
@@ -639,7 +692,7 @@ class RangeStats(Metric):
 
         counts = None
         if self.hist_bins:
-            counts = self._histogram(rows, s, wd, k, c)
+            counts = self._histogram(R, S, wd, k, c, tile)
             self.hist.add_(counts[:, : self.hist_bins + 2])
             if floating:
                 nan = counts[:, self.hist_bins + 2]
@@ -650,15 +703,16 @@ class RangeStats(Metric):
                 # the lower bound is a bin edge of the float32 binning: x < low <=> slot < below_slots
                 self.below.add_(counts[:, : k.below_slots].sum(dim=1))
             else:
-                torch.lt(rows, lo, out=s)
+                torch.lt(R, tile(lo), out=S)
                 self.below.add_(_reduce(s, "count"))
-            torch.gt(rows, hi, out=s)
+            torch.gt(R, tile(hi), out=S)
             self.above.add_(_reduce(s, "count"))
         if floating:
             self.nan.add_(nan)
             self.inf.add_(nonfinite - nan)
 
-    def _histogram(self, rows: torch.Tensor, s: torch.Tensor, wd: torch.dtype, k: _Consts, c: int) -> torch.Tensor:
+    def _histogram(self, rows: torch.Tensor, s: torch.Tensor, wd: torch.dtype, k: _Consts, c: int,
+                   tile: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``(C, bins + 3)`` float64 counts: [underflow, bins..., overflow, NaN] per channel.
 
         Bin of ``x``: ``clamp(floor((x - origin) * scale) + shift, -1, bins)`` in float32, so the bins are
@@ -672,25 +726,25 @@ class RangeStats(Metric):
         slots = bins + 3
         if wd == torch.float32:
             h = s
-            torch.sub(rows, k.hist_lo, out=h)
+            torch.sub(rows, tile(k.hist_lo), out=h)
         else:
             x64 = rows if rows.dtype == torch.float64 else rows.to(torch.float64)
             h = self._buffer("h", rows.shape, torch.float32, device)
             h.copy_(x64)  # round to nearest ...
             down = torch.nextafter(h, torch.full((), -_INF, dtype=torch.float32, device=device))
             h = torch.where(h.to(torch.float64) > x64, down, h)  # ... then down where it went up
-            h.sub_(k.hist_lo)
+            h.sub_(tile(k.hist_lo))
         j = k.hist_shift
-        h.mul_(k.hist_scale).floor_().clamp_(-1 - j, bins - j)
+        h.mul_(tile(k.hist_scale)).floor_().clamp_(-1 - j, bins - j)
         h.nan_to_num_(nan=bins + 1 - j)  # NaN slot
-        h.add_(k.hist_off)  # channel c, slot j -> c * slots + j
+        h.add_(tile(k.hist_off))  # channel c, slot j -> c * slots + j
         if _bincount_ok(device):
             itype = torch.int16 if c * slots < (1 << 15) else torch.int32
             idx = self._buffer("i", rows.shape, itype, device)
             idx.copy_(h)
             counts = torch.bincount(idx.view(-1), minlength=c * slots).to(torch.float64)
         else:
-            idx = h.reshape(-1).to(torch.int64)
+            idx = h.reshape(-1).to(torch.int32 if c * slots < (1 << 31) else torch.int64)
             counts = torch.zeros(c * slots, dtype=torch.float64, device=device)
             counts.index_add_(0, idx, torch.ones((), dtype=torch.float64, device=device).expand(idx.numel()))
         return counts.view(c, slots)

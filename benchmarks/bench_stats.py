@@ -1,0 +1,139 @@
+"""Benchmark RangeStats.update against one ``x.sum()`` over the same tensor.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_stats.py            # CPU (and CUDA when available)
+    .venv/bin/python benchmarks/bench_stats.py --repeats 400 --threads 1
+
+Every candidate is timed once per round, rounds interleave the candidates in a shuffled order (so
+background load and cache state hit them all alike), and the report gives the median over the rounds,
+its ratio to the median of ``x.sum()``, and the median of the per-round ratios (each call against the
+``x.sum()`` of the same round). Candidates:
+
+* ``x.sum()``                    - the yardstick: one full reduction
+* ``update(x)``                  - the every-step path (min, max, sum, sumsq, count, non-finite flag)
+* ``naive per-channel loop``     - separate min/max/mean/std/count ops per channel in a Python loop
+* ``update(x, detail=True)``     - with ``bounds`` (finite min/max, NaN/Inf counts, below/above counts)
+* ``... + hist_bins=64``         - the same plus a 64-bin per-channel histogram
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from rangewatch.stats import RangeStats  # noqa: E402
+
+SHAPE = (16, 3, 256, 256)
+
+
+def naive_per_channel(x: torch.Tensor, channel_dim: int = 1) -> list[tuple[float, ...]]:
+    """What a hand-written range check usually does: one op per statistic per channel, each
+    result pulled to the host."""
+    out = []
+    for c in range(x.shape[channel_dim]):
+        xc = x.select(channel_dim, c)
+        out.append(
+            (
+                xc.min().item(),
+                xc.max().item(),
+                xc.mean().item(),
+                xc.std().item(),
+                xc.numel(),
+                int((~torch.isfinite(xc)).sum().item()),
+            )
+        )
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(cands: dict[str, Callable[[], object]], device: torch.device, repeats: int, inner: int) -> dict[str, list[float]]:
+    """Seconds per call of each candidate in each of ``repeats`` rounds; every round runs every
+    candidate once, in a shuffled order."""
+    names = list(cands)
+    for fn in cands.values():  # warm-up: allocator, caches, lazy init
+        for _ in range(3):
+            fn()
+    _sync(device)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    rng = random.Random(0)
+    for _ in range(repeats):
+        rng.shuffle(names)
+        for n in names:
+            fn = cands[n]
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            _sync(device)
+            times[n].append((time.perf_counter() - t0) / inner)
+    return times
+
+
+def run(device: torch.device, repeats: int, inner: int, dtype: torch.dtype = torch.float32,
+        channels_last: bool = False) -> dict[str, float]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(SHAPE, generator=g).to(device=device, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    every = RangeStats(bounds="imagenet")
+    det = RangeStats(bounds="imagenet")
+    hist = RangeStats(bounds="imagenet", hist_bins=64)
+    cands: dict[str, Callable[[], object]] = {
+        "x.sum()": lambda: x.sum(),
+        "update(x)": lambda: every.update(x),
+        "update(x, detail=True) bounds": lambda: det.update(x, detail=True),
+        "update(x, detail=True) bounds+hist64": lambda: hist.update(x, detail=True),
+    }
+    if device.type == "cpu":
+        cands["naive per-channel loop"] = lambda: naive_per_channel(x)
+    times = bench(cands, device, repeats, inner)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    base = med["x.sum()"]
+    # ratio to the x.sum() of the same round: robust to load that comes and goes between rounds
+    paired = {n: statistics.median(a / b for a, b in zip(v, times["x.sum()"])) for n, v in times.items()}
+    layout = "channels_last" if channels_last else "contiguous"
+    print(f"\n{device.type} {str(dtype).replace('torch.', '')} {layout} {tuple(x.shape)}"
+          f"  (threads={torch.get_num_threads()}, rounds={repeats}, inner={inner})")
+    print(f"  {'candidate':40s} {'median':>11s} {'/ x.sum()':>10s} {'per-round':>10s}")
+    for n in cands:
+        print(f"  {n:40s} {med[n] * 1e6:9.1f}us {med[n] / base:9.2f}x {paired[n]:9.2f}x")
+    return {n: med[n] / base for n in cands}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=200, help="interleaved rounds (default 200)")
+    ap.add_argument("--inner", type=int, default=1, help="calls per timing (default 1)")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--extra", action="store_true", help="also fp16 and channels_last on CPU")
+    ap.add_argument("--no-cuda", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
+    run(torch.device("cpu"), args.repeats, args.inner)
+    if args.extra:
+        run(torch.device("cpu"), max(args.repeats // 4, 20), args.inner, channels_last=True)
+        run(torch.device("cpu"), max(args.repeats // 4, 20), args.inner, dtype=torch.float16)
+    if torch.cuda.is_available() and not args.no_cuda:
+        dev = torch.device("cuda")
+        run(dev, args.repeats, max(args.inner, 10))
+        run(dev, args.repeats, max(args.inner, 10), dtype=torch.float16, channels_last=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
