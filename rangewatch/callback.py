@@ -339,7 +339,16 @@ class RangeWatch(Callback):
         if not self.derive_expectations or self._loader_expect:
             return
         try:
+            from lightning.pytorch.utilities.model_helpers import is_overridden
+
             from .transform_inspection import predict_dataset
+
+            hooks = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+            owners = [getattr(trainer, "lightning_module", None), getattr(trainer, "datamodule", None)]
+            moved = [f"{type(o).__name__}.{h}" for o in owners if o is not None for h in hooks if is_overridden(h, o)]
+            if moved:  # the callback sees batches after these hooks: the loader's transforms are not the whole story
+                self._note_once("transfer", f"rangewatch: {', '.join(moved)} changes batches after the loader; transforms are not used to predict them")
+                return
 
             early: list[Finding] = []
             for stage, loader in (("train", trainer.train_dataloader), ("val", getattr(trainer, "val_dataloaders", None))):
@@ -599,7 +608,9 @@ class RangeWatch(Callback):
         inf = infer_convention(s)
         tap.inferred = inf
         exp = self.expectation_for(tap.name)
-        if exp is not None and exp.conv.kind == "pixel":
+        # a model's *outputs* (an untrained decoder, say) are not held to a convention: watched, not judged
+        judged = exp is not None and not (exp.origin == "model" and tap.name.endswith(":output"))
+        if exp is not None and judged and exp.conv.kind == "pixel":
             f = check_expectation(tap.name, s, inf, exp.conv, step=step, source=exp.source)
             if f is not None:
                 out.append(f)

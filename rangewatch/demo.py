@@ -334,5 +334,10 @@ def run_demo(case: str = "dark-preview", logdir: str | Path = "rangewatch_logs",
         for f in shown:
             echo(f"\n  * {f}")
         results.append(r)
-    echo(f"\nTensorBoard logs: {Path(logdir).resolve()}\nOpen them with:\n  tensorboard --logdir {Path(logdir).resolve()}")
+    where = Path(logdir).resolve()
+    echo(
+        f"\nTensorBoard logs: {where}\nOpen them with:\n  tensorboard --logdir {where}\n"
+        f"(where basicsr's tb-nightly sits beside tensorboard, plain tensorboard fails with 'Duplicate plugins': "
+        f"use  rangewatch tensorboard {where})\nor write an HTML report:\n  rangewatch report {where}"
+    )
     return results

@@ -191,3 +191,13 @@ def test_transform_prediction_disagrees_with_batches():
     assert w._loader_expect["train"].convention == "symmetric"
     f = mismatches(w)["batch"]
     assert (f.observed, f.expected) == ("unit", "symmetric") and "Normalize" in f.source
+
+
+def test_gpu_side_preprocessing_is_not_a_false_mismatch():
+    class OnDevice(Direct):
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            return batch.float() / 127.5 - 1  # uint8 -> [-1,1] after the loader, as GPU pipelines do
+
+    w = fit_loader(OnDevice(), PhotoSet(v2.Compose([v2.ToImage()])))
+    assert w._loader_expect == {}
+    assert mismatches(w) == {}

@@ -1,0 +1,32 @@
+"""``rangewatch tensorboard LOGDIR``: TensorBoard's own program, started so that it also works when
+both ``tensorboard`` and ``tb-nightly`` are installed (basicsr depends on ``tb-nightly``; the two
+register the same ``projector`` plugin and plain ``tensorboard`` then stops with "Duplicate plugins
+for name projector")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def plugins() -> list[Any]:
+    """TensorBoard's built-in plugins plus each dynamic plugin once."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tensorboard's default.py imports the deprecated pkg_resources
+        from tensorboard import default
+
+    out: list[Any] = []
+    for plugin in default.get_plugins():  # static plugins + the entry-point ones (listed once per dist)
+        if plugin not in out:
+            out.append(plugin)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """Run TensorBoard with ``argv`` (e.g. ``["--logdir", "rangewatch_logs"]``)."""
+    from tensorboard import program
+
+    tb = program.TensorBoard(plugins=plugins())
+    tb.configure(argv=[None, *argv])
+    return int(tb.main() or 0)
