@@ -59,20 +59,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench(cands: dict[str, Callable[[], object]], device: torch.device, repeats: int, inner: int) -> dict[str, list[float]]:
+def bench(cands: dict[str, Callable[[], object]], device: torch.device, repeats: int, inner: int,
+          cache: str = "interleaved") -> dict[str, list[float]]:
     """Seconds per call of each candidate in each of ``repeats`` rounds; every round runs every
-    candidate once, in a shuffled order."""
+    candidate once, in a shuffled order. ``cache``: ``interleaved`` (whatever the previous
+    candidate left in the caches), ``warm`` (an untimed call of the same candidate first) or
+    ``cold`` (64 MiB written first, evicting the tensor from every cache level)."""
     names = list(cands)
     for fn in cands.values():  # warm-up: allocator, caches, lazy init
         for _ in range(3):
             fn()
     _sync(device)
+    flush = torch.empty(16 << 20, device=device) if cache == "cold" else None
     times: dict[str, list[float]] = {n: [] for n in names}
     rng = random.Random(0)
     for _ in range(repeats):
         rng.shuffle(names)
         for n in names:
             fn = cands[n]
+            if cache == "warm":
+                fn()
+            elif flush is not None:
+                flush.add_(1.0)
             _sync(device)
             t0 = time.perf_counter()
             for _ in range(inner):
@@ -83,7 +91,7 @@ def bench(cands: dict[str, Callable[[], object]], device: torch.device, repeats:
 
 
 def run(device: torch.device, repeats: int, inner: int, dtype: torch.dtype = torch.float32,
-        channels_last: bool = False) -> dict[str, float]:
+        channels_last: bool = False, cache: str = "interleaved") -> dict[str, float]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(SHAPE, generator=g).to(device=device, dtype=dtype)
     if channels_last:
@@ -99,14 +107,14 @@ def run(device: torch.device, repeats: int, inner: int, dtype: torch.dtype = tor
     }
     if device.type == "cpu":
         cands["naive per-channel loop"] = lambda: naive_per_channel(x)
-    times = bench(cands, device, repeats, inner)
+    times = bench(cands, device, repeats, inner, cache)
     med = {n: statistics.median(v) for n, v in times.items()}
     base = med["x.sum()"]
     # ratio to the x.sum() of the same round: robust to load that comes and goes between rounds
     paired = {n: statistics.median(a / b for a, b in zip(v, times["x.sum()"])) for n, v in times.items()}
     layout = "channels_last" if channels_last else "contiguous"
     print(f"\n{device.type} {str(dtype).replace('torch.', '')} {layout} {tuple(x.shape)}"
-          f"  (threads={torch.get_num_threads()}, rounds={repeats}, inner={inner})")
+          f"  (threads={torch.get_num_threads()}, rounds={repeats}, inner={inner}, caches {cache})")
     print(f"  {'candidate':40s} {'median':>11s} {'/ x.sum()':>10s} {'per-round':>10s}")
     for n in cands:
         print(f"  {n:40s} {med[n] * 1e6:9.1f}us {med[n] / base:9.2f}x {paired[n]:9.2f}x")
@@ -119,12 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inner", type=int, default=1, help="calls per timing (default 1)")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--extra", action="store_true", help="also fp16 and channels_last on CPU")
+    ap.add_argument("--cache", choices=["interleaved", "warm", "cold", "all"], default="interleaved",
+                    help="cache state before each timed call (default interleaved; all: the three in turn)")
     ap.add_argument("--no-cuda", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
-    run(torch.device("cpu"), args.repeats, args.inner)
+    for cache in (["interleaved", "warm", "cold"] if args.cache == "all" else [args.cache]):
+        run(torch.device("cpu"), args.repeats, args.inner, cache=cache)
     if args.extra:
         run(torch.device("cpu"), max(args.repeats // 4, 20), args.inner, channels_last=True)
         run(torch.device("cpu"), max(args.repeats // 4, 20), args.inner, dtype=torch.float16)

@@ -12,18 +12,25 @@ Exactness (what the tests check against a numpy float64 reference):
 * ``nan``/``inf``/``below``/``above``/``count``/``hist`` counts are exact. ``below`` is
   ``x < low`` and ``above`` is ``x > high`` with the bounds taken as float64 numbers, for every
   input dtype (float32 work uses the bounds rounded outward to float32, which compares the same).
-* ``mean``/``std`` come from per-row partial sums accumulated in float32 (float64 for float64 and
-  integer inputs) and combined in float64: relative error ~1e-7 of ``mean(|x|)`` for the mean and
-  ~1e-7 of ``mean(x**2)`` for the variance. float16/bfloat16 inputs never overflow (a float16
-  tensor of a million 1000s has mean 1000).
+* ``mean``/``std`` come from sums and sums of squares accumulated in float32 by the reduction
+  kernels (float64 for float64 and integer inputs) and kept in float64 states: relative error
+  ~1e-7 of ``mean(|x|)`` for the mean and ~1e-7 of ``mean(x**2)`` for the variance (so a channel
+  whose spread is tiny next to its mean has a coarse ``std``). float16/bfloat16 inputs never
+  overflow (a float16 tensor of a million 1000s has mean 1000); float32 inputs past ~1.8e19 do
+  (the float32 sum of squares is inf).
 * Histogram bins are half-open, ``[e_i, e_{i+1})``, with ``e = RangeSummary.hist_edges[c]``;
   ``hist_underflow`` counts ``x < e_0`` (``-inf`` included), ``hist_overflow`` counts
   ``x >= e_bins`` (``+inf`` included), NaN is in neither (it is counted in ``nan``). The edges are
-  the exact float32 thresholds of the binning arithmetic ``floor((x - low) * (bins / (high - low)))``: they equal
-  ``linspace(low, high, bins + 1)`` wherever those are float32 numbers the arithmetic reproduces
-  (e.g. a power-of-two width) and otherwise differ from it by a float32 rounding, so
+  the exact float32 thresholds of the binning arithmetic ``floor((x - low) * (bins / (high - low)))``
+  (with ``bounds`` and the default range, counted from the lower bound, which is edge ``bins/4``):
+  they equal ``linspace(low, high, bins + 1)`` wherever those are float32 numbers the arithmetic
+  reproduces (e.g. a power-of-two width) and otherwise differ from it by float32 roundings, so
   ``numpy.histogram(x, hist_edges[c])`` gives the same counts (numpy closes its last bin on the
   right; here a value equal to ``e_bins`` is overflow).
+
+Cost (``benchmarks/README.md``): ``update(x)`` is four reductions over ``x`` (min, max, sum, sum
+of squares: eager PyTorch has no fused multi-reduction, ``aminmax``/``var_mean`` are slower on CPU);
+``detail=True`` adds a dozen elementwise passes and, with a histogram, one ``bincount``.
 """
 
 from __future__ import annotations
@@ -179,24 +186,39 @@ def _f32_from_keys(keys: np.ndarray) -> np.ndarray:
     return bits.view(np.float32)
 
 
+def _f32_keys(values: np.ndarray) -> np.ndarray:
+    """The order-preserving map float32 -> int64 (-0.0 and +0.0 both map to 0)."""
+    bits = np.asarray(values, dtype=np.float32).view(np.uint32).astype(np.int64)
+    return np.where(bits & 0x80000000, -(bits & 0x7FFFFFFF), bits)
+
+
 def _bin_thresholds(lo32: np.ndarray, scale32: np.ndarray, bins: int, shift: int = 0) -> np.ndarray:
     """``(C, bins + 1)`` float64: for each channel and i, the smallest float32 ``x`` with
     ``float32(float32(x - lo) * scale) >= i - shift``, i.e. the exact edges of the device binning
-    ``floor((x - lo) * scale) + shift`` done in float32 (monotone in ``x``: a binary search finds them)."""
+    ``floor((x - lo) * scale) + shift`` done in float32 (monotone in ``x``: a binary search finds
+    them, starting from a few float32 steps around the nominal edge)."""
     c = lo32.shape[0]
     target = np.broadcast_to(np.arange(-shift, bins + 1 - shift, dtype=np.float32), (c, bins + 1))
-    lo_k = np.full((c, bins + 1), -0x7F800000, dtype=np.int64)  # -inf: predicate false
-    hi_k = np.full((c, bins + 1), 0x7F800000, dtype=np.int64)  # +inf: predicate true
     lo_b, s_b = lo32[:, None], scale32[:, None]
+
+    def pred(keys: np.ndarray) -> np.ndarray:
+        t = (_f32_from_keys(keys) - lo_b) * s_b  # float32 arithmetic, as on the device
+        return t >= target
+
     with np.errstate(over="ignore", invalid="ignore"):
+        nominal = _f32_keys((lo_b.astype(np.float64) + target / s_b.astype(np.float64)).astype(np.float32))
+        lo_k = np.clip(nominal - 64, -0x7F800000, 0x7F800000)
+        hi_k = np.clip(nominal + 64, -0x7F800000, 0x7F800000)
+        # widen to the full float32 range where the bracket does not hold (invariant: pred(lo_k)
+        # false, pred(hi_k) true; -inf is always false and +inf always true)
+        lo_k = np.where(pred(lo_k), -0x7F800000, lo_k)
+        hi_k = np.where(pred(hi_k), hi_k, 0x7F800000)
         while True:
             open_ = hi_k - lo_k > 1
             if not open_.any():
                 break
             mid = (lo_k + hi_k) // 2
-            x = _f32_from_keys(mid)
-            t = (x - lo_b) * s_b  # float32 arithmetic, as on the device
-            ok = t >= target
+            ok = pred(mid)
             hi_k = np.where(open_ & ok, mid, hi_k)
             lo_k = np.where(open_ & ~ok, mid, lo_k)
     return _f32_from_keys(hi_k).astype(np.float64)
@@ -363,8 +385,9 @@ class RangeStats(Metric):
             callback passes the Lightning strategy's ``all_gather``.
 
     ``update(x)`` costs four reductions over ``x`` (min, max, sum, sum of squares); see
-    ``benchmarks/README.md``. Empty tensors are ignored. On CPU, ``detail=True`` keeps scratch
-    buffers of the tensor's size between updates (freed by :meth:`reset`).
+    ``benchmarks/README.md``. Empty tensors are ignored. On CPU, scratch buffers of the tensor's
+    size (``detail=True``; half-precision and channels-last inputs) are kept between updates and
+    freed by :meth:`reset`.
 
     Example:
         >>> import torch
@@ -615,6 +638,10 @@ class RangeStats(Metric):
         rows, c, _ = self._as_rows(x)
         if rows.dtype == torch.bool:
             rows = rows.view(torch.uint8)
+        elif rows.dtype in (torch.float16, torch.bfloat16) and rows.device.type == "cpu":
+            # CPU kernels convert half types element by element in every reduction; one exact
+            # conversion to float32 first is cheaper than four of them
+            rows = self._buffer("w", rows.shape, torch.float32, rows.device).copy_(rows)
         floating = rows.is_floating_point()
         if floating:
             acc = torch.float64 if rows.dtype == torch.float64 else torch.float32
