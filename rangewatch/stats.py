@@ -72,7 +72,6 @@ _ALL = {**_EVERY_STEP, **_DETAIL}
 _STATE_ORDER = tuple(_EVERY_STEP) + tuple(_DETAIL)
 
 _INF = float("inf")
-_NORM_FIRST = True
 #: reduce over the contiguous inner axis first when it holds at least this many elements
 _INNER_MIN = 16
 #: a float32 sum of 0/1 values is exact while each reduced run is shorter than this
@@ -649,18 +648,12 @@ class RangeStats(Metric):
         else:  # integers: exact sums in float64
             acc = torch.float64
             fr = rows.to(torch.float64)
-        if _NORM_FIRST:
-            # the sum of squares is the costliest kernel: run it first, while the first pass over
-            # x waits on memory anyway; the other three then find x in cache
-            q = _reduce(fr, "sumsq", acc, self._squares)
-            mn = _reduce(rows, "amin")
-            mx = _reduce(rows, "amax")
-            s = _reduce(fr, "sum", acc)
-        else:
-            mn = _reduce(rows, "amin")
-            mx = _reduce(rows, "amax")
-            s = _reduce(fr, "sum", acc)
-            q = _reduce(fr, "sumsq", acc, self._squares)
+        # the sum of squares is the costliest kernel: it goes first, while the first read of x
+        # waits on memory anyway; the other three then find x in cache
+        q = _reduce(fr, "sumsq", acc, self._squares)
+        mn = _reduce(rows, "amin")
+        mx = _reduce(rows, "amax")
+        s = _reduce(fr, "sum", acc)
         n = rows.numel() // c
 
         # states are updated in place: they are never shared (see _load_from_state_dict), and a
