@@ -443,14 +443,15 @@ class RangeStats(Metric):
         """``(C,)`` float64 state, 1.0 where a channel has seen NaN/Inf since the last reset.
 
         Derived when read, at no per-step cost: any NaN makes the running min/max NaN and any Inf
-        makes one of them infinite, so ``(min - max) * 0`` is NaN exactly then. What is assigned
+        makes one of them infinite, so ``min * 0 + max * 0`` is NaN exactly then. What is assigned
         (reset, load, sync, merge) is kept and or-ed in. No host sync either way.
         """
         d = self.__dict__
         stored, mn, mx, cnt = d["_nonfinite_stored"], d.get("min"), d.get("max"), d.get("count")
         if mn is None or mx is None or cnt is None or mn.numel() == 0:
             return stored
-        derived = torch.nan_to_num((mn - mx).mul_(0.0), nan=1.0).mul_(cnt > 0)  # fresh (+inf, -inf): 0
+        # x * 0 is NaN exactly for NaN/Inf (min - max could overflow); fresh states (+inf, -inf): 0
+        derived = torch.nan_to_num((mn * 0.0).add_(mx * 0.0), nan=1.0).mul_(cnt > 0)
         return derived if stored.shape != derived.shape else torch.maximum(stored, derived)
 
     @nonfinite_seen.setter
