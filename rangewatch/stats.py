@@ -80,9 +80,9 @@ _EXACT_F32 = 1 << 24
 _SCRATCH_MAX = 1 << 27
 #: integer dtypes that float32 holds exactly; wider integers are handled in float64
 _SMALL_INTS = {torch.bool, torch.uint8, torch.int8, torch.int16}
-for _n in ("uint16",):
-    if hasattr(torch, _n):
-        _SMALL_INTS.add(getattr(torch, _n))
+#: unsigned types most CPU reductions do not implement, and what they are reduced as
+_WIDEN = {getattr(torch, n): w for n, w in (("uint16", torch.int32), ("uint32", torch.int64), ("uint64", torch.float64))
+          if hasattr(torch, n)}
 
 
 @dataclass
@@ -638,6 +638,8 @@ class RangeStats(Metric):
         rows, c, _ = self._as_rows(x)
         if rows.dtype == torch.bool:
             rows = rows.view(torch.uint8)
+        elif rows.dtype in _WIDEN:
+            rows = rows.to(_WIDEN[rows.dtype])
         elif rows.dtype in (torch.float16, torch.bfloat16) and rows.device.type == "cpu":
             # CPU kernels convert half types element by element in every reduction; one exact
             # conversion to float32 first is cheaper than four of them

@@ -320,6 +320,12 @@ def test_integer_and_bool_inputs():
     big = RangeStats(channel_dim=None)
     big.update(torch.tensor([2**40, -(2**40), 3], dtype=torch.int64))
     assert big.compute().mean.tolist() == [1.0]  # int64 sums are exact (float64), not float32
+    for dtype in (torch.int8, torch.int16, torch.int32, torch.int64, getattr(torch, "uint16", torch.int32)):
+        y = torch.tensor([[1, 2, 3], [100, 7, 120]], dtype=dtype)
+        s = RangeStats(channel_dim=1, bounds=(1.5, 100.0), hist_bins=4, hist_range=(0.0, 128.0))
+        s.update(y, detail=True)
+        check_summary(s.compute(), channel_rows(y, 1), dtype, detail=True,
+                      bounds=(np.full(3, 1.5), np.full(3, 100.0)), hist=True)
 
 
 def test_all_nonfinite_channel():
