@@ -86,6 +86,9 @@ class RangeWatch(Callback):
         headroom_share: share of the fp16 maximum (65504) that makes an ``fp16_headroom`` finding.
         check_nonfinite_every_step: fail fast on NaN/Inf: one bool is read from the device every
             step (one small sync); otherwise they are checked at the check steps.
+        moments_every_step: also accumulate sum and sum of squares (mean/std) on every step; by
+            default min, max, the element count and the NaN/Inf flag cover every step and mean/std
+            come from the check-step batches, which halves the per-step reads of each tensor.
 
     Taps declared with a latent convention (``expect={"unet:input": "sdxl_latent"}``) are watched by a
     latent monitor: scale, shift, colour cast and outliers (``latent_scale``, ``latent_shift``,
@@ -126,6 +129,7 @@ class RangeWatch(Callback):
         trace_exact: bool = False,
         headroom_share: float = 0.5,
         check_nonfinite_every_step: bool = False,
+        moments_every_step: bool = False,
     ) -> None:
         super().__init__()
         self.expect = check_expect(expect)
@@ -148,6 +152,7 @@ class RangeWatch(Callback):
         self.trace_exact = check_bool("trace_exact", trace_exact)
         self.headroom_share = check_float("headroom_share", headroom_share, 0.0, 1.0)
         self.check_nonfinite_every_step = check_bool("check_nonfinite_every_step", check_nonfinite_every_step)
+        self.moments_every_step = check_bool("moments_every_step", moments_every_step)
         self._tracer: Any = None
         self.image_processors: dict[str, Any] = {}
         self._derived_keys: set[str] = set()
@@ -163,6 +168,8 @@ class RangeWatch(Callback):
         self._detail = False
         self._check_now = False
         self._step_at_start = 0
+        self._has_tensorboard = False
+        self._every = log_every_n_steps or 50
         self._sink: LoggerSink | None = None
         self._trainer: pl.Trainer | None = None
         self._notes: set[str] = set()
@@ -208,7 +215,11 @@ class RangeWatch(Callback):
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
         self._trainer = trainer
+        self._has_tensorboard = any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers)
+        self._every = self.log_every_n_steps or max(1, int(getattr(trainer, "log_every_n_steps", 50) or 50))
         self._sink = LoggerSink(list(trainer.loggers)) if trainer.is_global_zero else None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -447,8 +458,9 @@ class RangeWatch(Callback):
         return tap
 
     def _make_stats(self, channel_dim: int, bounds: str | None) -> RangeStats:
-        return RangeStats(channel_dim=channel_dim, bounds=bounds, hist_bins=self.hist_bins if self.histograms else 0,
-                          dist_sync_fn=self._sync_fn())
+        # histograms only where they can be logged (decided alike on every rank: the states must match)
+        bins = self.hist_bins if self.histograms and self._has_tensorboard else 0
+        return RangeStats(channel_dim=channel_dim, bounds=bounds, hist_bins=bins, dist_sync_fn=self._sync_fn())
 
     def _sync_fn(self) -> Any:
         trainer = self._trainer
@@ -476,7 +488,7 @@ class RangeWatch(Callback):
             if tap.latent is not None:
                 tap.latent.update(t)
             else:
-                tap.stats.update(t, detail=self._detail)
+                tap.stats.update(t, detail=self._detail, moments=self.moments_every_step)
             tap.fed = True
         except (ConfigError, RangeMismatchError):
             raise
@@ -515,8 +527,7 @@ class RangeWatch(Callback):
 
     # ------------------------------------------------------------------ train / validation hooks
     def _is_check_step(self, trainer: pl.Trainer) -> bool:
-        every = self.log_every_n_steps or max(1, int(getattr(trainer, "log_every_n_steps", 50) or 50))
-        return self._train_batches < self.check_first_n or trainer.global_step % every == 0
+        return self._train_batches < self.check_first_n or trainer.global_step % self._every == 0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._check_now = self._is_check_step(trainer)

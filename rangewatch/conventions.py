@@ -27,6 +27,7 @@ __all__ = [
     "get_convention",
     "list_conventions",
     "register_convention",
+    "unregister_convention",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CLIP_MEAN",
@@ -197,6 +198,18 @@ def get_convention(name: str | Convention) -> Convention:
         ) from None
 
 
+def unregister_convention(name: str) -> None:
+    """Remove a convention registered with :func:`register_convention` (built-ins stay)."""
+    with _LOCK:
+        if name in _BUILTIN:
+            raise ValueError(f"{name!r} is a built-in convention and cannot be removed")
+        conv = _CATALOGUE.pop(name, None)
+        if conv is None:
+            raise UnknownConventionError(f"unknown convention {name!r}; known conventions: {', '.join(_CATALOGUE)}")
+        for alias in conv.aliases:
+            _ALIASES.pop(alias, None)
+
+
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"convention name must be a non-empty identifier-like string, got {name!r}")
@@ -343,3 +356,5 @@ _add(
         latent_rgb=_FLUX_RGB, latent_rgb_bias=(-0.0329, -0.0718, -0.0851),
     )
 )
+
+_BUILTIN = frozenset(_CATALOGUE)

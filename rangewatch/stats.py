@@ -57,6 +57,7 @@ _EVERY_STEP = {
     "sum": ("sum", 0.0),
     "sumsq": ("sum", 0.0),
     "count": ("sum", 0.0),
+    "moment_count": ("sum", 0.0),  # elements behind sum/sumsq (updates with moments=True)
     "nonfinite_seen": ("max", 0.0),
 }
 _DETAIL = {
@@ -612,10 +613,13 @@ class RangeStats(Metric):
         return p.reshape(a, c, -1), c, cd
 
     # ------------------------------------------------------------------ update
-    def update(self, x: torch.Tensor, detail: bool = False) -> None:  # type: ignore[override]
+    def update(self, x: torch.Tensor, detail: bool = False, moments: bool = True) -> None:  # type: ignore[override]
         """Accumulate statistics of ``x``; ``detail=True`` also counts non-finite / out-of-bounds
-        values, finite min/max and the histogram. Never synchronises with the host: every decision
-        below depends on shapes, dtypes and devices only."""
+        values, finite min/max and the histogram. ``moments=False`` skips the sum and sum of squares
+        (two of the four reads of ``x``): min, max, the count and the non-finite flag still cover
+        the tensor, and mean/std come from the updates that had moments (``detail=True`` always
+        has them). Never synchronises with the host: every decision below depends on shapes,
+        dtypes and devices only."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"RangeStats.update takes a tensor, got {type(x).__name__}")
         if x.is_complex():
@@ -653,18 +657,21 @@ class RangeStats(Metric):
             fr = rows.to(torch.float64)
         # the sum of squares is the costliest kernel: it goes first, while the first read of x
         # waits on memory anyway; the other three then find x in cache
-        q = _reduce(fr, "sumsq", acc, self._squares)
+        with_moments = moments or detail
+        if with_moments:
+            q = _reduce(fr, "sumsq", acc, self._squares)
         mn = _reduce(rows, "amin")
         mx = _reduce(rows, "amax")
-        s = _reduce(fr, "sum", acc)
         n = rows.numel() // c
 
         # states are updated in place: they are never shared (see _load_from_state_dict), and a
         # Module attribute assignment costs more than the small kernels here
         torch.minimum(self.min, mn, out=self.min)  # NaN propagates, as intended
         torch.maximum(self.max, mx, out=self.max)
-        self.sum.add_(s)
-        self.sumsq.add_(q)
+        if with_moments:
+            self.sum.add_(_reduce(fr, "sum", acc))
+            self.sumsq.add_(q)
+            self.moment_count.add_(n)
         self.count.add_(n)
         # nonfinite_seen needs no work here: it is derived from min/max when read (see below)
 
@@ -871,8 +878,9 @@ class RangeStats(Metric):
         packed = self._pack().cpu()  # the single host transfer
         st = self._unpack(packed, c)
         cnt = st["count"]
-        mean = st["sum"] / cnt.clamp(min=1)
-        var = (st["sumsq"] / cnt.clamp(min=1) - mean * mean).clamp(min=0)
+        mcnt = st["moment_count"]
+        mean = st["sum"] / mcnt.clamp(min=1)
+        var = (st["sumsq"] / mcnt.clamp(min=1) - mean * mean).clamp(min=0)
         hist_t = edges = under = over = None
         if self.hist_bins:
             h = st["hist"]
@@ -884,8 +892,8 @@ class RangeStats(Metric):
             count=cnt,
             min=st["min"],
             max=st["max"],
-            mean=torch.where(cnt > 0, mean, torch.nan),
-            std=torch.where(cnt > 0, var.sqrt(), torch.nan),
+            mean=torch.where(mcnt > 0, mean, torch.nan),
+            std=torch.where(mcnt > 0, var.sqrt(), torch.nan),
             nonfinite_seen=st["nonfinite_seen"] > 0,
             finite_min=st["finite_min"],
             finite_max=st["finite_max"],

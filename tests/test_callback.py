@@ -261,10 +261,10 @@ def test_internal_error_switches_tap_off_and_training_goes_on(tmp_path, monkeypa
 
     orig = RangeStats.update
 
-    def broken(self, x, detail=False):
+    def broken(self, x, detail=False, moments=True):
         if x.shape[1] == 4:  # the encoder's output only
             raise RuntimeError("boom")
-        return orig(self, x, detail)
+        return orig(self, x, detail, moments)
 
     monkeypatch.setattr(RangeStats, "update", broken)
     w = RangeWatch(modules=["vae.encoder"], expect={"batch[0]": "symmetric"}, policy="log")

@@ -69,7 +69,21 @@ def test_unknown_name_lists_known():
         get_convention("nope")
 
 
-def test_register_forms():
+@pytest.fixture
+def cleanup():
+    from rangewatch.conventions import unregister_convention
+
+    names = []
+    yield names
+    for n in names:
+        try:
+            unregister_convention(n)
+        except KeyError:
+            pass
+
+
+def test_register_forms(cleanup):
+    cleanup.extend(["test_meanstd", "test_bounds", "test_latent"])
     c = register_convention("test_meanstd", mean=[0.4, 0.4, 0.4], std=[0.2, 0.2, 0.2], overwrite=True)
     assert get_convention("test_meanstd") is c and c.kind == "pixel"
     np.testing.assert_allclose(c.bounds(3)[0], [-2.0] * 3)
@@ -84,6 +98,16 @@ def test_register_forms():
         register_convention("bad", mean=[0.5], std=[0.5], scale=1.0)
     with pytest.raises(ValueError, match="std must be positive"):
         register_convention("bad2", mean=[0.5], std=[0.0])
+
+
+def test_unregister(cleanup):
+    from rangewatch.conventions import unregister_convention
+
+    register_convention("test_gone", mean=[0.3], std=[0.2])
+    unregister_convention("test_gone")
+    assert "test_gone" not in list_conventions()
+    with pytest.raises(ValueError, match="built-in"):
+        unregister_convention("clip")
 
 
 def test_latent_to_rgb_matches_numpy():
