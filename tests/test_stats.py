@@ -586,3 +586,24 @@ def test_generic_device_path_on_cpu(monkeypatch):
         b = gen.bounds_for(3)
         check_summary(gen.compute(), channel_rows(x.to(dtype), 1), dtype, detail=True,
                       bounds=(b[0].numpy(), b[1].numpy()), hist=True)
+
+
+def test_moments_false_keeps_min_max_count_and_takes_mean_from_moment_updates():
+    a = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    b = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 10 - 5
+    s = RangeStats()
+    s.update(a)                    # with moments
+    s.update(b, moments=False)     # min/max/count/NaN flag only
+    r = s.compute()
+    both = np.concatenate([a.double().numpy(), b.double().numpy()])
+    np.testing.assert_array_equal(r.min.numpy(), both.min(axis=(0, 2, 3)))
+    np.testing.assert_array_equal(r.max.numpy(), both.max(axis=(0, 2, 3)))
+    np.testing.assert_array_equal(r.count.numpy(), [8 * 64] * 3)
+    np.testing.assert_allclose(r.mean.numpy(), a.double().numpy().mean(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(r.std.numpy(), a.double().numpy().std(axis=(0, 2, 3)), rtol=1e-5)
+    c = torch.full((1, 3, 4, 4), float("nan"))
+    s.update(c, moments=False)
+    assert s.compute().nonfinite_seen.all()
+    only = RangeStats()
+    only.update(b, moments=False)
+    assert torch.isnan(only.compute().mean).all()  # no moments seen: mean unknown, not 0
