@@ -280,6 +280,14 @@ def test_ddp_matches_single_process_and_numpy(tmp_path: Path) -> None:
     assert "rangewatch: internal error" not in ddp.stderr + single.stderr
     assert ddp_texts == single_texts == [0]
 
+    # `rangewatch report` reads the DDP run's logs: the tap, its per-step values and the finding
+    from rangewatch.report import build_report
+
+    html = build_report(ddp_out).read_text()
+    assert TAP in html and "mismatch" in html and "x * 2 - 1" in html
+    first_min = dict(ddp_scalars[_tag("min", 0)])[0]
+    assert f"{first_min:.6g}" in html
+
 
 if __name__ == "__main__":
     _run(sys.argv[1], sys.argv[2])
