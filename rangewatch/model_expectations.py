@@ -202,6 +202,17 @@ class _Deriver:
         )
 
     # ------------------------------------------------------------ processors
+    def put_normalize(self, path: str, mean: Any, std: Any, src: str) -> bool:
+        """An input expectation from a model's own mean/std (a catalogue name, or a registered one)."""
+        name, note = convention_for_normalize(tuple(mean), tuple(std), source=src)
+        if name == "unknown":
+            self.note(f"{src}: {note}")
+            return True
+        if note:
+            src += f"; {note}"
+        self.put(path, "input", name, src)
+        return True
+
     def from_processor(self, path: str, tap: str, processor: Any, how: str) -> bool:
         pred = _predict(processor, where=how)
         if not pred.known:
@@ -274,14 +285,7 @@ class _Deriver:
         tag = pc.get("tag")
         ident = f"{arch}.{tag}" if tag else arch
         src = f"timm pretrained_cfg of {path or 'the root module'} ({ident})"
-        name, note = convention_for_normalize(tuple(mean), tuple(std), source=src)
-        if name == "unknown":
-            self.note(f"{src}: {note}")
-            return True
-        if note:
-            src += f"; {note}"
-        self.put(path, "input", name, src)
-        return True
+        return self.put_normalize(path, mean, std, src)
 
     def transformers(self, path: str, m: nn.Module) -> bool:
         if _lib(m) != "transformers" or "transformers" not in sys.modules:
@@ -332,14 +336,7 @@ class _Deriver:
             except Exception:  # pragma: no cover
                 return False
         src = f"open_clip {how} of {path or 'the root module'} ({cls})"
-        name, note = convention_for_normalize(tuple(mean), tuple(std), source=src)
-        if name == "unknown":
-            self.note(f"{src}: {note}")
-            return True
-        if note:
-            src += f"; {note}"
-        self.put(path, "input", name, src)
-        return True
+        return self.put_normalize(path, mean, std, src)
 
     # ------------------------------------------------------------ walk
     def run(self) -> dict[str, Expectation]:

@@ -69,21 +69,7 @@ def test_unknown_name_lists_known():
         get_convention("nope")
 
 
-@pytest.fixture
-def cleanup():
-    from rangewatch.conventions import unregister_convention
-
-    names = []
-    yield names
-    for n in names:
-        try:
-            unregister_convention(n)
-        except KeyError:
-            pass
-
-
-def test_register_forms(cleanup):
-    cleanup.extend(["test_meanstd", "test_bounds", "test_latent"])
+def test_register_forms():
     c = register_convention("test_meanstd", mean=[0.4, 0.4, 0.4], std=[0.2, 0.2, 0.2], overwrite=True)
     assert get_convention("test_meanstd") is c and c.kind == "pixel"
     np.testing.assert_allclose(c.bounds(3)[0], [-2.0] * 3)
@@ -100,7 +86,7 @@ def test_register_forms(cleanup):
         register_convention("bad2", mean=[0.5], std=[0.0])
 
 
-def test_unregister(cleanup):
+def test_unregister():
     from rangewatch.conventions import unregister_convention
 
     register_convention("test_gone", mean=[0.3], std=[0.2])

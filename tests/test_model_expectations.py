@@ -13,18 +13,6 @@ from rangewatch.conventions import get_convention
 from rangewatch.model_expectations import HF_MODEL_TYPES, derive_expectations, latent_convention_for
 from rangewatch.transform_inspection import predict_transform
 
-@pytest.fixture(autouse=True)
-def _restore_catalogue():
-    """Conventions registered by a test (custom Normalize / latent constants) must not leak into other tests."""
-    from rangewatch import conventions
-
-    saved, aliases = dict(conventions._CATALOGUE), dict(conventions._ALIASES)
-    yield
-    with conventions._LOCK:
-        conventions._CATALOGUE.clear()
-        conventions._CATALOGUE.update(saved)
-        conventions._ALIASES.clear()
-        conventions._ALIASES.update(aliases)
 
 
 TINY_VIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)

@@ -19,18 +19,6 @@ from rangewatch.conventions import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_
 from rangewatch.transform_inspection import Prediction, convention_for_normalize, predict_dataset, predict_transform
 
 
-@pytest.fixture(autouse=True)
-def _restore_catalogue():
-    """Conventions registered by a test (custom Normalize / latent constants) must not leak into other tests."""
-    from rangewatch import conventions
-
-    saved, aliases = dict(conventions._CATALOGUE), dict(conventions._ALIASES)
-    yield
-    with conventions._LOCK:
-        conventions._CATALOGUE.clear()
-        conventions._CATALOGUE.update(saved)
-        conventions._ALIASES.clear()
-        conventions._ALIASES.update(aliases)
 
 
 def pil(name: str = "astronaut", side: int = 96) -> Image.Image:
