@@ -86,6 +86,9 @@ class RangeWatch(Callback):
         headroom_share: share of the fp16 maximum (65504) that makes an ``fp16_headroom`` finding.
         check_nonfinite_every_step: fail fast on NaN/Inf: one bool is read from the device every
             step (one small sync); otherwise they are checked at the check steps.
+        image_processors: submodule path -> a transformers image processor (or any object with
+            ``image_mean``/``image_std``/``do_normalize``...) saying what that encoder expects; it wins
+            over the model type's documented default.
         moments_every_step: also accumulate sum and sum of squares (mean/std) on every step; by
             default min, max, the element count and the NaN/Inf flag cover every step and mean/std
             come from the check-step batches, which halves the per-step reads of each tensor.
@@ -130,6 +133,7 @@ class RangeWatch(Callback):
         headroom_share: float = 0.5,
         check_nonfinite_every_step: bool = False,
         moments_every_step: bool = False,
+        image_processors: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.expect = check_expect(expect)
@@ -154,7 +158,9 @@ class RangeWatch(Callback):
         self.check_nonfinite_every_step = check_bool("check_nonfinite_every_step", check_nonfinite_every_step)
         self.moments_every_step = check_bool("moments_every_step", moments_every_step)
         self._tracer: Any = None
-        self.image_processors: dict[str, Any] = {}
+        if image_processors is not None and not isinstance(image_processors, dict):
+            raise ConfigError(f"option 'image_processors' = {image_processors!r} must map submodule paths to image processors")
+        self.image_processors: dict[str, Any] = dict(image_processors or {})
         self._derived_keys: set[str] = set()
         self._loader_expect: dict[str, Expectation] = {}
 

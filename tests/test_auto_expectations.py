@@ -201,3 +201,14 @@ def test_gpu_side_preprocessing_is_not_a_false_mismatch():
     w = fit_loader(OnDevice(), PhotoSet(v2.Compose([v2.ToImage()])))
     assert w._loader_expect == {}
     assert mismatches(w) == {}
+
+
+def test_image_processor_given_by_the_user_wins():
+    tr = pytest.importorskip("transformers")
+    enc = tr.CLIPVisionModelWithProjection(tr.CLIPVisionConfig(**TINY_VIT))
+    proc = tr.SiglipImageProcessor()  # 0.5/0.5: this encoder is fed [-1,1]
+    w = fit(Pipeline({"image_encoder": enc}, {"image_encoder": "symmetric"}), unit_photos(), image_processors={"image_encoder": proc})
+    assert w.expectations["image_encoder:input"].convention == "symmetric"
+    assert mismatches(w) == {}
+    w = fit(Pipeline({"image_encoder": enc}, {"image_encoder": "symmetric"}), unit_photos())
+    assert set(mismatches(w)) == {"image_encoder:input"}  # the CLIP default says clip
