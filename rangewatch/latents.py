@@ -32,6 +32,7 @@ import torch
 
 from .conventions import Convention, get_convention
 from .findings import Finding
+from .sinks import write_histogram
 from .stats import RangeStats, RangeSummary
 
 __all__ = [
@@ -628,23 +629,8 @@ def log_latents(
         experiment.add_image(tag, grid.cpu(), step)
         tags.append(tag)
     summ = mon.stats.compute()
-    if summ.hist is not None and summ.hist_edges is not None and summ.hist_underflow is not None:
-        for c in range(summ.channels):
-            edges = summ.hist_edges[c].tolist()
-            under, over = float(summ.hist_underflow[c]), float(summ.hist_overflow[c])
-            counts = [under] + summ.hist[c].tolist() + [over]
-            fmax = float(summ.finite_max[c]) if math.isfinite(float(summ.finite_max[c])) else edges[-1]
-            fmin = float(summ.finite_min[c]) if math.isfinite(float(summ.finite_min[c])) else edges[0]
-            limits = edges[:] + [max(fmax, edges[-1]) + 1e-6]  # underflow bucket ends at edges[0]
-            num = float(sum(counts))
-            cnt = float(summ.count[c])
-            mean = float(summ.mean[c])
-            std = float(summ.std[c])
-            s = mean * cnt if math.isfinite(mean) else 0.0
-            sq = (std * std + mean * mean) * cnt if math.isfinite(std) and math.isfinite(mean) else 0.0
-            tag = f"{base}/latent_channel_{c}"
-            experiment.add_histogram_raw(
-                tag, min=fmin, max=fmax, num=num, sum=s, sum_squares=sq, bucket_limits=limits, bucket_counts=counts, global_step=step
-            )
+    for c in range(summ.channels):
+        tag = f"{base}/latent_channel_{c}"
+        if write_histogram(experiment, tag, summ, c, step):
             tags.append(tag)
     return tags

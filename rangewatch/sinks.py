@@ -13,7 +13,7 @@ import torch
 from .findings import Finding
 from .stats import RangeSummary
 
-__all__ = ["LoggerSink", "tag", "findings_markdown"]
+__all__ = ["LoggerSink", "tag", "findings_markdown", "write_histogram"]
 
 
 def tag(tap: str, stat: str, channel: int | None = None) -> str:
@@ -28,6 +28,37 @@ def findings_markdown(findings: list[Finding]) -> str:
         cells = [str(f.step), f.kind, f.where, f.observed, f.expected, f.evidence, f.fix]
         rows.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(rows)
+
+
+def write_histogram(writer: Any, name: str, s: RangeSummary, channel: int, step: int | None) -> bool:
+    """One channel of a :class:`RangeSummary` histogram as a TensorBoard ``add_histogram_raw`` entry:
+    the device-side bin counts, no copy of the data. The underflow bucket ends at the first edge,
+    the overflow bucket at the larger of the last edge and the finite maximum; NaN is left out.
+    Returns False when the summary has no histogram or the channel no counted values."""
+    if s.hist is None or s.hist_edges is None or s.hist_underflow is None or s.hist_overflow is None:
+        return False
+    c = channel
+    counts = [float(s.hist_underflow[c])] + s.hist[c].tolist() + [float(s.hist_overflow[c])]
+    num = float(sum(counts))
+    if num <= 0:
+        return False
+    edges = s.hist_edges[c].tolist()
+    fmin = float(s.finite_min[c]) if math.isfinite(float(s.finite_min[c])) else edges[0]
+    fmax = float(s.finite_max[c]) if math.isfinite(float(s.finite_max[c])) else edges[-1]
+    mean, std = float(s.mean[c]), float(s.std[c])
+    moments = math.isfinite(mean) and math.isfinite(std)
+    writer.add_histogram_raw(
+        name,
+        min=fmin,
+        max=fmax,
+        num=num,
+        sum=mean * num if moments else 0.0,
+        sum_squares=(std * std + mean * mean) * num if moments else 0.0,
+        bucket_limits=edges + [max(fmax, edges[-1]) + 1e-6],
+        bucket_counts=counts,
+        global_step=step,
+    )
+    return True
 
 
 class LoggerSink:
@@ -54,29 +85,9 @@ class LoggerSink:
             lg.log_metrics(clean, step=step)
 
     def histograms(self, tap: str, s: RangeSummary, step: int) -> None:
-        if s.hist is None or s.hist_edges is None or not self.writers:
-            return
-        for c in range(s.channels):
-            counts = torch.cat([s.hist_underflow[c : c + 1], s.hist[c], s.hist_overflow[c : c + 1]])
-            num = float(counts.sum())
-            if num == 0:
-                continue
-            edges = s.hist_edges[c]
-            lo = float(s.finite_min[c]) if math.isfinite(float(s.finite_min[c])) else float(edges[0])
-            hi = float(s.finite_max[c]) if math.isfinite(float(s.finite_max[c])) else float(edges[-1])
-            limits = [float(edges[0])] + edges[1:].tolist() + [max(hi, float(edges[-1])) + 1e-6]
-            for w in self.writers:
-                w.add_histogram_raw(
-                    tag(tap, "hist", c),
-                    min=min(lo, float(edges[0])) if float(counts[0]) else lo,
-                    max=hi,
-                    num=num,
-                    sum=float(s.mean[c] * s.count[c]) if math.isfinite(float(s.mean[c])) else 0.0,
-                    sum_squares=float((s.std[c] ** 2 + s.mean[c] ** 2) * s.count[c]) if math.isfinite(float(s.std[c])) else 0.0,
-                    bucket_limits=limits,
-                    bucket_counts=counts.tolist(),
-                    global_step=step,
-                )
+        for w in self.writers:
+            for c in range(s.channels):
+                write_histogram(w, tag(tap, "hist", c), s, c, step)
 
     def text(self, name: str, text: str, step: int) -> None:
         for w in self.writers:

@@ -70,6 +70,7 @@ import torch
 from .conventions import Convention, get_convention
 from .findings import Finding
 from .inference import Inference, infer_convention
+from .sinks import write_histogram
 from .stats import RangeStats, RangeSummary
 
 __all__ = [
@@ -1090,20 +1091,10 @@ def _histogram(writer: Any, preview: Preview, prefix: str, step: int | None) -> 
     tags = []
     clamp = f"clamp_{_num(preview.assumed[0])}_{_num(preview.assumed[1])}" if preview.assumed else preview.assumption_slug
     for c in range(s.channels):
-        counts = torch.cat([s.hist_underflow[c : c + 1], s.hist[c], s.hist_overflow[c : c + 1]]).tolist()
-        edges = s.hist_edges[c].tolist()
-        fmax = float(s.finite_max[c]) if math.isfinite(float(s.finite_max[c])) else edges[-1]
-        limits = [edges[0]] + edges[1:] + [max(fmax, edges[-1]) + 1e-9]
-        num = float(s.detail_count[c] - s.nan[c])
-        if num <= 0:
-            continue
         tag = _tag_safe(f"{prefix}/{preview.slug}/histogram_{clamp}/c{c}")
         with _suppressed():
-            writer.add_histogram_raw(
-                tag, min=float(s.finite_min[c]), max=fmax, num=num, sum=float(s.mean[c] * s.count[c]) if math.isfinite(float(s.mean[c])) else 0.0,
-                sum_squares=float((s.std[c] ** 2 + s.mean[c] ** 2) * s.count[c]) if math.isfinite(float(s.mean[c])) else 0.0,
-                bucket_limits=limits, bucket_counts=counts, global_step=step,
-            )
+            if not write_histogram(writer, tag, s, c, step):
+                continue
         tags.append(tag)
     return tags
 
