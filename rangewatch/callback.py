@@ -532,13 +532,12 @@ class RangeWatch(Callback):
                     self._feed(prefix + key, t, 1)
 
     # ------------------------------------------------------------------ train / validation hooks
-    def _is_check_step(self, trainer: pl.Trainer) -> bool:
-        return self._train_batches < self.check_first_n or trainer.global_step % self._every == 0
+    def _is_check_step(self, step: int) -> bool:
+        return self._train_batches < self.check_first_n or step % self._every == 0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._check_now = self._is_check_step(trainer)
-        self._detail = self._check_now
-        self._step_at_start = int(trainer.global_step)
+        self._step_at_start = step = int(trainer.global_step)
+        self._check_now = self._detail = self._is_check_step(step)
         if self._tracer is not None:
             self._tracer.enabled = True
             self._tracer.start_step(self._step_at_start)

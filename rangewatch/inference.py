@@ -53,17 +53,19 @@ def _fmt(values) -> str:
     return "/".join(f"{v:.3f}" for v in values)
 
 
-def _cost(conv: Convention, lo: torch.Tensor, hi: torch.Tensor) -> tuple[float, float, float, int]:
-    """(cost, worst spill, mean gap, exact hits) of reading per-channel [lo, hi] in ``conv``."""
-    c = lo.numel()
-    m = torch.tensor(conv.mean_for(c), dtype=torch.float64)
-    s = torch.tensor(conv.std_for(c), dtype=torch.float64)
-    ulo, uhi = lo * s + m, hi * s + m
-    spill = (-ulo).clamp(min=0) + (uhi - 1).clamp(min=0)
-    gap = ulo.clamp(min=0) + (1 - uhi).clamp(min=0)
-    hits = int(((ulo.abs() < _EXACT).sum() + ((uhi - 1).abs() < _EXACT).sum()).item())
-    cost = float((gap + _SPILL_WEIGHT * spill).mean()) - _HIT_BONUS * hits / c
-    return cost, float(spill.max()), float(gap.mean()), hits
+def _cost(conv: Convention, lo: list[float], hi: list[float]) -> tuple[float, float, float, int]:
+    """(cost, worst spill, mean gap, exact hits) of reading per-channel [lo, hi] in ``conv``
+    (plain floats: a few channels, and it runs at every check)."""
+    c = len(lo)
+    means, stds = conv.mean_for(c), conv.std_for(c)
+    spills, gaps, hits = [], [], 0
+    for l, h, m, s in zip(lo, hi, means, stds):
+        ulo, uhi = l * s + m, h * s + m
+        spills.append(max(-ulo, 0.0) + max(uhi - 1, 0.0))
+        gaps.append(max(ulo, 0.0) + max(1 - uhi, 0.0))
+        hits += (abs(ulo) < _EXACT) + (abs(uhi - 1) < _EXACT)
+    cost = sum(g + _SPILL_WEIGHT * sp for g, sp in zip(gaps, spills)) / c - _HIT_BONUS * hits / c
+    return cost, max(spills), sum(gaps) / c, hits
 
 
 def _summary(x: torch.Tensor | RangeStats | RangeSummary, channel_dim: int | None) -> RangeSummary:
@@ -114,13 +116,14 @@ def infer_convention(
             "unknown", False, [], f"integer dtype {'/'.join(r.dtypes)} with values {float(lo.min()):g}..{float(hi.max()):g}: "
             "not uint8 pixel data (token ids, labels or a mask?)", tuple(lo.tolist()), tuple(hi.tolist()),
         )
+    lo_f, hi_f = lo.tolist(), hi.tolist()
     scored = []
     for n in names:
         conv = get_convention(n)
         if conv.kind != "pixel" or conv.integer:
             continue
         try:
-            cost, spill, gap, hits = _cost(conv, lo, hi)
+            cost, spill, gap, hits = _cost(conv, lo_f, hi_f)
         except ValueError:  # convention cannot apply to this channel count
             continue
         scored.append((cost, n, spill, gap, hits))

@@ -370,6 +370,17 @@ class _Consts:
         return r
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How an every-step update (min, max and count only) reads tensors of one layout: the
+    ``(A, C, B)`` view and whether one kernel over dims (0, 2) does (else inner axis first)."""
+
+    shape: tuple[int, int, int]
+    one_kernel: bool
+    per_channel: int  # elements per channel
+    dtype_name: str
+
+
 class RangeStats(Metric):
     """Per-channel min/max/mean/std/non-finite/out-of-bounds accumulator on the tensor's device.
 
@@ -437,6 +448,8 @@ class RangeStats(Metric):
         self._consts_cache: dict[tuple[str, int], _Consts] = {}
         self._edges_cache: dict[int, _HistHost] = {}
         self._scratch: dict[str, torch.Tensor] = {}
+        # (shape, strides, dtype, device, threads) -> _Plan of the every-step min/max path
+        self._plans: dict[tuple, _Plan | None] = {}
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -613,6 +626,38 @@ class RangeStats(Metric):
         return p.reshape(a, c, -1), c, cd
 
     # ------------------------------------------------------------------ update
+    def _wrap_update(self, update: Callable) -> Callable:
+        """torchmetrics' bookkeeping around ``update`` without its per-call grad-mode context:
+        :meth:`update` detaches its input and never makes tensors that require grad (it runs
+        every training step; the context manager and attribute hooks cost more than min/max of a
+        small tensor)."""
+
+        @functools.wraps(update)
+        def wrapped(*args: Any, **kwargs: Any) -> None:
+            d = self.__dict__
+            d["_computed"] = None
+            d["_update_count"] += 1
+            update(*args, **kwargs)
+
+        return wrapped
+
+    def _plan(self, x: torch.Tensor) -> _Plan | None:
+        """The every-step plan for tensors laid out like ``x``; None where :meth:`update`'s general
+        path is needed (non-contiguous, dtype conversions, channels-last-like short inner axes)."""
+        if not x.is_contiguous() or x.dtype not in (torch.float32, torch.float64, torch.uint8) or x.numel() == 0:
+            return None
+        try:
+            c = self._channels_of(x)
+        except ValueError:
+            return None
+        rows, c, _ = self._as_rows(x)
+        a, _, b = rows.shape
+        if _outer(a, c, b):
+            return None
+        threads = torch.get_num_threads() if x.device.type == "cpu" else 1
+        one = threads == 1 or c == 1 or c % threads == 0 or a == 1
+        return _Plan((a, c, b), one, a * b, _dtype_name(x.dtype))
+
     def update(self, x: torch.Tensor, detail: bool = False, moments: bool = True) -> None:  # type: ignore[override]
         """Accumulate statistics of ``x``; ``detail=True`` also counts non-finite / out-of-bounds
         values, finite min/max and the histogram. ``moments=False`` skips the sum and sum of squares
@@ -622,6 +667,23 @@ class RangeStats(Metric):
         dtypes and devices only."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"RangeStats.update takes a tensor, got {type(x).__name__}")
+        if not (detail or moments):
+            # the every-step path, planned once per layout: two reads of x, three tiny kernels
+            key = (x.shape, x.stride(), x.dtype, x.device, torch.get_num_threads())
+            plan = self._plans.get(key, False)
+            if plan is False:
+                plan = self._plans[key] = self._plan(x)
+            if plan is not None and self.min.numel() == plan.shape[1] and self.min.device == x.device:
+                rows = x.detach().view(plan.shape)
+                if plan.one_kernel:
+                    mn, mx = rows.amin(dim=(0, 2)), rows.amax(dim=(0, 2))
+                else:
+                    mn, mx = rows.amin(dim=2).amin(dim=0), rows.amax(dim=2).amax(dim=0)
+                torch.minimum(self.min, mn, out=self.min)  # NaN propagates, as intended
+                torch.maximum(self.max, mx, out=self.max)
+                self.count.add_(plan.per_channel)
+                self.dtypes_seen.add(plan.dtype_name)
+                return
         if x.is_complex():
             raise TypeError("RangeStats does not handle complex tensors")
         x = x.detach()

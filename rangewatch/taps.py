@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -57,7 +58,9 @@ def image_channel_dim(t: torch.Tensor, channels: tuple[int, ...] = _IMAGE_CHANNE
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def _skipped(path: str, key: str, skip: tuple[str, ...]) -> bool:
+    # cached: the same keys come back every step, and fnmatch over every pattern is not free
     k = key.lower()
     return any(fnmatch.fnmatch(k, pat) or fnmatch.fnmatch(path.lower(), pat) for pat in skip)
 
@@ -69,6 +72,9 @@ def _walk(obj: Any, path: str, skip: tuple[str, ...], depth: int) -> Iterator[Im
         cd = image_channel_dim(obj)
         if cd is not None:
             yield ImageTensor(path, obj, cd)
+    elif type(obj) is tuple or type(obj) is list:  # the common batch types, before the ABC checks
+        for i, v in enumerate(obj[:16]):
+            yield from _walk(v, f"{path}[{i}]", skip, depth + 1)
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
             if isinstance(k, str) and not _skipped(f"{path}.{k}", k, skip):

@@ -188,6 +188,68 @@ def test_steps_merge_and_halves_equal_whole(case, cut):
         _assert_same_summary(other, w, case["dtype"])
 
 
+@settings(**SETTINGS)
+@given(cases(), st.sampled_from([1, 2]), st.integers(0, 2**31 - 1))
+def test_every_step_path_matches_numpy(case, threads, seed2):
+    """``update(x, moments=False)`` (the every-step path, planned once per layout) over several
+    tensors of one layout: exact min, max, count and the NaN/Inf flag, against numpy."""
+    x = make_tensor(case)
+    y = make_tensor({**case, "seed": seed2, "specials": []})
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        s = stats_for(case)
+        s._init_states(channels_of(case), x.device)  # so that every update below takes the planned path
+        for t in (y, x, y, x.clone()):
+            s.update(t, moments=False)
+        r = s.compute()
+    finally:
+        torch.set_num_threads(old)
+    both = np.concatenate([channel_rows(t, case["channel_dim"]) for t in (y, x, y, x)], axis=1)
+    np.testing.assert_array_equal(r.count.numpy(), np.full(both.shape[0], both.shape[1]))
+    bad = ~np.isfinite(both).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        mn, mx = both.min(axis=1), both.max(axis=1)  # NaN where a channel has NaN, as the states
+    np.testing.assert_array_equal(r.min.numpy(), mn)
+    np.testing.assert_array_equal(r.max.numpy(), mx)
+    np.testing.assert_array_equal(r.nonfinite_seen.numpy(), bad)
+    assert torch.isnan(r.mean).all() and r.dtypes == (str(case["dtype"]).replace("torch.", ""),)
+
+
+def test_every_step_path_follows_layout_and_thread_changes():
+    """The per-layout plan is keyed on shape, strides, dtype, device and thread count: a tensor of
+    another layout, or the same after set_num_threads, is reduced correctly, not with a stale plan."""
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g).contiguous(memory_format=torch.channels_last),
+          torch.randn(2, 3, 16, 8, generator=g), torch.randn(3, 3, 4, 4, generator=g).double()]
+    old = torch.get_num_threads()
+    s = RangeStats()
+    s._init_states(3, torch.device("cpu"))  # every update below takes the planned path
+    try:
+        for threads in (1, 2, 1, 2):  # 3 channels on 2 threads: inner axis first, then the rows
+            torch.set_num_threads(threads)
+            for i, x in enumerate(xs):
+                s.update(x, moments=False)
+                one = RangeStats()
+                one._init_states(3, x.device)
+                one.update(x, moments=False)
+                r = one.compute()
+                np.testing.assert_array_equal(r.min.numpy(), channel_rows(x, 1).min(axis=1), err_msg=f"{threads} {i}")
+                np.testing.assert_array_equal(r.max.numpy(), channel_rows(x, 1).max(axis=1), err_msg=f"{threads} {i}")
+    finally:
+        torch.set_num_threads(old)
+    kinds = {(p.shape, p.one_kernel) for p in s._plans.values() if p is not None}
+    assert ((4, 3, 64), True) in kinds and ((4, 3, 64), False) in kinds  # both plans were taken
+    rows = np.concatenate([channel_rows(x, 1) for x in xs] * 4, axis=1)
+    r = s.compute()
+    np.testing.assert_array_equal(r.min.numpy(), rows.min(axis=1))
+    np.testing.assert_array_equal(r.max.numpy(), rows.max(axis=1))
+    np.testing.assert_array_equal(r.count.numpy(), np.full(3, rows.shape[1]))
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    s.update(x * 2, moments=False)  # a tensor that requires grad: read, not recorded by autograd
+    assert not s.min.requires_grad and s.min.grad_fn is None
+
+
 def _assert_same_summary(a: RangeSummary, b: RangeSummary, dtype: torch.dtype) -> None:
     exact = ["count", "min", "max", "finite_min", "finite_max", "nan", "inf", "below", "above", "detail_count",
              "nonfinite_seen"]
