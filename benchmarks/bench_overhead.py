@@ -180,6 +180,12 @@ def breakdown(reps: int = 7, n: int = 48) -> None:
         print(f"  {name:50s} {ms:7.3f} ms  ({ms / one_pass:5.1f} x one read)")
 
 
+def _quartile(xs: list[float]) -> float:
+    """Lower quartile: other load on a shared machine only ever adds time, so the faster runs
+    are the less disturbed ones."""
+    return statistics.quantiles(xs, n=4, method="inclusive")[0] if len(xs) > 1 else xs[0]
+
+
 def try_bolts() -> tuple[type | None, str]:
     try:
         from pl_bolts.callbacks import TrainingDataMonitor  # type: ignore[import-not-found]
@@ -252,7 +258,9 @@ def main() -> None:
             for kind, t in (("wall", wall), ("cpu", cpu)):
                 ratios = [x / y for x, y in zip(t[arm], t["without"])]
                 print(f"{name} {kind}-time ratio with/without: median of pair ratios {med(ratios):.3f} "
-                      f"(pairs {', '.join(f'{r:.3f}' for r in ratios)}); ratio of medians {med(t[arm]) / med(t['without']):.3f}")
+                      f"(pairs {', '.join(f'{r:.3f}' for r in ratios)}); ratio of medians {med(t[arm]) / med(t['without']):.3f}; "
+                      f"ratio of the fastest runs {min(t[arm]) / min(t['without']):.3f}; "
+                      f"of the lower quartiles {_quartile(t[arm]) / _quartile(t['without']):.3f}")
         if timers:
             share = [tm.seconds / w for tm, w in zip(timers, wall["rangewatch"])]
             plain = [t * 1e3 for tm in timers for t, check in tm.per_step if not check]

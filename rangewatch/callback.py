@@ -671,8 +671,7 @@ class RangeWatch(Callback):
         if target is None and tap.inferred is not None and tap.inferred.confident and tap.inferred.name != "unknown":
             target = tap.inferred.name
         if target != tap.bounds:
-            device = tap.stats.min.device
-            tap.stats = self._make_stats(tap.channel_dim, target).to(device)
+            tap.stats.reset_with_bounds(target)
             tap.bounds = target
         else:
             tap.stats.reset()

@@ -73,6 +73,8 @@ _ALL = {**_EVERY_STEP, **_DETAIL}
 _STATE_ORDER = tuple(_EVERY_STEP) + tuple(_DETAIL)
 
 _INF = float("inf")
+#: every-step extremes kept pending before they are folded into the states (see RangeStats._fold)
+_PENDING_MAX = 64
 #: reduce over the contiguous inner axis first when it holds at least this many elements
 _INNER_MIN = 16
 #: a float32 sum of 0/1 values is exact while each reduced run is shorter than this
@@ -379,6 +381,7 @@ class _Plan:
     one_kernel: bool
     per_channel: int  # elements per channel
     dtype_name: str
+    device: torch.device
 
 
 class RangeStats(Metric):
@@ -448,8 +451,52 @@ class RangeStats(Metric):
         self._consts_cache: dict[tuple[str, int], _Consts] = {}
         self._edges_cache: dict[int, _HistHost] = {}
         self._scratch: dict[str, torch.Tensor] = {}
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # see _fold
+        self._pending_n = 0
         # (shape, strides, dtype, device, threads) -> _Plan of the every-step min/max path
         self._plans: dict[tuple, _Plan | None] = {}
+
+    # ------------------------------------------------------------------ pending extremes
+    # The every-step path appends its per-channel (min, max) to a short pending list instead of
+    # folding them into the states right away (three tiny kernels a step, which cost as much as a
+    # read of the batch inside a training step); ``min``, ``max`` and ``count`` are properties that
+    # fold the pending entries first, so every read or assignment (compute, sync, state_dict,
+    # reset, .to(), merge) sees them.
+    def _fold(self) -> None:
+        d = self.__dict__
+        pending, n = d["_pending"], d["_pending_n"]
+        d["_pending"], d["_pending_n"] = [], 0
+        mn, mx, cnt = d["_st_min"], d["_st_max"], d["_st_count"]
+        if len(pending) == 1:
+            pmn, pmx = pending[0]
+        else:
+            pmn = torch.stack([p[0] for p in pending]).amin(dim=0)
+            pmx = torch.stack([p[1] for p in pending]).amax(dim=0)
+        torch.minimum(mn, pmn, out=mn)  # NaN propagates, as intended
+        torch.maximum(mx, pmx, out=mx)
+        cnt.add_(n)
+
+    def _state(name: str) -> property:  # type: ignore[misc]  # noqa: N805
+        key = "_st_" + name
+
+        def get(self: "RangeStats") -> torch.Tensor:
+            d = self.__dict__
+            if d.get("_pending"):
+                self._fold()
+            return d[key]
+
+        def set_(self: "RangeStats", value: torch.Tensor) -> None:
+            d = self.__dict__
+            if d.get("_pending"):
+                self._fold()
+            d[key] = value
+
+        return property(get, set_, doc=f"``(C,)`` float64 state ``{name}`` (pending every-step updates folded in)")
+
+    min = _state("min")
+    max = _state("max")
+    count = _state("count")
+    del _state
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -461,7 +508,9 @@ class RangeStats(Metric):
         (reset, load, sync, merge) is kept and or-ed in. No host sync either way.
         """
         d = self.__dict__
-        stored, mn, mx, cnt = d["_nonfinite_stored"], d.get("min"), d.get("max"), d.get("count")
+        if d.get("_pending"):
+            self._fold()
+        stored, mn, mx, cnt = d["_nonfinite_stored"], d.get("_st_min"), d.get("_st_max"), d.get("_st_count")
         if mn is None or mx is None or cnt is None or mn.numel() == 0:
             return stored
         # x * 0 is NaN exactly for NaN/Inf (min - max could overflow); fresh states (+inf, -inf): 0
@@ -485,6 +534,16 @@ class RangeStats(Metric):
     def reset(self) -> None:
         super().reset()
         self._scratch.clear()
+
+    def reset_with_bounds(self, bounds: Any) -> None:
+        """:meth:`reset`, then count out-of-bounds values (and place the histogram) against
+        ``bounds`` from the next update on: cheaper than a new accumulator."""
+        resolved = _resolve_bounds(bounds)
+        self.reset()
+        self.bounds = resolved
+        self._bounds_cache.clear()
+        self._consts_cache.clear()
+        self._edges_cache.clear()
 
     def _bounds_host(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
         if self.bounds is None:
@@ -656,7 +715,7 @@ class RangeStats(Metric):
             return None
         threads = torch.get_num_threads() if x.device.type == "cpu" else 1
         one = threads == 1 or c == 1 or c % threads == 0 or a == 1
-        return _Plan((a, c, b), one, a * b, _dtype_name(x.dtype))
+        return _Plan((a, c, b), one, a * b, _dtype_name(x.dtype), x.device)
 
     def update(self, x: torch.Tensor, detail: bool = False, moments: bool = True) -> None:  # type: ignore[override]
         """Accumulate statistics of ``x``; ``detail=True`` also counts non-finite / out-of-bounds
@@ -673,15 +732,19 @@ class RangeStats(Metric):
             plan = self._plans.get(key, False)
             if plan is False:
                 plan = self._plans[key] = self._plan(x)
-            if plan is not None and self.min.numel() == plan.shape[1] and self.min.device == x.device:
-                rows = x.detach().view(plan.shape)
+            d = self.__dict__
+            st_min = d["_st_min"]
+            if plan is not None and st_min.numel() == plan.shape[1] and st_min.device == plan.device:
+                rows = (x.detach() if x.requires_grad else x).view(plan.shape)
                 if plan.one_kernel:
                     mn, mx = rows.amin(dim=(0, 2)), rows.amax(dim=(0, 2))
                 else:
                     mn, mx = rows.amin(dim=2).amin(dim=0), rows.amax(dim=2).amax(dim=0)
-                torch.minimum(self.min, mn, out=self.min)  # NaN propagates, as intended
-                torch.maximum(self.max, mx, out=self.max)
-                self.count.add_(plan.per_channel)
+                pending = d["_pending"]
+                pending.append((mn, mx))  # folded into the states when they are next read
+                d["_pending_n"] += plan.per_channel
+                if len(pending) >= _PENDING_MAX:
+                    self._fold()
                 self.dtypes_seen.add(plan.dtype_name)
                 return
         if x.is_complex():

@@ -12,7 +12,7 @@ import fnmatch
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -65,34 +65,44 @@ def _skipped(path: str, key: str, skip: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(k, pat) or fnmatch.fnmatch(path.lower(), pat) for pat in skip)
 
 
-def _walk(obj: Any, path: str, skip: tuple[str, ...], depth: int) -> Iterator[ImageTensor]:
-    if depth > 6:
-        return
+def _collect(obj: Any, path: str, skip: tuple[str, ...], depth: int, out: list[ImageTensor]) -> None:
+    # plain recursion into a list (no generators, paths built only where needed): runs every step
     if isinstance(obj, torch.Tensor):
         cd = image_channel_dim(obj)
         if cd is not None:
-            yield ImageTensor(path, obj, cd)
-    elif type(obj) is tuple or type(obj) is list:  # the common batch types, before the ABC checks
-        for i, v in enumerate(obj[:16]):
-            yield from _walk(v, f"{path}[{i}]", skip, depth + 1)
+            out.append(ImageTensor(path, obj, cd))
+        return
+    if depth > 6:
+        return
+    t = type(obj)
+    if t is tuple or t is list:  # the common batch types, before the ABC checks
+        for i in range(min(len(obj), 16)):
+            v = obj[i]
+            if isinstance(v, torch.Tensor):
+                cd = image_channel_dim(v)
+                if cd is not None:
+                    out.append(ImageTensor(f"{path}[{i}]", v, cd))
+            elif isinstance(v, (Mapping, list, tuple)):
+                _collect(v, f"{path}[{i}]", skip, depth + 1, out)
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
             if isinstance(k, str) and not _skipped(f"{path}.{k}", k, skip):
-                yield from _walk(v, f"{path}.{k}", skip, depth + 1)
+                _collect(v, f"{path}.{k}", skip, depth + 1, out)
     elif isinstance(obj, (list, tuple)) and not isinstance(obj, str):
         fields = getattr(obj, "_fields", None)  # namedtuple
         for i, v in enumerate(obj[:16]):
             if fields:
                 if not _skipped(f"{path}.{fields[i]}", fields[i], skip):
-                    yield from _walk(v, f"{path}.{fields[i]}", skip, depth + 1)
+                    _collect(v, f"{path}.{fields[i]}", skip, depth + 1, out)
             else:
-                yield from _walk(v, f"{path}[{i}]", skip, depth + 1)
+                _collect(v, f"{path}[{i}]", skip, depth + 1, out)
 
 
 def find_images(batch: Any, keys: list[str] | None = None, skip_keys: tuple[str, ...] = DEFAULT_SKIP_KEYS) -> list[ImageTensor]:
     """Image-like tensors in ``batch``, named by path. ``keys`` (paths such as ``"batch.lq"`` or
     just ``"lq"``) restricts the result; token ids, masks, labels and scalars are skipped."""
-    found = list(_walk(batch, "batch", tuple(skip_keys), 0))
+    found: list[ImageTensor] = []
+    _collect(batch, "batch", skip_keys if type(skip_keys) is tuple else tuple(skip_keys), 0, found)
     if keys:
         wanted = {k if k.startswith("batch") else f"batch.{k}" for k in keys} | set(keys)
         found = [f for f in found if f.path in wanted]

@@ -669,3 +669,68 @@ def test_moments_false_keeps_min_max_count_and_takes_mean_from_moment_updates():
     only = RangeStats()
     only.update(b, moments=False)
     assert torch.isnan(only.compute().mean).all()  # no moments seen: mean unknown, not 0
+
+
+@pytest.mark.parametrize("hist_bins", [0, 16])
+def test_reset_with_bounds_equals_a_fresh_accumulator(hist_bins):
+    """What the callback does once a tap's convention is known: same results as a new RangeStats."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
+    reused = RangeStats(hist_bins=hist_bins)
+    reused.update(torch.rand(2, 3, 8, 8, generator=g) * 9, detail=True)  # old window, old (no) bounds
+    reused.reset_with_bounds("unit")
+    fresh = RangeStats(bounds="unit", hist_bins=hist_bins)
+    for s in (reused, fresh):
+        s.update(x, detail=True)
+    a, b = reused.compute(), fresh.compute()
+    _assert_same_summary(a, b, torch.float32)
+    rows = channel_rows(x, 1)
+    np.testing.assert_array_equal(a.below.numpy(), (rows < 0).sum(axis=1))  # [0, 1] bounds, not none
+    assert a.count.tolist() == [4 * 256] * 3
+
+
+def test_pending_every_step_updates_reach_every_reader():
+    """The every-step path defers folding its extremes into the states; whatever reads the states
+    (compute, state_dict, sync, merge, reset, the NaN flag, .to()) sees them, and more than
+    _PENDING_MAX updates in a row fold on their own."""
+    g = torch.Generator().manual_seed(9)
+    xs = [torch.rand(2, 3, 8, 8, generator=g) * (i + 1) - i for i in range(stats_mod._PENDING_MAX + 5)]
+    xs[7][1, 2, 3, 4] = float("nan")  # folded on the way
+    xs[-1][0, 0, 1, 1] = float("inf")  # still pending at the end
+    rows = np.concatenate([channel_rows(x, 1) for x in xs], axis=1)
+
+    def filled() -> RangeStats:
+        s = RangeStats()
+        s._init_states(3, torch.device("cpu"))
+        for x in xs:
+            s.update(x, moments=False)
+        return s
+
+    s = filled()
+    assert len(s._pending) == len(xs) - stats_mod._PENDING_MAX  # folded once on the way
+    with np.errstate(invalid="ignore"):
+        want_min, want_max = rows.min(axis=1), rows.max(axis=1)
+    r = s.compute()
+    np.testing.assert_array_equal(r.min.numpy(), want_min)
+    np.testing.assert_array_equal(r.max.numpy(), want_max)
+    np.testing.assert_array_equal(r.count.numpy(), np.full(3, rows.shape[1]))
+    assert filled().nonfinite_seen.tolist() == [1.0, 0.0, 1.0]
+    sd = filled().state_dict()
+    np.testing.assert_array_equal(sd["max"].numpy(), want_max)
+    np.testing.assert_array_equal(sd["count"].numpy(), np.full(3, rows.shape[1]))
+    other = filled()
+    merged = filled()
+    merged.merge(other)
+    np.testing.assert_array_equal(merged.compute().count.numpy(), np.full(3, 2 * rows.shape[1]))
+    np.testing.assert_array_equal(merged.compute().min.numpy(), want_min)
+    synced = filled()
+    synced._sync_dist(lambda t, group=None: [t.clone(), filled()._pack()])
+    np.testing.assert_array_equal(synced.compute().count.numpy(), np.full(3, 2 * rows.shape[1]))
+    cleared = filled()
+    cleared.reset()
+    assert not cleared._pending and cleared.compute().channels == 0
+    moved = filled().to(torch.float64)  # torchmetrics' _apply reads and reassigns every state
+    np.testing.assert_array_equal(moved.compute().max.numpy(), want_max)
+    loaded = filled()
+    loaded.load_state_dict(RangeStats().state_dict() | {k: v for k, v in sd.items()})
+    np.testing.assert_array_equal(loaded.compute().count.numpy(), np.full(3, rows.shape[1]))  # pending dropped, not added
