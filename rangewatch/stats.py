@@ -731,6 +731,8 @@ class RangeStats(Metric):
             key = (x.shape, x.stride(), x.dtype, x.device, torch.get_num_threads())
             plan = self._plans.get(key, False)
             if plan is False:
+                if len(self._plans) >= 256:  # ever-changing shapes (variable-size batches): stay bounded
+                    self._plans.clear()
                 plan = self._plans[key] = self._plan(x)
             d = self.__dict__
             st_min = d["_st_min"]
