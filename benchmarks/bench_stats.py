@@ -11,7 +11,8 @@ its ratio to the median of ``x.sum()``, and the median of the per-round ratios (
 ``x.sum()`` of the same round). Candidates:
 
 * ``x.sum()``                    - the yardstick: one full reduction
-* ``update(x)``                  - the every-step path (min, max, sum, sumsq, count, non-finite flag)
+* ``update(x)``                  - the default update (min, max, sum, sumsq, count, non-finite flag)
+* ``update(x, moments=False)``   - what RangeWatch runs every step: min, max, count, non-finite flag
 * ``naive per-channel loop``     - separate min/max/mean/std/count ops per channel in a Python loop
 * ``update(x, detail=True)``     - with ``bounds`` (finite min/max, NaN/Inf counts, below/above counts)
 * ``... + hist_bins=64``         - the same plus a 64-bin per-channel histogram
@@ -97,11 +98,13 @@ def run(device: torch.device, repeats: int, inner: int, dtype: torch.dtype = tor
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     every = RangeStats(bounds="imagenet")
+    minmax = RangeStats(bounds="imagenet")
     det = RangeStats(bounds="imagenet")
     hist = RangeStats(bounds="imagenet", hist_bins=64)
     cands: dict[str, Callable[[], object]] = {
         "x.sum()": lambda: x.sum(),
         "update(x)": lambda: every.update(x),
+        "update(x, moments=False)": lambda: minmax.update(x, moments=False),
         "update(x, detail=True) bounds": lambda: det.update(x, detail=True),
         "update(x, detail=True) bounds+hist64": lambda: hist.update(x, detail=True),
     }

@@ -42,6 +42,18 @@ class _Tap:
     steps_checked: int = 0
     history: list[str] = field(default_factory=list)
     latent: Any = None  # a LatentMonitor for taps expected to carry latents
+    error: str | None = None  # why rangewatch switched this tap off (internal error)
+
+
+def _gather_varlen(strategy: Any, t: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's 1-D ``t`` (lengths may differ; empty allowed) with the strategy's
+    ``all_gather``, which needs equal shapes: gather the lengths, pad, gather, trim. Runs on the
+    strategy's device (NCCL cannot gather CPU tensors); results come back on ``t``'s device."""
+    device = strategy.root_device
+    t = t.reshape(-1).to(device)
+    sizes = strategy.all_gather(torch.tensor([t.numel()], device=device)).reshape(-1).tolist()
+    padded = torch.cat([t, t.new_zeros(max(sizes) - t.numel())])
+    return [g[:n] for g, n in zip(strategy.all_gather(padded).unbind(0), sizes)]
 
 
 class RangeWatch(Callback):
@@ -300,6 +312,10 @@ class RangeWatch(Callback):
         flag = nonfinite_flag([t.stats for t in self._taps.values() if not t.disabled])
         if self._tracer is not None:
             flag = flag.to(self._tracer.nonfinite_flag().device) | self._tracer.nonfinite_flag()
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:  # every rank must then check, or none
+            strategy = trainer.strategy
+            flag = strategy.reduce(flag.to(strategy.root_device, torch.float32), reduce_op="sum") > 0
         return bool(flag.item())
 
     def _attach_tracer(self, pl_module: pl.LightningModule) -> None:
@@ -475,12 +491,8 @@ class RangeWatch(Callback):
             strategy = trainer.strategy
 
             def sync_fn(t: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
-                # RangeStats gathers one flat packed tensor; a rank that saw no data sends an empty
-                # one, and strategy.all_gather needs equal shapes: gather sizes, pad, gather, trim
-                t = t.reshape(-1)
-                sizes = strategy.all_gather(torch.tensor([t.numel()], device=t.device)).reshape(-1).tolist()
-                padded = torch.cat([t, t.new_zeros(max(sizes) - t.numel())])
-                return [g[:n] for g, n in zip(strategy.all_gather(padded).unbind(0), sizes)]
+                # RangeStats gathers one flat packed tensor; a rank that saw no data sends an empty one
+                return _gather_varlen(strategy, t)
 
         return sync_fn
 
@@ -567,8 +579,40 @@ class RangeWatch(Callback):
         self._detail = False
 
     # ------------------------------------------------------------------ checks
+    def _agree_on_taps(self, trainer: pl.Trainer) -> None:
+        """Under DDP every rank must take part in the same reductions, in the same order. Ranks
+        exchange their taps (name, channel dim, and why rangewatch switched one off), add the
+        ones they lack as empty taps (a module called on one rank only, a batch key one rank
+        never saw) and switch off everywhere a tap switched off on any rank."""
+        lines = [f"{n}\t{t.channel_dim}\t{t.error or ''}".replace("\n", " ") for n, t in sorted(self._taps.items())
+                 if not t.disabled or t.error is not None]
+        lines += [f"{n}\t{t.channel_dim}\t-" for n, t in sorted(self._taps.items()) if t.disabled and t.error is None]
+        payload = torch.tensor(list("\n".join(lines).encode()), dtype=torch.uint8)
+        for rank, part in enumerate(_gather_varlen(trainer.strategy, payload)):
+            for line in bytes(part.cpu().tolist()).decode(errors="replace").splitlines():
+                name, cd, why = line.split("\t", 2)
+                tap = self._taps.get(name)
+                if tap is None:
+                    tap = self._placeholder_tap(name, int(cd))
+                if why and not tap.disabled:
+                    tap.disabled = True
+                    if why != "-":  # an internal error on another rank: said here too (rank zero warns)
+                        self._internal(name, RuntimeError(f"on rank {rank}: {why}"), tap)
+
+    def _placeholder_tap(self, name: str, channel_dim: int) -> _Tap:
+        """An empty tap for one that another rank has: it takes part in the reductions with no data."""
+        probe = torch.empty(0, device=self._trainer.strategy.root_device if self._trainer is not None else "cpu")
+        tap = self._new_tap(name, probe, channel_dim)
+        tap.stats.to(probe.device)
+        return tap
+
     def _check(self, trainer: pl.Trainer, which: Any, step: int | None = None, train_check: bool = False) -> None:
         step = int(trainer.global_step) if step is None else step
+        if trainer.world_size > 1:
+            try:
+                self._agree_on_taps(trainer)
+            except Exception as e:  # noqa: BLE001  (then each rank goes on with the taps it has)
+                self._internal("ddp", e, None)
         new: list[Finding] = []
         metrics: dict[str, float] = {}
         summaries: list[tuple[str, RangeSummary]] = []
@@ -705,6 +749,8 @@ class RangeWatch(Callback):
     def _internal(self, where: str, error: BaseException, tap: _Tap | None) -> None:
         if tap is not None:
             tap.disabled = True
+            if tap.error is None:
+                tap.error = f"{type(error).__name__}: {error}"
         f = Finding(
             kind="internal",
             where=where,

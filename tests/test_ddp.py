@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,6 +38,9 @@ OVERSHOOT = 1.15  # beyond [-1, 1]: makes out_of_range non-zero and the data spi
 TAP = "batch[0]"
 MOD_TAP = "pick:input"  # an nn.Identity fed x[keep]: empty on rank 1 at odd steps
 KEEP = (0, 1, 4, 8, 10)  # step 0: samples 0, 4 (rank 0) and 1 (rank 1); step 1: 8, 10 (rank 0 only)
+ODD_TAP = "odd:input"  # called on rank 1 only under DDP (on its share, the odd samples, in one process)
+BOOM_TAP = "boom:input"  # also fed 5 channels at step BOOM_STEP on rank 1: rangewatch switches it off
+BOOM_STEP = 2
 STATS = ("min", "max", "mean", "std", "nonfinite", "out_of_range")
 MISMATCH = "rangewatch: [mismatch]"
 TIMEOUT_S = 100
@@ -100,10 +104,18 @@ def _run(mode: str, out: str) -> None:
             self.conv = nn.Conv2d(C, 4, 3, padding=1)
             self.head = nn.Linear(4, 1)
             self.pick = nn.Identity()
+            self.odd = nn.Identity()
+            self.boom = nn.Identity()
 
         def training_step(self, batch, batch_idx):  # noqa: ANN001
             xb, yb, kb = batch
             self.pick(xb[kb])  # a module tap that sees an empty tensor on one rank at some steps
+            ddp = mode == "ddp"
+            if not ddp or self.trainer.global_rank == 1:  # a module tap that one rank never has
+                self.odd(xb if ddp else xb[1::2])
+            self.boom(xb)
+            if self.global_step == BOOM_STEP and (not ddp or self.trainer.global_rank == 1):
+                self.boom(torch.cat([xb, xb[:, :2]], dim=1))  # 5 channels in a 3-channel window, one rank only
             return F.mse_loss(self.head(self.conv(xb).mean(dim=(2, 3))).squeeze(1), yb)
 
         def configure_optimizers(self):
@@ -115,7 +127,7 @@ def _run(mode: str, out: str) -> None:
                 return DataLoader(ds, batch_size=PER_RANK_BATCH, sampler=sampler)
             return DataLoader(ds, batch_size=GLOBAL_BATCH, shuffle=False)
 
-    watch = RangeWatch(expect={TAP: "symmetric"}, modules=[MOD_TAP], log_every_n_steps=1, check_first_n=2, hist_bins=HIST_BINS)
+    watch = RangeWatch(expect={TAP: "symmetric"}, modules=[MOD_TAP, ODD_TAP, BOOM_TAP], log_every_n_steps=1, check_first_n=2, hist_bins=HIST_BINS)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=WORLD if mode == "ddp" else 1,
@@ -188,8 +200,10 @@ def _tag(stat: str, c: int, tap: str = TAP) -> str:
     return f"rangewatch/{tap}/{stat}/c{c}"
 
 
-def _numpy_figures(step: int, only_kept: bool = False) -> dict[str, np.ndarray]:
+def _numpy_figures(step: int, only_kept: bool = False, odd: bool = False) -> dict[str, np.ndarray]:
     xb = global_batch(step, only_kept)
+    if odd:
+        xb = xb[1::2]
     x64 = xb.astype(np.float64).transpose(1, 0, 2, 3).reshape(C, -1)
     lo, hi = -1.0, 1.0  # "symmetric"
     # histogram exactly as RangeStats bins it: float32 (x - lo) / width, floor, clamp to [-1, bins]
@@ -229,14 +243,15 @@ def test_ddp_matches_single_process_and_numpy(tmp_path: Path) -> None:
 
     # the same tags and steps, equal values between DDP and one process (all taps)
     expected_tags = {_tag(s, c) for s in STATS for c in range(C)}
-    mod_tags = {_tag(s, c, MOD_TAP) for s in ("min", "max", "mean", "std") for c in range(C)}
+    mod_tags = {_tag(s, c, t) for t in (MOD_TAP, ODD_TAP, BOOM_TAP) for s in ("min", "max", "mean", "std") for c in range(C)}
     assert set(ddp_scalars) == set(single_scalars) >= expected_tags | mod_tags
     assert set(ddp_hists) == set(single_hists) >= {f"rangewatch/{t}/hist/c{c}" for t in (TAP, MOD_TAP) for c in range(C)}
     for t in ddp_scalars:
         assert [s for s, _ in ddp_scalars[t]] == [s for s, _ in single_scalars[t]], t
         np.testing.assert_allclose([v for _, v in ddp_scalars[t]], [v for _, v in single_scalars[t]], rtol=1e-6, atol=1e-7, err_msg=t)
     for t in expected_tags | mod_tags:
-        assert [s for s, _ in ddp_scalars[t]] == list(range(MAX_STEPS)), t
+        steps = list(range(BOOM_STEP)) if BOOM_TAP in t else list(range(MAX_STEPS))  # switched off at BOOM_STEP
+        assert [s for s, _ in ddp_scalars[t]] == steps, t
     for t in ddp_hists:
         assert [(s, list(h.bucket), list(h.bucket_limit), h.num) for s, h in ddp_hists[t]] == [
             (s, list(h.bucket), list(h.bucket_limit), h.num) for s, h in single_hists[t]
@@ -254,6 +269,11 @@ def test_ddp_matches_single_process_and_numpy(tmp_path: Path) -> None:
         for stat in ("min", "max", "mean", "std"):
             got = np.array([dict(ddp_scalars[_tag(stat, c, MOD_TAP)])[step] for c in range(C)])
             np.testing.assert_allclose(got, ref_mod[stat], rtol=1e-5, atol=1e-6, err_msg=f"{MOD_TAP} {stat} at step {step}")
+        # the tap rank 0 never had: rank 1's samples, reduced with an empty share from rank 0
+        ref_odd = _numpy_figures(step, odd=True)
+        for stat in ("min", "max", "mean", "std"):
+            got = np.array([dict(ddp_scalars[_tag(stat, c, ODD_TAP)])[step] for c in range(C)])
+            np.testing.assert_allclose(got, ref_odd[stat], rtol=1e-5, atol=1e-6, err_msg=f"{ODD_TAP} {stat} at step {step}")
         for c in range(C):
             tag = f"rangewatch/{TAP}/hist/c{c}"
             (sd, hd), (ss, hs) = ddp_hists[tag][step], single_hists[tag][step]
@@ -270,14 +290,28 @@ def test_ddp_matches_single_process_and_numpy(tmp_path: Path) -> None:
     # the findings: the same one on both ranks (they judge the reduced statistics) and in one
     # process; warned about once, by rank zero; the findings table written once
     def keys(rec: dict) -> list[tuple]:
-        return [(f["kind"], f["where"], f["observed"], f["expected"], f["step"]) for f in rec["findings"]]
+        return [(f["kind"], f["where"], f["observed"], f["expected"], f["step"]) for f in rec["findings"] if f["kind"] != "internal"]
+
+    def internal(rec: dict) -> list[tuple]:
+        return [(f["where"], f["observed"]) for f in rec["findings"] if f["kind"] == "internal"]
+
+    # the tap rangewatch switched off on rank 1 is switched off on rank 0 too (else their
+    # collectives would pair up wrongly), and rank zero says why
+    assert len(internal(s0)) == 1 and internal(s0)[0][0] == BOOM_TAP and "5" in internal(s0)[0][1]
+    assert [w for w, _ in internal(r0)] == [w for w, _ in internal(r1)] == [BOOM_TAP]
+    assert "on rank 1" in internal(r0)[0][1]
+    for rec in (s0, r0, r1):
+        assert "saw 3 channels before and now 5" in internal(rec)[0][1], internal(rec)
+    for out, run in ((ddp, "ddp"), (single, "single")):
+        # (stderr also shows the source line of the warning call, with "{where}" in it)
+        said = re.findall(r"rangewatch: internal error at ([^{][^ ]*)", out.stderr)
+        assert said == [BOOM_TAP], (run, out.stderr[-4000:])
 
     assert keys(r0) == keys(r1) == keys(s0) == [("mismatch", TAP, "unit", "symmetric", 0)]
     assert sum(MISMATCH in w for w in r0["warnings"]) == 1
     assert not any("rangewatch" in w for w in r1["warnings"])
     assert ddp.stderr.count(MISMATCH) == 1, ddp.stderr[-4000:]
     assert single.stderr.count(MISMATCH) == 1
-    assert "rangewatch: internal error" not in ddp.stderr + single.stderr
     assert ddp_texts == single_texts == [0]
 
     # `rangewatch report` reads the DDP run's logs: the tap, its per-step values and the finding
