@@ -45,6 +45,7 @@ def test_update_never_syncs_and_matches_numpy(dtype, channels_last):
     x = _input(dtype, channels_last)
     every = RangeStats(bounds="imagenet")
     detail = RangeStats(bounds="imagenet", hist_bins=64)
+    minmax = RangeStats(bounds="imagenet")
     torch.cuda.synchronize()
     previous = torch.cuda.get_sync_debug_mode()
     torch.cuda.set_sync_debug_mode("error")
@@ -52,6 +53,9 @@ def test_update_never_syncs_and_matches_numpy(dtype, channels_last):
         for _ in range(2):
             every.update(x)
             detail.update(x, detail=True)
+            minmax.update(x, moments=False)  # what RangeWatch runs every step (planned, folded on read)
+        minmax.update(x, moments=False)
+        minmax.nonfinite_seen  # folds the pending extremes on the device
     finally:
         torch.cuda.set_sync_debug_mode(previous)
     assert every.min.device.type == "cuda" and detail.hist.device.type == "cuda"
@@ -69,6 +73,10 @@ def test_update_never_syncs_and_matches_numpy(dtype, channels_last):
     check_summary(single.compute(), rows, dtype, detail=True, bounds=bounds, hist=True)
     rd = detail.compute()
     assert torch.equal(rd.hist, 2 * single.compute().hist)
+    rm, rs = minmax.compute(), single.compute()
+    assert rm.count.tolist() == [3.0 * rows.shape[1]] * 3
+    torch.testing.assert_close(rm.min, rs.min, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(rm.max, rs.max, rtol=0, atol=0, equal_nan=True)
 
 
 def test_sync_debug_mode_is_active():
