@@ -353,3 +353,94 @@ def test_resume_keeps_state_and_does_not_repeat_findings(tmp_path):
         t2.fit(VAEModule(), loader(x), ckpt_path=str(ckpt[0]))
     assert len(w2.findings) == 1 and w2._train_batches == 4
     assert w2._taps["batch[0]"].stats.count.tolist() == [3 * 4 * 32 * 32] * 3
+
+
+def _guard_non_logging_steps(rw: RangeWatch, guard) -> dict[str, int]:
+    """Run RangeWatch's per-step work (its batch hooks and its module hooks) inside ``guard()``
+    on every non-logging step; count the guarded calls."""
+    seen = {"guarded": 0, "open": 0}
+    start, end, on_tensor = rw.on_train_batch_start, rw.on_train_batch_end, rw._module_taps.on_tensor
+    state = {"check": True}
+
+    def run(fn, *a, **k):
+        if state["check"]:
+            seen["open"] += 1
+            return fn(*a, **k)
+        seen["guarded"] += 1
+        with guard():
+            return fn(*a, **k)
+
+    def on_start(trainer, pl_module, batch, batch_idx):
+        state["check"] = rw._is_check_step(int(trainer.global_step))
+        run(start, trainer, pl_module, batch, batch_idx)
+
+    rw.on_train_batch_start = on_start
+    rw.on_train_batch_end = lambda *a, **k: run(end, *a, **k)
+    rw._module_taps.on_tensor = lambda *a, **k: run(on_tensor, *a, **k)
+    return seen
+
+
+def _no_sync_run(tmp_path, guard, accelerator, x):
+    rw = RangeWatch(expect={"batch[0]": "unit"}, modules=["vae.encoder", "vae.decoder:output"], check_first_n=2,
+                    log_every_n_steps=4)
+    seen = _guard_non_logging_steps(rw, guard)
+    trainer(tmp_path, [rw], max_steps=9, accelerator=accelerator, devices=1).fit(VAEModule(), loader(x, bs=2))
+    return rw, seen
+
+
+def test_non_logging_steps_never_read_values_back(tmp_path):
+    """CPU proof of "no .item(), .cpu(), bool(tensor) on the hot path": on the steps that only
+    accumulate, every value-reading entry point raises inside RangeWatch's hooks; a read would
+    show up as an internal finding (rangewatch catches its own errors) and switch the tap off."""
+    from test_stats import _forbid_sync
+
+    x = unit_photos(18, 16)
+
+    def guard():
+        mp = pytest.MonkeyPatch()
+        _forbid_sync(mp)
+
+        class Ctx:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                mp.undo()
+
+        return Ctx()
+
+    rw, seen = _no_sync_run(tmp_path, guard, "cpu", x)
+    # steps 0 and 1 (check_first_n), 4 and 8 (log_every_n_steps) check; 2, 3, 5, 6, 7 only accumulate
+    assert seen["guarded"] == 5 * 5 and seen["open"] == 4 * 5  # per step: 2 batch hooks + 3 module tensors
+    assert [f for f in rw.findings if f.kind == "internal"] == []
+    assert all(not t.disabled for t in rw._taps.values())
+    # the guard does catch a read: a check (compute) fails under it
+    stats = rw._taps["batch[0]"].stats
+    stats.update(x[:2])  # (the last check reset the window)
+    with guard(), pytest.raises(AssertionError, match="host sync"):
+        stats.compute()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+def test_non_logging_steps_do_not_sync_on_cuda(tmp_path):
+    """The requirement itself: torch.cuda.set_sync_debug_mode("error") passes on non-logging steps."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+
+    rw, seen = _no_sync_run(tmp_path, guard, "gpu", unit_photos(18, 16))
+    assert seen["guarded"] == 5 * 5
+    assert [f for f in rw.findings if f.kind == "internal"] == []
+    assert all(not t.disabled and t.stats.min.device.type == "cuda" for t in rw._taps.values())
+    stats = rw._taps["batch[0]"].stats
+    stats.update(unit_photos(2, 16).cuda())  # (the last check reset the window)
+    with guard(), pytest.raises(RuntimeError, match="synchroniz"):
+        stats.compute()
