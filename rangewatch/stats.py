@@ -398,8 +398,10 @@ class RangeStats(Metric):
         dist_sync_fn: gather function for cross-process reduction (torchmetrics signature); the
             callback passes the Lightning strategy's ``all_gather``.
 
-    ``update(x)`` costs four reductions over ``x`` (min, max, sum, sum of squares); see
-    ``benchmarks/README.md``. Empty tensors are ignored. On CPU, scratch buffers of the tensor's
+    ``update(x)`` costs four reductions over ``x`` (min, max, sum, sum of squares),
+    ``update(x, moments=False)`` two (min and max, whose per-channel results are kept pending
+    and folded into the states when these are next read); see ``benchmarks/README.md``. Empty
+    tensors are ignored. On CPU, scratch buffers of the tensor's
     size (``detail=True``; half-precision and channels-last inputs) are kept between updates and
     freed by :meth:`reset`.
 
@@ -727,7 +729,7 @@ class RangeStats(Metric):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"RangeStats.update takes a tensor, got {type(x).__name__}")
         if not (detail or moments):
-            # the every-step path, planned once per layout: two reads of x, three tiny kernels
+            # the every-step path, planned once per layout: two reads of x; the extremes are folded in later
             key = (x.shape, x.stride(), x.dtype, x.device, torch.get_num_threads())
             plan = self._plans.get(key, False)
             if plan is False:
