@@ -584,9 +584,9 @@ class RangeWatch(Callback):
         exchange their taps (name, channel dim, and why rangewatch switched one off), add the
         ones they lack as empty taps (a module called on one rank only, a batch key one rank
         never saw) and switch off everywhere a tap switched off on any rank."""
-        lines = [f"{n}\t{t.channel_dim}\t{t.error or ''}".replace("\n", " ") for n, t in sorted(self._taps.items())
-                 if not t.disabled or t.error is not None]
-        lines += [f"{n}\t{t.channel_dim}\t-" for n, t in sorted(self._taps.items()) if t.disabled and t.error is None]
+        # one line per tap: name, channel dim, and "" (on), the error text, or "-" (off: not an image)
+        lines = [f"{n}\t{t.channel_dim}\t{(t.error or '-').replace(chr(10), ' ') if t.disabled else ''}"
+                 for n, t in sorted(self._taps.items())]
         payload = torch.tensor(list("\n".join(lines).encode()), dtype=torch.uint8)
         for rank, part in enumerate(_gather_varlen(trainer.strategy, payload)):
             for line in bytes(part.cpu().tolist()).decode(errors="replace").splitlines():

@@ -66,7 +66,7 @@ def _skipped(path: str, key: str, skip: tuple[str, ...]) -> bool:
 
 
 def _collect(obj: Any, path: str, skip: tuple[str, ...], depth: int, out: list[ImageTensor]) -> None:
-    # plain recursion into a list (no generators, paths built only where needed): runs every step
+    # plain recursion into a list (no generators): it runs every step
     if isinstance(obj, torch.Tensor):
         cd = image_channel_dim(obj)
         if cd is not None:
@@ -77,13 +77,7 @@ def _collect(obj: Any, path: str, skip: tuple[str, ...], depth: int, out: list[I
     t = type(obj)
     if t is tuple or t is list:  # the common batch types, before the ABC checks
         for i in range(min(len(obj), 16)):
-            v = obj[i]
-            if isinstance(v, torch.Tensor):
-                cd = image_channel_dim(v)
-                if cd is not None:
-                    out.append(ImageTensor(f"{path}[{i}]", v, cd))
-            elif isinstance(v, (Mapping, list, tuple)):
-                _collect(v, f"{path}[{i}]", skip, depth + 1, out)
+            _collect(obj[i], f"{path}[{i}]", skip, depth + 1, out)
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
             if isinstance(k, str) and not _skipped(f"{path}.{k}", k, skip):
