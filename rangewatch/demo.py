@@ -6,6 +6,8 @@ writes TensorBoard logs under ``<logdir>/<case>``. ``clean`` has no bug and must
 
 from __future__ import annotations
 
+import math
+
 import time
 import warnings
 from dataclasses import dataclass
@@ -293,8 +295,12 @@ def run_case(name: str, logdir: str | Path = "rangewatch_logs", progress: bool =
     model, train, val, opts = case.build()
     watch = RangeWatch(policy="log", log_every_n_steps=2, **opts)
     logger = TensorBoardLogger(str(logdir), name=name, version="")
+    try:  # also bound the epochs, so that the progress bar shows "Epoch 1/1" rather than "1/-2"
+        epochs = max(1, math.ceil(case.steps / len(train)))
+    except TypeError:  # a loader without a length
+        epochs = -1
     trainer = pl.Trainer(
-        max_steps=case.steps, accelerator="cpu", devices=1, logger=logger, callbacks=[watch], precision=case.precision,
+        max_steps=case.steps, max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, callbacks=[watch], precision=case.precision,
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
         log_every_n_steps=2, num_sanity_val_steps=0, limit_val_batches=1 if val is not None else 0,
         val_check_interval=None, check_val_every_n_epoch=1,
