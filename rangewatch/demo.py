@@ -7,7 +7,6 @@ writes TensorBoard logs under ``<logdir>/<case>``. ``clean`` has no bug and must
 from __future__ import annotations
 
 import math
-
 import time
 import warnings
 from dataclasses import dataclass
