@@ -13,7 +13,7 @@ figure than the difference of two run times on a shared machine.
 Lightning Bolts' ``TrainingDataMonitor`` is tried as a third arm; lightning-bolts 0.7.0 (the latest
 release) does not import with Lightning 2.x, which is then printed together with the reason.
 
-    python benchmarks/bench_overhead.py [--steps 100] [--pairs 5] [--logger none|tb] [--threads N]
+    python benchmarks/bench_overhead.py [--steps 100] [--pairs 20] [--logger none|tb] [--threads N]
                                         [--breakdown] [--profile]
 
 ``--breakdown`` times ``RangeStats.update``/``compute`` on their own; ``--profile`` adds a cProfile
@@ -203,7 +203,7 @@ def try_bolts() -> tuple[type | None, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=20, help="ABBA pairs; pair ratios scatter by several percent on a shared machine")
     ap.add_argument("--logger", choices=("none", "tb"), default="none")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--profile", action="store_true", help="cProfile the callback's hooks over one more run")
