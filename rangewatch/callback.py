@@ -13,7 +13,21 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from .config import ConfigError, check_bool, check_choice, check_expect, check_float, check_int, check_str_list, load_options
+from .config import (
+    MAX_CHECK_FIRST_N,
+    MAX_HIST_BINS,
+    MAX_TRACE_HISTORY,
+    ConfigError,
+    _short,
+    check_bool,
+    check_choice,
+    check_expect,
+    check_float,
+    check_int,
+    check_str_list,
+    check_trace_modules,
+    load_options,
+)
 from .conventions import Convention, get_convention
 from .expectation import Expectation
 from .findings import Finding, RangeMismatchError
@@ -153,25 +167,23 @@ class RangeWatch(Callback):
         self.skip_keys = tuple(check_str_list("skip_keys", skip_keys) or DEFAULT_SKIP_KEYS)
         self.modules = check_str_list("modules", modules) or []
         self.policy: Policy = check_choice("policy", policy, _POLICIES)  # type: ignore[assignment]
-        self.check_first_n = check_int("check_first_n", check_first_n, 0)
+        self.check_first_n = check_int("check_first_n", check_first_n, 0, maximum=MAX_CHECK_FIRST_N)
         self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, 1, allow_none=True)
         self.histograms = check_bool("histograms", histograms)
-        self.hist_bins = check_int("hist_bins", hist_bins, 1)
+        self.hist_bins = check_int("hist_bins", hist_bins, 1, maximum=MAX_HIST_BINS)
         self.watch_validation = check_bool("watch_validation", watch_validation)
         self.watch_visualization = check_bool("watch_visualization", watch_visualization)
         self.clip_threshold = check_float("clip_threshold", clip_threshold, 0.0, 1.0)
         self.derive_expectations = check_bool("derive_expectations", derive_expectations)
-        if trace_modules is not None and trace_modules != "all":
-            trace_modules = check_str_list("trace_modules", trace_modules)
-        self.trace_modules = trace_modules
-        self.trace_history = check_int("trace_history", trace_history, 1)
+        self.trace_modules = check_trace_modules(trace_modules)
+        self.trace_history = check_int("trace_history", trace_history, 1, maximum=MAX_TRACE_HISTORY)
         self.trace_exact = check_bool("trace_exact", trace_exact)
-        self.headroom_share = check_float("headroom_share", headroom_share, 0.0, 1.0)
+        self.headroom_share = check_float("headroom_share", headroom_share, 0.0, 1.0, lo_open=True)
         self.check_nonfinite_every_step = check_bool("check_nonfinite_every_step", check_nonfinite_every_step)
         self.moments_every_step = check_bool("moments_every_step", moments_every_step)
         self._tracer: Any = None
         if image_processors is not None and not isinstance(image_processors, dict):
-            raise ConfigError(f"option 'image_processors' = {image_processors!r} must map submodule paths to image processors")
+            raise ConfigError(f"option 'image_processors' = {_short(image_processors)} must map submodule paths to image processors")
         self.image_processors: dict[str, Any] = dict(image_processors or {})
         self._derived_keys: set[str] = set()
         self._loader_expect: dict[str, Expectation] = {}

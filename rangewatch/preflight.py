@@ -34,9 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
 
-from .config import ConfigError
+from .config import ConfigError, _short, read_yaml
 from .findings import Finding
 
 __all__ = ["CheckError", "CheckReport", "TapResult", "load_check_config", "check", "run_check", "main_check"]
@@ -209,7 +208,7 @@ def _spec(value: Any, key: str, origin: str) -> tuple[str, dict[str, Any]]:
     if isinstance(value, str) and value:
         return value, {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{origin}: {key!r} must be a mapping with 'class_path' and 'init_args', got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{origin}: {key!r} must be a mapping with 'class_path' and 'init_args', got {type(value).__name__} {_short(value)}")
     for k in value:
         if k not in _SPEC_KEYS:
             raise ConfigError(f"{origin}: unknown key '{key}.{k}'{_close(k, _SPEC_KEYS)} Allowed: {', '.join(_SPEC_KEYS)}")
@@ -223,7 +222,7 @@ def _spec(value: Any, key: str, origin: str) -> tuple[str, dict[str, Any]]:
     extra = value.get("dict_kwargs") or {}
     for k, v in (("init_args", args), ("dict_kwargs", extra)):
         if not isinstance(v, dict):
-            raise ConfigError(f"{origin}: '{key}.{k}' must be a mapping of argument names to values, got {type(v).__name__} {v!r}")
+            raise ConfigError(f"{origin}: '{key}.{k}' must be a mapping of argument names to values, got {type(v).__name__} {_short(v)}")
     return cp, {**args, **extra}
 
 
@@ -250,14 +249,7 @@ def load_check_config(path: str | os.PathLike) -> CheckConfig:
     """Read and validate the structure of a check config (classes are not imported here)."""
     p = Path(path)
     origin = str(p)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {origin!r} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{origin!r} is a directory, not a config file") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{origin}: not valid YAML: {' '.join(str(e).split())}") from None
+    data = read_yaml(p)  # every failure (missing, a directory, binary, not YAML, an alias bomb) is a ConfigError
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: expected a mapping with 'data' (and optionally 'model', 'rangewatch'), got {type(data).__name__}")
     if isinstance(data.get("fit"), dict) and set(data) <= {"fit", "validate", "test", "predict"}:
@@ -269,8 +261,8 @@ def load_check_config(path: str | os.PathLike) -> CheckConfig:
     accepted = [n for n in inspect.signature(RangeWatch.__init__).parameters if n != "self"]
     for k in data:
         if k not in allowed:
-            hint = f"; RangeWatch options such as {k!r} go under 'rangewatch:'" if k in accepted else _close(k, allowed)
-            raise ConfigError(f"{origin}: unknown top-level key {k!r}{hint} Allowed: {', '.join(allowed)}")
+            hint = f"; RangeWatch options such as {_short(k)} go under 'rangewatch:'" if k in accepted else _close(k, allowed)
+            raise ConfigError(f"{origin}: unknown top-level key {_short(k)}{hint} Allowed: {', '.join(allowed)}")
     if data.get("data") is None:
         raise ConfigError(
             f"{origin}: missing top-level key 'data': the LightningDataModule to pull batches from, as "
@@ -286,10 +278,10 @@ def load_check_config(path: str | os.PathLike) -> CheckConfig:
         raise ConfigError(f"{origin}: RangeWatch options are given more than once ({', '.join(k for k, _ in entries)}); keep one")
     key, options = entries[0] if entries else ("rangewatch", {})
     if not isinstance(options, dict):
-        raise ConfigError(f"{origin}: {key!r} must be a mapping of RangeWatch options, got {type(options).__name__} {options!r}")
+        raise ConfigError(f"{origin}: {key!r} must be a mapping of RangeWatch options, got {type(options).__name__} {_short(options)}")
     for k in options:
         if k not in accepted:
-            raise ConfigError(f"{origin}: unknown RangeWatch option '{key}.{k}'{_close(k, accepted)} Allowed options: {', '.join(accepted)}")
+            raise ConfigError(f"{origin}: unknown RangeWatch option '{key}.{str(k)[:80]}'{_close(k, accepted)} Allowed options: {', '.join(accepted)}")
 
     seed = data.get("seed_everything")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -380,8 +372,9 @@ def _describe(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
-def _one_line(e: BaseException | str) -> str:
-    return " ".join(str(e).split()) or (type(e).__name__ if isinstance(e, BaseException) else "")
+def _one_line(e: BaseException | str, limit: int = 600) -> str:
+    text = " ".join(str(e)[: limit * 4].split()) or (type(e).__name__ if isinstance(e, BaseException) else "")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -541,7 +534,7 @@ def _loader_batches(loader: Any) -> Iterator[Any]:
 
 def _check_batches(batches: Any) -> None:
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-        raise ConfigError(f"batches = {batches!r} (--batches) must be an integer >= 1")
+        raise ConfigError(f"batches = {_short(batches)} (--batches) must be an integer >= 1")
 
 
 def check(datamodule: Any, model: Any = None, watch: Any = None, batches: int = 8, progress: bool = True,
