@@ -16,7 +16,13 @@ LightningCLI style (``class_path`` + ``init_args``), and the :class:`~rangewatch
 5. infers each tap's convention from all pulled batches together and checks it against its expectation.
 
 Exit codes of :func:`main_check`: 0 nothing wrong, 1 a value-range problem (a mismatch or NaN/Inf), 2 the
-check could not run (bad config, or the datamodule failed) with a one-line message naming the key.
+check could not run (bad config, or the datamodule failed) with a one-line message naming the key, or it
+ran but could not check an expected module tap (the model's ``training_step`` raised, a TorchScript
+module takes no hooks) and no loader prediction covers it: the report says "result: NOT CHECKED".
+
+A config is code: like LightningCLI, the check imports every ``class_path`` it names (nested ones in
+``init_args`` too) and instantiates it with its ``init_args``, so module-level code and constructors of
+those classes run. Check only configs you would also train with.
 """
 
 from __future__ import annotations
@@ -90,6 +96,9 @@ class CheckReport:
     unobserved: dict[str, dict[str, str]] = field(default_factory=dict)  # expected taps nothing reached
     loader_predictions: dict[str, dict[str, str]] = field(default_factory=dict)  # stage -> convention, source
     notes: list[str] = field(default_factory=list)
+    #: expected module taps that were neither observed nor covered by a loader prediction (the model could
+    #: not be run, or its hooks could not be placed): the check did not check them, so it does not pass
+    unchecked: list[str] = field(default_factory=list)
 
     def fails(self, f: Finding) -> bool:
         """Does this finding fail the check? Mismatches and NaN/Inf do; notes and rangewatch's own
@@ -135,6 +144,7 @@ class CheckReport:
             "unobserved": self.unobserved,
             "loader_predictions": self.loader_predictions,
             "notes": list(self.notes),
+            "unchecked": list(self.unchecked),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -184,6 +194,10 @@ class CheckReport:
             out.extend(f"  - {n}" for n in self.notes)
         out.append("")
         n = len(self.problems)
+        if n == 0 and self.unchecked:
+            out.append(f"result: NOT CHECKED: {', '.join(self.unchecked)} never checked (see 'expected but not observed'); "
+                       "nothing wrong in what was checked")
+            return "\n".join(out)
         out.append(f"result: {'OK' if n == 0 else f'FAILED: {n} value-range problem' + ('s' if n != 1 else '')}")
         return "\n".join(out)
 
@@ -624,6 +638,7 @@ def check(datamodule: Any, model: Any = None, watch: Any = None, batches: int = 
             watch._check(stub, lambda n: not n.startswith("val/"), step=0, train_check=True)
         finally:
             watch._detail = False
+            skipped_modules = list(watch._module_taps.skipped)  # TorchScript modules: no hooks (teardown clears it)
             watch.teardown(stub, model, "fit")  # hooks and tracer off the model
 
     findings = [dataclasses.replace(f, step=None) for f in watch.findings]
@@ -638,7 +653,8 @@ def check(datamodule: Any, model: Any = None, watch: Any = None, batches: int = 
         loader_predictions={k: {"convention": v.convention, "source": v.source} for k, v in watch._loader_expect.items()},
         notes=notes,
     )
-    report.unobserved = _unobserved(watch, report, runner)
+    report.unobserved = _unobserved(watch, report, runner, skipped_modules)
+    report.unchecked = _unchecked(watch, report, runner)
     for f in findings:
         t = report.taps.get(f.where)
         if t is not None and report.fails(f):
@@ -695,7 +711,25 @@ def _tap_results(watch: Any, seen: dict[str, Any]) -> dict[str, TapResult]:
     return taps
 
 
-def _unobserved(watch: Any, report: CheckReport, runner: _ModelRunner | None) -> dict[str, dict[str, str]]:
+def _unchecked(watch: Any, report: CheckReport, runner: _ModelRunner | None) -> list[str]:
+    """Expected module taps the check could not check: not observed because the model could not be run or
+    its hooks could not be placed, and not covered by the train loader's prediction either."""
+    if runner is None:
+        return []  # no model in the config: module taps are out of scope, as the report says
+    predicted = "train" in watch._loader_expect
+    out = []
+    for name, u in report.unobserved.items():
+        if name.startswith("batch"):
+            continue
+        exp = watch.expectations.get(name)
+        covered = predicted and name.endswith(":input") and exp is not None and exp.conv.kind == "pixel"
+        if not covered and ("could not be run" in u["why"] or "TorchScript" in u["why"] or "cannot be placed" in u["why"]):
+            out.append(name)
+    return out
+
+
+def _unobserved(watch: Any, report: CheckReport, runner: _ModelRunner | None,
+                skipped_modules: list[str] | None = None) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     batch_taps = [n for n in report.taps if n.startswith("batch")]
     for name, exp in sorted(watch.expectations.items()):
@@ -705,6 +739,9 @@ def _unobserved(watch: Any, report: CheckReport, runner: _ModelRunner | None) ->
             why = "no image-like tensor at that path in the batches" + (f"; seen: {', '.join(batch_taps)}" if batch_taps else "")
         elif runner is None:
             why = "no model in the config, so its submodules cannot be observed"
+        elif any(s.startswith(name.rsplit(":", 1)[0] + " ") or s.startswith(name.rsplit(":", 1)[0] + ":")
+                 for s in skipped_modules or []):
+            why = next(s for s in skipped_modules or [] if s.startswith(name.rsplit(":", 1)[0]))
         elif runner.used is None:
             why = "the model could not be run (see notes)"
         else:
@@ -749,7 +786,8 @@ def main_check(args: Any) -> int:
     """The ``rangewatch check`` subcommand: ``args.config``, ``args.batches``, ``args.json``, ``args.no_progress``.
 
     Prints the report (or its JSON) on stdout; returns 0 when nothing is wrong, 1 when a value-range
-    problem was found, 2 with a one-line message on stderr when the check could not run.
+    problem was found, 2 with a one-line message on stderr when the check could not run, and 2 after the
+    report when an expected module tap could not be checked ("result: NOT CHECKED").
     """
     cwd = os.getcwd()
     if "" not in sys.path and cwd not in sys.path:
@@ -763,4 +801,6 @@ def main_check(args: Any) -> int:
         print(report.to_json() if getattr(args, "json", False) else report.format(), flush=True)
     except BrokenPipeError:  # `rangewatch check ... | head`: the reader left; the exit code still counts
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0 if report.ok else 1
+    if not report.ok:
+        return 1
+    return 2 if report.unchecked else 0  # what was asked could not be checked: not a pass

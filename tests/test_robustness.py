@@ -51,7 +51,8 @@ def fit(model: pl.LightningModule, batches: list, watch: RangeWatch | None, step
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
     )
     opts.update(kw)
-    trainer = pl.Trainer(callbacks=[watch] if watch is not None else [], **opts)
+    opts.setdefault("callbacks", [watch] if watch is not None else [])
+    trainer = pl.Trainer(**opts)
     trainer.fit(model, train_dataloaders=_loader(batches))
     return trainer
 
@@ -120,7 +121,8 @@ def test_tracer_skips_odd_tensors_and_never_raises_into_the_model(kind):
     assert out.shape == (1,)
     rep = tracer.report()
     assert not rep.nonfinite
-    assert any(kind.split("_")[0] in n for n in tracer.notes), tracer.notes
+    said = {"coo": "sparse_coo", "csr": "sparse_csr", "jagged": "nested", "nested_strided": "nested"}[kind]
+    assert any(f"a {said} tensor" in n for n in tracer.notes), tracer.notes
 
 
 def test_tracer_all_in_a_fit_with_sparse_and_nested_inputs():
@@ -306,7 +308,7 @@ def test_meta_tensors_and_an_early_checkpoint(tmp_path):
             self.side(torch.empty(2, 3, 16, 16, device="meta"))  # shape inference on the meta device
             return super().training_step(batch, batch_idx)
 
-    batches = [{"image": img(seed=i), "shapes": torch.empty(2, 3, 16, 16, device="meta")} for i in range(3)]
+    batches = [{"image": img(seed=i)} for i in range(3)]  # (Lightning itself cannot move a meta batch)
     model = MetaProbe()
     watch = RangeWatch(modules=["side"], log_every_n_steps=1)
     ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
@@ -321,7 +323,19 @@ def test_meta_tensors_and_an_early_checkpoint(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- item 9
-@pytest.mark.parametrize("kind", ["coo", "jagged", "nested_strided", "meta"])
+def test_find_images_skips_only_the_odd_leaves():
+    from rangewatch.taps import find_images
+
+    nan = torch.full((2, 3, 16, 16), float("nan"))
+    batch = {"image": nan, **odd_tensors(), "nest": {"deep": [nested(), img()]}}
+    notes: list[str] = []
+    found = find_images(batch, notes=notes)
+    assert [f.path for f in found] == ["batch.image", "batch.nest.deep[1]"]
+    assert sorted(n.split(":")[0] for n in notes) == sorted(
+        ["batch.coo", "batch.csr", "batch.jagged", "batch.nested_strided", "batch.meta", "batch.nest.deep[0]"])
+
+
+@pytest.mark.parametrize("kind", ["coo", "jagged", "nested_strided"])
 def test_one_odd_leaf_does_not_blind_the_batch(kind):
     batches = [{"image": torch.full((2, 3, 16, 16), float("nan")), "odd": odd_tensors()[kind]} for _ in range(2)]
     watch = RangeWatch(log_every_n_steps=1)
@@ -457,3 +471,107 @@ def test_expectations_block_and_metadata_read_once_per_fit(caplog, monkeypatch):
         trainer.fit(WithVal(), train_dataloaders=_loader(batches), val_dataloaders=_loader(batches))
     assert caplog.text.count("rangewatch expectations") == 1, caplog.text.count("rangewatch expectations")
     assert len(calls) == 1
+
+
+# ---------------------------------------------------------------------------------------------- item 13
+class RaisingStepModule(pl.LightningModule):
+    """``training_step`` raises (a missing batch key); the declared module expectation is never reached."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv2d(3, 4, 3, padding=1)
+
+    def training_step(self, batch, batch_idx):
+        return self.enc(batch["lq"]).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class PlainImageDataModule(pl.LightningDataModule):
+    """Plain tensors with no transforms to read, so no loader prediction can stand in for the model."""
+
+    def train_dataloader(self):
+        return _loader([{"image": img(seed=i)} for i in range(2)])
+
+
+def test_check_exit_codes_binary_yaml_scriptmodule_and_raising_step(tmp_path, capsys):
+    b = tmp_path / "bin.yaml"
+    b.write_bytes(b"data: \xff\xfe\x00\x89PNG\r\n")
+    rc, out, err = _check(capsys, str(b))
+    assert rc == 2 and "Traceback" not in err and "UTF-8" in err, (rc, err)
+
+    s = tmp_path / "script.yaml"
+    s.write_text("data: {class_path: test_robustness.PlainImageDataModule}\nmodel: {class_path: test_robustness.ScriptedEnc}\n"
+                 "rangewatch: {expect: {enc: symmetric}}\n")
+    rc, out, err = _check(capsys, str(s))
+    assert rc == 2, (rc, out, err)  # "register_forward_pre_hook is not supported on ScriptModules" exited 1 before
+    assert "TorchScript" in out and "result: NOT CHECKED: enc:input" in out and "result: OK" not in out
+
+    r = tmp_path / "raise.yaml"
+    r.write_text("data: {class_path: test_robustness.PlainImageDataModule}\nmodel: {class_path: test_robustness.RaisingStepModule}\n"
+                 "rangewatch: {expect: {enc: symmetric}}\n")
+    rc, out, err = _check(capsys, str(r))
+    assert rc == 2, (rc, out, err)
+    assert "training_step raised KeyError" in out and "result: NOT CHECKED: enc:input" in out and "result: OK" not in out
+
+
+# ---------------------------------------------------------------------------------------------- item 16
+def test_check_help_and_readme_say_a_config_is_code():
+    from rangewatch.cli import build_parser
+
+    sub = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)][0]
+    assert "a config is code" in sub.choices["check"].format_help().lower()
+    assert "a config is code" in (ROOT / "README.md").read_text().lower()
+
+
+# ---------------------------------------------------------------------------------------------- item 5
+class CompiledBody(pl.LightningModule):
+    """A conv body compiled in place (``nn.Module.compile``: the submodule names stay), taps inside it."""
+
+    def __init__(self, compiled: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+        if compiled:
+            self.body.compile(backend="eager")  # dynamo's tracing and guards, without inductor's C++ build
+        self.losses: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        loss = self.body(batch["image"]).pow(2).mean()
+        self.losses.append(float(loss))
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class _GraphCount(pl.Callback):
+    def __init__(self) -> None:
+        self.graphs: list[int] = []
+
+    def on_train_batch_end(self, *args) -> None:
+        import torch._dynamo as dynamo
+
+        self.graphs.append(int(dynamo.utils.counters["stats"]["unique_graphs"]))
+
+
+def test_hooks_are_invisible_to_torch_compile():
+    import torch._dynamo as dynamo
+
+    batches = [{"image": img(lo=0, hi=1, seed=i)} for i in range(6)]
+    results = []
+    for compiled in (False, True):
+        dynamo.reset()
+        dynamo.utils.counters.clear()
+        model = CompiledBody(compiled)
+        watch = RangeWatch(expect={"body.0": "symmetric"}, modules=["body.2:output"], trace_modules="all", log_every_n_steps=1)
+        count = _GraphCount()
+        fit(model, batches, watch, callbacks=[watch, count])
+        results.append((model.losses, sorted((f.kind, f.where, f.observed, f.expected) for f in watch.findings), count.graphs))
+    (eager_losses, eager_findings, _), (comp_losses, comp_findings, graphs) = results
+    # dynamo traced into the hooks (rangewatch's Python state in its guards) and recompiled every step, up to
+    # the recompile limit; now the graphs are made at the first step(s) and never again
+    assert graphs[0] > 0 and graphs[-1] == graphs[1], graphs
+    assert comp_findings == eager_findings and ("mismatch", "body.0:input", "unit", "symmetric") in eager_findings
+    assert comp_losses == pytest.approx(eager_losses, rel=1e-5)
