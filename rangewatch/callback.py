@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,21 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from .config import ConfigError, check_bool, check_choice, check_expect, check_float, check_int, check_str_list, load_options
+from .config import (
+    MAX_CHECK_FIRST_N,
+    MAX_HIST_BINS,
+    MAX_TRACE_HISTORY,
+    ConfigError,
+    _short,
+    check_bool,
+    check_choice,
+    check_expect,
+    check_float,
+    check_int,
+    check_str_list,
+    check_trace_modules,
+    load_options,
+)
 from .conventions import Convention, get_convention
 from .expectation import Expectation
 from .findings import Finding, RangeMismatchError
@@ -21,7 +36,7 @@ from .inference import Inference, infer_convention
 from .rules import check_expectation
 from .sinks import LoggerSink, findings_markdown, tag
 from .stats import RangeStats, RangeSummary
-from .taps import DEFAULT_SKIP_KEYS, ModuleTaps, find_images, image_channel_dim, parse_tap_key, resolve_path
+from .taps import DEFAULT_SKIP_KEYS, ModuleTaps, find_images, image_channel_dim, odd_tensor_kind, parse_tap_key, resolve_path
 
 __all__ = ["RangeWatch"]
 
@@ -33,7 +48,7 @@ _QUIET_KINDS = ("note", "internal")  # never raise for these
 @dataclass
 class _Tap:
     name: str
-    channel_dim: int
+    channel_dim: int | None  # None: per-tensor statistics (a non-image module tensor)
     stats: RangeStats
     fed: bool = False
     disabled: bool = False
@@ -43,6 +58,7 @@ class _Tap:
     history: list[str] = field(default_factory=list)
     latent: Any = None  # a LatentMonitor for taps expected to carry latents
     error: str | None = None  # why rangewatch switched this tap off (internal error)
+    misfit: bool = False  # its expected convention does not fit its channel count (a mismatch finding said so)
 
 
 def _gather_varlen(strategy: Any, t: torch.Tensor) -> list[torch.Tensor]:
@@ -153,25 +169,23 @@ class RangeWatch(Callback):
         self.skip_keys = tuple(check_str_list("skip_keys", skip_keys) or DEFAULT_SKIP_KEYS)
         self.modules = check_str_list("modules", modules) or []
         self.policy: Policy = check_choice("policy", policy, _POLICIES)  # type: ignore[assignment]
-        self.check_first_n = check_int("check_first_n", check_first_n, 0)
+        self.check_first_n = check_int("check_first_n", check_first_n, 0, maximum=MAX_CHECK_FIRST_N)
         self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, 1, allow_none=True)
         self.histograms = check_bool("histograms", histograms)
-        self.hist_bins = check_int("hist_bins", hist_bins, 1)
+        self.hist_bins = check_int("hist_bins", hist_bins, 1, maximum=MAX_HIST_BINS)
         self.watch_validation = check_bool("watch_validation", watch_validation)
         self.watch_visualization = check_bool("watch_visualization", watch_visualization)
         self.clip_threshold = check_float("clip_threshold", clip_threshold, 0.0, 1.0)
         self.derive_expectations = check_bool("derive_expectations", derive_expectations)
-        if trace_modules is not None and trace_modules != "all":
-            trace_modules = check_str_list("trace_modules", trace_modules)
-        self.trace_modules = trace_modules
-        self.trace_history = check_int("trace_history", trace_history, 1)
+        self.trace_modules = check_trace_modules(trace_modules)
+        self.trace_history = check_int("trace_history", trace_history, 1, maximum=MAX_TRACE_HISTORY)
         self.trace_exact = check_bool("trace_exact", trace_exact)
-        self.headroom_share = check_float("headroom_share", headroom_share, 0.0, 1.0)
+        self.headroom_share = check_float("headroom_share", headroom_share, 0.0, 1.0, lo_open=True)
         self.check_nonfinite_every_step = check_bool("check_nonfinite_every_step", check_nonfinite_every_step)
         self.moments_every_step = check_bool("moments_every_step", moments_every_step)
         self._tracer: Any = None
         if image_processors is not None and not isinstance(image_processors, dict):
-            raise ConfigError(f"option 'image_processors' = {image_processors!r} must map submodule paths to image processors")
+            raise ConfigError(f"option 'image_processors' = {_short(image_processors)} must map submodule paths to image processors")
         self.image_processors: dict[str, Any] = dict(image_processors or {})
         self._derived_keys: set[str] = set()
         self._loader_expect: dict[str, Expectation] = {}
@@ -181,7 +195,9 @@ class RangeWatch(Callback):
         self._reported: set[tuple[str, str, str, str]] = set()
         self._taps: dict[str, _Tap] = {}
         self._pending_states: dict[str, dict[str, Any]] = {}
-        self._module_taps = ModuleTaps(self._on_module_tensor)
+        self._module_taps = ModuleTaps(self._on_module_tensor, self._on_module_error)
+        self._attached = False  # hooks placed, expectations said: once per fit
+        self._derived_done = False  # model metadata read: once per fit
         self._train_batches = 0
         self._detail = False
         self._check_now = False
@@ -194,6 +210,7 @@ class RangeWatch(Callback):
         self._vis: Any = None
         self._declared_batch_paths = [k if k.startswith("batch") else f"batch.{k}" for k in self.expect if k.startswith("batch")]
         self._vis_pending: list[Finding] = []
+        self._early: list[Finding] = []  # found outside a check (in a hook): reported at the next check
         self._set_declared()
 
     # ------------------------------------------------------------------ construction helpers
@@ -244,7 +261,7 @@ class RangeWatch(Callback):
         self._attach(pl_module)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._module_taps.handles:
+        if not self._attached:  # trainer.validate() without fit; a fit attached at its start
             self._attach(pl_module)
         if self._tracer is not None:
             self._tracer.enabled = False  # validation forwards would mix into the training step
@@ -283,8 +300,9 @@ class RangeWatch(Callback):
 
     def _derive(self, pl_module: pl.LightningModule) -> None:
         """Expectations from model metadata; declared ones win."""
-        if not self.derive_expectations or self._derived_keys:
+        if not self.derive_expectations or self._derived_keys or self._derived_done:
             return
+        self._derived_done = True  # metadata is read once per fit (teardown clears it)
         from .model_expectations import derive_expectations
 
         notes: list[str] = []
@@ -321,17 +339,29 @@ class RangeWatch(Callback):
     def _attach_tracer(self, pl_module: pl.LightningModule) -> None:
         if self.trace_modules is None or self._tracer is not None:
             return
-        from .numerics import ModuleTracer
+        from .numerics import ModuleTracer, UnknownModuleError
 
-        self._tracer = ModuleTracer(
-            pl_module, self.trace_modules, self.trace_history, headroom_share=self.headroom_share,
-            auto_step=False, exact=self.trace_exact,
-        ).attach()
+        try:
+            tracer = ModuleTracer(
+                pl_module, self.trace_modules, self.trace_history, headroom_share=self.headroom_share,
+                auto_step=False, exact=self.trace_exact,
+            )
+        except UnknownModuleError as e:
+            raise ConfigError(
+                f"option 'trace_modules' = {_short(self.trace_modules)}: {e}; allowed: 'all' or names / patterns of "
+                f"submodules of {type(pl_module).__name__}"
+            ) from None
+        self._tracer = tracer.attach()  # attach() removes every hook it placed when one fails
+        for n in tracer.notes:
+            self._note_once(n, f"rangewatch: {n}")
 
     def _attach(self, pl_module: pl.LightningModule) -> None:
+        self._attached = True
         self._derive(pl_module)
         try:
             self._attach_tracer(pl_module)
+        except ConfigError:
+            raise
         except Exception as e:
             self._internal("trace_modules", e, None)
         wanted: dict[str, set[str]] = {}
@@ -348,6 +378,8 @@ class RangeWatch(Callback):
             else:  # modules=[...] without a side: both
                 sides.update(("input", "output"))
         missing = self._module_taps.attach(pl_module, wanted)
+        for n in self._module_taps.skipped:  # TorchScript modules, hooks that cannot be placed
+            self._note_once(n, f"rangewatch: {n}")
         if missing:
             self._module_taps.detach()
             names = [n for n, _ in pl_module.named_modules() if n]
@@ -432,6 +464,8 @@ class RangeWatch(Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._module_taps.detach()
+        self._attached = False
+        self._derived_done = False
         self._stop_visualization(trainer)
         if self._tracer is not None:
             self._tracer.detach()
@@ -439,6 +473,7 @@ class RangeWatch(Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._module_taps.detach()
+        self._attached = False
         if self._tracer is not None and not isinstance(exception, RangeMismatchError):
             try:  # a NaN loss that raised: still name where the NaN came from
                 found = self._tracer.check(int(trainer.global_step))
@@ -456,8 +491,51 @@ class RangeWatch(Callback):
                 self._vis.stop()
 
     # ------------------------------------------------------------------ taps
-    def _new_tap(self, name: str, t: torch.Tensor, channel_dim: int) -> _Tap:
+    def _misfit(self, name: str, t: torch.Tensor, channel_dim: int | None, exp: Expectation) -> Finding | None:
+        """A ``mismatch`` finding when the expected convention cannot apply to this tensor's channel
+        count (16-channel Flux latents declared ``sdxl_latent``, ``imagenet`` on 2 channels): the
+        user's declaration (or the model's metadata) does not fit, which is not an internal error."""
+        if channel_dim is None or t.dim() == 0:
+            return None
+        c = int(t.shape[channel_dim])
+        conv = exp.conv
+        if conv.kind == "latent":
+            if conv.channels is None or conv.channels == c:
+                return None
+            fits = f"{conv.channels} channels"
+        else:
+            try:
+                conv.bounds(c)
+                return None
+            except ValueError:
+                fits = "1 channel, or " + " or ".join(sorted({str(len(conv.mean)), str(len(conv.mean) + 1)})) + " channels"
+        return Finding(
+            kind="mismatch",
+            where=name,
+            observed=f"{c} channels",
+            expected=f"{exp.convention} ({fits})",
+            evidence=(
+                f"{name} carries {c} channels (shape {tuple(t.shape)}, channel dim {channel_dim}) but is expected to follow "
+                f"{exp.convention} ({exp.source}), a convention for {fits}: the expectation does not fit this tensor, so it "
+                "cannot be checked; the tap is watched without it"
+            ),
+            fix=(
+                f"expect the convention that fits {c}-channel data here (`rangewatch conventions` lists them, e.g. flux_latent "
+                "or sd3_latent for 16-channel latents), or name the tap that carries the data you meant"
+            ),
+            severity="error",
+            step=self._trainer.global_step if self._trainer is not None else None,
+            source=exp.source,
+        )
+
+    def _new_tap(self, name: str, t: torch.Tensor, channel_dim: int | None) -> _Tap:
         exp = self.expectation_for(name)
+        misfit = self._misfit(name, t, channel_dim, exp) if exp is not None and t.numel() else None
+        if misfit is not None:  # reported at the next check (a collective point under DDP), never from a hook
+            self._early.append(misfit)
+            tap = _Tap(name, channel_dim, self._make_stats(channel_dim, None), misfit=True)
+            self._taps[name] = tap
+            return tap
         if exp is not None and exp.conv.kind == "latent":
             from .latents import LatentMonitor
 
@@ -479,7 +557,7 @@ class RangeWatch(Callback):
         self._taps[name] = tap
         return tap
 
-    def _make_stats(self, channel_dim: int, bounds: str | None) -> RangeStats:
+    def _make_stats(self, channel_dim: int | None, bounds: str | None) -> RangeStats:
         # histograms only where they can be logged (decided alike on every rank: the states must match)
         bins = self.hist_bins if self.histograms and self._has_tensorboard else 0
         return RangeStats(channel_dim=channel_dim, bounds=bounds, hist_bins=bins, dist_sync_fn=self._sync_fn())
@@ -496,7 +574,7 @@ class RangeWatch(Callback):
 
         return sync_fn
 
-    def _feed(self, name: str, t: torch.Tensor, channel_dim: int) -> None:
+    def _feed(self, name: str, t: torch.Tensor, channel_dim: int | None) -> None:
         tap = self._taps.get(name)
         try:
             if tap is None:
@@ -513,26 +591,42 @@ class RangeWatch(Callback):
         except Exception as e:  # rangewatch must never be the cause of a failed run
             self._internal(name, e, tap)
 
+    def _on_module_error(self, tap_name: str, error: BaseException) -> None:
+        """A module hook failed (ModuleTaps never lets it reach the model): that tap is switched off."""
+        self._internal(tap_name, error, self._taps.get(tap_name))
+
     def _on_module_tensor(self, tap_name: str, t: torch.Tensor) -> None:
         tap = self._taps.get(tap_name)
         if tap is not None and tap.disabled:
             return
+        if type(t) is not torch.Tensor or t.layout is not torch.strided or t.is_nested or t.is_meta:
+            kind = odd_tensor_kind(t)
+            if kind is not None:  # this call is skipped; the tap stays on for the dense tensors it carries
+                self._note_once(f"{tap_name}:{kind}", f"rangewatch: {tap_name} carries a {kind} tensor: rangewatch reads dense tensors only, so it is not watched")
+                return
         if tap is None:
             if not (t.is_floating_point() or t.dtype == torch.uint8) or t.dim() < 2 or t.numel() == 0:
                 self._note_once(tap_name, f"{tap_name} carries a {t.dtype} tensor of shape {tuple(t.shape)}: not image-like, not watched")
                 self._taps[tap_name] = _Tap(tap_name, 1, RangeStats(), disabled=True)
                 return
             cd = image_channel_dim(t, channels=tuple(range(1, 65)))
-            self._feed(tap_name, t, 1 if cd is None else cd)
+            if cd is None:
+                # not image-like ((B, L, D) token sequences whose L varies, say): per-tensor statistics, which
+                # assume no channel axis; a tap with an expectation keeps dim 1 (its convention is per channel)
+                cd = 1 if self.expectation_for(tap_name) is not None else None
+            self._feed(tap_name, t, cd)
             return
         self._feed(tap_name, t, tap.channel_dim)
 
     def _feed_batch(self, batch: Any, prefix: str) -> None:
+        skipped: list[str] = []
         try:
-            images = find_images(batch, self.batch_keys, self.skip_keys)
+            images = find_images(batch, self.batch_keys, self.skip_keys, notes=skipped)
         except Exception as e:
             self._internal(f"{prefix}batch", e, None)
             return
+        for n in skipped:  # odd leaves (nested, sparse, meta): only they are left out
+            self._note_once(prefix + n.split(":", 1)[0], f"rangewatch: {prefix}{n}")
         seen = set()
         for img in images:
             seen.add(img.path)
@@ -540,7 +634,7 @@ class RangeWatch(Callback):
         for key in self._declared_batch_paths:  # declared keys that do not look like images (latents)
             if key not in seen:
                 t = resolve_path(batch, key)
-                if t is not None and t.is_floating_point() and t.dim() >= 3 and t.numel():
+                if t is not None and odd_tensor_kind(t) is None and t.is_floating_point() and t.dim() >= 3 and t.numel():
                     self._feed(prefix + key, t, 1)
 
     # ------------------------------------------------------------------ train / validation hooks
@@ -570,7 +664,7 @@ class RangeWatch(Callback):
             self._feed_batch(batch, "val/")
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self._vis_pending:
+        if self._vis_pending and trainer.world_size == 1:  # under DDP: at the epoch-end check, where every rank is
             pending, self._vis_pending[:] = list(self._vis_pending), []
             self._report(pending, int(trainer.global_step))
 
@@ -593,13 +687,13 @@ class RangeWatch(Callback):
                 name, cd, why = line.split("\t", 2)
                 tap = self._taps.get(name)
                 if tap is None:
-                    tap = self._placeholder_tap(name, int(cd))
+                    tap = self._placeholder_tap(name, None if cd == "None" else int(cd))
                 if why and not tap.disabled:
                     tap.disabled = True
                     if why != "-":  # an internal error on another rank: said here too (rank zero warns)
                         self._internal(name, RuntimeError(f"on rank {rank}: {why}"), tap)
 
-    def _placeholder_tap(self, name: str, channel_dim: int) -> _Tap:
+    def _placeholder_tap(self, name: str, channel_dim: int | None) -> _Tap:
         """An empty tap for one that another rank has: it takes part in the reductions with no data."""
         probe = torch.empty(0, device=self._trainer.strategy.root_device if self._trainer is not None else "cpu")
         tap = self._new_tap(name, probe, channel_dim)
@@ -613,7 +707,11 @@ class RangeWatch(Callback):
                 self._agree_on_taps(trainer)
             except Exception as e:  # noqa: BLE001  (then each rank goes on with the taps it has)
                 self._internal("ddp", e, None)
-        new: list[Finding] = []
+        new: list[Finding] = list(self._early)  # found in hooks since the last check (a declared convention that does not fit)
+        self._early.clear()
+        if self._vis_pending and trainer.world_size > 1:  # previews judged on some ranks only: reported here, where all ranks are
+            new.extend(self._vis_pending)
+            self._vis_pending.clear()
         metrics: dict[str, float] = {}
         summaries: list[tuple[str, RangeSummary]] = []
         for name in sorted(self._taps):
@@ -653,7 +751,10 @@ class RangeWatch(Callback):
             self._reset(self._taps[name])
         if self._tracer is not None and train_check:
             try:
-                new.extend(self._tracer.check(step))
+                gather = self._gather_bytes if trainer.world_size > 1 else None  # every rank checks at the same steps
+                new.extend(self._tracer.check(step, gather=gather))
+                for n in self._tracer.notes:
+                    self._note_once(n, f"rangewatch: {n}")
             except Exception as e:
                 self._internal("trace_modules", e, None)
         self._report(new, step)
@@ -669,7 +770,7 @@ class RangeWatch(Callback):
         tap.inferred = inf
         exp = self.expectation_for(tap.name)
         # a model's *outputs* (an untrained decoder, say) are not held to a convention: watched, not judged
-        judged = exp is not None and not (exp.origin == "model" and tap.name.endswith(":output"))
+        judged = exp is not None and not tap.misfit and not (exp.origin == "model" and tap.name.endswith(":output"))
         if exp is not None and judged and exp.conv.kind == "pixel":
             f = check_expectation(tap.name, s, inf, exp.conv, step=step, source=exp.source)
             if f is not None:
@@ -722,7 +823,39 @@ class RangeWatch(Callback):
         tap.fed = False
 
     # ------------------------------------------------------------------ findings
+    def _gather_bytes(self, payload: bytes) -> list[bytes]:
+        """Every rank's ``payload`` in rank order (a collective: every rank must call it together)."""
+        assert self._trainer is not None
+        t = torch.tensor(list(payload), dtype=torch.uint8)
+        return [bytes(p.cpu().tolist()) for p in _gather_varlen(self._trainer.strategy, t)]
+
+    def _stop_together(self, stop: list[Finding]) -> list[Finding]:
+        """Under DDP with ``policy="raise"``, stopping is a collective decision (as Lightning's
+        ``strategy.reduce_boolean_decision``): the ranks exchange what would stop them, and every rank
+        raises the same RangeMismatchError, or none does. A rank that raised alone would leave the
+        others waiting in their next collective ("Connection closed by peer")."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1:
+            return stop
+        payload = json.dumps([f.to_dict() for f in stop]).encode()
+        out: list[Finding] = []
+        seen: set[tuple[str, str, str, str]] = set()
+        for part in self._gather_bytes(payload):
+            for d in json.loads(part.decode()):
+                f = Finding(**d)
+                if f.key not in seen:
+                    seen.add(f.key)
+                    out.append(f)
+        return out
+
     def _report(self, new: list[Finding], step: int) -> None:
+        together = self.policy == "raise" and self._trainer is not None and self._trainer.world_size > 1
+        if together:
+            # every rank reaches each report point together (the checks, the loader prediction): what stops
+            # one rank stops all of them, with the same findings
+            mine = [f for f in new if f.key not in self._reported and f.kind not in _QUIET_KINDS and f.severity != "info"]
+            agreed = self._stop_together(mine)
+            new = list(new) + [f for f in agreed if f not in new]
         fresh = []
         for f in new:
             if f.key in self._reported:
@@ -730,9 +863,9 @@ class RangeWatch(Callback):
             self._reported.add(f.key)
             self.findings.append(f)
             fresh.append(f)
-        if not fresh:
+        if not fresh and not together:
             return
-        if self._sink is not None:
+        if self._sink is not None and fresh:
             try:
                 self._sink.text("rangewatch/findings", findings_markdown(self.findings), step)
             except Exception as e:
@@ -743,6 +876,8 @@ class RangeWatch(Callback):
                 if self.policy == "warn" or f.severity == "info":
                     rank_zero_warn(f"rangewatch: {f}")
         stop = [f for f in loud if f.severity != "info"]
+        if together:
+            stop = agreed
         if self.policy == "raise" and stop:
             raise RangeMismatchError(stop)
 
@@ -778,13 +913,19 @@ class RangeWatch(Callback):
         for name, tap in self._taps.items():
             if tap.disabled:
                 continue
-            taps[name] = {
-                "stats": {k: v.detach().cpu() for k, v in tap.stats.state_dict().items()},
-                "bounds": tap.bounds,
-                "channel_dim": tap.channel_dim,
-                "dtypes": sorted(tap.stats.dtypes_seen),
-                "steps_checked": tap.steps_checked,
-            }
+            try:
+                stats = tap.stats.state_dict()
+                if any(v.is_meta for v in stats.values()):
+                    continue  # no values to save (a meta tap); a checkpoint must never fail on rangewatch's state
+                taps[name] = {
+                    "stats": {k: v.detach().cpu() for k, v in stats.items()},
+                    "bounds": tap.bounds,
+                    "channel_dim": tap.channel_dim,
+                    "dtypes": sorted(tap.stats.dtypes_seen),
+                    "steps_checked": tap.steps_checked,
+                }
+            except Exception as e:  # noqa: BLE001
+                self._internal(name, e, tap)
         return {
             "version": 1,
             "train_batches": self._train_batches,

@@ -106,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
         "entry under trainer.callbacks. Pulls --batches batches from train_dataloader(), runs them through the\n"
         "taps and the model's training_step under torch.no_grad(), and prints per tap the inferred convention,\n"
         "its evidence and the findings.\n\n"
-        "exit codes: 0 nothing wrong, 1 a value-range problem, 2 the check could not run (bad config, failing datamodule)",
+        "exit codes: 0 nothing wrong, 1 a value-range problem, 2 the check could not run (bad config, failing datamodule)\n"
+        "or could not check an expected module tap (result: NOT CHECKED)\n\n"
+        "a config is code: as with LightningCLI, every class_path in it (nested ones in init_args too) is imported\n"
+        "and instantiated, so its module code and constructors run; check only configs you would train with",
         epilog="examples:\n  rangewatch check configs/check_example.yaml\n  rangewatch check fit.yaml --batches 16 --json > check.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -32,6 +32,7 @@ host-visible per-call bookkeeping is Python metadata (call order, dtypes), never
 from __future__ import annotations
 
 import fnmatch
+import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -40,10 +41,12 @@ from torch import nn
 
 from .findings import Finding
 from .stats import RangeStats, RangeSummary
+from .taps import invisible_to_compiler, is_script_module, odd_tensor_kind
 
 __all__ = [
     "FP16_MAX",
     "ModuleTracer",
+    "UnknownModuleError",
     "ModuleCall",
     "ModulePeak",
     "TraceReport",
@@ -79,18 +82,25 @@ def fp16_fix(module: str | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------- tensor helpers
-def _float_leaves(obj: Any, out: list[torch.Tensor], depth: int = 0) -> list[torch.Tensor]:
-    """Floating-point, non-empty tensors inside ``obj`` (tensor, tuple/list, dict/ModelOutput)."""
+def _float_leaves(obj: Any, out: list[torch.Tensor], depth: int = 0, odd: list[str] | None = None) -> list[torch.Tensor]:
+    """Floating-point, non-empty dense tensors inside ``obj`` (tensor, tuple/list, dict/ModelOutput).
+    Nested, sparse and meta tensors (and wrapper subclasses) are left out; their kinds go to ``odd``."""
     if isinstance(obj, torch.Tensor):
+        if type(obj) is not torch.Tensor or obj.layout is not torch.strided or obj.is_nested or obj.is_meta:
+            kind = odd_tensor_kind(obj)
+            if kind is not None:
+                if odd is not None:
+                    odd.append(kind)
+                return out
         if obj.is_floating_point() and obj.numel() > 0:
             out.append(obj)
     elif depth < 4:
         if isinstance(obj, (tuple, list)):
             for v in obj:
-                _float_leaves(v, out, depth + 1)
+                _float_leaves(v, out, depth + 1, odd)
         elif isinstance(obj, Mapping):
             for v in obj.values():
-                _float_leaves(v, out, depth + 1)
+                _float_leaves(v, out, depth + 1, odd)
     return out
 
 
@@ -119,6 +129,10 @@ def _maxabs_flag(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m = torch.maximum(mx, -mn).float()  # NaN if any NaN, inf if any +-inf
     bad = ~torch.isfinite(m)
     return torch.where(bad, 0.0, m), bad.long()
+
+
+class UnknownModuleError(ValueError):
+    """A module name or pattern given to :class:`ModuleTracer` matches no module of the model."""
 
 
 # ---------------------------------------------------------------------------- report types
@@ -267,6 +281,10 @@ class ModuleTracer:
         self.max_calls_per_step = max_calls_per_step or max(64 * n, 256)
         self.enabled = True
         self.dropped_calls = 0
+        #: what the tracer skipped or switched off (odd tensors, TorchScript modules, a failed hook), each said once
+        self.notes: list[str] = list(self._skipped_scripts)
+        self._noted: set[str] = set(self.notes)
+        self._broken: set[int] = set()  # modules whose hook failed: not traced any more
 
         self._handles: list[Any] = []
         self._device: torch.device | None = None
@@ -299,8 +317,17 @@ class ModuleTracer:
         self._zi: torch.Tensor | None = None  # 0-d int64 zero
 
     # ------------------------------------------------------------------ selection
+    def _select(self, model: nn.Module, modules: str | Sequence[str]) -> tuple[list[str], list[nn.Module]]:
+        names, mods = self._select_all(model, modules)
+        self._skipped_scripts = [
+            f"trace_modules: {n} is a TorchScript module ({type(m).__name__}), which takes no forward hooks: not traced"
+            for n, m in zip(names, mods) if is_script_module(m)
+        ]
+        keep = [(n, m) for n, m in zip(names, mods) if not is_script_module(m)]
+        return [n for n, _ in keep], [m for _, m in keep]
+
     @staticmethod
-    def _select(model: nn.Module, modules: str | Sequence[str]) -> tuple[list[str], list[nn.Module]]:
+    def _select_all(model: nn.Module, modules: str | Sequence[str]) -> tuple[list[str], list[nn.Module]]:
         named = list(model.named_modules())
         if isinstance(modules, str) and modules == "all":
             picked = [(n, m) for n, m in named if next(m.children(), None) is None]
@@ -313,7 +340,7 @@ class ModuleTracer:
                 hit = [(n, m) for n, m in named if n == p or (any(ch in p for ch in "*?[") and fnmatch.fnmatchcase(n, p))]
                 if not hit:
                     near = [n for n, _ in named if n and (p in n or n in p)][:8]
-                    raise ValueError(
+                    raise UnknownModuleError(
                         f"no module named {p!r} in {type(model).__name__}"
                         + (f"; similar names: {', '.join(near)}" if near else "")
                     )
@@ -334,11 +361,15 @@ class ModuleTracer:
         """Register the hooks (idempotent). Returns ``self``."""
         if self._handles:
             return self
-        if self.auto_step:
-            self._handles.append(self.model.register_forward_pre_hook(self._root_pre_hook))
-        for i, m in enumerate(self.modules):
-            self._handles.append(m.register_forward_pre_hook(self._make_pre(i), with_kwargs=True))
-            self._handles.append(m.register_forward_hook(self._make_post(i)))
+        try:
+            if self.auto_step and not is_script_module(self.model):
+                self._handles.append(self.model.register_forward_pre_hook(invisible_to_compiler(self._root_pre_hook)))
+            for i, m in enumerate(self.modules):
+                self._handles.append(m.register_forward_pre_hook(self._make_pre(i), with_kwargs=True))
+                self._handles.append(m.register_forward_hook(self._make_post(i)))
+        except BaseException:
+            self.detach()  # every hook placed so far comes off again
+            raise
         return self
 
     def detach(self) -> None:
@@ -506,48 +537,82 @@ class ModuleTracer:
             mx, nf = mx.to(self._device, non_blocking=True), nf.to(self._device, non_blocking=True)
         return mx, nf
 
+    def _note(self, text: str) -> None:
+        if text not in self._noted and len(self._noted) < 64:
+            self._noted.add(text)
+            self.notes.append(text)
+
+    def _odd(self, i: int, kinds: list[str]) -> None:
+        for k in kinds:
+            self._note(f"trace_modules: {self.names[i]} saw a {k} tensor; the tracer reads dense tensors only, so it is left out")
+
+    def _hook_failed(self, i: int, where: str, e: BaseException) -> None:
+        """A hook body failed: that module is not traced any more (said once); the model goes on."""
+        self._broken.add(i)
+        self._pending[i].clear()
+        self._note(f"trace_modules: tracing {self.names[i]} failed in its {where} hook ({type(e).__name__}: {str(e)[:160]}); "
+                   "that module is not traced any more")
+
     def _make_pre(self, i: int):
         def pre(module: nn.Module, args: Any, kwargs: Any) -> None:
-            if not self.enabled:
+            if not self.enabled or i in self._broken:
                 return
-            leaves = _float_leaves(args, [])
-            if kwargs:
-                _float_leaves(kwargs, leaves)
-            if self._buf is None:
-                self._ensure(leaves[0].device if leaves else self._model_device())
-            self._pending[i].append(self._stats(leaves))
+            try:
+                odd: list[str] = []
+                leaves = _float_leaves(args, [], 0, odd)
+                if kwargs:
+                    _float_leaves(kwargs, leaves, 0, odd)
+                if odd:
+                    self._odd(i, odd)
+                if self._buf is None:
+                    self._ensure(leaves[0].device if leaves else self._model_device())
+                self._pending[i].append(self._stats(leaves))
+            except Exception as e:  # noqa: BLE001  (never raised into the model)
+                self._hook_failed(i, "forward pre-", e)
 
-        return pre
+        return invisible_to_compiler(pre)
 
     def _make_post(self, i: int):
         def post(module: nn.Module, args: Any, output: Any) -> None:
-            pending = self._pending[i]
-            if not self.enabled or not pending:
-                pending.clear()
+            if i in self._broken:
                 return
-            in_mx, in_nf = pending.pop()
-            if self._slot < 0:
-                self._advance(None if self._manual else self._auto_counter)
-            seq = self._slot_seq[self._slot]
-            if len(seq) >= self._cap and not self._grow():
-                self.dropped_calls += 1
-                return
-            leaves = _float_leaves(output, [])
-            out_mx, out_nf = self._stats(leaves)
-            if leaves:
-                t = leaves[0]
-                self._dtypes[i] = str(t.dtype)[6:]  # "torch.float16" -> "float16"
-                if len(leaves) == 1:
-                    v = _version(t)
-                    self._last = (t, v, out_mx, out_nf) if v >= 0 else None
-            st = self._stage
-            st[0].append(in_mx)
-            st[1].append(in_nf)
-            st[2].append(out_mx)
-            st[3].append(out_nf)
-            seq.append(i)
+            try:
+                self._post(i, output)
+            except Exception as e:  # noqa: BLE001  (never raised into the model)
+                self._hook_failed(i, "forward ", e)
 
-        return post
+        return invisible_to_compiler(post)
+
+    def _post(self, i: int, output: Any) -> None:
+        """The body of the forward hook."""
+        pending = self._pending[i]
+        if not self.enabled or not pending:
+            pending.clear()
+            return
+        in_mx, in_nf = pending.pop()
+        if self._slot < 0:
+            self._advance(None if self._manual else self._auto_counter)
+        seq = self._slot_seq[self._slot]
+        if len(seq) >= self._cap and not self._grow():
+            self.dropped_calls += 1
+            return
+        odd: list[str] = []
+        leaves = _float_leaves(output, [], 0, odd)
+        if odd:
+            self._odd(i, odd)
+        out_mx, out_nf = self._stats(leaves)
+        if leaves:
+            t = leaves[0]
+            self._dtypes[i] = str(t.dtype)[6:]  # "torch.float16" -> "float16"
+            if len(leaves) == 1:
+                v = _version(t)
+                self._last = (t, v, out_mx, out_nf) if v >= 0 else None
+        st = self._stage
+        st[0].append(in_mx)
+        st[1].append(in_nf)
+        st[2].append(out_mx)
+        st[3].append(out_nf)
+        seq.append(i)
 
     def _flush(self) -> None:
         with torch.inference_mode(False):  # state stays a normal tensor (validation runs in inference mode)
@@ -659,11 +724,46 @@ class ModuleTracer:
         )
         return rep
 
-    def check(self, step: int | None = None, *, max_headroom: int = 3) -> list[Finding]:
+    def check(self, step: int | None = None, *, max_headroom: int = 3, gather: Any = None) -> list[Finding]:
         """Findings (host sync): ``nonfinite`` for the overflow origin (or non-finite input) and
         ``fp16_headroom`` for up to ``max_headroom`` fp16 modules whose output max-abs passed
-        ``headroom_share`` of 65504."""
+        ``headroom_share`` of 65504.
+
+        Under DDP pass ``gather(payload: bytes) -> list[bytes]`` (every rank's payload, in rank
+        order; a collective: every rank must call ``check`` together). The ranks then agree on one
+        first-origin record: the earliest broken step, then the earliest call in forward order,
+        then the lowest rank, named in the evidence ("on rank 1 of 2"); a rank whose NaN only came
+        from the gradient all-reduce does not blame its own first module. ``fp16_headroom``
+        findings are the union over ranks."""
         rep = self.report()
+        local = self._findings(rep, step, max_headroom)
+        if gather is None:
+            return local
+        first = rep.origin or rep.nonfinite_input
+        key = None if first is None else [-1 if first.step is None else int(first.step), int(first.order)]
+        payload = json.dumps({"key": key, "findings": [f.to_dict() for f in local]}).encode()
+        parts = [json.loads(p.decode()) for p in gather(payload)]
+        best: tuple[tuple[int, int, int], Finding] | None = None
+        out: list[Finding] = []
+        seen: set[tuple[str, str, str, str]] = set()
+        for rank, part in enumerate(parts):
+            for d in part["findings"]:
+                f = Finding(**d)
+                if f.kind == "nonfinite":
+                    k = part["key"] or [1 << 62, 1 << 62]
+                    cand = (int(k[0]), int(k[1]), rank)
+                    if best is None or cand < best[0]:
+                        best = (cand, f)
+                elif f.key not in seen:
+                    seen.add(f.key)
+                    out.append(f)
+        if best is not None:
+            (_, _, rank), f = best
+            ev = f"on rank {rank} of {len(parts)}: {f.evidence}"
+            out.insert(0, Finding(f.kind, f.where, f.observed, f.expected, ev, f.fix, f.severity, f.step, f.source))
+        return out
+
+    def _findings(self, rep: TraceReport, step: int | None, max_headroom: int) -> list[Finding]:
         out: list[Finding] = []
         names = dict(zip(self.names, self.modules))
         if rep.origin is not None:

@@ -16,7 +16,13 @@ LightningCLI style (``class_path`` + ``init_args``), and the :class:`~rangewatch
 5. infers each tap's convention from all pulled batches together and checks it against its expectation.
 
 Exit codes of :func:`main_check`: 0 nothing wrong, 1 a value-range problem (a mismatch or NaN/Inf), 2 the
-check could not run (bad config, or the datamodule failed) with a one-line message naming the key.
+check could not run (bad config, or the datamodule failed) with a one-line message naming the key, or it
+ran but could not check an expected module tap (the model's ``training_step`` raised, a TorchScript
+module takes no hooks) and no loader prediction covers it: the report says "result: NOT CHECKED".
+
+A config is code: like LightningCLI, the check imports every ``class_path`` it names (nested ones in
+``init_args`` too) and instantiates it with its ``init_args``, so module-level code and constructors of
+those classes run. Check only configs you would also train with.
 """
 
 from __future__ import annotations
@@ -34,9 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
 
-from .config import ConfigError
+from .config import ConfigError, _short, read_yaml
 from .findings import Finding
 
 __all__ = ["CheckError", "CheckReport", "TapResult", "load_check_config", "check", "run_check", "main_check"]
@@ -91,6 +96,9 @@ class CheckReport:
     unobserved: dict[str, dict[str, str]] = field(default_factory=dict)  # expected taps nothing reached
     loader_predictions: dict[str, dict[str, str]] = field(default_factory=dict)  # stage -> convention, source
     notes: list[str] = field(default_factory=list)
+    #: expected module taps that were neither observed nor covered by a loader prediction (the model could
+    #: not be run, or its hooks could not be placed): the check did not check them, so it does not pass
+    unchecked: list[str] = field(default_factory=list)
 
     def fails(self, f: Finding) -> bool:
         """Does this finding fail the check? Mismatches and NaN/Inf do; notes and rangewatch's own
@@ -136,6 +144,7 @@ class CheckReport:
             "unobserved": self.unobserved,
             "loader_predictions": self.loader_predictions,
             "notes": list(self.notes),
+            "unchecked": list(self.unchecked),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -185,6 +194,10 @@ class CheckReport:
             out.extend(f"  - {n}" for n in self.notes)
         out.append("")
         n = len(self.problems)
+        if n == 0 and self.unchecked:
+            out.append(f"result: NOT CHECKED: {', '.join(self.unchecked)} never checked (see 'expected but not observed'); "
+                       "nothing wrong in what was checked")
+            return "\n".join(out)
         out.append(f"result: {'OK' if n == 0 else f'FAILED: {n} value-range problem' + ('s' if n != 1 else '')}")
         return "\n".join(out)
 
@@ -209,7 +222,7 @@ def _spec(value: Any, key: str, origin: str) -> tuple[str, dict[str, Any]]:
     if isinstance(value, str) and value:
         return value, {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{origin}: {key!r} must be a mapping with 'class_path' and 'init_args', got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{origin}: {key!r} must be a mapping with 'class_path' and 'init_args', got {type(value).__name__} {_short(value)}")
     for k in value:
         if k not in _SPEC_KEYS:
             raise ConfigError(f"{origin}: unknown key '{key}.{k}'{_close(k, _SPEC_KEYS)} Allowed: {', '.join(_SPEC_KEYS)}")
@@ -223,7 +236,7 @@ def _spec(value: Any, key: str, origin: str) -> tuple[str, dict[str, Any]]:
     extra = value.get("dict_kwargs") or {}
     for k, v in (("init_args", args), ("dict_kwargs", extra)):
         if not isinstance(v, dict):
-            raise ConfigError(f"{origin}: '{key}.{k}' must be a mapping of argument names to values, got {type(v).__name__} {v!r}")
+            raise ConfigError(f"{origin}: '{key}.{k}' must be a mapping of argument names to values, got {type(v).__name__} {_short(v)}")
     return cp, {**args, **extra}
 
 
@@ -250,14 +263,7 @@ def load_check_config(path: str | os.PathLike) -> CheckConfig:
     """Read and validate the structure of a check config (classes are not imported here)."""
     p = Path(path)
     origin = str(p)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {origin!r} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{origin!r} is a directory, not a config file") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{origin}: not valid YAML: {' '.join(str(e).split())}") from None
+    data = read_yaml(p)  # every failure (missing, a directory, binary, not YAML, an alias bomb) is a ConfigError
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: expected a mapping with 'data' (and optionally 'model', 'rangewatch'), got {type(data).__name__}")
     if isinstance(data.get("fit"), dict) and set(data) <= {"fit", "validate", "test", "predict"}:
@@ -269,8 +275,8 @@ def load_check_config(path: str | os.PathLike) -> CheckConfig:
     accepted = [n for n in inspect.signature(RangeWatch.__init__).parameters if n != "self"]
     for k in data:
         if k not in allowed:
-            hint = f"; RangeWatch options such as {k!r} go under 'rangewatch:'" if k in accepted else _close(k, allowed)
-            raise ConfigError(f"{origin}: unknown top-level key {k!r}{hint} Allowed: {', '.join(allowed)}")
+            hint = f"; RangeWatch options such as {_short(k)} go under 'rangewatch:'" if k in accepted else _close(k, allowed)
+            raise ConfigError(f"{origin}: unknown top-level key {_short(k)}{hint} Allowed: {', '.join(allowed)}")
     if data.get("data") is None:
         raise ConfigError(
             f"{origin}: missing top-level key 'data': the LightningDataModule to pull batches from, as "
@@ -286,10 +292,10 @@ def load_check_config(path: str | os.PathLike) -> CheckConfig:
         raise ConfigError(f"{origin}: RangeWatch options are given more than once ({', '.join(k for k, _ in entries)}); keep one")
     key, options = entries[0] if entries else ("rangewatch", {})
     if not isinstance(options, dict):
-        raise ConfigError(f"{origin}: {key!r} must be a mapping of RangeWatch options, got {type(options).__name__} {options!r}")
+        raise ConfigError(f"{origin}: {key!r} must be a mapping of RangeWatch options, got {type(options).__name__} {_short(options)}")
     for k in options:
         if k not in accepted:
-            raise ConfigError(f"{origin}: unknown RangeWatch option '{key}.{k}'{_close(k, accepted)} Allowed options: {', '.join(accepted)}")
+            raise ConfigError(f"{origin}: unknown RangeWatch option '{key}.{str(k)[:80]}'{_close(k, accepted)} Allowed options: {', '.join(accepted)}")
 
     seed = data.get("seed_everything")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -380,8 +386,9 @@ def _describe(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
-def _one_line(e: BaseException | str) -> str:
-    return " ".join(str(e).split()) or (type(e).__name__ if isinstance(e, BaseException) else "")
+def _one_line(e: BaseException | str, limit: int = 600) -> str:
+    text = " ".join(str(e)[: limit * 4].split()) or (type(e).__name__ if isinstance(e, BaseException) else "")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -541,7 +548,7 @@ def _loader_batches(loader: Any) -> Iterator[Any]:
 
 def _check_batches(batches: Any) -> None:
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-        raise ConfigError(f"batches = {batches!r} (--batches) must be an integer >= 1")
+        raise ConfigError(f"batches = {_short(batches)} (--batches) must be an integer >= 1")
 
 
 def check(datamodule: Any, model: Any = None, watch: Any = None, batches: int = 8, progress: bool = True,
@@ -631,6 +638,7 @@ def check(datamodule: Any, model: Any = None, watch: Any = None, batches: int = 
             watch._check(stub, lambda n: not n.startswith("val/"), step=0, train_check=True)
         finally:
             watch._detail = False
+            skipped_modules = list(watch._module_taps.skipped)  # TorchScript modules: no hooks (teardown clears it)
             watch.teardown(stub, model, "fit")  # hooks and tracer off the model
 
     findings = [dataclasses.replace(f, step=None) for f in watch.findings]
@@ -645,7 +653,8 @@ def check(datamodule: Any, model: Any = None, watch: Any = None, batches: int = 
         loader_predictions={k: {"convention": v.convention, "source": v.source} for k, v in watch._loader_expect.items()},
         notes=notes,
     )
-    report.unobserved = _unobserved(watch, report, runner)
+    report.unobserved = _unobserved(watch, report, runner, skipped_modules)
+    report.unchecked = _unchecked(watch, report, runner)
     for f in findings:
         t = report.taps.get(f.where)
         if t is not None and report.fails(f):
@@ -702,7 +711,25 @@ def _tap_results(watch: Any, seen: dict[str, Any]) -> dict[str, TapResult]:
     return taps
 
 
-def _unobserved(watch: Any, report: CheckReport, runner: _ModelRunner | None) -> dict[str, dict[str, str]]:
+def _unchecked(watch: Any, report: CheckReport, runner: _ModelRunner | None) -> list[str]:
+    """Expected module taps the check could not check: not observed because the model could not be run or
+    its hooks could not be placed, and not covered by the train loader's prediction either."""
+    if runner is None:
+        return []  # no model in the config: module taps are out of scope, as the report says
+    predicted = "train" in watch._loader_expect
+    out = []
+    for name, u in report.unobserved.items():
+        if name.startswith("batch"):
+            continue
+        exp = watch.expectations.get(name)
+        covered = predicted and name.endswith(":input") and exp is not None and exp.conv.kind == "pixel"
+        if not covered and ("could not be run" in u["why"] or "TorchScript" in u["why"] or "cannot be placed" in u["why"]):
+            out.append(name)
+    return out
+
+
+def _unobserved(watch: Any, report: CheckReport, runner: _ModelRunner | None,
+                skipped_modules: list[str] | None = None) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     batch_taps = [n for n in report.taps if n.startswith("batch")]
     for name, exp in sorted(watch.expectations.items()):
@@ -712,6 +739,9 @@ def _unobserved(watch: Any, report: CheckReport, runner: _ModelRunner | None) ->
             why = "no image-like tensor at that path in the batches" + (f"; seen: {', '.join(batch_taps)}" if batch_taps else "")
         elif runner is None:
             why = "no model in the config, so its submodules cannot be observed"
+        elif any(s.startswith(name.rsplit(":", 1)[0] + " ") or s.startswith(name.rsplit(":", 1)[0] + ":")
+                 for s in skipped_modules or []):
+            why = next(s for s in skipped_modules or [] if s.startswith(name.rsplit(":", 1)[0]))
         elif runner.used is None:
             why = "the model could not be run (see notes)"
         else:
@@ -756,7 +786,8 @@ def main_check(args: Any) -> int:
     """The ``rangewatch check`` subcommand: ``args.config``, ``args.batches``, ``args.json``, ``args.no_progress``.
 
     Prints the report (or its JSON) on stdout; returns 0 when nothing is wrong, 1 when a value-range
-    problem was found, 2 with a one-line message on stderr when the check could not run.
+    problem was found, 2 with a one-line message on stderr when the check could not run, and 2 after the
+    report when an expected module tap could not be checked ("result: NOT CHECKED").
     """
     cwd = os.getcwd()
     if "" not in sys.path and cwd not in sys.path:
@@ -770,4 +801,6 @@ def main_check(args: Any) -> int:
         print(report.to_json() if getattr(args, "json", False) else report.format(), flush=True)
     except BrokenPipeError:  # `rangewatch check ... | head`: the reader left; the exit code still counts
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0 if report.ok else 1
+    if not report.ok:
+        return 1
+    return 2 if report.unchecked else 0  # what was asked could not be checked: not a pass

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["ImageTensor", "find_images", "resolve_path", "image_channel_dim", "ModuleTaps", "parse_tap_key", "DEFAULT_SKIP_KEYS"]
+__all__ = ["ImageTensor", "find_images", "resolve_path", "image_channel_dim", "odd_tensor_kind", "ModuleTaps", "parse_tap_key",
+           "DEFAULT_SKIP_KEYS"]
 
 #: batch keys that hold masks, labels and other non-image tensors even when they are image-shaped
 DEFAULT_SKIP_KEYS: tuple[str, ...] = ("*mask*", "*label*", "*seg*", "*depth*", "*flow*", "*token*", "*ids*", "*target_idx*")
@@ -36,13 +37,34 @@ class ImageTensor:
     channel_dim: int
 
 
+def odd_tensor_kind(t: torch.Tensor) -> str | None:
+    """What keeps rangewatch from reading a tensor's values (``"nested"``, ``"sparse_coo"``, ``"meta"``,
+    ``"a tensor subclass FakeTensor"``...), or None for a plain dense tensor with values."""
+    try:
+        if t.is_nested:
+            return "nested"
+        if t.layout != torch.strided:
+            return str(t.layout).replace("torch.", "")
+        if t.is_meta or t.device.type == "meta":
+            return "meta"
+        if type(t) is not torch.Tensor and type(t).__torch_dispatch__ is not torch.Tensor.__torch_dispatch__:
+            # a wrapper subclass (DTensor, FakeTensor, functionalised tensors): reading its values may
+            # run collectives or fail; plain subclasses (torchvision tv_tensors, Parameter) are read as tensors
+            return f"{type(t).__name__} (a wrapper tensor subclass)"
+    except Exception as e:  # noqa: BLE001  (a tensor-like that cannot even say what it is)
+        return f"unreadable ({type(e).__name__})"
+    return None
+
+
 def image_channel_dim(t: torch.Tensor, channels: tuple[int, ...] = _IMAGE_CHANNELS) -> int | None:
     """The channel dim of an image-like batch tensor, or None.
 
     4-D ``(N, C, H, W)`` (any memory format) or ``(N, H, W, C)``; 5-D video ``(N, T, C, H, W)`` or
-    ``(N, C, T, H, W)``; C in ``channels`` and spatial sides of at least 8. Only float and uint8.
+    ``(N, C, T, H, W)``; C in ``channels`` and spatial sides of at least 8. Only float and uint8,
+    dense tensors with values (nested, sparse and meta tensors are not image-like here: see
+    :func:`odd_tensor_kind`).
     """
-    if not isinstance(t, torch.Tensor) or t.dtype not in _PIXEL_DTYPES or t.numel() == 0:
+    if not isinstance(t, torch.Tensor) or odd_tensor_kind(t) is not None or t.dtype not in _PIXEL_DTYPES or t.numel() == 0:
         return None
     s = t.shape
     if t.dim() == 4:
@@ -65,38 +87,59 @@ def _skipped(path: str, key: str, skip: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(k, pat) or fnmatch.fnmatch(path.lower(), pat) for pat in skip)
 
 
-def _collect(obj: Any, path: str, skip: tuple[str, ...], depth: int, out: list[ImageTensor]) -> None:
+def _leaf(obj: torch.Tensor, path: str, out: list[ImageTensor], notes: list[str] | None) -> None:
+    """One tensor leaf; an odd one (nested, sparse, meta, a subclass, one whose shape cannot be
+    read) is skipped with a note, never raised: the rest of the batch is still watched."""
+    try:
+        if type(obj) is torch.Tensor and obj.layout is torch.strided and not obj.is_nested and obj.device.type != "meta":
+            cd = image_channel_dim(obj)  # the common case: no further checks every step
+        else:
+            kind = odd_tensor_kind(obj)
+            if kind is not None:
+                if notes is not None:
+                    notes.append(f"{path}: a {kind} tensor; rangewatch reads dense tensors only, so it is not watched")
+                return
+            cd = image_channel_dim(obj)
+    except Exception as e:  # noqa: BLE001
+        if notes is not None:
+            notes.append(f"{path}: skipped ({type(e).__name__}: {str(e)[:120]})")
+        return
+    if cd is not None:
+        out.append(ImageTensor(path, obj, cd))
+
+
+def _collect(obj: Any, path: str, skip: tuple[str, ...], depth: int, out: list[ImageTensor], notes: list[str] | None = None) -> None:
     # plain recursion into a list (no generators): it runs every step
     if isinstance(obj, torch.Tensor):
-        cd = image_channel_dim(obj)
-        if cd is not None:
-            out.append(ImageTensor(path, obj, cd))
+        _leaf(obj, path, out, notes)
         return
     if depth > 6:
         return
     t = type(obj)
     if t is tuple or t is list:  # the common batch types, before the ABC checks
         for i in range(min(len(obj), 16)):
-            _collect(obj[i], f"{path}[{i}]", skip, depth + 1, out)
+            _collect(obj[i], f"{path}[{i}]", skip, depth + 1, out, notes)
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
             if isinstance(k, str) and not _skipped(f"{path}.{k}", k, skip):
-                _collect(v, f"{path}.{k}", skip, depth + 1, out)
+                _collect(v, f"{path}.{k}", skip, depth + 1, out, notes)
     elif isinstance(obj, (list, tuple)) and not isinstance(obj, str):
         fields = getattr(obj, "_fields", None)  # namedtuple
         for i, v in enumerate(obj[:16]):
             if fields:
                 if not _skipped(f"{path}.{fields[i]}", fields[i], skip):
-                    _collect(v, f"{path}.{fields[i]}", skip, depth + 1, out)
+                    _collect(v, f"{path}.{fields[i]}", skip, depth + 1, out, notes)
             else:
-                _collect(v, f"{path}[{i}]", skip, depth + 1, out)
+                _collect(v, f"{path}[{i}]", skip, depth + 1, out, notes)
 
 
-def find_images(batch: Any, keys: list[str] | None = None, skip_keys: tuple[str, ...] = DEFAULT_SKIP_KEYS) -> list[ImageTensor]:
+def find_images(batch: Any, keys: list[str] | None = None, skip_keys: tuple[str, ...] = DEFAULT_SKIP_KEYS,
+                notes: list[str] | None = None) -> list[ImageTensor]:
     """Image-like tensors in ``batch``, named by path. ``keys`` (paths such as ``"batch.lq"`` or
-    just ``"lq"``) restricts the result; token ids, masks, labels and scalars are skipped."""
+    just ``"lq"``) restricts the result; token ids, masks, labels and scalars are skipped. Odd
+    leaves (nested, sparse, meta tensors) are skipped alone, with a line in ``notes`` when given."""
     found: list[ImageTensor] = []
-    _collect(batch, "batch", skip_keys if type(skip_keys) is tuple else tuple(skip_keys), 0, found)
+    _collect(batch, "batch", skip_keys if type(skip_keys) is tuple else tuple(skip_keys), 0, found, notes)
     if keys:
         wanted = {k if k.startswith("batch") else f"batch.{k}" for k in keys} | set(keys)
         found = [f for f in found if f.path in wanted]
@@ -158,54 +201,110 @@ def first_tensor(obj: Any) -> torch.Tensor | None:
     return None
 
 
+def invisible_to_compiler(fn: Callable) -> Callable:
+    """``fn`` run eagerly even inside a ``torch.compile``d model: dynamo does not trace into it (no
+    guards on rangewatch's Python state, no recompiles), at the cost of a graph break per call
+    (see ``benchmarks/bench_compile.py``). About 1.5 us per call in eager mode."""
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    if disable is None:  # torch < 2.1
+        import torch._dynamo as dynamo
+
+        disable = dynamo.disable
+    return disable(fn)
+
+
+def is_script_module(m: nn.Module) -> bool:
+    """TorchScript modules take no Python forward hooks."""
+    return isinstance(m, (torch.jit.ScriptModule, torch.jit.RecursiveScriptModule))
+
+
 class ModuleTaps:
     """Forward hooks on named submodules; ``on_tensor(tap_name, tensor)`` sees a module's first
-    input tensor (``"<name>:input"``) and/or first output tensor (``"<name>:output"``)."""
+    input tensor (``"<name>:input"``) and/or first output tensor (``"<name>:output"``).
 
-    def __init__(self, on_tensor: Callable[[str, torch.Tensor], None]):
+    Hook bodies never raise into the model (``on_error(tap_name, exception)`` hears of a failure)
+    and are invisible to ``torch.compile``. Modules whose hooks cannot be placed (TorchScript
+    modules) are skipped, with a line in :attr:`skipped`; a module whose registration fails keeps
+    none of its hooks."""
+
+    def __init__(self, on_tensor: Callable[[str, torch.Tensor], None], on_error: Callable[[str, BaseException], None] | None = None):
         self.on_tensor = on_tensor
+        self.on_error = on_error
         self.handles: list[RemovableHandle] = []
         self.attached: dict[str, tuple[str, ...]] = {}
+        self.skipped: list[str] = []
 
     def attach(self, root: nn.Module, wanted: dict[str, set[str]]) -> list[str]:
         """Hook ``{module name: {"input", "output"}}``; returns the names that do not exist."""
         self.detach()
         modules = dict(root.named_modules())
         missing = []
-        for name, sides in wanted.items():
-            mod = modules.get(name)
-            if mod is None:
-                missing.append(name)
-                continue
-            if "input" in sides:
-                self.handles.append(mod.register_forward_pre_hook(self._pre_hook(f"{name}:input"), with_kwargs=True))
-            if "output" in sides:
-                self.handles.append(mod.register_forward_hook(self._hook(f"{name}:output")))
-            self.attached[name] = tuple(sorted(sides))
+        try:
+            for name, sides in wanted.items():
+                mod = modules.get(name)
+                if mod is None:
+                    missing.append(name)
+                    continue
+                if is_script_module(mod):
+                    self.skipped.append(
+                        f"{name} is a TorchScript module ({type(mod).__name__}), which takes no forward hooks: not watched; "
+                        "watch the module that calls it, or the batch, instead"
+                    )
+                    continue
+                placed: list[RemovableHandle] = []
+                try:
+                    if "input" in sides:
+                        placed.append(mod.register_forward_pre_hook(self._pre_hook(f"{name}:input"), with_kwargs=True))
+                    if "output" in sides:
+                        placed.append(mod.register_forward_hook(self._hook(f"{name}:output")))
+                except Exception as e:  # noqa: BLE001  (this module keeps none of its hooks)
+                    for h in placed:
+                        h.remove()
+                    self.skipped.append(f"{name}: its hooks cannot be placed ({type(e).__name__}: {str(e)[:160]}): not watched")
+                    continue
+                self.handles.extend(placed)
+                self.attached[name] = tuple(sorted(sides))
+        except BaseException:
+            self.detach()  # never leave some hooks behind
+            raise
         return missing
+
+    def _fail(self, tap: str, e: BaseException) -> None:
+        if self.on_error is not None:
+            try:
+                self.on_error(tap, e)
+            except Exception:  # noqa: BLE001
+                pass
 
     def _pre_hook(self, tap: str) -> Callable:
         def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
-            t = first_tensor(args)
-            if t is None and kwargs:  # transformers models take pixel_values=...
-                t = first_tensor([kwargs[k] for k in _PIXEL_KWARGS if k in kwargs] or list(kwargs.values()))
-            if t is not None:
-                self.on_tensor(tap, t)
+            try:
+                t = first_tensor(args)
+                if t is None and kwargs:  # transformers models take pixel_values=...
+                    t = first_tensor([kwargs[k] for k in _PIXEL_KWARGS if k in kwargs] or list(kwargs.values()))
+                if t is not None:
+                    self.on_tensor(tap, t)
+            except Exception as e:  # noqa: BLE001  (never raised into the model)
+                self._fail(tap, e)
             return None
 
-        return hook
+        return invisible_to_compiler(hook)
 
     def _hook(self, tap: str) -> Callable:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            t = first_tensor(output)
-            if t is not None:
-                self.on_tensor(tap, t)
+            try:
+                t = first_tensor(output)
+                if t is not None:
+                    self.on_tensor(tap, t)
+            except Exception as e:  # noqa: BLE001  (never raised into the model)
+                self._fail(tap, e)
             return None
 
-        return hook
+        return invisible_to_compiler(hook)
 
     def detach(self) -> None:
         for h in self.handles:
             h.remove()
         self.handles.clear()
         self.attached.clear()
+        self.skipped.clear()

@@ -332,7 +332,7 @@ class Preview:
             pad = max(hi - lo, 1e-6) * 0.01
             bounds = None if self.assumed is None else ((self.assumed[0],), (self.assumed[1],))
             self.hist = RangeStats(channel_dim=call.channel_dim, bounds=bounds, hist_bins=self.hist_bins,
-                                   hist_range=(lo - pad, hi + pad))
+                                   hist_range=(lo - pad, hi + pad), sync_on_compute=False)  # local: see _measure
         try:
             for t in call.items:
                 self.hist.update(t, detail=True)
@@ -652,15 +652,18 @@ class _Observation:
 
 
 def _measure(call: _Call) -> tuple[RangeSummary | None, int]:
+    """The call's statistics, on this process only: preview calls happen on some ranks only (rank 0's
+    ``logger.experiment.add_image`` while the others hold Lightning's DummyExperiment), so a
+    cross-process sync here (RangeStats' default ``compute()`` under torch.distributed) would wait forever."""
     if call.mode == "none":
         return None, 0
     bounds = None if call.assumed is None else ((call.assumed[0],), (call.assumed[1],))
-    st = RangeStats(channel_dim=call.channel_dim, bounds=bounds)
+    st = RangeStats(channel_dim=call.channel_dim, bounds=bounds, sync_on_compute=False)
     try:
         for t in call.items:
             st.update(t, detail=True)
     except ValueError:  # items with different channel counts: measure them as one channel
-        st = RangeStats(channel_dim=None, bounds=bounds)
+        st = RangeStats(channel_dim=None, bounds=bounds, sync_on_compute=False)
         for t in call.items:
             st.update(t, detail=True)
     s = st.compute()  # one small host transfer of per-channel statistics
