@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
@@ -56,6 +57,7 @@ class _Tap:
     history: list[str] = field(default_factory=list)
     latent: Any = None  # a LatentMonitor for taps expected to carry latents
     error: str | None = None  # why rangewatch switched this tap off (internal error)
+    layout: str | None = None  # the layout assumed when it is not the usual channels-first one
 
 
 def _gather_varlen(strategy: Any, t: torch.Tensor) -> list[torch.Tensor]:
@@ -548,6 +550,8 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         bounds = exp.convention if exp is not None and exp.conv.kind == "pixel" else None
         stats = self._make_stats(channel_dim, bounds)
         tap = _Tap(name, channel_dim, stats, bounds=bounds)
+        if t.dim() == 4 and channel_dim == 3:
+            tap.layout = f"read as channels-last (N, H, W, C): {tuple(t.shape)} has its {t.shape[3]} channels on dim 3"
         pending = self._pending_states.pop(name, None)
         if pending is not None:
             tap.bounds = pending.get("bounds", bounds)
@@ -609,7 +613,10 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
 
     def _feed_batch(self, batch: Any, prefix: str) -> None:
         try:
-            images = find_images(batch, self.batch_keys, self.skip_keys)
+            skipped: list[tuple[str, str]] = []
+            images = find_images(batch, self.batch_keys, self.skip_keys, notes=skipped)
+            for path, why in skipped:  # said once per path: what is not watched, and why
+                self._note_once(f"skipped {prefix}{path}", f"rangewatch: {prefix}{path} is not watched: {why}")
         except Exception as e:
             self._internal(f"{prefix}batch", e, None, what="looking for the image tensors in the batch (this batch is not watched)")
             return
@@ -757,6 +764,8 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         if exp is not None and judged and exp.conv.kind == "pixel":
             f = check_expectation(tap.name, s, inf, exp.conv, step=step, source=exp.source)
             if f is not None:
+                if tap.layout:  # say how the tensor was read (a channels-last batch, say)
+                    f = dataclasses.replace(f, evidence=f"{f.evidence}; {tap.layout}")
                 out.append(f)
         nonfinite = int(s.nonfinite.sum()) if float(s.detail_count.sum()) else 0
         if bool(s.nonfinite_seen.any()):
