@@ -116,6 +116,8 @@ _COMPVIS_VAES: dict[tuple[str, str], str] = {
     ("sgm.models.autoencoder", "AutoencoderKL"): "Stability generative-models",
     ("sgm.models.autoencoder", "AutoencoderKLInferenceWrapper"): "Stability generative-models",
 }
+# subclasses of those that take no pixels (taming's VQSegmentationModel encodes one-hot segmentation maps)
+_COMPVIS_NOT_PIXELS = {("taming.models.vqgan", "VQSegmentationModel")}
 _COMPVIS_DATA = {
     "CompVis latent-diffusion": "its data classes give image / 127.5 - 1 (ldm/data/*.py)",
     "CompVis taming-transformers": "its data classes give image / 127.5 - 1 (taming/data/base.py)",
@@ -300,6 +302,8 @@ class _Deriver:
         through subclasses): [-1, 1] at the encoder's input and the decoder's output."""
         origin = None
         for cls in type(m).__mro__:
+            if (cls.__module__ or "", cls.__name__) in _COMPVIS_NOT_PIXELS:
+                return False
             repo = _COMPVIS_VAES.get((cls.__module__ or "", cls.__name__))
             if repo is not None:
                 origin = (repo, f"{cls.__module__}.{cls.__name__}")
@@ -311,7 +315,7 @@ class _Deriver:
         enc = self.child(path, "encoder") if "encoder" in children else path
         where = path or "the root module"
         why = _COMPVIS_DATA[repo]
-        self.put(enc, "input", "symmetric", f"{repo} {qual} at {where}: pixel input in [-1, 1] ({why})")
+        self.put(enc, "input", "symmetric", f"{repo} {qual} at {where}: pixel input in [-1, 1]; {why}")
         if "decoder" in children:
             self.put(self.child(path, "decoder"), "output", "symmetric",
                      f"{repo} {qual} at {where}: the decoder reconstructs that input, in [-1, 1]")

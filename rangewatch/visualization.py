@@ -741,6 +741,9 @@ def _fix(call: str, conv: Convention | None, inf: Inference | None, channels: in
             return f"pass `make_grid(x, normalize=True, value_range={_pair(bounds)})`"
         return f"call `make_grid({expr})`{per_channel}"
     alt = " (or `x.round().clamp(0, 255).to(torch.uint8)`)" if bounds is not None and bounds[1] == 255 else ""
+    if call in ("add_image", "add_images") and bounds is not None and bounds != (0.0, 1.0) and not alt:
+        # TensorBoard takes float images as [0, 1]: map them, or let make_grid do it with the real range
+        alt = f", or build the grid with `make_grid(x, normalize=True, value_range={_pair(bounds)})`"
     return f"pass `{expr}` to `{call}`{alt}{per_channel}"
 
 
