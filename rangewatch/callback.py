@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from .config import (
@@ -33,12 +34,25 @@ from .conventions import Convention, get_convention
 from .expectation import Expectation
 from .findings import Finding, RangeMismatchError
 from .inference import Inference, infer_convention
+from .namespaces import CALLBACK_BASES
 from .rules import check_expectation
 from .sinks import LoggerSink, findings_markdown, tag
 from .stats import RangeStats, RangeSummary
 from .taps import DEFAULT_SKIP_KEYS, ModuleTaps, find_images, image_channel_dim, odd_tensor_kind, parse_tap_key, resolve_path
 
 __all__ = ["RangeWatch"]
+
+# what an internal error at a place that is no tap interrupted
+_INTERNAL_WHAT = {
+    "transform inspection": "predicting what the data loaders produce from their transforms (no loader prediction)",
+    "derive_expectations": "reading what the model expects from its metadata (no derived expectations)",
+    "trace_modules": "tracing the modules' NaN/Inf and fp16 headroom",
+    "logging": "writing statistics or findings to the loggers",
+    "visualization": "observing the preview calls",
+    "ddp": "agreeing on the taps across ranks",
+}
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_OWN_LOGGING = ("latents.py", "sinks.py", "visualization.py")  # rangewatch's own image logging, not observed
 
 Policy = Literal["warn", "raise", "log"]
 _POLICIES = ("warn", "raise", "log")
@@ -59,6 +73,7 @@ class _Tap:
     latent: Any = None  # a LatentMonitor for taps expected to carry latents
     error: str | None = None  # why rangewatch switched this tap off (internal error)
     misfit: bool = False  # its expected convention does not fit its channel count (a mismatch finding said so)
+    layout: str | None = None  # the layout assumed when it is not the usual channels-first one
 
 
 def _gather_varlen(strategy: Any, t: torch.Tensor) -> list[torch.Tensor]:
@@ -72,7 +87,7 @@ def _gather_varlen(strategy: Any, t: torch.Tensor) -> list[torch.Tensor]:
     return [g[:n] for g, n in zip(strategy.all_gather(padded).unbind(0), sizes)]
 
 
-class RangeWatch(Callback):
+class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Callback: either Trainer takes it)
     r"""Watch the value ranges of batches and model inputs/outputs; say at the first batch when they
     do not follow what each model expects, with the evidence and the fix.
 
@@ -211,6 +226,8 @@ class RangeWatch(Callback):
         self._declared_batch_paths = [k if k.startswith("batch") else f"batch.{k}" for k in self.expect if k.startswith("batch")]
         self._vis_pending: list[Finding] = []
         self._early: list[Finding] = []  # found outside a check (in a hook): reported at the next check
+        self._vis_sites: set[str] = set()  # preview call sites seen (each one's first call is judged)
+        self._vis_judge = False  # judge every preview call now (check steps, epoch ends)
         self._set_declared()
 
     # ------------------------------------------------------------------ construction helpers
@@ -250,53 +267,122 @@ class RangeWatch(Callback):
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from lightning.pytorch.loggers import TensorBoardLogger
+        from .namespaces import sync_rank_zero
+        from .sinks import is_tensorboard_logger
 
         self._trainer = trainer
-        self._has_tensorboard = any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers)
+        sync_rank_zero(trainer)
+        self._has_tensorboard = any(is_tensorboard_logger(lg) for lg in trainer.loggers)
         self._every = self.log_every_n_steps or max(1, int(getattr(trainer, "log_every_n_steps", 50) or 50))
         self._sink = LoggerSink(list(trainer.loggers)) if trainer.is_global_zero else None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._attach(pl_module)
+        self._start_visualization(trainer, "training preview")
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._attached:  # trainer.validate() without fit; a fit attached at its start
             self._attach(pl_module)
         if self._tracer is not None:
             self._tracer.enabled = False  # validation forwards would mix into the training step
-        if self.watch_visualization:
-            try:
-                if self._vis is None:
-                    from .visualization import VisualizationWatch
+        self._start_visualization(trainer, "validation preview")
 
-                    self._vis = VisualizationWatch(
-                        threshold=self.clip_threshold, context="validation preview", on_finding=self._vis_pending.append,
-                        warn=False, hist_bins=self.hist_bins,
-                    )
-                self._vis.step = int(trainer.global_step)
+    # ------------------------------------------------------------------ previews (visualisation calls)
+    # The watch is on from fit start to teardown, so previews made anywhere while the Trainer runs are
+    # seen: in training_step, in on_*_epoch_end, in callbacks listed after this one (CompVis ImageLogger).
+    # Cost stays bounded: calls are measured at check steps and at the first call of each call site
+    # (the gate); findings carry the step at which the call was made and are reported at the next hook.
+    def _start_visualization(self, trainer: pl.Trainer, context: str) -> None:
+        if not self.watch_visualization:
+            return
+        try:
+            if self._vis is None:
+                from .visualization import VisualizationWatch
+
+                self._vis = VisualizationWatch(
+                    threshold=self.clip_threshold, context=context, on_finding=self._vis_pending.append,
+                    warn=False, hist_bins=self.hist_bins, gate=self._vis_gate,
+                )
+            self._vis.context = context
+            self._vis.step = int(trainer.global_step)
+            if not self._vis.active:
                 self._vis.start()
-            except Exception as e:
-                self.watch_visualization = False
-                self._internal("visualization", e, None)
+        except Exception as e:
+            self.watch_visualization = False
+            self._internal("visualization", e, None, what="starting the visualisation watch (previews are not observed)")
+
+    def _vis_gate(self, site: str, filename: str) -> bool:
+        """Measure this call? At check steps, and at the first call of each call site."""
+        if filename.startswith(_OWN_DIR) and os.path.basename(filename) in _OWN_LOGGING:
+            return False  # rangewatch's own previews
+        first = site not in self._vis_sites
+        if first:
+            self._vis_sites.add(site)
+        return first or self._vis_judge
+
+    def _vis_now(self, trainer: pl.Trainer, judge: bool | None = None, context: str | None = None) -> None:
+        """Keep the watch's step (and phase) current, so a call is stamped with the step it was made at."""
+        if self._vis is not None:
+            self._vis.step = int(trainer.global_step)
+            if context is not None:
+                self._vis.context = context
+        if judge is not None:
+            self._vis_judge = judge
+
+    def _flush_previews(self, trainer: pl.Trainer, log: bool = True, final: bool = False) -> None:
+        """Report the findings of the calls made since the last hook (at the step of each call) and log
+        their corrected previews. Under DDP preview calls happen on some ranks only, so their findings
+        wait for the next check (or the end of the fit), where every rank takes part."""
+        if trainer.world_size == 1:
+            if self._vis_pending:
+                pending, self._vis_pending[:] = list(self._vis_pending), []
+                self._report(pending, int(trainer.global_step))
+        elif final:  # every rank reaches teardown: a collective decision (policy="raise") is safe here
+            pending, self._vis_pending[:] = list(self._vis_pending), []
+            self._report(pending, int(trainer.global_step))
+        if not log or self._vis is None:
+            return
+        try:
+            previews = self._vis.pop_previews()
+            if previews and self._sink is not None and self._sink.has_tensorboard:
+                from .visualization import log_previews
+
+                for p in previews:
+                    step = p.record.step if p.record.step is not None else int(trainer.global_step)
+                    for w in self._sink.writers:
+                        log_previews(w, p, step=step)
+        except Exception as e:
+            self._internal("visualization", e, None, what="logging the corrected previews")
 
     def _stop_visualization(self, trainer: pl.Trainer) -> None:
         if self._vis is None or not self._vis.active:
             return
         try:
-            self._vis.stop()
-            if self._sink is not None and self._sink.has_tensorboard:
-                from .visualization import log_previews
-
-                for w in self._sink.writers:
-                    log_previews(w, self._vis, step=int(trainer.global_step))
-            else:
-                self._vis.pop_previews()
-        except Exception as e:
-            self._internal("visualization", e, None)
+            self._flush_previews(trainer, final=True)
+        finally:
+            try:
+                while self._vis.active:
+                    self._vis.stop()
+            except Exception as e:
+                self._internal("visualization", e, None, what="stopping the visualisation watch")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._stop_visualization(trainer)
+        self._flush_previews(trainer)  # also the previews of LightningModule.on_validation_epoch_end
+        self._vis_now(trainer, judge=False, context="training preview")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush_previews(trainer)
+        self._vis_now(trainer, context="training preview")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush_previews(trainer)
+        self._vis_now(trainer, judge=True)  # LightningModule.on_train_epoch_end runs after the callbacks
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush_previews(trainer)  # the last batch's on_train_batch_end previews, the last epoch end's
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush_previews(trainer)  # LightningModule.on_train_end's
 
     def _derive(self, pl_module: pl.LightningModule) -> None:
         """Expectations from model metadata; declared ones win."""
@@ -404,8 +490,7 @@ class RangeWatch(Callback):
         if not self.derive_expectations or self._loader_expect:
             return
         try:
-            from lightning.pytorch.utilities.model_helpers import is_overridden
-
+            from .namespaces import is_overridden  # the inspected object's own namespace
             from .transform_inspection import predict_dataset
 
             hooks = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
@@ -466,10 +551,12 @@ class RangeWatch(Callback):
         self._module_taps.detach()
         self._attached = False
         self._derived_done = False
-        self._stop_visualization(trainer)
-        if self._tracer is not None:
-            self._tracer.detach()
-            self._tracer = None
+        try:
+            self._stop_visualization(trainer)  # may raise RangeMismatchError (policy="raise") for the last previews
+        finally:
+            if self._tracer is not None:
+                self._tracer.detach()
+                self._tracer = None
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._module_taps.detach()
@@ -546,6 +633,8 @@ class RangeWatch(Callback):
         bounds = exp.convention if exp is not None and exp.conv.kind == "pixel" else None
         stats = self._make_stats(channel_dim, bounds)
         tap = _Tap(name, channel_dim, stats, bounds=bounds)
+        if t.dim() == 4 and channel_dim == 3:
+            tap.layout = f"read as channels-last (N, H, W, C): {tuple(t.shape)} has its {t.shape[3]} channels on dim 3"
         pending = self._pending_states.pop(name, None)
         if pending is not None:
             tap.bounds = pending.get("bounds", bounds)
@@ -619,14 +708,14 @@ class RangeWatch(Callback):
         self._feed(tap_name, t, tap.channel_dim)
 
     def _feed_batch(self, batch: Any, prefix: str) -> None:
-        skipped: list[str] = []
+        skipped: list[tuple[str, str]] = []
         try:
             images = find_images(batch, self.batch_keys, self.skip_keys, notes=skipped)
+            for path, why in skipped:  # said once per path: what is not watched, and why
+                self._note_once(f"skipped {prefix}{path}", f"rangewatch: {prefix}{path} is not watched: {why}")
         except Exception as e:
-            self._internal(f"{prefix}batch", e, None)
+            self._internal(f"{prefix}batch", e, None, what="looking for the image tensors in the batch (this batch is not watched)")
             return
-        for n in skipped:  # odd leaves (nested, sparse, meta): only they are left out
-            self._note_once(prefix + n.split(":", 1)[0], f"rangewatch: {prefix}{n}")
         seen = set()
         for img in images:
             seen.add(img.path)
@@ -648,8 +737,12 @@ class RangeWatch(Callback):
             self._tracer.enabled = True
             self._tracer.start_step(self._step_at_start)
         self._feed_batch(batch, "")
+        self._flush_previews(trainer)  # calls made after the last hook (a callback after this one)
+        self._vis_now(trainer, judge=self._check_now, context="training preview")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._flush_previews(trainer)  # previews made in training_step, at this batch's step
+        self._vis_now(trainer)  # callbacks after this one see the step after the optimizer step
         self._train_batches += 1
         if self._check_now:
             self._check(trainer, lambda n: not n.startswith("val/"), step=self._step_at_start, train_check=True)
@@ -660,17 +753,17 @@ class RangeWatch(Callback):
 
     def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._detail = batch_idx < max(1, self.check_first_n)
+        self._vis_now(trainer, judge=self._detail, context="validation preview")
         if self.watch_validation:
             self._feed_batch(batch, "val/")
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self._vis_pending and trainer.world_size == 1:  # under DDP: at the epoch-end check, where every rank is
-            pending, self._vis_pending[:] = list(self._vis_pending), []
-            self._report(pending, int(trainer.global_step))
+        self._flush_previews(trainer, log=False)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check(trainer, lambda n: True)
         self._detail = False
+        self._vis_now(trainer, judge=True)  # LightningModule.on_validation_epoch_end runs after the callbacks
 
     # ------------------------------------------------------------------ checks
     def _agree_on_taps(self, trainer: pl.Trainer) -> None:
@@ -774,6 +867,8 @@ class RangeWatch(Callback):
         if exp is not None and judged and exp.conv.kind == "pixel":
             f = check_expectation(tap.name, s, inf, exp.conv, step=step, source=exp.source)
             if f is not None:
+                if tap.layout:  # say how the tensor was read (a channels-last batch, say)
+                    f = dataclasses.replace(f, evidence=f"{f.evidence}; {tap.layout}")
                 out.append(f)
         nonfinite = int(s.nonfinite.sum()) if float(s.detail_count.sum()) else 0
         if bool(s.nonfinite_seen.any()):
@@ -881,17 +976,25 @@ class RangeWatch(Callback):
         if self.policy == "raise" and stop:
             raise RangeMismatchError(stop)
 
-    def _internal(self, where: str, error: BaseException, tap: _Tap | None) -> None:
+    def _internal(self, where: str, error: BaseException, tap: _Tap | None, what: str | None = None) -> None:
         if tap is not None:
             tap.disabled = True
             if tap.error is None:
                 tap.error = f"{type(error).__name__}: {error}"
+        # say what failed; "switched this tap off" only when a tap was
+        what = what or _INTERNAL_WHAT.get(where) or f"watching {where}"
+        if tap is not None:
+            evidence = f"rangewatch failed while {what} and switched this tap off; training goes on"
+            consequence = "this tap is switched off"
+        else:
+            evidence = f"rangewatch failed while {what}; that step is skipped, training goes on"
+            consequence = "no tap is switched off; training goes on"
         f = Finding(
             kind="internal",
             where=where,
             observed=f"{type(error).__name__}: {error}",
             expected="",
-            evidence="rangewatch failed on this tap and switched it off; training goes on",
+            evidence=evidence,
             fix="please report this with the tensor's shape and dtype",
             severity="info",
             step=self._trainer.global_step if self._trainer is not None else None,
@@ -899,7 +1002,7 @@ class RangeWatch(Callback):
         if f.key not in self._reported:
             self._reported.add(f.key)
             self.findings.append(f)
-            rank_zero_warn(f"rangewatch: internal error at {where} ({type(error).__name__}: {error}); this tap is switched off")
+            rank_zero_warn(f"rangewatch: internal error at {where} while {what} ({type(error).__name__}: {error}); {consequence}")
 
     def _note_once(self, key: str, text: str) -> None:
         if key in self._notes:

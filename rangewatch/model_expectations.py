@@ -26,6 +26,11 @@ Rules (REFERENCE.md section 2)
   [_c<channels>][_lm<hash>]`` (digits with ``p`` for the decimal point, ``n`` for a minus sign).
   ``AutoencoderTiny`` (TAESD) has ``scaling_factor`` 1 because its encoder emits already-scaled latents of
   whichever family it was trained for, which its config does not name: it gets no latent entry.
+- CompVis-family autoencoders, which carry no config saying it: ``ldm.models.autoencoder.AutoencoderKL`` /
+  ``VQModel``, ``taming.models.vqgan.VQModel`` (and ``GumbelVQ``, ``EMAVQ``), Stability ``sgm.models.autoencoder``
+  engines: recognised by class name *and* module of origin (anywhere in the MRO, so subclasses count);
+  ``symmetric`` at ``"<path>.encoder:input"`` and ``"<path>.decoder:output"`` (their data classes give
+  ``image / 127.5 - 1``; latent-diffusion ``ldm/data``, taming ``taming/data/base.py``).
 - timm models: ``timm.data.resolve_model_data_config(model)`` (``pretrained_cfg`` mean/std).
 - transformers vision models: an image processor given in ``image_processors`` or attached to the model
   (``.image_processor``, ``.processor``, ``.feature_extractor``, ``.preprocess``, ``.transform``), read with
@@ -92,6 +97,32 @@ _DIFFUSERS_VAES = {
 }
 _NO_PIXEL_DECODER = {"ConsistencyDecoderVAE"}  # its decoder is a UNet, not a pixel decoder
 _NO_LATENT = {"AutoencoderTiny"}
+
+# CompVis-family autoencoders (no config object says it): (module of origin, class) -> where the fact is
+# stated. latent-diffusion `ldm/data/*.py` and taming-transformers `taming/data/base.py` build
+# `example["image"] = (image / 127.5 - 1.0)`, the autoencoders train to reconstruct it
+# (`rec_loss = |x - xrec|`) and their `log_images` shows both as [-1, 1]; Stability's generative-models
+# (`sgm`) keeps that convention (`sgm/data/cifar10.py`, `mnist.py`: ToTensor then `x * 2.0 - 1.0`; its
+# sampling scripts show decoded images with `(x + 1.0) / 2.0`).
+_COMPVIS_VAES: dict[tuple[str, str], str] = {
+    ("ldm.models.autoencoder", "AutoencoderKL"): "CompVis latent-diffusion",
+    ("ldm.models.autoencoder", "VQModel"): "CompVis latent-diffusion",
+    ("ldm.models.autoencoder", "VQModelInterface"): "CompVis latent-diffusion",
+    ("taming.models.vqgan", "VQModel"): "CompVis taming-transformers",
+    ("taming.models.vqgan", "GumbelVQ"): "CompVis taming-transformers",
+    ("taming.models.vqgan", "EMAVQ"): "CompVis taming-transformers",
+    ("sgm.models.autoencoder", "AutoencodingEngine"): "Stability generative-models",
+    ("sgm.models.autoencoder", "AutoencodingEngineLegacy"): "Stability generative-models",
+    ("sgm.models.autoencoder", "AutoencoderKL"): "Stability generative-models",
+    ("sgm.models.autoencoder", "AutoencoderKLInferenceWrapper"): "Stability generative-models",
+}
+# subclasses of those that take no pixels (taming's VQSegmentationModel encodes one-hot segmentation maps)
+_COMPVIS_NOT_PIXELS = {("taming.models.vqgan", "VQSegmentationModel")}
+_COMPVIS_DATA = {
+    "CompVis latent-diffusion": "its data classes give image / 127.5 - 1 (ldm/data/*.py)",
+    "CompVis taming-transformers": "its data classes give image / 127.5 - 1 (taming/data/base.py)",
+    "Stability generative-models": "its data modules give ToTensor() then x * 2 - 1 (sgm/data/cifar10.py)",
+}
 
 _ATTACHED = ("image_processor", "processor", "feature_extractor", "preprocess", "transform")
 
@@ -266,6 +297,30 @@ class _Deriver:
             self.put(path, "latent", name, src + " (the scaled latent the diffusion model sees)", target="output")
         return True
 
+    def compvis(self, path: str, m: nn.Module) -> bool:
+        """CompVis-family autoencoders, recognised by the class and the module it comes from (also
+        through subclasses): [-1, 1] at the encoder's input and the decoder's output."""
+        origin = None
+        for cls in type(m).__mro__:
+            if (cls.__module__ or "", cls.__name__) in _COMPVIS_NOT_PIXELS:
+                return False
+            repo = _COMPVIS_VAES.get((cls.__module__ or "", cls.__name__))
+            if repo is not None:
+                origin = (repo, f"{cls.__module__}.{cls.__name__}")
+                break
+        if origin is None:
+            return False
+        repo, qual = origin
+        children = dict(m.named_children())
+        enc = self.child(path, "encoder") if "encoder" in children else path
+        where = path or "the root module"
+        why = _COMPVIS_DATA[repo]
+        self.put(enc, "input", "symmetric", f"{repo} {qual} at {where}: pixel input in [-1, 1]; {why}")
+        if "decoder" in children:
+            self.put(self.child(path, "decoder"), "output", "symmetric",
+                     f"{repo} {qual} at {where}: the decoder reconstructs that input, in [-1, 1]")
+        return True
+
     def timm(self, path: str, m: nn.Module) -> bool:
         if _lib(m) != "timm" or not hasattr(m, "pretrained_cfg") or "timm" not in sys.modules:
             return False
@@ -358,7 +413,7 @@ class _Deriver:
             self.from_processor(path, tap, proc, f"image_processors[{path!r}]")
             claimed.append(path)
 
-        rules: list[Callable[[str, nn.Module], bool]] = [self.diffusers, self.timm, self.transformers, self.open_clip]
+        rules: list[Callable[[str, nn.Module], bool]] = [self.diffusers, self.compvis, self.timm, self.transformers, self.open_clip]
         for path, m in self.modules.items():
             if inside(path):
                 continue

@@ -13,7 +13,7 @@ import torch
 from .findings import Finding
 from .stats import RangeSummary
 
-__all__ = ["LoggerSink", "tag", "findings_markdown", "write_histogram"]
+__all__ = ["LoggerSink", "tag", "findings_markdown", "write_histogram", "is_tensorboard_logger"]
 
 
 def tag(tap: str, stat: str, channel: int | None = None) -> str:
@@ -61,17 +61,23 @@ def write_histogram(writer: Any, name: str, s: RangeSummary, channel: int, step:
     return True
 
 
+def is_tensorboard_logger(logger: Any) -> bool:
+    """A ``TensorBoardLogger`` of either Lightning namespace (``lightning.pytorch.loggers`` or
+    ``pytorch_lightning.loggers``: separate classes, see :mod:`rangewatch.namespaces`)."""
+    from .namespaces import tensorboard_logger_types
+
+    return isinstance(logger, tensorboard_logger_types())
+
+
 class LoggerSink:
     """Writes to the trainer's loggers: scalars to every logger with ``log_metrics``; histograms,
     text and images to TensorBoard loggers only (one note says so when none is attached)."""
 
     def __init__(self, loggers: list[Any]):
-        from lightning.pytorch.loggers import TensorBoardLogger
-
         self.metric_loggers = [lg for lg in loggers if hasattr(lg, "log_metrics")]
         self.writers = []
         for lg in loggers:
-            if isinstance(lg, TensorBoardLogger):
+            if is_tensorboard_logger(lg):
                 self.writers.append(lg.experiment)
         self.has_tensorboard = bool(self.writers)
 

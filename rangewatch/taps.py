@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 from collections.abc import Mapping
@@ -18,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["ImageTensor", "find_images", "resolve_path", "image_channel_dim", "odd_tensor_kind", "ModuleTaps", "parse_tap_key",
-           "DEFAULT_SKIP_KEYS"]
+__all__ = ["MAX_DEPTH", "MAX_ITEMS", "ImageTensor", "find_images", "resolve_path", "image_channel_dim", "odd_tensor_kind",
+           "ModuleTaps", "parse_tap_key", "DEFAULT_SKIP_KEYS"]
 
 #: batch keys that hold masks, labels and other non-image tensors even when they are image-shaped
 DEFAULT_SKIP_KEYS: tuple[str, ...] = ("*mask*", "*label*", "*seg*", "*depth*", "*flow*", "*token*", "*ids*", "*target_idx*")
@@ -59,7 +60,9 @@ def odd_tensor_kind(t: torch.Tensor) -> str | None:
 def image_channel_dim(t: torch.Tensor, channels: tuple[int, ...] = _IMAGE_CHANNELS) -> int | None:
     """The channel dim of an image-like batch tensor, or None.
 
-    4-D ``(N, C, H, W)`` (any memory format) or ``(N, H, W, C)``; 5-D video ``(N, T, C, H, W)`` or
+    4-D ``(N, C, H, W)`` (any memory format) or channels-last ``(N, H, W, C)`` (uint8 with C in
+    ``channels``, float with C = 3: the CompVis data classes' NHWC ``image / 127.5 - 1``; a leading
+    C wins when both read); 5-D video ``(N, T, C, H, W)`` or
     ``(N, C, T, H, W)``; C in ``channels`` and spatial sides of at least 8. Only float and uint8,
     dense tensors with values (nested, sparse and meta tensors are not image-like here: see
     :func:`odd_tensor_kind`).
@@ -70,8 +73,8 @@ def image_channel_dim(t: torch.Tensor, channels: tuple[int, ...] = _IMAGE_CHANNE
     if t.dim() == 4:
         if s[1] in channels and min(s[2], s[3]) >= _MIN_SIDE:
             return 1
-        if s[3] in channels and min(s[1], s[2]) >= _MIN_SIDE and t.dtype == torch.uint8:
-            return 3
+        if s[3] in channels and min(s[1], s[2]) >= _MIN_SIDE and (t.dtype == torch.uint8 or s[3] == 3):
+            return 3  # channels-last: uint8 (PIL / numpy images), or float RGB (CompVis `image / 127.5 - 1`)
     elif t.dim() == 5:
         if s[2] in channels and min(s[3], s[4]) >= _MIN_SIDE:
             return 2
@@ -87,7 +90,43 @@ def _skipped(path: str, key: str, skip: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(k, pat) or fnmatch.fnmatch(path.lower(), pat) for pat in skip)
 
 
-def _leaf(obj: torch.Tensor, path: str, out: list[ImageTensor], notes: list[str] | None) -> None:
+#: how deep :func:`find_images` walks a batch, and how many items of a list it walks
+MAX_DEPTH = 6
+MAX_ITEMS = 16
+
+
+def _sample_list(obj: list | tuple) -> int | None:
+    """Channel dim (0) when ``obj`` is a per-sample list of ``(C, H, W)`` image tensors (detection and
+    variable-size batches: ``collate_fn=lambda b: b``-style lists), else None."""
+    first = obj[0]
+    if not (isinstance(first, torch.Tensor) and first.dim() == 3):
+        return None
+    if image_channel_dim(first[None]) != 1:
+        return None
+    for v in obj:
+        if not (isinstance(v, torch.Tensor) and v.dim() == 3 and v.shape[0] == first.shape[0] and v.dtype == first.dtype):
+            return None
+    return 0
+
+
+def _skip_note(notes: list[tuple[str, str]] | None, path: str, why: str) -> None:
+    if notes is not None:
+        notes.append((path, why))
+
+
+def _holds_tensor(obj: Any, depth: int = 0) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return True
+    if depth > 3:
+        return False
+    if isinstance(obj, Mapping):
+        return any(_holds_tensor(v, depth + 1) for v in list(obj.values())[:MAX_ITEMS])
+    if isinstance(obj, (list, tuple)):
+        return any(_holds_tensor(v, depth + 1) for v in obj[:MAX_ITEMS])
+    return False
+
+
+def _leaf(obj: torch.Tensor, path: str, out: list[ImageTensor], notes: list[tuple[str, str]] | None) -> None:
     """One tensor leaf; an odd one (nested, sparse, meta, a subclass, one whose shape cannot be
     read) is skipped with a note, never raised: the rest of the batch is still watched."""
     try:
@@ -96,48 +135,77 @@ def _leaf(obj: torch.Tensor, path: str, out: list[ImageTensor], notes: list[str]
         else:
             kind = odd_tensor_kind(obj)
             if kind is not None:
-                if notes is not None:
-                    notes.append(f"{path}: a {kind} tensor; rangewatch reads dense tensors only, so it is not watched")
+                _skip_note(notes, path, f"a {kind} tensor (rangewatch reads dense tensors only)")
                 return
             cd = image_channel_dim(obj)
     except Exception as e:  # noqa: BLE001
-        if notes is not None:
-            notes.append(f"{path}: skipped ({type(e).__name__}: {str(e)[:120]})")
+        _skip_note(notes, path, f"its shape or dtype could not be read ({type(e).__name__}: {str(e)[:120]})")
         return
     if cd is not None:
         out.append(ImageTensor(path, obj, cd))
 
 
-def _collect(obj: Any, path: str, skip: tuple[str, ...], depth: int, out: list[ImageTensor], notes: list[str] | None = None) -> None:
+def _collect(obj: Any, path: str, skip: tuple[str, ...], depth: int, out: list[ImageTensor],
+             notes: list[tuple[str, str]] | None = None) -> None:
     # plain recursion into a list (no generators): it runs every step
     if isinstance(obj, torch.Tensor):
         _leaf(obj, path, out, notes)
         return
-    if depth > 6:
+    if depth > MAX_DEPTH:
+        if notes is not None and _holds_tensor(obj):
+            _skip_note(notes, path, f"nested deeper than {MAX_DEPTH} levels: not walked (name it in batch_keys or flatten the batch)")
         return
     t = type(obj)
     if t is tuple or t is list:  # the common batch types, before the ABC checks
-        for i in range(min(len(obj), 16)):
+        n = len(obj)
+        if n and _sample_list(obj) is not None:  # per-sample (C, H, W) images: one tap for them all
+            for v in obj:
+                out.append(ImageTensor(f"{path}[*]", v[None], 1))
+            return
+        for i in range(min(n, MAX_ITEMS)):
             _collect(obj[i], f"{path}[{i}]", skip, depth + 1, out, notes)
+        if n > MAX_ITEMS and notes is not None and _holds_tensor(obj[MAX_ITEMS:]):
+            _skip_note(notes, f"{path}[{MAX_ITEMS}:]", f"a list of {n} items: only the first {MAX_ITEMS} are walked")
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
             if isinstance(k, str) and not _skipped(f"{path}.{k}", k, skip):
                 _collect(v, f"{path}.{k}", skip, depth + 1, out, notes)
     elif isinstance(obj, (list, tuple)) and not isinstance(obj, str):
         fields = getattr(obj, "_fields", None)  # namedtuple
-        for i, v in enumerate(obj[:16]):
+        if not fields and len(obj) and _sample_list(obj) is not None:
+            for v in obj:
+                out.append(ImageTensor(f"{path}[*]", v[None], 1))
+            return
+        for i, v in enumerate(obj[:MAX_ITEMS]):
             if fields:
                 if not _skipped(f"{path}.{fields[i]}", fields[i], skip):
                     _collect(v, f"{path}.{fields[i]}", skip, depth + 1, out, notes)
             else:
                 _collect(v, f"{path}[{i}]", skip, depth + 1, out, notes)
+        if len(obj) > MAX_ITEMS and notes is not None and _holds_tensor(obj[MAX_ITEMS:]):
+            _skip_note(notes, f"{path}[{MAX_ITEMS}:]", f"a sequence of {len(obj)} items: only the first {MAX_ITEMS} are walked")
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            if not _skipped(f"{path}.{f.name}", f.name, skip):
+                _collect(getattr(obj, f.name, None), f"{path}.{f.name}", skip, depth + 1, out, notes)
 
 
 def find_images(batch: Any, keys: list[str] | None = None, skip_keys: tuple[str, ...] = DEFAULT_SKIP_KEYS,
-                notes: list[str] | None = None) -> list[ImageTensor]:
+                notes: list[tuple[str, str]] | None = None) -> list[ImageTensor]:
     """Image-like tensors in ``batch``, named by path. ``keys`` (paths such as ``"batch.lq"`` or
-    just ``"lq"``) restricts the result; token ids, masks, labels and scalars are skipped. Odd
-    leaves (nested, sparse, meta tensors) are skipped alone, with a line in ``notes`` when given."""
+    just ``"lq"``) restricts the result; token ids, masks, labels and scalars are skipped.
+
+    Walked: tensors, tuples/lists, mappings, namedtuples (``batch.<field>``), dataclasses
+    (``batch.<field>``); a per-sample list of ``(C, H, W)`` images is one entry per sample under one
+    path ``batch.images[*]`` (each as ``(1, C, H, W)``). Not walked: lists past their first
+    :data:`MAX_ITEMS` items and nesting deeper than :data:`MAX_DEPTH`; when ``notes`` is a list,
+    ``(path, why)`` is appended for each such place that holds tensors, and for each odd leaf
+    (nested, sparse, meta tensors), which is skipped alone.
+
+    >>> import torch
+    >>> [(i.path, i.channel_dim) for i in find_images({"image": torch.zeros(2, 32, 32, 3)})]
+    [('batch.image', 3)]
+    """
     found: list[ImageTensor] = []
     _collect(batch, "batch", skip_keys if type(skip_keys) is tuple else tuple(skip_keys), 0, found, notes)
     if keys:
@@ -237,7 +305,9 @@ class ModuleTaps:
     def attach(self, root: nn.Module, wanted: dict[str, set[str]]) -> list[str]:
         """Hook ``{module name: {"input", "output"}}``; returns the names that do not exist."""
         self.detach()
-        modules = dict(root.named_modules())
+        # every name a module is reachable by: `self.decoder = self.vae.decoder` registers one module
+        # twice, and named_modules() would only list the first name (vae.decoder)
+        modules = dict(root.named_modules(remove_duplicate=False))
         missing = []
         try:
             for name, sides in wanted.items():

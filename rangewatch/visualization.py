@@ -674,6 +674,12 @@ def _observe(name: str, original: Callable, args: tuple, kwargs: dict, frame: An
     watchers = [w for w in list(_ACTIVE) if w._wants(name)]
     if not watchers:
         return
+    func, site = _caller(frame)
+    if any(w.gate is not None for w in watchers):  # before any measuring: a gated watcher may not want this call
+        key, filename = f"{name}|{func}|{site}", frame.f_code.co_filename if frame is not None else ""
+        watchers = [w for w in watchers if w.gate is None or w.gate(key, filename)]
+        if not watchers:
+            return
     try:
         bound = _signature(original).bind(*args, **kwargs)
     except TypeError:
@@ -682,7 +688,6 @@ def _observe(name: str, original: Callable, args: tuple, kwargs: dict, frame: An
     call = _SPECS[name](name, bound)
     if call is None:
         return
-    func, site = _caller(frame)
     obs = _Observation(call, func, site)
     s, n = _measure(call)
     if s is not None and n > 0:
@@ -739,6 +744,9 @@ def _fix(call: str, conv: Convention | None, inf: Inference | None, channels: in
             return f"pass `make_grid(x, normalize=True, value_range={_pair(bounds)})`"
         return f"call `make_grid({expr})`{per_channel}"
     alt = " (or `x.round().clamp(0, 255).to(torch.uint8)`)" if bounds is not None and bounds[1] == 255 else ""
+    if call in ("add_image", "add_images") and bounds is not None and bounds != (0.0, 1.0) and not alt:
+        # TensorBoard takes float images as [0, 1]: map them, or let make_grid do it with the real range
+        alt = f", or build the grid with `make_grid(x, normalize=True, value_range={_pair(bounds)})`"
     return f"pass `{expr}` to `{call}`{alt}{per_channel}"
 
 
@@ -772,6 +780,10 @@ class VisualizationWatch:
         calls: names (from :data:`OBSERVED_CALLS`) to observe; default all.
         max_records: records kept until :meth:`pop_records` (oldest dropped first).
         step: the step stamped on findings; the callback keeps it up to date.
+        gate: ``gate(call_site, filename) -> bool``, asked before a call is measured (``call_site``
+            is ``"<call>|<function>|<file>:<line>"``, ``filename`` the caller's full path): False
+            skips the call for this watcher at no cost. The callback judges previews at check
+            steps and at the first call of each call site this way.
     """
 
     def __init__(
@@ -790,6 +802,7 @@ class VisualizationWatch:
         calls: Iterable[str] | None = None,
         max_records: int = 1000,
         step: int | None = None,
+        gate: Callable[[str, str], bool] | None = None,
     ) -> None:
         if not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
             raise ValueError(f"threshold must be a share of values in [0, 1], got {threshold!r}")
@@ -811,6 +824,7 @@ class VisualizationWatch:
         self.basicsr = basicsr
         self.calls = frozenset(wanted)
         self.step = step
+        self.gate = gate
         self.findings: list[Finding] = []
         self._records: deque[VisRecord] = deque(maxlen=max_records)
         self._new_findings: list[Finding] = []

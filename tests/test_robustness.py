@@ -328,10 +328,10 @@ def test_find_images_skips_only_the_odd_leaves():
 
     nan = torch.full((2, 3, 16, 16), float("nan"))
     batch = {"image": nan, **odd_tensors(), "nest": {"deep": [nested(), img()]}}
-    notes: list[str] = []
+    notes: list[tuple[str, str]] = []
     found = find_images(batch, notes=notes)
     assert [f.path for f in found] == ["batch.image", "batch.nest.deep[1]"]
-    assert sorted(n.split(":")[0] for n in notes) == sorted(
+    assert sorted(path for path, _ in notes) == sorted(
         ["batch.coo", "batch.csr", "batch.jagged", "batch.nested_strided", "batch.meta", "batch.nest.deep[0]"])
 
 
