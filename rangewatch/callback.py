@@ -358,6 +358,12 @@ class RangeWatch(Callback):
     def _attach(self, pl_module: pl.LightningModule) -> None:
         self._attached = True
         self._derive(pl_module)
+        try:  # loss networks and metrics (LPIPS, FID, PSNR, VGG losses): rangewatch.integrations
+            from .integrations import LossWatch
+
+            self._losses = (getattr(self, "_losses", None) or LossWatch()).attach(pl_module)
+        except Exception as e:
+            self._internal("loss networks", e, None)
         try:
             self._attach_tracer(pl_module)
         except ConfigError:
@@ -466,6 +472,8 @@ class RangeWatch(Callback):
         self._module_taps.detach()
         self._attached = False
         self._derived_done = False
+        if getattr(self, "_losses", None) is not None:
+            self._losses.detach()
         self._stop_visualization(trainer)
         if self._tracer is not None:
             self._tracer.detach()
@@ -474,6 +482,8 @@ class RangeWatch(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._module_taps.detach()
         self._attached = False
+        if getattr(self, "_losses", None) is not None:
+            self._losses.detach()
         if self._tracer is not None and not isinstance(exception, RangeMismatchError):
             try:  # a NaN loss that raised: still name where the NaN came from
                 found = self._tracer.check(int(trainer.global_step))
@@ -757,6 +767,8 @@ class RangeWatch(Callback):
                     self._note_once(n, f"rangewatch: {n}")
             except Exception as e:
                 self._internal("trace_modules", e, None)
+        if getattr(self, "_losses", None) is not None:
+            new.extend(self._losses.check(step))
         self._report(new, step)
 
     def _judge(self, tap: _Tap, s: RangeSummary, step: int) -> list[Finding]:
