@@ -79,7 +79,7 @@ def recognise(m: nn.Module) -> Watched | None:
             return None
         return Reading(exp, tuple((a, b.get(a), 1) for a in args_))
 
-    return Watched("basicsr", f"basicsr {name}({exp.label})", "forward", read)
+    return Watched("basicsr", f"basicsr {name}", "forward", read)
 
 
 def _hwc(img: Any, order: str) -> int | None:

@@ -135,13 +135,14 @@ def _default_stage(root: nn.Module | None) -> tuple[str, int | None]:
     if trainer is None:
         return "", None
     try:
-        stage = str(getattr(getattr(trainer, "state", None), "stage", "") or "")
+        stage = getattr(getattr(trainer, "state", None), "stage", None)
+        stage = str(getattr(stage, "value", stage) or "")  # RunningStage: "train", "sanity_check", "validate", "test"
         step = int(trainer.global_step)
     except Exception:  # noqa: BLE001
         return "", None
-    if "sanity" in stage or "validat" in stage:
+    if stage in ("validate", "sanity_check"):
         return "val/", step
-    if "test" in stage:
+    if stage == "test":
         return "test/", step
     return "", step
 
