@@ -147,6 +147,15 @@ def _default_stage(root: nn.Module | None) -> tuple[str, int | None]:
     return "", step
 
 
+# module-name prefixes skipped by the reference scan (thousands of modules, none of which calls a metric function)
+_NEVER_REFERENCE = (
+    "torch.", "numpy", "scipy", "sympy", "transformers", "diffusers", "timm", "open_clip", "matplotlib", "pandas",
+    "PIL", "cv2", "skimage", "tensorboard", "google", "grpc", "jax", "networkx", "IPython", "setuptools", "pkg_resources",
+    "pip", "urllib3", "requests", "yaml", "jinja2", "mlflow", "wandb", "sklearn", "sentry_sdk", "botocore", "pydantic",
+    "lightning.fabric", "lightning_utilities", "encodings", "email", "xml", "http", "asyncio", "importlib", "unittest",
+)
+
+
 class _Functions:
     """Observed functions, swapped where they are referenced; a reference count puts them back."""
 
@@ -185,6 +194,8 @@ class _Functions:
     def _dicts() -> list[dict]:
         out = []
         for name, mod in list(sys.modules.items()):
+            if name.startswith(_NEVER_REFERENCE):  # large libraries that hold none of these functions
+                continue
             d = getattr(mod, "__dict__", None)
             if isinstance(d, dict):
                 out.append(d)
