@@ -121,6 +121,10 @@ class RangeWatch(Callback):
             default min, max, the element count and the NaN/Inf flag cover every step and mean/std
             come from the check-step batches, which halves the per-step reads of each tensor.
 
+    Loss networks and metrics on the module (``lpips.LPIPS``, torchmetrics LPIPS / FID / KID / IS /
+    PSNR / SSIM, basicsr ``PerceptualLoss``, frozen torchvision classifiers, ...) are judged at their
+    first call against what each expects: :mod:`rangewatch.integrations`.
+
     Taps declared with a latent convention (``expect={"unet:input": "sdxl_latent"}``) are watched by a
     latent monitor: scale, shift, colour cast and outliers (``latent_scale``, ``latent_shift``,
     ``color_cast``, ``latent_outliers``), with an RGB preview and per-channel histograms in TensorBoard.

@@ -126,6 +126,7 @@ def test_lpips_package_judged_per_call(case, to_loss, normalize, fix):
     module = Restorer(make_lpips(), lambda net, a, b: net(a, b, normalize=normalize), to_loss or (lambda t: t))
     run(module, [watch], x)
     no_internal(watch)
+    assert not module.loss_net._forward_pre_hooks  # removed at teardown
     found = mismatches(watch)
     if fix is None:
         assert found == [], case
@@ -135,6 +136,24 @@ def test_lpips_package_judged_per_call(case, to_loss, normalize, fix):
     assert f.where == "loss_net:input" and f.step == 0  # caught at the first call
     assert fix in f.fix and f.severity == "error"
     assert f.observed == ("unit" if to_loss is None else "symmetric")
+
+
+@pytest.mark.slow
+def test_policy_raise_stops_after_the_call_not_inside_it():
+    """policy="raise": the loss call itself returns normally; the run stops at the end of that batch."""
+    from rangewatch import RangeMismatchError
+
+    calls = []
+
+    def call(net, a, b):
+        out = net(a, b)  # [0,1] without normalize=True
+        calls.append(out)
+        return out
+
+    module = Restorer(make_lpips(), call)
+    with pytest.raises(RangeMismatchError, match="normalize=True"):
+        run(module, [RangeWatch(policy="raise")], photos())
+    assert len(calls) == 1 and not module.loss_net._forward_pre_hooks
 
 
 def test_lpips_result_unchanged_by_watching():
@@ -420,7 +439,9 @@ def test_psnr_ssim_data_range_silent_when_right():
 def test_psnr_ssim_data_range_wrong_for_symmetric_data():
     watch = RangeWatch()
     module = MetricModule(symmetric, psnr_range=1.0, ssim_range=(0.0, 1.0), functional_range=1.0)
+    before = module.psnr.__dict__["update"]
     trainer = run(module, [watch], photos(), val=True)
+    assert module.psnr.__dict__["update"] is before  # torchmetrics' own update is back after the run
     no_internal(watch)
     found = {f.where: f for f in mismatches(watch)}
     assert set(found) == {"val/psnr:input", "val/ssim:input", "val/peak_signal_noise_ratio:input"}
