@@ -365,7 +365,8 @@ class RangeWatch(Callback):
         try:  # loss networks and metrics (LPIPS, FID, PSNR, VGG losses): rangewatch.integrations
             from .integrations import LossWatch
 
-            self._losses = (getattr(self, "_losses", None) or LossWatch()).attach(pl_module)
+            if self.derive_expectations:
+                self._losses = (getattr(self, "_losses", None) or LossWatch()).attach(pl_module)
         except Exception as e:
             self._internal("loss networks", e, None)
         try:
