@@ -266,10 +266,12 @@ class LossWatch:
         self.root = root
         self.watched = find_loss_networks(root)
         for name, w in self.watched.items():
+            if w.note:  # recognised, never judged: said once, not hooked
+                if f"{w.name}: {w.note}" not in self.notes:
+                    self.notes.append(f"{w.name}: {w.note}")
+                    self._pending.append(Finding("note", f"{w.name}:input", w.what, "", w.note, "none needed", severity="info"))
+                continue
             t = _Target(w)
-            if w.note:
-                self.notes.append(f"{w.name}: {w.note}")
-                self._pending.append(Finding("note", f"{w.name}:input", w.what, "", w.note, "none needed", severity="info"))
             m = root.get_submodule(name) if name else root
             t.module = m
             if w.method == "forward":
