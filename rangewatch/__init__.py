@@ -8,6 +8,7 @@ from .findings import Finding, RangeMismatchError
 from .inference import Inference, infer_convention
 from .stats import RangeStats, RangeSummary
 from .compat import enable_basicsr_compat, import_basicsr
+from .integrations import LossWatch, find_loss_networks
 from .latents import LatentMonitor, latent_preview, log_latents, soft_clamp
 from .numerics import FP16_MAX, ModuleTracer, TraceReport, nan_image_finding
 from .visualization import VisualizationWatch, log_previews, watch_visualization
@@ -35,6 +36,8 @@ __all__ = [
     "watch_visualization",
     "FP16_MAX",
     "LatentMonitor",
+    "LossWatch",
+    "find_loss_networks",
     "ModuleTracer",
     "TraceReport",
     "latent_preview",

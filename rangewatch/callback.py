@@ -136,6 +136,10 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
             default min, max, the element count and the NaN/Inf flag cover every step and mean/std
             come from the check-step batches, which halves the per-step reads of each tensor.
 
+    Loss networks and metrics on the module (``lpips.LPIPS``, torchmetrics LPIPS / FID / KID / IS /
+    PSNR / SSIM, basicsr ``PerceptualLoss``, frozen torchvision classifiers, ...) are judged at their
+    first call against what each expects: :mod:`rangewatch.integrations`.
+
     Taps declared with a latent convention (``expect={"unet:input": "sdxl_latent"}``) are watched by a
     latent monitor: scale, shift, colour cast and outliers (``latent_scale``, ``latent_shift``,
     ``color_cast``, ``latent_outliers``), with an RGB preview and per-channel histograms in TensorBoard.
@@ -444,6 +448,13 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
     def _attach(self, pl_module: pl.LightningModule) -> None:
         self._attached = True
         self._derive(pl_module)
+        try:  # loss networks and metrics (LPIPS, FID, PSNR, VGG losses): rangewatch.integrations
+            from .integrations import LossWatch
+
+            if self.derive_expectations:
+                self._losses = (getattr(self, "_losses", None) or LossWatch()).attach(pl_module)
+        except Exception as e:
+            self._internal("loss networks", e, None)
         try:
             self._attach_tracer(pl_module)
         except ConfigError:
@@ -551,6 +562,8 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         self._module_taps.detach()
         self._attached = False
         self._derived_done = False
+        if getattr(self, "_losses", None) is not None:
+            self._losses.detach()
         try:
             self._stop_visualization(trainer)  # may raise RangeMismatchError (policy="raise") for the last previews
         finally:
@@ -561,6 +574,8 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._module_taps.detach()
         self._attached = False
+        if getattr(self, "_losses", None) is not None:
+            self._losses.detach()
         if self._tracer is not None and not isinstance(exception, RangeMismatchError):
             try:  # a NaN loss that raised: still name where the NaN came from
                 found = self._tracer.check(int(trainer.global_step))
@@ -850,6 +865,8 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
                     self._note_once(n, f"rangewatch: {n}")
             except Exception as e:
                 self._internal("trace_modules", e, None)
+        if getattr(self, "_losses", None) is not None:
+            new.extend(self._losses.check(step))
         self._report(new, step)
 
     def _judge(self, tap: _Tap, s: RangeSummary, step: int) -> list[Finding]:
