@@ -2,9 +2,23 @@
 
 ``update`` only queues kernels on the tensor's own device: no ``.item()``, ``.cpu()``,
 ``.tolist()``, ``bool(tensor)`` or branch on tensor values (decisions depend on shapes, dtypes and
-devices only). ``compute`` is the single host transfer. The accumulator is a torchmetrics
-:class:`~torchmetrics.Metric`, so every state carries its cross-process reduction (min, max or
-sum) and ``compute`` synchronises once under DDP.
+devices only). ``compute`` is the single host transfer.
+
+Cross-process sync is owned here, not borrowed from torchmetrics' internals. The accumulator is a
+torchmetrics :class:`~torchmetrics.Metric` for its public API only (``add_state`` with a reduction
+per state, ``reset``, ``state_dict``/``load_state_dict``, ``.to()``, the constructor options
+``dist_sync_fn``, ``process_group``, ``sync_on_compute``, ``distributed_available_fn``), and
+``sync``/``unsync``/``sync_context``/``compute`` are implemented in this module (same signatures
+as torchmetrics'): one gather of all states packed together, reduced per state, the local states
+kept aside and restored. torchmetrics' ``update``/``compute`` wrappers are switched off (its
+``_wrap_update``/``_wrap_compute`` hooks return the method unchanged), so no private attribute of
+torchmetrics (``_computed``, ``_is_synced``, ``_to_sync``, ``_update_count``, ``_should_unsync``,
+``_cache``) is read or written. Why not an upper version pin instead: a pin only says which
+versions were tried, goes stale, and conflicts with users' other pins; the private attributes
+have changed between torchmetrics releases, while the public API above has been stable since 1.0.
+If torchmetrics stopped calling the two hooks, its wrappers would call this module's
+``sync_context`` and still sync correctly (only slower). ``compute(sync=False)`` (or
+``sync_on_compute=False``) judges this process's states alone, with no collective.
 
 Exactness (what the tests check against a numpy float64 reference):
 
@@ -35,10 +49,11 @@ of squares: eager PyTorch has no fused multi-reduction, ``aminmax``/``var_mean``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -453,6 +468,7 @@ class RangeStats(Metric):
         self._consts_cache: dict[tuple[str, int], _Consts] = {}
         self._edges_cache: dict[int, _HistHost] = {}
         self._scratch: dict[str, torch.Tensor] = {}
+        self.__dict__["_rs_local"] = None  # local states kept by sync() for unsync()
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # see _fold
         self._pending_n = 0
         # (shape, strides, dtype, device, threads) -> _Plan of the every-step min/max path
@@ -535,7 +551,13 @@ class RangeStats(Metric):
 
     def reset(self) -> None:
         super().reset()
+        self.__dict__["_rs_local"] = None  # a reset drops the local states a sync() kept
         self._scratch.clear()
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Not supported: torchmetrics' ``forward`` (a batch value plus accumulation) relies on its
+        private bookkeeping, which RangeStats does not keep. Call :meth:`update` and :meth:`compute`."""
+        raise TypeError("RangeStats is not called like a module: use update(x) and compute()")
 
     def reset_with_bounds(self, bounds: Any) -> None:
         """:meth:`reset`, then count out-of-bounds values (and place the histogram) against
@@ -688,19 +710,11 @@ class RangeStats(Metric):
 
     # ------------------------------------------------------------------ update
     def _wrap_update(self, update: Callable) -> Callable:
-        """torchmetrics' bookkeeping around ``update`` without its per-call grad-mode context:
-        :meth:`update` detaches its input and never makes tensors that require grad (it runs
-        every training step; the context manager and attribute hooks cost more than min/max of a
-        small tensor)."""
-
-        @functools.wraps(update)
-        def wrapped(*args: Any, **kwargs: Any) -> None:
-            d = self.__dict__
-            d["_computed"] = None
-            d["_update_count"] += 1
-            update(*args, **kwargs)
-
-        return wrapped
+        """torchmetrics wraps ``update`` in a grad-mode context and its own bookkeeping;
+        :meth:`update` detaches its input and never makes tensors that require grad, and it runs
+        every training step (the wrapper costs more than min/max of a small tensor), so it stays
+        unwrapped (see the module docstring)."""
+        return update
 
     def _plan(self, x: torch.Tensor) -> _Plan | None:
         """The every-step plan for tensors laid out like ``x``; None where :meth:`update`'s general
@@ -982,23 +996,75 @@ class RangeStats(Metric):
 
     # ------------------------------------------------------------------ compute
     def _wrap_compute(self, compute: Callable) -> Callable:
-        """Sync across processes around ``compute`` (once), without torchmetrics' caching and
-        scalar squeezing (a one-channel summary keeps its channel axis). Every rank takes part in
-        the sync, also one that saw no data (it would otherwise leave the others waiting)."""
+        """torchmetrics wraps ``compute`` (caching, scalar squeezing, its own sync bookkeeping);
+        RangeStats keeps its own :meth:`compute`, which does the sync itself (see the module docstring)."""
+        return compute
 
-        @functools.wraps(compute)
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            if self._is_synced:  # synced by hand (sync() ... unsync()): use those states as they are
-                return compute(*args, **kwargs)
-            with self.sync_context(
-                dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
-            ):
-                return compute(*args, **kwargs)
+    def _local_states(self) -> dict[str, torch.Tensor]:
+        return {n: getattr(self, n) for n in (*_STATE_ORDER, "hist")}
 
-        return wrapped
+    @property
+    def synced(self) -> bool:
+        """True between :meth:`sync` (one that gathered) and :meth:`unsync`."""
+        return self.__dict__.get("_rs_local") is not None
 
-    def compute(self) -> RangeSummary:  # type: ignore[override]
-        """One host transfer of all states; call only on check/logging steps."""
+    def sync(self, dist_sync_fn: Callable | None = None, process_group: Any | None = None, should_sync: bool = True,
+             distributed_available: Callable[[], bool] | None = None) -> None:
+        """Replace the local states by the reduction over all processes (one gather), keeping the
+        local ones for :meth:`unsync`. Does nothing unless ``should_sync`` and running distributed
+        (``distributed_available()``, default: the ``distributed_available_fn`` given to the
+        constructor, else torchmetrics' check). Same signature as :meth:`torchmetrics.Metric.sync`."""
+        if self.synced and should_sync:
+            raise RuntimeError("RangeStats.sync: already synced (call unsync() first)")
+        if not should_sync:
+            return
+        available = distributed_available or self.distributed_available_fn
+        if available is None or not available():
+            return
+        local = self._local_states()
+        self._sync_dist(dist_sync_fn or self.dist_sync_fn, process_group)
+        self.__dict__["_rs_local"] = local
+
+    def unsync(self, should_unsync: bool = True) -> None:
+        """Restore the local states saved by :meth:`sync` (accumulation continues from them)."""
+        if not should_unsync:
+            return
+        local = self.__dict__.get("_rs_local")
+        if local is None:
+            raise RuntimeError("RangeStats.unsync: not synced")
+        self.__dict__["_rs_local"] = None
+        for name, t in local.items():
+            setattr(self, name, t)
+
+    @contextlib.contextmanager
+    def sync_context(self, dist_sync_fn: Callable | None = None, process_group: Any | None = None,
+                     should_sync: bool = True, should_unsync: bool = True,
+                     distributed_available: Callable[[], bool] | None = None) -> Iterator[None]:
+        """:meth:`sync` on entry, :meth:`unsync` on exit (also on an exception) if it gathered."""
+        self.sync(dist_sync_fn, process_group, should_sync, distributed_available)
+        try:
+            yield
+        finally:
+            if self.synced and should_unsync:
+                self.unsync()
+
+    def compute(self, sync: bool | None = None) -> RangeSummary:  # type: ignore[override]
+        """One host transfer of all states; call only on check/logging steps.
+
+        Under ``torch.distributed`` the states are first reduced over all processes (one gather;
+        every process must call it, also one that saw no data) and restored afterwards, so
+        accumulation goes on locally. ``sync=False`` computes from this process's states alone
+        (no collective: safe on a path only some ranks take); the default is the constructor's
+        ``sync_on_compute`` (True). After a manual :meth:`sync` the synced states are used as they are.
+        """
+        if sync is None:
+            sync = self.sync_on_compute
+        if self.synced or not sync:
+            return self._summary()
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, process_group=self.process_group):
+            return self._summary()
+
+    def _summary(self) -> RangeSummary:
         c = self.channels
         if c == 0:
             z = torch.zeros(0, dtype=torch.float64)
