@@ -59,6 +59,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
+from . import stats_triton
 from .conventions import Convention, get_convention
 
 __all__ = ["RangeStats", "RangeSummary"]
@@ -390,13 +391,16 @@ class _Consts:
 @dataclass(frozen=True)
 class _Plan:
     """How an every-step update (min, max and count only) reads tensors of one layout: the
-    ``(A, C, B)`` view and whether one kernel over dims (0, 2) does (else inner axis first)."""
+    ``(A, C, B)`` view and whether one kernel over dims (0, 2) does (else inner axis first), or
+    the one-read Triton kernel (``launch``; the view is then taken with ``strides``)."""
 
     shape: tuple[int, int, int]
     one_kernel: bool
     per_channel: int  # elements per channel
     dtype_name: str
     device: torch.device
+    strides: tuple[int, int, int] | None = None
+    launch: Any = None  # stats_triton.Launch
 
 
 class RangeStats(Metric):
@@ -471,6 +475,8 @@ class RangeStats(Metric):
         self.__dict__["_rs_local"] = None  # local states kept by sync() for unsync()
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # see _fold
         self._pending_n = 0
+        self._pending_moments: list[tuple[torch.Tensor, torch.Tensor]] = []  # (sum, sumsq) partials
+        self._pending_mn = 0
         # (shape, strides, dtype, device, threads) -> _Plan of the every-step min/max path
         self._plans: dict[tuple, _Plan | None] = {}
 
@@ -483,29 +489,39 @@ class RangeStats(Metric):
     def _fold(self) -> None:
         d = self.__dict__
         pending, n = d["_pending"], d["_pending_n"]
+        moments, mn_n = d["_pending_moments"], d["_pending_mn"]
         d["_pending"], d["_pending_n"] = [], 0
-        mn, mx, cnt = d["_st_min"], d["_st_max"], d["_st_count"]
-        if len(pending) == 1:
-            pmn, pmx = pending[0]
-        else:
-            pmn = torch.stack([p[0] for p in pending]).amin(dim=0)
-            pmx = torch.stack([p[1] for p in pending]).amax(dim=0)
-        torch.minimum(mn, pmn, out=mn)  # NaN propagates, as intended
-        torch.maximum(mx, pmx, out=mx)
-        cnt.add_(n)
+        d["_pending_moments"], d["_pending_mn"] = [], 0
+        if pending:
+            mn, mx, cnt = d["_st_min"], d["_st_max"], d["_st_count"]
+            c = mn.numel()
+            if len(pending) == 1 and pending[0][0].dim() == 1:
+                pmn, pmx = pending[0]
+            else:  # entries are (C,) or (K, C) partials
+                pmn = torch.cat([p[0].reshape(-1, c) for p in pending]).amin(dim=0)
+                pmx = torch.cat([p[1].reshape(-1, c) for p in pending]).amax(dim=0)
+            torch.minimum(mn, pmn, out=mn)  # NaN propagates, as intended
+            torch.maximum(mx, pmx, out=mx)
+            cnt.add_(n)
+        if moments:
+            sm, sq, mcnt = d["_st_sum"], d["_st_sumsq"], d["_st_moment_count"]
+            c = sm.numel()
+            sm.add_(torch.cat([p[0].reshape(-1, c) for p in moments]).sum(dim=0, dtype=torch.float64))
+            sq.add_(torch.cat([p[1].reshape(-1, c) for p in moments]).sum(dim=0, dtype=torch.float64))
+            mcnt.add_(mn_n)
 
     def _state(name: str) -> property:  # type: ignore[misc]  # noqa: N805
         key = "_st_" + name
 
         def get(self: "RangeStats") -> torch.Tensor:
             d = self.__dict__
-            if d.get("_pending"):
+            if d.get("_pending") or d.get("_pending_moments"):
                 self._fold()
             return d[key]
 
         def set_(self: "RangeStats", value: torch.Tensor) -> None:
             d = self.__dict__
-            if d.get("_pending"):
+            if d.get("_pending") or d.get("_pending_moments"):
                 self._fold()
             d[key] = value
 
@@ -514,6 +530,9 @@ class RangeStats(Metric):
     min = _state("min")
     max = _state("max")
     count = _state("count")
+    sum = _state("sum")
+    sumsq = _state("sumsq")
+    moment_count = _state("moment_count")
     del _state
 
     # ------------------------------------------------------------------ helpers
@@ -526,7 +545,7 @@ class RangeStats(Metric):
         (reset, load, sync, merge) is kept and or-ed in. No host sync either way.
         """
         d = self.__dict__
-        if d.get("_pending"):
+        if d.get("_pending") or d.get("_pending_moments"):
             self._fold()
         stored, mn, mx, cnt = d["_nonfinite_stored"], d.get("_st_min"), d.get("_st_max"), d.get("_st_count")
         if mn is None or mx is None or cnt is None or mn.numel() == 0:
@@ -718,12 +737,23 @@ class RangeStats(Metric):
 
     def _plan(self, x: torch.Tensor) -> _Plan | None:
         """The every-step plan for tensors laid out like ``x``; None where :meth:`update`'s general
-        path is needed (non-contiguous, dtype conversions, channels-last-like short inner axes)."""
-        if not x.is_contiguous() or x.dtype not in (torch.float32, torch.float64, torch.uint8) or x.numel() == 0:
+        path is needed (non-contiguous, dtype conversions, channels-last-like short inner axes).
+        On CUDA (float32/16, bfloat16, any dense layout) the plan is the one-read Triton kernel."""
+        if x.numel() == 0:
             return None
         try:
             c = self._channels_of(x)
         except ValueError:
+            return None
+        if stats_triton.available(x):
+            rows, c, _ = self._as_rows(x)
+            lp = stats_triton.plan(*rows.shape)
+            # a view of x (dense in some dimension order), so that the plan can re-take it with as_strided
+            if stats_triton.usable(lp) and rows.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+                a, _, b = rows.shape
+                return _Plan((a, c, b), False, a * b, _dtype_name(x.dtype), x.device,
+                             strides=tuple(rows.stride()), launch=lp)
+        if not x.is_contiguous() or x.dtype not in (torch.float32, torch.float64, torch.uint8):
             return None
         rows, c, _ = self._as_rows(x)
         a, _, b = rows.shape
@@ -732,6 +762,24 @@ class RangeStats(Metric):
         threads = torch.get_num_threads() if x.device.type == "cpu" else 1
         one = threads == 1 or c == 1 or c % threads == 0 or a == 1
         return _Plan((a, c, b), one, a * b, _dtype_name(x.dtype), x.device)
+
+    def _launch(self, rows: torch.Tensor, lp: Any, n: int, moments: bool) -> torch.Tensor | None:
+        """The one-read Triton kernel over ``rows`` (A, C, B); its partials ``(4, K, C)`` go to the
+        pending lists (folded into the states when next read) and are returned. None if it cannot
+        run here."""
+        out = stats_triton.launch(rows, lp, moments)
+        if out is None:
+            return None
+        d = self.__dict__
+        pending = d["_pending"]
+        pending.append((out[0], out[1]))
+        d["_pending_n"] += n
+        if moments:
+            d["_pending_moments"].append((out[2], out[3]))
+            d["_pending_mn"] += n
+        if len(pending) >= _PENDING_MAX:
+            self._fold()
+        return out
 
     def update(self, x: torch.Tensor, detail: bool = False, moments: bool = True) -> None:  # type: ignore[override]
         """Accumulate statistics of ``x``; ``detail=True`` also counts non-finite / out-of-bounds
@@ -753,6 +801,13 @@ class RangeStats(Metric):
             d = self.__dict__
             st_min = d["_st_min"]
             if plan is not None and st_min.numel() == plan.shape[1] and st_min.device == plan.device:
+                if plan.launch is not None:  # the one-read kernel (CUDA)
+                    rows = (x.detach() if x.requires_grad else x).as_strided(plan.shape, plan.strides)
+                    if self._launch(rows, plan.launch, plan.per_channel, False) is not None:
+                        self.dtypes_seen.add(plan.dtype_name)
+                        return
+                    self._plans.clear()  # the kernel cannot run here: re-plan without it
+                    return self.update(x, detail, moments)
                 rows = (x.detach() if x.requires_grad else x).view(plan.shape)
                 if plan.one_kernel:
                     mn, mx = rows.amin(dim=(0, 2)), rows.amax(dim=(0, 2))
@@ -798,14 +853,21 @@ class RangeStats(Metric):
         else:  # integers: exact sums in float64
             acc = torch.float64
             fr = rows.to(torch.float64)
+        with_moments = moments or detail
+        n = rows.numel() // c
+        if floating and stats_triton.available(rows):
+            lp = stats_triton.plan(*rows.shape)
+            out = self._launch(rows, lp, n, with_moments) if stats_triton.usable(lp) else None
+            if out is not None:
+                if detail:
+                    self._update_detail(rows, c, n, out[0].amin(dim=0), out[1].amax(dim=0))
+                return
         # the sum of squares is the costliest kernel: it goes first, while the first read of x
         # waits on memory anyway; the other three then find x in cache
-        with_moments = moments or detail
         if with_moments:
             q = _reduce(fr, "sumsq", acc, self._squares)
         mn = _reduce(rows, "amin")
         mx = _reduce(rows, "amax")
-        n = rows.numel() // c
 
         # states are updated in place: they are never shared (see _load_from_state_dict), and a
         # Module attribute assignment costs more than the small kernels here
