@@ -2,9 +2,23 @@
 
 ``update`` only queues kernels on the tensor's own device: no ``.item()``, ``.cpu()``,
 ``.tolist()``, ``bool(tensor)`` or branch on tensor values (decisions depend on shapes, dtypes and
-devices only). ``compute`` is the single host transfer. The accumulator is a torchmetrics
-:class:`~torchmetrics.Metric`, so every state carries its cross-process reduction (min, max or
-sum) and ``compute`` synchronises once under DDP.
+devices only). ``compute`` is the single host transfer.
+
+Cross-process sync is owned here, not borrowed from torchmetrics' internals. The accumulator is a
+torchmetrics :class:`~torchmetrics.Metric` for its public API only (``add_state`` with a reduction
+per state, ``reset``, ``state_dict``/``load_state_dict``, ``.to()``, the constructor options
+``dist_sync_fn``, ``process_group``, ``sync_on_compute``, ``distributed_available_fn``), and
+``sync``/``unsync``/``sync_context``/``compute`` are implemented in this module (same signatures
+as torchmetrics'): one gather of all states packed together, reduced per state, the local states
+kept aside and restored. torchmetrics' ``update``/``compute`` wrappers are switched off (its
+``_wrap_update``/``_wrap_compute`` hooks return the method unchanged), so no private attribute of
+torchmetrics (``_computed``, ``_is_synced``, ``_to_sync``, ``_update_count``, ``_should_unsync``,
+``_cache``) is read or written. Why not an upper version pin instead: a pin only says which
+versions were tried, goes stale, and conflicts with users' other pins; the private attributes
+have changed between torchmetrics releases, while the public API above has been stable since 1.0.
+If torchmetrics stopped calling the two hooks, its wrappers would call this module's
+``sync_context`` and still sync correctly (only slower). ``compute(sync=False)`` (or
+``sync_on_compute=False``) judges this process's states alone, with no collective.
 
 Exactness (what the tests check against a numpy float64 reference):
 
@@ -35,15 +49,17 @@ of squares: eager PyTorch has no fused multi-reduction, ``aminmax``/``var_mean``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torchmetrics import Metric
 
+from . import stats_triton
 from .conventions import Convention, get_convention
 
 __all__ = ["RangeStats", "RangeSummary"]
@@ -375,13 +391,16 @@ class _Consts:
 @dataclass(frozen=True)
 class _Plan:
     """How an every-step update (min, max and count only) reads tensors of one layout: the
-    ``(A, C, B)`` view and whether one kernel over dims (0, 2) does (else inner axis first)."""
+    ``(A, C, B)`` view and whether one kernel over dims (0, 2) does (else inner axis first), or
+    the one-read Triton kernel (``launch``; the view is then taken with ``strides``)."""
 
     shape: tuple[int, int, int]
     one_kernel: bool
     per_channel: int  # elements per channel
     dtype_name: str
     device: torch.device
+    strides: tuple[int, int, int] | None = None
+    launch: Any = None  # stats_triton.Launch
 
 
 class RangeStats(Metric):
@@ -453,8 +472,11 @@ class RangeStats(Metric):
         self._consts_cache: dict[tuple[str, int], _Consts] = {}
         self._edges_cache: dict[int, _HistHost] = {}
         self._scratch: dict[str, torch.Tensor] = {}
+        self.__dict__["_rs_local"] = None  # local states kept by sync() for unsync()
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # see _fold
         self._pending_n = 0
+        self._pending_moments: list[tuple[torch.Tensor, torch.Tensor]] = []  # (sum, sumsq) partials
+        self._pending_mn = 0
         # (shape, strides, dtype, device, threads) -> _Plan of the every-step min/max path
         self._plans: dict[tuple, _Plan | None] = {}
 
@@ -467,29 +489,39 @@ class RangeStats(Metric):
     def _fold(self) -> None:
         d = self.__dict__
         pending, n = d["_pending"], d["_pending_n"]
+        moments, mn_n = d["_pending_moments"], d["_pending_mn"]
         d["_pending"], d["_pending_n"] = [], 0
-        mn, mx, cnt = d["_st_min"], d["_st_max"], d["_st_count"]
-        if len(pending) == 1:
-            pmn, pmx = pending[0]
-        else:
-            pmn = torch.stack([p[0] for p in pending]).amin(dim=0)
-            pmx = torch.stack([p[1] for p in pending]).amax(dim=0)
-        torch.minimum(mn, pmn, out=mn)  # NaN propagates, as intended
-        torch.maximum(mx, pmx, out=mx)
-        cnt.add_(n)
+        d["_pending_moments"], d["_pending_mn"] = [], 0
+        if pending:
+            mn, mx, cnt = d["_st_min"], d["_st_max"], d["_st_count"]
+            c = mn.numel()
+            if len(pending) == 1 and pending[0][0].dim() == 1:
+                pmn, pmx = pending[0]
+            else:  # entries are (C,) or (K, C) partials
+                pmn = torch.cat([p[0].reshape(-1, c) for p in pending]).amin(dim=0)
+                pmx = torch.cat([p[1].reshape(-1, c) for p in pending]).amax(dim=0)
+            torch.minimum(mn, pmn, out=mn)  # NaN propagates, as intended
+            torch.maximum(mx, pmx, out=mx)
+            cnt.add_(n)
+        if moments:
+            sm, sq, mcnt = d["_st_sum"], d["_st_sumsq"], d["_st_moment_count"]
+            c = sm.numel()
+            sm.add_(torch.cat([p[0].reshape(-1, c) for p in moments]).sum(dim=0, dtype=torch.float64))
+            sq.add_(torch.cat([p[1].reshape(-1, c) for p in moments]).sum(dim=0, dtype=torch.float64))
+            mcnt.add_(mn_n)
 
     def _state(name: str) -> property:  # type: ignore[misc]  # noqa: N805
         key = "_st_" + name
 
         def get(self: "RangeStats") -> torch.Tensor:
             d = self.__dict__
-            if d.get("_pending"):
+            if d.get("_pending") or d.get("_pending_moments"):
                 self._fold()
             return d[key]
 
         def set_(self: "RangeStats", value: torch.Tensor) -> None:
             d = self.__dict__
-            if d.get("_pending"):
+            if d.get("_pending") or d.get("_pending_moments"):
                 self._fold()
             d[key] = value
 
@@ -498,6 +530,9 @@ class RangeStats(Metric):
     min = _state("min")
     max = _state("max")
     count = _state("count")
+    sum = _state("sum")
+    sumsq = _state("sumsq")
+    moment_count = _state("moment_count")
     del _state
 
     # ------------------------------------------------------------------ helpers
@@ -510,7 +545,7 @@ class RangeStats(Metric):
         (reset, load, sync, merge) is kept and or-ed in. No host sync either way.
         """
         d = self.__dict__
-        if d.get("_pending"):
+        if d.get("_pending") or d.get("_pending_moments"):
             self._fold()
         stored, mn, mx, cnt = d["_nonfinite_stored"], d.get("_st_min"), d.get("_st_max"), d.get("_st_count")
         if mn is None or mx is None or cnt is None or mn.numel() == 0:
@@ -535,7 +570,13 @@ class RangeStats(Metric):
 
     def reset(self) -> None:
         super().reset()
+        self.__dict__["_rs_local"] = None  # a reset drops the local states a sync() kept
         self._scratch.clear()
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Not supported: torchmetrics' ``forward`` (a batch value plus accumulation) relies on its
+        private bookkeeping, which RangeStats does not keep. Call :meth:`update` and :meth:`compute`."""
+        raise TypeError("RangeStats is not called like a module: use update(x) and compute()")
 
     def reset_with_bounds(self, bounds: Any) -> None:
         """:meth:`reset`, then count out-of-bounds values (and place the histogram) against
@@ -688,28 +729,31 @@ class RangeStats(Metric):
 
     # ------------------------------------------------------------------ update
     def _wrap_update(self, update: Callable) -> Callable:
-        """torchmetrics' bookkeeping around ``update`` without its per-call grad-mode context:
-        :meth:`update` detaches its input and never makes tensors that require grad (it runs
-        every training step; the context manager and attribute hooks cost more than min/max of a
-        small tensor)."""
-
-        @functools.wraps(update)
-        def wrapped(*args: Any, **kwargs: Any) -> None:
-            d = self.__dict__
-            d["_computed"] = None
-            d["_update_count"] += 1
-            update(*args, **kwargs)
-
-        return wrapped
+        """torchmetrics wraps ``update`` in a grad-mode context and its own bookkeeping;
+        :meth:`update` detaches its input and never makes tensors that require grad, and it runs
+        every training step (the wrapper costs more than min/max of a small tensor), so it stays
+        unwrapped (see the module docstring)."""
+        return update
 
     def _plan(self, x: torch.Tensor) -> _Plan | None:
         """The every-step plan for tensors laid out like ``x``; None where :meth:`update`'s general
-        path is needed (non-contiguous, dtype conversions, channels-last-like short inner axes)."""
-        if not x.is_contiguous() or x.dtype not in (torch.float32, torch.float64, torch.uint8) or x.numel() == 0:
+        path is needed (non-contiguous, dtype conversions, channels-last-like short inner axes).
+        On CUDA (float32/16, bfloat16, any dense layout) the plan is the one-read Triton kernel."""
+        if x.numel() == 0:
             return None
         try:
             c = self._channels_of(x)
         except ValueError:
+            return None
+        if stats_triton.available(x):
+            rows, c, _ = self._as_rows(x)
+            lp = stats_triton.plan(*rows.shape)
+            # a view of x (dense in some dimension order), so that the plan can re-take it with as_strided
+            if stats_triton.usable(lp) and rows.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+                a, _, b = rows.shape
+                return _Plan((a, c, b), False, a * b, _dtype_name(x.dtype), x.device,
+                             strides=tuple(rows.stride()), launch=lp)
+        if not x.is_contiguous() or x.dtype not in (torch.float32, torch.float64, torch.uint8):
             return None
         rows, c, _ = self._as_rows(x)
         a, _, b = rows.shape
@@ -718,6 +762,24 @@ class RangeStats(Metric):
         threads = torch.get_num_threads() if x.device.type == "cpu" else 1
         one = threads == 1 or c == 1 or c % threads == 0 or a == 1
         return _Plan((a, c, b), one, a * b, _dtype_name(x.dtype), x.device)
+
+    def _launch(self, rows: torch.Tensor, lp: Any, n: int, moments: bool) -> torch.Tensor | None:
+        """The one-read Triton kernel over ``rows`` (A, C, B); its partials ``(4, K, C)`` go to the
+        pending lists (folded into the states when next read) and are returned. None if it cannot
+        run here."""
+        out = stats_triton.launch(rows, lp, moments)
+        if out is None:
+            return None
+        d = self.__dict__
+        pending = d["_pending"]
+        pending.append((out[0], out[1]))
+        d["_pending_n"] += n
+        if moments:
+            d["_pending_moments"].append((out[2], out[3]))
+            d["_pending_mn"] += n
+        if len(pending) >= _PENDING_MAX:
+            self._fold()
+        return out
 
     def update(self, x: torch.Tensor, detail: bool = False, moments: bool = True) -> None:  # type: ignore[override]
         """Accumulate statistics of ``x``; ``detail=True`` also counts non-finite / out-of-bounds
@@ -739,6 +801,13 @@ class RangeStats(Metric):
             d = self.__dict__
             st_min = d["_st_min"]
             if plan is not None and st_min.numel() == plan.shape[1] and st_min.device == plan.device:
+                if plan.launch is not None:  # the one-read kernel (CUDA)
+                    rows = (x.detach() if x.requires_grad else x).as_strided(plan.shape, plan.strides)
+                    if self._launch(rows, plan.launch, plan.per_channel, False) is not None:
+                        self.dtypes_seen.add(plan.dtype_name)
+                        return
+                    self._plans.clear()  # the kernel cannot run here: re-plan without it
+                    return self.update(x, detail, moments)
                 rows = (x.detach() if x.requires_grad else x).view(plan.shape)
                 if plan.one_kernel:
                     mn, mx = rows.amin(dim=(0, 2)), rows.amax(dim=(0, 2))
@@ -784,14 +853,21 @@ class RangeStats(Metric):
         else:  # integers: exact sums in float64
             acc = torch.float64
             fr = rows.to(torch.float64)
+        with_moments = moments or detail
+        n = rows.numel() // c
+        if floating and stats_triton.available(rows):
+            lp = stats_triton.plan(*rows.shape)
+            out = self._launch(rows, lp, n, with_moments) if stats_triton.usable(lp) else None
+            if out is not None:
+                if detail:
+                    self._update_detail(rows, c, n, out[0].amin(dim=0), out[1].amax(dim=0))
+                return
         # the sum of squares is the costliest kernel: it goes first, while the first read of x
         # waits on memory anyway; the other three then find x in cache
-        with_moments = moments or detail
         if with_moments:
             q = _reduce(fr, "sumsq", acc, self._squares)
         mn = _reduce(rows, "amin")
         mx = _reduce(rows, "amax")
-        n = rows.numel() // c
 
         # states are updated in place: they are never shared (see _load_from_state_dict), and a
         # Module attribute assignment costs more than the small kernels here
@@ -982,23 +1058,75 @@ class RangeStats(Metric):
 
     # ------------------------------------------------------------------ compute
     def _wrap_compute(self, compute: Callable) -> Callable:
-        """Sync across processes around ``compute`` (once), without torchmetrics' caching and
-        scalar squeezing (a one-channel summary keeps its channel axis). Every rank takes part in
-        the sync, also one that saw no data (it would otherwise leave the others waiting)."""
+        """torchmetrics wraps ``compute`` (caching, scalar squeezing, its own sync bookkeeping);
+        RangeStats keeps its own :meth:`compute`, which does the sync itself (see the module docstring)."""
+        return compute
 
-        @functools.wraps(compute)
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            if self._is_synced:  # synced by hand (sync() ... unsync()): use those states as they are
-                return compute(*args, **kwargs)
-            with self.sync_context(
-                dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
-            ):
-                return compute(*args, **kwargs)
+    def _local_states(self) -> dict[str, torch.Tensor]:
+        return {n: getattr(self, n) for n in (*_STATE_ORDER, "hist")}
 
-        return wrapped
+    @property
+    def synced(self) -> bool:
+        """True between :meth:`sync` (one that gathered) and :meth:`unsync`."""
+        return self.__dict__.get("_rs_local") is not None
 
-    def compute(self) -> RangeSummary:  # type: ignore[override]
-        """One host transfer of all states; call only on check/logging steps."""
+    def sync(self, dist_sync_fn: Callable | None = None, process_group: Any | None = None, should_sync: bool = True,
+             distributed_available: Callable[[], bool] | None = None) -> None:
+        """Replace the local states by the reduction over all processes (one gather), keeping the
+        local ones for :meth:`unsync`. Does nothing unless ``should_sync`` and running distributed
+        (``distributed_available()``, default: the ``distributed_available_fn`` given to the
+        constructor, else torchmetrics' check). Same signature as :meth:`torchmetrics.Metric.sync`."""
+        if self.synced and should_sync:
+            raise RuntimeError("RangeStats.sync: already synced (call unsync() first)")
+        if not should_sync:
+            return
+        available = distributed_available or self.distributed_available_fn
+        if available is None or not available():
+            return
+        local = self._local_states()
+        self._sync_dist(dist_sync_fn or self.dist_sync_fn, process_group)
+        self.__dict__["_rs_local"] = local
+
+    def unsync(self, should_unsync: bool = True) -> None:
+        """Restore the local states saved by :meth:`sync` (accumulation continues from them)."""
+        if not should_unsync:
+            return
+        local = self.__dict__.get("_rs_local")
+        if local is None:
+            raise RuntimeError("RangeStats.unsync: not synced")
+        self.__dict__["_rs_local"] = None
+        for name, t in local.items():
+            setattr(self, name, t)
+
+    @contextlib.contextmanager
+    def sync_context(self, dist_sync_fn: Callable | None = None, process_group: Any | None = None,
+                     should_sync: bool = True, should_unsync: bool = True,
+                     distributed_available: Callable[[], bool] | None = None) -> Iterator[None]:
+        """:meth:`sync` on entry, :meth:`unsync` on exit (also on an exception) if it gathered."""
+        self.sync(dist_sync_fn, process_group, should_sync, distributed_available)
+        try:
+            yield
+        finally:
+            if self.synced and should_unsync:
+                self.unsync()
+
+    def compute(self, sync: bool | None = None) -> RangeSummary:  # type: ignore[override]
+        """One host transfer of all states; call only on check/logging steps.
+
+        Under ``torch.distributed`` the states are first reduced over all processes (one gather;
+        every process must call it, also one that saw no data) and restored afterwards, so
+        accumulation goes on locally. ``sync=False`` computes from this process's states alone
+        (no collective: safe on a path only some ranks take); the default is the constructor's
+        ``sync_on_compute`` (True). After a manual :meth:`sync` the synced states are used as they are.
+        """
+        if sync is None:
+            sync = self.sync_on_compute
+        if self.synced or not sync:
+            return self._summary()
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, process_group=self.process_group):
+            return self._summary()
+
+    def _summary(self) -> RangeSummary:
         c = self.channels
         if c == 0:
             z = torch.zeros(0, dtype=torch.float64)

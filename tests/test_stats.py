@@ -525,6 +525,66 @@ def test_sync_dist_with_fake_gather():
     _assert_same_summary(c.compute(), _filled(1)[0].compute(), torch.float32)
 
 
+_TM_PRIVATE = ("_computed", "_is_synced", "_to_sync", "_should_unsync", "_update_count", "_cache")
+
+
+def test_own_sync_without_torchmetrics_privates():
+    """compute() syncs through the constructor's dist_sync_fn once and restores the local states;
+    compute(sync=False) and sync_on_compute=False gather nothing; none of torchmetrics' private
+    bookkeeping attributes is read (they are deleted here: nn.Module raises on a read)."""
+    a, xa = _filled(1)
+    b, xb = _filled(2)
+    calls = []
+
+    def fake_gather(t, group=None):
+        calls.append(group)
+        return [t.clone(), b._pack()]
+
+    def make(**kw) -> RangeStats:
+        s = RangeStats(bounds="symmetric", hist_bins=16, dist_sync_fn=fake_gather,
+                       distributed_available_fn=lambda: True, **kw)
+        s.update(xa)
+        s.update(xa, detail=True)
+        for name in _TM_PRIVATE:
+            s.__dict__.pop(name, None)
+        return s
+
+    ref = RangeStats(bounds="symmetric", hist_bins=16)
+    for x in (xa, xb):
+        ref.update(x)
+        ref.update(x, detail=True)
+    s = make()
+    _assert_same_summary(s.compute(), ref.compute(), torch.float32)
+    assert len(calls) == 1 and not s.synced
+    _assert_same_summary(s.compute(sync=False), a.compute(), torch.float32)  # local states, restored
+    assert len(calls) == 1
+    s.update(xb, moments=False)  # accumulation goes on from the local states
+    assert s.count.tolist() == [2 * xa[:, 0].numel() + xb[:, 0].numel()] * 3
+    off = make(sync_on_compute=False)
+    _assert_same_summary(off.compute(), a.compute(), torch.float32)
+    assert len(calls) == 1
+    _assert_same_summary(off.compute(sync=True), ref.compute(), torch.float32)
+    assert len(calls) == 2
+    with off.sync_context():  # manual sync: compute uses the synced states without another gather
+        assert off.synced
+        _assert_same_summary(off.compute(), ref.compute(), torch.float32)
+    assert len(calls) == 3 and not off.synced
+    _assert_same_summary(off.compute(), a.compute(), torch.float32)
+    with pytest.raises(RuntimeError, match="not synced"):
+        off.unsync()
+    off.sync()
+    with pytest.raises(RuntimeError, match="already synced"):
+        off.sync()
+    off.reset()
+    assert not off.synced and off.channels == 0
+    not_dist = RangeStats(dist_sync_fn=fake_gather)  # not distributed: compute gathers nothing
+    not_dist.update(xa)
+    not_dist.compute()
+    assert len(calls) == 4  # the off.sync() above
+    with pytest.raises(TypeError, match="update"):
+        not_dist(xa)
+
+
 def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
     import torch.distributed as dist
 
@@ -541,12 +601,14 @@ def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
         s.update(part, detail=True)
         summary = s.compute()
         local_after = s.count.clone()
+        local_only = s.compute(sync=False)  # no collective: this rank's states alone
         # second round: rank 1 saw nothing at all
         e = RangeStats(bounds="imagenet", hist_bins=32)
         if rank == 0:
             e.update(x, detail=True)
         summary_e = e.compute()
-        torch.save({"summary": summary.__dict__, "local_count": local_after, "summary_e": summary_e.__dict__},
+        torch.save({"summary": summary.__dict__, "local_count": local_after, "summary_e": summary_e.__dict__,
+                    "local_only": local_only.__dict__},
                    os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -573,6 +635,11 @@ def test_two_process_gloo_matches_single_process(tmp_path):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
         _assert_same_summary(RangeSummary(**got["summary"]), w, torch.float32)
         assert got["local_count"].tolist() == [600.0] * 3  # unsynced again after compute
+        mine = RangeStats(bounds="imagenet", hist_bins=32)
+        part = x[:3] if rank == 0 else x[3:]
+        mine.update(part)
+        mine.update(part, detail=True)
+        _assert_same_summary(RangeSummary(**got["local_only"]), mine.compute(), torch.float32)
         _assert_same_summary(RangeSummary(**got["summary_e"]), w_e, torch.float32)
 
 

@@ -9,6 +9,7 @@ numpy float64 reference of ``test_stats.py``. Skipped without a CUDA device.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +90,41 @@ def test_sync_debug_mode_is_active():
             torch.bincount(x)
     finally:
         torch.cuda.set_sync_debug_mode(previous)
+
+
+@pytest.mark.parametrize("shape", [(16, 3, 512, 512), (2, 4, 64, 64), (5, 3, 7, 9)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda d: str(d).replace("torch.", ""))
+def test_one_read_kernel_runs_and_matches_numpy(dtype, channels_last, shape):
+    """On CUDA, float32/16 and bfloat16 in both layouts take the Triton kernel (not the eager
+    fallback), with exact extremes and float64-close moments against numpy, and no host sync."""
+    from rangewatch import stats_triton
+
+    if stats_triton.triton is None:
+        pytest.skip("triton is not installed")
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(shape, generator=g) * 3).to(dtype)
+    x.view(-1)[x.numel() // 3] = float("inf")
+    x = x.cuda()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    clean = x.nan_to_num(0.0, 0.0, 0.0)
+    every, minmax = RangeStats(), RangeStats()
+    before = stats_triton.launches
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        every.update(clean)
+        minmax.update(x, moments=False)
+        minmax.update(x, moments=False)
+        minmax.nonfinite_seen  # folds on the device
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    assert stats_triton.launches == before + 3 and not stats_triton._broken
+    check_summary(every.compute(), channel_rows(clean, 1), dtype, detail=False)
+    rows = channel_rows(x, 1)
+    r = minmax.compute()
+    assert r.min.tolist() == rows.min(axis=1).tolist() and r.max.tolist() == rows.max(axis=1).tolist()
+    assert r.nonfinite_seen.tolist() == (~np.isfinite(rows).all(axis=1)).tolist()
+    assert r.count.tolist() == [2.0 * rows.shape[1]] * shape[1]
