@@ -49,6 +49,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import pipeline_checks as pc
 from .conventions import get_convention
 from .findings import Finding
 from .latents import LatentMonitor, latent_preview, log_latents
@@ -59,7 +60,7 @@ from .stats import RangeStats
 __all__ = ["PipelineWatch", "watch_pipeline"]
 
 _SRC = "rangewatch.pipeline"
-_DECODE_TOL = 1e-3  # decoded values this far past +-1 count as clamped by postprocess
+_MISSING = object()
 
 
 def watch_pipeline(pipe: Any, **kwargs: Any) -> "PipelineWatch":
@@ -164,6 +165,7 @@ class PipelineWatch:
         self._orig_class: type | None = None
         self._sub: type | None = None
         self._decode_patched = False
+        self._prev_decode: Any = _MISSING
         self._tracers: list[ModuleTracer] = []
         self._vae_tracer: ModuleTracer | None = None
         self._call: _Call | None = None
@@ -208,6 +210,7 @@ class PipelineWatch:
         def decode(z: Any, *args: Any, **kwargs: Any) -> Any:
             return watch._decode(orig_decode, z, args, kwargs)
 
+        self._prev_decode = self.vae.__dict__.get("decode", _MISSING)  # another watch's wrapper, if any
         self.vae.decode = decode  # instance attribute shadows the class method
         self._decode_patched = True
         if self.trace != "none":
@@ -223,7 +226,10 @@ class PipelineWatch:
             self.pipe.__class__ = self._orig_class
         self._orig_class = self._sub = None
         if self._decode_patched:
-            self.vae.__dict__.pop("decode", None)
+            if self._prev_decode is _MISSING:
+                self.vae.__dict__.pop("decode", None)
+            else:
+                self.vae.__dict__["decode"] = self._prev_decode
             self._decode_patched = False
         for t in self._tracers:
             t.detach()
@@ -430,8 +436,6 @@ class PipelineWatch:
 
     # ------------------------------------------------------------------ judging (host, once per call)
     def _judge(self, call: _Call) -> None:
-        from . import pipeline_checks as pc
-
         found: list[Finding] = []
         for name, st, _ in call.images:
             found += pc.input_image(self.pipe, name, st)
@@ -441,8 +445,8 @@ class PipelineWatch:
         for t in self._tracers:  # the module that overflowed first, before what it caused
             found += pc.traced(self, t)
             t.reset()
-        for k, (mon, img) in enumerate(call.decodes):
-            found += pc.decode(self, call, mon, img, skip_scale=bool(user), index=k)
+        for mon, img in call.decodes:
+            found += pc.decode(self, call, mon, img, skip_scale=bool(user))
         self._previews(call)
         for f in found:
             self._add(f)

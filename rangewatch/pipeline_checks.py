@@ -252,7 +252,7 @@ def steps(w: "PipelineWatch", call: "_Call", *, skip: bool = False) -> list[Find
 
 
 # ---------------------------------------------------------------------------- decode
-def decode(w: "PipelineWatch", call: "_Call", mon: LatentMonitor, img: RangeStats, *, skip_scale: bool, index: int) -> list[Finding]:
+def decode(w: "PipelineWatch", call: "_Call", mon: LatentMonitor, img: RangeStats, *, skip_scale: bool) -> list[Finding]:
     out = [] if skip_scale else _final_latents(w, mon, "vae.decode input", manual=call.index == 0)
     out += [f for f in mon.check(where="vae.decode input") if f.kind == "nonfinite"] if skip_scale else []
     return out + _decoded(w, img)
