@@ -85,7 +85,7 @@ class _Call:
         self.monitors: dict[int, LatentMonitor] = {}  # checked step -> monitor of noise-normalised latents
         self.user_latents: LatentMonitor | None = None
         self.init_sigma: Any = 1.0  # scheduler.init_noise_sigma (a float or a tensor)
-        self.images: list[tuple[str, RangeStats, str]] = []  # (argument, stats, kind)
+        self.images: list[tuple[str, RangeStats]] = []  # (argument name, stats of the tensor)
         self.decodes: list[tuple[LatentMonitor, RangeStats]] = []
         self.height: int | None = None
         self.width: int | None = None
@@ -271,8 +271,11 @@ class PipelineWatch:
                     self._inputs(call, bound.arguments)
                 except Exception as e:  # noqa: BLE001 - never break the generation
                     self._internal("inputs", e)
-            if bound is not None and "callback_on_step_end" in bound.signature.parameters and "steps" not in self._off:
-                self._chain_callback(bound)
+            if bound is not None and "steps" not in self._off:
+                try:
+                    self._chain_callback(bound)
+                except Exception as e:  # noqa: BLE001
+                    self._internal("steps", e)
             if bound is not None:
                 return orig_call(*bound.args, **bound.kwargs)
             return orig_call(pipe, *args, **kwargs)
@@ -284,11 +287,17 @@ class PipelineWatch:
                 self._internal("judge", e)
 
     def _chain_callback(self, bound: inspect.BoundArguments) -> None:
+        """Put the watch's callback_on_step_end in front of the user's (when the pipeline takes one)."""
+        params = bound.signature.parameters
+        if "callback_on_step_end" not in params or "callback_on_step_end_tensor_inputs" not in params:
+            return
+        if "latents" not in getattr(self.pipe, "_callback_tensor_inputs", ["latents"]):
+            return  # the pipeline would refuse a callback asking for latents
         a = bound.arguments
         user = a.get("callback_on_step_end")
         asked = a.get("callback_on_step_end_tensor_inputs")
         if asked is None:
-            asked = bound.signature.parameters["callback_on_step_end_tensor_inputs"].default
+            asked = params["callback_on_step_end_tensor_inputs"].default
             asked = None if asked is inspect.Parameter.empty else asked
         if user is not None and hasattr(user, "tensor_inputs"):  # PipelineCallback / MultiPipelineCallbacks
             asked = user.tensor_inputs
@@ -331,7 +340,7 @@ class PipelineWatch:
                 continue  # the image processors pass latents through untouched
             st = RangeStats(channel_dim=cd)
             st.update(x.detach(), detail=True)
-            call.images.append((name, st, name))
+            call.images.append((name, st))
 
     def _unpack(self, z: torch.Tensor, call: _Call) -> torch.Tensor:
         """Packed Flux-style token latents (N, L, C*4) as (N, C, H, W), via the pipeline's own unpacker."""
@@ -437,7 +446,7 @@ class PipelineWatch:
     # ------------------------------------------------------------------ judging (host, once per call)
     def _judge(self, call: _Call) -> None:
         found: list[Finding] = []
-        for name, st, _ in call.images:
+        for name, st in call.images:
             found += pc.input_image(self.pipe, name, st)
         user = pc.user_latents(self, call) if call.user_latents is not None else []
         found += user

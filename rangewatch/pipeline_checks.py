@@ -264,7 +264,15 @@ def _final_latents(w: "PipelineWatch", mon: LatentMonitor, where: str, *, manual
     s, sh = float(w.scale or 1.0), float(w.shift or 0.0)
     undo = f"latents / {s:g}" + (f" + {sh:g}" if sh else "")
     decoding = where.startswith("vae.decode")
+    raw = ""
+    if decoding:
+        summ = mon.summary()
+        lo, hi = float(summ.finite_min.min()), float(summ.finite_max.max())
+        if math.isfinite(lo) and math.isfinite(hi):
+            raw = f"; the decoder's input (unscaled, z / {s:g}" + (f" + {sh:g}" if sh else "") + f") spans {lo / s + sh:.3g} .. {hi / s + sh:.3g}"
     for f in mon.check(step=step, where=where):
+        if raw and f.kind in ("latent_scale", "latent_outliers"):
+            f = replace(f, evidence=f.evidence + raw)
         if f.kind == "latent_scale":
             if not ("twice" in f.observed or "not scaled" in f.observed):
                 continue  # generated latents vary in spread: only an order-of-magnitude error is certain

@@ -182,6 +182,18 @@ def test_user_callback_still_runs_sees_what_it_asked_and_its_return_is_honoured(
     assert len(watch.previews) == 4  # the watch still saw the latents
 
 
+def test_a_pipeline_callback_object_still_works():
+    from diffusers.callbacks import SDCFGCutoffCallback  # a PipelineCallback: tensor_inputs ["prompt_embeds"]
+
+    pipe = sd_pipe()
+    ref = generate(pipe, callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=0.5)).images
+    assert pipe.guidance_scale == 0.0  # it ran: CFG switched off from the cutoff step
+    with watch_pipeline(pipe) as watch:
+        out = generate(pipe, callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=0.5)).images
+    assert pipe.guidance_scale == 0.0 and torch.equal(ref, out)
+    assert watch.findings == [] and len(watch.previews) == 4
+
+
 def test_user_callback_changing_latents_is_honoured_and_watched():
     """The SDXL case: latents that reach far beyond +-4 before the decode (here a callback puts them there)."""
     pipe = sd_pipe()
