@@ -450,12 +450,14 @@ class PipelineWatch:
             found += pc.input_image(self.pipe, name, st)
         user = pc.user_latents(self, call) if call.user_latents is not None else []
         found += user
-        found += pc.steps(self, call, skip=bool(user))
+        step_found = pc.steps(self, call, skip=bool(user))
+        found += step_found
+        steps_nonfinite = any(f.kind == "nonfinite" for f in step_found)
         for t in self._tracers:  # the module that overflowed first, before what it caused
             found += pc.traced(self, t)
             t.reset()
         for mon, img in call.decodes:
-            found += pc.decode(self, call, mon, img, skip_scale=bool(user))
+            found += pc.decode(self, call, mon, img, skip_scale=bool(user), steps_nonfinite=steps_nonfinite)
         self._previews(call)
         for f in found:
             self._add(f)

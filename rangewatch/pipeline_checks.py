@@ -252,9 +252,15 @@ def steps(w: "PipelineWatch", call: "_Call", *, skip: bool = False) -> list[Find
 
 
 # ---------------------------------------------------------------------------- decode
-def decode(w: "PipelineWatch", call: "_Call", mon: LatentMonitor, img: RangeStats, *, skip_scale: bool) -> list[Finding]:
+def decode(w: "PipelineWatch", call: "_Call", mon: LatentMonitor, img: RangeStats, *, skip_scale: bool,
+           steps_nonfinite: bool = False) -> list[Finding]:
+    """The decode's input latents and output image. NaN in the input is reported once (by the denoising
+    steps when they saw it first), and the decoded image is not judged then: its NaN is the input's."""
+    bad_input = bool(mon.summary().nonfinite_seen.any())
+    if bad_input:
+        return [] if steps_nonfinite else [f for f in _final_latents(w, mon, "vae.decode input", manual=call.index == 0)
+                                           if f.kind == "nonfinite"]
     out = [] if skip_scale else _final_latents(w, mon, "vae.decode input", manual=call.index == 0)
-    out += [f for f in mon.check(where="vae.decode input") if f.kind == "nonfinite"] if skip_scale else []
     return out + _decoded(w, img)
 
 
@@ -326,6 +332,8 @@ def traced(w: "PipelineWatch", tracer: ModuleTracer) -> list[Finding]:
     prefix = "vae." if is_vae else ("unet." if tracer.model is getattr(w.pipe, "unet", None) else "transformer.")
     out = []
     for f in tracer.check():
+        if is_vae and f.observed.startswith("NaN/Inf already in the input"):
+            continue  # NaN that came with the latents: the latent findings say where from
         name = prefix + f.where
         fix = decode_fix(w.pipe, name) if is_vae else _denoiser_fix(name)
         what = "steps are vae.decode calls" if is_vae else "steps are denoiser calls"
