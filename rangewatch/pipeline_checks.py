@@ -334,8 +334,14 @@ def traced(w: "PipelineWatch", tracer: ModuleTracer) -> list[Finding]:
     for f in tracer.check():
         if is_vae and f.observed.startswith("NaN/Inf already in the input"):
             continue  # NaN that came with the latents: the latent findings say where from
+        if f.kind not in ("nonfinite", "fp16_headroom"):
+            out.append(f)
+            continue
         name = prefix + f.where
         fix = decode_fix(w.pipe, name) if is_vae else _denoiser_fix(name)
         what = "steps are vae.decode calls" if is_vae else "steps are denoiser calls"
         out.append(replace(f, where=name, fix=fix, evidence=f"{f.evidence} ({what})"))
+    for note in getattr(tracer, "notes", []):  # what the tracer skipped or switched off (reported once: findings de-duplicate)
+        out.append(Finding(kind="note", where=prefix.rstrip("."), observed=note, expected="", evidence="ModuleTracer note",
+                           fix="", severity="info", source="rangewatch.numerics.ModuleTracer"))
     return out
