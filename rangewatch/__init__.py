@@ -11,6 +11,7 @@ from .compat import enable_basicsr_compat, import_basicsr
 from .integrations import LossWatch, find_loss_networks
 from .latents import LatentMonitor, latent_preview, log_latents, soft_clamp
 from .numerics import FP16_MAX, ModuleTracer, TraceReport, nan_image_finding
+from .pipeline import PipelineWatch, watch_pipeline
 from .visualization import VisualizationWatch, log_previews, watch_visualization
 
 __version__ = "0.1.0"
@@ -43,6 +44,8 @@ __all__ = [
     "latent_preview",
     "log_latents",
     "nan_image_finding",
+    "PipelineWatch",
+    "watch_pipeline",
     "soft_clamp",
     "__version__",
 ]
