@@ -800,11 +800,26 @@ def _img_html(uri: str, fname: str, ev: _Image, tag: str, kind: str) -> str:
             f'<a href="{_e(fname)}" title="{_e(fname)}">file</a></figcaption></figure>')
 
 
+_FINDING_HEADER = ["step", "kind", "where", "seen", "expected", "evidence", "fix"]
+
+
+def _parse_findings(text: str) -> tuple[list[str], list[list[str]]] | None:
+    """(header, rows) of a logged findings text: the blocks :func:`rangewatch.sinks.findings_markdown`
+    writes (read from their JSON comments), or an older markdown table."""
+    from .sinks import findings_from_markdown
+
+    found = findings_from_markdown(text)
+    if found is not None:
+        return _FINDING_HEADER, [["" if f.step is None else str(f.step), f.kind, f.where, f.observed, f.expected, f.evidence, f.fix]
+                                 for f in found]
+    return _md_table(text)
+
+
 def _findings_section(run: _Run, link: Callable[[str], str | None]) -> tuple[str, list[list[str]], list[str]]:
     if not run.findings:
         return '<p class="muted">No findings table was logged (<code>rangewatch/findings</code>): nothing was found, or the run logged no text.</p>', [], []
     last = _latest(run.findings)
-    parsed = _md_table(last.text)
+    parsed = _parse_findings(last.text)
     note = (f'<p class="small muted">The latest findings table (step {last.step}; '
             f'{len(run.findings)} table{"s" if len(run.findings) != 1 else ""} logged in this run, each holding every finding so far).</p>')
     if parsed is None:
