@@ -43,6 +43,7 @@ class _Tap:
     history: list[str] = field(default_factory=list)
     latent: Any = None  # a LatentMonitor for taps expected to carry latents
     error: str | None = None  # why rangewatch switched this tap off (internal error)
+    channels: int = 0  # as the last check step saw them (for the console)
 
 
 def _gather_varlen(strategy: Any, t: torch.Tensor) -> list[torch.Tensor]:
@@ -643,6 +644,7 @@ class RangeWatch(Callback):
                 continue
             try:
                 s = tap.stats.compute()  # the host transfer (and the cross-rank reduction)
+                tap.channels = s.channels
                 new.extend(self._judge(tap, s, step))
                 metrics.update(self._metrics(tap, s))
                 summaries.append((name, s))
@@ -767,8 +769,7 @@ class RangeWatch(Callback):
         width = min(36, max([len(n) for n in live] + [4]))
         for name, t in live.items():
             exp = self.expectation_for(name)
-            chans = getattr(t.stats, "channels", None)
-            ch = f"{chans} ch" if isinstance(chans, int) and chans else ""
+            ch = f"{t.channels} ch" if t.channels else ""
             if exp is not None:
                 what = f"expects {exp.convention} ({exp.source})"
             elif t.inferred is not None and t.inferred.name != "unknown":
@@ -783,8 +784,7 @@ class RangeWatch(Callback):
             e = self.expectations[n]
             lines.append(f"  not seen yet: {n} expects {e.convention} ({e.source})")
         cadence = f"checked at the first {self.check_first_n} batches, then every {self._every} steps"
-        val = "; validation batches as val/..." if self.watch_validation else ""
-        head = f"rangewatch: watching {len(live)} tap{'s' if len(live) != 1 else ''} ({cadence}{val})"
+        head = f"rangewatch: watching {len(live)} tap{'s' if len(live) != 1 else ''} ({cadence})"
         if not live:
             head += ": no image-like tensor in the batches; name tensors with expect= / modules="
         return head + ("\n" + "\n".join(lines) if lines else "")
