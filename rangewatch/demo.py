@@ -362,7 +362,9 @@ def findings_table(findings: list[Finding], width: int | None = None) -> str:
     rows = [header] + [(f.kind, f.where, f.observed, f.expected, f.fix) for f in findings]
     caps = (13, 24, 16, 18)  # the fix column takes the rest
     widths = [min(cap, max(len(r[i]) for r in rows)) for i, cap in enumerate(caps)]
-    widths.append(max(40, width - 2 - sum(widths) - 2 * len(widths)))
+    while width - 2 - sum(widths) - 2 * len(widths) < 40 and max(widths) > 8:  # narrow terminal: the fix keeps 40
+        widths[widths.index(max(widths))] -= 1
+    widths.append(max(20, width - 2 - sum(widths) - 2 * len(widths)))
     out = []
     for i, row in enumerate(rows):
         cells = [textwrap.wrap(c, w, break_on_hyphens=False) or [""] for c, w in zip(row, widths)]

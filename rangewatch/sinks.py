@@ -180,6 +180,14 @@ def _hwc(img: torch.Tensor) -> Any:
     return x[:3].permute(1, 2, 0).contiguous().numpy()
 
 
+def mlflow_key(name: str) -> str:
+    """A tag as an MLflow metric / image key: ``rangewatch/batch[0]/min/c0`` -> ``rangewatch/batch_0_/min/c0``,
+    ``vae.encoder:input`` -> ``vae.encoder_input`` (other characters become ``_``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_/. -]", "_", name)
+
+
 class LoggerSink:
     """Writes to the trainer's loggers: scalars to every logger with ``log_metrics``; histograms,
     text, images and the custom-scalars layout to TensorBoard loggers; to a ``WandbLogger`` the
@@ -233,7 +241,7 @@ class LoggerSink:
         for lg in self.wandb:
             lg.log_image(name, images=[arr], step=step)
         for lg in self.mlflow:
-            lg.experiment.log_image(lg.run_id, arr, key=name.replace(":", "_"), step=step)
+            lg.experiment.log_image(lg.run_id, arr, key=mlflow_key(name), step=step)
 
     def other_histograms(self, tap: str, s: RangeSummary, step: int) -> None:
         """Per-channel histograms to W&B (``wandb.Histogram`` from the bin counts and edges)."""
@@ -245,10 +253,16 @@ class LoggerSink:
         metrics = {}
         for c in range(s.channels):
             counts = s.hist[c].double().cpu().numpy()
+            edges = s.hist_edges[c].double().cpu().numpy()
+            if s.hist_underflow is not None and s.hist_overflow is not None:  # values outside the bins: one edge bin each
+                lo, hi = float(s.finite_min[c]), float(s.finite_max[c])
+                lo = lo if math.isfinite(lo) and lo < edges[0] else edges[0] - (edges[1] - edges[0])
+                hi = hi if math.isfinite(hi) and hi > edges[-1] else edges[-1] + (edges[1] - edges[0])
+                counts = np.concatenate([[float(s.hist_underflow[c])], counts, [float(s.hist_overflow[c])]])
+                edges = np.concatenate([[lo], edges, [hi]])
             if counts.sum() <= 0:
                 continue
-            edges = s.hist_edges[c].double().cpu().numpy()
-            metrics[tag(tap, "hist", c)] = wandb.Histogram(np_histogram=(counts, np.asarray(edges)))
+            metrics[tag(tap, "hist", c)] = wandb.Histogram(np_histogram=(counts, edges))
         if metrics:
             for lg in self.wandb:
                 lg.log_metrics(metrics, step=step)
@@ -260,7 +274,10 @@ class LoggerSink:
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         clean = {k: float(v) for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
         for lg in self.metric_loggers:
-            lg.log_metrics(clean, step=step)
+            if lg in self.mlflow:  # MLflow keys take letters, digits, "_", "/", ".", " " and "-" only
+                lg.log_metrics({mlflow_key(k): v for k, v in clean.items()}, step=step)
+            else:
+                lg.log_metrics(clean, step=step)
 
     def histograms(self, tap: str, s: RangeSummary, step: int) -> None:
         for w in self.writers:

@@ -168,7 +168,7 @@ def test_index_and_one_section_per_run(logs, report, capsys):
     index, page = report
     assert index == root / "rangewatch_report" / "index.html" and index.is_file()
     runs = [a["data-run"] for a in page.find("section", **{"class": "run"})]
-    assert runs == ["other", "tb/version_0", "tb/version_1"]
+    assert runs == ["tb/version_0", "other", "tb/version_1"]  # the run with findings first, then by path
     # an explicit out dir; nothing printed
     out = build_report(lg1.log_dir, root / "elsewhere")
     assert out == root / "elsewhere" / "index.html" and out.is_file()

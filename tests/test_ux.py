@@ -269,7 +269,10 @@ def test_preview_pair_labelled_inside_the_image():
 
 
 def test_tensor2img_labels():
-    pytest.importorskip("basicsr")
+    from rangewatch.demo import has_package
+
+    if not has_package("basicsr"):
+        pytest.skip("basicsr is not installed")
     from rangewatch import watch_visualization
     from rangewatch.compat import import_basicsr
 
