@@ -31,6 +31,54 @@ def chromium_shot(url: str, out: Path, size: str = "1400,1000") -> None:
         )
 
 
+def page_height(html_file: Path) -> int:
+    """The rendered height in CSS pixels of an HTML file at 1400 px width (headless Chromium)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        sys.exit("chromium not found: apt-get install chromium")
+    probe = html_file.with_name("_height_probe.html")
+    probe.write_text(html_file.read_text(encoding="utf-8").replace(
+        "</body>", "<script>document.body.setAttribute('data-h', document.documentElement.scrollHeight)</script></body>"),
+        encoding="utf-8")
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+                              "--window-size=1400,1000", "--dump-dom", probe.as_uri()],
+                             check=True, capture_output=True, text=True, timeout=120).stdout
+    probe.unlink()
+    import re
+
+    m = re.search(r'data-h="(\d+)"', dom)
+    return int(m.group(1)) if m else -1
+
+
+def tag_counts(logdir: Path) -> dict[str, int]:
+    """Tags under ``logdir`` over all runs, as TensorBoard's Time Series shows them (one card per
+    distinct tag of each kind; images count once per tag)."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    mux = EventMultiplexer(size_guidance={"scalars": 1, "histograms": 1, "images": 1, "tensors": 1})
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    kinds: dict[str, set[str]] = {"scalars": set(), "histograms": set(), "images": set(), "text": set(), "layout": set()}
+    for run, tags in mux.Runs().items():
+        kinds["scalars"].update(tags.get("scalars", []))
+        kinds["histograms"].update(tags.get("histograms", []))
+        kinds["images"].update(tags.get("images", []))
+        for t in tags.get("tensors", []):
+            plugin = mux.SummaryMetadata(run, t).plugin_data.plugin_name
+            if plugin == "custom_scalars":
+                kinds["layout"].add(t)
+            elif plugin == "text":
+                kinds["text"].add(t)
+            elif plugin == "scalars":
+                kinds["scalars"].add(t)
+            elif plugin == "histograms":
+                kinds["histograms"].add(t)
+    out = {k: len(v) for k, v in kinds.items()}
+    out["time_series_cards"] = out["scalars"] + out["histograms"] + out["images"] + out["text"]
+    return out
+
+
 def main() -> None:
     from rangewatch.demo import run_case
     from rangewatch.report import build_report

@@ -74,6 +74,7 @@ class _Tap:
     error: str | None = None  # why rangewatch switched this tap off (internal error)
     misfit: bool = False  # its expected convention does not fit its channel count (a mismatch finding said so)
     layout: str | None = None  # the layout assumed when it is not the usual channels-first one
+    channels: int = 0  # as the last check step saw them (for the console)
 
 
 def _gather_varlen(strategy: Any, t: torch.Tensor) -> list[torch.Tensor]:
@@ -107,7 +108,13 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
             :class:`~rangewatch.RangeMismatchError` at the first batch that shows one), ``"log"``.
         check_first_n: number of first train batches that are all checked.
         log_every_n_steps: check/log interval; default: the Trainer's ``log_every_n_steps``.
-        histograms: log per-channel histograms to TensorBoard at check steps.
+        histograms: per-channel histograms in TensorBoard at check steps: ``"flagged"`` (default:
+            only for taps with a finding, from the check step that found it), ``"all"`` (or True:
+            every tap) or False (none).
+        per_channel_scalars: also log the raw per-channel ``std``, ``nonfinite`` and
+            ``out_of_range`` scalars (``rangewatch/<tap>/<stat>/c<k>``); by default each tap logs
+            per-channel ``min``/``mean``/``max``, one ``nonfinite`` count and one ``out_of_range``
+            share for the whole tap, and its expected range (``expected_min``/``expected_max``).
         hist_bins: histogram bins per channel.
         watch_validation: also watch validation batches (taps ``val/batch...``).
         watch_visualization: during validation, observe the calls that turn tensors into images
@@ -168,7 +175,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         policy: Policy = "warn",
         check_first_n: int = 3,
         log_every_n_steps: int | None = None,
-        histograms: bool = True,
+        histograms: bool | Literal["flagged", "all"] = "flagged",
         hist_bins: int = 64,
         watch_validation: bool = True,
         watch_visualization: bool = True,
@@ -181,6 +188,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         check_nonfinite_every_step: bool = False,
         moments_every_step: bool = False,
         image_processors: dict[str, Any] | None = None,
+        per_channel_scalars: bool = False,
     ) -> None:
         super().__init__()
         self.expect = check_expect(expect)
@@ -190,7 +198,10 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         self.policy: Policy = check_choice("policy", policy, _POLICIES)  # type: ignore[assignment]
         self.check_first_n = check_int("check_first_n", check_first_n, 0, maximum=MAX_CHECK_FIRST_N)
         self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, 1, allow_none=True)
-        self.histograms = check_bool("histograms", histograms)
+        if histograms is True:
+            histograms = "all"
+        self.histograms: bool | str = histograms if histograms is False else check_choice("histograms", histograms, ("flagged", "all"))
+        self.per_channel_scalars = check_bool("per_channel_scalars", per_channel_scalars)
         self.hist_bins = check_int("hist_bins", hist_bins, 1, maximum=MAX_HIST_BINS)
         self.watch_validation = check_bool("watch_validation", watch_validation)
         self.watch_visualization = check_bool("watch_visualization", watch_visualization)
@@ -232,6 +243,8 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         self._early: list[Finding] = []  # found outside a check (in a hook): reported at the next check
         self._vis_sites: set[str] = set()  # preview call sites seen (each one's first call is judged)
         self._vis_judge = False  # judge every preview call now (check steps, epoch ends)
+        self._layout_taps: dict[str, tuple[int, bool]] = {}  # what the custom-scalars layout last showed
+        self._announced = False
         self._set_declared()
 
     # ------------------------------------------------------------------ construction helpers
@@ -276,7 +289,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
 
         self._trainer = trainer
         sync_rank_zero(trainer)
-        self._has_tensorboard = any(is_tensorboard_logger(lg) for lg in trainer.loggers)
+        self._has_tensorboard = any(is_tensorboard_logger(lg) or type(lg).__name__ == "WandbLogger" for lg in trainer.loggers)
         self._every = self.log_every_n_steps or max(1, int(getattr(trainer, "log_every_n_steps", 50) or 50))
         self._sink = LoggerSink(list(trainer.loggers)) if trainer.is_global_zero else None
 
@@ -348,13 +361,14 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
             return
         try:
             previews = self._vis.pop_previews()
-            if previews and self._sink is not None and self._sink.has_tensorboard:
+            if previews and self._sink is not None and self._sink.has_images:
                 from .visualization import log_previews
 
                 for p in previews:
                     step = p.record.step if p.record.step is not None else int(trainer.global_step)
                     for w in self._sink.writers:
                         log_previews(w, p, step=step)
+                    self._sink.other_images(f"rangewatch/preview/{p.image_tag}", p.build_labelled(), step)  # W&B / MLflow
         except Exception as e:
             self._internal("visualization", e, None, what="logging the corrected previews")
 
@@ -761,6 +775,12 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         self._train_batches += 1
         if self._check_now:
             self._check(trainer, lambda n: not n.startswith("val/"), step=self._step_at_start, train_check=True)
+            if not self._announced:
+                self._announced = True
+                try:
+                    rank_zero_info(self.watching())
+                except Exception as e:  # noqa: BLE001
+                    self._internal("console", e, None)
         elif self.check_nonfinite_every_step and self._nonfinite_now():
             self._check(trainer, lambda n: not n.startswith("val/"), step=self._step_at_start, train_check=True)
         self._detail = False
@@ -829,6 +849,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
                 continue
             try:
                 s = tap.stats.compute()  # the host transfer (and the cross-rank reduction)
+                tap.channels = s.channels
                 new.extend(self._judge(tap, s, step))
                 metrics.update(self._metrics(tap, s))
                 summaries.append((name, s))
@@ -840,12 +861,14 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
             try:
                 if metrics:
                     self._sink.scalars(metrics, step)
-                    if not self._sink.has_tensorboard and self.histograms and self._sink.active:
-                        self._note_once("histograms", "rangewatch: histograms, images and text need a TensorBoardLogger; other loggers get scalars only")
+                    if not self._sink.has_images and self._sink.active:
+                        self._note_once("histograms", "rangewatch: histograms, images and text need a TensorBoard, W&B or MLflow logger; other loggers get scalars only")
                 if self.histograms:
+                    flagged = self._flagged(new)
                     for name, s in summaries:
-                        if self._taps[name].latent is None:
+                        if self._taps[name].latent is None and (self.histograms == "all" or name in flagged):
                             self._sink.histograms(name, s, step)
+                self._log_overview(summaries, new, step)
                 if self._sink.has_tensorboard:
                     from .latents import log_latents
 
@@ -853,6 +876,8 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
                         if self._taps[name].latent is not None:
                             for w in self._sink.writers:
                                 log_latents(w, name, self._taps[name].latent, step)
+                if self._sink.wandb or self._sink.mlflow:
+                    self._latents_elsewhere(summaries, step)
             except Exception as e:
                 self._internal("logging", e, None)
         for name, _ in summaries:
@@ -907,16 +932,123 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
 
     def _metrics(self, tap: _Tap, s: RangeSummary) -> dict[str, float]:
         m: dict[str, float] = {}
+        full = self.per_channel_scalars
+        stats = (("min", s.range_min), ("max", s.range_max), ("mean", s.mean)) + ((("std", s.std),) if full else ())
         for c in range(s.channels):
-            for stat, vals in (("min", s.range_min), ("max", s.range_max), ("mean", s.mean), ("std", s.std)):
+            for stat, vals in stats:
                 v = float(vals[c])
                 if math.isfinite(v):
                     m[tag(tap.name, stat, c)] = v
-            if float(s.detail_count[c]) > 0:
+            if full and float(s.detail_count[c]) > 0:
                 m[tag(tap.name, "nonfinite", c)] = float(s.nonfinite[c])
                 if s.bounds is not None:
                     m[tag(tap.name, "out_of_range", c)] = float((s.below[c] + s.above[c]) / s.detail_count[c])
+        counted = float(s.detail_count.sum())
+        if not full and counted > 0:  # one figure each for the whole tap
+            m[tag(tap.name, "nonfinite")] = float(s.nonfinite.sum())
+            if s.bounds is not None:
+                m[tag(tap.name, "out_of_range")] = float((s.below.sum() + s.above.sum()) / counted)
+        exp = self.expectation_for(tap.name)
+        if exp is not None and exp.conv.kind == "pixel":
+            lo, hi = exp.conv.bounds(s.channels)
+            m[tag(tap.name, "expected_min")], m[tag(tap.name, "expected_max")] = float(min(lo)), float(max(hi))
         return m
+
+    def _latents_elsewhere(self, summaries: list[tuple[str, RangeSummary]], step: int) -> None:
+        """The latent RGB preview (and, for W&B, the per-channel histograms) to W&B / MLflow."""
+        from torchvision.utils import make_grid
+
+        from .latents import latent_preview, preview_scale
+
+        for name, s in summaries:
+            mon = self._taps[name].latent
+            if mon is None:
+                continue
+            if mon.last is not None and mon.conv.latent_rgb is not None:
+                prev = latent_preview(mon.last[:4], mon.conv, channel_dim=mon.channel_dim)
+                k = preview_scale(int(prev.shape[-1]))
+                prev = prev.repeat_interleave(k, -1).repeat_interleave(k, -2)
+                self._sink.other_images(f"{tag(name, 'latent_preview')}", make_grid(prev.float(), nrow=4, padding=2, pad_value=1.0), step)
+            self._sink.other_histograms(name, s, step)
+
+    def watching(self) -> str:
+        """What is watched, said once per fit after the first checked batch: each tap with its
+        channels and its expectation (and where that comes from) or what the data looks like, the
+        taps not watched and why, expectations whose tap has not been seen yet, and the check cadence."""
+        lines = []
+        live = {n: t for n, t in sorted(self._taps.items()) if not t.disabled}
+        off = {n: t for n, t in sorted(self._taps.items()) if t.disabled}
+        width = min(36, max([len(n) for n in live] + [4]))
+        for name, t in live.items():
+            exp = self.expectation_for(name)
+            ch = f"{t.channels} ch" if t.channels else ""
+            if exp is not None:
+                what = f"expects {exp.convention} ({exp.source})"
+            elif t.inferred is not None and t.inferred.name != "unknown":
+                what = f"no expectation; the data looks like {t.inferred.name}" + ("" if t.inferred.confident else " (not sure)")
+            else:
+                what = "no expectation; watched for NaN/Inf and range only"
+            lines.append(f"  {name:<{width}} {ch:>5}  {what}")
+        for name, t in off.items():
+            lines.append(f"  not watched: {name} ({t.error or 'not an image-like tensor'})")
+        unseen = [n for n in sorted(self.expectations) if n not in self._taps and not n.startswith("val/")]
+        for n in unseen:
+            e = self.expectations[n]
+            lines.append(f"  not seen yet: {n} expects {e.convention} ({e.source})")
+        cadence = f"checked at the first {self.check_first_n} batches, then every {self._every} steps"
+        head = f"rangewatch: watching {len(live)} tap{'s' if len(live) != 1 else ''} ({cadence})"
+        if not live:
+            head += ": no image-like tensor in the batches; name tensors with expect= / modules="
+        return head + ("\n" + "\n".join(lines) if lines else "")
+
+    def summary_line(self) -> str:
+        """One line for the end of a fit: taps checked, batches, findings by kind."""
+        from collections import Counter
+
+        checked = [t for t in self._taps.values() if t.steps_checked]
+        problems = [f for f in self.findings if f.kind not in _QUIET_KINDS]
+        counts = Counter(f.kind for f in problems)
+        found = (f"{len(problems)} finding{'s' if len(problems) != 1 else ''} (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
+                 if problems else "no findings")
+        internal = sum(f.kind == "internal" for f in self.findings)
+        extra = f"; {internal} tap{'s' if internal != 1 else ''} switched off after an internal error" if internal else ""
+        return (f"rangewatch: {len(checked)} tap{'s' if len(checked) != 1 else ''} checked over {self._train_batches} "
+                f"training batch{'es' if self._train_batches != 1 else ''}: {found}{extra}")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        try:
+            rank_zero_info(self.summary_line())
+        except Exception as e:  # noqa: BLE001
+            self._internal("console", e, None)
+
+    def _flagged(self, new: list[Finding] = ()) -> set[str]:  # type: ignore[assignment]
+        """Taps with a finding (notes and internal errors aside)."""
+        return {f.where for f in [*self.findings, *new] if f.kind not in _QUIET_KINDS}
+
+    def _log_overview(self, summaries: list[tuple[str, RangeSummary]], new: list[Finding], step: int) -> None:
+        """The findings count per kind (``rangewatch/findings/<kind>``, ``.../total``) and, when the
+        taps or their flags changed, TensorBoard's custom-scalars layout (one category per tap)."""
+        if self._sink is None:
+            return
+        counts: dict[str, float] = {"rangewatch/findings/total": 0.0}
+        for f in [*self.findings, *(f for f in new if f.key not in self._reported)]:
+            if f.kind not in _QUIET_KINDS:
+                counts["rangewatch/findings/total"] += 1
+                counts[f"rangewatch/findings/{f.kind}"] = counts.get(f"rangewatch/findings/{f.kind}", 0.0) + 1
+        self._sink.scalars(counts, step)
+        if not self._sink.has_tensorboard:
+            return
+        flagged = self._flagged(new)
+        taps = dict(self._layout_taps)
+        for name, s in summaries:
+            if self._taps[name].latent is None:
+                taps[name] = (s.channels, name in flagged)
+        taps = {n: (c, n in flagged) for n, (c, _) in taps.items()}
+        if taps != self._layout_taps:
+            from .sinks import scalars_layout
+
+            self._sink.layout(scalars_layout(taps), step)
+            self._layout_taps = taps
 
     def _reset(self, tap: _Tap) -> None:
         """Start a new window; once a convention is known, histograms and out-of-range use its bounds."""
@@ -979,7 +1111,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
             return
         if self._sink is not None and fresh:
             try:
-                self._sink.text("rangewatch/findings", findings_markdown(self.findings), step)
+                self._sink.findings(self.findings, step)
             except Exception as e:
                 self._internal("logging", e, None)
         loud = [f for f in fresh if f.kind not in _QUIET_KINDS]

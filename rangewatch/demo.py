@@ -44,6 +44,16 @@ class PhotoPairs(Dataset):
         return {"lq": self.conv.from_unit(self.lq[i][None])[0], "gt": self.conv.from_unit(self.gt[i][None])[0]}
 
 
+def has_package(name: str) -> bool:
+    """Whether ``name`` can be imported (without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 # ----------------------------------------------------------------------------- models
 def _lightning() -> Any:
     import lightning.pytorch as pl
@@ -70,12 +80,20 @@ def restorer_class() -> type:
             return nn.functional.l1_loss(self(batch["lq"]), batch["gt"])
 
         def validation_step(self, batch: dict, batch_idx: int) -> None:
+            out = self(batch["lq"])
+            if not has_package("basicsr"):  # the torchvision equivalent: save_image assumes [0, 1] too
+                import io
+
+                from torchvision.utils import save_image
+
+                for img in out[:2]:
+                    save_image(img if self.min_max is None else (img + 1) / 2, io.BytesIO(), format="png")
+                return
             from .compat import import_basicsr
 
             import_basicsr()
             from basicsr.utils import tensor2img
 
-            out = self(batch["lq"])
             kw = {} if self.min_max is None else {"min_max": self.min_max}
             for img in out[:2]:
                 tensor2img(img, **kw)  # what the run would write to disk as its preview
@@ -165,19 +183,22 @@ def fp16_class() -> type:
 
 class PhotoLatents(Dataset):
     """SDXL-space latents made from the photos with the inverse of the linear latent-to-RGB map
-    (no VAE weights can be downloaded), with the yellow lean the SDXL write-up describes, and
-    returned *unscaled* (``z / 0.13025``): the pipeline forgot ``* vae.config.scaling_factor``."""
+    (least squares; no VAE weights can be downloaded): their RGB preview is the photo, with the
+    yellow lean the SDXL write-up describes; returned *unscaled* (``z / 0.13025``): the pipeline
+    forgot ``* vae.config.scaling_factor``."""
 
     def __init__(self, size: int = 32):
         conv = get_convention("sdxl_latent")
         rgb = load_photos(size).float() / 127.5 - 1  # (N, 3, H, W) in [-1, 1]
         f = torch.tensor(conv.latent_rgb)  # (4, 3)
         bias = torch.tensor(conv.latent_rgb_bias)
+        # least squares: the latents whose linear preview z @ f + bias is the photo itself
         z = torch.einsum("nkhw,kc->nchw", rgb - bias[None, :, None, None], torch.linalg.pinv(f))
-        z = (z - z.mean((0, 2, 3), keepdim=True)) / z.std((0, 2, 3), keepdim=True)
+        # latent-like texture along the one direction the preview cannot see (f's left null space)
+        null = torch.linalg.svd(f.T).Vh[-1]  # (4,): null @ f == 0
         g = torch.Generator().manual_seed(0)
-        z = 0.8 * z + 0.6 * torch.randn(z.shape, generator=g)
-        z[:, 0] += 0.8  # luminance up, towards yellow (cf. Fooocus #994)
+        z = z + 0.5 * torch.randn(z[:, :1].shape, generator=g) * null[None, :, None, None]
+        z[:, 0] += 0.4  # luminance up, towards yellow (cf. Fooocus #994)
         self.z_vae = z / conv.scale
 
     def __len__(self) -> int:
@@ -217,6 +238,11 @@ class Case:
     build: Callable[[], tuple[Any, DataLoader, DataLoader | None, dict[str, Any]]]
     steps: int = 8
     precision: str = "32-true"
+    needs: tuple[str, ...] = ()  # optional packages the case cannot run without
+    fallback: str = ""  # what the case does instead when an optional package it likes is missing
+
+    def missing(self) -> list[str]:
+        return [n for n in self.needs if not has_package(n)]
 
 
 def _pairs(convention: str) -> tuple[DataLoader, DataLoader]:
@@ -256,9 +282,12 @@ def _sdxl_latent() -> tuple:
 
 
 CASES: dict[str, Case] = {
-    "dark-preview": Case("dark-preview", "CodeFormer stage 2: validation previews through tensor2img's default min_max=(0, 1)", "clipping", _dark_preview),
-    "vae-range": Case("vae-range", "[0,1] photos fed to a VAE built for [-1,1] (diffusers AutoencoderKL)", "mismatch", _vae_range, steps=4),
-    "multi-norm": Case("multi-norm", "VAE + CLIP image encoder + DINO-style backbone, CLIP and ImageNet normalisation swapped", "mismatch", _multi_norm, steps=3),
+    "dark-preview": Case("dark-preview", "CodeFormer stage 2: validation previews through tensor2img's default min_max=(0, 1)", "clipping", _dark_preview,
+                         fallback="basicsr"),
+    "vae-range": Case("vae-range", "[0,1] photos fed to a VAE built for [-1,1] (diffusers AutoencoderKL)", "mismatch", _vae_range, steps=4,
+                      needs=("diffusers",)),
+    "multi-norm": Case("multi-norm", "VAE + CLIP image encoder + DINO-style backbone, CLIP and ImageNet normalisation swapped", "mismatch", _multi_norm, steps=3,
+                       needs=("diffusers", "transformers", "timm")),
     "fp16-black": Case("fp16-black", "a restoration net in pure fp16 whose decoder overflows 65504 (black images)", "nonfinite", _fp16_black, steps=3, precision="16-true"),
     "sdxl-latent": Case("sdxl-latent", "SDXL latents fed to the denoiser without * scaling_factor (values past +-30)", "latent_scale", _sdxl_latent, steps=4),
     "clean": Case("clean", "the restoration run with every range right", None, _clean),
@@ -269,11 +298,14 @@ CASES: dict[str, Case] = {
 class DemoResult:
     case: str
     findings: list[Finding]
-    logdir: Path
+    logdir: Path | None
     seconds: float
+    skipped: str = ""  # why the case did not run (an optional package is missing)
 
     @property
     def ok(self) -> bool:
+        if self.skipped:
+            return True
         kind = CASES[self.case].expect_kind
         problems = [f for f in self.findings if f.kind not in ("note",)]
         if kind is None:
@@ -282,18 +314,23 @@ class DemoResult:
 
 
 def run_case(name: str, logdir: str | Path = "rangewatch_logs", progress: bool = True) -> DemoResult:
-    """Train one case for a few steps with RangeWatch attached; logs go to ``<logdir>/<name>``."""
+    """Train one case for a few steps with RangeWatch attached; logs go to a fresh
+    ``<logdir>/<name>/version_<n>``. A case whose optional packages are missing does not run: its
+    result says which extra to install."""
+    case = CASES[name]
+    missing = case.missing()
+    if missing:
+        return DemoResult(name, [], None, 0.0, skipped=f"needs {', '.join(missing)}: pip install \"rangewatch[demo]\"")
     pl = _lightning()
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from .callback import RangeWatch
 
-    case = CASES[name]
     torch.manual_seed(0)
     start = time.perf_counter()
     model, train, val, opts = case.build()
     watch = RangeWatch(policy="log", log_every_n_steps=2, **opts)
-    logger = TensorBoardLogger(str(logdir), name=name, version="")
+    logger = TensorBoardLogger(str(logdir), name=name)  # version_<n>: a re-run never mixes with the last one
     try:  # also bound the epochs, so that the progress bar shows "Epoch 1/1" rather than "1/-2"
         epochs = max(1, math.ceil(case.steps / len(train)))
     except TypeError:  # a loader without a length
@@ -311,20 +348,30 @@ def run_case(name: str, logdir: str | Path = "rangewatch_logs", progress: bool =
     return DemoResult(name, list(watch.findings), Path(logger.log_dir), time.perf_counter() - start)
 
 
-def findings_table(findings: list[Finding], width: int = 100) -> str:
-    """A plain-text table: where, seen, expected, fix."""
+def findings_table(findings: list[Finding], width: int | None = None) -> str:
+    """A plain-text table (kind, where, seen, expected, fix) that fits ``width`` columns (default: the
+    terminal's, at most 120): cells wrap at word boundaries, never mid-word unless a word is longer
+    than its column."""
+    import shutil
+    import textwrap
+
     if not findings:
         return "  no findings"
-    rows = [("where", "seen", "expected", "fix")] + [(f.where, f.observed, f.expected, f.fix) for f in findings]
-    w0 = min(34, max(len(r[0]) for r in rows))
-    w1 = min(12, max(len(r[1]) for r in rows))
-    w2 = min(22, max(len(r[2]) for r in rows))
+    width = width or min(120, shutil.get_terminal_size((100, 24)).columns)
+    header = ("kind", "where", "seen", "expected", "fix")
+    rows = [header] + [(f.kind, f.where, f.observed, f.expected, f.fix) for f in findings]
+    caps = (13, 24, 16, 18)  # the fix column takes the rest
+    widths = [min(cap, max(len(r[i]) for r in rows)) for i, cap in enumerate(caps)]
+    while width - 2 - sum(widths) - 2 * len(widths) < 40 and max(widths) > 8:  # narrow terminal: the fix keeps 40
+        widths[widths.index(max(widths))] -= 1
+    widths.append(max(20, width - 2 - sum(widths) - 2 * len(widths)))
     out = []
-    for i, (a, b, c, d) in enumerate(rows):
-        out.append(f"  {a[:w0]:<{w0}}  {b[:w1]:<{w1}}  {c[:w2]:<{w2}}  {d}")
-        if i == 0:
-            out.append("  " + "-" * min(width, w0 + w1 + w2 + 40))
-    return "\n".join(out)
+    for i, row in enumerate(rows):
+        cells = [textwrap.wrap(c, w, break_on_hyphens=False) or [""] for c, w in zip(row, widths)]
+        for j in range(max(len(c) for c in cells)):
+            out.append(("  " + "  ".join(f"{(c[j] if j < len(c) else ''):<{w}}" for c, w in zip(cells, widths))).rstrip())
+        out.append("  " + "-" * (sum(widths) + 2 * (len(widths) - 1)) if i == 0 else "")
+    return "\n".join(out).rstrip()
 
 
 def run_demo(case: str = "dark-preview", logdir: str | Path = "rangewatch_logs", progress: bool = True, echo: Callable[[str], None] = print) -> list[DemoResult]:
@@ -332,17 +379,27 @@ def run_demo(case: str = "dark-preview", logdir: str | Path = "rangewatch_logs",
     results = []
     for name in names:
         echo(f"\n== {name}: {CASES[name].title}")
+        case = CASES[name]
+        if case.fallback and not has_package(case.fallback):
+            echo(f"   ({case.fallback} is not installed: the previews go through torchvision's save_image, which assumes [0, 1] "
+                 f"as tensor2img does; pip install \"rangewatch[{case.fallback}]\" for the original code path)")
         r = run_case(name, logdir, progress)
+        results.append(r)
+        if r.skipped:
+            echo(f"   skipped: this case {r.skipped}")
+            continue
         shown = [f for f in r.findings if f.kind != "note"]
         echo(f"\n{len(shown)} finding(s) in {r.seconds:.1f} s:")
         echo(findings_table(shown))
         for f in shown:
             echo(f"\n  * {f}")
-        results.append(r)
     where = Path(logdir).resolve()
-    echo(
-        f"\nTensorBoard logs: {where}\nOpen them with:\n  tensorboard --logdir {where}\n"
-        f"(where basicsr's tb-nightly sits beside tensorboard, plain tensorboard fails with 'Duplicate plugins': "
-        f"use  rangewatch tensorboard {where})\nor write an HTML report:\n  rangewatch report {where}"
-    )
+    runs = [r for r in results if r.logdir is not None]
+    if runs:
+        echo(
+            f"\nTensorBoard logs: {where} (this run: {', '.join(str(Path(r.logdir).resolve().relative_to(where)) for r in runs)})\n"
+            f"Open them with:\n  rangewatch tensorboard --logdir {where}\n"
+            "  (the CUSTOM SCALARS tab has one chart per tap, taps with a finding first)\n"
+            f"or write an HTML report:\n  rangewatch report {where}"
+        )
     return results

@@ -592,6 +592,15 @@ def _fmt(v: torch.Tensor) -> str:
 
 
 # ---------------------------------------------------------------------------- TensorBoard
+#: latent previews narrower than this (pixels per image) are enlarged by :func:`log_latents`
+PREVIEW_MIN_SIZE = 192
+
+
+def preview_scale(width: int) -> int:
+    """The enlargement :func:`log_latents` applies to latent previews ``width`` pixels wide."""
+    return max(1, min(8, -(-PREVIEW_MIN_SIZE // max(1, width))))
+
+
 def log_latents(
     experiment: Any,
     where: str,
@@ -602,12 +611,18 @@ def log_latents(
     channel_dim: int = 1,
     max_images: int = 4,
     prefix: str = "rangewatch",
+    scale: int | None = None,
 ) -> list[str]:
     """Log the latent RGB preview grid and per-channel histograms to a TensorBoard ``SummaryWriter``.
 
     ``z_or_monitor``: a :class:`LatentMonitor` (its accumulated histograms and the last latents it
     kept) or a latent tensor (then ``convention`` is required). Histograms come from the device
     counts (``add_histogram_raw``); only the small preview image is copied to the host. Returns the tags.
+
+    The preview is enlarged ``scale`` times (nearest neighbour; default: the smallest factor that
+    makes each latent image at least :data:`PREVIEW_MIN_SIZE` pixels wide, at most 8), so a 32x32
+    latent is readable; ``scale=1`` logs it at latent resolution. Padding between images: 1 pixel
+    at ``scale=1``, else 2.
     """
     if isinstance(z_or_monitor, LatentMonitor):
         mon = z_or_monitor
@@ -624,7 +639,10 @@ def log_latents(
         from torchvision.utils import make_grid
 
         prev = latent_preview(mon.last[:max_images], mon.conv, channel_dim=mon.channel_dim)
-        grid = make_grid(prev.float(), nrow=min(max_images, prev.shape[0]), padding=1, pad_value=1.0)
+        k = preview_scale(int(prev.shape[-1])) if scale is None else max(1, int(scale))
+        if k > 1:
+            prev = prev.repeat_interleave(k, -1).repeat_interleave(k, -2)
+        grid = make_grid(prev.float(), nrow=min(max_images, prev.shape[0]), padding=1 if k == 1 else 2, pad_value=1.0)
         tag = f"{base}/latent_preview"
         experiment.add_image(tag, grid.cpu(), step)
         tags.append(tag)

@@ -46,6 +46,7 @@ REPORT_DIRNAME = "rangewatch_report"
 #: per-channel statistics the callback logs as scalars
 STATS = ("min", "max", "mean", "std", "nonfinite", "out_of_range")
 _RANGE_STATS = ("min", "max", "mean", "std")
+_EXPECTED = ("expected_min", "expected_max")  # the tap's expected range (one value for all channels)
 _PREFIX = "rangewatch/"
 _PREVIEW = "rangewatch/preview/"
 _FINDINGS = "rangewatch/findings"
@@ -229,8 +230,10 @@ def _add_scalar(run: _Run, tag: str, items: list[_Scalar]) -> None:
     tap = ""
     if len(parts) >= 3 and _CHANNEL.match(parts[-1]) and parts[-2] in STATS:
         stat, channel, tap = parts[-2], int(parts[-1][1:]), "/".join(parts[:-2])
-    elif len(parts) >= 2 and parts[-1] in STATS:
+    elif len(parts) >= 2 and (parts[-1] in STATS or parts[-1] in _EXPECTED):
         stat, tap = parts[-1], "/".join(parts[:-1])
+    if tag.startswith(_FINDINGS + "/"):  # the findings counts: the summary says them
+        return
     if stat is None or not tap or tag.startswith(_PREVIEW):
         run.scalars.setdefault(tag, []).extend(items)
         return
@@ -644,6 +647,11 @@ def _range_chart(tap: _Tap, c: int | None) -> str:
         lines.append(_Line("max", "#d62728", mxx, mx, 1.2))
     if mex:
         lines.append(_Line("mean", "#222222", mex, me, 1.8))
+    for stat in _EXPECTED:
+        vals = tap.values(stat, None)
+        if vals:
+            xs = sorted(vals)
+            lines.append(_Line("expected", "#888888", xs, [vals[x] for x in xs], 1.0, "4 3"))
     return _line_chart(f"{tap.name} · {_chan(c)}", lines, bands, legend=False,
                        attrs=f'data-kind="range" data-tap="{_e(tap.name)}" data-channel="{_e(_chan(c))}"')
 
@@ -768,6 +776,9 @@ img.preview{image-rendering:pixelated;border:1px solid #ccc;background:#fff}
 .sw{display:inline-block;width:14px;height:3px;vertical-align:middle;margin:0 3px 0 8px}.sw.band{height:9px}
 nav ul{margin:4px 0;padding-left:20px}details{margin:6px 0}summary{cursor:pointer;color:#234}
 .tap{background:#fff;border:1px solid #e4e4e4;border-radius:6px;padding:4px 14px 10px;margin:14px 0}
+summary h2,summary h3{display:inline}section.run{margin:18px 0}
+ul.summary>li{margin:6px 0}ul.summary ul{margin:2px 0 4px;padding-left:18px}ul.summary ul li{margin:2px 0}
+ul.summary .badge{display:inline-block;padding:0 6px;border-radius:8px;background:#f8d0d0;color:#8a1010;font-size:12px}
 """
 
 
@@ -800,11 +811,26 @@ def _img_html(uri: str, fname: str, ev: _Image, tag: str, kind: str) -> str:
             f'<a href="{_e(fname)}" title="{_e(fname)}">file</a></figcaption></figure>')
 
 
+_FINDING_HEADER = ["step", "kind", "where", "seen", "expected", "evidence", "fix"]
+
+
+def _parse_findings(text: str) -> tuple[list[str], list[list[str]]] | None:
+    """(header, rows) of a logged findings text: the blocks :func:`rangewatch.sinks.findings_markdown`
+    writes (read from their JSON comments), or an older markdown table."""
+    from .sinks import findings_from_markdown
+
+    found = findings_from_markdown(text)
+    if found is not None:
+        return _FINDING_HEADER, [["" if f.step is None else str(f.step), f.kind, f.where, f.observed, f.expected, f.evidence, f.fix]
+                                 for f in found]
+    return _md_table(text)
+
+
 def _findings_section(run: _Run, link: Callable[[str], str | None]) -> tuple[str, list[list[str]], list[str]]:
     if not run.findings:
         return '<p class="muted">No findings table was logged (<code>rangewatch/findings</code>): nothing was found, or the run logged no text.</p>', [], []
     last = _latest(run.findings)
-    parsed = _md_table(last.text)
+    parsed = _parse_findings(last.text)
     note = (f'<p class="small muted">The latest findings table (step {last.step}; '
             f'{len(run.findings)} table{"s" if len(run.findings) != 1 else ""} logged in this run, each holding every finding so far).</p>')
     if parsed is None:
@@ -910,11 +936,15 @@ def _anchor(run: _Run, name: str) -> str:
 
 
 def _tap_section(run: _Run, t: _Tap, findings: list[list[str]], header: list[str]) -> str:
-    out = [f'<section class="tap" id="{_e(_anchor(run, t.name))}" data-tap="{_e(t.name)}"><h3><code>{_e(t.name)}</code></h3>']
     mine = []
     if header and "where" in header:
         wi = header.index("where")
         mine = [r for r in findings if wi < len(r) and (_tap_key(r[wi]) == t.name or r[wi] == t.name)]
+    label = f'{len(mine)} finding{"s" if len(mine) != 1 else ""}' if mine else "no findings"
+    # a tap without findings starts collapsed (its charts are one click away)
+    out = [f'<section class="tap" id="{_e(_anchor(run, t.name))}" data-tap="{_e(t.name)}">'
+           f'<details{" open" if mine else ""}><summary><h3><code>{_e(t.name)}</code> '
+           f'<span class="small {"bad" if mine else "muted"}">{label}</span></h3></summary>']
     if mine:
         out.append("<h4>Findings about this tap</h4>" + _table_html(header, mine))
     charts = [_range_chart(t, c) for c in t.channels if any(t.values(s, c) for s in _RANGE_STATS)]
@@ -923,7 +953,7 @@ def _tap_section(run: _Run, t: _Tap, findings: list[list[str]], header: list[str
         out.append('<h4>Range per channel over steps</h4><p class="small muted legend">'
                    '<span class="sw" style="background:#1f77b4"></span>min <span class="sw" style="background:#d62728"></span>max '
                    '<span class="sw band" style="background:#1f77b4;opacity:.2"></span>min..max '
-                   '<span class="sw" style="background:#222"></span>mean '
+                   '<span class="sw" style="background:#222"></span>mean <span class="sw" style="background:#888"></span>expected range (dashed) '
                    '<span class="sw band" style="background:#2ca02c;opacity:.4"></span>mean ± std · hover a point for its value</p>')
         out.append(f'<div class="charts" data-tap="{_e(t.name)}">' + "".join(f"<figure>{c}</figure>" for c in charts) + "</div>")
     health = [
@@ -944,7 +974,7 @@ def _tap_section(run: _Run, t: _Tap, findings: list[list[str]], header: list[str
             figs.append(f"<figure>{svg}<figcaption>{_e(_hist_caption(h))}; red: below / above the histogram's range</figcaption></figure>")
         out.append('<div class="charts histograms">' + "".join(figs) + "</div>")
     out.append(_values_table(t))
-    out.append("</section>")
+    out.append("</details></section>")
     return "".join(out)
 
 
@@ -1045,7 +1075,8 @@ def _known(tag: str, kind: str) -> bool:
         return True
     parts = tag[len(_PREFIX):].split("/")
     if kind == "scalars":
-        return (len(parts) >= 3 and parts[-2] in STATS and bool(_CHANNEL.match(parts[-1]))) or (len(parts) >= 2 and parts[-1] in STATS)
+        return (len(parts) >= 3 and parts[-2] in STATS and bool(_CHANNEL.match(parts[-1]))) or (
+            len(parts) >= 2 and (parts[-1] in STATS or parts[-1] in _EXPECTED))
     if kind == "histograms":
         return (len(parts) >= 3 and parts[-2] == "hist" and bool(_CHANNEL.match(parts[-1]))) or parts[-1] == "hist"
     return False
@@ -1086,7 +1117,11 @@ def _run_section(run: _Run, w: _Writer, idx: int) -> str:
                         counts[t.name] = counts.get(t.name, 0) + 1
     steps = sorted({s for t in taps for s in t.steps})
     rid = f"run-{idx}"
-    out = [f'<section class="run" id="{rid}" data-run="{_e(run.name)}"><h2>Run <code>{_e(run.name)}</code></h2>',
+    problems = [r for r in rows if _row_kind(header, r) not in _QUIET]
+    label = f'{len(problems)} finding{"s" if len(problems) != 1 else ""}' if problems else "no findings"
+    # a run without findings starts collapsed
+    out = [f'<section class="run" id="{rid}" data-run="{_e(run.name)}"><details{" open" if problems else ""}>'
+           f'<summary><h2>Run <code>{_e(run.name)}</code> <span class="small {"bad" if problems else "muted"}">{label}</span></h2></summary>',
            f'<p class="small muted">{_e(run.path)} · {len(taps)} tap{"s" if len(taps) != 1 else ""}'
            + (f" · steps {steps[0]}–{steps[-1]}" if steps else "") + "</p>",
            f'<h3 id="{rid}-findings">Findings</h3>', findings_html]
@@ -1100,8 +1135,56 @@ def _run_section(run: _Run, w: _Writer, idx: int) -> str:
     other = _other_section(run, w)
     if other:
         out += [f'<h3 id="{rid}-other">Other rangewatch data</h3>', '<div class="other">', other, "</div>"]
-    out += [f'<h3 id="{rid}-tags">All rangewatch tags</h3>', _tag_list(run), "</section>"]
+    out += [f'<h3 id="{rid}-tags">All rangewatch tags</h3>', _tag_list(run), "</details></section>"]
     return "\n".join(out)
+
+
+_QUIET = ("note", "internal")
+
+
+def _row_kind(header: list[str], row: list[str]) -> str:
+    i = header.index("kind") if header and "kind" in header else None
+    return row[i] if i is not None and i < len(row) else ""
+
+
+def _run_findings(run: _Run) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the run's latest findings text; empty when none was logged."""
+    if not run.findings:
+        return [], []
+    parsed = _parse_findings(_latest(run.findings).text)
+    return parsed if parsed is not None else ([], [])
+
+
+def _summary(runs: list[_Run]) -> str:
+    """The first thing on the page: per run (runs with findings first) one line per finding."""
+    items = []
+    for i, r in enumerate(runs):
+        header, rows = _run_findings(r)
+        problems = [row for row in rows if _row_kind(header, row) not in _QUIET]
+        col = {h: j for j, h in enumerate(header)}
+
+        def cell(row: list[str], name: str) -> str:
+            j = col.get(name)
+            return row[j] if j is not None and j < len(row) else ""
+
+        if problems:
+            lines = "".join(
+                f'<li data-kind="{_e(cell(row, "kind"))}"><span class="badge">{_e(cell(row, "kind"))}</span> '
+                f'<code>{_e(cell(row, "where"))}</code>' + (f' · step {_e(cell(row, "step"))}' if cell(row, "step") else "")
+                + f': seen {_inline(cell(row, "seen"))}' + (f', expected {_inline(cell(row, "expected"))}' if cell(row, "expected") else "")
+                + f' <span class="small muted">fix: {_inline(cell(row, "fix"))}</span></li>'
+                for row in problems)
+            items.append(f'<li class="run-summary" data-run="{_e(r.name)}" data-findings="{len(problems)}"><a href="#run-{i}"><code>{_e(r.name)}</code></a> '
+                         f'<span class="bad">{len(problems)} finding{"s" if len(problems) != 1 else ""}</span><ul>{lines}</ul></li>')
+        else:
+            items.append(f'<li class="run-summary" data-run="{_e(r.name)}" data-findings="0"><a href="#run-{i}"><code>{_e(r.name)}</code></a> '
+                         f'<span class="muted">no findings · {len(r.taps)} taps</span></li>')
+    return f'<section class="summary"><h2>Summary</h2><ul class="summary">{"".join(items)}</ul></section>'
+
+
+def _has_findings(run: _Run) -> bool:
+    header, rows = _run_findings(run)
+    return any(_row_kind(header, row) not in _QUIET for row in rows)
 
 
 # ============================================================================ entry point
@@ -1139,16 +1222,12 @@ def build_report(logdir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         raise ValueError(_no_data(root))
     out.mkdir(parents=True, exist_ok=True)
     w = _Writer(out)
+    with_data.sort(key=lambda r: not _has_findings(r))  # runs with findings first (stable: by path within)
     sections = [_run_section(r, w, i) for i, r in enumerate(with_data)]
     without = [r for r in runs if r.empty]
     from . import __version__
 
-    nav = "".join(
-        f'<li><a href="#run-{i}">{_e(r.name)}</a> · {len(r.taps)} taps · '
-        f'{len(_md_table(_latest(r.findings).text)[1]) if r.findings and _md_table(_latest(r.findings).text) else 0} findings · '
-        f"{len(r.previews)} previews</li>"
-        for i, r in enumerate(with_data)
-    )
+    nav = _summary(with_data)
     skipped = (f'<p class="small muted">Event files without rangewatch tags: {", ".join(f"<code>{_e(r.name)}</code>" for r in without)}</p>'
                if without else "")
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -1158,7 +1237,7 @@ def build_report(logdir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         f"<style>{_CSS}</style></head><body><main>"
         f"<h1>rangewatch report</h1><p class=\"muted small\">log directory <code>{_e(root)}</code> · "
         f"{len(with_data)} run{'s' if len(with_data) != 1 else ''} with rangewatch data · generated {now} by rangewatch {__version__}</p>"
-        f"<nav><ul>{nav}</ul></nav>{skipped}\n" + "\n".join(sections) + "\n</main></body></html>\n"
+        f"<nav>{nav}</nav>{skipped}\n" + "\n".join(sections) + "\n</main></body></html>\n"
     )
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")

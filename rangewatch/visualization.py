@@ -393,6 +393,66 @@ class Preview:
         with _suppressed():
             return _original_make_grid()(torch.stack(panels), nrow=2, padding=self.PADDING, pad_value=self.PAD_VALUE)
 
+    #: panels narrower than this are enlarged (nearest neighbour, integer factor) so the labels fit
+    LABEL_MIN_WIDTH = 280
+    LABEL_HEIGHT = 40
+
+    def labels(self) -> tuple[str, str]:
+        """The two panel captions: what the call did, and the mapping the right panel uses."""
+        left = f"as logged: {self.call} {self.assumption}"
+        conv = self.convention
+        if conv is not None and conv.kind == "pixel":
+            lo, hi = conv.bounds(3)
+            same = len(set(lo)) == 1 and len(set(hi)) == 1
+            rng = f"min_max=({lo[0]:g}, {hi[0]:g})" if same else conv.label
+            right = f"corrected: {rng}" if self.call == "tensor2img" and same else f"corrected: read as {self.convention_name} ({conv.label})"
+        else:
+            right = f"corrected: min..max of the data ({self.data_min:.3g}, {self.data_max:.3g})"
+        return left, right
+
+    @staticmethod
+    def label_scale(width: int) -> int:
+        """The enlargement factor :meth:`build_labelled` uses for panels ``width`` pixels wide."""
+        return max(1, min(8, -(-Preview.LABEL_MIN_WIDTH // max(1, width))))
+
+    def build_labelled(self) -> torch.Tensor:
+        """:meth:`build` enlarged by :meth:`label_scale` (nearest neighbour) under a white strip of
+        :attr:`LABEL_HEIGHT` pixels naming each column ("as logged: tensor2img min_max=(0, 1)" |
+        "corrected: min_max=(-1, 1) (symmetric)"); :meth:`unlabel` gives :meth:`build` back."""
+        import numpy as np
+        from PIL import Image, ImageDraw, ImageFont
+
+        grid = self.build()
+        k = self.label_scale(int(self.images[0].shape[-1]))
+        big = grid.repeat_interleave(k, 1).repeat_interleave(k, 2)
+        h, w = big.shape[1:]
+        strip = Image.new("RGB", (w, self.LABEL_HEIGHT), "white")
+        draw = ImageDraw.Draw(strip)
+        font = ImageFont.load_default(size=13)
+        col = w // 2
+        for i, (text, colour) in enumerate(zip(self.labels(), ((170, 30, 30), (20, 110, 40)))):
+            x0 = i * col + 6
+            words, lines = text.split(" "), [""]
+            for wd in words:  # wrap to the column width
+                cand = (lines[-1] + " " + wd).strip()
+                if draw.textlength(cand, font=font) <= col - 12 or not lines[-1]:
+                    lines[-1] = cand
+                else:
+                    lines.append(wd)
+            for j, line in enumerate(lines[:2]):
+                draw.text((x0, 4 + 17 * j), line, fill=colour, font=font)
+        top = torch.from_numpy(np.asarray(strip).copy()).permute(2, 0, 1)
+        return torch.cat([top, big], 1)
+
+    @classmethod
+    def unlabel(cls, image: Any, panel_width: int) -> Any:
+        """The plain :meth:`build` grid inside a :meth:`build_labelled` image (an ``(H, W, 3)`` array
+        as decoded from the PNG, or a ``(3, H, W)`` tensor) whose panels are ``panel_width`` wide."""
+        k = cls.label_scale(panel_width)
+        if isinstance(image, torch.Tensor):
+            return image[:, cls.LABEL_HEIGHT::k, ::k]
+        return image[cls.LABEL_HEIGHT::k, ::k]
+
     @property
     def image_tag(self) -> str:
         return f"{self.slug}/broken_{self.assumption_slug}-vs-corrected_{self.convention_name}"
@@ -1145,7 +1205,7 @@ def log_previews(
         if p.slug in used:  # two call sites of one call in one function: tell them apart by line
             p.slug = _tag_safe(f"{p.slug}_line{p.site.rsplit(':', 1)[-1]}")
         used.add(p.slug)
-        grid = p.build()
+        grid = p.build_labelled()
         tag = _tag_safe(f"{prefix}/{p.image_tag}")
         with _suppressed():
             writer.add_image(tag, grid, global_step=step, dataformats="CHW")

@@ -180,7 +180,9 @@ def test_dark_preview_caught_in_a_real_run_with_corrected_preview(tmp_path):
     acc = read_events(logger.log_dir)
     events = acc.Images(tag)
     assert [e.step for e in events] == [0, 1]
-    grid = decode_png(events[-1].encoded_image_string)
+    from rangewatch.visualization import Preview
+
+    grid = Preview.unlabel(decode_png(events[-1].encoded_image_string), SIZE)  # the labelled, enlarged grid -> make_grid's
     assert grid.shape == (2 + 2 * (SIZE + 2), 2 + 2 * (SIZE + 2), 3)
 
     gt_photos = [photo_u8(n).numpy().transpose(1, 2, 0).astype(np.float64) for n in NAMES]

@@ -155,7 +155,9 @@ def _scalars(logdir):
 def test_tensorboard_scalars_histograms_text(tmp_path):
     x = unit_photos(8, 32) * 2 - 1
     x[5, 1, 3, 4] = float("nan")  # one NaN in the second batch
-    w = RangeWatch(expect={"batch[0]": "symmetric"}, check_first_n=2, log_every_n_steps=100, policy="log")
+    # the raw per-channel layout and every histogram (the defaults log fewer tags: tests/test_ux.py)
+    w = RangeWatch(expect={"batch[0]": "symmetric"}, check_first_n=2, log_every_n_steps=100, policy="log",
+                   per_channel_scalars=True, histograms="all")
     logger = TensorBoardLogger(tmp_path, name="tb")
     trainer(tmp_path, [w], logger=logger, max_steps=2).fit(VAEModule(), loader(x, 4))
     acc = _scalars(logger.log_dir)

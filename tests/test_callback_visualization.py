@@ -73,7 +73,9 @@ def test_default_min_max_flagged_with_preview(tmp_path, basicsr):
 
     from PIL import Image
 
-    grid = np.asarray(Image.open(io.BytesIO(acc.Images(tags[0])[0].encoded_image_string)).convert("RGB")).astype(float)
+    from rangewatch.visualization import Preview
+
+    grid = Preview.unlabel(np.asarray(Image.open(io.BytesIO(acc.Images(tags[0])[0].encoded_image_string)).convert("RGB")), 32).astype(float)
     # make_grid(padding=2) of [broken, corrected]: two 32x32 panels at x = 2 and x = 36
     broken, corrected = grid[2:34, 2:34], grid[2:34, 36:68]
     truth = ((x[0].permute(1, 2, 0).numpy() + 1) / 2 * 255)

@@ -127,7 +127,8 @@ def _run(mode: str, out: str) -> None:
                 return DataLoader(ds, batch_size=PER_RANK_BATCH, sampler=sampler)
             return DataLoader(ds, batch_size=GLOBAL_BATCH, shuffle=False)
 
-    watch = RangeWatch(expect={TAP: "symmetric"}, modules=[MOD_TAP, ODD_TAP, BOOM_TAP], log_every_n_steps=1, check_first_n=2, hist_bins=HIST_BINS)
+    watch = RangeWatch(expect={TAP: "symmetric"}, modules=[MOD_TAP, ODD_TAP, BOOM_TAP], log_every_n_steps=1, check_first_n=2, hist_bins=HIST_BINS,
+                       per_channel_scalars=True, histograms="all")  # the raw per-channel layout and every histogram
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=WORLD if mode == "ddp" else 1,

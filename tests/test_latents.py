@@ -286,7 +286,7 @@ def test_log_latents_event_file(tmp_path):
     mon = LatentMonitor(name, preview_samples=2)
     mon.update(z)
     writer = SummaryWriter(log_dir=str(tmp_path))
-    tags = log_latents(writer, "unet_in", mon, step=5)
+    tags = log_latents(writer, "unet_in", mon, step=5, scale=1)  # at latent resolution (default: enlarged)
     writer.close()
     assert tags[0] == "rangewatch/unet_in/latent_preview" and len(tags) == 1 + 4
 

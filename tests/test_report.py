@@ -122,11 +122,14 @@ def logs(tmp_path_factory):
     # run 1 (tb/version_0): [0,1] images where [-1,1] is declared, one NaN at step 1, a clipping preview
     x = images(0)
     x[5, 1, 3, 4] = float("nan")
-    w1 = RangeWatch(expect={"batch[0]": "symmetric"}, modules=["vae.encoder"], policy="log", log_every_n_steps=1)
+    # the raw per-channel scalars and every histogram (the compact default: tests/test_ux_report.py)
+    w1 = RangeWatch(expect={"batch[0]": "symmetric"}, modules=["vae.encoder"], policy="log", log_every_n_steps=1,
+                    per_channel_scalars=True, histograms="all")
     lg1 = fit(root, w1, x, images(1, n=4))
     # run 2 (tb/version_1): values a little outside [0, 1] where [0, 1] is declared: out-of-range share > 0
     # (no finding: the data follows no convention the inference can name)
-    w2 = RangeWatch(expect={"batch[0]": "unit"}, policy="log", log_every_n_steps=1, watch_validation=False)
+    w2 = RangeWatch(expect={"batch[0]": "unit"}, policy="log", log_every_n_steps=1, watch_validation=False,
+                    per_channel_scalars=True, histograms="all")
     lg2 = fit(root, w2, images(2) * 1.2 - 0.1, None, steps=2)
     # run 3 (other/): tags rangewatch does not write today (latents, new kinds) and a tag of someone else
     from torch.utils.tensorboard import SummaryWriter
@@ -165,7 +168,7 @@ def test_index_and_one_section_per_run(logs, report, capsys):
     index, page = report
     assert index == root / "rangewatch_report" / "index.html" and index.is_file()
     runs = [a["data-run"] for a in page.find("section", **{"class": "run"})]
-    assert runs == ["other", "tb/version_0", "tb/version_1"]
+    assert runs == ["tb/version_0", "other", "tb/version_1"]  # the run with findings first, then by path
     # an explicit out dir; nothing printed
     out = build_report(lg1.log_dir, root / "elsewhere")
     assert out == root / "elsewhere" / "index.html" and out.is_file()
@@ -206,6 +209,8 @@ def test_values_in_tables_equal_event_values(logs, report):
     checked = 0
     for tag in acc.Tags()["scalars"]:
         m = re.fullmatch(r"rangewatch/(.+)/(min|max|mean|std|nonfinite|out_of_range)/c(\d+)", tag)
+        if m is None:  # findings counts, expected bounds: not in the per-channel values tables
+            continue
         for ev in acc.Scalars(tag):
             value, text = page.cells[(run, m.group(1), ev.step, f"c{m.group(3)}", m.group(2))]
             assert value == ev.value
@@ -254,7 +259,9 @@ def test_preview_embedded_pixel_equal_to_event_image(logs, report):
     assert f.suffix == ".png" and f.read_bytes() == ev.encoded_image_string
     # the corrected panel (right) shows the validation images as they are: x in [0, 1]
     val = images(1, n=4)
-    corrected = logged[2:18, 20:36].astype(float)
+    from rangewatch.visualization import Preview
+
+    corrected = Preview.unlabel(logged, 16)[2:18, 20:36].astype(float)  # the labelled, enlarged pair -> make_grid's
     np.testing.assert_allclose(corrected, val[0].permute(1, 2, 0).numpy() * 255, atol=1.0)
     assert "Values passed to the call" in page.text and page.find("svg", data_kind="preview-hist")
 

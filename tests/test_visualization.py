@@ -18,6 +18,7 @@ from torchvision.transforms.v2 import functional as TF
 from photos import as_tensor
 from rangewatch.findings import Finding
 from rangewatch.visualization import (
+    Preview,
     VisRecord,
     VisualizationWarning,
     VisualizationWatch,
@@ -197,8 +198,8 @@ def test_add_image_of_symmetric_data_preview_matches_numpy(tmp_path):
     assert image_tag == "rangewatch/preview/add_images_in_test_add_image_of_symmetric_data_preview_matches_numpy/broken_unit_0_1-vs-corrected_symmetric"
 
     acc = read_events(tmp_path)
-    grid = decode_png(acc.Images(image_tag)[0].encoded_image_string)
     h = w_ = 48
+    grid = Preview.unlabel(decode_png(acc.Images(image_tag)[0].encoded_image_string), w_)  # labelled, enlarged -> make_grid's
     assert grid.shape == (2 + 2 * (h + 2), 2 + 2 * (w_ + 2), 3)
     xn = x.numpy().transpose(0, 2, 3, 1)
     for i in range(2):  # max_preview_images=2
