@@ -975,6 +975,12 @@ def report(res: dict) -> str:
             else:
                 res_s = "caught" if r["caught"] else "MISSED"
             lines.append(f"{r['name'][:62]:62s} {r['truth']:>10s} {res_s:>26s}")
+        lines.append(f"\n{'by model':12s} {'correct':>8s} {'false-alarm':>12s} {'harmful':>8s} {'seeds':>6s} {'caught':>7s}")
+        for model in dict.fromkeys(r["model"] for r in t["runs"]):
+            rs = [r for r in t["runs"] if r["model"] == model and not r["error"]]
+            ok, bugs = [r for r in rs if r["correct"]], [r for r in rs if not r["correct"]]
+            lines.append(f"{model:12s} {len(ok):8d} {sum(r['alarms'] > 0 for r in ok):12d} {sum(r['harmful'] for r in ok):8d} "
+                         f"{len(bugs):6d} {sum(r['caught'] for r in bugs):7d}")
         specials = [r for r in t["runs"] if r["special"]]
         if specials:
             lines.append("\nIssue-11 special cases:")
