@@ -527,7 +527,7 @@ def _selected(f: Family, families: list[str] | None) -> bool:
 
 CONVERSION_FIX = re.compile(
     r"x \* 2 - 1|\(x \+ 1\) / 2|Normalize\(|/ 127\.5|\* 127\.5|\* 255|/ 255|divide by 255|multiply by 255|"
-    r"min_max=\(|replace .+ with|scale latents as|ToDtype\(|map back to|std=|mean="
+    r"min_max=\(|replace .+ with|scale latents as|ToDtype\(|map back to|std=|mean=|x \* std \+ mean|undo the normali[sz]ation"
 )
 
 
@@ -884,6 +884,11 @@ def _fit(spec: RunSpec, seed: int, steps: int = 20) -> tuple[list, float]:
     return list(watch.findings), time.perf_counter() - t0
 
 
+def _finding_row(f: Any) -> dict:
+    return {"severity": f.severity, "kind": f.kind, "where": f.where, "step": f.step, "observed": f.observed,
+            "expected": f.expected, "fix": f.fix, "text": f"{f.severity}: {f}"[:600]}
+
+
 def run_trainer(quick: bool, seed: int, families: list[str] | None = None, log: Callable[[str], None] = print,
                 runs: list[str] | None = None) -> dict:
     specs = _run_specs(quick)
@@ -908,8 +913,8 @@ def run_trainer(quick: bool, seed: int, families: list[str] | None = None, log: 
             "name": spec.name, "model": spec.model, "family": spec.family, "content": spec.content, "bs": spec.bs,
             "truth": spec.conv, "correct": spec.correct, "tap": spec.tap, "special": spec.special,
             "alarms": len(alarms), "harmful": len(harmful), "caught": caught, "error": err, "seconds": round(secs, 2),
-            "findings": [f"{f.severity}: {f}"[:400] for f in findings if f.kind not in ("note",)],
-            "harmful_findings": [str(f)[:400] for f in harmful],
+            "findings": [_finding_row(f) for f in findings if f.kind != "note"],
+            "harmful_findings": [_finding_row(f) for f in harmful],
         })
         state = "ERROR " + err if err else (f"alarms={len(alarms)} harmful={len(harmful)}" if spec.correct else f"caught={caught}")
         log(f"  run {spec.name}: {state} ({secs:.1f} s)")
@@ -987,19 +992,18 @@ def report(res: dict) -> str:
             for r in specials:
                 verdict = ("caught" if r["caught"] else "MISSED") if not r["correct"] else ("ok" if not r["alarms"] and not r["harmful"] else "FALSE ALARM")
                 lines.append(f"  [{verdict}] {r['special']} ({r['name']})")
-                for f in r["findings"][:3] or ["(no findings)"]:
+                for f in [f["text"] for f in r["findings"][:3]] or ["(no findings)"]:
                     lines.append(f"      {f[:300]}")
-        bad = [r for r in t["runs"] if r["correct"] and (r["alarms"] or r["harmful"])]
+        bad = [(r["name"], f) for r in t["runs"] if r["correct"] for f in r["findings"] if f["severity"] in ("warning", "error")]
         if bad:
-            lines.append("\nFindings on correct pipelines (warning/error, or a fix proposing a conversion):")
-            for r in bad:
-                for f in r["findings"]:
-                    if f.startswith(("warning", "error")) or any(f.endswith(h[-60:]) for h in r["harmful_findings"]):
-                        lines.append(f"  {r['name']}: {f[:300]}")
+            lines.append("\nWarning/error findings on correct pipelines:")
+            for name, f in bad:
+                lines.append(f"  {name}: {f['severity']} {f['kind']} at {f['where']} (step {f['step']}): saw {f['observed']}, "
+                             f"expected {f['expected']}. Fix: {f['fix'][:160]}")
         harmful = [(r["name"], h) for r in t["runs"] for h in r["harmful_findings"]]
         lines.append(f"\nHarmful fixes on correct pipelines: {len(harmful)}")
         for name, h in harmful:
-            lines.append(f"  {name}: {h[:300]}")
+            lines.append(f"  {name}: {h['severity']} {h['kind']} at {h['where']}: saw {h['observed']}. Fix: {h['fix'][:200]}")
         missed = [r["name"] for r in t["runs"] if not r["correct"] and not r["caught"] and not r["error"]]
         if missed:
             lines.append("Seed bugs missed: " + "; ".join(missed))
@@ -1009,8 +1013,11 @@ def report(res: dict) -> str:
     lines.append("\nTotals against the targets:")
     lines.append(f"  false alarms on correct pipelines: {tot['false_alarm_runs']} of {tot['correct_runs']} runs "
                  f"({tot['false_alarm_findings']} findings)   target 0   {'MET' if tot['false_alarm_runs'] == 0 else 'not met'}")
-    lines.append(f"  seed-bug recall: {tot['seeds_caught']} of {tot['seed_runs']} = {tot['recall']:.1%}   target >= 99%   "
-                 f"{'MET' if tot['recall'] >= TARGETS['recall'] else 'not met'}")
+    if tot["seed_runs"]:
+        lines.append(f"  seed-bug recall: {tot['seeds_caught']} of {tot['seed_runs']} = {tot['recall']:.1%}   target >= 99%   "
+                     f"{'MET' if tot['recall'] >= TARGETS['recall'] else 'not met'}")
+    else:
+        lines.append("  seed-bug recall: no seed-bug runs")
     lines.append(f"  confidently wrong (window): {tot['confident_wrong_window']} = {tot['confident_wrong_share_window']:.2%} of confident verdicts "
                  f"(single batch: {tot['confident_wrong_single']} = {tot['confident_wrong_share_single']:.2%})   target <= 0.1%   "
                  f"{'MET' if max(tot['confident_wrong_share_window'], tot['confident_wrong_share_single']) <= TARGETS['confident_wrong_share'] else 'not met'}")
