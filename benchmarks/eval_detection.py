@@ -870,17 +870,21 @@ def _fit(spec: RunSpec, seed: int, steps: int = 20) -> tuple[list, float]:
             model.on_after_batch_transfer = on_after_batch_transfer
     loader = torch.utils.data.DataLoader(ds, batch_size=spec.bs, shuffle=False, drop_last=True)
     watch = RangeWatch(expect=spec.expect) if spec.expect else RangeWatch()
-    trainer = pl.Trainer(
-        max_steps=steps, max_epochs=1 if val is not None else -1, limit_val_batches=1, accelerator="cpu", devices=1,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[watch], num_sanity_val_steps=0,
-    )
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        if val is not None:
-            trainer.fit(model, loader, val)
-        else:
-            trainer.fit(model, loader)
+    logging.disable(logging.INFO)  # Lightning's and rangewatch's info lines (their handlers hold the real stderr)
+    try:
+        trainer = pl.Trainer(
+            max_steps=steps, max_epochs=1 if val is not None else -1, limit_val_batches=1, accelerator="cpu", devices=1,
+            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[watch], num_sanity_val_steps=0,
+        )
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            if val is not None:
+                trainer.fit(model, loader, val)
+            else:
+                trainer.fit(model, loader)
+    finally:
+        logging.disable(logging.NOTSET)
     return list(watch.findings), time.perf_counter() - t0
 
 
