@@ -131,6 +131,7 @@ def test_conversion_fix_detection(ev):
     assert ev.proposes_conversion("apply x * 2 - 1 (Normalize(mean=[0.5]*3, std=[0.5]*3)) before vae")
     assert ev.proposes_conversion("replace Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD) with Normalize(mean=CLIP_MEAN, std=CLIP_STD)")
     assert ev.proposes_conversion("call `tensor2img(x, min_max=(-3.22, 3.49))`")
+    assert ev.proposes_conversion("undo the normalisation first: `tensor2img(x * std + mean)` with mean = ...")
     assert ev.proposes_conversion("divide by 255 (ToDtype(torch.float32, scale=True) on the uint8 image)")
     assert not ev.proposes_conversion("check the preprocessing feeding backbone: it should produce ImageNet-normalised data")
     assert not ev.proposes_conversion("likely causes: resampling after Normalize, random-valued erasing")
