@@ -949,7 +949,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
             if s.bounds is not None:
                 m[tag(tap.name, "out_of_range")] = float((s.below.sum() + s.above.sum()) / counted)
         exp = self.expectation_for(tap.name)
-        if exp is not None and exp.conv.kind == "pixel":
+        if exp is not None and exp.conv.kind == "pixel" and not tap.misfit:  # (a misfit's bounds do not exist)
             lo, hi = exp.conv.bounds(s.channels)
             m[tag(tap.name, "expected_min")], m[tag(tap.name, "expected_max")] = float(min(lo)), float(max(hi))
         return m

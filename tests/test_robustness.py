@@ -146,6 +146,7 @@ def test_module_taps_on_nested_tensors_skip_with_a_note():
     assert model.global_step == 3
     assert not internal(watch), internal(watch)
     assert "enc:input" in watch._taps and not watch._taps["enc:input"].disabled
+    assert any("side:input" in n and "nested" in n for n in watch._notes), watch._notes
 
 
 # ---------------------------------------------------------------------------------------------- item 4

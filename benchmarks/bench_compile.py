@@ -1,0 +1,148 @@
+"""RangeWatch's module taps and tracer on a ``torch.compile``d model, against the same model without them.
+
+A small conv net (3 convs + head, 8x3x32x32 batches) whose body is compiled in place
+(``nn.Module.compile``) trains in real Lightning fits: without RangeWatch ("off"), with module taps
+(``RangeWatch(modules=["body.0:input", "body.4:output"])``), with the tracer
+(``RangeWatch(trace_modules="all")``) and with both; and the same four arms in eager mode for the
+normal overhead. Each repeat runs the eight arms in a shuffled order (interleaved, side by side in one
+process); before each compiled arm ``torch._dynamo.reset()`` clears dynamo's caches and inductor's
+on-disk caches are off, so every compiled arm pays its own compilation, as a fresh run does.
+
+Printed per arm: the time of the first ``--steps`` steps (compilation and any recompiles included:
+the issue-14 figure, 7.7 s against 1.2 s before the hooks were hidden from dynamo), the steady
+steps/s over the next ``--steady`` steps, and both as ratios to "off" of the same mode (median over
+repeats), plus the dynamo graph count.
+
+    python benchmarks/bench_compile.py [--repeats 3] [--steps 12] [--steady 40] [--backend inductor] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "0")  # every compiled arm compiles (no reuse of an earlier arm's code)
+os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "0")
+import platform
+import random
+import statistics
+import time
+import warnings
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from rangewatch import RangeWatch
+
+ARMS = {
+    "off": None,
+    "taps": {"modules": ["body.0:input", "body.4:output"]},
+    "tracer": {"trace_modules": "all"},
+    "taps+tracer": {"modules": ["body.0:input", "body.4:output"], "trace_modules": "all"},
+}
+
+
+class _Batches(Dataset):
+    def __init__(self, n: int) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.rand(8, 8, 3, 32, 32, generator=g) * 2 - 1
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.x[i % len(self.x)]
+
+
+class Net(pl.LightningModule):
+    def __init__(self, backend: str | None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 3, 3, padding=1)
+        )
+        self.head = nn.Linear(3, 1)
+        if backend:
+            self.body.compile(backend=backend)
+
+    def training_step(self, batch, batch_idx):
+        return self.head(self.body(batch).mean(dim=(2, 3))).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class _Clock(pl.Callback):
+    def __init__(self) -> None:
+        self.t: list[float] = []
+
+    def on_train_batch_start(self, *args) -> None:
+        if not self.t:
+            self.t.append(time.perf_counter())
+
+    def on_train_batch_end(self, *args) -> None:
+        self.t.append(time.perf_counter())
+
+
+def run_arm(arm: str, backend: str | None, steps: int, steady: int) -> tuple[float, float, int]:
+    import torch._dynamo as dynamo
+
+    if backend:
+        dynamo.reset()
+    dynamo.utils.counters.clear()
+    opts = ARMS[arm]
+    clock = _Clock()
+    callbacks: list = [clock] + ([RangeWatch(**opts, log_every_n_steps=50)] if opts is not None else [])
+    trainer = pl.Trainer(accelerator="cpu", max_steps=steps + steady, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0, callbacks=callbacks)
+    trainer.fit(Net(backend), train_dataloaders=DataLoader(_Batches(steps + steady), batch_size=None))
+    t = clock.t
+    first = t[steps] - t[0]
+    rate = steady / (t[steps + steady] - t[steps])
+    return first, rate, int(dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=12, help="first steps, timed with compilation (default 12)")
+    ap.add_argument("--steady", type=int, default=40, help="steady-state steps timed after them (default 40)")
+    ap.add_argument("--backend", default="inductor", help="torch.compile backend (default inductor; 'eager' or 'aot_eager' skip code generation)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    print(f"torch {torch.__version__}, Python {platform.python_version()}, {platform.processor() or platform.machine()}, "
+          f"{args.threads} thread(s), backend {args.backend}; {args.repeats} repeats x 8 arms, interleaved")
+    modes = {"compiled": args.backend, "eager": None}
+    res: dict[tuple[str, str], list[tuple[float, float, int]]] = {(m, a): [] for m in modes for a in ARMS}
+    rng = random.Random(args.seed)
+    for r in range(args.repeats):
+        order = [(m, a) for m in modes for a in ARMS]
+        rng.shuffle(order)
+        for m, a in order:
+            res[(m, a)].append(run_arm(a, modes[m], args.steps, args.steady))
+        print(f"  repeat {r + 1}/{args.repeats} done", flush=True)
+    print(f"\n{'mode':9s} {'arm':12s} {'first ' + str(args.steps) + ' steps':>16s} {'ratio':>6s} {'steady steps/s':>15s} "
+          f"{'ratio':>6s} {'graphs':>6s}")
+    for m in modes:
+        base_first = statistics.median(x[0] for x in res[(m, "off")])
+        base_rate = statistics.median(x[1] for x in res[(m, "off")])
+        for a in ARMS:
+            first = statistics.median(x[0] for x in res[(m, a)])
+            rate = statistics.median(x[1] for x in res[(m, a)])
+            graphs = max(x[2] for x in res[(m, a)])
+            print(f"{m:9s} {a:12s} {first:14.2f} s {first / base_first:6.3f} {rate:15.1f} {base_rate / rate:6.3f} {graphs:6d}")
+    print("\nratio: time with the arm / time without RangeWatch, same mode (steady: steps/s without / with)")
+
+
+if __name__ == "__main__":
+    main()
