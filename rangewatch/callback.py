@@ -117,10 +117,12 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
             share for the whole tap, and its expected range (``expected_min``/``expected_max``).
         hist_bins: histogram bins per channel.
         watch_validation: also watch validation batches (taps ``val/batch...``).
-        watch_visualization: during validation, observe the calls that turn tensors into images
+        watch_visualization: from fit start to teardown (``training_step``, validation, epoch ends,
+            callbacks listed after this one), observe the calls that turn tensors into images
             (basicsr ``tensor2img``, torchvision ``make_grid``/``save_image``, TensorBoard
-            ``add_image``) and report those that clamp away data (kind ``clipping``); corrected
-            previews go to TensorBoard under ``rangewatch/preview/...``.
+            ``add_image``) and report those that clamp away data (kind ``clipping``), stamped with
+            the step of the call; calls are measured at check steps and at the first call of each
+            call site. Corrected previews go to TensorBoard under ``rangewatch/preview/...``.
         clip_threshold: share of values a visualisation call must clamp to be reported.
         derive_expectations: at fit start, read what each submodule expects from its own metadata
             (diffusers VAEs, timm ``pretrained_cfg``, transformers image processors / model types,

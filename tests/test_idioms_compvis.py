@@ -173,7 +173,6 @@ def test_compvis_autoencoder_correct_run_silent_and_loss_identical(tmp_path, ns)
     mins = [e.value for e in acc.Scalars("rangewatch/batch.image/min/c0")]
     assert min(mins) < -0.5  # the real photos' [-1, 1] values
     assert "rangewatch/encoder:input/min/c0" in scalars and "rangewatch/decoder:output/min/c0" in scalars
-    assert acc.Tags()["histograms"], "histograms reach the TensorBoardLogger of either namespace"
     assert not [t for t in acc.Tags()["images"] if t.startswith("rangewatch/preview")]
 
 

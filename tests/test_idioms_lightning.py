@@ -116,7 +116,9 @@ def test_loader_prediction_and_tensorboard_under_either_namespace(tmp_path, ns, 
     assert len(seen) == 1 and seen[0].step == 0
     acc = events(t.logger.log_dir)
     assert "rangewatch/first_stage_model.encoder:input/min/c0" in acc.Tags()["scalars"]
-    assert acc.Tags()["histograms"] and any(t.startswith("rangewatch/findings") for t in acc.Tags()["tensors"])
+    # histograms and the findings text need a TensorBoardLogger: that of either namespace is recognised
+    assert any(t.startswith("rangewatch/first_stage_model.encoder:input/hist") for t in acc.Tags()["histograms"])
+    assert any(t.startswith("rangewatch/findings") for t in acc.Tags()["tensors"])
 
 
 @pytest.mark.slow
@@ -309,3 +311,28 @@ def test_internal_errors_say_what_failed_and_only_taps_are_switched_off(monkeypa
     texts = [str(r.message) for r in rec if "internal error" in str(r.message)]
     assert any("transform inspection while predicting" in t and "no tap is switched off" in t for t in texts), texts
     assert any("batch.odd" in t and "this tap is switched off" in t for t in texts), texts
+
+
+def test_pytorch_lightning_trainer_rank_reaches_rangewatch_warnings(recwarn):
+    """Under a pytorch_lightning Trainer, rangewatch's (lightning.pytorch) rank-zero warnings follow
+    that Trainer's rank: a rank-1 process stays quiet."""
+    from unittest import mock
+
+    import pytorch_lightning as ptl
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    from rangewatch.namespaces import sync_rank_zero
+
+    t = ptl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    before = rank_zero_only.rank
+    try:
+        with mock.patch.object(ptl.Trainer, "global_rank", new_callable=mock.PropertyMock, return_value=1):
+            sync_rank_zero(t)
+        assert rank_zero_only.rank == 1
+        rank_zero_warn("rangewatch: must not show on rank 1")
+        assert not [w for w in recwarn if "must not show" in str(w.message)]
+        sync_rank_zero(t)
+        assert rank_zero_only.rank == 0
+    finally:
+        rank_zero_only.rank = before
