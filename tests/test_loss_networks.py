@@ -355,6 +355,44 @@ def test_basicsr_perceptual_loss(basicsr_loss, opts, to_loss, fix):
         assert fix in found[0].fix and "PerceptualLoss" in found[0].fix
 
 
+@pytest.mark.parametrize("to_loss, fix", [(None, None), (symmetric, "range_norm=True")])
+def test_codeformer_lpips_loss_judged_by_its_options(monkeypatch, to_loss, fix):
+    """CodeFormer's basicsr LPIPSLoss(use_input_norm=True) feeds ImageNet-normalised images to lpips.LPIPS
+    by design: the wrapper's options are judged, not the LPIPS inside it."""
+    monkeypatch.setitem(sys.modules, "basicsr.losses.losses", types.ModuleType("basicsr.losses.losses"))
+
+    class LPIPSLoss(nn.Module):  # as in CodeFormer's basicsr/losses/losses.py
+        def __init__(self, use_input_norm=True, range_norm=False):
+            super().__init__()
+            self.perceptual = make_lpips()
+            self.use_input_norm, self.range_norm = use_input_norm, range_norm
+            self.register_buffer("mean", torch.Tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.Tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+        def forward(self, pred, target):
+            if self.range_norm:
+                pred, target = (pred + 1) / 2, (target + 1) / 2
+            if self.use_input_norm:
+                pred, target = (pred - self.mean) / self.std, (target - self.mean) / self.std
+            return self.perceptual(pred.contiguous(), target.contiguous()).mean()
+
+    LPIPSLoss.__module__ = "basicsr.losses.losses"
+    x = photos()
+    holder = nn.ModuleDict({"lpips_loss": LPIPSLoss()})
+    assert list(find_loss_networks(holder)) == ["lpips_loss"]
+    watch = LossWatch().attach(holder)
+    try:
+        t = to_loss or (lambda v: v)
+        holder["lpips_loss"](t(x), t(blurred(x)))
+        found = [f for f in watch.check(0) if f.kind == "mismatch"]
+    finally:
+        watch.detach()
+    if fix is None:
+        assert found == []
+    else:
+        assert [f.where for f in found] == ["lpips_loss:input"] and fix in found[0].fix and "LPIPSLoss" in found[0].fix
+
+
 def test_basicsr_perceptual_loss_unchanged_by_watching(basicsr_loss):
     x = photos()
     loss = basicsr_loss(range_norm=True)
