@@ -237,6 +237,10 @@ def test_torchmetrics_lpips_judged_before_it_raises(tm_lpips):
 def taming_lpips(monkeypatch):
     """A class defined under ``taming.modules.losses.lpips`` with taming's structure (ScalingLayer + a
     VGG16 trunk + linear layers); taming itself is not installed."""
+    return _vendored_lpips(monkeypatch, "taming.modules.losses.lpips")
+
+
+def _vendored_lpips(monkeypatch, dotted: str):
     import torchvision
 
     src = '''
@@ -276,11 +280,12 @@ class LPIPS(nn.Module):
             val = val + lin(d).mean([2, 3], keepdim=True)
         return val
 '''
-    names = ["taming", "taming.modules", "taming.modules.losses", "taming.modules.losses.lpips"]
+    parts = dotted.split(".")
+    names = [".".join(parts[: i + 1]) for i in range(len(parts))]
     for n in names:
         monkeypatch.setitem(sys.modules, n, types.ModuleType(n))
     mod = sys.modules[names[-1]]
-    exec(compile(src, "taming/modules/losses/lpips.py", "exec"), mod.__dict__)
+    exec(compile(src, dotted.replace(".", "/") + ".py", "exec"), mod.__dict__)
     assert torchvision  # the fake trunk uses it
     return mod.LPIPS
 
@@ -299,6 +304,25 @@ def test_taming_lpips(taming_lpips, to_loss, fix):
     else:
         assert [(f.where, f.step, f.observed) for f in found] == [("loss_net:input", 0, "unit")]
         assert fix in found[0].fix and "taming.modules.losses.lpips.LPIPS" in found[0].fix
+
+
+def test_generative_models_lpips_copy(monkeypatch):
+    """Stability's generative-models keeps the same copy (sgm/modules/autoencoding/lpips/loss/lpips.py)."""
+    torch.manual_seed(0)
+    loss = _vendored_lpips(monkeypatch, "sgm.modules.autoencoding.lpips.loss.lpips")().eval()
+    holder = nn.ModuleDict({"perceptual_loss": loss})
+    x = photos(2)
+    watch = LossWatch().attach(holder)
+    try:
+        loss(symmetric(x), symmetric(blurred(x)))
+        assert watch.check(0) == []
+        loss(x, blurred(x))
+        found = watch.check(1)
+    finally:
+        watch.detach()
+    # the first call was right; the wrong one is accumulated on the device and judged at the check
+    assert [(f.where, f.observed, f.step) for f in found] == [("perceptual_loss:input", "unit", 1)]
+    assert "x * 2 - 1" in found[0].fix and "sgm.modules.autoencoding.lpips.loss.lpips.LPIPS" in found[0].fix
 
 
 def test_taming_name_alone_is_not_enough(taming_lpips):
