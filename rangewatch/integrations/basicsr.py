@@ -11,7 +11,10 @@ so the input is [-1,1] with ``range_norm=True``, [0,1] with ``use_input_norm=Tru
 and already ImageNet-normalised with both off (the trunk has torchvision's ImageNet VGG weights).
 ``PerceptualLoss(layer_weights, vgg_type, use_input_norm, range_norm, ...)`` (``basicsr/losses/basic_loss.py``)
 passes both of its images through such an extractor (``self.vgg``); it is judged at its own call,
-with the fix naming its options.
+with the fix naming its options. CodeFormer's copy of basicsr (``basicsr/losses/losses.py``) has an
+``LPIPSLoss(use_input_norm=True, range_norm=False)`` that applies the same two options before its
+``lpips.LPIPS`` (``self.perceptual``): it is judged by those options, and the LPIPS inside it (which
+then sees ImageNet-normalised input, as CodeFormer publishes it) is not judged again.
 
 ``basicsr/metrics/psnr_ssim.py``: ``calculate_psnr(img, img2, crop_border, input_order='HWC', ...)``
 and ``calculate_ssim`` take "images with range [0, 255]" (numpy, the output of ``tensor2img``):
@@ -68,6 +71,8 @@ def recognise(m: nn.Module) -> Watched | None:
         args_ = ("x", "gt")
     elif name == "VGGFeatureExtractor":
         vgg, args_ = m, ("x",)
+    elif name == "LPIPSLoss" and hasattr(m, "use_input_norm") and type(getattr(m, "perceptual", None)).__name__ == "LPIPS":
+        vgg, args_ = m, ("pred", "target")  # CodeFormer's basicsr: the same options in front of lpips.LPIPS
     else:
         return None
     exp = vgg_expects(bool(getattr(vgg, "use_input_norm", True)), bool(getattr(vgg, "range_norm", False)), name)

@@ -1,4 +1,4 @@
-"""CompVis taming-transformers and latent-diffusion: their vendored ``LPIPS``.
+"""CompVis taming-transformers, latent-diffusion and Stability's generative-models: their vendored ``LPIPS``.
 
 ``taming/modules/losses/lpips.py`` (and latent-diffusion, which imports it through
 ``taming.modules.losses.vqperceptual``; ``LPIPSWithDiscriminator.perceptual_loss`` is one) copies
@@ -9,8 +9,9 @@ the ``lpips`` class without the ``normalize`` flag::
 
 so both images must be [-1,1] (the ``ScalingLayer`` holds ImageNet mean/std written for [-1,1];
 see :mod:`rangewatch.integrations.lpips`). CompVis data classes produce that range
-(``image / 127.5 - 1``). Recognised by class name ``LPIPS`` from a ``taming.*`` / ``ldm.*`` module
-with the ScalingLayer constants; taming is never imported.
+(``image / 127.5 - 1``). Stability-AI/generative-models has the same stripped copy in
+``sgm/modules/autoencoding/lpips/loss/lpips.py``. Recognised by class name ``LPIPS`` from a
+``taming.*`` / ``ldm.*`` / ``sgm.*`` module with the ScalingLayer constants; none is ever imported.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .lpips import has_lpips_scaling_layer
 
 __all__ = ["recognise"]
 
-_ORIGINS = ("taming.", "ldm.")
+_ORIGINS = ("taming.", "ldm.", "sgm.")
 
 
 def recognise(m: nn.Module) -> Watched | None:

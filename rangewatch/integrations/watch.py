@@ -63,7 +63,7 @@ __all__ = ["LossWatch", "find_loss_networks", "RECOGNISERS"]
 #: (library prefix of ``type(m).__module__``, recogniser): a recogniser is only asked about its own library's classes
 RECOGNISERS: tuple[tuple[tuple[str, ...], Callable[[nn.Module], Watched | None]], ...] = (
     (("lpips",), _lpips.recognise),
-    (("taming.", "ldm."), _taming.recognise),
+    (("taming.", "ldm.", "sgm."), _taming.recognise),
     (("torchmetrics",), _torchmetrics.recognise),
     (("basicsr",), _basicsr.recognise),
     (("torchvision.models",), _torchvision.recognise),
