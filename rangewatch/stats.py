@@ -821,8 +821,8 @@ class RangeStats(Metric):
                 rows = (x.detach() if x.requires_grad else x).view(plan.shape)
                 if plan.one_kernel:
                     mn, mx = rows.amin(dim=(0, 2)), rows.amax(dim=(0, 2))
-                else:
-                    mn, mx = rows.amin(dim=2).amin(dim=0), rows.amax(dim=2).amax(dim=0)
+                else:  # (A, C) partials: their reduction over A happens once, when folded
+                    mn, mx = rows.amin(dim=2), rows.amax(dim=2)
                 pending = d["_pending"]
                 pending.append((mn, mx))  # folded into the states when they are next read
                 d["_pending_n"] += plan.per_channel
