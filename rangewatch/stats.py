@@ -29,9 +29,9 @@ Exactness (what the tests check against a numpy float64 reference):
 * ``mean``/``std`` come from sums and sums of squares accumulated in float32 by the reduction
   kernels (float64 for float64 and integer inputs) and kept in float64 states: relative error
   ~1e-7 of ``mean(|x|)`` for the mean and ~1e-7 of ``mean(x**2)`` for the variance (so a channel
-  whose spread is tiny next to its mean has a coarse ``std``). float16/bfloat16 inputs never
-  overflow (a float16 tensor of a million 1000s has mean 1000); float32 inputs past ~1.8e19 do
-  (the float32 sum of squares is inf).
+  whose spread is tiny next to its mean has a coarse ``std``). float16 inputs never
+  overflow (a float16 tensor of a million 1000s has mean 1000); float32 and bfloat16 values past
+  ~1.8e19 do (the float32 sum of squares is inf).
 * Histogram bins are half-open, ``[e_i, e_{i+1})``, with ``e = RangeSummary.hist_edges[c]``;
   ``hist_underflow`` counts ``x < e_0`` (``-inf`` included), ``hist_overflow`` counts
   ``x >= e_bins`` (``+inf`` included), NaN is in neither (it is counted in ``nan``). The edges are
@@ -42,9 +42,16 @@ Exactness (what the tests check against a numpy float64 reference):
   ``numpy.histogram(x, hist_edges[c])`` gives the same counts (numpy closes its last bin on the
   right; here a value equal to ``e_bins`` is overflow).
 
-Cost (``benchmarks/README.md``): ``update(x)`` is four reductions over ``x`` (min, max, sum, sum
-of squares: eager PyTorch has no fused multi-reduction, ``aminmax``/``var_mean`` are slower on CPU);
-``detail=True`` adds a dozen elementwise passes and, with a histogram, one ``bincount``.
+Cost (``benchmarks/README.md``): on CUDA, float32/float16/bfloat16 tensors (contiguous,
+channels-last or any dense layout) are read once by a Triton kernel (:mod:`rangewatch.stats_triton`)
+that yields per-channel min, max, sum and sum of squares (NaN propagated into min/max, from which the
+non-finite flag is derived); its partials stay pending on the device and are folded into the states
+when these are next read, so an every-step update is one kernel launch. Everywhere else (CPU, other
+dtypes, Triton missing or failing) the eager path runs: ``update(x)`` is four reductions over ``x``
+(eager PyTorch has no fused multi-reduction; ``aminmax``/``var_mean`` are slower on CPU),
+``update(x, moments=False)`` two; ``detail=True`` adds a dozen elementwise passes and, with a
+histogram, one ``bincount``. The exactness above holds on both paths (the kernel accumulates in
+float32 lanes of a few thousand elements, combined in float64).
 """
 
 from __future__ import annotations
@@ -416,6 +423,9 @@ class RangeStats(Metric):
             on each side, or (-1.5, 2.5) without bounds.
         dist_sync_fn: gather function for cross-process reduction (torchmetrics signature); the
             callback passes the Lightning strategy's ``all_gather``.
+        **kwargs: torchmetrics options; ``sync_on_compute=False`` makes :meth:`compute` local
+            (``compute(sync=...)`` overrides it per call), ``distributed_available_fn`` decides
+            whether a sync is needed.
 
     ``update(x)`` costs four reductions over ``x`` (min, max, sum, sum of squares),
     ``update(x, moments=False)`` two (min and max, whose per-channel results are kept pending
@@ -811,8 +821,8 @@ class RangeStats(Metric):
                 rows = (x.detach() if x.requires_grad else x).view(plan.shape)
                 if plan.one_kernel:
                     mn, mx = rows.amin(dim=(0, 2)), rows.amax(dim=(0, 2))
-                else:
-                    mn, mx = rows.amin(dim=2).amin(dim=0), rows.amax(dim=2).amax(dim=0)
+                else:  # (A, C) partials: their reduction over A happens once, when folded
+                    mn, mx = rows.amin(dim=2), rows.amax(dim=2)
                 pending = d["_pending"]
                 pending.append((mn, mx))  # folded into the states when they are next read
                 d["_pending_n"] += plan.per_channel

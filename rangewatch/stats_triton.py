@@ -161,7 +161,7 @@ class Launch:
 @functools.lru_cache(maxsize=256)
 def plan(a: int, c: int, b: int) -> Launch | None:
     """How to read an ``(A, C, B)`` view in one pass (None: no kernel fits, use the eager path)."""
-    if a * c * b == 0:
+    if a * c * b == 0 or max(a, b) >= 1 << 31:  # program offsets along a row or down the rows are int32
         return None
     if b >= 64 or c * b > _MAX_COLS:
         rows = a * c
