@@ -36,8 +36,9 @@ tensors, and no host sync happens per step. Every hook, wrapper and callback is 
 also after an exception. A failure inside rangewatch is reported once as an ``internal`` finding and
 switches that piece off; it never breaks the generation.
 
-This front end drives rangewatch's building blocks directly; it is shaped so that it can sit on
-the public engine once there is one.
+The findings themselves are built in :mod:`rangewatch.pipeline_checks`, once per pipeline call.
+This front end drives rangewatch's building blocks (``RangeStats``, ``LatentMonitor``, ``ModuleTracer``)
+directly; it is shaped so that it can sit on the public engine once there is one.
 """
 
 from __future__ import annotations
