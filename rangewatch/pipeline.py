@@ -36,8 +36,9 @@ tensors, and no host sync happens per step. Every hook, wrapper and callback is 
 also after an exception. A failure inside rangewatch is reported once as an ``internal`` finding and
 switches that piece off; it never breaks the generation.
 
-This front end drives rangewatch's building blocks directly; it is shaped so that it can sit on
-the public engine once there is one.
+The findings themselves are built in :mod:`rangewatch.pipeline_checks`, once per pipeline call.
+This front end drives rangewatch's building blocks (``RangeStats``, ``LatentMonitor``, ``ModuleTracer``)
+directly; it is shaped so that it can sit on the public engine once there is one.
 """
 
 from __future__ import annotations
@@ -89,6 +90,25 @@ class _Call:
         self.decodes: list[tuple[LatentMonitor, RangeStats]] = []
         self.height: int | None = None
         self.width: int | None = None
+        self.levels: torch.Tensor | float | None = None  # noise level per scheduler step (see _levels)
+
+
+def _levels(scheduler: Any, init_sigma: Any, device: torch.device) -> torch.Tensor | float:
+    """``sqrt(sigma**2 + 1)`` per entry of ``scheduler.sigmas`` where ``init_noise_sigma > 1`` (decided on
+    the device when it is a tensor), else 1.0. No read-back of tensor values."""
+    sigmas = getattr(scheduler, "sigmas", None)
+    if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1:
+        return 1.0
+    if not isinstance(init_sigma, torch.Tensor) and not init_sigma > 1.0 + 1e-3:
+        return 1.0  # a Python number: variance preserving or flow matching
+    sg = sigmas.detach().float()
+    lv = torch.sqrt(sg * sg + 1.0)
+    if isinstance(init_sigma, torch.Tensor):
+        ins = init_sigma.detach().float().to(sg.device)
+        lv = torch.where(ins > 1.0 + 1e-3, lv, torch.ones_like(lv))
+    if lv.device != device:
+        lv = (lv.pin_memory() if device.type == "cuda" and lv.device.type == "cpu" else lv).to(device, non_blocking=True)
+    return lv
 
 
 class PipelineWatch:
@@ -385,19 +405,19 @@ class PipelineWatch:
 
     def _noise_level(self, scheduler: Any, z: torch.Tensor) -> torch.Tensor | float:
         """Std of x_t for unit-std data after the current step: sqrt(sigma**2 + 1) for sigma-parameterised
-        schedulers (init_noise_sigma > 1, as Euler), 1 for variance-preserving and flow-matching ones."""
+        schedulers (init_noise_sigma > 1, as Euler), 1 for variance-preserving and flow-matching ones.
+
+        The levels of all steps are computed once per call (on the sigmas' own device, then one copy to
+        the latents' device, pinned); a step only indexes them with the scheduler's host-side step_index."""
         call = self._call
-        ins = call.init_sigma if call is not None else 1.0
-        if not isinstance(ins, torch.Tensor) and not ins > 1.0 + 1e-3:
+        if call is None:
             return 1.0
-        sigmas, idx = getattr(scheduler, "sigmas", None), getattr(scheduler, "step_index", None)
-        if not isinstance(sigmas, torch.Tensor) or not isinstance(idx, int) or not 0 <= idx < sigmas.numel():
+        if call.levels is None:
+            call.levels = _levels(scheduler, call.init_sigma, z.device)
+        idx = getattr(scheduler, "step_index", None)
+        if not isinstance(call.levels, torch.Tensor) or not isinstance(idx, int) or not 0 <= idx < call.levels.numel():
             return 1.0
-        s = sigmas[idx].to(z.device, torch.float32, non_blocking=True)
-        level = torch.sqrt(s * s + 1.0)
-        if isinstance(ins, torch.Tensor):  # decided on the device: no read-back of init_noise_sigma per step
-            level = torch.where(ins.to(z.device, torch.float32, non_blocking=True) > 1.0 + 1e-3, level, torch.ones_like(level))
-        return level
+        return call.levels[idx]
 
     # ------------------------------------------------------------------ decode
     def _to_model(self, z: torch.Tensor) -> torch.Tensor:

@@ -384,7 +384,9 @@ def test_a_failing_piece_is_reported_once_and_the_generation_is_unaffected(monke
     def broken(self, z):
         raise RuntimeError("odd tensor")
 
-    monkeypatch.setattr(rangewatch.latents.LatentMonitor, "update", broken)
+    from rangewatch.latents import LatentMonitor
+
+    monkeypatch.setattr(LatentMonitor, "update", broken)
     with watch_pipeline(pipe) as watch:
         out = generate(pipe).images
         out2 = generate(pipe).images
