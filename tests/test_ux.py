@@ -259,8 +259,8 @@ def test_preview_pair_labelled_inside_the_image():
     assert k == 7 and 40 * k >= Preview.LABEL_MIN_WIDTH
     raw = p.build().numpy()
     # below the strip: the plain grid, enlarged k times by pixel repetition (numpy)
-    np.testing.assert_array_equal(img[:, Preview.LABEL_HEIGHT:], np.repeat(np.repeat(raw, k, 1), k, 2))
-    strip = img[:, : Preview.LABEL_HEIGHT]
+    np.testing.assert_array_equal(img[:, Preview.label_height(40):], np.repeat(np.repeat(raw, k, 1), k, 2))
+    strip = img[:, : Preview.label_height(40)]
     half = strip.shape[2] // 2
     inked = (strip < 200).any(0)
     assert inked[:, :half].sum() > 100 and inked[:, half:].sum() > 100  # text over both columns
