@@ -205,7 +205,10 @@ def test_console_says_once_what_is_watched_and_ends_with_a_summary(tmp_path, cap
     assert text.count("rangewatch: watching") == 1
     block = text[text.index("rangewatch: watching"):]
     assert "watching 2 taps (checked at the first 2 batches, then every 2 steps)" in block
-    assert re.search(r"batch\.lq +3 ch  expects symmetric \(declared in RangeWatch\(expect=\{'batch\.lq': 'symmetric'\}\)\)", block)
+    assert re.search(r"batch\.lq +3 ch  expects symmetric\n", block)
+    # where each expectation comes from: said once, at fit start
+    assert text.count("rangewatch expectations") == 1
+    assert "batch.lq: symmetric (declared in RangeWatch(expect={'batch.lq': 'symmetric'}))" in text
     summary = [ln for ln in text.splitlines() if "checked over" in ln]
     assert len(summary) == 1
     taps = sum(1 for t in w._taps.values() if t.steps_checked)  # train and validation taps
