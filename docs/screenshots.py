@@ -84,14 +84,15 @@ def main() -> None:
     from rangewatch.report import build_report
 
     logdir = Path(tempfile.mkdtemp()) / "logs"
-    for case in ("dark-preview", "vae-range"):
+    for case in ("dark-preview", "vae-range", "sdxl-latent", "clean"):
         run_case(case, logdir, progress=False)
     report = build_report(logdir)
     chromium_shot(report.as_uri(), HERE / "report.png", "1400,1800")
+    print(f"report: {report.stat().st_size / 1024:.0f} KiB, {page_height(report)} px tall at 1400 px; tags: {tag_counts(logdir)}")
 
     port = 6123
     tb = subprocess.Popen(
-        [sys.executable, "-m", "rangewatch.cli", "tensorboard", str(logdir), "--port", str(port), "--host", "127.0.0.1"],
+        [sys.executable, "-m", "rangewatch.cli", "tensorboard", "--logdir", str(logdir), "--port", str(port), "--host", "127.0.0.1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -101,11 +102,15 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(1)
-        chromium_shot(f"http://127.0.0.1:{port}/?darkMode=false#images", HERE / "tensorboard_images.png")
-        chromium_shot(f"http://127.0.0.1:{port}/#timeseries", HERE / "tensorboard_scalars.png")
+        base = f"http://127.0.0.1:{port}/?darkMode=false"
+        chromium_shot(f"{base}#custom_scalars", HERE / "tensorboard_custom_scalars.png", "1400,1100")
+        chromium_shot(f"{base}#text", HERE / "tensorboard_findings.png", "1400,1000")
+        chromium_shot(f"{base}#images", HERE / "tensorboard_images.png", "1400,1100")
+        chromium_shot(f"{base}#timeseries", HERE / "tensorboard_scalars.png")
     finally:
         tb.terminate()
-    print("wrote", *(p.name for p in HERE.glob("*.png")))
+        tb.wait(timeout=30)
+    print("wrote", *(p.name for p in sorted(HERE.glob("*.png"))))
 
 
 if __name__ == "__main__":

@@ -403,6 +403,10 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush_previews(trainer)  # LightningModule.on_train_end's
+        try:  # one line: taps checked, batches, findings
+            rank_zero_info(self.summary_line())
+        except Exception as e:  # noqa: BLE001
+            self._internal("console", e, None)
 
     def _derive(self, pl_module: pl.LightningModule) -> None:
         """Expectations from model metadata; declared ones win."""
@@ -951,9 +955,13 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
             if s.bounds is not None:
                 m[tag(tap.name, "out_of_range")] = float((s.below.sum() + s.above.sum()) / counted)
         exp = self.expectation_for(tap.name)
-        if exp is not None and exp.conv.kind == "pixel" and not tap.misfit:  # (a misfit's bounds do not exist)
-            lo, hi = exp.conv.bounds(s.channels)
-            m[tag(tap.name, "expected_min")], m[tag(tap.name, "expected_max")] = float(min(lo)), float(max(hi))
+        if exp is not None and exp.conv.kind == "pixel":
+            try:
+                lo, hi = exp.conv.bounds(s.channels)
+            except ValueError:  # a convention that does not fit the channel count (a mismatch finding says so)
+                lo = hi = ()
+            if lo and hi:
+                m[tag(tap.name, "expected_min")], m[tag(tap.name, "expected_max")] = float(min(lo)), float(max(hi))
         return m
 
     def _latents_elsewhere(self, summaries: list[tuple[str, RangeSummary]], step: int) -> None:
@@ -984,8 +992,9 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         for name, t in live.items():
             exp = self.expectation_for(name)
             ch = f"{t.channels} ch" if t.channels else ""
-            if exp is not None:
-                what = f"expects {exp.convention} ({exp.source})"
+            if exp is not None:  # the sources of self.expectations were said at fit start ("rangewatch expectations")
+                listed = any(exp is e for e in self.expectations.values())
+                what = f"expects {exp.convention}" + ("" if listed else f" ({exp.source})")
             elif t.inferred is not None and t.inferred.name != "unknown":
                 what = f"no expectation; the data looks like {t.inferred.name}" + ("" if t.inferred.confident else " (not sure)")
             else:
@@ -995,8 +1004,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
             lines.append(f"  not watched: {name} ({t.error or 'not an image-like tensor'})")
         unseen = [n for n in sorted(self.expectations) if n not in self._taps and not n.startswith("val/")]
         for n in unseen:
-            e = self.expectations[n]
-            lines.append(f"  not seen yet: {n} expects {e.convention} ({e.source})")
+            lines.append(f"  not seen yet: {n} (expects {self.expectations[n].convention})")
         cadence = f"checked at the first {self.check_first_n} batches, then every {self._every} steps"
         head = f"rangewatch: watching {len(live)} tap{'s' if len(live) != 1 else ''} ({cadence})"
         if not live:
@@ -1016,12 +1024,6 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         extra = f"; {internal} tap{'s' if internal != 1 else ''} switched off after an internal error" if internal else ""
         return (f"rangewatch: {len(checked)} tap{'s' if len(checked) != 1 else ''} checked over {self._train_batches} "
                 f"training batch{'es' if self._train_batches != 1 else ''}: {found}{extra}")
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        try:
-            rank_zero_info(self.summary_line())
-        except Exception as e:  # noqa: BLE001
-            self._internal("console", e, None)
 
     def _flagged(self, new: list[Finding] = ()) -> set[str]:  # type: ignore[assignment]
         """Taps with a finding (notes and internal errors aside)."""

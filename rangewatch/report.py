@@ -1170,7 +1170,8 @@ def _summary(runs: list[_Run]) -> str:
         if problems:
             lines = "".join(
                 f'<li data-kind="{_e(cell(row, "kind"))}"><span class="badge">{_e(cell(row, "kind"))}</span> '
-                f'<code>{_e(cell(row, "where"))}</code>' + (f' · step {_e(cell(row, "step"))}' if cell(row, "step") else "")
+                + (_inline(cell(row, "where")) if "`" in cell(row, "where") else f'<code>{_e(cell(row, "where"))}</code>')
+                + (f' · step {_e(cell(row, "step"))}' if cell(row, "step") else "")
                 + f': seen {_inline(cell(row, "seen"))}' + (f', expected {_inline(cell(row, "expected"))}' if cell(row, "expected") else "")
                 + f' <span class="small muted">fix: {_inline(cell(row, "fix"))}</span></li>'
                 for row in problems)

@@ -28,8 +28,10 @@ def tag(tap: str, stat: str, channel: int | None = None) -> str:
 
 
 def _code_span(s: str) -> str:
-    tick = "``" if "`" in s else "`"
-    return f"{tick}{s}{tick}" if s else "–"
+    """``s`` as inline code; text that has its own code spans stays markdown."""
+    if not s:
+        return "–"
+    return s if "`" in s else f"`{s}`"
 
 
 def findings_markdown(findings: list[Finding]) -> str:
@@ -58,11 +60,14 @@ def findings_markdown(findings: list[Finding]) -> str:
     for f in ordered:
         at = f", step {f.step}" if f.step is not None else ""
         exp = f" · expected {_code_span(f.expected)}" if f.expected else ""
-        head = f"#### {f.kind}: `{f.where}`{at}"
+        head = f"#### {f.kind}: {_code_span(f.where)}{at}"
         seen = f"seen {_code_span(f.observed)}{exp}" + (f" ({f.source})" if f.source else "")
-        fix = "\n".join("    " + ln for ln in (f.fix or "–").splitlines())
+        if "`" in f.fix:  # prose with its own code spans
+            fix = f"**fix:** {f.fix}"
+        else:  # the fix as a code block
+            fix = "**fix:**\n\n" + "\n".join("    " + ln for ln in (f.fix or "–").splitlines())
         comment = _FINDING_COMMENT + json.dumps(f.to_dict()).replace("--", "\\u002d\\u002d") + " -->"
-        out.append(f"{head}\n\n{seen}\n\n{f.evidence}\n\nfix:\n\n{fix}\n\n{comment}")
+        out.append(f"{head}\n\n{seen}\n\n{f.evidence}\n\n{fix}\n\n{comment}")
     return "\n\n".join(out)
 
 

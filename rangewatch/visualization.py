@@ -395,7 +395,7 @@ class Preview:
 
     #: panels narrower than this are enlarged (nearest neighbour, integer factor) so the labels fit
     LABEL_MIN_WIDTH = 280
-    LABEL_HEIGHT = 40
+    LABEL_LINES = 3
 
     def labels(self) -> tuple[str, str]:
         """The two panel captions: what the call did, and the mapping the right panel uses."""
@@ -415,32 +415,46 @@ class Preview:
         """The enlargement factor :meth:`build_labelled` uses for panels ``width`` pixels wide."""
         return max(1, min(8, -(-Preview.LABEL_MIN_WIDTH // max(1, width))))
 
+    @classmethod
+    def label_font_size(cls, width: int) -> int:
+        """Font size of the labels over panels ``width`` pixels wide (before enlargement): a twelfth of
+        the enlarged panel, so the text stays legible when TensorBoard shrinks the image to its card."""
+        return max(13, width * cls.label_scale(width) // 12)
+
+    @classmethod
+    def label_height(cls, width: int) -> int:
+        """Height of the label strip over panels ``width`` pixels wide."""
+        return cls.LABEL_LINES * (cls.label_font_size(width) + 5) + 6
+
     def build_labelled(self) -> torch.Tensor:
         """:meth:`build` enlarged by :meth:`label_scale` (nearest neighbour) under a white strip of
-        :attr:`LABEL_HEIGHT` pixels naming each column ("as logged: tensor2img min_max=(0, 1)" |
-        "corrected: min_max=(-1, 1) (symmetric)"); :meth:`unlabel` gives :meth:`build` back."""
+        :meth:`label_height` pixels naming each column ("as logged: tensor2img the default
+        min_max=(0, 1)" | "corrected: min_max=(-1, 1)"); :meth:`unlabel` gives :meth:`build` back."""
         import numpy as np
         from PIL import Image, ImageDraw, ImageFont
 
         grid = self.build()
-        k = self.label_scale(int(self.images[0].shape[-1]))
+        width = int(self.images[0].shape[-1])
+        k = self.label_scale(width)
         big = grid.repeat_interleave(k, 1).repeat_interleave(k, 2)
         h, w = big.shape[1:]
-        strip = Image.new("RGB", (w, self.LABEL_HEIGHT), "white")
+        size = self.label_font_size(width)
+        strip = Image.new("RGB", (w, self.label_height(width)), "white")
         draw = ImageDraw.Draw(strip)
-        font = ImageFont.load_default(size=13)
+        font = ImageFont.load_default(size=size)
         col = w // 2
         for i, (text, colour) in enumerate(zip(self.labels(), ((170, 30, 30), (20, 110, 40)))):
-            x0 = i * col + 6
-            words, lines = text.split(" "), [""]
-            for wd in words:  # wrap to the column width
+            lines = [""]
+            for wd in text.split(" "):  # wrap to the column width
                 cand = (lines[-1] + " " + wd).strip()
                 if draw.textlength(cand, font=font) <= col - 12 or not lines[-1]:
                     lines[-1] = cand
                 else:
                     lines.append(wd)
-            for j, line in enumerate(lines[:2]):
-                draw.text((x0, 4 + 17 * j), line, fill=colour, font=font)
+            if len(lines) > self.LABEL_LINES:
+                lines = lines[: self.LABEL_LINES - 1] + [" ".join(lines[self.LABEL_LINES - 1:])]
+            for j, line in enumerate(lines):
+                draw.text((i * col + 6, 4 + (size + 5) * j), line, fill=colour, font=font)
         top = torch.from_numpy(np.asarray(strip).copy()).permute(2, 0, 1)
         return torch.cat([top, big], 1)
 
@@ -448,10 +462,10 @@ class Preview:
     def unlabel(cls, image: Any, panel_width: int) -> Any:
         """The plain :meth:`build` grid inside a :meth:`build_labelled` image (an ``(H, W, 3)`` array
         as decoded from the PNG, or a ``(3, H, W)`` tensor) whose panels are ``panel_width`` wide."""
-        k = cls.label_scale(panel_width)
+        k, top = cls.label_scale(panel_width), cls.label_height(panel_width)
         if isinstance(image, torch.Tensor):
-            return image[:, cls.LABEL_HEIGHT::k, ::k]
-        return image[cls.LABEL_HEIGHT::k, ::k]
+            return image[:, top::k, ::k]
+        return image[top::k, ::k]
 
     @property
     def image_tag(self) -> str:

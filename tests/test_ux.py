@@ -205,7 +205,10 @@ def test_console_says_once_what_is_watched_and_ends_with_a_summary(tmp_path, cap
     assert text.count("rangewatch: watching") == 1
     block = text[text.index("rangewatch: watching"):]
     assert "watching 2 taps (checked at the first 2 batches, then every 2 steps)" in block
-    assert re.search(r"batch\.lq +3 ch  expects symmetric \(declared in RangeWatch\(expect=\{'batch\.lq': 'symmetric'\}\)\)", block)
+    assert re.search(r"batch\.lq +3 ch  expects symmetric\n", block)
+    # where each expectation comes from: said once, at fit start
+    assert text.count("rangewatch expectations") == 1
+    assert "batch.lq: symmetric (declared in RangeWatch(expect={'batch.lq': 'symmetric'}))" in text
     summary = [ln for ln in text.splitlines() if "checked over" in ln]
     assert len(summary) == 1
     taps = sum(1 for t in w._taps.values() if t.steps_checked)  # train and validation taps
@@ -259,8 +262,8 @@ def test_preview_pair_labelled_inside_the_image():
     assert k == 7 and 40 * k >= Preview.LABEL_MIN_WIDTH
     raw = p.build().numpy()
     # below the strip: the plain grid, enlarged k times by pixel repetition (numpy)
-    np.testing.assert_array_equal(img[:, Preview.LABEL_HEIGHT:], np.repeat(np.repeat(raw, k, 1), k, 2))
-    strip = img[:, : Preview.LABEL_HEIGHT]
+    np.testing.assert_array_equal(img[:, Preview.label_height(40):], np.repeat(np.repeat(raw, k, 1), k, 2))
+    strip = img[:, : Preview.label_height(40)]
     half = strip.shape[2] // 2
     inked = (strip < 200).any(0)
     assert inked[:, :half].sum() > 100 and inked[:, half:].sum() > 100  # text over both columns
