@@ -214,6 +214,29 @@ def test_user_callback_changing_latents_is_honoured_and_watched():
     assert "values reach 30.0" in out_f[0].evidence and "soft_clamp" in out_f[0].fix
 
 
+def test_colour_cast_of_the_final_latents():
+    pipe = sd_pipe()
+
+    def offset(p, i, t, kw):  # channel 1's mean pushed to +1 before the decode
+        return {"latents": kw["latents"] + torch.tensor([0.0, 1.0, 0.0, 0.0]).view(1, 4, 1, 1)} if i == 3 else {}
+
+    with watch_pipeline(pipe) as watch:
+        generate(pipe, callback_on_step_end=offset)
+    (f,) = [f for f in watch.findings if f.kind == "color_cast"]
+    assert f.where == "vae.decode input" and "channel 1 mean +1" in f.evidence
+    # the push through SD 1.x's latent-to-RGB row of channel 1 (0.3250, 0.4974, 0.2350): green leads
+    assert "towards" in f.observed and "+G" in f.evidence
+
+
+def test_positional_arguments_are_bound_like_the_pipeline_binds_them():
+    pipe = sd_pipe()
+    e = embeds()
+    ref = pipe(None, 32, 32, 4, generator=torch.Generator().manual_seed(0), output_type="pt", **e).images
+    with watch_pipeline(pipe) as watch:
+        out = pipe(None, 32, 32, 4, generator=torch.Generator().manual_seed(0), output_type="pt", **e).images
+    assert torch.equal(ref, out) and sorted(watch.previews) == [(1, 0), (1, 1), (1, 2), (1, 3)]
+
+
 def test_outliers_while_denoising_are_reported_at_a_checked_step():
     pipe = sd_pipe()
 
