@@ -268,6 +268,24 @@ def test_manual_decode_without_dividing_by_scaling_factor_caught():
     assert ok.findings == []
 
 
+def test_decoded_range_beyond_minus_one_one_reported_with_the_share_postprocess_clamps():
+    pipe = sd_pipe()
+    with torch.no_grad():  # a decoder whose pixels overshoot [-1, 1] (conv_out is linear: scale weight and bias)
+        pipe.vae.decoder.conv_out.weight.mul_(4)
+        pipe.vae.decoder.conv_out.bias.mul_(4)
+    raw = {}
+    h = pipe.vae.decoder.register_forward_hook(lambda m, a, out: raw.__setitem__("x", out.detach().clone()))
+    with watch_pipeline(pipe) as watch:
+        img = generate(pipe).images
+    h.remove()
+    x = raw["x"].numpy()
+    share = float(((x < -1) | (x > 1)).mean())  # numpy reference
+    assert share > 0.05 and float(img.min()) == 0.0 and float(img.max()) == 1.0  # postprocess clamped them
+    (f,) = [f for f in watch.findings if f.kind == "clipping"]
+    assert f.where == "vae.decode output" and f.observed.startswith(f"{share:.1%} of decoded values")
+    assert f"{x.min():.3g} .. {x.max():.3g}" in f.evidence
+
+
 def test_fp16_decoder_overflow_names_the_module():
     pipe = sd_pipe()
     pipe.to(torch.float16)  # CPU half precision
