@@ -276,12 +276,10 @@ def _final_latents(w: "PipelineWatch", mon: LatentMonitor, where: str, *, manual
         lo, hi = float(summ.finite_min.min()), float(summ.finite_max.max())
         if math.isfinite(lo) and math.isfinite(hi):
             raw = f"; the decoder's input (unscaled, z / {s:g}" + (f" + {sh:g}" if sh else "") + f") spans {lo / s + sh:.3g} .. {hi / s + sh:.3g}"
-    for f in mon.check(step=step, where=where):
+    for f in _latent_checks(mon, step, where):
         if raw and f.kind in ("latent_scale", "latent_outliers"):
             f = replace(f, evidence=f.evidence + raw)
         if f.kind == "latent_scale":
-            if not ("twice" in f.observed or "not scaled" in f.observed):
-                continue  # generated latents vary in spread: only an order-of-magnitude error is certain
             if "twice" in f.observed and decoding:  # model space std ~ scale: the decoder got model-space latents
                 f = replace(f, observed="vae.decode got latents not divided by scaling_factor",
                             fix=f"decode vae.decode({undo}): latents from the denoiser are in the model's space "
@@ -299,6 +297,26 @@ def _final_latents(w: "PipelineWatch", mon: LatentMonitor, where: str, *, manual
             f = replace(f, fix="watch_pipeline(pipe, trace='all') names the denoiser module that produced them; " + _denoiser_fix(None))
         out.append(f)
     return out
+
+
+def _certain_scale(f: Finding) -> bool:
+    """Generated latents vary in spread (a flat image, few steps): only a missing or doubled factor, an
+    order of magnitude, is certain; "another VAE's factor" (0.13025 vs 0.18215) and "matching neither" are not."""
+    return f.kind == "latent_scale" and ("twice" in f.observed or "not scaled" in f.observed)
+
+
+def _latent_checks(mon: LatentMonitor, step: int | None, where: str) -> list[Finding]:
+    """``LatentMonitor.check``, except that an uncertain scale finding is dropped and the shift / colour /
+    outlier checks it would have suppressed run instead."""
+    found = mon.check(step=step, where=where)
+    if not (len(found) == 1 and found[0].kind == "latent_scale" and not _certain_scale(found[0])):
+        return found
+    a = mon.analyse()
+    if a is None:
+        return []
+    shift = mon._check_shift(a, step, where)
+    rest = [shift, mon._check_cast(a, step, where, shifted=shift is not None), mon._check_outliers(a, step, where)]
+    return [f for f in rest if f is not None]
 
 
 def _decoded(w: "PipelineWatch", img: RangeStats) -> list[Finding]:

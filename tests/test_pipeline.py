@@ -214,6 +214,29 @@ def test_user_callback_changing_latents_is_honoured_and_watched():
     assert "values reach 30.0" in out_f[0].evidence and "soft_clamp" in out_f[0].fix
 
 
+def test_colour_cast_of_the_final_latents():
+    pipe = sd_pipe()
+
+    def offset(p, i, t, kw):  # channel 1's mean pushed to +1 before the decode
+        return {"latents": kw["latents"] + torch.tensor([0.0, 1.0, 0.0, 0.0]).view(1, 4, 1, 1)} if i == 3 else {}
+
+    with watch_pipeline(pipe) as watch:
+        generate(pipe, callback_on_step_end=offset)
+    (f,) = [f for f in watch.findings if f.kind == "color_cast"]
+    assert f.where == "vae.decode input" and "channel 1 mean +1" in f.evidence
+    # the push through SD 1.x's latent-to-RGB row of channel 1 (0.3250, 0.4974, 0.2350): green leads
+    assert "towards" in f.observed and "+G" in f.evidence
+
+
+def test_positional_arguments_are_bound_like_the_pipeline_binds_them():
+    pipe = sd_pipe()
+    e = embeds()
+    ref = pipe(None, 32, 32, 4, generator=torch.Generator().manual_seed(0), output_type="pt", **e).images
+    with watch_pipeline(pipe) as watch:
+        out = pipe(None, 32, 32, 4, generator=torch.Generator().manual_seed(0), output_type="pt", **e).images
+    assert torch.equal(ref, out) and sorted(watch.previews) == [(1, 0), (1, 1), (1, 2), (1, 3)]
+
+
 def test_outliers_while_denoising_are_reported_at_a_checked_step():
     pipe = sd_pipe()
 
@@ -243,6 +266,24 @@ def test_manual_decode_without_dividing_by_scaling_factor_caught():
     with watch_pipeline(pipe) as ok:
         pipe.vae.decode(lat / pipe.vae.config.scaling_factor)
     assert ok.findings == []
+
+
+def test_decoded_range_beyond_minus_one_one_reported_with_the_share_postprocess_clamps():
+    pipe = sd_pipe()
+    with torch.no_grad():  # a decoder whose pixels overshoot [-1, 1] (conv_out is linear: scale weight and bias)
+        pipe.vae.decoder.conv_out.weight.mul_(4)
+        pipe.vae.decoder.conv_out.bias.mul_(4)
+    raw = {}
+    h = pipe.vae.decoder.register_forward_hook(lambda m, a, out: raw.__setitem__("x", out.detach().clone()))
+    with watch_pipeline(pipe) as watch:
+        img = generate(pipe).images
+    h.remove()
+    x = raw["x"].numpy()
+    share = float(((x < -1) | (x > 1)).mean())  # numpy reference
+    assert share > 0.05 and float(img.min()) == 0.0 and float(img.max()) == 1.0  # postprocess clamped them
+    (f,) = [f for f in watch.findings if f.kind == "clipping"]
+    assert f.where == "vae.decode output" and f.observed.startswith(f"{share:.1%} of decoded values")
+    assert f"{x.min():.3g} .. {x.max():.3g}" in f.evidence
 
 
 def test_fp16_decoder_overflow_names_the_module():
