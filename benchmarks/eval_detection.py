@@ -816,6 +816,11 @@ def _run_specs(quick: bool) -> list[RunSpec]:
     pair_cls("clip", "tv1_bicubic_resize", content="faces")
     pair_cls("clip", "timm_eval", content="letterboxed")
     pair_cls("clip", "tv1_rrc_jitter", bs=1)
+    # hard content through one more pipeline per model
+    for content in ("dark", "lowcontrast", "bright", "gray3", "faces", "documents", "letterboxed"):
+        pair_vae("diffusers_vae_processor", content=content)
+        pair_cls("resnet", "timm_train_re_const", content=content)
+        pair_cls("clip", "tv2_trivialaugment_blur", content=content)
     # declared expectations
     specs.append(RunSpec("generator/declared symmetric", "generator", "tv2_randaugment", "symmetric", True, "batch[0]",
                          expect={"batch[0]": "symmetric"}))
