@@ -173,6 +173,10 @@ def test_compvis_autoencoder_correct_run_silent_and_loss_identical(tmp_path, ns)
     mins = [e.value for e in acc.Scalars("rangewatch/batch.image/min/c0")]
     assert min(mins) < -0.5  # the real photos' [-1, 1] values
     assert "rangewatch/encoder:input/min/c0" in scalars and "rangewatch/decoder:output/min/c0" in scalars
+    # TensorBoard-only data reaches the TensorBoardLogger of either namespace: the custom-scalars layout
+    # (histograms are for taps with a finding by default; this run has none)
+    assert "custom_scalars__config__" in acc.Tags()["tensors"], "the layout reaches the TensorBoardLogger of either namespace"
+    assert acc.Tags()["histograms"] == []
     assert not [t for t in acc.Tags()["images"] if t.startswith("rangewatch/preview")]
 
 
