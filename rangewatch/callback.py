@@ -863,6 +863,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
                 raise
             except Exception as e:
                 self._internal(name, e, tap)
+        synced = self._sync_latents(summaries) if trainer.world_size > 1 else []
         if self._sink is not None and trainer.is_global_zero:
             try:
                 if metrics:
@@ -886,6 +887,8 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
                     self._latents_elsewhere(summaries, step)
             except Exception as e:
                 self._internal("logging", e, None)
+        for st in synced:
+            st.unsync()
         for name, _ in summaries:
             self._reset(self._taps[name])
         if self._tracer is not None and train_check:
@@ -899,6 +902,23 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         if getattr(self, "_losses", None) is not None:
             new.extend(self._losses.check(step))
         self._report(new, step)
+
+    def _sync_latents(self, summaries: list[tuple[str, RangeSummary]]) -> list[RangeStats]:
+        """Under DDP, reduce the latent taps' states on every rank before rank zero logs their
+        histograms (``log_latents`` reads them again): a sync of rank zero's own there would wait
+        forever for the other ranks. Returns the synced stats, to ``unsync()`` after the logging."""
+        out = []
+        for name, _ in summaries:
+            tap = self._taps[name]
+            if tap.latent is None:
+                continue
+            try:
+                tap.stats.sync(dist_sync_fn=tap.stats.dist_sync_fn)
+                if tap.stats.synced:
+                    out.append(tap.stats)
+            except Exception as e:  # noqa: BLE001
+                self._internal(name, e, tap)
+        return out
 
     def _judge(self, tap: _Tap, s: RangeSummary, step: int) -> list[Finding]:
         out: list[Finding] = []

@@ -76,8 +76,8 @@ def _summary(x: torch.Tensor | RangeStats | RangeSummary, channel_dim: int | Non
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"infer_convention takes a tensor, RangeStats or RangeSummary, got {type(x).__name__}")
     if x.numel() == 0:
-        return RangeStats(channel_dim=channel_dim).compute()
-    st = RangeStats(channel_dim=channel_dim)
+        return RangeStats(channel_dim=channel_dim, sync_on_compute=False).compute()
+    st = RangeStats(channel_dim=channel_dim, sync_on_compute=False)  # a tensor given here is judged locally: no collective
     st.update(x, detail=True)
     return st.compute()
 

@@ -347,7 +347,7 @@ class PipelineWatch:
         z = a.get("latents")
         if isinstance(z, torch.Tensor) and z.is_floating_point() and self.convention is not None:
             zz = self._unpack(z, call)
-            call.user_latents = LatentMonitor(self.convention, preview_samples=0)
+            call.user_latents = LatentMonitor(self.convention, preview_samples=0, sync_on_compute=False)
             call.user_latents.update(zz)
         for name in ("image", "mask_image", "ip_adapter_image"):
             x = a.get(name)
@@ -358,7 +358,7 @@ class PipelineWatch:
             cd = 1 if x.dim() == 4 else 0
             if name == "image" and x.shape[cd] == _config_get(self.vae.config, "latent_channels"):
                 continue  # the image processors pass latents through untouched
-            st = RangeStats(channel_dim=cd)
+            st = RangeStats(channel_dim=cd, sync_on_compute=False)  # a pipeline call is one process's: no collective
             st.update(x.detach(), detail=True)
             call.images.append((name, st))
 
@@ -399,7 +399,7 @@ class PipelineWatch:
         ], dim=1)
         call.steps.append(row)
         if i in call.checked:
-            mon = LatentMonitor(self.convention, preview_samples=1)
+            mon = LatentMonitor(self.convention, preview_samples=1, sync_on_compute=False)
             mon.update(zf / self._noise_level(pipe.scheduler, zf))
             call.monitors[i] = mon
 
@@ -434,9 +434,9 @@ class PipelineWatch:
         rec = None
         if "decode" not in self._off and isinstance(z, torch.Tensor) and self.convention is not None:
             try:
-                mon = LatentMonitor(self.convention, preview_samples=1)
+                mon = LatentMonitor(self.convention, preview_samples=1, sync_on_compute=False)
                 mon.update(self._to_model(z))
-                rec = (mon, RangeStats(channel_dim=1, bounds="symmetric"))
+                rec = (mon, RangeStats(channel_dim=1, bounds="symmetric", sync_on_compute=False))
                 if self._vae_tracer is not None:
                     self._vae_tracer.start_step(self._decode_count)
                     self._vae_tracer.enabled = True

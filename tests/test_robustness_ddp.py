@@ -14,7 +14,9 @@ Scenarios:
 * ``tracer_inf``: ``trace_modules="all"``; at step ``BOOM_STEP`` the module ``boom`` overflows to inf on
   rank 1 only (rank 0's NaN only comes from the gradient all-reduce, a step later);
 * ``raise_tracer``: as ``tracer_inf`` with ``policy="raise"``: both ranks must stop with the same error;
-* ``raise_preview``: ``policy="raise"`` and the clipping preview on rank 0 only.
+* ``raise_preview``: ``policy="raise"`` and the clipping preview on rank 0 only;
+* ``latents``: a batch tap declared ``sdxl_latent`` with a TensorBoardLogger: rank zero logs the latent
+  preview and histograms (from the statistics all ranks reduced together, not by a sync of its own).
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def _run(scenario: str, out: str) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(16, 3, 16, 16, generator=g) * 2 - 1
     y = torch.rand(16, generator=g)
-    ds = TensorDataset(x, y)
+    z = torch.randn(16, 4, 8, 8, generator=g) * 0.13025  # SDXL-scaled latents (unit std after the scale)
+    ds = TensorDataset(x, y, z)
 
     class Boom(nn.Module):
         def forward(self, h):  # inf at BOOM_STEP on rank 1 only
@@ -72,12 +75,12 @@ def _run(scenario: str, out: str) -> None:
             self.head = nn.Linear(4, 1)
 
         def training_step(self, batch, batch_idx):
-            xb, yb = batch
+            xb, yb = batch[0], batch[1]
             h = self.boom(self.conv(xb))
             return F.mse_loss(self.head(h.mean(dim=(2, 3))).squeeze(1), yb)
 
         def validation_step(self, batch, batch_idx):
-            xb, _ = batch
+            xb = batch[0]
             if scenario.startswith(("preview", "raise_preview")):
                 everyone = scenario == "preview_all"
                 if everyone or self.trainer.global_rank == 0:
@@ -92,6 +95,8 @@ def _run(scenario: str, out: str) -> None:
         kw.update(trace_modules="all", log_every_n_steps=1)
     if scenario.startswith("raise"):
         kw["policy"] = "raise"
+    if scenario == "latents":
+        kw.update(expect={"batch[2]": "sdxl_latent"}, log_every_n_steps=1)
     watch = RangeWatch(**kw)
     trainer = pl.Trainer(
         accelerator="cpu", devices=WORLD, strategy="ddp", max_steps=STEPS,
@@ -148,6 +153,23 @@ def test_ddp_preview_logging_on_one_rank_or_all_finishes(tmp_path, scenario):
     clipping = [f for f in r0["findings"] if f["kind"] == "clipping"]
     assert clipping, r0["findings"]  # the [-1, 1] grid clamped to [0, 1] is still judged, locally
     assert not [f for f in r0["findings"] + r1["findings"] if f["kind"] == "internal"], (r0["findings"], r1["findings"])
+
+
+@pytest.mark.slow
+def test_ddp_latent_tap_logged_by_rank_zero_finishes(tmp_path):
+    r0, r1, err = _launch("latents", tmp_path)
+    assert r0["global_step"] == r1["global_step"] == STEPS
+    assert not [f for f in r0["findings"] + r1["findings"] if f["kind"] == "internal"], (r0["findings"], r1["findings"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (ev,) = list(tmp_path.glob("tb/version_0/events.out.tfevents.*"))
+    acc = EventAccumulator(str(ev), size_guidance={"histograms": 0, "images": 0})
+    acc.Reload()
+    hists = [t for t in acc.Tags()["histograms"] if t.startswith("rangewatch/batch[2]/latent_channel")]
+    assert len(hists) == 4, acc.Tags()["histograms"]
+    # every step's histogram counts the global batch (both ranks' 4 samples x 8 x 8 values per channel)
+    for t in hists:
+        assert [h.histogram_value.num for h in acc.Histograms(t)] == [2 * 4 * 8 * 8] * STEPS, t
 
 
 @pytest.mark.slow
