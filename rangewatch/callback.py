@@ -7,7 +7,7 @@ import difflib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,7 +69,6 @@ class _Tap:
     inferred: Inference | None = None
     bounds: str | None = None
     steps_checked: int = 0
-    history: list[str] = field(default_factory=list)
     latent: Any = None  # a LatentMonitor for taps expected to carry latents
     error: str | None = None  # why rangewatch switched this tap off (internal error)
     misfit: bool = False  # its expected convention does not fit its channel count (a mismatch finding said so)
