@@ -7,7 +7,7 @@ import difflib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,7 +69,6 @@ class _Tap:
     inferred: Inference | None = None
     bounds: str | None = None
     steps_checked: int = 0
-    history: list[str] = field(default_factory=list)
     latent: Any = None  # a LatentMonitor for taps expected to carry latents
     error: str | None = None  # why rangewatch switched this tap off (internal error)
     misfit: bool = False  # its expected convention does not fit its channel count (a mismatch finding said so)
@@ -247,6 +246,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         self._vis_judge = False  # judge every preview call now (check steps, epoch ends)
         self._layout_taps: dict[str, tuple[int, bool]] = {}  # what the custom-scalars layout last showed
         self._announced = False
+        self._phase = ""  # "val/" while a validation loop runs: module taps are split as batch taps are
         self._set_declared()
 
     # ------------------------------------------------------------------ construction helpers
@@ -278,8 +278,9 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         """The expectation that applies to a tap (validation batch taps share the train key)."""
         if tap in self.expectations:
             return self.expectations[tap]
-        if tap.startswith("val/"):
-            return self.expectations.get(tap[4:]) or self._loader_expect.get("val")
+        if tap.startswith("val/"):  # a validation module tap takes its module's expectation, never the loader's
+            inner = tap[4:]
+            return self.expectations.get(inner) or (self._loader_expect.get("val") if inner.startswith("batch") else None)
         if tap.startswith("batch"):
             return self._loader_expect.get("train")
         return None
@@ -304,6 +305,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
             self._attach(pl_module)
         if self._tracer is not None:
             self._tracer.enabled = False  # validation forwards would mix into the training step
+        self._phase = "val/"
         self._start_visualization(trainer, "validation preview")
 
     # ------------------------------------------------------------------ previews (visualisation calls)
@@ -387,6 +389,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
                 self._internal("visualization", e, None, what="stopping the visualisation watch")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._phase = ""
         self._flush_previews(trainer)  # also the previews of LightningModule.on_validation_epoch_end
         self._vis_now(trainer, judge=False, context="training preview")
 
@@ -662,7 +665,13 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
             from .latents import LatentMonitor
 
             mon = LatentMonitor(exp.conv, channel_dim=channel_dim, dist_sync_fn=self._sync_fn())
+            pending = self._pending_states.pop(name, None)
+            if pending is not None and "latent" in pending:  # a resumed fit goes on with the saved window
+                mon.load_state_dict(pending["latent"], device=t.device)
+                mon.stats.dtypes_seen = set(pending.get("dtypes", ()))
             tap = _Tap(name, channel_dim, mon.stats, latent=mon)
+            if pending is not None:
+                tap.steps_checked = int(pending.get("steps_checked", 0))
             self._taps[name] = tap
             return tap
         bounds = exp.convention if exp is not None and exp.conv.kind == "pixel" else None
@@ -720,6 +729,10 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         self._internal(tap_name, error, self._taps.get(tap_name))
 
     def _on_module_tensor(self, tap_name: str, t: torch.Tensor) -> None:
+        if self._phase:  # a validation forward: its own tap (val/...), never the training window
+            if not self.watch_validation:
+                return
+            tap_name = self._phase + tap_name
         tap = self._taps.get(tap_name)
         if tap is not None and tap.disabled:
             return
@@ -802,7 +815,8 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         self._flush_previews(trainer, log=False)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._check(trainer, lambda n: True)
+        # validation taps only: the training windows are read (and reset) at the training check steps
+        self._check(trainer, lambda n: n.startswith("val/"))
         self._detail = False
         self._vis_now(trainer, judge=True)  # LightningModule.on_validation_epoch_end runs after the callbacks
 
@@ -1200,6 +1214,8 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
                     "dtypes": sorted(tap.stats.dtypes_seen),
                     "steps_checked": tap.steps_checked,
                 }
+                if tap.latent is not None:  # its soft-clamp counts too (LatentMonitor's own state)
+                    taps[name]["latent"] = tap.latent.state_dict()
             except Exception as e:  # noqa: BLE001
                 self._internal(name, e, tap)
         return {

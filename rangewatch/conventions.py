@@ -9,7 +9,9 @@ A *latent* convention describes a diffusion VAE's scaled latent space:
 ``z_model = (z_vae - shift) * scale`` with a channel count and, where known, the linear
 latent-to-RGB factors used for cheap previews (``rgb = z^T F + bias``, read as [-1, 1]).
 
-Numbers and their sources are in ``shared/REFERENCE.md`` sections 2 and 3.
+Sources of the numbers: torchvision ``transforms/_presets.py`` (ImageNet), open_clip ``constants.py``
+(OpenAI CLIP), timm ``data/constants.py`` (ImageNet, Inception, DINO), ComfyUI
+``comfy/latent_formats.py`` @9a9a69fd (latent scales, shifts and latent-to-RGB factors).
 """
 
 from __future__ import annotations
@@ -95,10 +97,6 @@ class Convention:
     aliases: tuple[str, ...] = field(default=())
 
     # ---------------------------------------------------------------- pixel helpers
-    @property
-    def is_pixel(self) -> bool:
-        return self.kind == "pixel"
-
     def mean_for(self, channels: int) -> tuple[float, ...]:
         return _expand(self.mean, channels)
 

@@ -223,6 +223,21 @@ class LatentMonitor:
         self._over = None
         self.last = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """The window so far (statistics and soft-clamp counts), on the host, for a checkpoint."""
+        state: dict[str, Any] = {f"stats.{k}": v.detach().cpu() for k, v in self.stats.state_dict().items()}
+        if self._over is not None:
+            state["over"] = self._over.detach().cpu()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str | None = None) -> None:
+        """Go on with a window saved by :meth:`state_dict` (moved to ``device``)."""
+        self.stats.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("stats.")})
+        if device is not None:
+            self.stats.to(device)
+        over = state.get("over")
+        self._over = None if over is None else over.to(device if device is not None else over.device, torch.float64)
+
     # ------------------------------------------------------------------ check (host)
     def summary(self) -> RangeSummary:
         return self.stats.compute()

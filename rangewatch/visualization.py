@@ -492,7 +492,6 @@ class Preview:
 _LOCK = threading.RLock()
 _ACTIVE: list["VisualizationWatch"] = []
 _TLS = threading.local()
-_ORIGINAL_FUNCS: dict[str, Callable] = {}  # call name -> original function (for signatures)
 _WRAPPERS: dict[int, Callable] = {}  # id(original) -> wrapper (reused across start/stop cycles)
 _KEEP: list[Callable] = []  # keeps originals alive so their ids stay unique
 # installed patches: ("func", original, wrapper, [(dict, key), ...]) or ("attr", cls, name, original, wrapper)
@@ -643,7 +642,6 @@ def _install(want_basicsr: bool) -> None:
             fn = _unwrap(getattr(mod, attr, None)) if mod is not None else None
             if fn is None or not callable(fn):
                 continue
-            _ORIGINAL_FUNCS.setdefault(call, fn)
             if id(fn) not in funcs:
                 entry = ("func", fn, _make_wrapper(call, fn), [])
                 _INSTALLED.append(entry)
@@ -658,7 +656,6 @@ def _install(want_basicsr: bool) -> None:
                 if (id(cls), call) in attrs or fn is None:
                     continue
                 fn = _unwrap(fn)
-                _ORIGINAL_FUNCS.setdefault(call, fn)
                 wrapper = _make_wrapper(call, fn)
                 setattr(cls, call, wrapper)
                 _INSTALLED.append(("attr", cls, call, fn, wrapper))
