@@ -14,7 +14,7 @@ module path is exactly as in ``root.named_modules()`` (``""`` for ``root`` itsel
   applies the scaling, so this entry is for taps the user declares on latents (the denoiser's input, a
   logged latent). Its ``Expectation.target`` is ``"output"`` (what the encoding side produces).
 
-Rules (REFERENCE.md section 2)
+Rules (sources: diffusers VaeImageProcessor and AutoencoderKL configs, timm data/config.py, transformers image processors, open_clip transform.py)
 ------------------------------
 - diffusers autoencoders (``AutoencoderKL``, ``AutoencoderTiny``, the video/image VAEs, ``VQModel``, ...):
   pixels in [-1, 1] (``symmetric``) at ``"<path>.encoder:input"``: ``vae.encode(x)`` and ``vae(x)`` both

@@ -8,7 +8,7 @@ from rangewatch import get_convention, list_conventions, register_convention
 from rangewatch.conventions import UnknownConventionError
 from rangewatch.fixes import conversion_fix
 
-# REFERENCE section 2, hand-computed (0-mean)/std and (1-mean)/std
+# published constants (torchvision transforms/_presets.py, open_clip constants.py), hand-computed (0-mean)/std and (1-mean)/std
 IMAGENET_BOUNDS = ((-2.1179, -2.0357, -1.8044), (2.2489, 2.4286, 2.6400))
 CLIP_BOUNDS = ((-1.7923, -1.7521, -1.4802), (1.9303, 2.0749, 2.1459))
 
