@@ -74,6 +74,8 @@ class _Tap:
     misfit: bool = False  # its expected convention does not fit its channel count (a mismatch finding said so)
     layout: str | None = None  # the layout assumed when it is not the usual channels-first one
     channels: int = 0  # as the last check step saw them (for the console)
+    evidence: Any = None  # (C, n) values sampled on check steps, kept across checks: the evidence behind verdicts
+    images: int = 0  # images behind `evidence`
 
 
 def _gather_varlen(strategy: Any, t: torch.Tensor) -> list[torch.Tensor]:
@@ -220,6 +222,8 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         self.image_processors: dict[str, Any] = dict(image_processors or {})
         self._derived_keys: set[str] = set()
         self._loader_expect: dict[str, Expectation] = {}
+        self._loader_noise: dict[str, float] = {}  # stage -> share of values random erasing may replace by noise
+        self._withdrawn: set[str] = set()
 
         self.findings: list[Finding] = []
         self.expectations: dict[str, Expectation] = {}
@@ -547,6 +551,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
                         self._note_once(n, f"rangewatch: {n}")
                     continue
                 self._loader_expect[stage] = exp
+                self._loader_noise[stage] = float(getattr(pred, "noise_share", 0.0) or 0.0)
                 if stage != "train":
                     continue
                 for tap, mexp in sorted(self.expectations.items()):
@@ -870,6 +875,8 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
             try:
                 s = tap.stats.compute()  # the host transfer (and the cross-rank reduction)
                 tap.channels = s.channels
+                if trainer.world_size > 1 and tap.latent is None:
+                    self._gather_sample(trainer, tap, s.channels)
                 new.extend(self._judge(tap, s, step))
                 metrics.update(self._metrics(tap, s))
                 summaries.append((name, s))
@@ -934,6 +941,29 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
                 self._internal(name, e, tap)
         return out
 
+    def _gather_sample(self, trainer: pl.Trainer, tap: _Tap, channels: int) -> None:
+        """Every rank's sampled values, so that every rank reaches the same verdict (a verdict that
+        differs between ranks would make one rank raise alone). Every rank takes part, fed or not."""
+        vs = tap.stats.value_sample
+        flat, c = vs.pending_flat()
+        if flat is None or c != channels:
+            flat = torch.zeros(0, dtype=torch.float64)
+        parts = _gather_varlen(trainer.strategy, flat)
+        vs.replace_pending(torch.cat([p.to(torch.float64).cpu() for p in parts]), channels)
+
+    def _take_evidence(self, tap: _Tap) -> Any:
+        """This window's sampled values added to what earlier checks sampled (bounded)."""
+        import numpy as np
+
+        vs = tap.stats.value_sample
+        new = vs.take()
+        if new is not None and new.shape[1]:
+            old = tap.evidence
+            tap.evidence = np.concatenate([old, new], axis=1)[:, -vs.keep :] if old is not None and old.shape[0] == new.shape[0] else new
+            tap.images += vs.images
+        vs.clear()
+        return tap.evidence
+
     def _judge(self, tap: _Tap, s: RangeSummary, step: int) -> list[Finding]:
         out: list[Finding] = []
         if s.empty:
@@ -941,17 +971,27 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         tap.steps_checked += 1
         if tap.latent is not None:
             return tap.latent.check(step, where=tap.name)
-        inf = infer_convention(s)
+        stage = "val" if tap.name.startswith("val/") else "train"
+        loader = self._loader_expect.get(stage)
+        noise = self._loader_noise.get(stage, 0.0)
+        sample = self._take_evidence(tap)
+        images = tap.images
+        prior = loader.convention if loader is not None and tap.name.removeprefix("val/").startswith("batch") else None
+        inf = infer_convention(s, sample=sample, images=images, prior=prior, noise_share=noise)
         tap.inferred = inf
         exp = self.expectation_for(tap.name)
         # a model's *outputs* (an untrained decoder, say) are not held to a convention: watched, not judged
         judged = exp is not None and not tap.misfit and not (exp.origin == "model" and tap.name.endswith(":output"))
-        if exp is not None and judged and exp.conv.kind == "pixel":
-            f = check_expectation(tap.name, s, inf, exp.conv, step=step, source=exp.source)
+        # one image (batch size 1, first check) is rarely enough: wait for the next check to add evidence
+        enough = sample is None or images >= 2 or self._last_look(tap)
+        if exp is not None and judged and exp.conv.kind == "pixel" and enough:
+            f = check_expectation(tap.name, s, inf, exp.conv, step=step, source=exp.source, noise_share=noise)
             if f is not None:
                 if tap.layout:  # say how the tensor was read (a channels-last batch, say)
                     f = dataclasses.replace(f, evidence=f"{f.evidence}; {tap.layout}")
                 out.append(f)
+            elif tap.name.endswith(":input"):
+                self._reconcile(tap.name, inf, exp)
         nonfinite = int(s.nonfinite.sum()) if float(s.detail_count.sum()) else 0
         if bool(s.nonfinite_seen.any()):
             chans = [str(i) for i, v in enumerate(s.nonfinite_seen.tolist()) if v]
@@ -969,6 +1009,39 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
                 )
             )
         return out
+
+    def _last_look(self, tap: _Tap) -> bool:
+        """Whether this check is the last of the check window for ``tap`` (then judge on what there is)."""
+        return tap.steps_checked >= max(1, self.check_first_n)
+
+    def _reconcile(self, tap: str, inf: Inference, exp: Expectation) -> None:
+        """Module-input taps outrank loader predictions: when the data reaching ``tap`` are compatible
+        with what the module expects and rule out what the loader was predicted to produce (the model
+        converts in between, e.g. ``x * 2 - 1`` before its VAE), the loader-prediction finding for
+        ``tap`` is withdrawn, and that is said once."""
+        where = f"train dataloader -> {tap}"
+        if where in self._withdrawn:
+            return
+        standing = [f for f in self.findings if f.kind == "mismatch" and f.where == where]
+        if not standing or exp.convention not in inf.compatible:
+            return
+        loader = standing[0].observed
+        if loader in inf.compatible:  # the tap cannot tell the loader's convention from the module's
+            return
+        self._withdrawn.add(where)
+        self.findings = [f for f in self.findings if not (f.kind == "mismatch" and f.where == where)]
+        module = tap.rsplit(":", 1)[0]
+        note = Finding(
+            kind="note", where=where, observed="withdrawn", expected=exp.convention,
+            evidence=(f"the loader prediction ({loader}) is withdrawn: the values that reach {tap} follow "
+                      f"{exp.conv.label}, as {module} expects, and rule out {loader} ({inf.excluded.get(loader, 'see the tap')}); "
+                      f"the model converts the loader's output itself"),
+            fix="nothing to do", severity="info", step=self._trainer.global_step if self._trainer is not None else None,
+            source=exp.source,
+        )
+        self._reported.add(note.key)
+        self.findings.append(note)
+        rank_zero_info(f"rangewatch: {note}")
 
     def _metrics(self, tap: _Tap, s: RangeSummary) -> dict[str, float]:
         m: dict[str, float] = {}

@@ -1,38 +1,106 @@
 """Which pixel convention does a tensor follow? (:func:`infer_convention`)
 
-Every pixel convention is an affine image of [0, 1]. Mapping the observed per-channel minimum
-and maximum back to [0, 1] under each candidate tells how well it fits: the right convention
-puts a photo's extremes near 0 and 1 (natural photos very often contain pixels at exactly 0
-and 255, so the minima land *exactly* on the convention's floors), a wrong one either spills
-out of [0, 1] or leaves much of it unused. Latent conventions are never inferred.
+Every pixel convention is an affine image of [0, 1]. Reading the data back into [0, 1] under each
+candidate tells how well it fits, and the verdict rests on evidence that *discriminates* between
+the candidates, gathered from a sample of the values (:class:`~rangewatch.evidence.ValueSample`),
+not from the two extremes alone:
+
+- **spill share**: the share of values outside a candidate's bounds. A wrong convention leaves tens
+  of percent outside (``[-1, 1]`` data read as ``[0, 1]``: every dark pixel); a few outliers
+  (random-valued erasing noise, bicubic ringing after ``Normalize``) are outliers, not a verdict.
+- **clipping piles**: natural photos have clipped shadows and highlights, so values pile up *exactly*
+  on the right convention's floor or ceiling with nothing beyond. A pile counts only where the
+  candidates compared put different bounds (``[0, 1]`` and ``[-1, 1]`` share the ceiling 1, so a
+  white pile cannot tell them apart), and only at 3 or more values with (next to) nothing just
+  beyond it; a pile on one candidate's bound that lies inside another's range rules that one out
+  when it is seen in at least two channels (one coincidental channel is not enough).
+- **8-bit grid**: ``ToTensor`` of an 8-bit image followed by ``Normalize`` gives values that map
+  back *exactly* onto ``k / 255`` under the right constants and onto nothing under the wrong ones
+  (ImageNet and CLIP constants differ by far more than float32 rounding). Resampled or jittered
+  float data is off the grid, and then the grid says nothing.
+
+A candidate that no evidence rules out is *compatible*; when more than one is, the verdict is
+ambiguous (``confident=False``, ``compatible`` lists them) and a check holds none of them against
+the data. Latent conventions are never inferred. Without a sample (a bare :class:`RangeSummary`),
+only the per-channel extremes are used and a verdict is confident only on exact hits of bounds that
+differ between the best two candidates.
+
+Example:
+    >>> import torch
+    >>> x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    >>> x = (x * 255).round() / 255 * 2 - 1          # 8-bit data normalised to [-1, 1]
+    >>> x[:, :, :8] = -1.0                            # clipped shadows
+    >>> inf = infer_convention(x)
+    >>> inf.name, inf.confident, inf.compatible
+    ('symmetric', True, ('symmetric',))
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .conventions import Convention, get_convention, list_conventions
+from .evidence import ValueSample
 from .stats import RangeStats, RangeSummary
 
-__all__ = ["Inference", "infer_convention"]
+__all__ = ["Inference", "infer_convention", "LIKELY_SPILL_CAUSES"]
 
-# unit-space tolerances (fractions of the [0, 1] range)
-_EXACT = 2e-3  # an extreme this close to a bound is an exact hit (uint8 quantisation is 1/255 = 3.9e-3)
+# ---- extremes only (a RangeSummary without a sample)
+_EXACT = 2.5e-4  # an extreme this close to a bound (unit space) is an exact hit; an 8-bit step is 3.9e-3
 _SPILL_WEIGHT = 2.0  # cost per unit of spill past 0 or 1 (bicubic resizing spills a few percent)
 _SPILL_MAX = 0.25  # more spill than this on any channel and the convention does not fit at all
 _GAP_MAX = 0.9  # mean unused share of the range above which the best fit is still "unknown"
 _HIT_BONUS = 0.06  # cost reduction per exact hit of a floor or ceiling
 _CONFIDENT_MARGIN = 0.12  # cost gap to the runner-up needed to be confident
-_CONFIDENT_MARGIN_NO_HIT = 0.3
 _CONFIDENT_SPILL = 0.005  # the right convention leaves nothing outside [0, 1] (until resizing overshoots)
-_CONFIDENT_GAP = 0.15  # without exact hits on most bounds, the data must use most of the range
+
+# ---- sample evidence (unit-space tolerances: fractions of the [0, 1] range)
+_PILE_TOL = 2e-4  # a value this close to a bound sits on it (float32 rounding of an 8-bit value is ~1e-7)
+_BEYOND = 3 / 255  # the band just past a bound that must be (nearly) empty for a pile to count
+_PILE_MIN = 3  # values on the bound for a pile ...
+_PILE_SHARE = 2e-4  # ... and at least this share of the channel's sample
+_PILE_RATIO = 3.0  # ... and this many times the values in the band just beyond
+_EDGE_MIN = 8  # values in the band inside a bound for an edge ...
+_EDGE_RATIO = 10  # ... and this many times those just beyond it
+_SOFT = 0.05  # soft edge: ringing past a bound stays within this ...
+_SOFT_FAR = 1e-3  # ... (at most this share further out) ...
+_SOFT_MIN = 20  # ... and the band inside the bound holds this many values ...
+_SOFT_SHARE = 5e-3  # ... and this share of the channel, and at least half as many as the next band ...
+_SOFT_RING = 0.2  # ... and the ringing past the bound is at most this share of it
+_PILES_TO_EXCLUDE = 2  # piles (channel x bound) needed to rule a candidate out (1 for 1-channel data)
+_SPILL_OUT = 0.01  # a value further than this past a bound is outside
+#: share of values outside above which a candidate is ruled out (the wrong convention: tens of percent)
+SPILL_EXCLUDE = 0.15
+_SPILL_ALWAYS = 0.45  # this much outside rules a candidate out whatever the spill looks like
+_CONT_BAND = 0.1  # band (share of the range) on each side of a bound compared for continuity
+_CONTINUOUS = 0.25  # values just outside at least this share of those just inside: the data run on
+_GRID_TOL = 0.02  # |u * 255 - k| below this: on the 8-bit grid (random data: 4% of values)
+_GRID_MIN_VALUES = 200
+_GRID_STRONG = 0.5  # the best candidate's on-grid share must reach this ...
+_GRID_RATIO = 0.7  # ... and a candidate below this share of it is ruled out
+_USE_MIN = 0.02  # data spanning less than this of a candidate's range in every channel rules it out
+_SAMPLE_PER_TENSOR = 32768
+
+#: what puts a small share of values outside a correct convention's bounds
+LIKELY_SPILL_CAUSES = (
+    "resampling (bicubic/Lanczos resize, rotation) after Normalize overshoots at edges",
+    "random-valued erasing (RandomErasing(value='random'), timm re_mode='pixel'/'rand') adds N(0,1) noise",
+    "an augmentation on normalised tensors that does not clamp (colour jitter, noise, Mixup of out-of-range data)",
+)
 
 
 @dataclass
 class Inference:
-    """Result of :func:`infer_convention`."""
+    """Result of :func:`infer_convention`.
+
+    ``compatible``: the conventions the data cannot rule out (the verdict is ambiguous when it holds
+    more than one; a check does not flag an expectation listed there). ``outside``: per candidate,
+    the share of sampled values outside its bounds (empty without a sample). ``images``: images in
+    the sample behind the verdict.
+    """
 
     name: str
     confident: bool
@@ -40,32 +108,57 @@ class Inference:
     evidence: str
     channel_min: tuple[float, ...] = field(default=())
     channel_max: tuple[float, ...] = field(default=())
+    compatible: tuple[str, ...] = field(default=())
+    outside: dict[str, float] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)
+    discriminating: bool = False
+    images: int = 0
 
     @property
     def convention(self) -> Convention | None:
         return None if self.name == "unknown" else get_convention(self.name)
 
+    @property
+    def ambiguous(self) -> bool:
+        return not self.confident and len(self.compatible) > 1
+
     def __str__(self) -> str:
-        return f"{self.name} ({'confident' if self.confident else 'not confident'}): {self.evidence}"
+        state = "confident" if self.confident else ("ambiguous" if self.ambiguous else "not confident")
+        return f"{self.name} ({state}): {self.evidence}"
 
 
 def _fmt(values) -> str:
     return "/".join(f"{v:.3f}" for v in values)
 
 
-def _cost(conv: Convention, lo: list[float], hi: list[float]) -> tuple[float, float, float, int]:
-    """(cost, worst spill, mean gap, exact hits) of reading per-channel [lo, hi] in ``conv``
-    (plain floats: a few channels, and it runs at every check)."""
+def _cost(conv: Convention, lo: list[float], hi: list[float]) -> tuple[float, float, float, list[tuple[int, int]]]:
+    """(cost, worst spill, mean gap, exact hits as (channel, 0 floor / 1 ceiling)) of reading
+    per-channel [lo, hi] in ``conv`` (plain floats: a few channels, and it runs at every check)."""
     c = len(lo)
     means, stds = conv.mean_for(c), conv.std_for(c)
-    spills, gaps, hits = [], [], 0
-    for l, h, m, s in zip(lo, hi, means, stds):
+    spills, gaps, hits = [], [], []
+    for i, (l, h, m, s) in enumerate(zip(lo, hi, means, stds)):
         ulo, uhi = l * s + m, h * s + m
         spills.append(max(-ulo, 0.0) + max(uhi - 1, 0.0))
         gaps.append(max(ulo, 0.0) + max(1 - uhi, 0.0))
-        hits += (abs(ulo) < _EXACT) + (abs(uhi - 1) < _EXACT)
-    cost = sum(g + _SPILL_WEIGHT * sp for g, sp in zip(gaps, spills)) / c - _HIT_BONUS * hits / c
+        if abs(ulo) < _EXACT:
+            hits.append((i, 0))
+        if abs(uhi - 1) < _EXACT:
+            hits.append((i, 1))
+    cost = sum(g + _SPILL_WEIGHT * sp for g, sp in zip(gaps, spills)) / c - _HIT_BONUS * len(hits) / c
     return cost, max(spills), sum(gaps) / c, hits
+
+
+def _bound_x(conv: Convention, c: int, channel: int, which: int) -> float:
+    lo, hi = conv.bounds(c)
+    return (lo if which == 0 else hi)[channel]
+
+
+def _shared(a: Convention, b: Convention, c: int, channel: int, which: int) -> bool:
+    """Whether ``a``'s floor/ceiling of ``channel`` is also a bound of ``b`` (then a pile there cannot tell them apart)."""
+    x = _bound_x(a, c, channel, which)
+    ub = x * b.std_for(c)[channel] + b.mean_for(c)[channel]
+    return abs(ub) < 4 * _PILE_TOL or abs(ub - 1) < 4 * _PILE_TOL
 
 
 def _summary(x: torch.Tensor | RangeStats | RangeSummary, channel_dim: int | None) -> RangeSummary:
@@ -82,71 +175,297 @@ def _summary(x: torch.Tensor | RangeStats | RangeSummary, channel_dim: int | Non
     return st.compute()
 
 
+def _pixel_candidates(names: list[str] | None) -> list[str]:
+    names = names if names is not None else list_conventions("pixel")
+    return [n for n in names if get_convention(n).kind == "pixel" and not get_convention(n).integer]
+
+
+def _tolerance(dtypes: tuple[str, ...] | set[str], conv: Convention, c: int) -> float:
+    """Unit-space tolerance for 'on a bound': float32 rounding is far below it; half types are coarser."""
+    lo, hi = conv.bounds(c)
+    big = max(max(abs(v) for v in lo), max(abs(v) for v in hi))
+    eps = 0.0
+    if "bfloat16" in dtypes:
+        eps = 2.0 ** -8
+    elif "float16" in dtypes:
+        eps = 2.0 ** -11
+    return max(_PILE_TOL, eps * big * max(conv.std_for(c)) * 1.5)
+
+
 def infer_convention(
     x: torch.Tensor | RangeStats | RangeSummary,
     channel_dim: int | None = 1,
     candidates: list[str] | None = None,
+    *,
+    sample: np.ndarray | ValueSample | None = None,
+    images: int | None = None,
+    prior: str | None = None,
+    noise_share: float = 0.0,
 ) -> Inference:
     """Rank the pixel conventions that could have produced ``x``.
 
     Args:
-        x: a tensor (statistics are computed here), or a :class:`RangeStats` / its summary.
+        x: a tensor (statistics and a value sample are taken here), or a :class:`RangeStats` / its summary.
         channel_dim: channel dimension of a tensor ``x``.
         candidates: names to consider (default: every registered pixel convention).
+        sample: with a summary ``x``: a ``(C, n)`` sample of the values (or the :class:`ValueSample`
+            that holds it), so that the verdict can use the distribution; without one only the
+            extremes are used.
+        images: images behind the sample (reported in the evidence).
+        prior: a convention known from elsewhere (the transform pipeline): named when the data
+            are compatible with it and cannot decide.
+        noise_share: the largest share of values a known augmentation may replace with N(0, 1)
+            noise (random-valued erasing); that much spill never rules a candidate out.
 
     Returns an :class:`Inference`: ``name`` (or ``"unknown"``), ``confident``, ranked
-    ``candidates`` as ``(name, score)`` with higher scores better, and an ``evidence`` sentence.
+    ``candidates`` as ``(name, score)`` with higher scores better, ``compatible`` and an ``evidence`` sentence.
     """
     r = _summary(x, channel_dim)
+    if isinstance(x, RangeStats) and sample is None:
+        sample = x.value_sample
+    if isinstance(x, torch.Tensor) and sample is None and x.numel() and x.is_floating_point():
+        vs = ValueSample(per_update=_SAMPLE_PER_TENSOR, channel_dim=channel_dim)
+        vs.update(x)
+        images = vs.images if images is None else images
+        sample = vs
+    if isinstance(sample, ValueSample):
+        images = sample.images if images is None else images
+        sample = sample.take()
     if r.empty:
         return Inference("unknown", False, [], "no values were seen")
     lo, hi = r.range_min, r.range_max
     if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
         return Inference("unknown", False, [], "only non-finite values (NaN/Inf) were seen in some channel")
-    names = candidates if candidates is not None else list_conventions("pixel")
     if r.integer:
         if "bool" in r.dtypes:
             return Inference("unknown", False, [], "boolean values are a mask, not an image")
         if float(lo.min()) >= 0 and float(hi.max()) <= 255 and r.dtypes == ("uint8",):
             return Inference(
                 "uint8", True, [("uint8", 1.0)], f"dtype uint8 with values {_fmt(lo)} .. {_fmt(hi)} per channel",
-                tuple(lo.tolist()), tuple(hi.tolist()),
+                tuple(lo.tolist()), tuple(hi.tolist()), compatible=("uint8",), discriminating=True,
             )
         return Inference(
             "unknown", False, [], f"integer dtype {'/'.join(r.dtypes)} with values {float(lo.min()):g}..{float(hi.max()):g}: "
             "not uint8 pixel data (token ids, labels or a mask?)", tuple(lo.tolist()), tuple(hi.tolist()),
         )
+    if sample is None or sample.shape[0] != r.channels or sample.shape[1] == 0:
+        return _infer_extremes(r, _pixel_candidates(candidates))
+    return _infer_sample(r, sample, _pixel_candidates(candidates), images or 0, prior, noise_share)
+
+
+def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int, prior: str | None,
+                  noise_share: float) -> Inference:
+    c = r.channels
+    lo_f, hi_f = r.range_min.tolist(), r.range_max.tolist()
+    ch = (tuple(lo_f), tuple(hi_f))
+    per_ch = f"per-channel minima {_fmt(lo_f)}, maxima {_fmt(hi_f)}"
+    finite = np.isfinite(v)
+    xs = [np.sort(v[i][finite[i]]) for i in range(c)]  # sorted once: every count below is a binary search
+    n_c = np.asarray([max(len(a), 1) for a in xs], dtype=np.float64)
+    grid_v = [a[:: max(1, len(a) // 4096)] for a in xs]  # the grid test needs a few thousand values
+    half = bool({"float16", "bfloat16"} & set(r.dtypes))
+    convs: dict[str, Convention] = {}
+    info: dict[str, dict] = {}
+
+    def between(i: int, a: float, b: float) -> int:  # values in [a, b] of channel i
+        return int(np.searchsorted(xs[i], b, "right") - np.searchsorted(xs[i], a, "left"))
+
+    for n in names:
+        conv = get_convention(n)
+        try:
+            means, stds = conv.mean_for(c), conv.std_for(c)
+        except ValueError:  # convention cannot apply to this channel count
+            continue
+        convs[n] = conv
+        tol = _tolerance(r.dtypes, conv, c)
+        out_ch = np.zeros(c)
+        cont = np.zeros(c)
+        piles: list[tuple[int, int]] = []
+        span = np.zeros(c)
+        on_grid = in_grid = 0
+        for i in range(c):
+            m, sd = means[i], stds[i]
+            if not len(xs[i]):
+                continue
+            fx, cx = -m / sd, (1 - m) / sd  # floor and ceiling in data units
+            d_out, d_tol, d_beyond, d_soft = _SPILL_OUT / sd, tol / sd, _BEYOND / sd, _SOFT / sd
+            out_ch[i] = (int(np.searchsorted(xs[i], fx - d_out, "left")) + len(xs[i])
+                         - int(np.searchsorted(xs[i], cx + d_out, "right"))) / n_c[i]
+            # does the distribution run on across the bound (a wrong convention) or are the values
+            # outside sparse (noise, ringing)? values per unit width just outside vs just inside
+            w2 = _CONT_BAND / sd
+            outside_near = between(i, fx - w2, fx - d_out) + between(i, cx + d_out, cx + w2)
+            inside_near = between(i, fx, fx + w2) + between(i, cx - w2, cx)
+            cont[i] = outside_near / max(inside_near, 1) * (w2 / max(w2 - d_out, 1e-12))
+            ss = xs[i].searchsorted
+            for which, bx in ((0, fx), (1, cx)):
+                k_at = between(i, bx - d_tol, bx + d_tol)
+                if which == 0:  # just below the floor / just above it
+                    k_beyond = int(ss(bx - d_tol, "left") - ss(bx - d_beyond, "left"))
+                    k_in = int(ss(bx + d_beyond, "right") - ss(bx + d_tol, "right"))
+                    j = int(ss(bx - d_tol, "left"))
+                    gap = (xs[i][j] - bx) * sd if j < len(xs[i]) else 1.0
+                else:  # just above the ceiling / just below it
+                    k_beyond = int(ss(bx + d_beyond, "right") - ss(bx + d_tol, "right"))
+                    k_in = int(ss(bx - d_tol, "left") - ss(bx - d_beyond, "left"))
+                    j = int(ss(bx + d_tol, "right")) - 1
+                    gap = (bx - xs[i][j]) * sd if j >= 0 else 1.0
+                # a pile: many values exactly on the bound (clipping), (next to) nothing beyond it
+                pile = k_at >= _PILE_MIN and k_at >= _PILE_SHARE * n_c[i] and k_at >= _PILE_RATIO * k_beyond
+                # an edge: dense values right up to the bound (as close as their density predicts), nothing beyond
+                edge = (k_in >= _EDGE_MIN and k_in + k_at >= _PILE_SHARE * n_c[i] and k_beyond * _EDGE_RATIO <= k_in
+                        and gap <= tol + 3 * _BEYOND / max(k_in, 1))
+                # a soft edge (resampling after Normalize rings a few percent past the bound): dense up to
+                # the bound, some ringing just past it, nothing further out
+                sgn = -1.0 if which == 0 else 1.0
+                near_out = between(i, *sorted((bx + sgn * d_tol, bx + sgn * d_soft)))
+                far = int(ss(bx - d_soft, "left")) if which == 0 else len(xs[i]) - int(ss(bx + d_soft, "right"))
+                in1 = between(i, *sorted((bx - sgn * d_tol, bx - sgn * d_soft)))
+                in2 = between(i, *sorted((bx - sgn * d_soft, bx - 2 * sgn * d_soft)))
+                soft = (far <= max(2, _SOFT_FAR * n_c[i]) and in1 >= max(_SOFT_MIN, _SOFT_SHARE * n_c[i])
+                        and in1 >= 0.5 * in2 and near_out <= _SOFT_RING * in1)
+                if pile or edge or soft:
+                    piles.append((i, which))
+            ulo = min(max(xs[i][0] * sd + m, 0.0), 1.0)
+            uhi = min(max(xs[i][-1] * sd + m, 0.0), 1.0)
+            span[i] = uhi - ulo
+            if not half:
+                g = grid_v[i] * sd + m
+                g = g[(g >= -_SPILL_OUT) & (g <= 1 + _SPILL_OUT)] * 255.0
+                on_grid += int((np.abs(g - np.round(g)) < _GRID_TOL).sum())
+                in_grid += len(g)
+        out_share = float((out_ch * n_c).sum() / n_c.sum())
+        grid = on_grid / in_grid if in_grid >= _GRID_MIN_VALUES else None
+        cost, spill, gap, hits = _cost(conv, lo_f, hi_f)
+        info[n] = dict(out=out_share, out_ch=out_ch, cont=cont, piles=piles, grid=grid, span=span, cost=cost, spill=spill, gap=gap)
+    if not info:
+        return Inference("unknown", False, [], f"no pixel convention applies to {c} channels", *ch)
+    excluded: dict[str, str] = {}
+    limit = SPILL_EXCLUDE + noise_share
+    for n, d in info.items():
+        worst = int(np.argmax(d["out_ch"]))
+        # tens of percent outside, and the values run on across the bound: a wrong convention. Sparse
+        # values far out (random-valued erasing noise) are outliers unless there are very many
+        if d["out"] > max(limit, _SPILL_ALWAYS) or (d["out"] > limit and float(d["cont"][worst]) >= _CONTINUOUS):
+            excluded[n] = f"{d['out']:.1%} of the values lie outside its bounds (channel {worst}: {d['out_ch'][worst]:.1%})"
+        elif bool((d["span"] < _USE_MIN).all()) and any(
+                bool((info[o]["span"] >= _USE_MIN).any()) for o in info if o != n):
+            excluded[n] = f"the data span under {_USE_MIN:.0%} of its range in every channel"
+    # 8-bit grid: values on k/255 under one reading and off it under another
+    grids = {n: d["grid"] for n, d in info.items() if d["grid"] is not None and n not in excluded}
+    grid_best = max(grids.values()) if grids else 0.0
+    if grid_best >= _GRID_STRONG:
+        for n, g in grids.items():
+            if g < _GRID_RATIO * grid_best:
+                best_n = max(grids, key=grids.get)
+                excluded.setdefault(n, f"only {g:.0%} of the values map back onto the 8-bit grid k/255 under it "
+                                       f"({grid_best:.0%} under {best_n})")
+    # clipping piles on one candidate's bound that lie inside (or outside) another's range
+    need = min(_PILES_TO_EXCLUDE, c)
+    for n, d in info.items():
+        if n in excluded or not d["piles"]:
+            continue
+        for o in info:
+            if o == n or o in excluded:
+                continue
+            disc = [(i, w) for i, w in d["piles"] if not _shared(convs[n], convs[o], c, i, w)]
+            if len(disc) >= need:
+                i, w = disc[0]
+                bx = _bound_x(convs[n], c, i, w)
+                excluded.setdefault(o, f"{len(disc)} channel bound(s) of {n} carry clipped piles (e.g. channel {i} "
+                                       f"at {bx:.3f}) that are not bounds of {o}")
+    compatible = [n for n in info if n not in excluded]
+    # ranking: compatible first, then by extremes cost less pile bonus
+    def score(n: str) -> float:
+        d = info[n]
+        return -(d["cost"] - 0.05 * len(d["piles"]) / c) - (10.0 if n in excluded else 0.0)
+
+    ranked_names = sorted(info, key=score, reverse=True)
+    compatible.sort(key=score, reverse=True)
+    if prior in compatible:
+        compatible.remove(prior)
+        compatible.insert(0, prior)
+    ranked = [(n, round(score(n), 4)) for n in ranked_names]
+    outside = {n: round(d["out"], 6) for n, d in info.items()}
+    img = f" ({images} image{'s' if images != 1 else ''} sampled)" if images else ""
+    if not compatible:
+        spills = all(d["out"] > limit for d in info.values())
+        why = ("spill past every convention's bounds" if spills else
+               "contradict every convention (" + "; ".join(f"{k}: {w}" for k, w in list(excluded.items())[:3]) + ")")
+        return Inference("unknown", False, ranked, f"{per_ch} {why}: fits no pixel convention{img}", *ch,
+                         compatible=(), outside=outside, excluded=excluded, images=images)
+    best = compatible[0]
+    d = info[best]
+    conv = convs[best]
+    blo, bhi = conv.bounds(c)
+    # evidence that discriminates: something ruled the others out other than the extremes
+    discriminating = bool(excluded)
+    confident = len(compatible) == 1 and discriminating and (bool(d["piles"]) or (grids.get(best) or 0) >= _GRID_STRONG
+                                                              or d["gap"] <= 0.15)
+    parts = []
+    if d["piles"]:
+        parts.append(f"{len(d['piles'])} of {2 * c} per-channel bounds carry values that sit exactly on the {conv.label} "
+                     f"bounds {_fmt(blo)} / {_fmt(bhi)} with nothing beyond (clipped shadows/highlights)")
+    else:
+        parts.append(f"they fit the {conv.label} bounds {_fmt(blo)} / {_fmt(bhi)}")
+    if grids.get(best) is not None and grids[best] >= _GRID_STRONG:
+        parts.append(f"{grids[best]:.0%} of the values map back onto the 8-bit grid k/255")
+    if d["out"] > 0:
+        parts.append(f"{d['out']:.2%} of the values lie outside them")
+    ruled = [f"{k} ruled out: {w}" for k, w in excluded.items() if k in ("unit", "symmetric", "imagenet", "clip", "float255")
+             or (prior is not None and k == prior)]
+    evidence = f"{per_ch}: " + "; ".join(parts) + img
+    if ruled:
+        evidence += "; " + "; ".join(ruled[:4])
+    if len(compatible) > 1:
+        evidence += f"; the data cannot tell {' / '.join(compatible)} apart (ambiguous)"
+    elif not confident:
+        evidence += "; too little evidence for a confident verdict"
+    name = best
+    if len(compatible) > 1 and not d["piles"] and (grids.get(best) or 0) < _GRID_STRONG:
+        name = "unknown"  # nothing speaks for any of them: e.g. noise, or data using little of any range
+    return Inference(name, confident, ranked, evidence, *ch, compatible=tuple(compatible), outside=outside,
+                     excluded=excluded, discriminating=discriminating, images=images)
+
+
+def _infer_extremes(r: RangeSummary, names: list[str]) -> Inference:
+    """Verdict from the per-channel extremes only (no sample)."""
+    lo, hi = r.range_min, r.range_max
     lo_f, hi_f = lo.tolist(), hi.tolist()
     scored = []
     for n in names:
         conv = get_convention(n)
-        if conv.kind != "pixel" or conv.integer:
-            continue
         try:
             cost, spill, gap, hits = _cost(conv, lo_f, hi_f)
         except ValueError:  # convention cannot apply to this channel count
             continue
         scored.append((cost, n, spill, gap, hits))
-    scored.sort()
+    scored.sort(key=lambda t: (t[0], t[1]))
     ranked = [(n, round(-cost, 4)) for cost, n, *_ in scored]
     if not scored:
         return Inference("unknown", False, [], f"no pixel convention applies to {r.channels} channels")
     cost, best, spill, gap, hits = scored[0]
+    c = r.channels
     per_ch = f"per-channel minima {_fmt(lo)}, maxima {_fmt(hi)}"
-    ch = (tuple(lo.tolist()), tuple(hi.tolist()))
+    ch = (tuple(lo_f), tuple(hi_f))
     conv = get_convention(best)
+    fits = [n for cst, n, sp, gp, _ in scored if sp <= _SPILL_MAX and gp <= _GAP_MAX]
     if spill > _SPILL_MAX or gap > _GAP_MAX:
-        why = "spill past every convention's bounds" if spill > _SPILL_MAX else "use little of any convention's range"
-        return Inference("unknown", False, ranked, f"{per_ch} {why}: fits no pixel convention", *ch)
-    margin = scored[1][0] - cost if len(scored) > 1 else float("inf")
-    needed = _CONFIDENT_MARGIN if hits else _CONFIDENT_MARGIN_NO_HIT
-    confident = margin >= needed and spill <= _CONFIDENT_SPILL and (gap <= _CONFIDENT_GAP or hits >= r.channels)
-    blo, bhi = conv.bounds(r.channels)
+        why = ("spill past every convention's bounds" if spill > _SPILL_MAX else
+               "sit in a narrow band that uses little of any convention's range")
+        return Inference("unknown", False, ranked, f"{per_ch} {why}: fits no pixel convention", *ch,
+                         compatible=tuple(fits))
+    runner = scored[1] if len(scored) > 1 else None
+    disc = [h for h in hits if runner is None or not _shared(conv, get_convention(runner[1]), c, *h)]
+    margin = runner[0] - cost if runner is not None else float("inf")
+    confident = margin >= _CONFIDENT_MARGIN and spill <= _CONFIDENT_SPILL and len(disc) >= min(2, c)
+    blo, bhi = conv.bounds(c)
     if hits:
-        detail = f"{hits} of {2 * r.channels} per-channel extremes sit exactly on the {conv.label} bounds {_fmt(blo)} / {_fmt(bhi)}"
+        detail = f"{len(hits)} of {2 * c} per-channel extremes sit exactly on the {conv.label} bounds {_fmt(blo)} / {_fmt(bhi)}"
     else:
         detail = f"they fit the {conv.label} bounds {_fmt(blo)} / {_fmt(bhi)} best"
     evidence = f"{per_ch}: {detail}"
-    if not confident and len(scored) > 1:
-        evidence += f"; {scored[1][1]} fits almost as well"
-    return Inference(best, confident, ranked, evidence, *ch)
+    compatible = (best,) if confident else tuple(n for cst, n, sp, gp, _ in scored if sp <= _CONFIDENT_SPILL * 10 and cst - cost < _CONFIDENT_MARGIN) or (best,)
+    if not confident and runner is not None:
+        evidence += f"; {runner[1]} fits almost as well" if runner[0] - cost < _CONFIDENT_MARGIN else "; too little evidence for a confident verdict"
+    return Inference(best, confident, ranked, evidence, *ch, compatible=compatible, discriminating=bool(disc))

@@ -489,6 +489,11 @@ class RangeStats(Metric):
         self._pending_mn = 0
         # (shape, strides, dtype, device, threads) -> _Plan of the every-step min/max path
         self._plans: dict[tuple, _Plan | None] = {}
+        # detail updates also keep a small value sample (check steps only): the evidence convention
+        # inference uses (rangewatch.evidence; read by infer_convention, cleared by reset)
+        from .evidence import ValueSample
+
+        self.value_sample = ValueSample(channel_dim=channel_dim)
 
     # ------------------------------------------------------------------ pending extremes
     # The every-step path appends its per-channel (min, max) to a short pending list instead of
@@ -582,6 +587,8 @@ class RangeStats(Metric):
         super().reset()
         self.__dict__["_rs_local"] = None  # a reset drops the local states a sync() kept
         self._scratch.clear()
+        if "value_sample" in self.__dict__:
+            self.value_sample.clear()
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Not supported: torchmetrics' ``forward`` (a batch value plus accumulation) relies on its
@@ -892,6 +899,7 @@ class RangeStats(Metric):
 
         if detail:
             self._update_detail(rows, c, n, mn, mx)
+            self.value_sample.update(x)
 
     def _update_detail(self, rows: torch.Tensor, c: int, n: int, mn: torch.Tensor, mx: torch.Tensor) -> None:
         device = rows.device

@@ -76,12 +76,16 @@ class Prediction:
     ``convention`` is a catalogue name (possibly one registered here for unusual constants) or
     ``"unknown"``; ``source`` says which steps decided it and where they sit; ``steps`` lists every step
     walked with its effect; ``notes`` holds assumptions and the reasons for ``"unknown"``.
+    ``noise_share``: the largest share of one image's values that random-valued erasing
+    (``RandomErasing(value="random")``, timm ``RandomErasing(mode="pixel"/"rand")``) replaces with
+    N(0, 1) noise: values that may lie outside the convention's bounds without anything being wrong.
     """
 
     convention: str
     source: str
     steps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    noise_share: float = 0.0
 
     @property
     def known(self) -> bool:
@@ -245,6 +249,7 @@ class _Walk:
         self.steps: list[str] = []
         self.notes: list[str] = []
         self.deciding: list[str] = []  # value-changing steps, for the source string
+        self.noise_share = 0.0  # see Prediction.noise_share
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -434,6 +439,10 @@ def _apply(t: Any, st: _State, w: _Walk, depth: int = 0) -> _State:
     if name == "GaussianNoise" and getattr(t, "clip", False) and st.known and not st.same(_UNIT):
         w.note(f"{_short(t)} in {w.where} clamps to [0, 1] but the data are {st.describe()}")
         return _step(w, t, st, _OPAQUE, decides=True)
+    noise = _erasing_noise(t)
+    if noise:
+        w.noise_share = min(1.0, w.noise_share + noise)
+        w.note(f"{_short(t)} fills up to {noise:.0%} of an image with N(0, 1) noise: values outside the bounds there are expected")
     if _is_neutral(t):
         return _step(w, t, st, st, decides=False)
     if is_tv and name not in _VALUE_CHANGING_UNSUPPORTED and not _is_function(t):
@@ -443,6 +452,31 @@ def _apply(t: Any, st: _State, w: _Walk, depth: int = 0) -> _State:
     what = "function" if _is_function(t) else "transform"
     w.note(f"{_short(t)} in {w.where}: unrecognised {what}, cannot see what it does")
     return _step(w, t, st, _OPAQUE, decides=True)
+
+
+def _erasing_noise(t: Any) -> float:
+    """Largest share of an image that a random-valued erasing step fills with N(0, 1) noise (0: none).
+
+    torchvision ``RandomErasing(value="random")`` (v1 keeps ``value="random"``, v2 stores ``None``)
+    erases one rectangle of up to ``scale[1]`` of the image with probability ``p``; timm
+    ``RandomErasing`` in mode ``"pixel"`` or ``"rand"`` erases up to ``max_count`` rectangles of up to
+    ``max_area`` each with probability ``probability``.
+    """
+    if _cls(t) != "RandomErasing":
+        return 0.0
+    mod = _module(t)
+    try:
+        if mod.startswith("torchvision.transforms"):
+            if getattr(t, "p", 0) <= 0 or not (t.value is None or (isinstance(t.value, str) and t.value == "random")):
+                return 0.0
+            return float(t.scale[1])
+        if mod.startswith("timm.data"):
+            if getattr(t, "probability", 0) <= 0 or getattr(t, "mode", "const") not in ("pixel", "rand"):
+                return 0.0
+            return float(t.max_area) * max(1, int(getattr(t, "max_count", 1)))
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return 0.0
+    return 0.0
 
 
 def _step(w: _Walk, t: Any, before: _State, after: _State, *, decides: bool, label: str | None = None) -> _State:
@@ -566,6 +600,7 @@ def _random(t: Any, st: _State, w: _Walk, depth: int) -> _State:
         for x in inner:
             after = _apply(x, after, sub, depth + 1)
         w.notes += [n for n in sub.notes if n not in w.notes]
+        w.noise_share = max(w.noise_share, sub.noise_share)
         p = getattr(t, "p", None)
         if after.same(st):
             w.steps.append(f"RandomApply(p={p}): no change ({st.describe()})")
@@ -579,6 +614,7 @@ def _random(t: Any, st: _State, w: _Walk, depth: int) -> _State:
             outcomes.append((_apply(x, st, sub, depth + 1), sub))
         for _, sub in outcomes:
             w.notes += [n for n in sub.notes if n not in w.notes]
+            w.noise_share = max(w.noise_share, sub.noise_share)
         first = outcomes[0][0]
         if all(o.same(first) for o, _ in outcomes):
             decides = not first.same(st)
@@ -604,6 +640,7 @@ def _random(t: Any, st: _State, w: _Walk, depth: int) -> _State:
             first_sub = sub
     assert first_sub is not None
     w.notes += [n for n in first_sub.notes if n not in w.notes]
+    w.noise_share = max(w.noise_share, first_sub.noise_share)
     if all(r.same(results[0]) for r in results):
         if not results[0].same(st):
             w.deciding += first_sub.deciding
@@ -617,13 +654,13 @@ def _finish(st: _State, w: _Walk) -> Prediction:
         w.deciding.append("no value-changing step")
     source = " -> ".join(w.deciding) + f" in {w.where}"
     if not st.known:
-        return Prediction(UNKNOWN, source, w.steps, w.notes)
+        return Prediction(UNKNOWN, source, w.steps, w.notes, w.noise_share)
     m, s = st.mean_std()
     m, s = tuple(round(v, 10) for v in m), tuple(round(v, 10) for v in s)  # drop float noise of the composition
     name, note = convention_for_normalize(m, s, source=source, integer=st.integer)
     if note:
         w.note(note)
-    return Prediction(name, source, w.steps, w.notes)
+    return Prediction(name, source, w.steps, w.notes, w.noise_share)
 
 
 # ---------------------------------------------------------------------------- public API
@@ -705,6 +742,7 @@ def _combine(parts: list[tuple[str, tuple[_State, _Walk] | None]], where: str) -
     for name, (st, sw) in known:
         w.steps += [f"[{name}] {s}" for s in sw.steps]
         w.notes += [n for n in sw.notes if n not in w.notes]
+        w.noise_share = max(w.noise_share, sw.noise_share)
     if all(st.same(first) for _, (st, _) in known):
         w.deciding = list(fw.deciding)
         w.where = fw.where + (f" (and {len(known) - 1} more, agreeing)" if len(known) > 1 else "")

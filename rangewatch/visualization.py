@@ -821,6 +821,11 @@ def _fix(call: str, conv: Convention | None, inf: Inference | None, channels: in
     return f"pass `{expr}` to `{call}`{alt}{per_channel}"
 
 
+#: share of clamped values above which clamping is never read as overshoot (data in another convention
+#: clamp 30-50%: [-1, 1] data through a [0, 1] call lose every dark pixel)
+_OVERSHOOT_MAX = 0.2
+
+
 def _same_range(conv: Convention | None, assumed: tuple[float, float] | None, channels: int) -> bool:
     if conv is None or assumed is None:
         return False
@@ -904,6 +909,7 @@ class VisualizationWatch:
         self._done_previews: list[Preview] = []
         self._depth = 0
         self._lock = threading.RLock()
+        self._clean_calls: set[tuple] = set()  # (function, call, range) that clamped nothing: the range is right there
 
     # ---------------------------------------------------------------- lifecycle
     @property
@@ -1036,6 +1042,19 @@ class VisualizationWatch:
             if new:
                 _remember(new, rec)
 
+    def _overshoot(self, obs: _Observation, conv: Convention | None, inf: Inference | None, frac: float,
+                   channels: int, sibling: tuple) -> bool:
+        """Whether clamped values are a model output overshooting a correct range rather than data in
+        another convention: most values inside, the range a pixel convention's (or a sibling call's
+        that clamps nothing), and no confident verdict for a convention with another range."""
+        if frac > _OVERSHOOT_MAX:
+            return False
+        if inf is not None and inf.confident and conv is not None:
+            return False  # the data confidently follow a convention with another range
+        assumed = obs.call.assumed
+        known = any(_same_range(get_convention(n), assumed, channels) for n in ("unit", "symmetric", "float255"))
+        return known or sibling in self._clean_calls
+
     def _judge(self, obs: _Observation, where: str) -> tuple[list[Finding], str]:
         """Findings for one call (before de-duplication) and a one-line message."""
         call, inf, s = obs.call, obs.inference, obs.summary
@@ -1080,9 +1099,27 @@ class VisualizationWatch:
         frac = obs.below + obs.above
         matched = _same_range(conv, call.assumed, channels)
         limit = max(self.threshold, self.overshoot_threshold) if matched else self.threshold
+        sibling = (obs.func, call.name, tuple(call.assumed))
         if frac < limit or frac <= 0:
+            if frac < self.threshold:
+                self._clean_calls.add(sibling)  # this range is right for the data of this function
             return out, (out[0].evidence if out else "")
         lo, hi = call.assumed
+        if not matched and self._overshoot(obs, conv, inf, frac, channels, sibling):
+            # the call's range is right (a pixel convention's, or a sibling call's in the same function
+            # that clamps nothing), the bulk of the data is inside it: a young model overshooting
+            why = ("another call in the same function with the same range clamps nothing" if sibling in self._clean_calls
+                   else f"[{_num(lo)}, {_num(hi)}] is a pixel convention's range")
+            evidence = (f"`{call.name}` clamps {_pct(frac)} of the values (the data span "
+                        f"{_num(float(s.range_min.min()))}..{_num(float(s.range_max.max()))}): the bulk lies inside the "
+                        f"range the call assumes and {why}, so the output overshoots it (normal for a young model)")
+            out.append(Finding(
+                kind="clipping", where=where, observed="output overshooting the call's range", expected=expected,
+                evidence=evidence, fix="the call is right: keep its range (widening it would show the overshoot as a "
+                "washed-out preview); constrain the output (clamp, tanh) only if the overshoot is not intended",
+                severity="info", step=self.step,
+            ))
+            return out, f"{where}: {evidence}"
         if obs.below >= self.threshold and obs.above >= self.threshold:
             to = f"{_pct(obs.below)} of values to black (below {_num(lo)}) and {_pct(obs.above)} to white (above {_num(hi)})"
         elif obs.below >= obs.above:
