@@ -1046,10 +1046,18 @@ def run(quick: bool = False, seed: int = 0, families: list[str] | None = None, t
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    import lightning.pytorch  # noqa: F401  (its loggers exist once imported)
+
+    # quiet Lightning's and rangewatch's loggers while it runs, and give them their levels back after
+    # (a test that imports this must not leave the loggers of the tests after it silenced)
+    levels = {name: logging.getLogger(name).level for name in list(logging.root.manager.loggerDict)
+              if name.startswith(("lightning", "pytorch_lightning", "rangewatch"))}
     try:
         return _run(quick, seed, families, trainer, matrix, log, runs)
     finally:
         torch.set_num_threads(before)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _run(quick: bool, seed: int, families: list[str] | None, trainer: bool, matrix: bool,
