@@ -44,6 +44,7 @@ import io
 import json
 import logging
 import math
+import random
 import re
 import sys
 import time
@@ -407,6 +408,15 @@ def _draw(per: Callable, content: str, rng: np.random.Generator, tries: int = 5)
     raise AssertionError("unreachable")
 
 
+def _seed_all(rng: np.random.Generator) -> None:
+    """Seed every global generator the pipelines draw from (torch's; Python's ``random``, which timm's
+    RandomErasing and torchvision's v1 RandomApply use; numpy's), so a trial is the same whatever ran
+    before it in the process."""
+    torch.manual_seed(int(rng.integers(2**31)))
+    random.seed(int(rng.integers(2**31)))
+    np.random.seed(int(rng.integers(2**31)))
+
+
 def _batches(fam: Family, conv: str, content: str, bs: int, size: int, rng: np.random.Generator, n: int = WINDOW) -> list[torch.Tensor]:
     ch = 1 if content == "gray1" else 3
     per, batch_fn = fam.build(conv, size, ch)
@@ -487,7 +497,7 @@ def run_matrix(quick: bool, seed: int, families: list[str] | None = None, log: C
                         continue
                     for trial in range(trials):
                         rng = np.random.default_rng([seed, fi, ci, ALL_CONVS.index(conv), bs, trial])
-                        torch.manual_seed(int(rng.integers(2**31)))
+                        _seed_all(rng)
                         try:
                             batches = _batches(fam, conv, content, bs, size, rng)
                         except Exception as e:  # a pipeline that cannot take this content
@@ -716,7 +726,7 @@ class _PipelineSet(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         rng = np.random.default_rng([self.seed, i])
-        torch.manual_seed(int(rng.integers(2**31)))
+        _seed_all(rng)
         return _draw(self.per, self.content, rng), i % 10
 
 

@@ -81,6 +81,9 @@ _GRID_TOL = 0.02  # |u * 255 - k| below this: on the 8-bit grid (random data: 4%
 _GRID_MIN_VALUES = 200
 _GRID_STRONG = 0.5  # the best candidate's on-grid share must reach this ...
 _GRID_RATIO = 0.7  # ... and a candidate below this share of it is ruled out
+_OUT_GRID_MIN = 20  # values outside a candidate's bounds needed to ask whether they sit on its 8-bit grid ...
+_OUT_GRID_SHARE = 0.02  # ... when more than this share is outside ...
+_OUT_GRID_ON = 0.5  # ... and at least this share of them is on the grid, the candidate is ruled out
 _USE_MIN = 0.02  # data spanning less than this of a candidate's range in every channel rules it out
 _SAMPLE_PER_TENSOR = 32768
 
@@ -281,6 +284,7 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
         out_ch = np.zeros(c)
         cont = np.zeros(c)
         piles: list[tuple[int, int]] = []
+        out_on = out_n = 0
         span = np.zeros(c)
         on_grid = in_grid = 0
         for i in range(c):
@@ -334,10 +338,19 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
                 g = g[(g >= -_SPILL_OUT) & (g <= 1 + _SPILL_OUT)] * 255.0
                 on_grid += int((np.abs(g - np.round(g)) < _GRID_TOL).sum())
                 in_grid += len(g)
+                # values outside the bounds that sit on this reading's 8-bit grid are image data it cannot
+                # explain (float 0..255 read as [0, 1]), not noise or ringing (those are off the grid)
+                lo_k, hi_k = int(np.searchsorted(xs[i], fx - d_out, "left")), int(np.searchsorted(xs[i], cx + d_out, "right"))
+                o = np.concatenate([xs[i][:lo_k], xs[i][hi_k:]]) * sd + m
+                o = o * 255.0
+                out_on += int((np.abs(o - np.round(o)) < _GRID_TOL).sum())
+                out_n += len(o)
         out_share = float((out_ch * n_c).sum() / n_c.sum())
         grid = on_grid / in_grid if in_grid >= _GRID_MIN_VALUES else None
         cost, spill, gap, hits = _cost(conv, lo_f, hi_f)
-        info[n] = dict(out=out_share, out_ch=out_ch, cont=cont, piles=piles, grid=grid, span=span, cost=cost, spill=spill, gap=gap)
+        out_grid = out_on / out_n if out_n >= _OUT_GRID_MIN else None
+        info[n] = dict(out=out_share, out_ch=out_ch, cont=cont, piles=piles, grid=grid, span=span, cost=cost, spill=spill, gap=gap,
+                       out_grid=out_grid)
     if not info:
         return Inference("unknown", False, [], f"no pixel convention applies to {c} channels", *ch)
     excluded: dict[str, str] = {}
@@ -348,6 +361,9 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
         # values far out (random-valued erasing noise) are outliers unless there are very many
         if d["out"] > max(limit, _SPILL_ALWAYS) or (d["out"] > limit and float(d["cont"][worst]) >= _CONTINUOUS):
             excluded[n] = f"{d['out']:.1%} of the values lie outside its bounds (channel {worst}: {d['out_ch'][worst]:.1%})"
+        elif d["out"] > _OUT_GRID_SHARE and d["out_grid"] is not None and d["out_grid"] >= _OUT_GRID_ON:
+            excluded[n] = (f"{d['out']:.1%} of the values lie outside its bounds, {d['out_grid']:.0%} of them on its 8-bit grid "
+                           "(image data, not noise)")
         elif bool((d["span"] < _USE_MIN).all()) and any(
                 bool((info[o]["span"] >= _USE_MIN).any()) for o in info if o != n):
             excluded[n] = f"the data span under {_USE_MIN:.0%} of its range in every channel"

@@ -18,3 +18,24 @@ def _restore_catalogue():
         conventions._CATALOGUE.update(saved)
         conventions._ALIASES.clear()
         conventions._ALIASES.update(aliases)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """A test (or a library it runs: wandb, mlflow, a benchmark that quiets Lightning) must not leave the
+    loggers of the tests after it silenced: levels, ``disabled``, ``propagate`` and ``logging.disable``."""
+    import logging
+
+    manager = logging.root.manager
+    saved = {name: (lg.level, lg.disabled, lg.propagate) for name, lg in list(manager.loggerDict.items())
+             if isinstance(lg, logging.Logger)}
+    disable = manager.disable
+    yield
+    logging.disable(disable)
+    for name, lg in list(manager.loggerDict.items()):
+        if not isinstance(lg, logging.Logger):
+            continue
+        if name in saved:
+            lg.level, lg.disabled, lg.propagate = saved[name]
+        elif name.startswith(("lightning", "pytorch_lightning", "rangewatch")):
+            lg.disabled = False
