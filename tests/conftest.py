@@ -36,6 +36,8 @@ def _restore_logging():
         if not isinstance(lg, logging.Logger):
             continue
         if name in saved:
-            lg.level, lg.disabled, lg.propagate = saved[name]
+            level, lg.disabled, lg.propagate = saved[name]
+            if lg.level != level:
+                lg.setLevel(level)  # (clears the loggers' level caches)
         elif name.startswith(("lightning", "pytorch_lightning", "rangewatch")):
             lg.disabled = False
