@@ -506,6 +506,11 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
             self._note_once(n, f"rangewatch: {n}")
         if missing:
             self._module_taps.detach()
+            if getattr(self, "_losses", None) is not None:  # nothing this attach placed stays behind
+                self._losses.detach()
+            if self._tracer is not None:
+                self._tracer.detach()
+                self._tracer = None
             names = [n for n, _ in pl_module.named_modules() if n]
             msgs = []
             for m in missing:
