@@ -1,11 +1,44 @@
-"""The one small type every check produces: :class:`Finding`, and the error ``policy="raise"`` throws."""
+"""The one small type every check produces: :class:`Finding`, its builders, and the error ``policy="raise"`` throws.
+
+A check builds the kinds whose shape is fixed through one builder each, so that the kind, the severity
+and the parts every such finding shares are written once:
+
+* :func:`nonfinite_finding`: NaN/Inf values (always an ``error``; ``expected`` defaults to "finite values");
+* :func:`internal_finding`: rangewatch itself failed on a piece and switched it off (``info``; the
+  exception is the observation);
+* :func:`note_finding`: something skipped or worth knowing (``info``).
+
+:func:`first_seen` is the one de-duplication rule: a finding is reported once per :attr:`Finding.key`
+(kind, where, observed, expected; the step is not part of it).
+
+>>> f = nonfinite_finding("decoder", observed="NaN/Inf", evidence="3 NaN", fix="run in bf16", step=7)
+>>> (f.kind, f.severity, f.expected, f.step)
+('nonfinite', 'error', 'finite values', 7)
+>>> e = internal_finding("tap x", ValueError("odd shape"), evidence="switched off")
+>>> (e.kind, e.severity, e.observed)
+('internal', 'info', 'ValueError: odd shape')
+>>> seen: set = set()
+>>> [g.step for g in first_seen([f, f, e], seen)], len(first_seen([f], seen))
+([7, None], 0)
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Finding", "RangeMismatchError", "Severity", "FINDING_KINDS"]
+__all__ = [
+    "Finding",
+    "FindingKey",
+    "RangeMismatchError",
+    "Severity",
+    "FINDING_KINDS",
+    "nonfinite_finding",
+    "internal_finding",
+    "note_finding",
+    "first_seen",
+]
 
 Severity = Literal["info", "warning", "error"]
 
@@ -51,6 +84,68 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: what makes two findings the same report (see :attr:`Finding.key`)
+FindingKey = tuple[str, str, str, str]
+
+
+def nonfinite_finding(
+    where: str,
+    *,
+    observed: str,
+    evidence: str,
+    fix: str,
+    expected: str = "finite values",
+    step: int | None = None,
+    source: str = "",
+) -> Finding:
+    """A ``nonfinite`` finding: NaN/Inf values seen at ``where`` (severity ``error``)."""
+    return Finding(kind="nonfinite", where=where, observed=observed, expected=expected, evidence=evidence,
+                   fix=fix, severity="error", step=step, source=source)
+
+
+def internal_finding(
+    where: str,
+    error: BaseException,
+    *,
+    evidence: str,
+    fix: str = "report this to rangewatch",
+    step: int | None = None,
+    source: str = "",
+) -> Finding:
+    """An ``internal`` finding: rangewatch failed at ``where`` with ``error`` (severity ``info``).
+
+    ``evidence`` says what rangewatch switched off and that the user's run goes on."""
+    return Finding(kind="internal", where=where, observed=f"{type(error).__name__}: {error}", expected="",
+                   evidence=evidence, fix=fix, severity="info", step=step, source=source)
+
+
+def note_finding(
+    where: str,
+    observed: str,
+    *,
+    evidence: str,
+    fix: str = "",
+    expected: str = "",
+    step: int | None = None,
+    source: str = "",
+) -> Finding:
+    """A ``note`` finding: something skipped or worth knowing, not a problem (severity ``info``)."""
+    return Finding(kind="note", where=where, observed=observed, expected=expected, evidence=evidence, fix=fix,
+                   severity="info", step=step, source=source)
+
+
+def first_seen(findings: Iterable[Finding], seen: set[FindingKey]) -> list[Finding]:
+    """The findings whose :attr:`~Finding.key` is not in ``seen`` yet, in order, each key once.
+
+    ``seen`` is updated in place: pass the same set to report every finding once over a run."""
+    out: list[Finding] = []
+    for f in findings:
+        if f.key not in seen:
+            seen.add(f.key)
+            out.append(f)
+    return out
 
 
 class RangeMismatchError(RuntimeError):

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import torch
 
 from .conventions import Convention, get_convention
-from .findings import Finding
+from .findings import Finding, nonfinite_finding
 from .sinks import write_histogram
 from .stats import RangeStats, RangeSummary
 
@@ -318,9 +318,8 @@ class LatentMonitor:
             total = float(summ.detail_count.sum())
             chans = [str(c) for c in range(summ.channels) if float(summ.nonfinite[c]) > 0]
             return [
-                Finding(
-                    kind="nonfinite",
-                    where=where,
+                nonfinite_finding(
+                    where,
                     observed="NaN/Inf in the latents",
                     expected="finite latents",
                     evidence=f"{float(summ.nan.sum()):.0f} NaN and {float(summ.inf.sum()):.0f} Inf of {total:.0f} values "
@@ -328,7 +327,6 @@ class LatentMonitor:
                     "statistics are meaningless until they are gone",
                     fix="find the module that produced them (rangewatch.numerics.ModuleTracer / RangeWatch(trace_modules=...)); "
                     + fp16_fix(None),
-                    severity="error",
                     step=step,
                     source="rangewatch.latents",
                 )

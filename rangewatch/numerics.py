@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .findings import Finding
+from .findings import Finding, first_seen, nonfinite_finding
 from .stats import RangeStats, RangeSummary
 from .taps import invisible_to_compiler, is_script_module, odd_tensor_kind
 
@@ -744,8 +744,7 @@ class ModuleTracer:
         payload = json.dumps({"key": key, "findings": [f.to_dict() for f in local]}).encode()
         parts = [json.loads(p.decode()) for p in gather(payload)]
         best: tuple[tuple[int, int, int], Finding] | None = None
-        out: list[Finding] = []
-        seen: set[tuple[str, str, str, str]] = set()
+        others: list[Finding] = []
         for rank, part in enumerate(parts):
             for d in part["findings"]:
                 f = Finding(**d)
@@ -754,13 +753,12 @@ class ModuleTracer:
                     cand = (int(k[0]), int(k[1]), rank)
                     if best is None or cand < best[0]:
                         best = (cand, f)
-                elif f.key not in seen:
-                    seen.add(f.key)
-                    out.append(f)
+                else:
+                    others.append(f)
+        out = first_seen(others, set())
         if best is not None:
             (_, _, rank), f = best
-            ev = f"on rank {rank} of {len(parts)}: {f.evidence}"
-            out.insert(0, Finding(f.kind, f.where, f.observed, f.expected, ev, f.fix, f.severity, f.step, f.source))
+            out.insert(0, replace(f, evidence=f"on rank {rank} of {len(parts)}: {f.evidence}"))
         return out
 
     def _findings(self, rep: TraceReport, step: int | None, max_headroom: int) -> list[Finding]:
@@ -772,9 +770,8 @@ class ModuleTracer:
             prev_txt = f"; the call before it, {prev.name} ({prev.type}), output max |x| {prev.out_maxabs:.4g}" if prev else ""
             limit = f" (float16 max {FP16_MAX:.0f})" if c.dtype == "float16" else ""
             out.append(
-                Finding(
-                    kind="nonfinite",
-                    where=c.name,
+                nonfinite_finding(
+                    c.name,
                     observed=f"NaN/Inf output of {c.type} from finite inputs",
                     expected="finite activations",
                     evidence=(
@@ -789,7 +786,6 @@ class ModuleTracer:
                         f"{self._weights_note(names.get(c.name))}"
                     ),
                     fix=fp16_fix(c.name),
-                    severity="error",
                     step=step,
                     source="rangewatch.numerics.ModuleTracer",
                 )
@@ -797,9 +793,8 @@ class ModuleTracer:
         elif rep.nonfinite_input is not None:
             c = rep.nonfinite_input
             out.append(
-                Finding(
-                    kind="nonfinite",
-                    where=c.name,
+                nonfinite_finding(
+                    c.name,
                     observed="NaN/Inf already in the input of the first traced module to see them",
                     expected="finite activations",
                     evidence=(
@@ -809,7 +804,6 @@ class ModuleTracer:
                     ),
                     fix="check the batch for NaN/Inf (torch.isfinite(x).all()) and trace the modules that run before "
                     f"{c.name} (modules='all'); if they come from an fp16 overflow: " + fp16_fix(None),
-                    severity="error",
                     step=step,
                     source="rangewatch.numerics.ModuleTracer",
                 )
@@ -911,18 +905,15 @@ def nan_image_finding(where: str, summary: RangeSummary, step: int | None = None
         )
     else:
         counts = "non-finite values seen (min/max became NaN/Inf)"
-    return Finding(
-        kind="nonfinite",
-        where=where,
+    return nonfinite_finding(
+        where,
         observed="NaN/Inf in outputs about to be converted to images",
-        expected="finite values",
         evidence=(
             f"{counts}; converting them to uint8 prints 'RuntimeWarning: invalid value encountered in cast' "
             "and gives an all-black image (diffusers VaeImageProcessor.postprocess / numpy_to_pil)"
         ),
         fix="find the module that first produced them (RangeWatch(trace_modules=...) / rangewatch.numerics.ModuleTracer); "
         + fp16_fix(None),
-        severity="error",
         step=step,
         source="rangewatch.numerics",
     )

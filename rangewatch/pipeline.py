@@ -52,7 +52,7 @@ import torch
 
 from . import pipeline_checks as pc
 from .conventions import get_convention
-from .findings import Finding
+from .findings import Finding, first_seen, internal_finding
 from .latents import LatentMonitor, latent_preview, log_latents
 from .model_expectations import latent_convention_for
 from .numerics import ModuleTracer
@@ -264,16 +264,14 @@ class PipelineWatch:
         if piece in self._off:
             return
         self._off.add(piece)
-        self._add(Finding(
-            kind="internal", where=f"rangewatch.pipeline:{piece}", observed=f"{type(e).__name__}: {e}",
-            expected="", evidence=f"the '{piece}' part of the pipeline watch failed and is switched off; the generation is unaffected",
-            fix="report this to rangewatch with the pipeline class and the call", severity="info", source=_SRC,
+        self._add(internal_finding(
+            f"rangewatch.pipeline:{piece}", e,
+            evidence=f"the '{piece}' part of the pipeline watch failed and is switched off; the generation is unaffected",
+            fix="report this to rangewatch with the pipeline class and the call", source=_SRC,
         ))
 
     def _add(self, f: Finding) -> None:
-        if f.key not in self._seen:
-            self._seen.add(f.key)
-            self.findings.append(f)
+        self.findings.extend(first_seen([f], self._seen))
 
     # ------------------------------------------------------------------ the call
     def _run(self, orig_call: Callable, pipe: Any, args: tuple, kwargs: dict) -> Any:

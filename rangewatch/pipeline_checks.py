@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .findings import Finding
+from .findings import Finding, nonfinite_finding, note_finding
 from .inference import infer_convention
 from .latents import LatentMonitor
 from .numerics import ModuleTracer, nan_image_finding
@@ -216,13 +216,13 @@ def steps(w: "PipelineWatch", call: "_Call", *, skip: bool = False) -> list[Find
         first = int(bad[0])
         n = float(rows[first, :, 3].sum())
         traced = w.trace == "all"
-        out.append(Finding(
-            kind="nonfinite", where="denoising latents", observed=f"NaN/Inf in the latents from step {first}",
+        out.append(nonfinite_finding(
+            "denoising latents", observed=f"NaN/Inf in the latents from step {first}",
             expected="finite latents", evidence=f"{n:.0f} non-finite values after step {first} of {rows.shape[0]} "
             f"(steps with NaN/Inf: {bad[:8]}{' ...' if len(bad) > 8 else ''}); the decode of them is a black image",
             fix=("see the denoiser's nonfinite finding for the module; " if traced else
                  "watch_pipeline(pipe, trace='all') names the first module that produced them; ") + _denoiser_fix(None),
-            severity="error", step=first, source=_SRC,
+            step=first, source=_SRC,
         ))
     last = rows.shape[0] - 1
     traj = ", ".join(f"{i}: {float(rows[i, :, 2].max()):.3g}" for i in sorted(call.monitors) if i <= last)
@@ -360,6 +360,5 @@ def traced(w: "PipelineWatch", tracer: ModuleTracer) -> list[Finding]:
         what = "steps are vae.decode calls" if is_vae else "steps are denoiser calls"
         out.append(replace(f, where=name, fix=fix, evidence=f"{f.evidence} ({what})"))
     for note in getattr(tracer, "notes", []):  # what the tracer skipped or switched off (reported once: findings de-duplicate)
-        out.append(Finding(kind="note", where=prefix.rstrip("."), observed=note, expected="", evidence="ModuleTracer note",
-                           fix="", severity="info", source="rangewatch.numerics.ModuleTracer"))
+        out.append(note_finding(prefix.rstrip("."), note, evidence="ModuleTracer note", source="rangewatch.numerics.ModuleTracer"))
     return out

@@ -68,7 +68,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 
 from .conventions import Convention, get_convention
-from .findings import Finding
+from .findings import Finding, first_seen, internal_finding, nonfinite_finding, note_finding
 from .inference import Inference, infer_convention
 from .sinks import write_histogram
 from .stats import RangeStats, RangeSummary
@@ -689,10 +689,9 @@ def is_patched() -> bool:
 
 
 def _internal_error(name: str, exc: BaseException) -> None:
-    f = Finding(
-        kind="internal", where=f"visualisation watch of `{name}`", observed=f"{type(exc).__name__}: {exc}",
-        expected="", evidence="rangewatch failed while measuring this call; the call itself ran unchanged",
-        fix="report this to rangewatch", severity="info",
+    f = internal_finding(
+        f"visualisation watch of `{name}`", exc,
+        evidence="rangewatch failed while measuring this call; the call itself ran unchanged",
     )
     for w in list(_ACTIVE):
         try:
@@ -1002,9 +1001,8 @@ class VisualizationWatch:
 
     def _emit(self, f: Finding) -> bool:
         with self._lock:
-            if f.key in self._seen:
+            if not first_seen([f], self._seen):
                 return False
-            self._seen.add(f.key)
             self.findings.append(f)
             self._new_findings.append(f)
         if self.on_finding is not None:
@@ -1073,12 +1071,11 @@ class VisualizationWatch:
             black = "this will be a black image" if obs.nan >= 0.5 else f"{_pct(obs.nan)} of the pixels will be black"
             if call.mode == "stretch":
                 black = "NaN makes the min/max stretch NaN: this will be a black image"
-            out.append(Finding(
-                kind="nonfinite", where=where, observed=f"NaN in {_pct(obs.nan)} of the values passed to `{call.name}`",
-                expected="finite values",
+            out.append(nonfinite_finding(
+                where, observed=f"NaN in {_pct(obs.nan)} of the values passed to `{call.name}`",
                 evidence=f"`{call.name}` converts NaN to black: {black} ({nan_count} NaN values)",
                 fix="find where NaN first appears (fp16 overflow? see rangewatch's nonfinite checks) before looking at previews",
-                severity="error", step=self.step,
+                step=self.step,
             ))
         if call.mode == "stretch":
             expected_fix = (f"pass `value_range={_pair(_fix_expr(conv, channels)[1])}`"
@@ -1086,11 +1083,11 @@ class VisualizationWatch:
                             "pass the data's real `value_range` (or map it to [0, 1] first)")
             hides = (f"`{call.name}` with normalize=True and no value_range stretches the images to their own min/max, "
                      f"which hides the data's real range; {looks}")
-            out.append(Finding(
-                kind="note", where=where, observed=observed, expected=f"`{call.name}` with {call.assumption}",
+            out.append(note_finding(
+                where, observed, expected=f"`{call.name}` with {call.assumption}",
                 evidence=hides + (f": {inf.evidence}" if inf is not None else ""),
                 fix=expected_fix + " so that the preview shows what the model produces",
-                severity="info", step=self.step,
+                step=self.step,
             ))
             return out, f"{where}: {hides}; {expected_fix}"
         if call.mode != "clamp" or call.assumed is None:

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from ..conventions import get_convention
-from ..findings import Finding
+from ..findings import Finding, first_seen, internal_finding, note_finding
 from ..inference import infer_convention
 from ..stats import RangeStats, RangeSummary
 from . import basicsr as _basicsr
@@ -269,7 +269,7 @@ class LossWatch:
             if w.note:  # recognised, never judged: said once, not hooked
                 if f"{w.name}: {w.note}" not in self.notes:
                     self.notes.append(f"{w.name}: {w.note}")
-                    self._pending.append(Finding("note", f"{w.name}:input", w.what, "", w.note, "none needed", severity="info"))
+                    self._pending.append(note_finding(f"{w.name}:input", w.what, evidence=w.note, fix="none needed"))
                 continue
             t = _Target(w)
             m = root.get_submodule(name) if name else root
@@ -388,11 +388,7 @@ class LossWatch:
             step=step,
             source=w.expects.source,
         )
-        if f.key in self._reported:
-            return
-        self._reported.add(f.key)
-        self.findings.append(f)
-        self._pending.append(f)
+        self._record(f)
 
     def check(self, step: int | None = None) -> list[Finding]:
         """Judge what was seen since the last check (one host transfer per fed window) and return
@@ -411,15 +407,17 @@ class LossWatch:
         return out
 
     def _internal(self, where: str, e: BaseException) -> None:
-        f = Finding(
-            kind="internal", where=where, observed=f"{type(e).__name__}: {e}", expected="",
+        self._record(internal_finding(
+            where, e,
             evidence="rangewatch failed while watching this loss network / metric and switched it off; the call itself went on",
-            fix="please report this with the call's arguments' shapes and dtypes", severity="info",
-        )
-        if f.key not in self._reported:
-            self._reported.add(f.key)
-            self.findings.append(f)
-            self._pending.append(f)
+            fix="please report this with the call's arguments' shapes and dtypes",
+        ))
+
+    def _record(self, f: Finding) -> None:
+        """Keep ``f`` (for :attr:`findings` and the next :meth:`check`) unless it was reported before."""
+        for new in first_seen([f], self._reported):
+            self.findings.append(new)
+            self._pending.append(new)
 
     def __repr__(self) -> str:
         names = ", ".join(f"{n or '<root>'}: {w.what}" for n, w in self.watched.items())
