@@ -21,7 +21,7 @@ from photos import photo
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-import rangewatch.visualization as vis
+import rangewatch.previews.measure as vis_measure
 from rangewatch import RangeMismatchError, RangeWatch
 
 GRAY = ["camera", "moon", "coins", "page", "grass", "gravel", "cell", "camera"]
@@ -212,14 +212,14 @@ def test_gan_example_previews_caught_in_training_step_and_epoch_end(tmp_path, ns
 @pytest.mark.slow
 def test_gan_preview_cost_bounded_to_check_steps_and_first_calls(tmp_path, monkeypatch):
     measured: list[str] = []
-    real = vis._measure
+    real = vis_measure.measure
 
     def counting(call):
         if call.name == "add_image":
             measured.append(call.name)
         return real(call)
 
-    monkeypatch.setattr(vis, "_measure", counting)
+    monkeypatch.setattr(vis_measure, "measure", counting)
     w = RangeWatch(policy="log", check_first_n=1, log_every_n_steps=6)
     model, _ = fit_gan(tmp_path, "lightning.pytorch", False, [w], max_steps=16)  # 8 batches of 2 optimizer steps, 4 epochs
     calls = len(model.steps) + len(model.epoch_end_steps)
