@@ -32,7 +32,7 @@ import torch
 
 from .conventions import Convention, get_convention
 from .findings import Finding, nonfinite_finding
-from .sinks import write_histogram
+from .sinks import write_histogram, write_image
 from .stats import RangeStats, RangeSummary
 
 __all__ = [
@@ -688,7 +688,7 @@ def log_latents(
             prev = prev.repeat_interleave(k, -1).repeat_interleave(k, -2)
         grid = make_grid(prev.float(), nrow=min(max_images, prev.shape[0]), padding=1 if k == 1 else 2, pad_value=1.0)
         tag = f"{base}/latent_preview"
-        experiment.add_image(tag, grid.cpu(), step)
+        write_image(experiment, tag, grid.cpu(), step)
         tags.append(tag)
     summ = mon.stats.compute()
     for c in range(summ.channels):

@@ -1,6 +1,10 @@
 """Sinks: where findings and statistics go (TensorBoard, any Lightning logger, the console).
 
-Call these on global rank zero only; the callback takes care of that.
+Only this module touches a writer: :class:`LoggerSink` for the trainer's loggers, and the
+``write_*`` functions (:func:`write_image`, :func:`write_text`, :func:`write_histogram`,
+:func:`write_layout`) for one TensorBoard ``SummaryWriter``, which :func:`rangewatch.log_latents`
+and :func:`rangewatch.log_previews` use. Call these on global rank zero only; the callback takes
+care of that.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from .findings import Finding
 from .stats import RangeSummary
 
 __all__ = ["LoggerSink", "tag", "findings_markdown", "findings_from_markdown", "scalars_layout", "write_histogram",
-           "is_tensorboard_logger"]
+           "write_image", "write_text", "is_tensorboard_logger"]
 
 #: the machine-readable copy of each finding inside the markdown (an HTML comment: TensorBoard's
 #: markdown sanitiser drops comments, so the page shows only the blocks)
@@ -169,6 +173,16 @@ def write_histogram(writer: Any, name: str, s: RangeSummary, channel: int, step:
     return True
 
 
+def write_image(writer: Any, name: str, img: torch.Tensor, step: int | None, dataformats: str = "CHW") -> None:
+    """One image (a ``(C, H, W)`` uint8 tensor, or float in [0, 1]) to a TensorBoard writer."""
+    writer.add_image(name, img, global_step=step, dataformats=dataformats)
+
+
+def write_text(writer: Any, name: str, text: str, step: int | None) -> None:
+    """One text (markdown) entry to a TensorBoard writer."""
+    writer.add_text(name, text, global_step=step)
+
+
 def is_tensorboard_logger(logger: Any) -> bool:
     """A ``TensorBoardLogger`` of either Lightning namespace (``lightning.pytorch.loggers`` or
     ``pytorch_lightning.loggers``: separate classes, see :mod:`rangewatch.namespaces`)."""
@@ -299,7 +313,7 @@ class LoggerSink:
 
     def text(self, name: str, text: str, step: int) -> None:
         for w in self.writers:
-            w.add_text(name, text, global_step=step)
+            write_text(w, name, text, step)
 
     def image(self, name: str, img: torch.Tensor, step: int) -> None:
         for w in self.writers:

@@ -7,7 +7,7 @@ from collections import deque
 from typing import Any
 
 from ..findings import Finding
-from ..sinks import write_histogram
+from ..sinks import write_histogram, write_image, write_text
 from .drawing import Preview
 from .patching import PATCHER
 from .records import VisRecord
@@ -98,13 +98,13 @@ def log_previews(
         grid = p.build_labelled()
         tag = tag_safe(f"{prefix}/{p.image_tag}")
         with PATCHER.suppressed():
-            writer.add_image(tag, grid, global_step=step, dataformats="CHW")
+            write_image(writer, tag, grid, step)
         tags.append(tag)
         if hasattr(writer, "add_histogram_raw"):
             tags += _histogram(writer, p, prefix, step)
         if hasattr(writer, "add_text"):
             ttag = tag_safe(f"{prefix}/{p.slug}/finding")
             with PATCHER.suppressed():
-                writer.add_text(ttag, p.text(), global_step=step)
+                write_text(writer, ttag, p.text(), step)
             tags.append(ttag)
     return tags
