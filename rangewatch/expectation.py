@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .conventions import Convention, get_convention
@@ -16,17 +16,28 @@ Origin = Literal["declared", "model", "transform"]
 class Expectation:
     """``convention`` expected at a tap; ``source`` says why (e.g. "timm pretrained_cfg of backbone (resnet18)").
 
-    ``target`` is the tap's side: a module's ``"input"`` or ``"output"``, or ``"batch"``.
+    ``convention`` is given as a catalogue name or as a :class:`~rangewatch.conventions.Convention`
+    (one read from a VAE config need not be registered); the expectation carries the object as
+    :attr:`conv` and ``convention`` is its name (a name given stays as given, aliases included). ``target`` is the tap's side: a module's
+    ``"input"`` or ``"output"``, or ``"batch"``.
+
+    >>> from rangewatch.conventions import Convention
+    >>> custom = Convention("latent_s0p5_c4", "latent", "latent scale 0.5", "a VAE config", scale=0.5, channels=4)
+    >>> e = Expectation(custom, source="vae.config", origin="model", target="output")
+    >>> e.convention, e.conv.scale
+    ('latent_s0p5_c4', 0.5)
+    >>> Expectation("symmetric").conv.label
+    '[-1,1]'
     """
 
     convention: str
     source: str = "declared in RangeWatch(expect=...)"
     origin: Origin = "declared"
     target: Literal["input", "output", "batch"] = "input"
+    conv: Convention = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        get_convention(self.convention)  # fail early on unknown names
-
-    @property
-    def conv(self) -> Convention:
-        return get_convention(self.convention)
+        conv = get_convention(self.convention)  # a name is looked up now: fail early on unknown names
+        object.__setattr__(self, "conv", conv)
+        if isinstance(self.convention, Convention):
+            object.__setattr__(self, "convention", conv.name)

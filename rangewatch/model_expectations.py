@@ -44,7 +44,9 @@ Rules (sources: diffusers VaeImageProcessor and AutoencoderKL configs, timm data
 
 Mean/std that match no catalogue entry are registered through
 :func:`rangewatch.transform_inspection.convention_for_normalize`, whose names derive from the values, so
-a dataset transform and a model with the same constants share one name.
+a dataset transform and a model with the same constants share one name. A VAE's latent scaling that
+matches no catalogue entry is not registered: the expectation carries its own
+:class:`~rangewatch.conventions.Convention` (see :func:`latent_convention_for`).
 
 Only the outermost recognised module counts: nothing inside a recognised module is derived again. A
 library is only consulted for modules whose class comes from it, so rangewatch never imports diffusers,
@@ -60,7 +62,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from .conventions import get_convention, list_conventions, register_convention
+from .conventions import Convention, get_convention, list_conventions
 from .expectation import Expectation
 from .transform_inspection import Prediction, convention_for_normalize, predict_transform
 
@@ -163,8 +165,9 @@ def latent_convention_for(
     latents_std: Any = None,
     *,
     source: str = "",
-) -> str | None:
-    """Catalogue latent convention for a VAE's scaling numbers, registering a custom one if none matches.
+) -> Convention | None:
+    """The latent convention of a VAE's scaling numbers: the catalogue's when one matches, else a custom
+    one with a value-derived name (``latent_s0p5_c4``), which is returned, not registered.
 
     ``None`` when there is nothing to go on (no scale and no latents mean/std).
     """
@@ -185,7 +188,7 @@ def latent_convention_for(
                 continue
             if channels is not None and c.channels is not None and c.channels != channels:
                 continue
-            return name
+            return c
     name = f"latent_s{_num(scale)}"
     if sh:
         name += f"_sh{_num(sh)}"
@@ -197,11 +200,10 @@ def latent_convention_for(
     label = f"latent scale {scale}" + (f" shift {sh}" if sh else "") + (f", {channels} ch" if channels else "")
     if lm is not None:
         label += ", per-channel latents_mean/std"
-    register_convention(
-        name, scale=float(scale), shift=sh if sh else None, channels=channels, latents_mean=lm, latents_std=ls,
-        label=label, source=source or "derived from a VAE config", overwrite=True,
+    return Convention(
+        name, "latent", label, source or "derived from a VAE config", scale=float(scale), shift=sh if sh else None,
+        channels=channels, latents_mean=lm, latents_std=ls,
     )
-    return name
 
 
 def _predict(processor: Any, where: str) -> Prediction:
@@ -227,7 +229,7 @@ class _Deriver:
     def child(path: str, name: str) -> str:
         return f"{path}.{name}" if path else name
 
-    def put(self, path: str, side: str, convention: str, source: str, target: str | None = None) -> None:
+    def put(self, path: str, side: str, convention: str | Convention, source: str, target: str | None = None) -> None:
         self.out[self.key(path, side)] = Expectation(
             convention, source=source, origin="model", target=(target or side)  # type: ignore[arg-type]
         )
@@ -290,11 +292,11 @@ class _Deriver:
         if lm is not None:
             parts.append("latents_mean/std set")
         src = f"diffusers {cls}.config of {where}: " + ", ".join(parts)
-        name = latent_convention_for(scale, shift, channels, lm, ls, source=src)
-        if name is None:
+        conv = latent_convention_for(scale, shift, channels, lm, ls, source=src)
+        if conv is None:
             self.note(f"{cls} at {where}: no scaling_factor or latents_mean/std in its config; no latent expectation")
         else:
-            self.put(path, "latent", name, src + " (the scaled latent the diffusion model sees)", target="output")
+            self.put(path, "latent", conv, src + " (the scaled latent the diffusion model sees)", target="output")
         return True
 
     def compvis(self, path: str, m: nn.Module) -> bool:

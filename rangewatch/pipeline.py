@@ -51,7 +51,6 @@ from typing import Any, Callable
 import torch
 
 from . import pipeline_checks as pc
-from .conventions import get_convention
 from .findings import Finding, first_seen, internal_finding
 from .latents import LatentMonitor, latent_preview, log_latents
 from .model_expectations import latent_convention_for
@@ -174,7 +173,7 @@ class PipelineWatch:
         self.latents_mean = _config_get(cfg, "latents_mean")
         self.latents_std = _config_get(cfg, "latents_std")
         channels = _config_get(cfg, "latent_channels")
-        self.convention = latent_convention_for(
+        self.latent_convention = latent_convention_for(
             self.scale, self.shift, channels, self.latents_mean, self.latents_std,
             source=f"diffusers {type(vae).__name__}.config of {type(pipe).__name__}.vae",
         )
@@ -254,6 +253,12 @@ class PipelineWatch:
         for t in self._tracers:
             t.detach()
         self._active = False
+
+    @property
+    def convention(self) -> str | None:
+        """Name of the VAE's latent convention (:attr:`latent_convention`, read from its config; a custom
+        one is not registered in the catalogue), or ``None`` when the config has no scaling."""
+        return None if self.latent_convention is None else self.latent_convention.name
 
     @property
     def attached(self) -> bool:
@@ -343,9 +348,9 @@ class PipelineWatch:
         call.height = a.get("height") or (size * vsf if isinstance(size, int) else None)
         call.width = a.get("width") or (size * vsf if isinstance(size, int) else None)
         z = a.get("latents")
-        if isinstance(z, torch.Tensor) and z.is_floating_point() and self.convention is not None:
+        if isinstance(z, torch.Tensor) and z.is_floating_point() and self.latent_convention is not None:
             zz = self._unpack(z, call)
-            call.user_latents = LatentMonitor(self.convention, preview_samples=0, sync_on_compute=False)
+            call.user_latents = LatentMonitor(self.latent_convention, preview_samples=0, sync_on_compute=False)
             call.user_latents.update(zz)
         for name in ("image", "mask_image", "ip_adapter_image"):
             x = a.get(name)
@@ -376,7 +381,7 @@ class PipelineWatch:
     # ------------------------------------------------------------------ per step (device only)
     def _step(self, pipe: Any, i: int, z: Any) -> None:
         call = self._call
-        if call is None or not isinstance(z, torch.Tensor) or self.convention is None:
+        if call is None or not isinstance(z, torch.Tensor) or self.latent_convention is None:
             return
         if call.checked is None:
             n = getattr(pipe, "num_timesteps", None) or getattr(pipe, "_num_timesteps", None)
@@ -397,7 +402,7 @@ class PipelineWatch:
         ], dim=1)
         call.steps.append(row)
         if i in call.checked:
-            mon = LatentMonitor(self.convention, preview_samples=1, sync_on_compute=False)
+            mon = LatentMonitor(self.latent_convention, preview_samples=1, sync_on_compute=False)
             mon.update(zf / self._noise_level(pipe.scheduler, zf))
             call.monitors[i] = mon
 
@@ -430,9 +435,9 @@ class PipelineWatch:
 
     def _decode(self, orig: Callable, z: Any, args: tuple, kwargs: dict) -> Any:
         rec = None
-        if "decode" not in self._off and isinstance(z, torch.Tensor) and self.convention is not None:
+        if "decode" not in self._off and isinstance(z, torch.Tensor) and self.latent_convention is not None:
             try:
-                mon = LatentMonitor(self.convention, preview_samples=1, sync_on_compute=False)
+                mon = LatentMonitor(self.latent_convention, preview_samples=1, sync_on_compute=False)
                 mon.update(self._to_model(z))
                 rec = (mon, RangeStats(channel_dim=1, bounds="symmetric", sync_on_compute=False))
                 if self._vae_tracer is not None:
@@ -490,7 +495,7 @@ class PipelineWatch:
             self.logger.add_text("rangewatch/pipeline/findings", findings_markdown(found), call.index)
 
     def _previews(self, call: _Call) -> None:
-        conv = get_convention(self.convention) if self.convention else None
+        conv = self.latent_convention
         if conv is None or conv.latent_rgb is None:
             return
         for i, mon in sorted(call.monitors.items()):

@@ -6,18 +6,18 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))  # tests/photos.py
 
 
-@pytest.fixture(autouse=True)
-def _restore_catalogue():
-    """Conventions registered by a test (custom Normalize / latent constants) must not leak into other tests."""
-    from rangewatch import conventions
+@pytest.fixture
+def registers_conventions():
+    """For a test that registers conventions on purpose: the catalogue is process-wide, so the names it
+    added are unregistered after it. Reading a model or a pipeline registers nothing (expectations carry
+    their Convention), except transform inspection's custom Normalize constants, registered under a
+    value-derived name so that a dataset and a model with the same constants share it."""
+    from rangewatch.conventions import list_conventions, unregister_convention
 
-    saved, aliases = dict(conventions._CATALOGUE), dict(conventions._ALIASES)
+    before = set(list_conventions())
     yield
-    with conventions._LOCK:
-        conventions._CATALOGUE.clear()
-        conventions._CATALOGUE.update(saved)
-        conventions._ALIASES.clear()
-        conventions._ALIASES.update(aliases)
+    for name in set(list_conventions()) - before:
+        unregister_convention(name)
 
 
 @pytest.fixture(autouse=True)

@@ -69,7 +69,7 @@ def test_unknown_name_lists_known():
         get_convention("nope")
 
 
-def test_register_forms():
+def test_register_forms(registers_conventions):
     c = register_convention("test_meanstd", mean=[0.4, 0.4, 0.4], std=[0.2, 0.2, 0.2], overwrite=True)
     assert get_convention("test_meanstd") is c and c.kind == "pixel"
     np.testing.assert_allclose(c.bounds(3)[0], [-2.0] * 3)

@@ -1,14 +1,6 @@
-"""The finding builders and the de-duplication rule (rangewatch.findings), and its ``>>>`` examples."""
+"""The finding builders and the de-duplication rule (rangewatch.findings)."""
 
-import doctest
-
-import rangewatch.findings as findings_mod
 from rangewatch.findings import Finding, first_seen, internal_finding, nonfinite_finding, note_finding
-
-
-def test_docstring_examples_run():
-    res = doctest.testmod(findings_mod)
-    assert res.attempted > 0 and res.failed == 0
 
 
 def test_builders_fix_kind_and_severity():

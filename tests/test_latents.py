@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rangewatch.conventions import get_convention, register_convention
+from rangewatch.conventions import Convention, get_convention
 from rangewatch.latents import LatentMonitor, hue_name, latent_preview, log_latents, soft_clamp
 
 FAMILIES = ["sd15_latent", "sdxl_latent", "sd3_latent", "flux_latent"]
@@ -24,7 +24,7 @@ def unit_latents(name: str, seed: int = 0, n: int = 4, hw: int = 32) -> torch.Te
     return z / z.std(dim=(0, 2, 3), keepdim=True)
 
 
-def findings(z: torch.Tensor, name: str, **kw):
+def findings(z: torch.Tensor, name: str | Convention, **kw):
     mon = LatentMonitor(name, **kw)
     mon.update(z)
     return mon.check(step=3, where="unet.conv_in input")
@@ -70,13 +70,15 @@ def test_double_scale(name):
 def test_scale_with_latents_mean_and_std():
     """Playground-2.5-style: z_model = (z_vae - latents_mean) * scale / latents_std, std about scale."""
     lm, ls = [-1.6574, 1.886, -1.383, 2.5155], [8.4927, 5.9022, 6.5498, 5.2299]
-    register_convention("pg25_test_latent", scale=0.5, channels=4, latents_mean=lm, latents_std=ls, overwrite=True)
+    # a convention read from a VAE config is carried as an object, not registered
+    pg25 = Convention("pg25_test_latent", "latent", "latent scale 0.5", "test", scale=0.5, channels=4,
+                      latents_mean=tuple(lm), latents_std=tuple(ls))
     z_model = unit_latents("sd15_latent") * 0.5
-    assert findings(z_model, "pg25_test_latent") == []
+    assert findings(z_model, pg25) == []
     raw = z_model * torch.tensor(ls).view(1, 4, 1, 1) / 0.5 + torch.tensor(lm).view(1, 4, 1, 1)
-    (f,) = findings(raw, "pg25_test_latent")
+    (f,) = findings(raw, pg25)
     assert f.kind == "latent_scale" and "not scaled" in f.observed and "latents_std" in f.fix
-    (f,) = findings(z_model * 0.5 / torch.tensor(ls).view(1, 4, 1, 1), "pg25_test_latent")
+    (f,) = findings(z_model * 0.5 / torch.tensor(ls).view(1, 4, 1, 1), pg25)
     assert "scaled twice" in f.observed
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rangewatch.conventions import get_convention
+from rangewatch.conventions import get_convention, list_conventions
 from rangewatch.model_expectations import HF_MODEL_TYPES, derive_expectations, latent_convention_for
 from rangewatch.transform_inspection import predict_transform
 
@@ -42,7 +42,7 @@ def check_keys_are_modules(root: nn.Module, exps: dict) -> None:
         assert path in modules, key
         assert side in ("input", "output", "latent")
         assert exp.origin == "model"
-        get_convention(exp.convention)
+        assert exp.conv.name == exp.convention
 
 
 # ---------------------------------------------------------------------------- diffusers
@@ -88,14 +88,16 @@ def test_autoencoder_kl_latent_families(kw, expected):
     assert exps["vae.encoder:input"].convention == "symmetric"
 
 
-def test_autoencoder_kl_custom_latent_registers():
+def test_autoencoder_kl_custom_latent_carried_not_registered():
     # Playground v2.5-style: scale 0.5 with per-channel latents mean/std
     lm, ls = [-1.6574, 1.886, -1.383, 2.5155], [8.4927, 5.9022, 6.5498, 5.2299]
+    before = list_conventions()
     exps = derive_expectations(Holder(vae=tiny_vae(scaling_factor=0.5, latents_mean=lm, latents_std=ls)))
     name = exps["vae:latent"].convention
     assert name.startswith("latent_s0p5_c4_lm")
-    conv = get_convention(name)
-    assert conv.kind == "latent" and conv.scale == 0.5 and conv.channels == 4
+    conv = exps["vae:latent"].conv  # the expectation carries the convention: reading a config registers nothing
+    assert list_conventions() == before and name not in list_conventions()
+    assert conv.name == name and conv.kind == "latent" and conv.scale == 0.5 and conv.channels == 4
     assert conv.latents_mean == tuple(lm) and conv.latents_std == tuple(ls)
     # deterministic
     assert derive_expectations(Holder(vae=tiny_vae(scaling_factor=0.5, latents_mean=lm, latents_std=ls)))["vae:latent"].convention == name
@@ -103,7 +105,8 @@ def test_autoencoder_kl_custom_latent_registers():
     exps = derive_expectations(Holder(vae=tiny_vae(scaling_factor=0.25)))
     assert exps["vae:latent"].convention == "latent_s0p25_c4"
     # a 4-channel VAE with SD3's numbers is not SD3
-    assert latent_convention_for(1.5305, 0.0609, 4) == "latent_s1p5305_sh0p0609_c4"
+    assert latent_convention_for(1.5305, 0.0609, 4).name == "latent_s1p5305_sh0p0609_c4"
+    assert latent_convention_for(0.18215, None, 4) is get_convention("sd15_latent")  # a catalogue match is the catalogue's
 
 
 def test_vae_as_root():
@@ -143,7 +146,7 @@ def test_timm_inception_style_symmetric(name, kw):
     assert derive_expectations(Holder(enc=m))["enc:input"].convention == "symmetric"
 
 
-def test_timm_custom_mean_std_registers_shared_name():
+def test_timm_custom_mean_std_registers_shared_name(registers_conventions):
     timm = pytest.importorskip("timm")
     from torchvision import transforms as T
 
@@ -221,7 +224,7 @@ def test_transformers_processor_given_and_attached():
     assert any("nope" in n for n in notes)
 
 
-def test_transformers_custom_processor_constants():
+def test_transformers_custom_processor_constants(registers_conventions):
     tr = pytest.importorskip("transformers")
     proc = tr.CLIPImageProcessor(image_mean=[0.45, 0.45, 0.45], image_std=[0.27, 0.27, 0.27])
     exps = derive_expectations(Holder(enc=tr.CLIPVisionModel(tr.CLIPVisionConfig(**TINY_VIT))), {"enc": proc})

@@ -158,7 +158,7 @@ def test_random_choice_disagreeing_is_unknown():
     assert any("RandomChoice" in n for n in pred.notes)
 
 
-def test_custom_normalize_registers_a_shared_convention():
+def test_custom_normalize_registers_a_shared_convention(registers_conventions):
     mean, std = (0.2, 0.3, 0.4), (0.25, 0.2, 0.3)
     pipeline = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
     pred = predict_transform(pipeline)
