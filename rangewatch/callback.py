@@ -1,92 +1,24 @@
-"""The Lightning callback: wires taps -> stats -> inference/rules -> findings -> sinks."""
+"""The Lightning front end: :class:`RangeWatch`, a callback whose hooks each drive the engine
+(:class:`~rangewatch.Watch`, :mod:`rangewatch.engine`), with the Trainer's strategy as its collectives."""
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import json
-import math
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from .config import (
-    MAX_CHECK_FIRST_N,
-    MAX_HIST_BINS,
-    MAX_TRACE_HISTORY,
-    ConfigError,
-    _short,
-    check_bool,
-    check_choice,
-    check_expect,
-    check_float,
-    check_int,
-    check_str_list,
-    check_trace_modules,
-    load_options,
-)
-from .conventions import Convention, get_convention
+from .collectives import LightningCollectives
+from .config import load_options
+from .engine import OPTIONS, Watch
 from .expectation import Expectation
-from .findings import Finding, RangeMismatchError
-from .inference import Inference, infer_convention
+from .findings import Finding
+from .findings_log import Policy
 from .namespaces import CALLBACK_BASES
-from .rules import check_expectation
-from .sinks import LoggerSink, findings_markdown, tag
-from .stats import RangeStats, RangeSummary
-from .taps import DEFAULT_SKIP_KEYS, ModuleTaps, find_images, image_channel_dim, odd_tensor_kind, parse_tap_key, resolve_path
 
 __all__ = ["RangeWatch"]
 
-# what an internal error at a place that is no tap interrupted
-_INTERNAL_WHAT = {
-    "transform inspection": "predicting what the data loaders produce from their transforms (no loader prediction)",
-    "derive_expectations": "reading what the model expects from its metadata (no derived expectations)",
-    "trace_modules": "tracing the modules' NaN/Inf and fp16 headroom",
-    "logging": "writing statistics or findings to the loggers",
-    "visualization": "observing the preview calls",
-    "ddp": "agreeing on the taps across ranks",
-}
-_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_OWN_LOGGING = ("latents.py", "sinks.py", "visualization.py")  # rangewatch's own image logging, not observed
-
-Policy = Literal["warn", "raise", "log"]
-_POLICIES = ("warn", "raise", "log")
-_QUIET_KINDS = ("note", "internal")  # never raise for these
-
-
-@dataclass
-class _Tap:
-    name: str
-    channel_dim: int | None  # None: per-tensor statistics (a non-image module tensor)
-    stats: RangeStats
-    fed: bool = False
-    disabled: bool = False
-    inferred: Inference | None = None
-    bounds: str | None = None
-    steps_checked: int = 0
-    latent: Any = None  # a LatentMonitor for taps expected to carry latents
-    error: str | None = None  # why rangewatch switched this tap off (internal error)
-    misfit: bool = False  # its expected convention does not fit its channel count (a mismatch finding said so)
-    layout: str | None = None  # the layout assumed when it is not the usual channels-first one
-    channels: int = 0  # as the last check step saw them (for the console)
-    evidence: Any = None  # (C, n) values sampled on check steps, kept across checks: the evidence behind verdicts
-    images: int = 0  # images behind `evidence`
-
-
-def _gather_varlen(strategy: Any, t: torch.Tensor) -> list[torch.Tensor]:
-    """Every rank's 1-D ``t`` (lengths may differ; empty allowed) with the strategy's
-    ``all_gather``, which needs equal shapes: gather the lengths, pad, gather, trim. Runs on the
-    strategy's device (NCCL cannot gather CPU tensors); results come back on ``t``'s device."""
-    device = strategy.root_device
-    t = t.reshape(-1).to(device)
-    sizes = strategy.all_gather(torch.tensor([t.numel()], device=device)).reshape(-1).tolist()
-    padded = torch.cat([t, t.new_zeros(max(sizes) - t.numel())])
-    return [g[:n] for g, n in zip(strategy.all_gather(padded).unbind(0), sizes)]
+_TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 
 
 class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Callback: either Trainer takes it)
@@ -154,15 +86,30 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
     latent monitor: scale, shift, colour cast and outliers (``latent_scale``, ``latent_shift``,
     ``color_cast``, ``latent_outliers``), with an RGB preview and per-channel histograms in TensorBoard.
 
-    Example::
+    Example (a Lightning autoencoder fed [0, 1] images where its encoder expects [-1, 1])::
 
-        >>> import lightning.pytorch as pl
+        >>> import torch, lightning.pytorch as pl
+        >>> from torch import nn
+        >>> from torch.utils.data import DataLoader, TensorDataset
         >>> from rangewatch import RangeWatch
-        >>> watch = RangeWatch(expect={"batch.image": "symmetric"}, policy="warn")
-        >>> trainer = pl.Trainer(callbacks=[watch], max_steps=1, logger=False, enable_progress_bar=False,
+        >>> class AutoEncoder(pl.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.encoder, self.decoder = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 3, 3, padding=1)
+        ...     def training_step(self, batch, batch_idx):
+        ...         x = batch[0]
+        ...         return nn.functional.mse_loss(self.decoder(self.encoder(x)), x)
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.01)
+        >>> images = TensorDataset(torch.rand(8, 3, 16, 16))  # [0, 1]
+        >>> watch = RangeWatch(expect={"encoder": "symmetric"}, policy="log")
+        >>> trainer = pl.Trainer(max_steps=2, callbacks=[watch], accelerator="cpu", logger=False, enable_progress_bar=False,
         ...                      enable_model_summary=False, enable_checkpointing=False)
-        >>> watch.findings
-        []
+        >>> trainer.fit(AutoEncoder(), DataLoader(images, batch_size=4))
+        >>> [(f.kind, f.where, f.observed, f.expected) for f in watch.findings]
+        [('mismatch', 'encoder:input', 'unit', 'symmetric')]
+        >>> print(watch.findings[0].fix)
+        x * 2 - 1
 
     TensorBoard tags: ``rangewatch/<tap>/<stat>/c<k>`` with stat in ``min``, ``max``, ``mean``,
     ``std``, ``nonfinite``, ``out_of_range``; histograms ``rangewatch/<tap>/hist/c<k>``; the
@@ -194,66 +141,10 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         per_channel_scalars: bool = False,
     ) -> None:
         super().__init__()
-        self.expect = check_expect(expect)
-        self.batch_keys = check_str_list("batch_keys", batch_keys)
-        self.skip_keys = tuple(check_str_list("skip_keys", skip_keys) or DEFAULT_SKIP_KEYS)
-        self.modules = check_str_list("modules", modules) or []
-        self.policy: Policy = check_choice("policy", policy, _POLICIES)  # type: ignore[assignment]
-        self.check_first_n = check_int("check_first_n", check_first_n, 0, maximum=MAX_CHECK_FIRST_N)
-        self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, 1, allow_none=True)
-        if histograms is True:
-            histograms = "all"
-        self.histograms: bool | str = histograms if histograms is False else check_choice("histograms", histograms, ("flagged", "all"))
-        self.per_channel_scalars = check_bool("per_channel_scalars", per_channel_scalars)
-        self.hist_bins = check_int("hist_bins", hist_bins, 1, maximum=MAX_HIST_BINS)
-        self.watch_validation = check_bool("watch_validation", watch_validation)
-        self.watch_visualization = check_bool("watch_visualization", watch_visualization)
-        self.clip_threshold = check_float("clip_threshold", clip_threshold, 0.0, 1.0)
-        self.derive_expectations = check_bool("derive_expectations", derive_expectations)
-        self.trace_modules = check_trace_modules(trace_modules)
-        self.trace_history = check_int("trace_history", trace_history, 1, maximum=MAX_TRACE_HISTORY)
-        self.trace_exact = check_bool("trace_exact", trace_exact)
-        self.headroom_share = check_float("headroom_share", headroom_share, 0.0, 1.0, lo_open=True)
-        self.check_nonfinite_every_step = check_bool("check_nonfinite_every_step", check_nonfinite_every_step)
-        self.moments_every_step = check_bool("moments_every_step", moments_every_step)
-        self._tracer: Any = None
-        if image_processors is not None and not isinstance(image_processors, dict):
-            raise ConfigError(f"option 'image_processors' = {_short(image_processors)} must map submodule paths to image processors")
-        self.image_processors: dict[str, Any] = dict(image_processors or {})
-        self._derived_keys: set[str] = set()
-        self._loader_expect: dict[str, Expectation] = {}
-        self._loader_noise: dict[str, float] = {}  # stage -> share of values random erasing may replace by noise
-        self._withdrawn: set[str] = set()
+        options = dict(locals())
+        #: the engine this callback drives (public: taps, findings, summaries, state)
+        self.engine = Watch(**{k: options[k] for k in OPTIONS})
 
-        self.findings: list[Finding] = []
-        self.expectations: dict[str, Expectation] = {}
-        self._reported: set[tuple[str, str, str, str]] = set()
-        self._taps: dict[str, _Tap] = {}
-        self._pending_states: dict[str, dict[str, Any]] = {}
-        self._module_taps = ModuleTaps(self._on_module_tensor, self._on_module_error)
-        self._attached = False  # hooks placed, expectations said: once per fit
-        self._derived_done = False  # model metadata read: once per fit
-        self._train_batches = 0
-        self._detail = False
-        self._check_now = False
-        self._step_at_start = 0
-        self._has_tensorboard = False
-        self._every = log_every_n_steps or 50
-        self._sink: LoggerSink | None = None
-        self._trainer: pl.Trainer | None = None
-        self._notes: set[str] = set()
-        self._vis: Any = None
-        self._declared_batch_paths = [k if k.startswith("batch") else f"batch.{k}" for k in self.expect if k.startswith("batch")]
-        self._vis_pending: list[Finding] = []
-        self._early: list[Finding] = []  # found outside a check (in a hook): reported at the next check
-        self._vis_sites: set[str] = set()  # preview call sites seen (each one's first call is judged)
-        self._vis_judge = False  # judge every preview call now (check steps, epoch ends)
-        self._layout_taps: dict[str, tuple[int, bool]] = {}  # what the custom-scalars layout last showed
-        self._announced = False
-        self._phase = ""  # "val/" while a validation loop runs: module taps are split as batch taps are
-        self._set_declared()
-
-    # ------------------------------------------------------------------ construction helpers
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RangeWatch":
         """Options from a plain YAML file (top level, under ``rangewatch:``, or a LightningCLI entry)."""
@@ -263,1053 +154,136 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
     def state_key(self) -> str:
         return self._generate_state_key(expect=sorted(self.expect.items()), policy=self.policy)
 
-    def _set_declared(self) -> None:
-        for key, conv in self.expect.items():
-            name = self._tap_name_for_key(key)
-            self.expectations[name] = Expectation(conv, f"declared in RangeWatch(expect={{{key!r}: {conv!r}}})", "declared",
-                                                  "batch" if name.startswith("batch") else parse_tap_key(key)[1])  # type: ignore[arg-type]
+    # ------------------------------------------------------------------ what the engine knows
+    @property
+    def findings(self) -> list[Finding]:
+        return self.engine.findings
 
-    @staticmethod
-    def _tap_name_for_key(key: str) -> str:
-        if key.startswith("batch"):
-            return key
-        if key.startswith("val/"):
-            return key
-        name, side = parse_tap_key(key)
-        return f"{name}:{side}"
+    @property
+    def expectations(self) -> dict[str, Expectation]:
+        return self.engine.expectations
+
+    @property
+    def taps(self) -> Any:
+        """:attr:`rangewatch.Watch.taps`: every tap seen, read-only."""
+        return self.engine.taps
+
+    @property
+    def notes(self) -> list[str]:
+        return self.engine.notes
 
     def expectation_for(self, tap: str) -> Expectation | None:
         """The expectation that applies to a tap (validation batch taps share the train key)."""
-        if tap in self.expectations:
-            return self.expectations[tap]
-        if tap.startswith("val/"):  # a validation module tap takes its module's expectation, never the loader's
-            inner = tap[4:]
-            return self.expectations.get(inner) or (self._loader_expect.get("val") if inner.startswith("batch") else None)
-        if tap.startswith("batch"):
-            return self._loader_expect.get("train")
-        return None
+        return self.engine.expectation_for(tap)
+
+    def watching(self) -> str:
+        return self.engine.watching()
+
+    def summary_line(self) -> str:
+        return self.engine.summary_line()
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         from .namespaces import sync_rank_zero
-        from .sinks import is_tensorboard_logger
 
-        self._trainer = trainer
         sync_rank_zero(trainer)
-        self._has_tensorboard = any(is_tensorboard_logger(lg) or type(lg).__name__ == "WandbLogger" for lg in trainer.loggers)
-        self._every = self.log_every_n_steps or max(1, int(getattr(trainer, "log_every_n_steps", 50) or 50))
-        self._sink = LoggerSink(list(trainer.loggers)) if trainer.is_global_zero else None
+        self.engine.connect(collectives=LightningCollectives(trainer), loggers=list(trainer.loggers),
+                            clock=lambda: int(trainer.global_step), every=int(getattr(trainer, "log_every_n_steps", 50) or 50))
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._attach(pl_module)
-        self._start_visualization(trainer, "training preview")
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._attached:  # trainer.validate() without fit; a fit attached at its start
-            self._attach(pl_module)
-        if self._tracer is not None:
-            self._tracer.enabled = False  # validation forwards would mix into the training step
-        self._phase = "val/"
-        self._start_visualization(trainer, "validation preview")
-
-    # ------------------------------------------------------------------ previews (visualisation calls)
-    # The watch is on from fit start to teardown, so previews made anywhere while the Trainer runs are
-    # seen: in training_step, in on_*_epoch_end, in callbacks listed after this one (CompVis ImageLogger).
-    # Cost stays bounded: calls are measured at check steps and at the first call of each call site
-    # (the gate); findings carry the step at which the call was made and are reported at the next hook.
-    def _start_visualization(self, trainer: pl.Trainer, context: str) -> None:
-        if not self.watch_visualization:
-            return
-        try:
-            if self._vis is None:
-                from .visualization import VisualizationWatch
-
-                self._vis = VisualizationWatch(
-                    threshold=self.clip_threshold, context=context, on_finding=self._vis_pending.append,
-                    warn=False, hist_bins=self.hist_bins, gate=self._vis_gate,
-                )
-            self._vis.context = context
-            self._vis.step = int(trainer.global_step)
-            if not self._vis.active:
-                self._vis.start()
-        except Exception as e:
-            self.watch_visualization = False
-            self._internal("visualization", e, None, what="starting the visualisation watch (previews are not observed)")
-
-    def _vis_gate(self, site: str, filename: str) -> bool:
-        """Measure this call? At check steps, and at the first call of each call site."""
-        if filename.startswith(_OWN_DIR) and os.path.basename(filename) in _OWN_LOGGING:
-            return False  # rangewatch's own previews
-        first = site not in self._vis_sites
-        if first:
-            self._vis_sites.add(site)
-        return first or self._vis_judge
-
-    def _vis_now(self, trainer: pl.Trainer, judge: bool | None = None, context: str | None = None) -> None:
-        """Keep the watch's step (and phase) current, so a call is stamped with the step it was made at."""
-        if self._vis is not None:
-            self._vis.step = int(trainer.global_step)
-            if context is not None:
-                self._vis.context = context
-        if judge is not None:
-            self._vis_judge = judge
-
-    def _flush_previews(self, trainer: pl.Trainer, log: bool = True, final: bool = False) -> None:
-        """Report the findings of the calls made since the last hook (at the step of each call) and log
-        their corrected previews. Under DDP preview calls happen on some ranks only, so their findings
-        wait for the next check (or the end of the fit), where every rank takes part."""
-        if trainer.world_size == 1:
-            if self._vis_pending:
-                pending, self._vis_pending[:] = list(self._vis_pending), []
-                self._report(pending, int(trainer.global_step))
-        elif final:  # every rank reaches teardown: a collective decision (policy="raise") is safe here
-            pending, self._vis_pending[:] = list(self._vis_pending), []
-            self._report(pending, int(trainer.global_step))
-        if not log or self._vis is None:
-            return
-        try:
-            previews = self._vis.pop_previews()
-            if previews and self._sink is not None and self._sink.has_images:
-                from .visualization import log_previews
-
-                for p in previews:
-                    step = p.record.step if p.record.step is not None else int(trainer.global_step)
-                    for w in self._sink.writers:
-                        log_previews(w, p, step=step)
-                    self._sink.other_images(f"rangewatch/preview/{p.image_tag}", p.build_labelled(), step)  # W&B / MLflow
-        except Exception as e:
-            self._internal("visualization", e, None, what="logging the corrected previews")
-
-    def _stop_visualization(self, trainer: pl.Trainer) -> None:
-        if self._vis is None or not self._vis.active:
-            return
-        try:
-            self._flush_previews(trainer, final=True)
-        finally:
-            try:
-                while self._vis.active:
-                    self._vis.stop()
-            except Exception as e:
-                self._internal("visualization", e, None, what="stopping the visualisation watch")
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._phase = ""
-        self._flush_previews(trainer)  # also the previews of LightningModule.on_validation_epoch_end
-        self._vis_now(trainer, judge=False, context="training preview")
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._flush_previews(trainer)
-        self._vis_now(trainer, context="training preview")
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._flush_previews(trainer)
-        self._vis_now(trainer, judge=True)  # LightningModule.on_train_epoch_end runs after the callbacks
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._flush_previews(trainer)  # the last batch's on_train_batch_end previews, the last epoch end's
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._flush_previews(trainer)  # LightningModule.on_train_end's
-        try:  # one line: taps checked, batches, findings
-            rank_zero_info(self.summary_line())
-        except Exception as e:  # noqa: BLE001
-            self._internal("console", e, None)
-
-    def _derive(self, pl_module: pl.LightningModule) -> None:
-        """Expectations from model metadata; declared ones win."""
-        if not self.derive_expectations or self._derived_keys or self._derived_done:
-            return
-        self._derived_done = True  # metadata is read once per fit (teardown clears it)
-        from .model_expectations import derive_expectations
-
-        notes: list[str] = []
-        try:
-            derived = derive_expectations(pl_module, image_processors=self.image_processors or None, notes=notes)
-        except Exception as e:
-            self._internal("derive_expectations", e, None)
-            return
-        for key, exp in derived.items():
-            name, side = key.rsplit(":", 1)
-            if side not in ("input", "output") or not name:
-                continue
-            tap = f"{name}:{side}"
-            if tap in self.expectations:  # declared wins
-                continue
-            self.expectations[tap] = exp
-            self._derived_keys.add(tap)
-        for n in notes:
-            self._note_once(n, f"rangewatch: {n}")
-
-    def _nonfinite_now(self) -> bool:
-        """Fail-fast: one bool read from the device (a small sync), only with check_nonfinite_every_step."""
-        from .numerics import nonfinite_flag
-
-        flag = nonfinite_flag([t.stats for t in self._taps.values() if not t.disabled])
-        if self._tracer is not None:
-            flag = flag.to(self._tracer.nonfinite_flag().device) | self._tracer.nonfinite_flag()
-        trainer = self._trainer
-        if trainer is not None and trainer.world_size > 1:  # every rank must then check, or none
-            strategy = trainer.strategy
-            flag = strategy.reduce(flag.to(strategy.root_device, torch.float32), reduce_op="sum") > 0
-        return bool(flag.item())
-
-    def _attach_tracer(self, pl_module: pl.LightningModule) -> None:
-        if self.trace_modules is None or self._tracer is not None:
-            return
-        from .numerics import ModuleTracer, UnknownModuleError
-
-        try:
-            tracer = ModuleTracer(
-                pl_module, self.trace_modules, self.trace_history, headroom_share=self.headroom_share,
-                auto_step=False, exact=self.trace_exact,
-            )
-        except UnknownModuleError as e:
-            raise ConfigError(
-                f"option 'trace_modules' = {_short(self.trace_modules)}: {e}; allowed: 'all' or names / patterns of "
-                f"submodules of {type(pl_module).__name__}"
-            ) from None
-        self._tracer = tracer.attach()  # attach() removes every hook it placed when one fails
-        for n in tracer.notes:
-            self._note_once(n, f"rangewatch: {n}")
-
-    def _attach(self, pl_module: pl.LightningModule) -> None:
-        self._attached = True
-        self._derive(pl_module)
-        try:  # loss networks and metrics (LPIPS, FID, PSNR, VGG losses): rangewatch.integrations
-            from .integrations import LossWatch
-
-            if self.derive_expectations:
-                self._losses = (getattr(self, "_losses", None) or LossWatch()).attach(pl_module)
-        except Exception as e:
-            self._internal("loss networks", e, None)
-        try:
-            self._attach_tracer(pl_module)
-        except ConfigError:
-            raise
-        except Exception as e:
-            self._internal("trace_modules", e, None)
-        wanted: dict[str, set[str]] = {}
-        for tap in self._derived_keys:
-            name, side = tap.rsplit(":", 1)
-            wanted.setdefault(name, set()).add(side)
-        for key in list(self.expect) + list(self.modules):
-            if key.startswith("batch") or key.startswith("val/"):
-                continue
-            name, side = parse_tap_key(key)
-            sides = wanted.setdefault(name, set())
-            if ":" in key or key in self.expect:
-                sides.add(side)
-            else:  # modules=[...] without a side: both
-                sides.update(("input", "output"))
-        missing = self._module_taps.attach(pl_module, wanted)
-        for n in self._module_taps.skipped:  # TorchScript modules, hooks that cannot be placed
-            self._note_once(n, f"rangewatch: {n}")
-        if missing:
-            self._module_taps.detach()
-            if getattr(self, "_losses", None) is not None:  # nothing this attach placed stays behind
-                self._losses.detach()
-            if self._tracer is not None:
-                self._tracer.detach()
-                self._tracer = None
-            names = [n for n, _ in pl_module.named_modules() if n]
-            msgs = []
-            for m in missing:
-                close = difflib.get_close_matches(m, names, n=3)
-                msgs.append(f"{m!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
-            raise ConfigError(
-                f"RangeWatch: no submodule named {', '.join(msgs)} in {type(pl_module).__name__}; "
-                f"named submodules include: {', '.join(names[:25])}{' ...' if len(names) > 25 else ''}"
-            )
-        if self.expectations:
-            lines = [f"  {tap}: {e.convention} ({e.source})" for tap, e in sorted(self.expectations.items())]
-            rank_zero_info("rangewatch expectations:\n" + "\n".join(lines))
+        self.engine.attach(pl_module)
+        self._previews("training preview")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._predict_loaders(trainer)
-
-    def _predict_loaders(self, trainer: pl.Trainer) -> None:
-        """What the loaders' transforms produce; a disagreement with a module's expectation is
-        reported before step 0 (the cheapest possible warning)."""
-        if not self.derive_expectations or self._loader_expect:
+        engine = self.engine
+        if not engine.derive_expectations or engine.loader_expectations:
             return
-        try:
-            from .namespaces import is_overridden  # the inspected object's own namespace
-            from .transform_inspection import predict_dataset
+        from .namespaces import is_overridden  # the inspected object's own namespace
 
-            hooks = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
-            owners = [getattr(trainer, "lightning_module", None), getattr(trainer, "datamodule", None)]
-            moved = [f"{type(o).__name__}.{h}" for o in owners if o is not None for h in hooks if is_overridden(h, o)]
-            if moved:  # the callback sees batches after these hooks: the loader's transforms are not the whole story
-                self._note_once("transfer", f"rangewatch: {', '.join(moved)} changes batches after the loader; transforms are not used to predict them")
-                return
-
-            early: list[Finding] = []
-            for stage, loader in (("train", trainer.train_dataloader), ("val", getattr(trainer, "val_dataloaders", None))):
-                if loader is None:
-                    continue
-                pred = predict_dataset(loader, where=f"{stage} dataloader")
-                if pred is None:
-                    continue
-                exp = pred.expectation("batch")
-                if exp is None:
-                    for n in pred.notes:
-                        self._note_once(n, f"rangewatch: {n}")
-                    continue
-                self._loader_expect[stage] = exp
-                self._loader_noise[stage] = float(getattr(pred, "noise_share", 0.0) or 0.0)
-                if stage != "train":
-                    continue
-                for tap, mexp in sorted(self.expectations.items()):
-                    if tap.startswith(("batch", "val/")) or not tap.endswith(":input") or mexp.conv.kind != "pixel":
-                        continue
-                    if mexp.convention != exp.convention:
-                        early.append(self._pipeline_finding(tap, exp, mexp, trainer))
-            if self._loader_expect:
-                rank_zero_info("rangewatch loader predictions: " + ", ".join(f"{k}: {v.convention} ({v.source})" for k, v in self._loader_expect.items()))
-            self._report(early, int(trainer.global_step))
-        except (ConfigError, RangeMismatchError):
-            raise
-        except Exception as e:
-            self._internal("transform inspection", e, None)
-
-    def _pipeline_finding(self, tap: str, data: Expectation, model: Expectation, trainer: pl.Trainer) -> Finding:
-        from .fixes import conversion_fix
-
-        module = tap.rsplit(":", 1)[0]
-        return Finding(
-            kind="mismatch",
-            where=f"train dataloader -> {tap}",
-            observed=data.convention,
-            expected=model.convention,
-            evidence=(
-                f"the data pipeline produces {data.conv.label} ({data.source}) while {module} expects {model.conv.label} "
-                f"({model.source}); unless the model re-normalises in between, {module} gets the wrong range"
-            ),
-            fix=conversion_fix(data.convention, model.convention, module),
-            severity="info",
-            step=int(trainer.global_step),
-            source=model.source,
-        )
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._module_taps.detach()
-        self._attached = False
-        self._derived_done = False
-        if getattr(self, "_losses", None) is not None:
-            self._losses.detach()
-        try:
-            self._stop_visualization(trainer)  # may raise RangeMismatchError (policy="raise") for the last previews
-        finally:
-            if self._tracer is not None:
-                self._tracer.detach()
-                self._tracer = None
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._module_taps.detach()
-        self._attached = False
-        if getattr(self, "_losses", None) is not None:
-            self._losses.detach()
-        if self._tracer is not None and not isinstance(exception, RangeMismatchError):
-            try:  # a NaN loss that raised: still name where the NaN came from
-                found = self._tracer.check(int(trainer.global_step))
-                for f in found:
-                    if f.key not in self._reported:
-                        self._reported.add(f.key)
-                        self.findings.append(f)
-                        rank_zero_warn(f"rangewatch: {f}")
-            except Exception as e:
-                self._internal("trace_modules", e, None)
-            self._tracer.detach()
-            self._tracer = None
-        if self._vis is not None:
-            while self._vis.active:
-                self._vis.stop()
-
-    # ------------------------------------------------------------------ taps
-    def _misfit(self, name: str, t: torch.Tensor, channel_dim: int | None, exp: Expectation) -> Finding | None:
-        """A ``mismatch`` finding when the expected convention cannot apply to this tensor's channel
-        count (16-channel Flux latents declared ``sdxl_latent``, ``imagenet`` on 2 channels): the
-        user's declaration (or the model's metadata) does not fit, which is not an internal error."""
-        if channel_dim is None or t.dim() == 0:
-            return None
-        c = int(t.shape[channel_dim])
-        conv = exp.conv
-        if conv.kind == "latent":
-            if conv.channels is None or conv.channels == c:
-                return None
-            fits = f"{conv.channels} channels"
-        else:
-            try:
-                conv.bounds(c)
-                return None
-            except ValueError:
-                fits = "1 channel, or " + " or ".join(sorted({str(len(conv.mean)), str(len(conv.mean) + 1)})) + " channels"
-        return Finding(
-            kind="mismatch",
-            where=name,
-            observed=f"{c} channels",
-            expected=f"{exp.convention} ({fits})",
-            evidence=(
-                f"{name} carries {c} channels (shape {tuple(t.shape)}, channel dim {channel_dim}) but is expected to follow "
-                f"{exp.convention} ({exp.source}), a convention for {fits}: the expectation does not fit this tensor, so it "
-                "cannot be checked; the tap is watched without it"
-            ),
-            fix=(
-                f"expect the convention that fits {c}-channel data here (`rangewatch conventions` lists them, e.g. flux_latent "
-                "or sd3_latent for 16-channel latents), or name the tap that carries the data you meant"
-            ),
-            severity="error",
-            step=self._trainer.global_step if self._trainer is not None else None,
-            source=exp.source,
-        )
-
-    def _new_tap(self, name: str, t: torch.Tensor, channel_dim: int | None) -> _Tap:
-        exp = self.expectation_for(name)
-        misfit = self._misfit(name, t, channel_dim, exp) if exp is not None and t.numel() else None
-        if misfit is not None:  # reported at the next check (a collective point under DDP), never from a hook
-            self._early.append(misfit)
-            tap = _Tap(name, channel_dim, self._make_stats(channel_dim, None), misfit=True)
-            self._taps[name] = tap
-            return tap
-        if exp is not None and exp.conv.kind == "latent":
-            from .latents import LatentMonitor
-
-            mon = LatentMonitor(exp.conv, channel_dim=channel_dim, dist_sync_fn=self._sync_fn())
-            pending = self._pending_states.pop(name, None)
-            if pending is not None and "latent" in pending:  # a resumed fit goes on with the saved window
-                mon.load_state_dict(pending["latent"], device=t.device)
-                mon.stats.dtypes_seen = set(pending.get("dtypes", ()))
-            tap = _Tap(name, channel_dim, mon.stats, latent=mon)
-            if pending is not None:
-                tap.steps_checked = int(pending.get("steps_checked", 0))
-            self._taps[name] = tap
-            return tap
-        bounds = exp.convention if exp is not None and exp.conv.kind == "pixel" else None
-        stats = self._make_stats(channel_dim, bounds)
-        tap = _Tap(name, channel_dim, stats, bounds=bounds)
-        if t.dim() == 4 and channel_dim == 3:
-            tap.layout = f"read as channels-last (N, H, W, C): {tuple(t.shape)} has its {t.shape[3]} channels on dim 3"
-        pending = self._pending_states.pop(name, None)
-        if pending is not None:
-            tap.bounds = pending.get("bounds", bounds)
-            tap.stats = self._make_stats(channel_dim, tap.bounds)
-            tap.stats.load_state_dict(pending["stats"])
-            tap.stats.dtypes_seen = set(pending.get("dtypes", ()))
-            tap.stats.to(t.device)
-            tap.steps_checked = int(pending.get("steps_checked", 0))
-        self._taps[name] = tap
-        return tap
-
-    def _make_stats(self, channel_dim: int | None, bounds: str | None) -> RangeStats:
-        # histograms only where they can be logged (decided alike on every rank: the states must match)
-        bins = self.hist_bins if self.histograms and self._has_tensorboard else 0
-        return RangeStats(channel_dim=channel_dim, bounds=bounds, hist_bins=bins, dist_sync_fn=self._sync_fn())
-
-    def _sync_fn(self) -> Any:
-        trainer = self._trainer
-        sync_fn = None
-        if trainer is not None and trainer.world_size > 1:
-            strategy = trainer.strategy
-
-            def sync_fn(t: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
-                # RangeStats gathers one flat packed tensor; a rank that saw no data sends an empty one
-                return _gather_varlen(strategy, t)
-
-        return sync_fn
-
-    def _feed(self, name: str, t: torch.Tensor, channel_dim: int | None) -> None:
-        tap = self._taps.get(name)
-        try:
-            if tap is None:
-                tap = self._new_tap(name, t, channel_dim)
-            if tap.disabled:
-                return
-            if tap.latent is not None:
-                tap.latent.update(t)
-            else:
-                tap.stats.update(t, detail=self._detail, moments=self.moments_every_step)
-            tap.fed = True
-        except (ConfigError, RangeMismatchError):
-            raise
-        except Exception as e:  # rangewatch must never be the cause of a failed run
-            self._internal(name, e, tap)
-
-    def _on_module_error(self, tap_name: str, error: BaseException) -> None:
-        """A module hook failed (ModuleTaps never lets it reach the model): that tap is switched off."""
-        self._internal(tap_name, error, self._taps.get(tap_name))
-
-    def _on_module_tensor(self, tap_name: str, t: torch.Tensor) -> None:
-        if self._phase:  # a validation forward: its own tap (val/...), never the training window
-            if not self.watch_validation:
-                return
-            tap_name = self._phase + tap_name
-        tap = self._taps.get(tap_name)
-        if tap is not None and tap.disabled:
+        owners = [getattr(trainer, "lightning_module", None), getattr(trainer, "datamodule", None)]
+        moved = [f"{type(o).__name__}.{h}" for o in owners if o is not None for h in _TRANSFER_HOOKS if is_overridden(h, o)]
+        if moved:  # the callback sees batches after these hooks: the loader's transforms are not the whole story
+            engine.note(f"rangewatch: {', '.join(moved)} changes batches after the loader; transforms are not used to predict them", key="transfer")
             return
-        if type(t) is not torch.Tensor or t.layout is not torch.strided or t.is_nested or t.is_meta:
-            kind = odd_tensor_kind(t)
-            if kind is not None:  # this call is skipped; the tap stays on for the dense tensors it carries
-                self._note_once(f"{tap_name}:{kind}", f"rangewatch: {tap_name} carries a {kind} tensor: rangewatch reads dense tensors only, so it is not watched")
-                return
-        if tap is None:
-            if not (t.is_floating_point() or t.dtype == torch.uint8) or t.dim() < 2 or t.numel() == 0:
-                self._note_once(tap_name, f"{tap_name} carries a {t.dtype} tensor of shape {tuple(t.shape)}: not image-like, not watched")
-                self._taps[tap_name] = _Tap(tap_name, 1, RangeStats(), disabled=True)
-                return
-            cd = image_channel_dim(t, channels=tuple(range(1, 65)))
-            if cd is None:
-                # not image-like ((B, L, D) token sequences whose L varies, say): per-tensor statistics, which
-                # assume no channel axis; a tap with an expectation keeps dim 1 (its convention is per channel)
-                cd = 1 if self.expectation_for(tap_name) is not None else None
-            self._feed(tap_name, t, cd)
-            return
-        self._feed(tap_name, t, tap.channel_dim)
+        engine.predict_loaders(trainer.train_dataloader, getattr(trainer, "val_dataloaders", None))
 
-    def _feed_batch(self, batch: Any, prefix: str) -> None:
-        skipped: list[tuple[str, str]] = []
-        try:
-            images = find_images(batch, self.batch_keys, self.skip_keys, notes=skipped)
-            for path, why in skipped:  # said once per path: what is not watched, and why
-                self._note_once(f"skipped {prefix}{path}", f"rangewatch: {prefix}{path} is not watched: {why}")
-        except Exception as e:
-            self._internal(f"{prefix}batch", e, None, what="looking for the image tensors in the batch (this batch is not watched)")
-            return
-        seen = set()
-        for img in images:
-            seen.add(img.path)
-            self._feed(prefix + img.path, img.tensor, img.channel_dim)
-        for key in self._declared_batch_paths:  # declared keys that do not look like images (latents)
-            if key not in seen:
-                t = resolve_path(batch, key)
-                if t is not None and odd_tensor_kind(t) is None and t.is_floating_point() and t.dim() >= 3 and t.numel():
-                    self._feed(prefix + key, t, 1)
-
-    # ------------------------------------------------------------------ train / validation hooks
-    def _is_check_step(self, step: int) -> bool:
-        return self._train_batches < self.check_first_n or step % self._every == 0
+    def _previews(self, context: str) -> None:
+        # the watch is on from fit start to teardown, so previews made anywhere while the Trainer runs are seen
+        if self.engine.watch_visualization:
+            self.engine.watch_previews(context)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._step_at_start = step = int(trainer.global_step)
-        self._check_now = self._detail = self._is_check_step(step)
-        if self._tracer is not None:
-            self._tracer.enabled = True
-            self._tracer.start_step(self._step_at_start)
-        self._feed_batch(batch, "")
-        self._flush_previews(trainer)  # calls made after the last hook (a callback after this one)
-        self._vis_now(trainer, judge=self._check_now, context="training preview")
+        check = self.engine.begin_step(int(trainer.global_step))
+        self.engine.batch(batch)
+        self.engine.flush_previews()  # calls made after the last hook (a callback after this one)
+        self.engine.preview_step(judge=check, context="training preview")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._flush_previews(trainer)  # previews made in training_step, at this batch's step
-        self._vis_now(trainer)  # callbacks after this one see the step after the optimizer step
-        self._train_batches += 1
-        if self._check_now:
-            self._check(trainer, lambda n: not n.startswith("val/"), step=self._step_at_start, train_check=True)
-            if not self._announced:
-                self._announced = True
-                try:
-                    rank_zero_info(self.watching())
-                except Exception as e:  # noqa: BLE001
-                    self._internal("console", e, None)
-        elif self.check_nonfinite_every_step and self._nonfinite_now():
-            self._check(trainer, lambda n: not n.startswith("val/"), step=self._step_at_start, train_check=True)
-        self._detail = False
-        self._check_now = False
+        self.engine.flush_previews()  # previews made in training_step, at this batch's step
+        self.engine.preview_step()  # callbacks after this one see the step after the optimizer step
+        self.engine.end_step()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.engine.flush_previews()
+        self.engine.preview_step(context="training preview")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.engine.flush_previews()
+        self.engine.preview_step(judge=True)  # LightningModule.on_train_epoch_end runs after the callbacks
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.engine.attached:  # trainer.validate() without fit; a fit attached at its start
+            self.engine.attach(pl_module)
+        self.engine.begin_validation()
+        self._previews("validation preview")
 
     def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._detail = batch_idx < max(1, self.check_first_n)
-        self._vis_now(trainer, judge=self._detail, context="validation preview")
-        if self.watch_validation:
-            self._feed_batch(batch, "val/")
+        detail = batch_idx < max(1, self.check_first_n)
+        self.engine.preview_step(judge=detail, context="validation preview")
+        self.engine.batch(batch, split="val", detail=detail)
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._flush_previews(trainer, log=False)
+        self.engine.flush_previews(log=False)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # validation taps only: the training windows are read (and reset) at the training check steps
-        self._check(trainer, lambda n: n.startswith("val/"))
-        self._detail = False
-        self._vis_now(trainer, judge=True)  # LightningModule.on_validation_epoch_end runs after the callbacks
+        self.engine.check(split="val")
+        self.engine.preview_step(judge=True)  # LightningModule.on_validation_epoch_end runs after the callbacks
 
-    # ------------------------------------------------------------------ checks
-    def _agree_on_taps(self, trainer: pl.Trainer) -> None:
-        """Under DDP every rank must take part in the same reductions, in the same order. Ranks
-        exchange their taps (name, channel dim, and why rangewatch switched one off), add the
-        ones they lack as empty taps (a module called on one rank only, a batch key one rank
-        never saw) and switch off everywhere a tap switched off on any rank."""
-        # one line per tap: name, channel dim, and "" (on), the error text, or "-" (off: not an image)
-        lines = [f"{n}\t{t.channel_dim}\t{(t.error or '-').replace(chr(10), ' ') if t.disabled else ''}"
-                 for n, t in sorted(self._taps.items())]
-        payload = torch.tensor(list("\n".join(lines).encode()), dtype=torch.uint8)
-        for rank, part in enumerate(_gather_varlen(trainer.strategy, payload)):
-            for line in bytes(part.cpu().tolist()).decode(errors="replace").splitlines():
-                name, cd, why = line.split("\t", 2)
-                tap = self._taps.get(name)
-                if tap is None:
-                    tap = self._placeholder_tap(name, None if cd == "None" else int(cd))
-                if why and not tap.disabled:
-                    tap.disabled = True
-                    if why != "-":  # an internal error on another rank: said here too (rank zero warns)
-                        self._internal(name, RuntimeError(f"on rank {rank}: {why}"), tap)
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.engine.end_validation()
+        self.engine.flush_previews()  # also the previews of LightningModule.on_validation_epoch_end
+        self.engine.preview_step(judge=False, context="training preview")
 
-    def _placeholder_tap(self, name: str, channel_dim: int | None) -> _Tap:
-        """An empty tap for one that another rank has: it takes part in the reductions with no data."""
-        probe = torch.empty(0, device=self._trainer.strategy.root_device if self._trainer is not None else "cpu")
-        tap = self._new_tap(name, probe, channel_dim)
-        tap.stats.to(probe.device)
-        return tap
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.engine.flush_previews()  # the last batch's on_train_batch_end previews, the last epoch end's
 
-    def _check(self, trainer: pl.Trainer, which: Any, step: int | None = None, train_check: bool = False) -> None:
-        step = int(trainer.global_step) if step is None else step
-        if trainer.world_size > 1:
-            try:
-                self._agree_on_taps(trainer)
-            except Exception as e:  # noqa: BLE001  (then each rank goes on with the taps it has)
-                self._internal("ddp", e, None)
-        new: list[Finding] = list(self._early)  # found in hooks since the last check (a declared convention that does not fit)
-        self._early.clear()
-        if self._vis_pending and trainer.world_size > 1:  # previews judged on some ranks only: reported here, where all ranks are
-            new.extend(self._vis_pending)
-            self._vis_pending.clear()
-        metrics: dict[str, float] = {}
-        summaries: list[tuple[str, RangeSummary]] = []
-        for name in sorted(self._taps):
-            tap = self._taps[name]
-            # under DDP every rank takes part in every tap's reduction, fed this window or not
-            if tap.disabled or not which(name) or (not tap.fed and trainer.world_size == 1):
-                continue
-            try:
-                s = tap.stats.compute()  # the host transfer (and the cross-rank reduction)
-                tap.channels = s.channels
-                if trainer.world_size > 1 and tap.latent is None:
-                    self._gather_sample(trainer, tap, s.channels)
-                new.extend(self._judge(tap, s, step))
-                metrics.update(self._metrics(tap, s))
-                summaries.append((name, s))
-            except (ConfigError, RangeMismatchError):
-                raise
-            except Exception as e:
-                self._internal(name, e, tap)
-        synced = self._sync_latents(summaries) if trainer.world_size > 1 else []
-        if self._sink is not None and trainer.is_global_zero:
-            try:
-                if metrics:
-                    self._sink.scalars(metrics, step)
-                    if not self._sink.has_images and self._sink.active:
-                        self._note_once("histograms", "rangewatch: histograms, images and text need a TensorBoard, W&B or MLflow logger; other loggers get scalars only")
-                if self.histograms:
-                    flagged = self._flagged(new)
-                    for name, s in summaries:
-                        if self._taps[name].latent is None and (self.histograms == "all" or name in flagged):
-                            self._sink.histograms(name, s, step)
-                self._log_overview(summaries, new, step)
-                if self._sink.has_tensorboard:
-                    from .latents import log_latents
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.engine.flush_previews()  # LightningModule.on_train_end's
+        self.engine.say_summary()  # one line: taps checked, batches, findings
 
-                    for name, _ in summaries:
-                        if self._taps[name].latent is not None:
-                            for w in self._sink.writers:
-                                log_latents(w, name, self._taps[name].latent, step)
-                if self._sink.wandb or self._sink.mlflow:
-                    self._latents_elsewhere(summaries, step)
-            except Exception as e:
-                self._internal("logging", e, None)
-        for st in synced:
-            st.unsync()
-        for name, _ in summaries:
-            self._reset(self._taps[name])
-        if self._tracer is not None and train_check:
-            try:
-                gather = self._gather_bytes if trainer.world_size > 1 else None  # every rank checks at the same steps
-                new.extend(self._tracer.check(step, gather=gather))
-                for n in self._tracer.notes:
-                    self._note_once(n, f"rangewatch: {n}")
-            except Exception as e:
-                self._internal("trace_modules", e, None)
-        if getattr(self, "_losses", None) is not None:
-            new.extend(self._losses.check(step))
-        self._report(new, step)
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.engine.detach()  # may raise RangeMismatchError (policy="raise") for the last previews
 
-    def _sync_latents(self, summaries: list[tuple[str, RangeSummary]]) -> list[RangeStats]:
-        """Under DDP, reduce the latent taps' states on every rank before rank zero logs their
-        histograms (``log_latents`` reads them again): a sync of rank zero's own there would wait
-        forever for the other ranks. Returns the synced stats, to ``unsync()`` after the logging."""
-        out = []
-        for name, _ in summaries:
-            tap = self._taps[name]
-            if tap.latent is None:
-                continue
-            try:
-                tap.stats.sync(dist_sync_fn=tap.stats.dist_sync_fn)
-                if tap.stats.synced:
-                    out.append(tap.stats)
-            except Exception as e:  # noqa: BLE001
-                self._internal(name, e, tap)
-        return out
-
-    def _gather_sample(self, trainer: pl.Trainer, tap: _Tap, channels: int) -> None:
-        """Every rank's sampled values, so that every rank reaches the same verdict (a verdict that
-        differs between ranks would make one rank raise alone). Every rank takes part, fed or not."""
-        vs = tap.stats.value_sample
-        flat, c = vs.pending_flat()
-        if flat is None or c != channels:
-            flat = torch.zeros(0, dtype=torch.float64)
-        parts = _gather_varlen(trainer.strategy, flat)
-        vs.replace_pending(torch.cat([p.to(torch.float64).cpu() for p in parts]), channels)
-
-    def _take_evidence(self, tap: _Tap) -> Any:
-        """This window's sampled values added to what earlier checks sampled (bounded)."""
-        import numpy as np
-
-        vs = tap.stats.value_sample
-        new = vs.take()
-        if new is not None and new.shape[1]:
-            old = tap.evidence
-            tap.evidence = np.concatenate([old, new], axis=1)[:, -vs.keep :] if old is not None and old.shape[0] == new.shape[0] else new
-            tap.images += vs.images
-        vs.clear()
-        return tap.evidence
-
-    def _judge(self, tap: _Tap, s: RangeSummary, step: int) -> list[Finding]:
-        out: list[Finding] = []
-        if s.empty:
-            return out
-        tap.steps_checked += 1
-        if tap.latent is not None:
-            return tap.latent.check(step, where=tap.name)
-        stage = "val" if tap.name.startswith("val/") else "train"
-        loader = self._loader_expect.get(stage)
-        noise = self._loader_noise.get(stage, 0.0)
-        sample = self._take_evidence(tap)
-        images = tap.images
-        prior = loader.convention if loader is not None and tap.name.removeprefix("val/").startswith("batch") else None
-        inf = infer_convention(s, sample=sample, images=images, prior=prior, noise_share=noise)
-        tap.inferred = inf
-        exp = self.expectation_for(tap.name)
-        # a model's *outputs* (an untrained decoder, say) are not held to a convention: watched, not judged
-        judged = exp is not None and not tap.misfit and not (exp.origin == "model" and tap.name.endswith(":output"))
-        # one image (batch size 1, first check) is rarely enough: wait for the next check to add evidence
-        enough = sample is None or images >= 2 or self._last_look(tap)
-        if exp is not None and judged and exp.conv.kind == "pixel" and enough:
-            f = check_expectation(tap.name, s, inf, exp.conv, step=step, source=exp.source, noise_share=noise)
-            if f is not None:
-                if tap.layout:  # say how the tensor was read (a channels-last batch, say)
-                    f = dataclasses.replace(f, evidence=f"{f.evidence}; {tap.layout}")
-                out.append(f)
-            elif tap.name.endswith(":input"):
-                self._reconcile(tap.name, inf, exp)
-        nonfinite = int(s.nonfinite.sum()) if float(s.detail_count.sum()) else 0
-        if bool(s.nonfinite_seen.any()):
-            chans = [str(i) for i, v in enumerate(s.nonfinite_seen.tolist()) if v]
-            count = f"{nonfinite} non-finite values (NaN {int(s.nan.sum())}, Inf {int(s.inf.sum())})" if nonfinite else "NaN/Inf values"
-            out.append(
-                Finding(
-                    kind="nonfinite",
-                    where=tap.name,
-                    observed="NaN/Inf",
-                    expected="finite values",
-                    evidence=f"{count} in channel(s) {', '.join(chans)} since the last check",
-                    fix="find where they start: RangeWatch(modules=[...]) on the suspects; in fp16 try bf16 or keep the overflowing module in fp32",
-                    severity="error",
-                    step=step,
-                )
-            )
-        return out
-
-    def _last_look(self, tap: _Tap) -> bool:
-        """Whether this check is the last of the check window for ``tap`` (then judge on what there is)."""
-        return tap.steps_checked >= max(1, self.check_first_n)
-
-    def _reconcile(self, tap: str, inf: Inference, exp: Expectation) -> None:
-        """Module-input taps outrank loader predictions: when the data reaching ``tap`` are compatible
-        with what the module expects and rule out what the loader was predicted to produce (the model
-        converts in between, e.g. ``x * 2 - 1`` before its VAE), the loader-prediction finding for
-        ``tap`` is withdrawn, and that is said once."""
-        where = f"train dataloader -> {tap}"
-        if where in self._withdrawn:
-            return
-        standing = [f for f in self.findings if f.kind == "mismatch" and f.where == where]
-        if not standing or exp.convention not in inf.compatible:
-            return
-        loader = standing[0].observed
-        if loader in inf.compatible:  # the tap cannot tell the loader's convention from the module's
-            return
-        self._withdrawn.add(where)
-        self.findings = [f for f in self.findings if not (f.kind == "mismatch" and f.where == where)]
-        module = tap.rsplit(":", 1)[0]
-        note = Finding(
-            kind="note", where=where, observed="withdrawn", expected=exp.convention,
-            evidence=(f"the loader prediction ({loader}) is withdrawn: the values that reach {tap} follow "
-                      f"{exp.conv.label}, as {module} expects, and rule out {loader} ({inf.excluded.get(loader, 'see the tap')}); "
-                      f"the model converts the loader's output itself"),
-            fix="nothing to do", severity="info", step=self._trainer.global_step if self._trainer is not None else None,
-            source=exp.source,
-        )
-        self._reported.add(note.key)
-        self.findings.append(note)
-        rank_zero_info(f"rangewatch: {note}")
-
-    def _metrics(self, tap: _Tap, s: RangeSummary) -> dict[str, float]:
-        m: dict[str, float] = {}
-        full = self.per_channel_scalars
-        stats = (("min", s.range_min), ("max", s.range_max), ("mean", s.mean)) + ((("std", s.std),) if full else ())
-        for c in range(s.channels):
-            for stat, vals in stats:
-                v = float(vals[c])
-                if math.isfinite(v):
-                    m[tag(tap.name, stat, c)] = v
-            if full and float(s.detail_count[c]) > 0:
-                m[tag(tap.name, "nonfinite", c)] = float(s.nonfinite[c])
-                if s.bounds is not None:
-                    m[tag(tap.name, "out_of_range", c)] = float((s.below[c] + s.above[c]) / s.detail_count[c])
-        counted = float(s.detail_count.sum())
-        if not full and counted > 0:  # one figure each for the whole tap
-            m[tag(tap.name, "nonfinite")] = float(s.nonfinite.sum())
-            if s.bounds is not None:
-                m[tag(tap.name, "out_of_range")] = float((s.below.sum() + s.above.sum()) / counted)
-        exp = self.expectation_for(tap.name)
-        if exp is not None and exp.conv.kind == "pixel":
-            try:
-                lo, hi = exp.conv.bounds(s.channels)
-            except ValueError:  # a convention that does not fit the channel count (a mismatch finding says so)
-                lo = hi = ()
-            if lo and hi:
-                m[tag(tap.name, "expected_min")], m[tag(tap.name, "expected_max")] = float(min(lo)), float(max(hi))
-        return m
-
-    def _latents_elsewhere(self, summaries: list[tuple[str, RangeSummary]], step: int) -> None:
-        """The latent RGB preview (and, for W&B, the per-channel histograms) to W&B / MLflow."""
-        from torchvision.utils import make_grid
-
-        from .latents import latent_preview, preview_scale
-
-        for name, s in summaries:
-            mon = self._taps[name].latent
-            if mon is None:
-                continue
-            if mon.last is not None and mon.conv.latent_rgb is not None:
-                prev = latent_preview(mon.last[:4], mon.conv, channel_dim=mon.channel_dim)
-                k = preview_scale(int(prev.shape[-1]))
-                prev = prev.repeat_interleave(k, -1).repeat_interleave(k, -2)
-                self._sink.other_images(f"{tag(name, 'latent_preview')}", make_grid(prev.float(), nrow=4, padding=2, pad_value=1.0), step)
-            self._sink.other_histograms(name, s, step)
-
-    def watching(self) -> str:
-        """What is watched, said once per fit after the first checked batch: each tap with its
-        channels and its expectation (and where that comes from) or what the data looks like, the
-        taps not watched and why, expectations whose tap has not been seen yet, and the check cadence."""
-        lines = []
-        live = {n: t for n, t in sorted(self._taps.items()) if not t.disabled}
-        off = {n: t for n, t in sorted(self._taps.items()) if t.disabled}
-        width = min(36, max([len(n) for n in live] + [4]))
-        for name, t in live.items():
-            exp = self.expectation_for(name)
-            ch = f"{t.channels} ch" if t.channels else ""
-            if exp is not None:  # the sources of self.expectations were said at fit start ("rangewatch expectations")
-                listed = any(exp is e for e in self.expectations.values())
-                what = f"expects {exp.convention}" + ("" if listed else f" ({exp.source})")
-            elif t.inferred is not None and t.inferred.name != "unknown":
-                what = f"no expectation; the data looks like {t.inferred.name}" + ("" if t.inferred.confident else " (not sure)")
-            else:
-                what = "no expectation; watched for NaN/Inf and range only"
-            lines.append(f"  {name:<{width}} {ch:>5}  {what}")
-        for name, t in off.items():
-            lines.append(f"  not watched: {name} ({t.error or 'not an image-like tensor'})")
-        unseen = [n for n in sorted(self.expectations) if n not in self._taps and not n.startswith("val/")]
-        for n in unseen:
-            lines.append(f"  not seen yet: {n} (expects {self.expectations[n].convention})")
-        cadence = f"checked at the first {self.check_first_n} batches, then every {self._every} steps"
-        head = f"rangewatch: watching {len(live)} tap{'s' if len(live) != 1 else ''} ({cadence})"
-        if not live:
-            head += ": no image-like tensor in the batches; name tensors with expect= / modules="
-        return head + ("\n" + "\n".join(lines) if lines else "")
-
-    def summary_line(self) -> str:
-        """One line for the end of a fit: taps checked, batches, findings by kind."""
-        from collections import Counter
-
-        checked = [t for t in self._taps.values() if t.steps_checked]
-        problems = [f for f in self.findings if f.kind not in _QUIET_KINDS]
-        counts = Counter(f.kind for f in problems)
-        found = (f"{len(problems)} finding{'s' if len(problems) != 1 else ''} (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
-                 if problems else "no findings")
-        internal = sum(f.kind == "internal" for f in self.findings)
-        extra = f"; {internal} tap{'s' if internal != 1 else ''} switched off after an internal error" if internal else ""
-        return (f"rangewatch: {len(checked)} tap{'s' if len(checked) != 1 else ''} checked over {self._train_batches} "
-                f"training batch{'es' if self._train_batches != 1 else ''}: {found}{extra}")
-
-    def _flagged(self, new: list[Finding] = ()) -> set[str]:  # type: ignore[assignment]
-        """Taps with a finding (notes and internal errors aside)."""
-        return {f.where for f in [*self.findings, *new] if f.kind not in _QUIET_KINDS}
-
-    def _log_overview(self, summaries: list[tuple[str, RangeSummary]], new: list[Finding], step: int) -> None:
-        """The findings count per kind (``rangewatch/findings/<kind>``, ``.../total``) and, when the
-        taps or their flags changed, TensorBoard's custom-scalars layout (one category per tap)."""
-        if self._sink is None:
-            return
-        counts: dict[str, float] = {"rangewatch/findings/total": 0.0}
-        for f in [*self.findings, *(f for f in new if f.key not in self._reported)]:
-            if f.kind not in _QUIET_KINDS:
-                counts["rangewatch/findings/total"] += 1
-                counts[f"rangewatch/findings/{f.kind}"] = counts.get(f"rangewatch/findings/{f.kind}", 0.0) + 1
-        self._sink.scalars(counts, step)
-        if not self._sink.has_tensorboard:
-            return
-        flagged = self._flagged(new)
-        taps = dict(self._layout_taps)
-        for name, s in summaries:
-            if self._taps[name].latent is None:
-                taps[name] = (s.channels, name in flagged)
-        taps = {n: (c, n in flagged) for n, (c, _) in taps.items()}
-        if taps != self._layout_taps:
-            from .sinks import scalars_layout
-
-            self._sink.layout(scalars_layout(taps), step)
-            self._layout_taps = taps
-
-    def _reset(self, tap: _Tap) -> None:
-        """Start a new window; once a convention is known, histograms and out-of-range use its bounds."""
-        if tap.latent is not None:
-            tap.latent.reset()
-            tap.fed = False
-            return
-        target = tap.bounds
-        if target is None and tap.inferred is not None and tap.inferred.confident and tap.inferred.name != "unknown":
-            target = tap.inferred.name
-        if target != tap.bounds:
-            tap.stats.reset_with_bounds(target)
-            tap.bounds = target
-        else:
-            tap.stats.reset()
-        tap.fed = False
-
-    # ------------------------------------------------------------------ findings
-    def _gather_bytes(self, payload: bytes) -> list[bytes]:
-        """Every rank's ``payload`` in rank order (a collective: every rank must call it together)."""
-        assert self._trainer is not None
-        t = torch.tensor(list(payload), dtype=torch.uint8)
-        return [bytes(p.cpu().tolist()) for p in _gather_varlen(self._trainer.strategy, t)]
-
-    def _stop_together(self, stop: list[Finding]) -> list[Finding]:
-        """Under DDP with ``policy="raise"``, stopping is a collective decision (as Lightning's
-        ``strategy.reduce_boolean_decision``): the ranks exchange what would stop them, and every rank
-        raises the same RangeMismatchError, or none does. A rank that raised alone would leave the
-        others waiting in their next collective ("Connection closed by peer")."""
-        trainer = self._trainer
-        if trainer is None or trainer.world_size <= 1:
-            return stop
-        payload = json.dumps([f.to_dict() for f in stop]).encode()
-        out: list[Finding] = []
-        seen: set[tuple[str, str, str, str]] = set()
-        for part in self._gather_bytes(payload):
-            for d in json.loads(part.decode()):
-                f = Finding(**d)
-                if f.key not in seen:
-                    seen.add(f.key)
-                    out.append(f)
-        return out
-
-    def _report(self, new: list[Finding], step: int) -> None:
-        together = self.policy == "raise" and self._trainer is not None and self._trainer.world_size > 1
-        if together:
-            # every rank reaches each report point together (the checks, the loader prediction): what stops
-            # one rank stops all of them, with the same findings
-            mine = [f for f in new if f.key not in self._reported and f.kind not in _QUIET_KINDS and f.severity != "info"]
-            agreed = self._stop_together(mine)
-            new = list(new) + [f for f in agreed if f not in new]
-        fresh = []
-        for f in new:
-            if f.key in self._reported:
-                continue
-            self._reported.add(f.key)
-            self.findings.append(f)
-            fresh.append(f)
-        if not fresh and not together:
-            return
-        if self._sink is not None and fresh:
-            try:
-                self._sink.findings(self.findings, step)
-            except Exception as e:
-                self._internal("logging", e, None)
-        loud = [f for f in fresh if f.kind not in _QUIET_KINDS]
-        if self.policy == "warn" or self.policy == "raise":
-            for f in loud:
-                if self.policy == "warn" or f.severity == "info":
-                    rank_zero_warn(f"rangewatch: {f}")
-        stop = [f for f in loud if f.severity != "info"]
-        if together:
-            stop = agreed
-        if self.policy == "raise" and stop:
-            raise RangeMismatchError(stop)
-
-    def _internal(self, where: str, error: BaseException, tap: _Tap | None, what: str | None = None) -> None:
-        if tap is not None:
-            tap.disabled = True
-            if tap.error is None:
-                tap.error = f"{type(error).__name__}: {error}"
-        # say what failed; "switched this tap off" only when a tap was
-        what = what or _INTERNAL_WHAT.get(where) or f"watching {where}"
-        if tap is not None:
-            evidence = f"rangewatch failed while {what} and switched this tap off; training goes on"
-            consequence = "this tap is switched off"
-        else:
-            evidence = f"rangewatch failed while {what}; that step is skipped, training goes on"
-            consequence = "no tap is switched off; training goes on"
-        f = Finding(
-            kind="internal",
-            where=where,
-            observed=f"{type(error).__name__}: {error}",
-            expected="",
-            evidence=evidence,
-            fix="please report this with the tensor's shape and dtype",
-            severity="info",
-            step=self._trainer.global_step if self._trainer is not None else None,
-        )
-        if f.key not in self._reported:
-            self._reported.add(f.key)
-            self.findings.append(f)
-            rank_zero_warn(f"rangewatch: internal error at {where} while {what} ({type(error).__name__}: {error}); {consequence}")
-
-    def _note_once(self, key: str, text: str) -> None:
-        if key in self._notes:
-            return
-        self._notes.add(key)
-        rank_zero_info(text)
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.engine.abort(exception)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        taps = {}
-        for name, tap in self._taps.items():
-            if tap.disabled:
-                continue
-            try:
-                stats = tap.stats.state_dict()
-                if any(v.is_meta for v in stats.values()):
-                    continue  # no values to save (a meta tap); a checkpoint must never fail on rangewatch's state
-                taps[name] = {
-                    "stats": {k: v.detach().cpu() for k, v in stats.items()},
-                    "bounds": tap.bounds,
-                    "channel_dim": tap.channel_dim,
-                    "dtypes": sorted(tap.stats.dtypes_seen),
-                    "steps_checked": tap.steps_checked,
-                }
-                if tap.latent is not None:  # its soft-clamp counts too (LatentMonitor's own state)
-                    taps[name]["latent"] = tap.latent.state_dict()
-            except Exception as e:  # noqa: BLE001
-                self._internal(name, e, tap)
-        return {
-            "version": 1,
-            "train_batches": self._train_batches,
-            "reported": [list(k) for k in self._reported],
-            "findings": [f.to_dict() for f in self.findings],
-            "taps": taps,
-        }
+        return self.engine.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._train_batches = int(state_dict.get("train_batches", 0))
-        self._reported = {tuple(k) for k in state_dict.get("reported", [])}  # type: ignore[misc]
-        self.findings = [Finding(**f) for f in state_dict.get("findings", [])]
-        self._taps.clear()
-        self._pending_states = dict(state_dict.get("taps", {}))
+        self.engine.load_state_dict(state_dict)
 
     def __repr__(self) -> str:
         return f"RangeWatch(expect={self.expect}, policy={self.policy!r})"
+
+
+def _option(name: str) -> property:
+    return property(lambda self: getattr(self.engine, name), lambda self, value: setattr(self.engine, name, value),
+                    doc=f"The ``{name}`` option (the engine's).")
+
+
+for _name in OPTIONS:  # each option reads and writes the engine's
+    setattr(RangeWatch, _name, _option(_name))
+del _name

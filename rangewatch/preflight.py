@@ -27,7 +27,6 @@ those classes run. Check only configs you would also train with.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import importlib
@@ -392,42 +391,19 @@ def _one_line(e: BaseException | str, limit: int = 600) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- driver
-class _TrainerStub:
-    """The few Trainer attributes RangeWatch reads while predicting loaders and judging taps."""
+def _capture(notes: list[str]) -> Any:
+    """The engine's lines as report notes: its info lines become notes (the expectations and the loader
+    predictions have the report's own sections), its warnings are dropped (the check's policy is "log":
+    findings and internal errors are in the report's findings)."""
 
-    global_step = 0
-    world_size = 1
-    is_global_zero = True
-    log_every_n_steps = 1
-    loggers: list = []
-
-    def __init__(self, train_loader: Any, val_loader: Any) -> None:
-        self.train_dataloader = train_loader
-        self.val_dataloaders = val_loader
-
-
-@contextlib.contextmanager
-def _capture_messages(notes: list[str]) -> Iterator[None]:
-    """RangeWatch's rank-zero info lines become report notes instead of log lines."""
-    from . import callback as cb
-
-    def info(msg: Any, *args: Any, **kwargs: Any) -> None:
-        text = str(msg)
-        if text.startswith(("rangewatch expectations:", "rangewatch loader predictions:")):
-            return  # shown in the report's own sections
+    def say(level: str, text: str) -> None:
+        if level != "info" or text.startswith(("rangewatch expectations:", "rangewatch loader predictions:")):
+            return
         text = text.removeprefix("rangewatch: ")
         if text not in notes:
             notes.append(text)
 
-    def warn(msg: Any, *args: Any, **kwargs: Any) -> None:
-        pass  # RangeWatch warns only for findings (policy "log" here) and internal errors, both in the findings
-
-    saved = cb.rank_zero_info, cb.rank_zero_warn
-    cb.rank_zero_info, cb.rank_zero_warn = info, warn
-    try:
-        yield
-    finally:
-        cb.rank_zero_info, cb.rank_zero_warn = saved
+    return say
 
 
 def _overridden(name: str, obj: Any, base: type) -> bool:
@@ -555,22 +531,24 @@ def check(datamodule: Any, model: Any = None, watch: Any = None, batches: int = 
           config: str = "<objects>") -> CheckReport:
     """Run the pre-flight check on objects (what :func:`run_check` does after reading the config).
 
-    ``watch`` is a :class:`~rangewatch.RangeWatch` (default: ``RangeWatch()``); its policy is set to ``"log"``.
+    ``watch`` is a :class:`~rangewatch.RangeWatch` or a :class:`~rangewatch.Watch` (default: ``Watch()``); its
+    policy is set to ``"log"``, and its lines go to the report's notes while the check runs.
     Raises :class:`CheckError` when the datamodule fails and :class:`~rangewatch.ConfigError` when the
     RangeWatch options name a submodule the model lacks.
     """
     import lightning.pytorch as pl
     from tqdm.auto import tqdm
 
-    from .callback import RangeWatch
+    from .engine import Watch
 
     _check_batches(batches)
-    watch = RangeWatch() if watch is None else watch
-    watch.policy = "log"
+    engine: Watch = Watch() if watch is None else getattr(watch, "engine", watch)
+    engine.policy = "log"
     notes: list[str] = []
     runner: _ModelRunner | None = None
     pulled = 0
-    with _capture_messages(notes):
+    said, engine.messages = engine.messages, _capture(notes)
+    try:
         if hasattr(datamodule, "prepare_data"):
             _call_hook(datamodule, "prepare_data")
         if hasattr(datamodule, "setup"):
@@ -593,9 +571,8 @@ def check(datamodule: Any, model: Any = None, watch: Any = None, batches: int = 
                 except Exception as e:
                     notes.append(f"model: configure_model() raised {type(e).__name__}: {_one_line(e)}")
             model.eval()
-            watch._attach(model)  # derived expectations + submodule hooks; ConfigError for unknown submodules
+            engine.attach(model)  # derived expectations + submodule hooks; ConfigError for unknown submodules
             runner = _ModelRunner(model, notes)
-        stub = _TrainerStub(loader, val_loader)
         hooks = _transfer_hooks(datamodule, model)
         if hooks:
             notes.append(
@@ -603,10 +580,8 @@ def check(datamodule: Any, model: Any = None, watch: Any = None, batches: int = 
                 "model sees: no loader prediction (the batches are checked as the hooks leave them)"
             )
         else:
-            watch._predict_loaders(stub)
+            engine.predict_loaders(loader, val_loader)
 
-        watch._detail = True  # full statistics on every batch: the check looks at few of them
-        tracer = getattr(watch, "_tracer", None)
         try:
             it = iter(_loader_batches(loader))
             bar = tqdm(total=batches, desc="rangewatch check", unit="batch", disable=not progress, leave=False, file=sys.stderr)
@@ -620,10 +595,8 @@ def check(datamodule: Any, model: Any = None, watch: Any = None, batches: int = 
                     except Exception as e:
                         raise CheckError(f"{type(datamodule).__name__}.train_dataloader() failed at batch {i}: {type(e).__name__}: {_one_line(e)}") from None
                     batch = _transfer(batch, datamodule, model)
-                    if tracer is not None:
-                        tracer.enabled = True
-                        tracer.start_step(i)
-                    watch._feed_batch(batch, "")
+                    engine.begin_step(i, detail=True)  # full statistics on every batch: the check looks at few of them
+                    engine.batch(batch)
                     if runner is not None and runner.calls:
                         runner(batch, i)
                     pulled += 1
@@ -631,48 +604,36 @@ def check(datamodule: Any, model: Any = None, watch: Any = None, batches: int = 
             del it
             if pulled == 0:
                 raise CheckError(f"{type(datamodule).__name__}.train_dataloader() yielded no batches: nothing to check")
-            watch._detail = False
-            seen = _summaries(watch)  # before the check below starts a new window
+            # before the check below starts a new window
+            seen = {name: (s, engine.taps[name].dtypes) for name, s in engine.summaries("train").items()}
             # one check over all pulled batches (more extremes than any single batch): inference, expectations,
             # NaN/Inf, latent taps, the module tracer when trace_modules is set
-            watch._check(stub, lambda n: not n.startswith("val/"), step=0, train_check=True)
+            engine.check(0, "train")
         finally:
-            watch._detail = False
-            skipped_modules = list(watch._module_taps.skipped)  # TorchScript modules: no hooks (teardown clears it)
-            watch.teardown(stub, model, "fit")  # hooks and tracer off the model
+            skipped_modules = engine.skipped_modules  # TorchScript modules: no hooks (detach clears it)
+            engine.detach()  # hooks and tracer off the model
+    finally:
+        engine.messages = said
 
-    findings = [dataclasses.replace(f, step=None) for f in watch.findings]
+    findings = [dataclasses.replace(f, step=None) for f in engine.findings]
     report = CheckReport(
         config=config,
         datamodule=type(datamodule).__name__,
         model=type(model).__name__ if model is not None else None,
         model_call=runner.describe if runner is not None else None,
         batches=pulled,
-        taps=_tap_results(watch, seen),
+        taps=_tap_results(engine, seen),
         findings=findings,
-        loader_predictions={k: {"convention": v.convention, "source": v.source} for k, v in watch._loader_expect.items()},
+        loader_predictions={k: {"convention": v.convention, "source": v.source} for k, v in engine.loader_expectations.items()},
         notes=notes,
     )
-    report.unobserved = _unobserved(watch, report, runner, skipped_modules)
-    report.unchecked = _unchecked(watch, report, runner)
+    report.unobserved = _unobserved(engine, report, runner, skipped_modules)
+    report.unchecked = _unchecked(engine, report, runner)
     for f in findings:
         t = report.taps.get(f.where)
         if t is not None and report.fails(f):
             t.status = f.kind
     return report
-
-
-def _summaries(watch: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in sorted(watch._taps):
-        tap = watch._taps[name]
-        if tap.disabled or not tap.fed or name.startswith("val/"):
-            continue
-        try:
-            out[name] = (tap.stats.compute(), tuple(sorted(tap.stats.dtypes_seen)))
-        except Exception:  # the check below reports it as an internal finding
-            pass
-    return out
 
 
 def _fmt(values: Any) -> str:
@@ -682,7 +643,7 @@ def _fmt(values: Any) -> str:
 def _tap_results(watch: Any, seen: dict[str, Any]) -> dict[str, TapResult]:
     taps: dict[str, TapResult] = {}
     for name, (s, dtypes) in seen.items():
-        tap = watch._taps.get(name)
+        tap = watch.taps.get(name)
         if tap is None or tap.disabled or s.empty:
             continue
         exp = watch.expectation_for(name)
@@ -693,7 +654,7 @@ def _tap_results(watch: Any, seen: dict[str, Any]) -> dict[str, TapResult]:
             dtypes=tuple(s.dtypes) or dtypes,
             status="ok" if exp is not None else "no expectation",
         )
-        if getattr(tap, "latent", None) is not None:
+        if tap.latent is not None:
             taps[name] = TapResult(
                 name=name, convention=exp.convention if exp is not None else "latent", confident=False,
                 evidence=(f"latent tap (no pixel inference): per-channel mean {_fmt(s.mean)}, std {_fmt(s.std)}; "
@@ -716,7 +677,7 @@ def _unchecked(watch: Any, report: CheckReport, runner: _ModelRunner | None) -> 
     its hooks could not be placed, and not covered by the train loader's prediction either."""
     if runner is None:
         return []  # no model in the config: module taps are out of scope, as the report says
-    predicted = "train" in watch._loader_expect
+    predicted = "train" in watch.loader_expectations
     out = []
     for name, u in report.unobserved.items():
         if name.startswith("batch"):
@@ -745,7 +706,7 @@ def _unobserved(watch: Any, report: CheckReport, runner: _ModelRunner | None,
         elif runner.used is None:
             why = "the model could not be run (see notes)"
         else:
-            tap = watch._taps.get(name)
+            tap = watch.taps.get(name)
             why = "not image-like (see notes)" if tap is not None and tap.disabled else f"{runner.describe.split(' under')[0]} did not call this submodule"
         out[name] = {"expectation": exp.convention, "source": exp.source, "why": why}
     return out

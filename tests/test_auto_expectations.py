@@ -188,7 +188,7 @@ def test_transform_prediction_disagrees_with_batches():
             return (self.inner[i] + 1) / 2  # a step the inspection cannot see
 
     w = fit_loader(Direct(), Sneaky())
-    assert w._loader_expect["train"].convention == "symmetric"
+    assert w.engine.loader_expectations["train"].convention == "symmetric"
     f = mismatches(w)["batch"]
     assert (f.observed, f.expected) == ("unit", "symmetric") and "Normalize" in f.source
 
@@ -199,7 +199,7 @@ def test_gpu_side_preprocessing_is_not_a_false_mismatch():
             return batch.float() / 127.5 - 1  # uint8 -> [-1,1] after the loader, as GPU pipelines do
 
     w = fit_loader(OnDevice(), PhotoSet(v2.Compose([v2.ToImage()])))
-    assert w._loader_expect == {}
+    assert w.engine.loader_expectations == {}
     assert mismatches(w) == {}
 
 

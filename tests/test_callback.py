@@ -248,17 +248,17 @@ class OddModule(pl.LightningModule):
 def test_odd_tensors_never_traceback(tmp_path):
     w = RangeWatch(modules=["embed", "net"], policy="log")
     trainer(tmp_path, [w], max_steps=2).fit(OddModule(), DataLoader(OddData(), batch_size=4))
-    taps = set(w._taps)
+    taps = set(w.taps)
     assert {"batch.u8", "batch.half", "batch.bf16", "batch.nan", "batch.gray", "batch.video", "batch.x"} <= taps
     assert not any(t.startswith(("batch.input_ids", "batch.mask", "batch.flag", "batch.vec")) for t in taps)
-    assert w._taps["embed:input"].disabled  # token ids: noted and skipped, not an error
+    assert w.taps["embed:input"].disabled  # token ids: noted and skipped, not an error
     assert not [f for f in w.findings if f.kind == "internal"]
     assert {f.where for f in w.findings if f.kind == "nonfinite"} == {"batch.nan"}
-    assert w._taps["batch.u8"].inferred.name == "uint8"
+    assert w.taps["batch.u8"].inferred.name == "uint8"
     # torch.rand data is [0,1] whatever the dtype, channel count, rank or memory format
     for tap in ("batch.half", "batch.bf16", "batch.gray", "batch.video", "batch.x", "net:input"):
-        assert (w._taps[tap].inferred.name, w._taps[tap].inferred.confident) == ("unit", True), tap
-    assert w._taps["batch.nan"].inferred.name == "unknown"
+        assert (w.taps[tap].inferred.name, w.taps[tap].inferred.confident) == ("unit", True), tap
+    assert w.taps["batch.nan"].inferred.name == "unknown"
 
 
 def test_internal_error_switches_tap_off_and_training_goes_on(tmp_path, monkeypatch):
@@ -279,7 +279,7 @@ def test_internal_error_switches_tap_off_and_training_goes_on(tmp_path, monkeypa
     assert t.global_step == 3  # training went on to max_steps
     internal = [f for f in w.findings if f.kind == "internal"]
     assert len(internal) == 1 and internal[0].where == "vae.encoder:output"
-    assert w._taps["vae.encoder:output"].disabled and not w._taps["vae.encoder:input"].disabled
+    assert w.taps["vae.encoder:output"].disabled and not w.taps["vae.encoder:input"].disabled
 
 
 # ---------------------------------------------------------------------------------- configuration
@@ -353,15 +353,15 @@ def test_resume_keeps_state_and_does_not_repeat_findings(tmp_path):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="rangewatch")
         t2.fit(VAEModule(), loader(x), ckpt_path=str(ckpt[0]))
-    assert len(w2.findings) == 1 and w2._train_batches == 4
-    assert w2._taps["batch[0]"].stats.count.tolist() == [3 * 4 * 32 * 32] * 3
+    assert len(w2.findings) == 1 and w2.engine.train_batches == 4
+    assert w2.taps["batch[0]"].stats.count.tolist() == [3 * 4 * 32 * 32] * 3
 
 
 def _guard_non_logging_steps(rw: RangeWatch, guard) -> dict[str, int]:
     """Run RangeWatch's per-step work (its batch hooks and its module hooks) inside ``guard()``
     on every non-logging step; count the guarded calls."""
     seen = {"guarded": 0, "open": 0}
-    start, end, on_tensor = rw.on_train_batch_start, rw.on_train_batch_end, rw._module_taps.on_tensor
+    start, end, on_tensor = rw.on_train_batch_start, rw.on_train_batch_end, rw.engine.tensor
     state = {"check": True}
 
     def run(fn, *a, **k):
@@ -373,12 +373,12 @@ def _guard_non_logging_steps(rw: RangeWatch, guard) -> dict[str, int]:
             return fn(*a, **k)
 
     def on_start(trainer, pl_module, batch, batch_idx):
-        state["check"] = rw._is_check_step(int(trainer.global_step))
+        state["check"] = rw.engine.is_check_step(int(trainer.global_step))
         run(start, trainer, pl_module, batch, batch_idx)
 
     rw.on_train_batch_start = on_start
     rw.on_train_batch_end = lambda *a, **k: run(end, *a, **k)
-    rw._module_taps.on_tensor = lambda *a, **k: run(on_tensor, *a, **k)
+    rw.engine.tensor = lambda *a, **k: run(on_tensor, *a, **k)
     return seen
 
 
@@ -415,9 +415,9 @@ def test_non_logging_steps_never_read_values_back(tmp_path):
     # steps 0 and 1 (check_first_n), 4 and 8 (log_every_n_steps) check; 2, 3, 5, 6, 7 only accumulate
     assert seen["guarded"] == 5 * 5 and seen["open"] == 4 * 5  # per step: 2 batch hooks + 3 module tensors
     assert [f for f in rw.findings if f.kind == "internal"] == []
-    assert all(not t.disabled for t in rw._taps.values())
+    assert all(not t.disabled for t in rw.taps.values())
     # the guard does catch a read: a check (compute) fails under it
-    stats = rw._taps["batch[0]"].stats
+    stats = rw.taps["batch[0]"].stats
     stats.update(x[:2])  # (the last check reset the window)
     with guard(), pytest.raises(AssertionError, match="host sync"):
         stats.compute()
@@ -441,8 +441,8 @@ def test_non_logging_steps_do_not_sync_on_cuda(tmp_path):
     rw, seen = _no_sync_run(tmp_path, guard, "gpu", unit_photos(18, 16))
     assert seen["guarded"] == 5 * 5
     assert [f for f in rw.findings if f.kind == "internal"] == []
-    assert all(not t.disabled and t.stats.min.device.type == "cuda" for t in rw._taps.values())
-    stats = rw._taps["batch[0]"].stats
+    assert all(not t.disabled and t.stats.min.device.type == "cuda" for t in rw.taps.values())
+    stats = rw.taps["batch[0]"].stats
     stats.update(unit_photos(2, 16).cuda())  # (the last check reset the window)
     with guard(), pytest.raises(RuntimeError, match="synchroniz"):
         stats.compute()

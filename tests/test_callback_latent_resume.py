@@ -76,7 +76,7 @@ def test_latent_tap_resumes_its_window(tmp_path):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="rangewatch")
         _trainer(tmp_path, w2, 4, False).fit(m2, DataLoader(data, batch_size=2), ckpt_path=str(ckpt[0]))
-    mon = w2._taps["batch.latents"].latent
+    mon = w2.taps["batch.latents"].latent
     a = mon.analyse()
     # the window of step 1 (restored) and the resumed fit's steps 2 and 3 (whichever batches Lightning fed)
     assert len(m2.seen) == 2

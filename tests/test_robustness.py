@@ -145,8 +145,8 @@ def test_module_taps_on_nested_tensors_skip_with_a_note():
     fit(model, batches, watch)
     assert model.global_step == 3
     assert not internal(watch), internal(watch)
-    assert "enc:input" in watch._taps and not watch._taps["enc:input"].disabled
-    assert any("side:input" in n and "nested" in n for n in watch._notes), watch._notes
+    assert "enc:input" in watch.taps and not watch.taps["enc:input"].disabled
+    assert any("side:input" in n and "nested" in n for n in watch.notes), watch.notes
 
 
 # ---------------------------------------------------------------------------------------------- item 4
@@ -180,7 +180,7 @@ def test_script_submodule_in_expect_is_skipped_with_a_note():
     fit(model, batches, watch)  # "register_forward_pre_hook is not supported on ScriptModules" killed the run
     assert model.global_step == 2
     assert not internal(watch)
-    assert any("ScriptModule" in n for n in watch._notes), watch._notes
+    assert any("ScriptModule" in n for n in watch.notes), watch.notes
     assert _hooks(model) == 0
 
 
@@ -396,14 +396,15 @@ def test_module_taps_on_token_sequences_of_varying_length_use_per_tensor_statist
     model = Conv(side=nn.LayerNorm(8), feed=lambda b: seqs[lengths.index(int(b["len"]))])
     watch = RangeWatch(modules=["side:input"], log_every_n_steps=1, check_first_n=0)
     seen = []
-    orig = watch._judge
+    check = watch.engine.check
 
-    def spy(tap, s, step):
-        if tap.name == "side:input":
+    def spy(step=None, split="train"):  # what each check reads, read just before it
+        s = watch.engine.summaries(split).get("side:input")
+        if s is not None and not s.empty:
             seen.append((s.channels, float(s.min[0]), float(s.max[0])))
-        return orig(tap, s, step)
+        return check(step, split)
 
-    watch._judge = spy
+    watch.engine.check = spy
     fit(model, batches, watch)
     assert not internal(watch), internal(watch)  # "RangeStats saw 7 channels before and now 5" before
     assert [c for c, _, _ in seen] == [1, 1, 1]
@@ -433,8 +434,10 @@ def test_trace_modules_naming_a_missing_module_is_a_config_error():
 
 def test_trace_modules_patterns_that_exist_work():
     watch = RangeWatch(trace_modules=["en*"], log_every_n_steps=1)
-    fit(Conv(), [{"image": img()}], watch)
-    assert watch._tracer is None and not internal(watch)
+    model = Conv()
+    fit(model, [{"image": img()}], watch)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())  # the tracer is off the model
+    assert not internal(watch)
 
 
 def test_from_yaml_directory_binary_and_bad_callbacks(tmp_path):

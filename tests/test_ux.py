@@ -211,7 +211,7 @@ def test_console_says_once_what_is_watched_and_ends_with_a_summary(tmp_path, cap
     assert "batch.lq: symmetric (declared in RangeWatch(expect={'batch.lq': 'symmetric'}))" in text
     summary = [ln for ln in text.splitlines() if "checked over" in ln]
     assert len(summary) == 1
-    taps = sum(1 for t in w._taps.values() if t.steps_checked)  # train and validation taps
+    taps = sum(1 for t in w.taps.values() if t.steps_checked)  # train and validation taps
     mismatches = [f.where for f in w.findings if f.kind == "mismatch"]
     assert sorted(mismatches) == ["batch.lq", "val/batch.lq"]
     assert summary[0].endswith(f"rangewatch: {taps} taps checked over 6 training batches: 2 findings (2 mismatch)")

@@ -89,7 +89,7 @@ def expected_preview(w: RangeWatch) -> np.ndarray:
     """What the TensorBoard preview of the same call would be (the labelled pair)."""
     from rangewatch import watch_visualization
 
-    with watch_visualization(warn=False, max_preview_images=w._vis.max_preview_images) as v:
+    with watch_visualization(warn=False) as v:
         tvu.save_image(X[:4] * 2 - 1, io.BytesIO(), format="png")
     (p,) = v.pop_previews()
     return p.build_labelled().permute(1, 2, 0).numpy()

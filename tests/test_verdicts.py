@@ -119,7 +119,7 @@ def test_random_erasing_noise_on_imagenet_data_is_not_a_mismatch():
     w = fit(Net(backbone=resnet()), ds)
     assert w.expectation_for("backbone:input").convention == "imagenet"
     assert not alarms(w), [str(f) for f in alarms(w)]
-    inf = w._taps["batch.image"].inferred
+    inf = w.taps["batch.image"].inferred
     assert "imagenet" in inf.compatible and "use little" not in inf.evidence
 
 
@@ -209,7 +209,7 @@ def test_batch_size_one_imagenet_no_confident_wrong_verdict():
     torch.manual_seed(2)
     w = fit(Net(backbone=resnet()), Photos(imagenet_tf(size=64)), steps=3, bs=1)
     for name in ("batch.image", "backbone:input"):
-        inf = w._taps[name].inferred
+        inf = w.taps[name].inferred
         assert not (inf.confident and inf.name != "imagenet"), (name, inf)
     assert not alarms(w), [str(f) for f in alarms(w)]
 
@@ -279,7 +279,7 @@ def test_loader_unit_model_scales_itself_prediction_withdrawn():
     net = Net(vae=tiny_vae())
     net.scale_inside = True
     w = fit(net, Photos(T.Compose([T.RandomResizedCrop(32), T.ToTensor()])))
-    assert w._loader_expect["train"].convention == "unit"
+    assert w.engine.loader_expectations["train"].convention == "unit"
     assert not [f for f in w.findings if "x * 2 - 1" in f.fix], [str(f) for f in w.findings]
     notes = [f for f in w.findings if f.kind == "note" and f.where == "train dataloader -> vae.encoder:input"]
     assert len(notes) == 1 and "withdrawn" in notes[0].evidence

@@ -1,0 +1,1427 @@
+"""The engine: taps -> statistics -> checks -> findings -> sinks, driven by any front end.
+
+:class:`Watch` owns everything between a tensor and a finding: the taps (batch tensors found by path,
+module inputs/outputs through forward hooks, tensors handed to :meth:`Watch.tensor`), the expectations
+(declared, read from the model's metadata, predicted from the loaders' transforms), the per-tap
+statistics (accumulated on the tensor's device, brought to the host only at check steps), the checks
+(convention inference, pixel rules, latent monitors, the module tracer, loss networks, previews), the
+findings log (:class:`~rangewatch.findings_log.FindingsLog`: each finding once, the policy applied) and
+the sinks (Lightning loggers or ``SummaryWriter`` objects; rank zero only).
+
+The front ends only drive it:
+
+- :class:`~rangewatch.RangeWatch`, the Lightning callback: its hooks each call one method here;
+- :func:`rangewatch.watch`, for hand-written PyTorch loops (and HF Accelerate): ``batch()`` / ``step()``;
+- ``rangewatch check`` (:mod:`rangewatch.preflight`): a few batches, one check, no training.
+
+A training step, as the engine sees it::
+
+    watch.begin_step(step)       # optional: batch() opens one at the engine's own step counter
+    watch.batch(batch)           # the batch's image-like tensors; module hooks feed themselves
+    ...forward, backward...
+    watch.end_step()             # checks at check steps: the first check_first_n, then every log_every_n_steps
+
+Distributed runs pass the collectives the engine needs (:mod:`rangewatch.collectives`): every rank
+takes part in each check's reductions, so every rank reaches the same verdicts, and only rank zero
+writes or speaks.
+
+Example::
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from rangewatch import Watch
+    >>> model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
+    >>> watch = Watch(expect={"batch.image": "symmetric"}, policy="log", watch_visualization=False,
+    ...               derive_expectations=False)
+    >>> _ = watch.attach(model)
+    >>> for step in range(2):
+    ...     x = torch.rand(4, 3, 16, 16)            # [0, 1] images where [-1, 1] is expected
+    ...     watch.batch({"image": x})
+    ...     _ = model(x)
+    ...     _ = watch.end_step()
+    >>> [(f.kind, f.where, f.observed, f.expected) for f in watch.findings]
+    [('mismatch', 'batch.image', 'unit', 'symmetric')]
+    >>> watch.taps["batch.image"].inferred.name
+    'unit'
+    >>> watch.close()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Callable, Literal, Mapping
+
+import torch
+from torch import nn
+
+from .collectives import Collectives, SingleProcess
+from .config import (
+    MAX_CHECK_FIRST_N,
+    MAX_HIST_BINS,
+    MAX_TRACE_HISTORY,
+    ConfigError,
+    _short,
+    check_bool,
+    check_choice,
+    check_expect,
+    check_float,
+    check_int,
+    check_str_list,
+    check_trace_modules,
+)
+from .expectation import Expectation
+from .findings import Finding, RangeMismatchError
+from .findings_log import POLICIES, QUIET_KINDS, FindingsLog, Policy
+from .inference import Inference, infer_convention
+from .rules import check_expectation
+from .sinks import LoggerSink, tag
+from .stats import RangeStats, RangeSummary
+from .taps import DEFAULT_SKIP_KEYS, ModuleTaps, find_images, image_channel_dim, odd_tensor_kind, parse_tap_key, resolve_path
+
+__all__ = ["Watch", "TapInfo", "OPTIONS"]
+
+# what an internal error at a place that is no tap interrupted
+_INTERNAL_WHAT = {
+    "transform inspection": "predicting what the data loaders produce from their transforms (no loader prediction)",
+    "derive_expectations": "reading what the model expects from its metadata (no derived expectations)",
+    "trace_modules": "tracing the modules' NaN/Inf and fp16 headroom",
+    "logging": "writing statistics or findings to the loggers",
+    "visualization": "observing the preview calls",
+    "ddp": "agreeing on the taps across ranks",
+}
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_OWN_LOGGING = ("latents.py", "sinks.py", "visualization.py")  # rangewatch's own image logging, not observed
+
+#: the options :class:`Watch` (and each front end) takes, in signature order
+OPTIONS = (
+    "expect", "batch_keys", "skip_keys", "modules", "policy", "check_first_n", "log_every_n_steps", "histograms",
+    "hist_bins", "watch_validation", "watch_visualization", "clip_threshold", "derive_expectations", "trace_modules",
+    "trace_history", "trace_exact", "headroom_share", "check_nonfinite_every_step", "moments_every_step",
+    "image_processors", "per_channel_scalars",
+)
+
+
+@dataclass
+class _Tap:
+    name: str
+    channel_dim: int | None  # None: per-tensor statistics (a non-image module tensor)
+    stats: RangeStats
+    fed: bool = False
+    disabled: bool = False
+    inferred: Inference | None = None
+    bounds: str | None = None
+    steps_checked: int = 0
+    latent: Any = None  # a LatentMonitor for taps expected to carry latents
+    error: str | None = None  # why rangewatch switched this tap off (internal error)
+    misfit: bool = False  # its expected convention does not fit its channel count (a mismatch finding said so)
+    layout: str | None = None  # the layout assumed when it is not the usual channels-first one
+    channels: int = 0  # as the last check step saw them (for the console)
+    evidence: Any = None  # (C, n) values sampled on check steps, kept across checks: the evidence behind verdicts
+    images: int = 0  # images behind `evidence`
+
+
+@dataclass(frozen=True)
+class TapInfo:
+    """What the engine knows about one tap (a snapshot; :attr:`Watch.taps` builds them).
+
+    ``inferred`` is the convention the last check inferred (None before a check, and for latent taps);
+    ``stats`` and ``latent`` are the live accumulators (read them, do not feed them)."""
+
+    name: str
+    channel_dim: int | None
+    channels: int  # as the last check saw them
+    disabled: bool
+    error: str | None  # why rangewatch switched the tap off after an internal error
+    inferred: Inference | None
+    expectation: Expectation | None
+    steps_checked: int
+    fed: bool  # fed since the last check
+    dtypes: tuple[str, ...]
+    stats: RangeStats
+    latent: Any  # the LatentMonitor of a latent tap, else None
+
+
+def _says(level: str, text: str) -> None:
+    """The default voice: Lightning's rank-zero info / warning (the engine also gates on its rank)."""
+    from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+    (rank_zero_warn if level == "warn" else rank_zero_info)(text)
+
+
+def _no_step() -> int | None:
+    return None
+
+
+class Watch:
+    r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there); the
+    keyword-only arguments connect it to its surroundings.
+
+    Args:
+        collectives: the cross-process operations (:mod:`rangewatch.collectives`); default one process.
+        loggers: where statistics and findings go on rank zero: Lightning loggers and/or
+            ``torch.utils.tensorboard.SummaryWriter`` objects.
+        messages: ``fn(level, text)`` with level ``"info"`` or ``"warn"``, for every line the engine
+            says (rank zero only); default: Lightning's ``rank_zero_info`` / ``rank_zero_warn``.
+        clock: returns the current training step (stamped on findings); default: the engine's own
+            step counter (advanced by :meth:`end_step`).
+    """
+
+    def __init__(
+        self,
+        expect: dict[str, str] | None = None,
+        batch_keys: list[str] | None = None,
+        skip_keys: list[str] | None = None,
+        modules: list[str] | None = None,
+        policy: Policy = "warn",
+        check_first_n: int = 3,
+        log_every_n_steps: int | None = None,
+        histograms: bool | Literal["flagged", "all"] = "flagged",
+        hist_bins: int = 64,
+        watch_validation: bool = True,
+        watch_visualization: bool = True,
+        clip_threshold: float = 0.005,
+        derive_expectations: bool = True,
+        trace_modules: str | list[str] | None = None,
+        trace_history: int = 8,
+        trace_exact: bool = False,
+        headroom_share: float = 0.5,
+        check_nonfinite_every_step: bool = False,
+        moments_every_step: bool = False,
+        image_processors: dict[str, Any] | None = None,
+        per_channel_scalars: bool = False,
+        *,
+        collectives: Collectives | None = None,
+        loggers: list[Any] | None = None,
+        messages: Callable[[str, str], None] | None = None,
+        clock: Callable[[], int | None] | None = None,
+    ) -> None:
+        self.expect = check_expect(expect)
+        self.batch_keys = check_str_list("batch_keys", batch_keys)
+        self.skip_keys = tuple(check_str_list("skip_keys", skip_keys) or DEFAULT_SKIP_KEYS)
+        self.modules = check_str_list("modules", modules) or []
+        policy = check_choice("policy", policy, POLICIES)  # type: ignore[assignment]
+        self.check_first_n = check_int("check_first_n", check_first_n, 0, maximum=MAX_CHECK_FIRST_N)
+        self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, 1, allow_none=True)
+        if histograms is True:
+            histograms = "all"
+        self.histograms: bool | str = histograms if histograms is False else check_choice("histograms", histograms, ("flagged", "all"))
+        self.per_channel_scalars = check_bool("per_channel_scalars", per_channel_scalars)
+        self.hist_bins = check_int("hist_bins", hist_bins, 1, maximum=MAX_HIST_BINS)
+        self.watch_validation = check_bool("watch_validation", watch_validation)
+        self.watch_visualization = check_bool("watch_visualization", watch_visualization)
+        self.clip_threshold = check_float("clip_threshold", clip_threshold, 0.0, 1.0)
+        self.derive_expectations = check_bool("derive_expectations", derive_expectations)
+        self.trace_modules = check_trace_modules(trace_modules)
+        self.trace_history = check_int("trace_history", trace_history, 1, maximum=MAX_TRACE_HISTORY)
+        self.trace_exact = check_bool("trace_exact", trace_exact)
+        self.headroom_share = check_float("headroom_share", headroom_share, 0.0, 1.0, lo_open=True)
+        self.check_nonfinite_every_step = check_bool("check_nonfinite_every_step", check_nonfinite_every_step)
+        self.moments_every_step = check_bool("moments_every_step", moments_every_step)
+        if image_processors is not None and not isinstance(image_processors, dict):
+            raise ConfigError(f"option 'image_processors' = {_short(image_processors)} must map submodule paths to image processors")
+        self.image_processors: dict[str, Any] = dict(image_processors or {})
+
+        self.messages = messages
+        self._log = FindingsLog(policy, warn=self._warn)
+        self.expectations: dict[str, Expectation] = {}
+        self.collectives: Collectives = SingleProcess()
+        self._clock: Callable[[], int | None] = _no_step
+        self._own_step = 0  # the step counter when no clock is given (plain loops)
+        self._tracer: Any = None
+        self._losses: Any = None
+        self._derived_keys: set[str] = set()
+        self._loader_expect: dict[str, Expectation] = {}
+        self._loader_noise: dict[str, float] = {}  # stage -> share of values random erasing may replace by noise
+        self._withdrawn: set[str] = set()
+        self._taps: dict[str, _Tap] = {}
+        self._pending_states: dict[str, dict[str, Any]] = {}
+        self._module_taps = ModuleTaps(lambda name, t: self.tensor(name, t), self._on_module_error)  # through the public entry
+        self._attached = False  # hooks placed, expectations said: once per fit
+        self._derived_done = False  # model metadata read: once per fit
+        self._train_batches = 0
+        self._detail = False
+        self._check_now = False
+        self._step_open = False
+        self._step_at_start = 0
+        self._has_tensorboard = False
+        self._every = self.log_every_n_steps or 50
+        self._sink: LoggerSink | None = None
+        self._notes: dict[str, str] = {}
+        self._vis: Any = None
+        self._declared_batch_paths = [k if k.startswith("batch") else f"batch.{k}" for k in self.expect if k.startswith("batch")]
+        self._vis_pending: list[Finding] = []
+        self._early: list[Finding] = []  # found outside a check (in a hook): reported at the next check
+        self._vis_sites: set[str] = set()  # preview call sites seen (each one's first call is judged)
+        self._vis_judge = False  # judge every preview call now (check steps, epoch ends)
+        self._layout_taps: dict[str, tuple[int, bool]] = {}  # what the custom-scalars layout last showed
+        self._announced = False
+        self._phase = ""  # "val/" while a validation loop runs: module taps are split as batch taps are
+        self._set_declared()
+        if collectives is not None or loggers is not None or clock is not None:
+            self.connect(collectives=collectives, loggers=loggers, clock=clock)
+        else:
+            self._clock = self._own_clock
+
+    # ------------------------------------------------------------------ public surface
+    @property
+    def policy(self) -> Policy:
+        """``"warn"``, ``"raise"`` or ``"log"`` (may be changed between steps)."""
+        return self._log.policy
+
+    @policy.setter
+    def policy(self, value: Policy) -> None:
+        self._log.policy = check_choice("policy", value, POLICIES)  # type: ignore[assignment]
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Every finding so far, each once, in the order found (notes and internal errors included)."""
+        return self._log.findings
+
+    @property
+    def taps(self) -> Mapping[str, TapInfo]:
+        """Every tap seen so far (``batch.image``, ``vae.encoder:input``, ``val/...``), read-only."""
+        out = {}
+        for name, t in sorted(self._taps.items()):
+            out[name] = TapInfo(
+                name=name, channel_dim=t.channel_dim, channels=t.channels, disabled=t.disabled, error=t.error,
+                inferred=t.inferred, expectation=self.expectation_for(name), steps_checked=t.steps_checked, fed=t.fed,
+                dtypes=tuple(sorted(t.stats.dtypes_seen)), stats=t.stats, latent=t.latent,
+            )
+        return MappingProxyType(out)
+
+    @property
+    def notes(self) -> list[str]:
+        """What was said once (skipped tensors, modules without hooks, ...), in the order said."""
+        return [t.removeprefix("rangewatch: ") for t in self._notes.values()]
+
+    @property
+    def loader_expectations(self) -> Mapping[str, Expectation]:
+        """What the loaders produce, predicted from their transforms (``"train"``, ``"val"``)."""
+        return MappingProxyType(self._loader_expect)
+
+    @property
+    def skipped_modules(self) -> list[str]:
+        """Why named submodules carry no hooks (TorchScript modules, hooks that cannot be placed)."""
+        return list(self._module_taps.skipped)
+
+    @property
+    def attached(self) -> bool:
+        """Whether :meth:`attach` placed the hooks (until :meth:`detach`)."""
+        return self._attached
+
+    @property
+    def train_batches(self) -> int:
+        """Training batches seen (steps closed by :meth:`end_step`), across a resume."""
+        return self._train_batches
+
+    @property
+    def every(self) -> int:
+        """The check interval in steps."""
+        return self._every
+
+    def connect(self, collectives: Collectives | None = None, loggers: list[Any] | None = None,
+                clock: Callable[[], int | None] | None = None, every: int | None = None,
+                histograms_logged: bool | None = None) -> None:
+        """Where the engine runs: its collectives, its loggers (kept on rank zero only), the step
+        clock, the default check interval (``log_every_n_steps`` wins) and whether histograms can be
+        logged (decide it alike on every rank: the statistics' states must match across ranks)."""
+        from .sinks import is_tensorboard_logger
+
+        self.collectives = collectives if collectives is not None else SingleProcess()
+        self._clock = clock if clock is not None else self._own_clock
+        if every is not None:
+            self._every = self.log_every_n_steps or max(1, int(every))
+        loggers = list(loggers or [])
+        writers = [lg for lg in loggers if _is_writer(lg)]
+        if histograms_logged is None:
+            histograms_logged = bool(writers) or any(is_tensorboard_logger(lg) or type(lg).__name__ == "WandbLogger" for lg in loggers)
+        self._has_tensorboard = bool(histograms_logged)
+        self._sink = None
+        if self.collectives.rank == 0:
+            self._sink = LoggerSink([lg for lg in loggers if lg not in writers])
+            for w in writers:  # a SummaryWriter: histograms, text and images directly, scalars through add_scalar
+                self._sink.writers.append(w)
+                self._sink.metric_loggers.append(_WriterScalars(w))
+            self._sink.has_tensorboard = bool(self._sink.writers)
+
+    def _own_clock(self) -> int:
+        return self._own_step
+
+    def _now(self) -> int:
+        step = self._clock()
+        return int(step) if step is not None else 0
+
+    def _info(self, text: str) -> None:
+        self._say("info", text)
+
+    def _warn(self, text: str) -> None:
+        self._say("warn", text)
+
+    def _say(self, level: str, text: str) -> None:
+        if self.collectives.rank != 0:
+            return
+        (self.messages or _says)(level, text)
+
+    def note(self, text: str, key: str | None = None) -> None:
+        """Say ``text`` once (per ``key``, default the text itself)."""
+        self._note_once(key or text, text)
+
+    def is_check_step(self, step: int) -> bool:
+        """Whether ``step`` is a check step: one of the first ``check_first_n`` training batches, or a
+        multiple of the check interval."""
+        return self._train_batches < self.check_first_n or step % self._every == 0
+
+    # ------------------------------------------------------------------ the training step
+    def begin_step(self, step: int | None = None, detail: bool | None = None) -> bool:
+        """Open training step ``step`` (default: the clock's); returns whether it is a check step.
+        ``detail`` (default: at check steps) takes full statistics of this step's tensors."""
+        step = self._now() if step is None else int(step)
+        self._step_at_start = step
+        self._check_now = self.is_check_step(step)
+        self._detail = self._check_now if detail is None else bool(detail)
+        self._step_open = True
+        if self._tracer is not None:
+            self._tracer.enabled = True
+            self._tracer.start_step(step)
+        return self._check_now
+
+    def batch(self, batch: Any, split: str = "train", detail: bool | None = None) -> None:
+        """Feed a batch (a tensor, or any nest of dicts, lists, tuples and dataclasses): its image-like
+        tensors become taps named by path (``batch.image``, ``batch[0]``; ``val/...`` for ``split="val"``).
+        A training batch opens a step at the clock's step when none is open."""
+        if split == "train":
+            if not self._step_open:
+                self.begin_step()
+            if detail is not None:
+                self._detail = bool(detail)
+            self._feed_batch(batch, "")
+        elif split == "val":
+            if detail is not None:
+                self._detail = bool(detail)
+            if self.watch_validation:
+                self._feed_batch(batch, "val/")
+        else:
+            raise ConfigError(f"split = {_short(split)} must be 'train' or 'val'")
+
+    def tensor(self, name: str, t: torch.Tensor, channel_dim: int | None = None) -> None:
+        """Feed one tensor to the tap ``name`` (as a module hook does; a name without a side is read as
+        ``expect`` reads it: ``"latents"`` is ``"latents:input"``): image-like tensors get per-channel
+        statistics (channels on ``channel_dim``, found when not given), others per-tensor."""
+        if ":" not in name and not name.startswith(("batch", "val/")):
+            name = self._tap_name_for_key(name)
+        if channel_dim is None or name in self._taps:
+            self._on_module_tensor(name, t)
+        elif not self._phase or self.watch_validation:
+            self._feed(self._phase + name, t, channel_dim)
+
+    def end_step(self) -> list[Finding]:
+        """Close the training step: at a check step, check the training taps; returns the findings
+        reported by this call."""
+        before = len(self.findings)
+        self._train_batches += 1
+        self._step_open = False
+        try:
+            if self._check_now:
+                self.check(self._step_at_start, "train")
+                if not self._announced:
+                    self._announced = True
+                    try:
+                        self._info(self.watching())
+                    except Exception as e:  # noqa: BLE001
+                        self._internal("console", e, None)
+            elif self.check_nonfinite_every_step and self.check_nonfinite():
+                self.check(self._step_at_start, "train")
+        finally:
+            self._detail = False
+            self._check_now = False
+            if self._clock == self._own_clock:
+                self._own_step += 1
+        return self.findings[before:]
+
+    def step(self) -> list[Finding]:
+        """The plain-loop name of :meth:`end_step`: call it once per training step, after ``batch()``."""
+        return self.end_step()
+
+    def begin_validation(self) -> None:
+        """Validation forwards from now on feed their own taps (``val/...``), never the training windows."""
+        if self._tracer is not None:
+            self._tracer.enabled = False  # validation forwards would mix into the training step
+        self._phase = "val/"
+
+    def end_validation(self, check: bool = False) -> None:
+        """Back to training; with ``check``, check the validation taps first."""
+        if check:
+            self.check(split="val")
+        self._phase = ""
+
+    def check(self, step: int | None = None, split: str = "train") -> None:
+        """Check the taps of ``split`` (``"train"``: also the tracer and the loss networks) now: read
+        the statistics (a collective under several processes: every rank must call it), judge, log,
+        report, and start new windows."""
+        if split not in ("train", "val"):
+            raise ConfigError(f"split = {_short(split)} must be 'train' or 'val'")
+        which = (lambda n: n.startswith("val/")) if split == "val" else (lambda n: not n.startswith("val/"))
+        self._check(which, step=step, train_check=split == "train")
+        if split == "val":
+            self._detail = False
+
+    def summaries(self, split: str = "train") -> dict[str, RangeSummary]:
+        """The current window of each fed tap of ``split``, computed without starting a new one (a
+        collective under several processes)."""
+        out: dict[str, RangeSummary] = {}
+        for name in sorted(self._taps):
+            tap = self._taps[name]
+            if tap.disabled or not tap.fed or name.startswith("val/") != (split == "val"):
+                continue
+            try:
+                out[name] = tap.stats.compute()
+            except Exception as e:  # noqa: BLE001
+                self._internal(name, e, tap)
+        return out
+
+    def check_nonfinite(self) -> bool:
+        """Whether any tap (or the tracer) saw NaN/Inf since the last check: one bool read from the
+        device (a small sync; a collective under several processes)."""
+        return self._nonfinite_now()
+
+    def close(self) -> None:
+        """Report what is pending (previews), take every hook off, say the summary line."""
+        try:
+            self.detach()
+        finally:
+            self.say_summary()
+
+    def say_summary(self) -> None:
+        """Say :meth:`summary_line` (rank zero)."""
+        try:
+            self._info(self.summary_line())
+        except Exception as e:  # noqa: BLE001
+            self._internal("console", e, None)
+
+    def __enter__(self) -> "Watch":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is not None and exc[0] is not RangeMismatchError:
+            self.abort(exc[1])
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Watch(expect={self.expect}, policy={self.policy!r})"
+
+    # ------------------------------------------------------------------ expectations
+    def _set_declared(self) -> None:
+        for key, conv in self.expect.items():
+            name = self._tap_name_for_key(key)
+            self.expectations[name] = Expectation(conv, f"declared in RangeWatch(expect={{{key!r}: {conv!r}}})", "declared",
+                                                  "batch" if name.startswith("batch") else parse_tap_key(key)[1])  # type: ignore[arg-type]
+
+    @staticmethod
+    def _tap_name_for_key(key: str) -> str:
+        if key.startswith("batch"):
+            return key
+        if key.startswith("val/"):
+            return key
+        name, side = parse_tap_key(key)
+        return f"{name}:{side}"
+
+    def expectation_for(self, tap: str) -> Expectation | None:
+        """The expectation that applies to a tap (validation batch taps share the train key)."""
+        if tap in self.expectations:
+            return self.expectations[tap]
+        if tap.startswith("val/"):  # a validation module tap takes its module's expectation, never the loader's
+            inner = tap[4:]
+            return self.expectations.get(inner) or (self._loader_expect.get("val") if inner.startswith("batch") else None)
+        if tap.startswith("batch"):
+            return self._loader_expect.get("train")
+        return None
+
+    def watch_previews(self, context: str = "training preview") -> None:
+        """Observe the calls that turn tensors into images (until :meth:`detach`); ``context`` names
+        the phase in the findings (``"training preview"``, ``"validation preview"``)."""
+        if not self.watch_visualization:
+            return
+        try:
+            if self._vis is None:
+                from .visualization import VisualizationWatch
+
+                self._vis = VisualizationWatch(
+                    threshold=self.clip_threshold, context=context, on_finding=self._vis_pending.append,
+                    warn=False, hist_bins=self.hist_bins, gate=self._vis_gate,
+                )
+            self._vis.context = context
+            self._vis.step = self._now()
+            if not self._vis.active:
+                self._vis.start()
+        except Exception as e:
+            self.watch_visualization = False
+            self._internal("visualization", e, None, what="starting the visualisation watch (previews are not observed)")
+
+    def _vis_gate(self, site: str, filename: str) -> bool:
+        """Measure this call? At check steps, and at the first call of each call site."""
+        if filename.startswith(_OWN_DIR) and os.path.basename(filename) in _OWN_LOGGING:
+            return False  # rangewatch's own previews
+        first = site not in self._vis_sites
+        if first:
+            self._vis_sites.add(site)
+        return first or self._vis_judge
+
+    def preview_step(self, judge: bool | None = None, context: str | None = None) -> None:
+        """Keep the watch's step (and phase) current, so a call is stamped with the step it was made at."""
+        if self._vis is not None:
+            self._vis.step = self._now()
+            if context is not None:
+                self._vis.context = context
+        if judge is not None:
+            self._vis_judge = judge
+
+    def flush_previews(self, log: bool = True, final: bool = False) -> None:
+        """Report the findings of the calls made since the last hook (at the step of each call) and log
+        their corrected previews. Under DDP preview calls happen on some ranks only, so their findings
+        wait for the next check (or the end of the fit), where every rank takes part."""
+        if self.collectives.world_size == 1:
+            if self._vis_pending:
+                pending, self._vis_pending[:] = list(self._vis_pending), []
+                self._report(pending, self._now())
+        elif final:  # every rank reaches teardown: a collective decision (policy="raise") is safe here
+            pending, self._vis_pending[:] = list(self._vis_pending), []
+            self._report(pending, self._now())
+        if not log or self._vis is None:
+            return
+        try:
+            previews = self._vis.pop_previews()
+            if previews and self._sink is not None and self._sink.has_images:
+                from .visualization import log_previews
+
+                for p in previews:
+                    step = p.record.step if p.record.step is not None else self._now()
+                    for w in self._sink.writers:
+                        log_previews(w, p, step=step)
+                    self._sink.other_images(f"rangewatch/preview/{p.image_tag}", p.build_labelled(), step)  # W&B / MLflow
+        except Exception as e:
+            self._internal("visualization", e, None, what="logging the corrected previews")
+
+    def _stop_visualization(self) -> None:
+        if self._vis is None or not self._vis.active:
+            return
+        try:
+            self.flush_previews(final=True)
+        finally:
+            try:
+                while self._vis.active:
+                    self._vis.stop()
+            except Exception as e:
+                self._internal("visualization", e, None, what="stopping the visualisation watch")
+
+    def _derive(self, model: nn.Module) -> None:
+        """Expectations from model metadata; declared ones win."""
+        if not self.derive_expectations or self._derived_keys or self._derived_done:
+            return
+        self._derived_done = True  # metadata is read once per fit (teardown clears it)
+        from .model_expectations import derive_expectations
+
+        notes: list[str] = []
+        try:
+            derived = derive_expectations(model, image_processors=self.image_processors or None, notes=notes)
+        except Exception as e:
+            self._internal("derive_expectations", e, None)
+            return
+        for key, exp in derived.items():
+            name, side = key.rsplit(":", 1)
+            if side not in ("input", "output") or not name:
+                continue
+            tap = f"{name}:{side}"
+            if tap in self.expectations:  # declared wins
+                continue
+            self.expectations[tap] = exp
+            self._derived_keys.add(tap)
+        for n in notes:
+            self._note_once(n, f"rangewatch: {n}")
+
+    def _nonfinite_now(self) -> bool:
+        """Fail-fast: one bool read from the device (a small sync), only with check_nonfinite_every_step."""
+        from .numerics import nonfinite_flag
+
+        flag = nonfinite_flag([t.stats for t in self._taps.values() if not t.disabled])
+        if self._tracer is not None:
+            flag = flag.to(self._tracer.nonfinite_flag().device) | self._tracer.nonfinite_flag()
+        coll = self.collectives
+        if coll.world_size > 1:  # every rank must then check, or none
+            flag = coll.all_reduce_sum(flag.to(coll.device, torch.float32)) > 0
+        return bool(flag.item())
+
+    def _attach_tracer(self, model: nn.Module) -> None:
+        if self.trace_modules is None or self._tracer is not None:
+            return
+        from .numerics import ModuleTracer, UnknownModuleError
+
+        try:
+            tracer = ModuleTracer(
+                model, self.trace_modules, self.trace_history, headroom_share=self.headroom_share,
+                auto_step=False, exact=self.trace_exact,
+            )
+        except UnknownModuleError as e:
+            raise ConfigError(
+                f"option 'trace_modules' = {_short(self.trace_modules)}: {e}; allowed: 'all' or names / patterns of "
+                f"submodules of {type(model).__name__}"
+            ) from None
+        self._tracer = tracer.attach()  # attach() removes every hook it placed when one fails
+        for n in tracer.notes:
+            self._note_once(n, f"rangewatch: {n}")
+
+    def attach(self, model: nn.Module) -> "Watch":
+        """Read what the model expects from its metadata (unless ``derive_expectations=False``), hook
+        the named submodules, the loss networks and the tracer. Raises :class:`~rangewatch.ConfigError`
+        (leaving nothing behind) when ``expect``, ``modules`` or ``trace_modules`` name a submodule the
+        model lacks."""
+        self._attached = True
+        self._derive(model)
+        try:  # loss networks and metrics (LPIPS, FID, PSNR, VGG losses): rangewatch.integrations
+            from .integrations import LossWatch
+
+            if self.derive_expectations:
+                self._losses = (self._losses or LossWatch()).attach(model)
+        except Exception as e:
+            self._internal("loss networks", e, None)
+        try:
+            self._attach_tracer(model)
+        except ConfigError:
+            raise
+        except Exception as e:
+            self._internal("trace_modules", e, None)
+        wanted: dict[str, set[str]] = {}
+        for tap in self._derived_keys:
+            name, side = tap.rsplit(":", 1)
+            wanted.setdefault(name, set()).add(side)
+        for key in list(self.expect) + list(self.modules):
+            if key.startswith("batch") or key.startswith("val/"):
+                continue
+            name, side = parse_tap_key(key)
+            sides = wanted.setdefault(name, set())
+            if ":" in key or key in self.expect:
+                sides.add(side)
+            else:  # modules=[...] without a side: both
+                sides.update(("input", "output"))
+        missing = self._module_taps.attach(model, wanted)
+        for n in self._module_taps.skipped:  # TorchScript modules, hooks that cannot be placed
+            self._note_once(n, f"rangewatch: {n}")
+        if missing:
+            self._module_taps.detach()
+            if self._losses is not None:  # nothing this attach placed stays behind
+                self._losses.detach()
+            if self._tracer is not None:
+                self._tracer.detach()
+                self._tracer = None
+            names = [n for n, _ in model.named_modules() if n]
+            msgs = []
+            for m in missing:
+                close = difflib.get_close_matches(m, names, n=3)
+                msgs.append(f"{m!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
+            raise ConfigError(
+                f"RangeWatch: no submodule named {', '.join(msgs)} in {type(model).__name__}; "
+                f"named submodules include: {', '.join(names[:25])}{' ...' if len(names) > 25 else ''}"
+            )
+        if self.expectations:
+            lines = [f"  {tap}: {e.convention} ({e.source})" for tap, e in sorted(self.expectations.items())]
+            self._info("rangewatch expectations:\n" + "\n".join(lines))
+        return self
+
+    def predict_loaders(self, train: Any = None, val: Any = None) -> None:
+        """What the loaders' transforms produce (read from their datasets' transforms, no batch is
+        pulled); a disagreement with a module's expectation is reported at once (the cheapest possible
+        warning). Once per fit; nothing with ``derive_expectations=False``."""
+        if not self.derive_expectations or self._loader_expect:
+            return
+        try:
+            from .transform_inspection import predict_dataset
+
+            early: list[Finding] = []
+            for stage, loader in (("train", train), ("val", val)):
+                if loader is None:
+                    continue
+                pred = predict_dataset(loader, where=f"{stage} dataloader")
+                if pred is None:
+                    continue
+                exp = pred.expectation("batch")
+                if exp is None:
+                    for n in pred.notes:
+                        self._note_once(n, f"rangewatch: {n}")
+                    continue
+                self._loader_expect[stage] = exp
+                self._loader_noise[stage] = float(getattr(pred, "noise_share", 0.0) or 0.0)
+                if stage != "train":
+                    continue
+                for tap, mexp in sorted(self.expectations.items()):
+                    if tap.startswith(("batch", "val/")) or not tap.endswith(":input") or mexp.conv.kind != "pixel":
+                        continue
+                    if mexp.convention != exp.convention:
+                        early.append(self._pipeline_finding(tap, exp, mexp))
+            if self._loader_expect:
+                self._info("rangewatch loader predictions: " + ", ".join(f"{k}: {v.convention} ({v.source})" for k, v in self._loader_expect.items()))
+            self._report(early, self._now())
+        except (ConfigError, RangeMismatchError):
+            raise
+        except Exception as e:
+            self._internal("transform inspection", e, None)
+
+    def _pipeline_finding(self, tap: str, data: Expectation, model: Expectation) -> Finding:
+        from .fixes import conversion_fix
+
+        module = tap.rsplit(":", 1)[0]
+        return Finding(
+            kind="mismatch",
+            where=f"train dataloader -> {tap}",
+            observed=data.convention,
+            expected=model.convention,
+            evidence=(
+                f"the data pipeline produces {data.conv.label} ({data.source}) while {module} expects {model.conv.label} "
+                f"({model.source}); unless the model re-normalises in between, {module} gets the wrong range"
+            ),
+            fix=conversion_fix(data.convention, model.convention, module),
+            severity="info",
+            step=self._now(),
+            source=model.source,
+        )
+
+    def detach(self) -> None:
+        """Take every hook off the model and stop observing previews (their last findings are
+        reported: under ``policy="raise"`` this may raise). A later :meth:`attach` starts a new fit."""
+        self._module_taps.detach()
+        self._attached = False
+        self._derived_done = False
+        if self._losses is not None:
+            self._losses.detach()
+        try:
+            self._stop_visualization()  # may raise RangeMismatchError (policy="raise") for the last previews
+        finally:
+            if self._tracer is not None:
+                self._tracer.detach()
+                self._tracer = None
+
+    def abort(self, exception: BaseException | None = None) -> None:
+        """The run failed with ``exception``: take every hook off; unless rangewatch itself stopped
+        the run, let the tracer still name where NaN/Inf came from (a NaN loss that raised)."""
+        self._module_taps.detach()
+        self._attached = False
+        if self._losses is not None:
+            self._losses.detach()
+        if self._tracer is not None and not isinstance(exception, RangeMismatchError):
+            try:  # a NaN loss that raised: still name where the NaN came from
+                for f in self._tracer.check(self._now()):
+                    if self._log.add(f):
+                        self._warn(f"rangewatch: {f}")
+            except Exception as e:
+                self._internal("trace_modules", e, None)
+            self._tracer.detach()
+            self._tracer = None
+        if self._vis is not None:
+            while self._vis.active:
+                self._vis.stop()
+
+    # ------------------------------------------------------------------ taps
+
+    def _misfit(self, name: str, t: torch.Tensor, channel_dim: int | None, exp: Expectation) -> Finding | None:
+        """A ``mismatch`` finding when the expected convention cannot apply to this tensor's channel
+        count (16-channel Flux latents declared ``sdxl_latent``, ``imagenet`` on 2 channels): the
+        user's declaration (or the model's metadata) does not fit, which is not an internal error."""
+        if channel_dim is None or t.dim() == 0:
+            return None
+        c = int(t.shape[channel_dim])
+        conv = exp.conv
+        if conv.kind == "latent":
+            if conv.channels is None or conv.channels == c:
+                return None
+            fits = f"{conv.channels} channels"
+        else:
+            try:
+                conv.bounds(c)
+                return None
+            except ValueError:
+                fits = "1 channel, or " + " or ".join(sorted({str(len(conv.mean)), str(len(conv.mean) + 1)})) + " channels"
+        return Finding(
+            kind="mismatch",
+            where=name,
+            observed=f"{c} channels",
+            expected=f"{exp.convention} ({fits})",
+            evidence=(
+                f"{name} carries {c} channels (shape {tuple(t.shape)}, channel dim {channel_dim}) but is expected to follow "
+                f"{exp.convention} ({exp.source}), a convention for {fits}: the expectation does not fit this tensor, so it "
+                "cannot be checked; the tap is watched without it"
+            ),
+            fix=(
+                f"expect the convention that fits {c}-channel data here (`rangewatch conventions` lists them, e.g. flux_latent "
+                "or sd3_latent for 16-channel latents), or name the tap that carries the data you meant"
+            ),
+            severity="error",
+            step=self._clock(),
+            source=exp.source,
+        )
+
+    def _new_tap(self, name: str, t: torch.Tensor, channel_dim: int | None) -> _Tap:
+        exp = self.expectation_for(name)
+        misfit = self._misfit(name, t, channel_dim, exp) if exp is not None and t.numel() else None
+        if misfit is not None:  # reported at the next check (a collective point under DDP), never from a hook
+            self._early.append(misfit)
+            tap = _Tap(name, channel_dim, self._make_stats(channel_dim, None), misfit=True)
+            self._taps[name] = tap
+            return tap
+        if exp is not None and exp.conv.kind == "latent":
+            from .latents import LatentMonitor
+
+            mon = LatentMonitor(exp.conv, channel_dim=channel_dim, dist_sync_fn=self._sync_fn())
+            pending = self._pending_states.pop(name, None)
+            if pending is not None and "latent" in pending:  # a resumed fit goes on with the saved window
+                mon.load_state_dict(pending["latent"], device=t.device)
+                mon.stats.dtypes_seen = set(pending.get("dtypes", ()))
+            tap = _Tap(name, channel_dim, mon.stats, latent=mon)
+            if pending is not None:
+                tap.steps_checked = int(pending.get("steps_checked", 0))
+            self._taps[name] = tap
+            return tap
+        bounds = exp.convention if exp is not None and exp.conv.kind == "pixel" else None
+        stats = self._make_stats(channel_dim, bounds)
+        tap = _Tap(name, channel_dim, stats, bounds=bounds)
+        if t.dim() == 4 and channel_dim == 3:
+            tap.layout = f"read as channels-last (N, H, W, C): {tuple(t.shape)} has its {t.shape[3]} channels on dim 3"
+        pending = self._pending_states.pop(name, None)
+        if pending is not None:
+            tap.bounds = pending.get("bounds", bounds)
+            tap.stats = self._make_stats(channel_dim, tap.bounds)
+            tap.stats.load_state_dict(pending["stats"])
+            tap.stats.dtypes_seen = set(pending.get("dtypes", ()))
+            tap.stats.to(t.device)
+            tap.steps_checked = int(pending.get("steps_checked", 0))
+        self._taps[name] = tap
+        return tap
+
+    def _make_stats(self, channel_dim: int | None, bounds: str | None) -> RangeStats:
+        # histograms only where they can be logged (decided alike on every rank: the states must match)
+        bins = self.hist_bins if self.histograms and self._has_tensorboard else 0
+        return RangeStats(channel_dim=channel_dim, bounds=bounds, hist_bins=bins, dist_sync_fn=self._sync_fn())
+
+    def _sync_fn(self) -> Any:
+        coll = self.collectives
+        sync_fn = None
+        if coll.world_size > 1:
+
+            def sync_fn(t: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
+                # RangeStats gathers one flat packed tensor; a rank that saw no data sends an empty one
+                return coll.all_gather_varlen(t)
+
+        return sync_fn
+
+    def _feed(self, name: str, t: torch.Tensor, channel_dim: int | None) -> None:
+        tap = self._taps.get(name)
+        try:
+            if tap is None:
+                tap = self._new_tap(name, t, channel_dim)
+            if tap.disabled:
+                return
+            if tap.latent is not None:
+                tap.latent.update(t)
+            else:
+                tap.stats.update(t, detail=self._detail, moments=self.moments_every_step)
+            tap.fed = True
+        except (ConfigError, RangeMismatchError):
+            raise
+        except Exception as e:  # rangewatch must never be the cause of a failed run
+            self._internal(name, e, tap)
+
+    def _on_module_error(self, tap_name: str, error: BaseException) -> None:
+        """A module hook failed (ModuleTaps never lets it reach the model): that tap is switched off."""
+        self._internal(tap_name, error, self._taps.get(tap_name))
+
+    def _on_module_tensor(self, tap_name: str, t: torch.Tensor) -> None:
+        if self._phase:  # a validation forward: its own tap (val/...), never the training window
+            if not self.watch_validation:
+                return
+            tap_name = self._phase + tap_name
+        tap = self._taps.get(tap_name)
+        if tap is not None and tap.disabled:
+            return
+        if type(t) is not torch.Tensor or t.layout is not torch.strided or t.is_nested or t.is_meta:
+            kind = odd_tensor_kind(t)
+            if kind is not None:  # this call is skipped; the tap stays on for the dense tensors it carries
+                self._note_once(f"{tap_name}:{kind}", f"rangewatch: {tap_name} carries a {kind} tensor: rangewatch reads dense tensors only, so it is not watched")
+                return
+        if tap is None:
+            if not (t.is_floating_point() or t.dtype == torch.uint8) or t.dim() < 2 or t.numel() == 0:
+                self._note_once(tap_name, f"{tap_name} carries a {t.dtype} tensor of shape {tuple(t.shape)}: not image-like, not watched")
+                self._taps[tap_name] = _Tap(tap_name, 1, RangeStats(), disabled=True)
+                return
+            cd = image_channel_dim(t, channels=tuple(range(1, 65)))
+            if cd is None:
+                # not image-like ((B, L, D) token sequences whose L varies, say): per-tensor statistics, which
+                # assume no channel axis; a tap with an expectation keeps dim 1 (its convention is per channel)
+                cd = 1 if self.expectation_for(tap_name) is not None else None
+            self._feed(tap_name, t, cd)
+            return
+        self._feed(tap_name, t, tap.channel_dim)
+
+    def _feed_batch(self, batch: Any, prefix: str) -> None:
+        skipped: list[tuple[str, str]] = []
+        try:
+            images = find_images(batch, self.batch_keys, self.skip_keys, notes=skipped)
+            for path, why in skipped:  # said once per path: what is not watched, and why
+                self._note_once(f"skipped {prefix}{path}", f"rangewatch: {prefix}{path} is not watched: {why}")
+        except Exception as e:
+            self._internal(f"{prefix}batch", e, None, what="looking for the image tensors in the batch (this batch is not watched)")
+            return
+        seen = set()
+        for img in images:
+            seen.add(img.path)
+            self._feed(prefix + img.path, img.tensor, img.channel_dim)
+        for key in self._declared_batch_paths:  # declared keys that do not look like images (latents)
+            if key not in seen:
+                t = resolve_path(batch, key)
+                if t is not None and odd_tensor_kind(t) is None and t.is_floating_point() and t.dim() >= 3 and t.numel():
+                    self._feed(prefix + key, t, 1)
+
+    # ------------------------------------------------------------------ train / validation hooks
+    def _is_check_step(self, step: int) -> bool:
+        return self._train_batches < self.check_first_n or step % self._every == 0
+
+    def _agree_on_taps(self) -> None:
+        """Under DDP every rank must take part in the same reductions, in the same order. Ranks
+        exchange their taps (name, channel dim, and why rangewatch switched one off), add the
+        ones they lack as empty taps (a module called on one rank only, a batch key one rank
+        never saw) and switch off everywhere a tap switched off on any rank."""
+        # one line per tap: name, channel dim, and "" (on), the error text, or "-" (off: not an image)
+        lines = [f"{n}\t{t.channel_dim}\t{(t.error or '-').replace(chr(10), ' ') if t.disabled else ''}"
+                 for n, t in sorted(self._taps.items())]
+        payload = torch.tensor(list("\n".join(lines).encode()), dtype=torch.uint8)
+        for rank, part in enumerate(self.collectives.all_gather_varlen(payload)):
+            for line in bytes(part.cpu().tolist()).decode(errors="replace").splitlines():
+                name, cd, why = line.split("\t", 2)
+                tap = self._taps.get(name)
+                if tap is None:
+                    tap = self._placeholder_tap(name, None if cd == "None" else int(cd))
+                if why and not tap.disabled:
+                    tap.disabled = True
+                    if why != "-":  # an internal error on another rank: said here too (rank zero warns)
+                        self._internal(name, RuntimeError(f"on rank {rank}: {why}"), tap)
+
+    def _placeholder_tap(self, name: str, channel_dim: int | None) -> _Tap:
+        """An empty tap for one that another rank has: it takes part in the reductions with no data."""
+        probe = torch.empty(0, device=self.collectives.device)
+        tap = self._new_tap(name, probe, channel_dim)
+        tap.stats.to(probe.device)
+        return tap
+
+    def _check(self, which: Callable[[str], bool], step: int | None = None, train_check: bool = False) -> None:
+        step = self._now() if step is None else step
+        if self.collectives.world_size > 1:
+            try:
+                self._agree_on_taps()
+            except Exception as e:  # noqa: BLE001  (then each rank goes on with the taps it has)
+                self._internal("ddp", e, None)
+        new: list[Finding] = list(self._early)  # found in hooks since the last check (a declared convention that does not fit)
+        self._early.clear()
+        if self._vis_pending and self.collectives.world_size > 1:  # previews judged on some ranks only: reported here, where all ranks are
+            new.extend(self._vis_pending)
+            self._vis_pending.clear()
+        metrics: dict[str, float] = {}
+        summaries: list[tuple[str, RangeSummary]] = []
+        for name in sorted(self._taps):
+            tap = self._taps[name]
+            # under DDP every rank takes part in every tap's reduction, fed this window or not
+            if tap.disabled or not which(name) or (not tap.fed and self.collectives.world_size == 1):
+                continue
+            try:
+                s = tap.stats.compute()  # the host transfer (and the cross-rank reduction)
+                tap.channels = s.channels
+                if self.collectives.world_size > 1 and tap.latent is None:
+                    self._gather_sample(tap, s.channels)
+                new.extend(self._judge(tap, s, step))
+                metrics.update(self._metrics(tap, s))
+                summaries.append((name, s))
+            except (ConfigError, RangeMismatchError):
+                raise
+            except Exception as e:
+                self._internal(name, e, tap)
+        synced = self._sync_latents(summaries) if self.collectives.world_size > 1 else []
+        if self._sink is not None and self.collectives.rank == 0:
+            try:
+                if metrics:
+                    self._sink.scalars(metrics, step)
+                    if not self._sink.has_images and self._sink.active:
+                        self._note_once("histograms", "rangewatch: histograms, images and text need a TensorBoard, W&B or MLflow logger; other loggers get scalars only")
+                if self.histograms:
+                    flagged = self._log.flagged(new)
+                    for name, s in summaries:
+                        if self._taps[name].latent is None and (self.histograms == "all" or name in flagged):
+                            self._sink.histograms(name, s, step)
+                self._log_overview(summaries, new, step)
+                if self._sink.has_tensorboard:
+                    from .latents import log_latents
+
+                    for name, _ in summaries:
+                        if self._taps[name].latent is not None:
+                            for w in self._sink.writers:
+                                log_latents(w, name, self._taps[name].latent, step)
+                if self._sink.wandb or self._sink.mlflow:
+                    self._latents_elsewhere(summaries, step)
+            except Exception as e:
+                self._internal("logging", e, None)
+        for st in synced:
+            st.unsync()
+        for name, _ in summaries:
+            self._reset(self._taps[name])
+        if self._tracer is not None and train_check:
+            try:
+                gather = self.collectives.all_gather_bytes if self.collectives.world_size > 1 else None  # every rank checks at the same steps
+                new.extend(self._tracer.check(step, gather=gather))
+                for n in self._tracer.notes:
+                    self._note_once(n, f"rangewatch: {n}")
+            except Exception as e:
+                self._internal("trace_modules", e, None)
+        if self._losses is not None:
+            new.extend(self._losses.check(step))
+        self._report(new, step)
+
+    def _sync_latents(self, summaries: list[tuple[str, RangeSummary]]) -> list[RangeStats]:
+        """Under DDP, reduce the latent taps' states on every rank before rank zero logs their
+        histograms (``log_latents`` reads them again): a sync of rank zero's own there would wait
+        forever for the other ranks. Returns the synced stats, to ``unsync()`` after the logging."""
+        out = []
+        for name, _ in summaries:
+            tap = self._taps[name]
+            if tap.latent is None:
+                continue
+            try:
+                tap.stats.sync(dist_sync_fn=tap.stats.dist_sync_fn)
+                if tap.stats.synced:
+                    out.append(tap.stats)
+            except Exception as e:  # noqa: BLE001
+                self._internal(name, e, tap)
+        return out
+
+    def _gather_sample(self, tap: _Tap, channels: int) -> None:
+        """Every rank's sampled values, so that every rank reaches the same verdict (a verdict that
+        differs between ranks would make one rank raise alone). Every rank takes part, fed or not."""
+        vs = tap.stats.value_sample
+        flat, c = vs.pending_flat()
+        if flat is None or c != channels:
+            flat = torch.zeros(0, dtype=torch.float64)
+        parts = self.collectives.all_gather_varlen(flat)
+        vs.replace_pending(torch.cat([p.to(torch.float64).cpu() for p in parts]), channels)
+
+    def _take_evidence(self, tap: _Tap) -> Any:
+        """This window's sampled values added to what earlier checks sampled (bounded)."""
+        import numpy as np
+
+        vs = tap.stats.value_sample
+        new = vs.take()
+        if new is not None and new.shape[1]:
+            old = tap.evidence
+            tap.evidence = np.concatenate([old, new], axis=1)[:, -vs.keep :] if old is not None and old.shape[0] == new.shape[0] else new
+            tap.images += vs.images
+        vs.clear()
+        return tap.evidence
+
+    def _judge(self, tap: _Tap, s: RangeSummary, step: int) -> list[Finding]:
+        out: list[Finding] = []
+        if s.empty:
+            return out
+        tap.steps_checked += 1
+        if tap.latent is not None:
+            return tap.latent.check(step, where=tap.name)
+        stage = "val" if tap.name.startswith("val/") else "train"
+        loader = self._loader_expect.get(stage)
+        noise = self._loader_noise.get(stage, 0.0)
+        sample = self._take_evidence(tap)
+        images = tap.images
+        prior = loader.convention if loader is not None and tap.name.removeprefix("val/").startswith("batch") else None
+        inf = infer_convention(s, sample=sample, images=images, prior=prior, noise_share=noise)
+        tap.inferred = inf
+        exp = self.expectation_for(tap.name)
+        # a model's *outputs* (an untrained decoder, say) are not held to a convention: watched, not judged
+        judged = exp is not None and not tap.misfit and not (exp.origin == "model" and tap.name.endswith(":output"))
+        # one image (batch size 1, first check) is rarely enough: wait for the next check to add evidence
+        enough = sample is None or images >= 2 or self._last_look(tap)
+        if exp is not None and judged and exp.conv.kind == "pixel" and enough:
+            f = check_expectation(tap.name, s, inf, exp.conv, step=step, source=exp.source, noise_share=noise)
+            if f is not None:
+                if tap.layout:  # say how the tensor was read (a channels-last batch, say)
+                    f = dataclasses.replace(f, evidence=f"{f.evidence}; {tap.layout}")
+                out.append(f)
+            elif tap.name.endswith(":input"):
+                self._reconcile(tap.name, inf, exp)
+        nonfinite = int(s.nonfinite.sum()) if float(s.detail_count.sum()) else 0
+        if bool(s.nonfinite_seen.any()):
+            chans = [str(i) for i, v in enumerate(s.nonfinite_seen.tolist()) if v]
+            count = f"{nonfinite} non-finite values (NaN {int(s.nan.sum())}, Inf {int(s.inf.sum())})" if nonfinite else "NaN/Inf values"
+            out.append(
+                Finding(
+                    kind="nonfinite",
+                    where=tap.name,
+                    observed="NaN/Inf",
+                    expected="finite values",
+                    evidence=f"{count} in channel(s) {', '.join(chans)} since the last check",
+                    fix="find where they start: RangeWatch(modules=[...]) on the suspects; in fp16 try bf16 or keep the overflowing module in fp32",
+                    severity="error",
+                    step=step,
+                )
+            )
+        return out
+
+    def _last_look(self, tap: _Tap) -> bool:
+        """Whether this check is the last of the check window for ``tap`` (then judge on what there is)."""
+        return tap.steps_checked >= max(1, self.check_first_n)
+
+    def _reconcile(self, tap: str, inf: Inference, exp: Expectation) -> None:
+        """Module-input taps outrank loader predictions: when the data reaching ``tap`` are compatible
+        with what the module expects and rule out what the loader was predicted to produce (the model
+        converts in between, e.g. ``x * 2 - 1`` before its VAE), the loader-prediction finding for
+        ``tap`` is withdrawn, and that is said once."""
+        where = f"train dataloader -> {tap}"
+        if where in self._withdrawn:
+            return
+        standing = [f for f in self.findings if f.kind == "mismatch" and f.where == where]
+        if not standing or exp.convention not in inf.compatible:
+            return
+        loader = standing[0].observed
+        if loader in inf.compatible:  # the tap cannot tell the loader's convention from the module's
+            return
+        self._withdrawn.add(where)
+        self._log.withdraw("mismatch", where)
+        module = tap.rsplit(":", 1)[0]
+        note = Finding(
+            kind="note", where=where, observed="withdrawn", expected=exp.convention,
+            evidence=(f"the loader prediction ({loader}) is withdrawn: the values that reach {tap} follow "
+                      f"{exp.conv.label}, as {module} expects, and rule out {loader} ({inf.excluded.get(loader, 'see the tap')}); "
+                      f"the model converts the loader's output itself"),
+            fix="nothing to do", severity="info", step=self._clock(),
+            source=exp.source,
+        )
+        self._log.add(note)
+        self._info(f"rangewatch: {note}")
+
+    def _metrics(self, tap: _Tap, s: RangeSummary) -> dict[str, float]:
+        m: dict[str, float] = {}
+        full = self.per_channel_scalars
+        stats = (("min", s.range_min), ("max", s.range_max), ("mean", s.mean)) + ((("std", s.std),) if full else ())
+        for c in range(s.channels):
+            for stat, vals in stats:
+                v = float(vals[c])
+                if math.isfinite(v):
+                    m[tag(tap.name, stat, c)] = v
+            if full and float(s.detail_count[c]) > 0:
+                m[tag(tap.name, "nonfinite", c)] = float(s.nonfinite[c])
+                if s.bounds is not None:
+                    m[tag(tap.name, "out_of_range", c)] = float((s.below[c] + s.above[c]) / s.detail_count[c])
+        counted = float(s.detail_count.sum())
+        if not full and counted > 0:  # one figure each for the whole tap
+            m[tag(tap.name, "nonfinite")] = float(s.nonfinite.sum())
+            if s.bounds is not None:
+                m[tag(tap.name, "out_of_range")] = float((s.below.sum() + s.above.sum()) / counted)
+        exp = self.expectation_for(tap.name)
+        if exp is not None and exp.conv.kind == "pixel":
+            try:
+                lo, hi = exp.conv.bounds(s.channels)
+            except ValueError:  # a convention that does not fit the channel count (a mismatch finding says so)
+                lo = hi = ()
+            if lo and hi:
+                m[tag(tap.name, "expected_min")], m[tag(tap.name, "expected_max")] = float(min(lo)), float(max(hi))
+        return m
+
+    def _latents_elsewhere(self, summaries: list[tuple[str, RangeSummary]], step: int) -> None:
+        """The latent RGB preview (and, for W&B, the per-channel histograms) to W&B / MLflow."""
+        from torchvision.utils import make_grid
+
+        from .latents import latent_preview, preview_scale
+
+        for name, s in summaries:
+            mon = self._taps[name].latent
+            if mon is None:
+                continue
+            if mon.last is not None and mon.conv.latent_rgb is not None:
+                prev = latent_preview(mon.last[:4], mon.conv, channel_dim=mon.channel_dim)
+                k = preview_scale(int(prev.shape[-1]))
+                prev = prev.repeat_interleave(k, -1).repeat_interleave(k, -2)
+                self._sink.other_images(f"{tag(name, 'latent_preview')}", make_grid(prev.float(), nrow=4, padding=2, pad_value=1.0), step)
+            self._sink.other_histograms(name, s, step)
+
+    def watching(self) -> str:
+        """What is watched, said once per fit after the first checked batch: each tap with its
+        channels and its expectation (and where that comes from) or what the data looks like, the
+        taps not watched and why, expectations whose tap has not been seen yet, and the check cadence."""
+        lines = []
+        live = {n: t for n, t in sorted(self._taps.items()) if not t.disabled}
+        off = {n: t for n, t in sorted(self._taps.items()) if t.disabled}
+        width = min(36, max([len(n) for n in live] + [4]))
+        for name, t in live.items():
+            exp = self.expectation_for(name)
+            ch = f"{t.channels} ch" if t.channels else ""
+            if exp is not None:  # the sources of self.expectations were said at fit start ("rangewatch expectations")
+                listed = any(exp is e for e in self.expectations.values())
+                what = f"expects {exp.convention}" + ("" if listed else f" ({exp.source})")
+            elif t.inferred is not None and t.inferred.name != "unknown":
+                what = f"no expectation; the data looks like {t.inferred.name}" + ("" if t.inferred.confident else " (not sure)")
+            else:
+                what = "no expectation; watched for NaN/Inf and range only"
+            lines.append(f"  {name:<{width}} {ch:>5}  {what}")
+        for name, t in off.items():
+            lines.append(f"  not watched: {name} ({t.error or 'not an image-like tensor'})")
+        unseen = [n for n in sorted(self.expectations) if n not in self._taps and not n.startswith("val/")]
+        for n in unseen:
+            lines.append(f"  not seen yet: {n} (expects {self.expectations[n].convention})")
+        cadence = f"checked at the first {self.check_first_n} batches, then every {self._every} steps"
+        head = f"rangewatch: watching {len(live)} tap{'s' if len(live) != 1 else ''} ({cadence})"
+        if not live:
+            head += ": no image-like tensor in the batches; name tensors with expect= / modules="
+        return head + ("\n" + "\n".join(lines) if lines else "")
+
+    def summary_line(self) -> str:
+        """One line for the end of a fit: taps checked, batches, findings by kind."""
+        from collections import Counter
+
+        checked = [t for t in self._taps.values() if t.steps_checked]
+        problems = [f for f in self.findings if f.kind not in QUIET_KINDS]
+        counts = Counter(f.kind for f in problems)
+        found = (f"{len(problems)} finding{'s' if len(problems) != 1 else ''} (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
+                 if problems else "no findings")
+        internal = sum(f.kind == "internal" for f in self.findings)
+        extra = f"; {internal} tap{'s' if internal != 1 else ''} switched off after an internal error" if internal else ""
+        return (f"rangewatch: {len(checked)} tap{'s' if len(checked) != 1 else ''} checked over {self._train_batches} "
+                f"training batch{'es' if self._train_batches != 1 else ''}: {found}{extra}")
+
+    def _log_overview(self, summaries: list[tuple[str, RangeSummary]], new: list[Finding], step: int) -> None:
+        """The findings count per kind (``rangewatch/findings/<kind>``, ``.../total``) and, when the
+        taps or their flags changed, TensorBoard's custom-scalars layout (one category per tap)."""
+        if self._sink is None:
+            return
+        self._sink.scalars(self._log.counts(new), step)
+        if not self._sink.has_tensorboard:
+            return
+        flagged = self._log.flagged(new)
+        taps = dict(self._layout_taps)
+        for name, s in summaries:
+            if self._taps[name].latent is None:
+                taps[name] = (s.channels, name in flagged)
+        taps = {n: (c, n in flagged) for n, (c, _) in taps.items()}
+        if taps != self._layout_taps:
+            from .sinks import scalars_layout
+
+            self._sink.layout(scalars_layout(taps), step)
+            self._layout_taps = taps
+
+    def _reset(self, tap: _Tap) -> None:
+        """Start a new window; once a convention is known, histograms and out-of-range use its bounds."""
+        if tap.latent is not None:
+            tap.latent.reset()
+            tap.fed = False
+            return
+        target = tap.bounds
+        if target is None and tap.inferred is not None and tap.inferred.confident and tap.inferred.name != "unknown":
+            target = tap.inferred.name
+        if target != tap.bounds:
+            tap.stats.reset_with_bounds(target)
+            tap.bounds = target
+        else:
+            tap.stats.reset()
+        tap.fed = False
+
+    # ------------------------------------------------------------------ findings
+    def _report(self, new: list[Finding], step: int) -> None:
+        """Through the findings log (each finding once, the policy applied); the fresh ones to the sinks.
+        Under several processes with ``policy="raise"``, every rank must call this together."""
+        coll = self.collectives
+        gather = coll.all_gather_bytes if self.policy == "raise" and coll.world_size > 1 else None
+
+        def write(fresh: list[Finding]) -> None:
+            if self._sink is not None:
+                try:
+                    self._sink.findings(self.findings, step)
+                except Exception as e:
+                    self._internal("logging", e, None)
+
+        self._log.report(new, gather=gather, on_fresh=write)
+
+    def _internal(self, where: str, error: BaseException, tap: _Tap | None, what: str | None = None) -> None:
+        if tap is not None:
+            tap.disabled = True
+            if tap.error is None:
+                tap.error = f"{type(error).__name__}: {error}"
+        # say what failed; "switched this tap off" only when a tap was
+        what = what or _INTERNAL_WHAT.get(where) or f"watching {where}"
+        if tap is not None:
+            evidence = f"rangewatch failed while {what} and switched this tap off; training goes on"
+            consequence = "this tap is switched off"
+        else:
+            evidence = f"rangewatch failed while {what}; that step is skipped, training goes on"
+            consequence = "no tap is switched off; training goes on"
+        f = Finding(
+            kind="internal",
+            where=where,
+            observed=f"{type(error).__name__}: {error}",
+            expected="",
+            evidence=evidence,
+            fix="please report this with the tensor's shape and dtype",
+            severity="info",
+            step=self._clock(),
+        )
+        if self._log.add(f):
+            self._warn(f"rangewatch: internal error at {where} while {what} ({type(error).__name__}: {error}); {consequence}")
+
+    def _note_once(self, key: str, text: str) -> None:
+        if key in self._notes:
+            return
+        self._notes[key] = text
+        self._info(text)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        taps = {}
+        for name, tap in self._taps.items():
+            if tap.disabled:
+                continue
+            try:
+                stats = tap.stats.state_dict()
+                if any(v.is_meta for v in stats.values()):
+                    continue  # no values to save (a meta tap); a checkpoint must never fail on rangewatch's state
+                taps[name] = {
+                    "stats": {k: v.detach().cpu() for k, v in stats.items()},
+                    "bounds": tap.bounds,
+                    "channel_dim": tap.channel_dim,
+                    "dtypes": sorted(tap.stats.dtypes_seen),
+                    "steps_checked": tap.steps_checked,
+                }
+                if tap.latent is not None:  # its soft-clamp counts too (LatentMonitor's own state)
+                    taps[name]["latent"] = tap.latent.state_dict()
+            except Exception as e:  # noqa: BLE001
+                self._internal(name, e, tap)
+        return {
+            "version": 1,
+            "train_batches": self._train_batches,
+            **self._log.state_dict(),
+            "taps": taps,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._train_batches = int(state_dict.get("train_batches", 0))
+        self._log.load_state_dict(state_dict)
+        self._taps.clear()
+        self._pending_states = dict(state_dict.get("taps", {}))
+
+
+
+class _WriterScalars:
+    """A ``SummaryWriter`` as a metrics logger (``log_metrics``): one ``add_scalar`` per metric."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        for k, v in metrics.items():
+            self.writer.add_scalar(k, v, global_step=step)
+
+
+def _is_writer(obj: Any) -> bool:
+    """A ``torch.utils.tensorboard.SummaryWriter`` (or tensorboardX's): not a Lightning logger."""
+    return hasattr(obj, "add_scalar") and hasattr(obj, "add_histogram_raw") and not hasattr(obj, "log_metrics")
