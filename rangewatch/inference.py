@@ -84,7 +84,16 @@ _GRID_RATIO = 0.7  # ... and a candidate below this share of it is ruled out
 _OUT_GRID_MIN = 20  # values outside a candidate's bounds needed to ask whether they sit on its 8-bit grid ...
 _OUT_GRID_SHARE = 0.02  # ... when more than this share is outside ...
 _OUT_GRID_ON = 0.5  # ... and at least this share of them is on the grid, the candidate is ruled out
-_USE_MIN = 0.02  # data spanning less than this of a candidate's range in every channel rules it out
+_USE_MIN = 0.02  # data spanning less than this of a candidate's range in every channel rules it out ...
+_USE_RATIO = 10.0  # ... when another candidate's reading spans this many times more
+_PILE_ALL = 0.95  # a "pile" holding more than this share of the channel is constant data, not clipping
+_FAR_SHARE = 5e-3  # a clipping pile or edge has at most this share (plus known noise) further than _SOFT beyond it
+_FILL_BAND = 0.1  # a pile with (next to) nothing within this band inside its bound is a constant fill ...
+_FILL_NEAR = 0.02  # ... (at most this share of the pile there): erasing or padding, not clipped shadows
+_FILL_HEAVY = 0.03  # a single value holding more than this share of a channel is left out of the grid test
+_GRID_DISTINCT = 8  # on-grid values must take at least this many distinct steps k for the grid to say anything
+_GRIDDED = 0.9  # a channel this much on a reading's 8-bit grid: clipping there is exact, so only exact piles count
+_ODD_SHARE = 0.97  # on-grid steps this much odd: the grid is 2/255 wide, 8-bit data of a reading twice as wide
 _SAMPLE_PER_TENSOR = 32768
 
 #: what puts a small share of values outside a correct convention's bounds
@@ -162,6 +171,26 @@ def _shared(a: Convention, b: Convention, c: int, channel: int, which: int) -> b
     x = _bound_x(a, c, channel, which)
     ub = x * b.std_for(c)[channel] + b.mean_for(c)[channel]
     return abs(ub) < 4 * _PILE_TOL or abs(ub - 1) < 4 * _PILE_TOL
+
+
+def _apart(a: Convention, b: Convention, c: int, channel: int, which: int) -> float:
+    """How far ``b``'s floor/ceiling of ``channel`` lies from ``a``'s, as a share of ``a``'s range."""
+    xb = _bound_x(b, c, channel, which)
+    ua = xb * a.std_for(c)[channel] + a.mean_for(c)[channel]
+    return abs(ua - float(which))
+
+
+def _light(a: np.ndarray) -> np.ndarray:
+    """``a`` without the values that each hold a large share of it (constant fills: erased rectangles,
+    padding, clipped areas), unless too few would be left: the grid test then weighs the image, not the fill."""
+    if len(a) < 64:
+        return a
+    vals, cnt = np.unique(a, return_counts=True)
+    heavy = vals[cnt > max(5, _FILL_HEAVY * len(a))]
+    if not len(heavy):
+        return a
+    keep = ~np.isin(a, heavy)
+    return a[keep] if int(keep.sum()) >= 64 else a
 
 
 def _summary(x: torch.Tensor | RangeStats | RangeSummary, channel_dim: int | None) -> RangeSummary:
@@ -265,7 +294,7 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
     finite = np.isfinite(v)
     xs = [np.sort(v[i][finite[i]]) for i in range(c)]  # sorted once: every count below is a binary search
     n_c = np.asarray([max(len(a), 1) for a in xs], dtype=np.float64)
-    grid_v = [a[:: max(1, len(a) // 4096)] for a in xs]  # the grid test needs a few thousand values
+    grid_v = [_light(a[:: max(1, len(a) // 4096)]) for a in xs]  # the grid test needs a few thousand values
     half = bool({"float16", "bfloat16"} & set(r.dtypes))
     convs: dict[str, Convention] = {}
     info: dict[str, dict] = {}
@@ -283,15 +312,30 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
         tol = _tolerance(r.dtypes, conv, c)
         out_ch = np.zeros(c)
         cont = np.zeros(c)
-        piles: list[tuple[int, int]] = []
+        piles: list[tuple[int, int]] = []  # exact piles and edges
+        soft_piles: list[tuple[int, int]] = []  # soft edges: a bound within a few percent
         out_on = out_n = 0
         span = np.zeros(c)
-        on_grid = in_grid = 0
+        on_grid = in_grid = odd = distinct = 0
         for i in range(c):
             m, sd = means[i], stds[i]
             if not len(xs[i]):
                 continue
             fx, cx = -m / sd, (1 - m) / sd  # floor and ceiling in data units
+            gridded = False
+            if not half:
+                g = grid_v[i] * sd + m
+                g = g[(g >= -_SPILL_OUT) & (g <= 1 + _SPILL_OUT)] * 255.0
+                on = np.abs(g - np.round(g)) < _GRID_TOL
+                steps = np.round(g[on]).astype(np.int64)
+                k_on, n_dist = int(on.sum()), len(np.unique(steps))
+                on_grid += k_on
+                in_grid += len(g)
+                odd += int((steps % 2 == 1).sum())
+                distinct = max(distinct, n_dist)
+                # 8-bit data under this reading: clipped values sit exactly on the bound, so a value near
+                # it but off it (an edge, a soft edge) is no clipping evidence
+                gridded = len(g) >= 64 and k_on >= _GRIDDED * len(g) and n_dist >= _GRID_DISTINCT
             d_out, d_tol, d_beyond, d_soft = _SPILL_OUT / sd, tol / sd, _BEYOND / sd, _SOFT / sd
             out_ch[i] = (int(np.searchsorted(xs[i], fx - d_out, "left")) + len(xs[i])
                          - int(np.searchsorted(xs[i], cx + d_out, "right"))) / n_c[i]
@@ -314,30 +358,41 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
                     k_in = int(ss(bx - d_tol, "left") - ss(bx - d_beyond, "left"))
                     j = int(ss(bx + d_tol, "right")) - 1
                     gap = (bx - xs[i][j]) * sd if j >= 0 else 1.0
-                # a pile: many values exactly on the bound (clipping), (next to) nothing beyond it
-                pile = k_at >= _PILE_MIN and k_at >= _PILE_SHARE * n_c[i] and k_at >= _PILE_RATIO * k_beyond
-                # an edge: dense values right up to the bound (as close as their density predicts), nothing beyond
-                edge = (k_in >= _EDGE_MIN and k_in + k_at >= _PILE_SHARE * n_c[i] and k_beyond * _EDGE_RATIO <= k_in
-                        and gap <= tol + 3 * _BEYOND / max(k_in, 1))
+                sgn = -1.0 if which == 0 else 1.0
+                far = int(ss(bx - d_soft, "left")) if which == 0 else len(xs[i]) - int(ss(bx + d_soft, "right"))
+                # clipping leaves nothing far beyond the bound (bar known noise): a pile with the distribution
+                # running on past it (erasing zeros inside [-1, 1] data read as [0, 1]) is no clipping
+                clear = far <= max(2, (_FAR_SHARE + noise_share) * n_c[i])
+                # a pile: many values exactly on the bound (clipping), (next to) nothing beyond it, and
+                # not the whole channel (constant data say nothing)
+                pile = (k_at >= _PILE_MIN and k_at >= _PILE_SHARE * n_c[i] and k_at >= _PILE_RATIO * k_beyond
+                        and k_at <= _PILE_ALL * n_c[i] and clear)
+                if pile and abs(bx) <= d_tol:
+                    # a pile at data value 0 with nothing near it inside is a constant fill (RandomErasing(value=0),
+                    # timm re_mode="const", zero padding): 0 lies inside every normalised range, so it cannot
+                    # tell this reading's floor from a fill of normalised data
+                    near = between(i, *sorted((bx - sgn * d_tol * 1.0001, bx - sgn * _FILL_BAND / sd)))
+                    if near <= max(2, _FILL_NEAR * k_at):
+                        pile = False
+                # an edge: dense values right up to the bound (as close as their density predicts), and nothing
+                # beyond it at all (bar known noise): the minimum of unclipped data can land near a bound by chance
+                near_out = between(i, *sorted((bx + sgn * d_tol, bx + sgn * d_soft)))
+                edge = (not gridded and k_in >= _EDGE_MIN and k_in + k_at >= _PILE_SHARE * n_c[i] and k_beyond * _EDGE_RATIO <= k_in
+                        and gap <= tol + 3 * _BEYOND / max(k_in, 1) and clear and near_out <= noise_share * _SOFT * n_c[i])
                 # a soft edge (resampling after Normalize rings a few percent past the bound): dense up to
                 # the bound, some ringing just past it, nothing further out
-                sgn = -1.0 if which == 0 else 1.0
-                near_out = between(i, *sorted((bx + sgn * d_tol, bx + sgn * d_soft)))
-                far = int(ss(bx - d_soft, "left")) if which == 0 else len(xs[i]) - int(ss(bx + d_soft, "right"))
                 in1 = between(i, *sorted((bx - sgn * d_tol, bx - sgn * d_soft)))
                 in2 = between(i, *sorted((bx - sgn * d_soft, bx - 2 * sgn * d_soft)))
-                soft = (far <= max(2, _SOFT_FAR * n_c[i]) and in1 >= max(_SOFT_MIN, _SOFT_SHARE * n_c[i])
+                soft = (not gridded and far <= max(2, _SOFT_FAR * n_c[i]) and in1 >= max(_SOFT_MIN, _SOFT_SHARE * n_c[i])
                         and in1 >= 0.5 * in2 and near_out <= _SOFT_RING * in1)
-                if pile or edge or soft:
+                if pile or edge:
                     piles.append((i, which))
+                elif soft:
+                    soft_piles.append((i, which))
             ulo = min(max(xs[i][0] * sd + m, 0.0), 1.0)
             uhi = min(max(xs[i][-1] * sd + m, 0.0), 1.0)
             span[i] = uhi - ulo
             if not half:
-                g = grid_v[i] * sd + m
-                g = g[(g >= -_SPILL_OUT) & (g <= 1 + _SPILL_OUT)] * 255.0
-                on_grid += int((np.abs(g - np.round(g)) < _GRID_TOL).sum())
-                in_grid += len(g)
                 # values outside the bounds that sit on this reading's 8-bit grid are image data it cannot
                 # explain (float 0..255 read as [0, 1]), not noise or ringing (those are off the grid)
                 lo_k, hi_k = int(np.searchsorted(xs[i], fx - d_out, "left")), int(np.searchsorted(xs[i], cx + d_out, "right"))
@@ -347,10 +402,14 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
                 out_n += len(o)
         out_share = float((out_ch * n_c).sum() / n_c.sum())
         grid = on_grid / in_grid if in_grid >= _GRID_MIN_VALUES else None
+        # values all within the tolerance of one or two steps (data using a tiny part of this range) are
+        # "on the grid" without saying anything: such a grid never counts as strong
+        strong_ok = grid is not None and distinct >= _GRID_DISTINCT
+        odd_share = odd / on_grid if strong_ok and on_grid else None
         cost, spill, gap, hits = _cost(conv, lo_f, hi_f)
         out_grid = out_on / out_n if out_n >= _OUT_GRID_MIN else None
-        info[n] = dict(out=out_share, out_ch=out_ch, cont=cont, piles=piles, grid=grid, span=span, cost=cost, spill=spill, gap=gap,
-                       out_grid=out_grid)
+        info[n] = dict(out=out_share, out_ch=out_ch, cont=cont, piles=piles + soft_piles, exact=piles, soft=soft_piles,
+                       grid=grid, grid_ok=strong_ok, odd=odd_share, span=span, cost=cost, spill=spill, gap=gap, out_grid=out_grid)
     if not info:
         return Inference("unknown", False, [], f"no pixel convention applies to {c} channels", *ch)
     excluded: dict[str, str] = {}
@@ -367,15 +426,32 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
         elif bool((d["span"] < _USE_MIN).all()) and any(
                 bool((info[o]["span"] >= _USE_MIN).any()) for o in info if o != n):
             excluded[n] = f"the data span under {_USE_MIN:.0%} of its range in every channel"
+    # all readings use little of their range (12-bit data in uint16 / 65535): one that uses far less
+    # than another reading that fits is still the less likely (float 0..255 for values below 0.02)
+    for n, d in info.items():
+        wide = [float(info[o]["span"].max()) for o in info if o != n and o not in excluded]
+        if n not in excluded and float(d["span"].max()) < _USE_MIN and wide and max(wide) >= _USE_RATIO * float(d["span"].max()):
+            excluded[n] = f"the data span under {_USE_MIN:.0%} of its range in every channel ({max(wide) / max(float(d['span'].max()), 1e-12):.0f} times less than another reading's)"
     # 8-bit grid: values on k/255 under one reading and off it under another
     grids = {n: d["grid"] for n, d in info.items() if d["grid"] is not None and n not in excluded}
-    grid_best = max(grids.values()) if grids else 0.0
+    strong = {n: g for n, g in grids.items() if info[n]["grid_ok"]}
+    grid_best = max(strong.values()) if strong else 0.0
     if grid_best >= _GRID_STRONG:
+        best_n = max(strong, key=strong.get)
         for n, g in grids.items():
             if g < _GRID_RATIO * grid_best:
-                best_n = max(grids, key=grids.get)
                 excluded.setdefault(n, f"only {g:.0%} of the values map back onto the 8-bit grid k/255 under it "
                                        f"({grid_best:.0%} under {best_n})")
+    # on-grid values that take odd steps k only: the grid under this reading is 2/255 wide, so the data are
+    # the 8-bit data of a reading twice as wide ([-1, 1] data 2k/255 - 1 read as [0, 1])
+    for n, d in info.items():
+        if n in excluded or d["odd"] is None or d["odd"] < _ODD_SHARE or (d["grid"] or 0) < _GRIDDED:
+            continue
+        fine = [o for o, e in info.items() if o != n and o not in excluded and (e["grid"] or 0) >= _GRIDDED
+                and (e["odd"] or 0) < _ODD_SHARE]
+        if fine:
+            excluded[n] = (f"the values take only odd steps k/255 under it ({d['odd']:.0%} of them): the 8-bit grid of "
+                           f"{fine[0]}, which is twice as fine")
     # clipping piles on one candidate's bound that lie inside (or outside) another's range
     need = min(_PILES_TO_EXCLUDE, c)
     for n, d in info.items():
@@ -384,7 +460,9 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
         for o in info:
             if o == n or o in excluded:
                 continue
-            disc = [(i, w) for i, w in d["piles"] if not _shared(convs[n], convs[o], c, i, w)]
+            # a soft edge (a bound within a few percent) says nothing against a candidate whose bound is as close
+            disc = [(i, w) for i, w in d["exact"] if not _shared(convs[n], convs[o], c, i, w)]
+            disc += [(i, w) for i, w in d["soft"] if _apart(convs[n], convs[o], c, i, w) >= 2 * _SOFT]
             if len(disc) >= need:
                 i, w = disc[0]
                 bx = _bound_x(convs[n], c, i, w)
@@ -416,7 +494,7 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
     blo, bhi = conv.bounds(c)
     # evidence that discriminates: something ruled the others out other than the extremes
     discriminating = bool(excluded)
-    confident = len(compatible) == 1 and discriminating and (bool(d["piles"]) or (grids.get(best) or 0) >= _GRID_STRONG
+    confident = len(compatible) == 1 and discriminating and (bool(d["piles"]) or (strong.get(best) or 0) >= _GRID_STRONG
                                                               or d["gap"] <= 0.15)
     parts = []
     if d["piles"]:
@@ -424,7 +502,7 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
                      f"bounds {_fmt(blo)} / {_fmt(bhi)} with nothing beyond (clipped shadows/highlights)")
     else:
         parts.append(f"they fit the {conv.label} bounds {_fmt(blo)} / {_fmt(bhi)}")
-    if grids.get(best) is not None and grids[best] >= _GRID_STRONG:
+    if (strong.get(best) or 0) >= _GRID_STRONG:
         parts.append(f"{grids[best]:.0%} of the values map back onto the 8-bit grid k/255")
     if d["out"] > 0:
         parts.append(f"{d['out']:.2%} of the values lie outside them")
@@ -438,7 +516,7 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
     elif not confident:
         evidence += "; too little evidence for a confident verdict"
     name = best
-    if len(compatible) > 1 and not d["piles"] and (grids.get(best) or 0) < _GRID_STRONG:
+    if len(compatible) > 1 and not d["piles"] and (strong.get(best) or 0) < _GRID_STRONG:
         name = "unknown"  # nothing speaks for any of them: e.g. noise, or data using little of any range
     return Inference(name, confident, ranked, evidence, *ch, compatible=tuple(compatible), outside=outside,
                      excluded=excluded, discriminating=discriminating, images=images)

@@ -380,3 +380,132 @@ def test_ambiguous_is_a_verdict():
     inf = infer_convention((u * 0.4 + 0.3)[None])
     assert not inf.confident and {"unit", "symmetric"} <= set(inf.compatible), inf
     assert "ambiguous" in str(inf)
+
+
+# ------------------------------------------------------------------------------- constant fills and coincidences
+# The matrix trials below were confidently wrong at 8311778 (benchmarks/eval_detection.py, seed 0): exact zeros
+# of RandomErasing(value=0) / timm re_mode="const" read as [0,1]'s clipped floor, a soft or approximate edge
+# where the data's own minimum or paper white lands near CLIP's bound, and 12-bit data called float 0..255.
+CONFIDENTLY_WRONG_AT_8311778 = [
+    # family, content, truth, batch size, trial, "single" (first batch) or "window" (three batches)
+    ("tv1_erasing_value0", "bright", "symmetric", 1, 0, "window"),
+    ("tv1_erasing_value0", "bright", "symmetric", 1, 1, "single"),
+    ("tv1_erasing_value0", "bright", "symmetric", 8, 0, "single"),
+    ("tv1_erasing_value0", "bright", "symmetric", 8, 0, "window"),
+    ("tv1_erasing_value0", "documents", "imagenet", 1, 1, "single"),
+    ("timm_train_re_const", "bright", "symmetric", 1, 2, "single"),
+    ("timm_train_re_const", "bright", "clip", 1, 1, "single"),
+    ("timm_train_re_const", "gray3", "imagenet", 1, 1, "single"),
+    ("timm_train_re_pixel", "gray3", "symmetric", 1, 0, "single"),
+    ("timm_train_re_pixel", "bright", "symmetric", 1, 3, "single"),
+    ("albumentations", "bright", "symmetric", 1, 3, "window"),
+    ("kornia_after_normalize", "faces", "imagenet", 1, 1, "window"),
+    ("kornia_after_normalize", "documents", "imagenet", 1, 0, "single"),
+    ("kornia_after_normalize", "documents", "imagenet", 8, 0, "single"),
+    ("bits16", "gray3", "imagenet", 1, 3, "single"),
+    ("bits16", "documents", "imagenet", 8, 0, "window"),
+    ("bits12_in_uint16", "gray3", "unit", 1, 0, "single"),
+]
+
+
+@pytest.fixture(scope="module")
+def matrix():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    for mod in ("skimage", "timm", "kornia", "albumentations"):
+        pytest.importorskip(mod)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_detection.py"
+    spec = importlib.util.spec_from_file_location("eval_detection", path)
+    ev = importlib.util.module_from_spec(spec)
+    sys.modules["eval_detection"] = ev  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(ev)
+        yield ev
+    finally:
+        sys.modules.pop("eval_detection", None)
+
+
+@pytest.mark.parametrize("family,content,truth,bs,trial,which", CONFIDENTLY_WRONG_AT_8311778)
+def test_matrix_trials_once_confidently_wrong(matrix, family, content, truth, bs, trial, which):
+    from rangewatch import RangeStats
+
+    ev = matrix
+    fams = ev._families()
+    fi = [f.name for f in fams].index(family)
+    rng = np.random.default_rng([0, fi, ev.CONTENTS.index(content), ev.ALL_CONVS.index(truth), bs, trial])  # as run_matrix seeds it
+    ev._seed_all(rng)
+    batches = ev._batches(fams[fi], truth, content, bs, 32, rng)
+    if which == "single":
+        inf = infer_convention(batches[0])
+    else:
+        st = RangeStats(channel_dim=1, hist_bins=64)
+        for b in batches:
+            st.update(b, detail=True)
+        inf = infer_convention(st)
+    assert not (inf.confident and inf.name != truth), inf
+    assert truth in inf.compatible, inf
+
+
+def _erased(tf_end, lut=None, n: int = 8, seed: int = 0) -> torch.Tensor:
+    """Photos through ToTensor + ``tf_end`` + RandomErasing(p=1, value=0) (after Normalize, as published recipes do)."""
+    torch.manual_seed(seed)
+    tf = T.Compose([T.ToTensor(), *tf_end, T.RandomErasing(p=1.0, scale=(0.1, 0.3), value=0)])
+    return torch.stack([tf(pil(NAMES[i % len(NAMES)], 48, lut)) for i in range(n)])
+
+
+def test_erasing_zeros_in_bright_symmetric_data_are_not_unit_floor():
+    x = _erased([T.Normalize([0.5] * 3, [0.5] * 3)], bright)
+    assert float((x == 0).float().mean()) > 0.05 and float(x[x != 0].min()) > 0.05  # zeros only where erased
+    inf = infer_convention(x)
+    assert not (inf.confident and inf.name == "unit"), inf
+    assert "symmetric" in inf.compatible, inf
+    # [-1, 1] from 8-bit data takes every other step (2k/255 - 1): read as [0, 1] only odd k
+    assert "odd steps" in inf.excluded.get("unit", ""), inf.excluded
+
+
+def test_erasing_zeros_in_unit_data_still_unit():
+    x = _erased([], bright)  # [0, 1] data: the zeros are a fill on its own floor
+    inf = infer_convention(x)
+    assert inf.confident and inf.name == "unit", inf
+
+
+def test_erasing_zeros_in_imagenet_documents_are_not_unit_floor():
+    page = np.repeat(photo("page")[:, :, None], 3, axis=2)
+    torch.manual_seed(1)
+    tf = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD), T.RandomErasing(p=1.0, scale=(0.2, 0.33), value=0)])
+    x = torch.stack([tf(Image.fromarray(page).resize((48, 48), Image.BILINEAR)) for _ in range(2)])
+    inf = infer_convention(x)
+    assert not (inf.confident and inf.name == "unit"), inf
+    assert "imagenet" in inf.compatible, inf
+
+
+def test_timm_const_erasing_on_bright_clip_not_unit():
+    timm_data = pytest.importorskip("timm.data")
+    tf = timm_data.create_transform(32, is_training=True, mean=CLIP_MEAN, std=CLIP_STD, re_prob=1.0, re_mode="const")
+    torch.manual_seed(0)
+    for name in NAMES[:4]:
+        inf = infer_convention(tf(pil(name, 64, bright))[None])
+        assert not (inf.confident and inf.name != "clip"), (name, inf)
+
+
+def test_minimum_near_another_conventions_bound_is_no_clipping():
+    """A 16-bit gray scan whose darkest value happens to lie at CLIP's floor, read with ImageNet constants:
+    unclipped data (a tail running out just there, one value beyond) are no clipping evidence for CLIP."""
+    g = photo("camera")[::4, ::4].astype(np.float64) / 255
+    clip_floor_in_imagenet = -CLIP_MEAN[0] / CLIP_STD[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]  # ~0.0746
+    u = clip_floor_in_imagenet + 0.002 + g * (0.8 - clip_floor_in_imagenet)
+    u.flat[0] = clip_floor_in_imagenet - 0.018  # one stray darker value
+    q = torch.from_numpy(np.round(u * 65535).astype(np.int32)).to(torch.uint16)
+    tf = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    x = tf(q[None].expand(3, -1, -1))[None]
+    inf = infer_convention(x)
+    assert not (inf.confident and inf.name == "clip"), inf
+    assert "imagenet" in inf.compatible, inf
+
+
+def test_twelve_bit_single_image_not_float255():
+    inf = infer_convention(TwelveBit(1)[0]["image"][None])
+    assert not (inf.confident and inf.name == "float255"), inf
+    assert inf.name == "unit", inf
