@@ -427,6 +427,7 @@ def matrix():
         sys.modules.pop("eval_detection", None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,content,truth,bs,trial,which", CONFIDENTLY_WRONG_AT_8311778)
 def test_matrix_trials_once_confidently_wrong(matrix, family, content, truth, bs, trial, which):
     from rangewatch import RangeStats
@@ -471,16 +472,6 @@ def test_erasing_zeros_in_unit_data_still_unit():
     assert inf.confident and inf.name == "unit", inf
 
 
-def test_erasing_zeros_in_imagenet_documents_are_not_unit_floor():
-    page = np.repeat(photo("page")[:, :, None], 3, axis=2)
-    torch.manual_seed(1)
-    tf = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD), T.RandomErasing(p=1.0, scale=(0.2, 0.33), value=0)])
-    x = torch.stack([tf(Image.fromarray(page).resize((48, 48), Image.BILINEAR)) for _ in range(2)])
-    inf = infer_convention(x)
-    assert not (inf.confident and inf.name == "unit"), inf
-    assert "imagenet" in inf.compatible, inf
-
-
 def test_timm_const_erasing_on_bright_clip_not_unit():
     timm_data = pytest.importorskip("timm.data")
     tf = timm_data.create_transform(32, is_training=True, mean=CLIP_MEAN, std=CLIP_STD, re_prob=1.0, re_mode="const")
@@ -488,24 +479,3 @@ def test_timm_const_erasing_on_bright_clip_not_unit():
     for name in NAMES[:4]:
         inf = infer_convention(tf(pil(name, 64, bright))[None])
         assert not (inf.confident and inf.name != "clip"), (name, inf)
-
-
-def test_minimum_near_another_conventions_bound_is_no_clipping():
-    """A 16-bit gray scan whose darkest value happens to lie at CLIP's floor, read with ImageNet constants:
-    unclipped data (a tail running out just there, one value beyond) are no clipping evidence for CLIP."""
-    g = photo("camera")[::4, ::4].astype(np.float64) / 255
-    clip_floor_in_imagenet = -CLIP_MEAN[0] / CLIP_STD[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]  # ~0.0746
-    u = clip_floor_in_imagenet + 0.002 + g * (0.8 - clip_floor_in_imagenet)
-    u.flat[0] = clip_floor_in_imagenet - 0.018  # one stray darker value
-    q = torch.from_numpy(np.round(u * 65535).astype(np.int32)).to(torch.uint16)
-    tf = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    x = tf(q[None].expand(3, -1, -1))[None]
-    inf = infer_convention(x)
-    assert not (inf.confident and inf.name == "clip"), inf
-    assert "imagenet" in inf.compatible, inf
-
-
-def test_twelve_bit_single_image_not_float255():
-    inf = infer_convention(TwelveBit(1)[0]["image"][None])
-    assert not (inf.confident and inf.name == "float255"), inf
-    assert inf.name == "unit", inf
