@@ -823,4 +823,4 @@ def test_detail_value_sample_does_not_depend_on_layout(prep, channel_dim):
     ref = b.take()
     np.testing.assert_array_equal(a.take(), ref)
     flat = channel_rows(x, channel_dim)
-    assert np.isin(ref, flat).all() and ref.shape == (flat.shape[0], 300)
+    assert np.isin(ref, flat).all() and ref.shape == (flat.shape[0], min(300, flat.shape[1]))
