@@ -50,8 +50,11 @@ when these are next read, so an every-step update is one kernel launch. Everywhe
 dtypes, Triton missing or failing) the eager path runs: ``update(x)`` is four reductions over ``x``
 (eager PyTorch has no fused multi-reduction; ``aminmax``/``var_mean`` are slower on CPU),
 ``update(x, moments=False)`` two; ``detail=True`` adds a dozen elementwise passes and, with a
-histogram, one ``bincount``. The exactness above holds on both paths (the kernel accumulates in
-float32 lanes of a few thousand elements, combined in float64).
+histogram, one ``bincount``. Opt-in (``RANGEWATCH_CPU_COMPILE=1``): large float32 CPU tensors with a
+long contiguous inner axis go through :mod:`rangewatch.stats_inductor` instead, one ``torch.compile``d
+loop nest per update kind (compiling takes seconds on the first call per shape). The exactness
+above holds on every path (the kernels accumulate in float32 lanes or slices of at most a few
+thousand elements, combined in float64).
 """
 
 from __future__ import annotations
