@@ -77,7 +77,7 @@ def stats_summary_of(case, x):
 @pytest.mark.slow
 def test_compiled_and_eager_paths_agree(compiled, monkeypatch):
     """Same counts, extremes and histogram bit for bit; moments within float32 rounding."""
-    case = _case(shape=[3, 3, 2, 512], seed=9)
+    case = _case(seed=9)  # the shape of the other tests: their compiled functions are reused
     ref = stats_for(case)
     x = make_tensor(case, ref.hist_edges_for(3).numpy())
     y = make_tensor({**case, "seed": 10, "specials": []})
