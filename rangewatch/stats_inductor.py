@@ -20,9 +20,10 @@ Exactness is the eager path's (the tests compare both against the numpy float64 
 extremes and counts are exact, sums are float32 over short slices then float64, and the slot
 arithmetic is elementwise float32 without contraction (inductor's default ``-ffp-contract=off``).
 
-Cost: the first call for a new shape compiles (seconds to tens of seconds on a small CPU; cached on
-disk by inductor for later processes), so the path is off by default and taken only for tensors of
-at least :data:`MIN_NUMEL` elements. Anything it cannot take (other dtypes, short inner axes such as
+Cost: the first call compiles (seconds to tens of seconds on a small CPU; cached on disk by
+inductor for later processes), and a call with a new shape can compile again (20-45 s each for
+four shapes on the loaded 2-core development VM), so the path is off by default and taken only for
+tensors of at least :data:`MIN_NUMEL` elements. Anything it cannot take (other dtypes, short inner axes such as
 channels-last, ``B`` without a divisor in :data:`CHUNKS`, no C++ compiler, a compile error, inside a
 ``torch.compile`` trace) stays on the eager path; a failure is logged once and switches the path off
 for the process.
