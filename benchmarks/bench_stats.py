@@ -16,6 +16,8 @@ its ratio to the median of ``x.sum()``, and the median of the per-round ratios (
 * ``naive per-channel loop``     - separate min/max/mean/std/count ops per channel in a Python loop
 * ``update(x, detail=True)``     - with ``bounds`` (finite min/max, NaN/Inf counts, below/above counts)
 * ``... + hist_bins=64``         - the same plus a 64-bin per-channel histogram
+* ``... [compiled]``             - with ``--cpu-compile``: the same updates through the opt-in compiled
+  CPU functions (``rangewatch.stats_inductor``, ``RANGEWATCH_CPU_COMPILE=1``), interleaved with the rest
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from rangewatch import stats_inductor  # noqa: E402
 from rangewatch.stats import RangeStats  # noqa: E402
 
 SHAPE = (16, 3, 256, 256)
@@ -95,7 +98,7 @@ def bench(cands: dict[str, Callable[[], object]], device: torch.device, repeats:
 
 def run(device: torch.device, repeats: int, inner: int, dtype: torch.dtype = torch.float32,
         channels_last: bool = False, cache: str = "interleaved", shape: tuple[int, ...] = SHAPE,
-        naive: bool = True) -> dict[str, float]:
+        naive: bool = True, compiled: bool = False) -> dict[str, float]:
     """Print the table for one tensor; returns each candidate's median per-round ratio to ``x.sum()``."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
@@ -114,6 +117,30 @@ def run(device: torch.device, repeats: int, inner: int, dtype: torch.dtype = tor
     }
     if device.type == "cpu" and naive:
         cands["naive per-channel loop"] = lambda: naive_per_channel(x)
+    if device.type == "cpu" and compiled:
+        def on(fn: Callable[[], object]) -> Callable[[], object]:
+            def call() -> object:
+                stats_inductor.enabled = True
+                try:
+                    return fn()
+                finally:
+                    stats_inductor.enabled = False
+            return call
+
+        c_every, c_minmax = RangeStats(bounds="imagenet"), RangeStats(bounds="imagenet")
+        c_det, c_hist = RangeStats(bounds="imagenet"), RangeStats(bounds="imagenet", hist_bins=64)
+        t0 = time.perf_counter()
+        for fn in (lambda: c_every.update(x), lambda: c_minmax.update(x, moments=False),
+                   lambda: c_det.update(x, detail=True), lambda: c_hist.update(x, detail=True)):
+            on(fn)()
+        print(f"  (compiled CPU functions ready in {time.perf_counter() - t0:.1f} s, {stats_inductor.calls} calls;"
+              f" failure: {stats_inductor._broken})")
+        cands.update({
+            "update(x) [compiled]": on(lambda: c_every.update(x)),
+            "update(x, moments=False) [compiled]": on(lambda: c_minmax.update(x, moments=False)),
+            "update(x, detail=True) bounds [compiled]": on(lambda: c_det.update(x, detail=True)),
+            "update(x, detail=True) bounds+hist64 [compiled]": on(lambda: c_hist.update(x, detail=True)),
+        })
     times = bench(cands, device, repeats, inner, cache)
     med = {n: statistics.median(v) for n, v in times.items()}
     base = med["x.sum()"]
@@ -122,9 +149,9 @@ def run(device: torch.device, repeats: int, inner: int, dtype: torch.dtype = tor
     layout = "channels_last" if channels_last else "contiguous"
     print(f"\n{device.type} {str(dtype).replace('torch.', '')} {layout} {tuple(x.shape)}"
           f"  (threads={torch.get_num_threads()}, rounds={repeats}, inner={inner}, caches {cache})")
-    print(f"  {'candidate':40s} {'median':>11s} {'/ x.sum()':>10s} {'per-round':>10s}")
+    print(f"  {'candidate':51s} {'median':>11s} {'/ x.sum()':>10s} {'per-round':>10s}")
     for n in cands:
-        print(f"  {n:40s} {med[n] * 1e6:9.1f}us {med[n] / base:9.2f}x {paired[n]:9.2f}x")
+        print(f"  {n:51s} {med[n] * 1e6:9.1f}us {med[n] / base:9.2f}x {paired[n]:9.2f}x")
     return paired
 
 
@@ -136,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", action="store_true", help="also fp16 and channels_last on CPU")
     ap.add_argument("--cache", choices=["interleaved", "warm", "cold", "all"], default="interleaved",
                     help="cache state before each timed call (default interleaved; all: the three in turn)")
+    ap.add_argument("--cpu-compile", action="store_true",
+                    help="also time the opt-in compiled CPU updates (rangewatch.stats_inductor; compiles first)")
     ap.add_argument("--no-cuda", action="store_true")
     ap.add_argument("--cuda-only", action="store_true", help="skip the CPU tables")
     args = ap.parse_args(argv)
@@ -144,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
     if not args.cuda_only:
         for cache in (["interleaved", "warm", "cold"] if args.cache == "all" else [args.cache]):
-            run(torch.device("cpu"), args.repeats, args.inner, cache=cache)
+            run(torch.device("cpu"), args.repeats, args.inner, cache=cache, compiled=args.cpu_compile)
         if args.extra:
             run(torch.device("cpu"), max(args.repeats // 4, 20), args.inner, channels_last=True)
             run(torch.device("cpu"), max(args.repeats // 4, 20), args.inner, dtype=torch.float16)

@@ -182,9 +182,9 @@ class SyncGuard(pl.Callback):
         self.rw, self.enabled, self.guarded, self.open, self.traced = rw, enabled, 0, 0, 0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        tracer = self.rw._tracer  # attached at fit start, detached at fit end
+        tracer = self.rw.engine._tracer  # attached at fit start, detached at fit end (no public accessor)
         self.traced = max(self.traced, len(tracer.names) if tracer is not None else 0)
-        if self.rw._is_check_step(int(trainer.global_step)):  # check steps read their figures back, by design
+        if self.rw.engine.is_check_step(int(trainer.global_step)):  # check steps read their figures back, by design
             self.open += 1
             return
         self.guarded += 1
@@ -224,12 +224,12 @@ def part_nosync(rep: Report, device: str, dry: bool) -> None:
                 torch.cuda.set_sync_debug_mode("default")
         internal = [f for f in rw.findings if f.kind == "internal"]
         traced = guard.traced > 0 if kw else True
-        ok = guard.guarded > 0 and not internal and traced and all(not t.disabled for t in rw._taps.values())
+        ok = guard.guarded > 0 and not internal and traced and all(not t.disabled for t in rw.taps.values())
         if not ok:
             FAILED.append(f"nosync {label}")
         rep(f"nosync {label}: {'ok' if ok else 'FAILED'}: {guard.guarded} non-check steps guarded "
             f"({'sync debug mode error' if device == 'cuda' else 'no guard on cpu'}), {guard.open} check steps open, "
-            f"taps {sorted(rw._taps)}, modules traced {guard.traced}, "
+            f"taps {sorted(rw.taps)}, modules traced {guard.traced}, "
             f"internal findings {len(internal)}")
 
 

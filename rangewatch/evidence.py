@@ -53,6 +53,25 @@ class ValueSample:
             idx = self._index[key] = (torch.arange(c)[:, None] * n + one[None]).to(device)
         return idx
 
+    def _gather(self, xc: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``torch.take(xc, idx)`` without copying ``xc``: ``take`` makes a non-contiguous input
+        contiguous first (a copy of the whole tensor), so logical indices are mapped to storage
+        offsets (cached per layout) and gathered from a flat view of ``xc``'s memory."""
+        if xc.is_contiguous():
+            return torch.take(xc, idx)
+        key = ("strided", tuple(xc.shape), xc.stride(), str(idx.device), idx.data_ptr())
+        offs = self._index.get(key)
+        if offs is None:
+            rem, offs = idx, torch.zeros_like(idx)
+            for size, stride in zip(reversed(xc.shape), reversed(xc.stride())):
+                offs = offs + (rem % size) * stride
+                rem = rem // size
+            if len(self._index) > 64:
+                self._index.clear()
+            self._index[key] = offs
+        span = 1 + sum((size - 1) * stride for size, stride in zip(xc.shape, xc.stride()))
+        return torch.take(xc.as_strided((span,), (1,)), offs)
+
     def update(self, x: torch.Tensor, channel_dim: int | None = None) -> None:
         """Queue a sample of ``x`` (device-side gather; no host transfer)."""
         cd = self.channel_dim if channel_dim is None else channel_dim
@@ -69,7 +88,7 @@ class ValueSample:
         if n <= self.per_update:
             s = xc.reshape(c, n)
         else:
-            s = torch.take(xc, self._indices(c, n, x.device))  # logical indices: no copy of x
+            s = self._gather(xc, self._indices(c, n, x.device))
         if not s.is_floating_point():
             s = s.to(torch.float64)
         elif s.dtype in (torch.float16, torch.bfloat16):

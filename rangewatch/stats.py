@@ -50,8 +50,11 @@ when these are next read, so an every-step update is one kernel launch. Everywhe
 dtypes, Triton missing or failing) the eager path runs: ``update(x)`` is four reductions over ``x``
 (eager PyTorch has no fused multi-reduction; ``aminmax``/``var_mean`` are slower on CPU),
 ``update(x, moments=False)`` two; ``detail=True`` adds a dozen elementwise passes and, with a
-histogram, one ``bincount``. The exactness above holds on both paths (the kernel accumulates in
-float32 lanes of a few thousand elements, combined in float64).
+histogram, one ``bincount``. Opt-in (``RANGEWATCH_CPU_COMPILE=1``): large float32 CPU tensors with a
+long contiguous inner axis go through :mod:`rangewatch.stats_inductor` instead, one ``torch.compile``d
+loop nest per update kind (compiling takes seconds on the first call per shape). The exactness
+above holds on every path (the kernels accumulate in float32 lanes or slices of at most a few
+thousand elements, combined in float64).
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from . import stats_triton
+from . import stats_inductor, stats_triton
 from .conventions import Convention, get_convention
 
 __all__ = ["RangeStats", "RangeSummary"]
@@ -408,6 +411,7 @@ class _Plan:
     device: torch.device
     strides: tuple[int, int, int] | None = None
     launch: Any = None  # stats_triton.Launch
+    compiled: bool = False  # the compiled CPU min/max (stats_inductor, opt-in)
 
 
 class RangeStats(Metric):
@@ -778,7 +782,8 @@ class RangeStats(Metric):
             return None
         threads = torch.get_num_threads() if x.device.type == "cpu" else 1
         one = threads == 1 or c == 1 or c % threads == 0 or a == 1
-        return _Plan((a, c, b), one, a * b, _dtype_name(x.dtype), x.device)
+        compiled = stats_inductor.chunk_for(rows) > 0
+        return _Plan((a, c, b), one and not compiled, a * b, _dtype_name(x.dtype), x.device, compiled=compiled)
 
     def _launch(self, rows: torch.Tensor, lp: Any, n: int, moments: bool) -> torch.Tensor | None:
         """The one-read Triton kernel over ``rows`` (A, C, B); its partials ``(4, K, C)`` go to the
@@ -809,7 +814,7 @@ class RangeStats(Metric):
             raise TypeError(f"RangeStats.update takes a tensor, got {type(x).__name__}")
         if not (detail or moments):
             # the every-step path, planned once per layout: two reads of x; the extremes are folded in later
-            key = (x.shape, x.stride(), x.dtype, x.device, torch.get_num_threads())
+            key = (x.shape, x.stride(), x.dtype, x.device, torch.get_num_threads(), stats_inductor.enabled)
             plan = self._plans.get(key, False)
             if plan is False:
                 if len(self._plans) >= 256:  # ever-changing shapes (variable-size batches): stay bounded
@@ -826,7 +831,13 @@ class RangeStats(Metric):
                     self._plans.clear()  # the kernel cannot run here: re-plan without it
                     return self.update(x, detail, moments)
                 rows = (x.detach() if x.requires_grad else x).view(plan.shape)
-                if plan.one_kernel:
+                if plan.compiled:  # one read for both (stats_inductor, opt-in): (A, C) partials
+                    out = stats_inductor.minmax(rows)
+                    if out is None:  # it failed (and is off now): re-plan without it
+                        self._plans.clear()
+                        return self.update(x, detail, moments)
+                    mn, mx = out
+                elif plan.one_kernel:
                     mn, mx = rows.amin(dim=(0, 2)), rows.amax(dim=(0, 2))
                 else:  # (A, C) partials: their reduction over A happens once, when folded
                     mn, mx = rows.amin(dim=2), rows.amax(dim=2)
@@ -879,6 +890,10 @@ class RangeStats(Metric):
                 if detail:
                     self._update_detail(rows, c, n, out[0].amin(dim=0), out[1].amax(dim=0))
                 return
+        if floating and self._update_compiled(rows, c, n, with_moments, detail):
+            if detail:
+                self.value_sample.update(x)
+            return
         # the sum of squares is the costliest kernel: it goes first, while the first read of x
         # waits on memory anyway; the other three then find x in cache
         if with_moments:
@@ -900,6 +915,58 @@ class RangeStats(Metric):
         if detail:
             self._update_detail(rows, c, n, mn, mx)
             self.value_sample.update(x)
+
+    def _update_compiled(self, rows: torch.Tensor, c: int, n: int, with_moments: bool, detail: bool) -> bool:
+        """The update through the compiled CPU functions (:mod:`rangewatch.stats_inductor`, opt-in):
+        one read of ``rows`` for every reduction, one more for the histogram slots. False (nothing
+        changed) where that path does not take ``rows`` or fails."""
+        k = stats_inductor.chunk_for(rows)
+        if not k:
+            return False
+        if not with_moments:
+            out = stats_inductor.minmax(rows)
+            if out is None:
+                return False
+            torch.minimum(self.min, out[0].amin(dim=0), out=self.min)
+            torch.maximum(self.max, out[1].amax(dim=0), out=self.max)
+            self.count.add_(n)
+            return True
+        consts = self._consts(c, rows.device) if detail else None
+        if detail:
+            out = stats_inductor.detail(rows, k, consts.lo32, consts.hi32)
+        else:
+            out = stats_inductor.moments(rows, k)
+        if out is None:
+            return False
+        counts = None
+        if detail and self.hist_bins:
+            bins, j = self.hist_bins, consts.hist_shift
+            counts = stats_inductor.histogram(rows, consts.hist_lo, consts.hist_scale, consts.hist_off, -1 - j, bins - j,
+                                              bins + 1 - j, c * (bins + 3))
+            if counts is None:
+                return False
+        red = (0, 2)
+        f64 = torch.float64
+        torch.minimum(self.min, out[0].amin(dim=red), out=self.min)  # NaN propagates, as intended
+        torch.maximum(self.max, out[1].amax(dim=red), out=self.max)
+        self.sum.add_(out[2].sum(dim=red, dtype=f64))
+        self.sumsq.add_(out[3].sum(dim=red, dtype=f64))
+        self.moment_count.add_(n)
+        self.count.add_(n)
+        if not detail:
+            return True
+        torch.minimum(self.finite_min, out[4].amin(dim=red), out=self.finite_min)
+        torch.maximum(self.finite_max, out[5].amax(dim=red), out=self.finite_max)
+        nonfinite, nan = out[6].sum(dim=red, dtype=f64), out[7].sum(dim=red, dtype=f64)
+        self.nan.add_(nan)
+        self.inf.add_(nonfinite - nan)
+        self.detail_count.add_(n)
+        if consts.lo32 is not None:
+            self.below.add_(out[8].sum(dim=red, dtype=f64))
+            self.above.add_(out[9].sum(dim=red, dtype=f64))
+        if counts is not None:
+            self.hist.add_(counts.view(c, self.hist_bins + 3)[:, : self.hist_bins + 2])
+        return True
 
     def _update_detail(self, rows: torch.Tensor, c: int, n: int, mn: torch.Tensor, mx: torch.Tensor) -> None:
         device = rows.device

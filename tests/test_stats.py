@@ -805,3 +805,22 @@ def test_pending_every_step_updates_reach_every_reader():
     loaded = filled()
     loaded.load_state_dict(RangeStats().state_dict() | {k: v for k, v in sd.items()})
     np.testing.assert_array_equal(loaded.compute().count.numpy(), np.full(3, rows.shape[1]))  # pending dropped, not added
+
+
+@pytest.mark.parametrize("prep", [lambda t: t, lambda t: t.contiguous(memory_format=torch.channels_last),
+                                  lambda t: t.transpose(0, -1).contiguous().transpose(0, -1), lambda t: t[:, ::2]],
+                         ids=["contiguous", "channels_last", "transposed", "sliced"])
+@pytest.mark.parametrize("channel_dim", [1, None, 0, -1])
+def test_detail_value_sample_does_not_depend_on_layout(prep, channel_dim):
+    """The value sample of detail updates (gathered by storage offsets, without a copy of x) holds
+    the same values whatever the memory layout of x."""
+    from rangewatch.evidence import ValueSample
+
+    x = prep(torch.randn(4, 6, 17, 9, generator=torch.Generator().manual_seed(3)))
+    a, b = ValueSample(per_update=300, channel_dim=channel_dim), ValueSample(per_update=300, channel_dim=channel_dim)
+    a.update(x)
+    b.update(x.contiguous())
+    ref = b.take()
+    np.testing.assert_array_equal(a.take(), ref)
+    flat = channel_rows(x, channel_dim)
+    assert np.isin(ref, flat).all() and ref.shape == (flat.shape[0], min(300, flat.shape[1]))
