@@ -2,6 +2,9 @@
 
 The public names are imported on first use (PEP 562), so that ``rangewatch --help`` and other
 light entry points start without importing torch or Lightning.
+
+The flow is taps -> stats -> checks -> findings -> sinks; ``docs/ARCHITECTURE.md`` maps each step to
+its module(s) and says where a new check, library integration or sink goes.
 """
 
 from __future__ import annotations

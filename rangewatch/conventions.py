@@ -157,9 +157,6 @@ class Convention:
             rgb = rgb + torch.tensor(self.latent_rgb_bias, dtype=torch.float32, device=z.device)
         return torch.movedim(rgb, -1, channel_dim)
 
-    def describe(self) -> str:
-        return f"{self.name} ({self.label})"
-
 
 _LOCK = threading.Lock()
 _CATALOGUE: dict[str, Convention] = {}

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import torch
 
 from .conventions import Convention, get_convention
-from .findings import Finding, nonfinite_finding
+from .findings import Finding, Severity, nonfinite_finding
 from .sinks import write_histogram, write_image
 from .stats import RangeStats, RangeSummary
 
@@ -346,6 +346,13 @@ class LatentMonitor:
             findings.append(out)
         return findings
 
+    def _finding(self, kind: str, where: str, step: int | None, *, observed: str, expected: str, evidence: str,
+                 fix: str, severity: Severity) -> Finding:
+        """A latent finding (``latent_scale``, ``latent_shift``, ``color_cast``, ``latent_outliers``) of this
+        monitor's convention (its source is the finding's)."""
+        return Finding(kind=kind, where=where, observed=observed, expected=expected, evidence=evidence, fix=fix,
+                       severity=severity, step=step, source=self.conv.source)
+
     # -- scale
     def _estimators(self, a: LatentCheck) -> list[dict[str, float]]:
         """The scale distances of each usable estimator (plain std, robust std)."""
@@ -387,48 +394,38 @@ class LatentMonitor:
                     )
                 else:
                     how = f"multiply by vae.config.scaling_factor ({s:g}) after encode"
-                return Finding(
-                    kind="latent_scale",
-                    where=where,
+                return self._finding(
+                    "latent_scale", where, step,
                     observed="latents not scaled (std matches the raw VAE latent)",
                     expected=f"latents scaled by {s:g} (std about {exp_std:.3g})",
                     evidence=f"std about {obs_std:.3g}, about 1/scale = {1 / s:.3g} times the expected; " + ev_common,
                     fix=how + "; and divide by it exactly once before vae.decode",
                     severity="error",
-                    step=step,
-                    source=conv.source,
                 )
-            return Finding(
-                kind="latent_scale",
-                where=where,
+            return self._finding(
+                "latent_scale", where, step,
                 observed="latents scaled twice (std about scale times the expected)",
                 expected=f"latents scaled once by {s:g} (std about {exp_std:.3g})",
                 evidence=f"std about {obs_std:.3g}, about scale = {s:g} times the expected; " + ev_common,
                 fix=f"remove the second * scaling_factor ({s:g}): scale once, e.g. either when caching latents or in "
                 "training_step, not both",
                 severity="error",
-                step=step,
-                source=conv.source,
             )
         other = self._other_factor(a) if all(e["right"] >= _SCALE_BAND for e in ests) else None
         if other is not None:
             oname, oscale, od = other
-            return Finding(
-                kind="latent_scale",
-                where=where,
+            return self._finding(
+                "latent_scale", where, step,
                 observed=f"latents scaled with another VAE's factor ({oscale:g}, {oname})",
                 expected=f"latents scaled by {s:g} (std about {exp_std:.3g})",
                 evidence=f"std about {obs_std:.3g} = {oscale:g}/{s:g} times the expected (log-distance {od:.2f}); " + ev_common,
                 fix=f"use this VAE's scaling_factor {s:g} ({conv.label}) instead of {oscale:g}; read it from "
                 "vae.config.scaling_factor rather than hard-coding it",
                 severity="error",
-                step=step,
-                source=conv.source,
             )
         if min(e["right"] for e in ests) > math.log(self.unexplained_factor):
-            return Finding(
-                kind="latent_scale",
-                where=where,
+            return self._finding(
+                "latent_scale", where, step,
                 observed=f"latent std {'above' if obs_std > exp_std else 'below'} the expected, matching neither a missing nor a double scale",
                 expected=f"std about {exp_std:.3g} ({conv.label})",
                 evidence=ev_common,
@@ -436,8 +433,6 @@ class LatentMonitor:
                 + (f", shift_factor {conv.shift:g}" if conv.shift else "")
                 + ") and that the latents come from the VAE this convention describes",
                 severity="warning",
-                step=step,
-                source=conv.source,
             )
         return None
 
@@ -496,9 +491,8 @@ class LatentMonitor:
             "subtracted twice": f"subtract shift_factor ({sh:g}) once: (z - {sh:g}) * {s:g}",
             "subtracted after scaling": f"subtract the shift before scaling, (z - {sh:g}) * {s:g}, not z * {s:g} - {sh:g}",
         }
-        return Finding(
-            kind="latent_shift",
-            where=where,
+        return self._finding(
+            "latent_shift", where, step,
             observed=f"shift factor {best} (every channel mean offset by {common:+.4f})",
             expected=f"(z - {sh:g}) * {s:g}: channel means about 0",
             evidence=(
@@ -507,8 +501,6 @@ class LatentMonitor:
             ),
             fix=fixes[best] + " (z_model = (z_vae - shift_factor) * scaling_factor; decode: z / scaling_factor + shift_factor)",
             severity="warning",
-            step=step,
-            source=conv.source,
         )
 
     # -- colour
@@ -538,9 +530,8 @@ class LatentMonitor:
         ]
         disp = [0.5 * float(v) for v in rgb]
         note = "; partly from the shift finding above" if shifted else ""
-        return Finding(
-            kind="color_cast",
-            where=where,
+        return self._finding(
+            "color_cast", where, step,
             observed=f"channel means push the image towards {name}",
             expected="channel means about 0 (no cast)",
             evidence=(
@@ -552,8 +543,6 @@ class LatentMonitor:
             fix="centre the channel means (z = z - z.mean(dim=(-2, -1), keepdim=True), per sample and channel), and check "
             "where the offset comes from (shift_factor / latents_mean handling, a biased noise offset)",
             severity="warning",
-            step=step,
-            source=conv.source,
         )
 
     # -- outliers
@@ -569,9 +558,8 @@ class LatentMonitor:
         smooth = a.beyond_share < 0.85 * a.over_share
         tail = "; the values thin out smoothly past the threshold: a heavy-tailed distribution rather than a fault" if smooth else ""
         ch = ", ".join(f"channel {i}{' (' + cn[i] + ')' if cn else ''} max |x| {float(a.maxabs[i]):.3g}" for i in worst)
-        return Finding(
-            kind="latent_outliers",
-            where=where,
+        return self._finding(
+            "latent_outliers", where, step,
             observed=f"latent values beyond the decoder's ±{b:g} range",
             expected=f"values within about ±{b:g}",
             evidence=(
@@ -582,8 +570,6 @@ class LatentMonitor:
             fix=f"soft-clamp the latents (rangewatch.latents.soft_clamp(z, threshold={t:g}, boundary={b:g})) and centre "
             "the channel means before decoding; if this is the training target, look for the step that blows them up",
             severity="info" if smooth else "warning",
-            step=step,
-            source=self.conv.source,
         )
 
 

@@ -240,10 +240,6 @@ class LoggerSink:
         """Whether any attached logger takes images (TensorBoard, W&B, MLflow)."""
         return bool(self.writers or self.wandb or self.mlflow)
 
-    @property
-    def has_histograms(self) -> bool:
-        return bool(self.writers or self.wandb)
-
     def layout(self, layout: Any, step: int) -> None:
         for w in self.writers:
             write_layout(w, layout, step)
@@ -314,11 +310,3 @@ class LoggerSink:
     def text(self, name: str, text: str, step: int) -> None:
         for w in self.writers:
             write_text(w, name, text, step)
-
-    def image(self, name: str, img: torch.Tensor, step: int) -> None:
-        for w in self.writers:
-            w.add_image(name, img, global_step=step)
-
-    def flush(self) -> None:
-        for w in self.writers:
-            w.flush()

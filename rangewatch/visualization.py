@@ -3,24 +3,5 @@ importable from here as they always were."""
 
 from __future__ import annotations
 
-from .previews import (
-    OBSERVED_CALLS,
-    Preview,
-    VisRecord,
-    VisualizationWarning,
-    VisualizationWatch,
-    is_patched,
-    log_previews,
-    watch_visualization,
-)
-
-__all__ = [
-    "OBSERVED_CALLS",
-    "Preview",
-    "VisRecord",
-    "VisualizationWarning",
-    "VisualizationWatch",
-    "is_patched",
-    "log_previews",
-    "watch_visualization",
-]
+from .previews import *  # noqa: F403
+from .previews import __all__  # noqa: F401

@@ -62,6 +62,9 @@ class VisualizationWatch:
         calls: names (from :data:`OBSERVED_CALLS`) to observe; default all.
         max_records: records kept until :meth:`pop_records` (oldest dropped first).
         step: the step stamped on findings; the callback keeps it up to date.
+
+    ``threshold`` and ``overshoot_threshold`` live on :attr:`clipping`, the
+    :class:`~rangewatch.previews.judge.ClippingJudge` that judges each call.
         gate: ``gate(call_site, filename) -> bool``, asked before a call is measured (``call_site``
             is ``"<call>|<function>|<file>:<line>"``, ``filename`` the caller's full path): False
             skips the call for this watcher at no cost. The callback judges previews at check
@@ -116,22 +119,6 @@ class VisualizationWatch:
         self._lock = threading.RLock()
         self._record_of: dict[int, tuple[Finding, weakref.ReferenceType[VisRecord]]] = {}  # id(finding) -> its record
         _WATCHES.add(self)
-
-    @property
-    def threshold(self) -> float:
-        return self.clipping.threshold
-
-    @threshold.setter
-    def threshold(self, value: float) -> None:
-        self.clipping.threshold = float(value)
-
-    @property
-    def overshoot_threshold(self) -> float:
-        return self.clipping.overshoot_threshold
-
-    @overshoot_threshold.setter
-    def overshoot_threshold(self, value: float) -> None:
-        self.clipping.overshoot_threshold = float(value)
 
     # ---------------------------------------------------------------- lifecycle
     @property
