@@ -90,30 +90,15 @@ class Finding:
 FindingKey = tuple[str, str, str, str]
 
 
-def nonfinite_finding(
-    where: str,
-    *,
-    observed: str,
-    evidence: str,
-    fix: str,
-    expected: str = "finite values",
-    step: int | None = None,
-    source: str = "",
-) -> Finding:
+def nonfinite_finding(where: str, *, observed: str, evidence: str, fix: str, expected: str = "finite values",
+                      step: int | None = None, source: str = "") -> Finding:
     """A ``nonfinite`` finding: NaN/Inf values seen at ``where`` (severity ``error``)."""
     return Finding(kind="nonfinite", where=where, observed=observed, expected=expected, evidence=evidence,
                    fix=fix, severity="error", step=step, source=source)
 
 
-def internal_finding(
-    where: str,
-    error: BaseException,
-    *,
-    evidence: str,
-    fix: str = "report this to rangewatch",
-    step: int | None = None,
-    source: str = "",
-) -> Finding:
+def internal_finding(where: str, error: BaseException, *, evidence: str, fix: str = "report this to rangewatch",
+                     step: int | None = None, source: str = "") -> Finding:
     """An ``internal`` finding: rangewatch failed at ``where`` with ``error`` (severity ``info``).
 
     ``evidence`` says what rangewatch switched off and that the user's run goes on."""
@@ -121,16 +106,8 @@ def internal_finding(
                    evidence=evidence, fix=fix, severity="info", step=step, source=source)
 
 
-def note_finding(
-    where: str,
-    observed: str,
-    *,
-    evidence: str,
-    fix: str = "",
-    expected: str = "",
-    step: int | None = None,
-    source: str = "",
-) -> Finding:
+def note_finding(where: str, observed: str, *, evidence: str, fix: str = "", expected: str = "",
+                 step: int | None = None, source: str = "") -> Finding:
     """A ``note`` finding: something skipped or worth knowing, not a problem (severity ``info``)."""
     return Finding(kind="note", where=where, observed=observed, expected=expected, evidence=evidence, fix=fix,
                    severity="info", step=step, source=source)
