@@ -397,3 +397,30 @@ def test_two_call_sites_in_one_function_get_their_own_previews(tmp_path):
     images = [t for t in log_previews(writer, w, step=0) if "/broken_" in t]
     writer.close()
     assert len(images) == 2 and len(set(images)) == 2 and "_line" in images[1]
+
+
+def test_preview_verdict_uses_the_value_sample_not_only_the_extremes(tmp_path):
+    """Bright [-1,1] content with RandomErasing(value=0) patches: from the extremes alone (an exact 0
+    minimum in every channel, maximum 1) it reads as confident [0,1]; the call's value sample rules
+    that out (8-bit steps 2k/255 - 1 land on odd k/255 only), so the preview call is judged [-1,1]."""
+    from torchvision.transforms import v2
+
+    from rangewatch import infer_convention
+    from rangewatch.stats import RangeStats
+
+    torch.manual_seed(0)
+    imgs = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        u8 = TF.center_crop(as_tensor(name, max_side=96), [64, 64])
+        bright = torch.round((0.55 + 0.45 * u8.float() / 255) * 255) / 255  # high-key: nothing dark
+        imgs.append(v2.RandomErasing(p=1.0, value=0)(bright * 2 - 1))
+    x = torch.stack(imgs)
+    st = RangeStats(channel_dim=1, sync_on_compute=False)
+    st.update(x, detail=True)
+    s = st.compute()
+    extremes = infer_convention(s)
+    assert (extremes.name, extremes.confident) == ("unit", True)  # the trap this test is about
+    with watch_visualization(warn=False) as w:
+        tvu.save_image(x, tmp_path / "ok.png", normalize=True, value_range=(-1, 1))
+    (rec,) = w.records
+    assert rec.inference.name == "symmetric" and w.findings == []

@@ -373,7 +373,9 @@ class LossWatch:
     def _judge(self, w: _Window, s: RangeSummary, step: int | None) -> None:
         if s.empty:
             return
-        inf = infer_convention(s)
+        # the window's value sample (kept by detail updates) lets the verdict use the distribution,
+        # not only the extremes: exact-zero erasing in [-1,1] data looks like [0,1]'s floor otherwise
+        inf = infer_convention(s, sample=w.stats.value_sample)
         if not inf.confident or inf.name == "unknown" or inf.name in w.expects.accepts:
             return
         seen = get_convention(inf.name)

@@ -30,12 +30,12 @@ class Observation:
     count: int = 0
 
 
-def measure(call: Call) -> tuple[RangeSummary | None, int]:
+def measure(call: Call) -> tuple[RangeSummary | None, int, RangeStats | None]:
     """The call's statistics, on this process only: preview calls happen on some ranks only (rank 0's
     ``logger.experiment.add_image`` while the others hold Lightning's DummyExperiment), so a
     cross-process sync here (RangeStats' default ``compute()`` under torch.distributed) would wait forever."""
     if call.mode == "none":
-        return None, 0
+        return None, 0, None
     bounds = None if call.assumed is None else ((call.assumed[0],), (call.assumed[1],))
     st = RangeStats(channel_dim=call.channel_dim, bounds=bounds, sync_on_compute=False)
     try:
@@ -46,17 +46,17 @@ def measure(call: Call) -> tuple[RangeSummary | None, int]:
         for t in call.items:
             st.update(t, detail=True)
     s = st.compute()  # one small host transfer of per-channel statistics
-    return s, int(s.detail_count.sum())
+    return s, int(s.detail_count.sum()), st
 
 
 def observe(call: Call, func: str, site: str) -> Observation:
     """:func:`measure` ``call`` (made in function ``func`` at ``site``) and infer its data's convention."""
     obs = Observation(call, func, site)
-    s, n = measure(call)
+    s, n, st = measure(call)
     if s is not None and n > 0:
         obs.summary, obs.count = s, n
         obs.below = float(s.below.sum()) / n
         obs.above = float(s.above.sum()) / n
         obs.nan = float(s.nan.sum()) / n
-        obs.inference = infer_convention(s)
+        obs.inference = infer_convention(s, sample=st.value_sample)  # the distribution, not only the extremes
     return obs
