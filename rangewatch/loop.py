@@ -12,6 +12,9 @@ it to its surroundings and attaches it to the model::
         watch.step()                  # checks at check steps: the first check_first_n, then every log_every_n_steps
     watch.close()                     # or: with rangewatch.watch(...) as watch:
 
+Validation: ``watch.begin_validation()``, then ``watch.batch(batch, split="val")`` per batch, then
+``watch.end_validation(check=True)``: its taps are ``val/...``, apart from the training windows.
+
 Under several processes (``torchrun``, ``accelerate launch``, ``notebook_launcher``) the statistics are
 reduced across all of them through ``torch.distributed`` (every process must call ``step()`` the same
 number of times, as a DDP loop does), and only rank zero writes to the logger and speaks: pass the
