@@ -310,6 +310,11 @@ class Watch:
         return list(self._module_taps.skipped)
 
     @property
+    def tracer(self) -> Any:
+        """The :class:`~rangewatch.ModuleTracer` placed by ``trace_modules`` (None without it, or after :meth:`detach`)."""
+        return self._tracer
+
+    @property
     def attached(self) -> bool:
         """Whether :meth:`attach` placed the hooks (until :meth:`detach`)."""
         return self._attached
@@ -1361,6 +1366,8 @@ class Watch:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the findings log, the batch count and each tap's open window (statistics,
+        bounds, latent monitor state), so that a resumed run neither repeats findings nor loses data."""
         taps = {}
         for name, tap in self._taps.items():
             if tap.disabled:
@@ -1388,6 +1395,7 @@ class Watch:
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: taps take their saved window when they are first seen again."""
         self._train_batches = int(state_dict.get("train_batches", 0))
         self._log.load_state_dict(state_dict)
         self._taps.clear()
