@@ -94,9 +94,12 @@ class HookTimer:
         self.per_step: list[tuple[float, bool]] = []
         start, end = callback.on_train_batch_start, callback.on_train_batch_end
 
-        def on_start(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            dt = self._timed(start, *args, **kwargs)
-            self.per_step.append((dt, bool(getattr(callback, "_check_now", False))))
+        engine = getattr(callback, "engine", None)  # RangeWatch's public engine
+
+        def on_start(trainer, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            check = engine.is_check_step(int(trainer.global_step)) if engine is not None else False
+            dt = self._timed(start, trainer, *args, **kwargs)
+            self.per_step.append((dt, check))
 
         def on_end(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             dt = self._timed(end, *args, **kwargs)

@@ -17,6 +17,14 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _EXPORTS = {
     "RangeWatch": "callback",
+    "Watch": "engine",
+    "TapInfo": "engine",
+    "watch": "loop",
+    "FindingsLog": "findings_log",
+    "Collectives": "collectives",
+    "SingleProcess": "collectives",
+    "LightningCollectives": "collectives",
+    "TorchDistributed": "collectives",
     "ConfigError": "config",
     "Convention": "conventions",
     "get_convention": "conventions",
@@ -66,6 +74,10 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from .callback import RangeWatch
+    from .collectives import Collectives, LightningCollectives, SingleProcess, TorchDistributed
+    from .engine import TapInfo, Watch
+    from .findings_log import FindingsLog
+    from .loop import watch
     from .compat import enable_basicsr_compat, import_basicsr
     from .config import ConfigError
     from .conventions import Convention, get_convention, list_conventions, register_convention

@@ -109,7 +109,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         >>> [(f.kind, f.where, f.observed, f.expected) for f in watch.findings]
         [('mismatch', 'encoder:input', 'unit', 'symmetric')]
         >>> print(watch.findings[0].fix)
-        x * 2 - 1
+        apply x * 2 - 1 (Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])) before encoder
 
     TensorBoard tags: ``rangewatch/<tap>/<stat>/c<k>`` with stat in ``min``, ``max``, ``mean``,
     ``std``, ``nonfinite``, ``out_of_range``; histograms ``rangewatch/<tap>/hist/c<k>``; the

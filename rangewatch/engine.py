@@ -75,7 +75,7 @@ from .config import (
     check_trace_modules,
 )
 from .expectation import Expectation
-from .findings import Finding, RangeMismatchError
+from .findings import Finding, RangeMismatchError, internal_finding, nonfinite_finding, note_finding
 from .findings_log import POLICIES, QUIET_KINDS, FindingsLog, Policy
 from .inference import Inference, infer_convention
 from .rules import check_expectation
@@ -308,6 +308,11 @@ class Watch:
     def skipped_modules(self) -> list[str]:
         """Why named submodules carry no hooks (TorchScript modules, hooks that cannot be placed)."""
         return list(self._module_taps.skipped)
+
+    @property
+    def tracer(self) -> Any:
+        """The :class:`~rangewatch.ModuleTracer` placed by ``trace_modules`` (None without it, or after :meth:`detach`)."""
+        return self._tracer
 
     @property
     def attached(self) -> bool:
@@ -1156,18 +1161,11 @@ class Watch:
         if bool(s.nonfinite_seen.any()):
             chans = [str(i) for i, v in enumerate(s.nonfinite_seen.tolist()) if v]
             count = f"{nonfinite} non-finite values (NaN {int(s.nan.sum())}, Inf {int(s.inf.sum())})" if nonfinite else "NaN/Inf values"
-            out.append(
-                Finding(
-                    kind="nonfinite",
-                    where=tap.name,
-                    observed="NaN/Inf",
-                    expected="finite values",
-                    evidence=f"{count} in channel(s) {', '.join(chans)} since the last check",
-                    fix="find where they start: RangeWatch(modules=[...]) on the suspects; in fp16 try bf16 or keep the overflowing module in fp32",
-                    severity="error",
-                    step=step,
-                )
-            )
+            out.append(nonfinite_finding(
+                tap.name, observed="NaN/Inf", evidence=f"{count} in channel(s) {', '.join(chans)} since the last check",
+                fix="find where they start: RangeWatch(modules=[...]) on the suspects; in fp16 try bf16 or keep the overflowing module in fp32",
+                step=step,
+            ))
         return out
 
     def _last_look(self, tap: _Tap) -> bool:
@@ -1191,13 +1189,12 @@ class Watch:
         self._withdrawn.add(where)
         self._log.withdraw("mismatch", where)
         module = tap.rsplit(":", 1)[0]
-        note = Finding(
-            kind="note", where=where, observed="withdrawn", expected=exp.convention,
+        note = note_finding(
+            where, "withdrawn", expected=exp.convention,
             evidence=(f"the loader prediction ({loader}) is withdrawn: the values that reach {tap} follow "
                       f"{exp.conv.label}, as {module} expects, and rule out {loader} ({inf.excluded.get(loader, 'see the tap')}); "
                       f"the model converts the loader's output itself"),
-            fix="nothing to do", severity="info", step=self._clock(),
-            source=exp.source,
+            fix="nothing to do", step=self._clock(), source=exp.source,
         )
         self._log.add(note)
         self._info(f"rangewatch: {note}")
@@ -1356,16 +1353,8 @@ class Watch:
         else:
             evidence = f"rangewatch failed while {what}; that step is skipped, training goes on"
             consequence = "no tap is switched off; training goes on"
-        f = Finding(
-            kind="internal",
-            where=where,
-            observed=f"{type(error).__name__}: {error}",
-            expected="",
-            evidence=evidence,
-            fix="please report this with the tensor's shape and dtype",
-            severity="info",
-            step=self._clock(),
-        )
+        f = internal_finding(where, error, evidence=evidence, fix="please report this with the tensor's shape and dtype",
+                             step=self._clock())
         if self._log.add(f):
             self._warn(f"rangewatch: internal error at {where} while {what} ({type(error).__name__}: {error}); {consequence}")
 
@@ -1377,6 +1366,8 @@ class Watch:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the findings log, the batch count and each tap's open window (statistics,
+        bounds, latent monitor state), so that a resumed run neither repeats findings nor loses data."""
         taps = {}
         for name, tap in self._taps.items():
             if tap.disabled:
@@ -1404,6 +1395,7 @@ class Watch:
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: taps take their saved window when they are first seen again."""
         self._train_batches = int(state_dict.get("train_batches", 0))
         self._log.load_state_dict(state_dict)
         self._taps.clear()

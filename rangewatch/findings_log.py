@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Iterable, Literal
 
-from .findings import Finding, RangeMismatchError
+from .findings import Finding, FindingKey, RangeMismatchError, first_seen
 
 __all__ = ["FindingsLog", "Policy", "POLICIES", "QUIET_KINDS"]
 
@@ -38,7 +38,7 @@ Policy = Literal["warn", "raise", "log"]
 POLICIES = ("warn", "raise", "log")
 QUIET_KINDS = ("note", "internal")  # never raise for these; not counted as problems
 
-Key = tuple[str, str, str, str]
+Key = FindingKey
 
 
 def _say_nothing(text: str) -> None:
@@ -62,11 +62,9 @@ class FindingsLog:
     # ------------------------------------------------------------------ the log
     def add(self, f: Finding) -> bool:
         """Keep ``f`` unless a finding with its key was reported; True when it is new."""
-        if f.key in self.reported:
-            return False
-        self.reported.add(f.key)
-        self.findings.append(f)
-        return True
+        new = first_seen([f], self.reported)
+        self.findings.extend(new)
+        return bool(new)
 
     def withdraw(self, kind: str, where: str) -> None:
         """Take back the findings of ``kind`` at ``where`` (their keys stay reported)."""
@@ -106,7 +104,8 @@ class FindingsLog:
             mine = [f for f in new if f.key not in self.reported and f.kind not in QUIET_KINDS and f.severity != "info"]
             agreed = self._stop_together(mine, gather)  # type: ignore[arg-type]
             new = new + [f for f in agreed if f not in new]
-        fresh = [f for f in new if self.add(f)]
+        fresh = first_seen(new, self.reported)
+        self.findings.extend(fresh)
         if fresh and on_fresh is not None:
             on_fresh(fresh)
         loud = [f for f in fresh if f.kind not in QUIET_KINDS]
@@ -122,15 +121,7 @@ class FindingsLog:
     @staticmethod
     def _stop_together(stop: list[Finding], gather: Callable[[bytes], list[bytes]]) -> list[Finding]:
         payload = json.dumps([f.to_dict() for f in stop]).encode()
-        out: list[Finding] = []
-        seen: set[Key] = set()
-        for part in gather(payload):
-            for d in json.loads(part.decode()):
-                f = Finding(**d)
-                if f.key not in seen:
-                    seen.add(f.key)
-                    out.append(f)
-        return out
+        return first_seen((Finding(**d) for part in gather(payload) for d in json.loads(part.decode())), set())
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
