@@ -11,9 +11,11 @@ on-disk caches are off, so every compiled arm pays its own compilation, as a fre
 Printed per arm: the time of the first ``--steps`` steps (compilation and any recompiles included:
 the issue-14 figure, 7.7 s against 1.2 s before the hooks were hidden from dynamo), the steady
 steps/s over the next ``--steady`` steps, and both as ratios to "off" of the same mode (median over
-repeats), plus the dynamo graph count.
+repeats), the median step time of the steady window and its ratio (a load spike on the shared machine
+moves it less than the mean), plus the dynamo graph count and the graph breaks.
 
     python benchmarks/bench_compile.py [--repeats 3] [--steps 12] [--steady 40] [--backend inductor] [--threads 1]
+                                       [--arms taps,tracer,taps+tracer] [--modes compiled,eager]
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ ARMS = {
     "tracer": {"trace_modules": "all"},
     "taps+tracer": {"modules": ["body.0:input", "body.4:output"], "trace_modules": "all"},
 }
+
+
+BREAKS = " (breaks)"
 
 
 class _Batches(Dataset):
@@ -87,7 +92,22 @@ class _Clock(pl.Callback):
         self.t.append(time.perf_counter())
 
 
-def run_arm(arm: str, backend: str | None, steps: int, steady: int) -> tuple[float, float, int]:
+def run_arm(arm: str, backend: str | None, steps: int, steady: int) -> tuple[float, float, int, float, int]:
+    import torch._dynamo as dynamo
+
+    from rangewatch import compile_hooks
+
+    breaks = arm.endswith(BREAKS)  # the hooks as before: torch.compiler.disable'd, a graph break per call
+    arm = arm.removesuffix(BREAKS)
+    available = compile_hooks.AVAILABLE
+    compile_hooks.AVAILABLE = available and not breaks  # read when the hooks are placed
+    try:
+        return _run_arm(arm, backend, steps, steady)
+    finally:
+        compile_hooks.AVAILABLE = available
+
+
+def _run_arm(arm: str, backend: str | None, steps: int, steady: int) -> tuple[float, float, int, float, int]:
     import torch._dynamo as dynamo
 
     if backend:
@@ -103,7 +123,9 @@ def run_arm(arm: str, backend: str | None, steps: int, steady: int) -> tuple[flo
     t = clock.t
     first = t[steps] - t[0]
     rate = steady / (t[steps + steady] - t[steps])
-    return first, rate, int(dynamo.utils.counters["stats"]["unique_graphs"])
+    step_median = statistics.median(b - a for a, b in zip(t[steps:steps + steady], t[steps + 1:steps + steady + 1]))
+    breaks = int(sum(dynamo.utils.counters["graph_break"].values()))
+    return first, rate, int(dynamo.utils.counters["stats"]["unique_graphs"]), step_median, breaks
 
 
 def main() -> None:
@@ -114,34 +136,51 @@ def main() -> None:
     ap.add_argument("--backend", default="inductor", help="torch.compile backend (default inductor; 'eager' or 'aot_eager' skip code generation)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)} ('off' is always run)")
+    ap.add_argument("--modes", default="compiled,eager", help="compiled, eager or both (default both)")
+    ap.add_argument("--before", action="store_true",
+                    help="also run each compiled arm with the hooks as before this change: torch.compiler.disable'd (graph breaks)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     import logging
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    arms = ["off"] + [a for a in args.arms.split(",") if a in ARMS and a != "off"]
+    modes = {m: b for m, b in (("compiled", args.backend), ("eager", None)) if m in args.modes.split(",")}
+
+    def arms_of(m: str) -> list[str]:
+        return arms + ([a + BREAKS for a in arms if a != "off"] if args.before and m == "compiled" else [])
+
+    res: dict[tuple[str, str], list[tuple[float, float, int, float, int]]] = {(m, a): [] for m in modes for a in arms_of(m)}
     print(f"torch {torch.__version__}, Python {platform.python_version()}, {platform.processor() or platform.machine()}, "
-          f"{args.threads} thread(s), backend {args.backend}; {args.repeats} repeats x 8 arms, interleaved")
-    modes = {"compiled": args.backend, "eager": None}
-    res: dict[tuple[str, str], list[tuple[float, float, int]]] = {(m, a): [] for m in modes for a in ARMS}
+          f"{args.threads} thread(s), backend {args.backend}; {args.repeats} repeats x {len(res)} arms, interleaved; "
+          f"load average at start {os.getloadavg()[0]:.1f}")
     rng = random.Random(args.seed)
     for r in range(args.repeats):
-        order = [(m, a) for m in modes for a in ARMS]
+        order = list(res)
         rng.shuffle(order)
         for m, a in order:
             res[(m, a)].append(run_arm(a, modes[m], args.steps, args.steady))
         print(f"  repeat {r + 1}/{args.repeats} done", flush=True)
-    print(f"\n{'mode':9s} {'arm':12s} {'first ' + str(args.steps) + ' steps':>16s} {'ratio':>6s} {'steady steps/s':>15s} "
-          f"{'ratio':>6s} {'graphs':>6s}")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    print(f"\n{'mode':9s} {'arm':21s} {'first ' + str(args.steps) + ' steps':>16s} {'ratio':>6s} {'steady steps/s':>15s} "
+          f"{'ratio':>6s} {'median ms/step':>15s} {'ratio':>6s} {'graphs':>6s} {'breaks':>6s}")
     for m in modes:
         base_first = statistics.median(x[0] for x in res[(m, "off")])
         base_rate = statistics.median(x[1] for x in res[(m, "off")])
-        for a in ARMS:
+        base_step = statistics.median(x[3] for x in res[(m, "off")])
+        for a in arms_of(m):
             first = statistics.median(x[0] for x in res[(m, a)])
             rate = statistics.median(x[1] for x in res[(m, a)])
+            step = statistics.median(x[3] for x in res[(m, a)])
             graphs = max(x[2] for x in res[(m, a)])
-            print(f"{m:9s} {a:12s} {first:14.2f} s {first / base_first:6.3f} {rate:15.1f} {base_rate / rate:6.3f} {graphs:6d}")
-    print("\nratio: time with the arm / time without RangeWatch, same mode (steady: steps/s without / with)")
+            breaks = max(x[4] for x in res[(m, a)])
+            print(f"{m:9s} {a:21s} {first:14.2f} s {first / base_first:6.3f} {rate:15.1f} {base_rate / rate:6.3f} "
+                  f"{step * 1e3:15.2f} {step / base_step:6.3f} {graphs:6d} {breaks:6d}")
+    print("\nratio: time with the arm / time without RangeWatch, same mode (steady: steps/s without / with; median ms/step:\n"
+          "the median step of the steady window, median over repeats, which a load spike moves less); breaks: dynamo graph breaks;\n"
+          f"'{BREAKS.strip()}': the hooks torch.compiler.disable'd, as before the rangewatch operator (--before)")
 
 
 if __name__ == "__main__":
