@@ -12,7 +12,8 @@ Printed per arm: the time of the first ``--steps`` steps (compilation and any re
 the issue-14 figure, 7.7 s against 1.2 s before the hooks were hidden from dynamo), the steady
 steps/s over the next ``--steady`` steps, and both as ratios to "off" of the same mode (median over
 repeats), the median step time of the steady window and its ratio (a load spike on the shared machine
-moves it less than the mean), plus the dynamo graph count and the graph breaks.
+moves it less than the mean), the same in the process's CPU time (``time.process_time``: other
+processes on the machine move it least; with ``--threads 1`` it is the step's compute), plus the dynamo graph count and the graph breaks.
 
     python benchmarks/bench_compile.py [--repeats 3] [--steps 12] [--steady 40] [--backend inductor] [--threads 1]
                                        [--arms taps,tracer,taps+tracer] [--modes compiled,eager]
@@ -81,18 +82,23 @@ class Net(pl.LightningModule):
 
 
 class _Clock(pl.Callback):
+    """Wall clock and this process's CPU time at the start of the first step and the end of each."""
+
     def __init__(self) -> None:
         self.t: list[float] = []
+        self.cpu: list[float] = []
 
     def on_train_batch_start(self, *args) -> None:
         if not self.t:
             self.t.append(time.perf_counter())
+            self.cpu.append(time.process_time())
 
     def on_train_batch_end(self, *args) -> None:
         self.t.append(time.perf_counter())
+        self.cpu.append(time.process_time())
 
 
-def run_arm(arm: str, backend: str | None, steps: int, steady: int) -> tuple[float, float, int, float, int]:
+def run_arm(arm: str, backend: str | None, steps: int, steady: int) -> tuple[float, float, int, float, int, float]:
     import torch._dynamo as dynamo
 
     from rangewatch import compile_hooks
@@ -107,7 +113,7 @@ def run_arm(arm: str, backend: str | None, steps: int, steady: int) -> tuple[flo
         compile_hooks.AVAILABLE = available
 
 
-def _run_arm(arm: str, backend: str | None, steps: int, steady: int) -> tuple[float, float, int, float, int]:
+def _run_arm(arm: str, backend: str | None, steps: int, steady: int) -> tuple[float, float, int, float, int, float]:
     import torch._dynamo as dynamo
 
     if backend:
@@ -124,8 +130,10 @@ def _run_arm(arm: str, backend: str | None, steps: int, steady: int) -> tuple[fl
     first = t[steps] - t[0]
     rate = steady / (t[steps + steady] - t[steps])
     step_median = statistics.median(b - a for a, b in zip(t[steps:steps + steady], t[steps + 1:steps + steady + 1]))
+    c = clock.cpu
+    cpu_median = statistics.median(b - a for a, b in zip(c[steps:steps + steady], c[steps + 1:steps + steady + 1]))
     breaks = int(sum(dynamo.utils.counters["graph_break"].values()))
-    return first, rate, int(dynamo.utils.counters["stats"]["unique_graphs"]), step_median, breaks
+    return first, rate, int(dynamo.utils.counters["stats"]["unique_graphs"]), step_median, breaks, cpu_median
 
 
 def main() -> None:
@@ -152,7 +160,7 @@ def main() -> None:
     def arms_of(m: str) -> list[str]:
         return arms + ([a + BREAKS for a in arms if a != "off"] if args.before and m == "compiled" else [])
 
-    res: dict[tuple[str, str], list[tuple[float, float, int, float, int]]] = {(m, a): [] for m in modes for a in arms_of(m)}
+    res: dict[tuple[str, str], list[tuple[float, float, int, float, int, float]]] = {(m, a): [] for m in modes for a in arms_of(m)}
     print(f"torch {torch.__version__}, Python {platform.python_version()}, {platform.processor() or platform.machine()}, "
           f"{args.threads} thread(s), backend {args.backend}; {args.repeats} repeats x {len(res)} arms, interleaved; "
           f"load average at start {os.getloadavg()[0]:.1f}")
@@ -165,21 +173,24 @@ def main() -> None:
         print(f"  repeat {r + 1}/{args.repeats} done", flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     print(f"\n{'mode':9s} {'arm':21s} {'first ' + str(args.steps) + ' steps':>16s} {'ratio':>6s} {'steady steps/s':>15s} "
-          f"{'ratio':>6s} {'median ms/step':>15s} {'ratio':>6s} {'graphs':>6s} {'breaks':>6s}")
+          f"{'ratio':>6s} {'median ms/step':>15s} {'ratio':>6s} {'CPU ms/step':>12s} {'ratio':>6s} {'graphs':>6s} {'breaks':>6s}")
     for m in modes:
         base_first = statistics.median(x[0] for x in res[(m, "off")])
         base_rate = statistics.median(x[1] for x in res[(m, "off")])
         base_step = statistics.median(x[3] for x in res[(m, "off")])
+        base_cpu = statistics.median(x[5] for x in res[(m, "off")])
         for a in arms_of(m):
             first = statistics.median(x[0] for x in res[(m, a)])
             rate = statistics.median(x[1] for x in res[(m, a)])
             step = statistics.median(x[3] for x in res[(m, a)])
+            cpu = statistics.median(x[5] for x in res[(m, a)])
             graphs = max(x[2] for x in res[(m, a)])
             breaks = max(x[4] for x in res[(m, a)])
             print(f"{m:9s} {a:21s} {first:14.2f} s {first / base_first:6.3f} {rate:15.1f} {base_rate / rate:6.3f} "
-                  f"{step * 1e3:15.2f} {step / base_step:6.3f} {graphs:6d} {breaks:6d}")
+                  f"{step * 1e3:15.2f} {step / base_step:6.3f} {cpu * 1e3:12.2f} {cpu / base_cpu:6.3f} {graphs:6d} {breaks:6d}")
     print("\nratio: time with the arm / time without RangeWatch, same mode (steady: steps/s without / with; median ms/step:\n"
-          "the median step of the steady window, median over repeats, which a load spike moves less); breaks: dynamo graph breaks;\n"
+          "the median step of the steady window, median over repeats, which a load spike moves less; CPU ms/step: the same in this\n"
+          "process's CPU time, which other processes on the machine move least); breaks: dynamo graph breaks;\n"
           f"'{BREAKS.strip()}': the hooks torch.compiler.disable'd, as before the rangewatch operator (--before)")
 
 

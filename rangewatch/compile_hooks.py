@@ -16,7 +16,7 @@ so the same eager code runs at every call of the compiled model, with no guard o
 * is ``cudagraph_unsafe``: CUDA graphs (``mode="reduce-overhead"``) are split around it rather
   than replaying a stale call.
 
-Where the operator cannot be defined (torch < 2.4), :func:`invisible_to_compiler` falls back to
+Where the operator cannot be defined (torch < 2.2), :func:`invisible_to_compiler` falls back to
 ``torch.compiler.disable`` (a graph break per call). See ``benchmarks/bench_compile.py``.
 
 >>> import torch
@@ -83,38 +83,51 @@ def unregister(key: int) -> None:
     _CALLS.pop(key, None)
 
 
+_LIB: object = None  # the torch.library.Library that holds the operator (kept alive: it unregisters when collected)
+
+
+def _run(sink: torch.Tensor, tensors: list[torch.Tensor], key: int) -> None:
+    fn = sys.modules[__name__]._CALLS.get(key)  # by module name: a re-imported module's table
+    if fn is not None:
+        try:
+            fn(tensors)
+        except Exception:  # noqa: BLE001  (the registered functions report their own failures; never into the model)
+            pass
+
+
+def _fake(sink: torch.Tensor, tensors: list[torch.Tensor], key: int) -> None:
+    return None
+
+
 def _define() -> Callable | None:
-    custom_op = getattr(getattr(torch, "library", None), "custom_op", None)
-    if custom_op is None:  # torch < 2.4
+    """The operator, defined through ``torch.library.Library`` (a call costs about 12 us; the
+    ``torch.library.custom_op`` wrapper's Python autograd layer about 70 us); None where this torch
+    cannot define it (no fake-kernel registration before torch 2.2)."""
+    global _LIB
+    register_fake = getattr(torch.library, "register_fake", None) or getattr(torch.library, "impl_abstract", None)
+    if register_fake is None:
         return None
     # a second copy of this package (another module name) gets its own operator
     ns = "rangewatch" if __name__ == "rangewatch.compile_hooks" else "rangewatch_" + "".join(
         ch if ch.isalnum() else "_" for ch in __name__
     )
-    tags = tuple(getattr(torch.Tag, t) for t in ("needs_exact_strides", "cudagraph_unsafe") if hasattr(torch.Tag, t))
-    name = f"{ns}::hook_call"
-    existing = getattr(getattr(torch.ops, ns), "hook_call", None) if hasattr(torch.ops, ns) else None
-    if existing is not None:  # this module re-imported (importlib.reload): the operator looks its table up by module name
+    existing = getattr(getattr(torch.ops, ns), "hook_call", None)
+    if existing is not None:  # this module re-imported (importlib.reload): the operator stays, _run finds the new table
         return existing.default
+    tags = tuple(getattr(torch.Tag, t) for t in ("needs_exact_strides", "cudagraph_unsafe") if hasattr(torch.Tag, t))
     try:
-        kwargs = {"tags": tags} if tags else {}
-
-        @custom_op(name, mutates_args=("sink",), **kwargs)
-        def hook_call(sink: torch.Tensor, tensors: list[torch.Tensor], key: int) -> None:
-            fn = sys.modules[__name__]._CALLS.get(key)
-            if fn is not None:
-                fn(tensors)
-
-        @hook_call.register_fake
-        def _(sink: torch.Tensor, tensors: list[torch.Tensor], key: int) -> None:
-            return None
+        lib = torch.library.Library(ns, "DEF")
+        lib.define("hook_call(Tensor(a!) sink, Tensor[] tensors, int key) -> ()", tags=tags)
+        lib.impl("hook_call", _run, "CompositeExplicitAutograd")
+        register_fake(f"{ns}::hook_call", _fake, lib=lib)
     except Exception:  # noqa: BLE001  (an odd torch build: the graph-break fallback still works)
         return None
+    _LIB = lib
     return getattr(torch.ops, ns).hook_call.default
 
 
 _OP = _define()
-#: whether hooks can run inside compiled graphs without a graph break (torch >= 2.4)
+#: whether hooks can run inside compiled graphs without a graph break (torch >= 2.2)
 AVAILABLE = _OP is not None
 
 

@@ -10,6 +10,7 @@ inductor's C++ build; one test per hook kind runs inductor itself.
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,7 @@ from rangewatch.numerics import ModuleTracer
 from rangewatch.stats import RangeStats
 from rangewatch.taps import ModuleTaps
 
-pytestmark = pytest.mark.skipif(not compile_hooks.AVAILABLE, reason="torch.library.custom_op needs torch >= 2.4")
+pytestmark = pytest.mark.skipif(not compile_hooks.AVAILABLE, reason="the rangewatch operator needs torch >= 2.2")
 
 
 def _body(overflow: bool = False) -> nn.Sequential:
@@ -224,7 +225,7 @@ def test_detached_hooks_leave_nothing_registered():
 
 
 def test_without_the_operator_hooks_fall_back_to_graph_breaks(monkeypatch):
-    """Where the operator is missing (torch < 2.4) the hooks are torch.compiler.disable'd: still no
+    """Where the operator is missing (torch < 2.2) the hooks are torch.compiler.disable'd: still no
     recompiles, the same records, a graph break per call."""
     batches = _batches(3)
     eager, _ = _run_tracer(None, batches)
@@ -247,3 +248,62 @@ def test_auto_step_root_hook_runs_in_the_graph():
         tracer.detach()
     rep = tracer.report()
     assert rep.steps == [0, 1, 2] and not rep.nonfinite and _breaks() == {}
+
+
+# ---------------------------------------------------------------------------------------------- RangeWatch
+class _Net(pl.LightningModule):
+    """A body compiled in place (``nn.Module.compile``), with a validation loop (inference mode: another graph)."""
+
+    def __init__(self, compiled: bool) -> None:
+        super().__init__()
+        self.body = _body()
+        if compiled:
+            self.body.compile(backend="aot_eager")
+        self.losses: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        loss = self.body(batch).pow(2).mean()
+        self.losses.append(float(loss))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.body(batch * 0.5 + 0.5)  # validation data in [0, 1]: its own taps (val/...)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class _Graphs(pl.Callback):
+    def __init__(self) -> None:
+        self.graphs: list[int] = []
+
+    def on_train_batch_end(self, *args) -> None:
+        self.graphs.append(_graphs())
+
+
+@pytest.mark.slow
+def test_rangewatch_with_validation_under_compile_matches_eager():
+    from torch.utils.data import DataLoader
+
+    from rangewatch import RangeWatch
+
+    batches = _batches(8)
+    results = []
+    for compiled in (False, True):
+        dynamo.reset()
+        dynamo.utils.counters.clear()
+        model = _Net(compiled)
+        watch = RangeWatch(expect={"body.0": "unit"}, modules=["body.4:output"], trace_modules="all", log_every_n_steps=2)
+        count = _Graphs()
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                             limit_val_batches=2, callbacks=[watch, count])
+        loader = DataLoader(batches, batch_size=None)
+        trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
+        results.append((model.losses, sorted((f.kind, f.where, f.observed, f.expected) for f in watch.findings), count.graphs))
+    (eager_losses, eager_findings, _), (losses, findings, graphs) = results
+    assert _breaks() == {}
+    # graphs for training and for validation (inference mode) are made in the first epoch, never again
+    assert graphs[-1] == graphs[len(batches)] and graphs[0] >= 1, graphs
+    assert findings == eager_findings and ("mismatch", "body.0:input", "symmetric", "unit") in findings
+    assert losses == eager_losses
