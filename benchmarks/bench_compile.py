@@ -16,7 +16,14 @@ moves it less than the mean), the same in the process's CPU time (``time.process
 processes on the machine move it least; with ``--threads 1`` it is the step's compute), plus the dynamo graph count and the graph breaks.
 
     python benchmarks/bench_compile.py [--repeats 3] [--steps 12] [--steady 40] [--backend inductor] [--threads 1]
-                                       [--arms taps,tracer,taps+tracer] [--modes compiled,eager]
+                                       [--arms taps,tracer,taps+tracer] [--modes compiled,eager] [--before] [--loop]
+
+``--before`` adds each compiled arm with the hooks as they were before the rangewatch operator
+(``torch.compiler.disable``d: a graph break per call), interleaved with the rest. ``--loop`` measures
+the hooks alone in a plain training loop (ModuleTaps into RangeStats' every-step update, ModuleTracer
+with ``exact=False``; no Lightning): every arm's model is built and warmed up first, then the arms'
+steps are interleaved one at a time in shuffled order for ``--steady`` rounds, so load drift on a
+shared machine falls on all arms alike.
 """
 
 from __future__ import annotations
@@ -136,6 +143,95 @@ def _run_arm(arm: str, backend: str | None, steps: int, steady: int) -> tuple[fl
     return first, rate, int(dynamo.utils.counters["stats"]["unique_graphs"]), step_median, breaks, cpu_median
 
 
+# ------------------------------------------------------------------------------------------------ --loop
+def _loop_arm(arm: str, backend: str | None, breaks: bool):
+    """One arm of the step-interleaved plain loop: its own copy of the body (same init), its hooks
+    (ModuleTaps into RangeStats' every-step update, as RangeWatch does; ModuleTracer(exact=False),
+    RangeWatch's default), its optimiser; compiled after the hooks are placed."""
+    from rangewatch import compile_hooks
+    from rangewatch.numerics import ModuleTracer
+    from rangewatch.stats import RangeStats
+    from rangewatch.taps import ModuleTaps
+
+    net = Net(None)
+    stats: dict[str, RangeStats] = {}
+    hooks: list = []
+    available = compile_hooks.AVAILABLE
+    compile_hooks.AVAILABLE = available and not breaks
+    try:
+        if "taps" in arm:
+            def on_tensor(tap: str, t: torch.Tensor) -> None:
+                s = stats.get(tap)
+                if s is None:
+                    s = stats[tap] = RangeStats(channel_dim=1)
+                s.update(t, moments=False)
+
+            taps = ModuleTaps(on_tensor)
+            taps.attach(net, {"body.0": {"input"}, "body.4": {"output"}})
+            hooks.append(taps)
+        tracer = None
+        if "tracer" in arm:
+            tracer = ModuleTracer(net, "all", auto_step=False, exact=False).attach()
+            hooks.append(tracer)
+    finally:
+        compile_hooks.AVAILABLE = available
+    if backend:
+        net.body.compile(backend=backend)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    step_no = [0]
+
+    def step(x: torch.Tensor) -> None:
+        if tracer is not None:
+            tracer.start_step(step_no[0])
+        loss = net.training_step(x, step_no[0])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step_no[0] += 1
+
+    return step, hooks
+
+
+def loop_main(args: argparse.Namespace, arms: list[str]) -> None:
+    """Every arm's model built and warmed up, then the arms' training steps interleaved one step at
+    a time in a shuffled order, for ``--steady`` rounds: machine load drifts over all arms alike."""
+    import torch._dynamo as dynamo
+
+    dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)  # one entry per arm's body
+    specs = [(f"{m} {a}{' (breaks)' if br else ''}", a, b, br)
+             for m, b in (("compiled", args.backend), ("eager", None)) if m in args.modes.split(",")
+             for a in arms for br in ((False, True) if (b and args.before and a != "off") else (False,))]
+    x = _Batches(1).x
+    steps = {}
+    for name, a, b, br in specs:
+        steps[name] = _loop_arm(a, b, br)[0]
+        for i in range(args.steps):  # warm-up: compilation, the first steps' bookkeeping
+            steps[name](x[i % len(x)])
+    print(f"torch {torch.__version__}, {args.threads} thread(s), backend {args.backend}; plain loop, {len(specs)} arms, "
+          f"{args.steady} interleaved rounds after {args.steps} warm-up steps; load average at start {os.getloadavg()[0]:.1f}")
+    wall: dict[str, list[float]] = {n: [] for n in steps}
+    cpu: dict[str, list[float]] = {n: [] for n in steps}
+    rng = random.Random(args.seed)
+    names = list(steps)
+    for r in range(args.steady):
+        rng.shuffle(names)
+        for n in names:
+            xb = x[r % len(x)]
+            t0, c0 = time.perf_counter(), time.process_time()
+            steps[n](xb)
+            wall[n].append(time.perf_counter() - t0)
+            cpu[n].append(time.process_time() - c0)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}\n")
+    print(f"{'arm':30s} {'median ms/step':>15s} {'ratio':>6s} {'CPU ms/step':>12s} {'ratio':>6s}")
+    for name, a, b, br in specs:
+        base = f"{name.split()[0]} off"
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        w0, c0 = statistics.median(wall[base]), statistics.median(cpu[base])
+        print(f"{name:30s} {w * 1e3:15.3f} {w / w0:6.3f} {c * 1e3:12.3f} {c / c0:6.3f}")
+    print("\nratio: median step of the arm / median step without hooks, same mode; '(breaks)': the hooks "
+          "torch.compiler.disable'd, as before the rangewatch operator")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
@@ -146,6 +242,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)} ('off' is always run)")
     ap.add_argument("--modes", default="compiled,eager", help="compiled, eager or both (default both)")
+    ap.add_argument("--loop", action="store_true",
+                    help="a plain training loop instead of Lightning fits, the arms interleaved step by step (--steady rounds): the hooks' cost alone")
     ap.add_argument("--before", action="store_true",
                     help="also run each compiled arm with the hooks as before this change: torch.compiler.disable'd (graph breaks)")
     args = ap.parse_args()
@@ -156,6 +254,8 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     arms = ["off"] + [a for a in args.arms.split(",") if a in ARMS and a != "off"]
     modes = {m: b for m, b in (("compiled", args.backend), ("eager", None)) if m in args.modes.split(",")}
+    if args.loop:
+        return loop_main(args, arms)
 
     def arms_of(m: str) -> list[str]:
         return arms + ([a + BREAKS for a in arms if a != "off"] if args.before and m == "compiled" else [])

@@ -5,8 +5,9 @@ into the graph's guards, which change every step: dynamo recompiles each step up
 hook wrapped in ``torch.compiler.disable`` avoids that, but each call is then a graph break (the
 compiled body is split into pieces, forward and backward). Here a hook, when traced, puts one call
 of a custom operator into the graph instead (:func:`call_in_graph`): ``rangewatch::hook_call``
-takes the tensors the hook measures (or statistics of them computed in the graph) and a key, and
-at run time looks the key up and calls the registered Python function with the run-time tensors;
+takes the tensors the hook measures (or statistics of them computed in the graph), a key and a
+constant tag, and at run time looks the key up and calls the registered Python function with the
+run-time tensors (valid during the call only: see :func:`call_in_graph`);
 so the same eager code runs at every call of the compiled model, with no guard on it. The operator
 
 * mutates a 0-d sink tensor, so it is kept (never dead code) and its calls stay in program order
@@ -21,7 +22,7 @@ Where the operator cannot be defined (torch < 2.2), :func:`invisible_to_compiler
 
 >>> import torch
 >>> seen = []
->>> key = register(lambda ts: seen.append(float(ts[0].sum())))
+>>> key = register(lambda ts, tag: seen.append(float(ts[0].sum())))
 >>> f = torch.compile(lambda x: (call_in_graph(key, [x * 2]), x + 1)[1], backend="aot_eager")
 >>> f(torch.ones(3)).tolist(), seen
 ([2.0, 2.0, 2.0], [6.0])
@@ -66,13 +67,13 @@ def invisible_to_compiler(fn: Callable) -> Callable:
 
 
 # key -> function of the run-time tensors; entries are removed when the hooks come off
-_CALLS: dict[int, Callable[[list[torch.Tensor]], None]] = {}
+_CALLS: dict[int, Callable[[list[torch.Tensor], str], None]] = {}
 _KEYS = itertools.count(1)
 _SINK = torch.zeros(())  # mutated (in name only) by every call: keeps the calls alive and in order
 
 
-def register(fn: Callable[[list[torch.Tensor]], None]) -> int:
-    """A key under which ``fn(tensors)`` is called at run time by :func:`call_in_graph`."""
+def register(fn: Callable[[list[torch.Tensor], str], None]) -> int:
+    """A key under which ``fn(tensors, tag)`` is called at run time by :func:`call_in_graph`."""
     key = next(_KEYS)
     _CALLS[key] = fn
     return key
@@ -86,16 +87,16 @@ def unregister(key: int) -> None:
 _LIB: object = None  # the torch.library.Library that holds the operator (kept alive: it unregisters when collected)
 
 
-def _run(sink: torch.Tensor, tensors: list[torch.Tensor], key: int) -> None:
+def _run(sink: torch.Tensor, tensors: list[torch.Tensor], key: int, tag: str = "") -> None:
     fn = sys.modules[__name__]._CALLS.get(key)  # by module name: a re-imported module's table
     if fn is not None:
         try:
-            fn(tensors)
+            fn(tensors, tag)
         except Exception:  # noqa: BLE001  (the registered functions report their own failures; never into the model)
             pass
 
 
-def _fake(sink: torch.Tensor, tensors: list[torch.Tensor], key: int) -> None:
+def _fake(sink: torch.Tensor, tensors: list[torch.Tensor], key: int, tag: str = "") -> None:
     return None
 
 
@@ -117,7 +118,7 @@ def _define() -> Callable | None:
     tags = tuple(getattr(torch.Tag, t) for t in ("needs_exact_strides", "cudagraph_unsafe") if hasattr(torch.Tag, t))
     try:
         lib = torch.library.Library(ns, "DEF")
-        lib.define("hook_call(Tensor(a!) sink, Tensor[] tensors, int key) -> ()", tags=tags)
+        lib.define("hook_call(Tensor(a!) sink, Tensor[] tensors, int key, str tag='') -> ()", tags=tags)
         lib.impl("hook_call", _run, "CompositeExplicitAutograd")
         register_fake(f"{ns}::hook_call", _fake, lib=lib)
     except Exception:  # noqa: BLE001  (an odd torch build: the graph-break fallback still works)
@@ -131,9 +132,13 @@ _OP = _define()
 AVAILABLE = _OP is not None
 
 
-def call_in_graph(key: int, tensors: list[torch.Tensor]) -> None:
-    """Call the function registered under ``key`` with ``tensors``: inside a graph being traced, as
-    one operator call (the function runs at every run of the compiled code, with its run-time
-    tensors); outside, directly."""
+def call_in_graph(key: int, tensors: list[torch.Tensor], tag: str = "") -> None:
+    """Call the function registered under ``key`` with ``tensors`` and ``tag`` (a constant of the
+    traced code, e.g. a dtype's name): inside a graph being traced, as one operator call (the
+    function runs at every run of the compiled code, with its run-time tensors); outside, directly.
+
+    The tensors are the compiled code's buffers, valid during the call only: the compiled code
+    reuses them afterwards without bumping their version counters. A function that keeps one
+    beyond the call must keep a copy."""
     assert _OP is not None
-    _OP(_SINK, tensors, key)
+    _OP(_SINK, tensors, key, tag)

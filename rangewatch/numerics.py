@@ -133,15 +133,22 @@ def _maxabs_flag(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(bad, 0.0, m), bad.long()
 
 
-def _graph_measure(t: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_maxabs_nonfinite` / :func:`_maxabs_flag` as traced into a compiled graph (fused there):
-    the same values, the max-abs kept in ``t``'s dtype (the run-time half reads the dtype from it)."""
-    if exact:
-        return _maxabs_nonfinite(t)
-    mn, mx = torch.aminmax(t.detach())
-    m = torch.maximum(mx, -mn)
-    bad = ~torch.isfinite(m)
-    return torch.where(bad, torch.zeros_like(m), m), bad.long()
+def _graph_measure(leaves: list[torch.Tensor], exact: bool) -> torch.Tensor | None:
+    """:func:`_maxabs_nonfinite` / :func:`_maxabs_flag` of one call's float leaves as traced into a
+    compiled graph (fused there), packed as ``[max-abs, non-finite count]`` float32: the values the
+    eager hooks stage (the buffer rows are float32 either way). None when the leaves are on several
+    devices (that call takes the eager path)."""
+    if not leaves:
+        return None
+    parts = [_maxabs_nonfinite(t) if exact else _maxabs_flag(t) for t in leaves]
+    if len(parts) == 1:
+        mx, nf = parts[0]
+    else:
+        if any(t.device != leaves[0].device for t in leaves):
+            return None
+        mx = torch.stack([m.float() for m, _ in parts]).amax()
+        nf = torch.stack([n for _, n in parts]).sum()
+    return torch.stack([mx.float(), nf.float()])
 
 
 class UnknownModuleError(ValueError):
@@ -259,6 +266,11 @@ class ModuleTracer:
     the order forward calls complete (a child before the parent that contains it). The earliest
     step with non-finite values is latched on the device, so the origin is still reported when the
     check comes many steps after the break and later steps are NaN everywhere.
+
+    Inside a ``torch.compile``d model the per-call statistics are computed in the compiled graph
+    (fused there) and handed, by one call of the rangewatch operator per hook
+    (:mod:`rangewatch.compile_hooks`), to the same bookkeeping at run time: no graph break, and no
+    guard on the tracer's state, so the graph count stays fixed whatever the steps do.
 
     Caveats: the first step with a new call sequence copies its module-index list to the device
     once (cached afterwards); module outputs on another device than the buffer are copied with
@@ -570,12 +582,14 @@ class ModuleTracer:
         self._note(f"trace_modules: tracing {self.names[i]} failed in its {where} hook ({type(e).__name__}: {str(e)[:160]}); "
                    "that module is not traced any more")
 
-    def _in_graph(self, run: Callable[[list[torch.Tensor]], None], eager: Callable, measure: Callable[..., list[Any] | None]) -> Callable:
+    def _in_graph(self, run: Callable[[list[torch.Tensor], str], None], eager: Callable,
+                  measure: Callable[..., tuple[list[torch.Tensor], str] | None]) -> Callable:
         """``eager`` (the hook body) in eager mode; inside a graph being traced, the statistics
         ``measure(*hook_args)`` computes there (fused into the compiled code) go, through one call of
         the rangewatch operator, to ``run`` (the Python bookkeeping, at run time): no graph break and
         no guard on the tracer's state. ``measure`` returns None for tensors the operator cannot
-        take (nested, sparse): that call takes ``eager`` as a graph break, which notes them."""
+        take (nested, sparse; leaves on several devices): that call takes ``eager`` as a graph
+        break, which notes them."""
         if not compile_hooks.AVAILABLE:
             return invisible_to_compiler(eager)
         key = compile_hooks.register(run)
@@ -585,48 +599,46 @@ class ModuleTracer:
 
         def hook(module: nn.Module, *rest: Any) -> None:
             if compiling():
-                parts = measure(*rest)
-                if parts is None:
+                measured = measure(*rest)
+                if measured is None:
                     eager_off(module, *rest)
                 else:
-                    compile_hooks.call_in_graph(key, parts)
+                    compile_hooks.call_in_graph(key, *measured)
                 return None
             return eager(module, *rest)
 
         return hook
 
-    def _graph_parts(self, *objs: Any) -> list[torch.Tensor] | None:
-        """Traced: ``[max-abs, non-finite count]`` per float leaf of ``objs``, or None if one is odd."""
+    def _graph_parts(self, *objs: Any) -> tuple[list[torch.Tensor], str] | None:
+        """Traced: ``([packed statistics], first leaf's dtype)`` of the float leaves of ``objs``
+        (``([], "")`` without any), or None when the operator cannot take them."""
         odd: list[str] = []
         leaves: list[torch.Tensor] = []
         for obj in objs:
             _float_leaves(obj, leaves, 0, odd)
         if odd:
             return None
-        parts: list[torch.Tensor] = []
-        for t in leaves:
-            parts.extend(_graph_measure(t, self.exact))
-        return parts
+        if not leaves:
+            return [], ""
+        packed = _graph_measure(leaves, self.exact)
+        if packed is None:
+            return None
+        return [packed], str(leaves[0].dtype)[6:]  # "torch.float16" -> "float16"
 
-    def _combine(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run time: the ``[max-abs, count, ...]`` pairs of one call as one (max-abs, count) on the buffer's device."""
+    def _unpack(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run time: one call's packed ``[max-abs, count]`` as (max-abs, count) on the buffer's device,
+        copied (the compiled code reuses its buffers after the call)."""
         assert self._zf is not None and self._zi is not None and self._device is not None
         if not parts:
             return self._zf, self._zi
-        if len(parts) == 2:
-            mx, nf = parts
-        else:
-            mx = torch.stack([m.to(self._device, non_blocking=True).float() for m in parts[0::2]]).amax()
-            nf = torch.stack([n.to(self._device, non_blocking=True) for n in parts[1::2]]).sum()
-        if mx.device != self._device:
-            mx, nf = mx.to(self._device, non_blocking=True), nf.to(self._device, non_blocking=True)
-        return mx, nf
+        p = parts[0].to(self._device, non_blocking=True) if parts[0].device != self._device else parts[0].clone()
+        return p[0], p[1]
 
     def _make_root_pre(self):
-        def run(parts: list[torch.Tensor]) -> None:
+        def run(parts: list[torch.Tensor], tag: str) -> None:
             self._root_pre_hook(self.model, ())
 
-        return self._in_graph(run, self._root_pre_hook, lambda args: [])
+        return self._in_graph(run, self._root_pre_hook, lambda args: ([], ""))
 
     def _make_pre(self, i: int):
         def pre(module: nn.Module, args: Any, kwargs: Any) -> None:
@@ -645,13 +657,13 @@ class ModuleTracer:
             except Exception as e:  # noqa: BLE001  (never raised into the model)
                 self._hook_failed(i, "forward pre-", e)
 
-        def run(parts: list[torch.Tensor]) -> None:  # the same, from statistics taken in a compiled graph
+        def run(parts: list[torch.Tensor], tag: str) -> None:  # the same, from statistics taken in a compiled graph
             if not self.enabled or i in self._broken:
                 return
             try:
                 if self._buf is None:
                     self._ensure(parts[0].device if parts else self._model_device())
-                self._pending[i].append(self._combine(parts))
+                self._pending[i].append(self._unpack(parts))
             except Exception as e:  # noqa: BLE001
                 self._hook_failed(i, "forward pre-", e)
 
@@ -666,11 +678,11 @@ class ModuleTracer:
             except Exception as e:  # noqa: BLE001  (never raised into the model)
                 self._hook_failed(i, "forward ", e)
 
-        def run(parts: list[torch.Tensor]) -> None:  # the same, from statistics taken in a compiled graph
+        def run(parts: list[torch.Tensor], tag: str) -> None:  # the same, from statistics taken in a compiled graph
             if i in self._broken:
                 return
             try:
-                self._record(i, None, parts)
+                self._record(i, None, parts, tag)
             except Exception as e:  # noqa: BLE001
                 self._hook_failed(i, "forward ", e)
 
@@ -680,9 +692,10 @@ class ModuleTracer:
         """The body of the forward hook."""
         self._record(i, output, None)
 
-    def _record(self, i: int, output: Any, parts: list[torch.Tensor] | None) -> None:
+    def _record(self, i: int, output: Any, parts: list[torch.Tensor] | None, dtype: str = "") -> None:
         """Close call ``i``: its output's statistics from ``output`` (eager) or ``parts`` (taken in a
-        compiled graph), with the input's from the pre-hook, staged as one row."""
+        compiled graph, the output's dtype ``dtype``), with the input's from the pre-hook, staged as
+        one row."""
         pending = self._pending[i]
         if not self.enabled or not pending:
             pending.clear()
@@ -710,9 +723,9 @@ class ModuleTracer:
             # a compiled graph's buffers are reused without a version bump: no reuse of the last
             # output's statistics across its calls (the graph itself computes them once)
             self._last = None
-            out_mx, out_nf = self._combine(parts)
-            if parts:
-                self._dtypes[i] = str(parts[0].dtype)[6:]
+            out_mx, out_nf = self._unpack(parts)
+            if dtype:
+                self._dtypes[i] = dtype
         st = self._stage
         st[0].append(in_mx)
         st[1].append(in_nf)

@@ -291,7 +291,11 @@ class ModuleTaps:
     input tensor (``"<name>:input"``) and/or first output tensor (``"<name>:output"``).
 
     Hook bodies never raise into the model (``on_error(tap_name, exception)`` hears of a failure)
-    and are invisible to ``torch.compile``. Modules whose hooks cannot be placed (TorchScript
+    and are invisible to ``torch.compile``: inside a compiled model each hook is one call of the
+    rangewatch operator (:mod:`rangewatch.compile_hooks`; no graph break, no guard on rangewatch's
+    state), and ``on_tensor`` runs at run time with the tensor, in its eager strides (a buffer of the
+    compiled code, which reuses it after the call: ``on_tensor`` copies what it keeps, as it must
+    in eager mode, where the model may change the tensor in place later). Modules whose hooks cannot be placed (TorchScript
     modules) are skipped, with a line in :attr:`skipped`; a module whose registration fails keeps
     none of its hooks."""
 
@@ -347,11 +351,11 @@ class ModuleTaps:
             except Exception:  # noqa: BLE001
                 pass
 
-    def _deliver(self, tap: str) -> Callable[[list[torch.Tensor]], None]:
+    def _deliver(self, tap: str) -> Callable[[list[torch.Tensor], str], None]:
         """The run-time half of a hook traced into a compiled graph: the tensor it measures goes to
         ``on_tensor``, as in eager mode (see :mod:`rangewatch.compile_hooks`)."""
 
-        def deliver(tensors: list[torch.Tensor]) -> None:
+        def deliver(tensors: list[torch.Tensor], tag: str) -> None:
             try:
                 self.on_tensor(tap, tensors[0])
             except Exception as e:  # noqa: BLE001  (never raised into the model)

@@ -59,7 +59,9 @@ class _TapStats:
         self.detail = False
 
     def __call__(self, tap: str, t: torch.Tensor) -> None:
-        self.stats.setdefault(tap, RangeStats(channel_dim=1, bounds="symmetric")).update(t, detail=self.detail, moments=self.detail)
+        if tap not in self.stats:
+            self.stats[tap] = RangeStats(channel_dim=1, bounds="symmetric")
+        self.stats[tap].update(t, detail=self.detail, moments=self.detail)
         self.seen.setdefault(tap, []).append(t.detach().numpy().copy())
 
 
