@@ -599,7 +599,10 @@ class ModuleTracer:
 
         def hook(module: nn.Module, *rest: Any) -> None:
             if compiling():
-                measured = measure(*rest)
+                try:
+                    measured = measure(*rest)
+                except Exception:  # noqa: BLE001  (the eager body notes what it cannot read)
+                    measured = None
                 if measured is None:
                     eager_off(module, *rest)
                 else:

@@ -376,12 +376,15 @@ class ModuleTaps:
 
         def hook(module: nn.Module, *rest: Any) -> None:
             if compiling():
-                t = pick(*rest)
-                if t is not None:
-                    if t.layout == torch.strided and not t.is_nested:
-                        compile_hooks.call_in_graph(key, [t.detach()])
-                    else:
-                        eager_off(module, *rest)
+                try:
+                    t = pick(*rest)
+                    odd = t is not None and not (t.layout == torch.strided and not t.is_nested)
+                except Exception:  # noqa: BLE001  (the eager body notes what it cannot read)
+                    t, odd = None, True
+                if odd:
+                    eager_off(module, *rest)
+                elif t is not None:
+                    compile_hooks.call_in_graph(key, [t.detach()])
                 return None
             return eager(module, *rest)
 
