@@ -34,14 +34,16 @@ from __future__ import annotations
 import fnmatch
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from . import compile_hooks
+from .compile_hooks import invisible_to_compiler
 from .findings import Finding, first_seen, nonfinite_finding
 from .stats import RangeStats, RangeSummary
-from .taps import invisible_to_compiler, is_script_module, odd_tensor_kind
+from .taps import is_script_module, odd_tensor_kind
 
 __all__ = [
     "FP16_MAX",
@@ -129,6 +131,24 @@ def _maxabs_flag(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m = torch.maximum(mx, -mn).float()  # NaN if any NaN, inf if any +-inf
     bad = ~torch.isfinite(m)
     return torch.where(bad, 0.0, m), bad.long()
+
+
+def _graph_measure(leaves: list[torch.Tensor], exact: bool) -> torch.Tensor | None:
+    """:func:`_maxabs_nonfinite` / :func:`_maxabs_flag` of one call's float leaves as traced into a
+    compiled graph (fused there), packed as ``[max-abs, non-finite count]`` float32: the values the
+    eager hooks stage (the buffer rows are float32 either way). None when the leaves are on several
+    devices (that call takes the eager path)."""
+    if not leaves:
+        return None
+    parts = [_maxabs_nonfinite(t) if exact else _maxabs_flag(t) for t in leaves]
+    if len(parts) == 1:
+        mx, nf = parts[0]
+    else:
+        if any(t.device != leaves[0].device for t in leaves):
+            return None
+        mx = torch.stack([m.float() for m, _ in parts]).amax()
+        nf = torch.stack([n for _, n in parts]).sum()
+    return torch.stack([mx.float(), nf.float()])
 
 
 class UnknownModuleError(ValueError):
@@ -247,6 +267,11 @@ class ModuleTracer:
     step with non-finite values is latched on the device, so the origin is still reported when the
     check comes many steps after the break and later steps are NaN everywhere.
 
+    Inside a ``torch.compile``d model the per-call statistics are computed in the compiled graph
+    (fused there) and handed, by one call of the rangewatch operator per hook
+    (:mod:`rangewatch.compile_hooks`), to the same bookkeeping at run time: no graph break, and no
+    guard on the tracer's state, so the graph count stays fixed whatever the steps do.
+
     Caveats: the first step with a new call sequence copies its module-index list to the device
     once (cached afterwards); module outputs on another device than the buffer are copied with
     ``non_blocking=True``.
@@ -287,6 +312,7 @@ class ModuleTracer:
         self._broken: set[int] = set()  # modules whose hook failed: not traced any more
 
         self._handles: list[Any] = []
+        self._keys: list[int] = []  # rangewatch operator keys of the placed hooks (compile_hooks)
         self._device: torch.device | None = None
         self._cap = max(n, 1)
         self._buf: torch.Tensor | None = None  # (history, cap, K)
@@ -363,7 +389,7 @@ class ModuleTracer:
             return self
         try:
             if self.auto_step and not is_script_module(self.model):
-                self._handles.append(self.model.register_forward_pre_hook(invisible_to_compiler(self._root_pre_hook)))
+                self._handles.append(self.model.register_forward_pre_hook(self._make_root_pre()))
             for i, m in enumerate(self.modules):
                 self._handles.append(m.register_forward_pre_hook(self._make_pre(i), with_kwargs=True))
                 self._handles.append(m.register_forward_hook(self._make_post(i)))
@@ -377,6 +403,9 @@ class ModuleTracer:
         for h in self._handles:
             h.remove()
         self._handles = []
+        for k in self._keys:
+            compile_hooks.unregister(k)
+        self._keys = []
         for p in self._pending:
             p.clear()
         self._flush()
@@ -553,6 +582,67 @@ class ModuleTracer:
         self._note(f"trace_modules: tracing {self.names[i]} failed in its {where} hook ({type(e).__name__}: {str(e)[:160]}); "
                    "that module is not traced any more")
 
+    def _in_graph(self, run: Callable[[list[torch.Tensor], str], None], eager: Callable,
+                  measure: Callable[..., tuple[list[torch.Tensor], str] | None]) -> Callable:
+        """``eager`` (the hook body) in eager mode; inside a graph being traced, the statistics
+        ``measure(*hook_args)`` computes there (fused into the compiled code) go, through one call of
+        the rangewatch operator, to ``run`` (the Python bookkeeping, at run time): no graph break and
+        no guard on the tracer's state. ``measure`` returns None for tensors the operator cannot
+        take (nested, sparse; leaves on several devices): that call takes ``eager`` as a graph
+        break, which notes them."""
+        if not compile_hooks.AVAILABLE:
+            return invisible_to_compiler(eager)
+        key = compile_hooks.register(run)
+        self._keys.append(key)
+        eager_off = invisible_to_compiler(eager)
+        compiling = compile_hooks.compiling
+
+        def hook(module: nn.Module, *rest: Any) -> None:
+            if compiling():
+                try:
+                    measured = measure(*rest)
+                except Exception:  # noqa: BLE001  (the eager body notes what it cannot read)
+                    measured = None
+                if measured is None:
+                    eager_off(module, *rest)
+                else:
+                    compile_hooks.call_in_graph(key, *measured)
+                return None
+            return eager(module, *rest)
+
+        return hook
+
+    def _graph_parts(self, *objs: Any) -> tuple[list[torch.Tensor], str] | None:
+        """Traced: ``([packed statistics], first leaf's dtype)`` of the float leaves of ``objs``
+        (``([], "")`` without any), or None when the operator cannot take them."""
+        odd: list[str] = []
+        leaves: list[torch.Tensor] = []
+        for obj in objs:
+            _float_leaves(obj, leaves, 0, odd)
+        if odd:
+            return None
+        if not leaves:
+            return [], ""
+        packed = _graph_measure(leaves, self.exact)
+        if packed is None:
+            return None
+        return [packed], str(leaves[0].dtype)[6:]  # "torch.float16" -> "float16"
+
+    def _unpack(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run time: one call's packed ``[max-abs, count]`` as (max-abs, count) on the buffer's device,
+        copied (the compiled code reuses its buffers after the call)."""
+        assert self._zf is not None and self._zi is not None and self._device is not None
+        if not parts:
+            return self._zf, self._zi
+        p = parts[0].to(self._device, non_blocking=True) if parts[0].device != self._device else parts[0].clone()
+        return p[0], p[1]
+
+    def _make_root_pre(self):
+        def run(parts: list[torch.Tensor], tag: str) -> None:
+            self._root_pre_hook(self.model, ())
+
+        return self._in_graph(run, self._root_pre_hook, lambda args: ([], ""))
+
     def _make_pre(self, i: int):
         def pre(module: nn.Module, args: Any, kwargs: Any) -> None:
             if not self.enabled or i in self._broken:
@@ -570,7 +660,17 @@ class ModuleTracer:
             except Exception as e:  # noqa: BLE001  (never raised into the model)
                 self._hook_failed(i, "forward pre-", e)
 
-        return invisible_to_compiler(pre)
+        def run(parts: list[torch.Tensor], tag: str) -> None:  # the same, from statistics taken in a compiled graph
+            if not self.enabled or i in self._broken:
+                return
+            try:
+                if self._buf is None:
+                    self._ensure(parts[0].device if parts else self._model_device())
+                self._pending[i].append(self._unpack(parts))
+            except Exception as e:  # noqa: BLE001
+                self._hook_failed(i, "forward pre-", e)
+
+        return self._in_graph(run, pre, self._graph_parts)
 
     def _make_post(self, i: int):
         def post(module: nn.Module, args: Any, output: Any) -> None:
@@ -581,10 +681,24 @@ class ModuleTracer:
             except Exception as e:  # noqa: BLE001  (never raised into the model)
                 self._hook_failed(i, "forward ", e)
 
-        return invisible_to_compiler(post)
+        def run(parts: list[torch.Tensor], tag: str) -> None:  # the same, from statistics taken in a compiled graph
+            if i in self._broken:
+                return
+            try:
+                self._record(i, None, parts, tag)
+            except Exception as e:  # noqa: BLE001
+                self._hook_failed(i, "forward ", e)
+
+        return self._in_graph(run, post, lambda args, output: self._graph_parts(output))
 
     def _post(self, i: int, output: Any) -> None:
         """The body of the forward hook."""
+        self._record(i, output, None)
+
+    def _record(self, i: int, output: Any, parts: list[torch.Tensor] | None, dtype: str = "") -> None:
+        """Close call ``i``: its output's statistics from ``output`` (eager) or ``parts`` (taken in a
+        compiled graph, the output's dtype ``dtype``), with the input's from the pre-hook, staged as
+        one row."""
         pending = self._pending[i]
         if not self.enabled or not pending:
             pending.clear()
@@ -596,17 +710,25 @@ class ModuleTracer:
         if len(seq) >= self._cap and not self._grow():
             self.dropped_calls += 1
             return
-        odd: list[str] = []
-        leaves = _float_leaves(output, [], 0, odd)
-        if odd:
-            self._odd(i, odd)
-        out_mx, out_nf = self._stats(leaves)
-        if leaves:
-            t = leaves[0]
-            self._dtypes[i] = str(t.dtype)[6:]  # "torch.float16" -> "float16"
-            if len(leaves) == 1:
-                v = _version(t)
-                self._last = (t, v, out_mx, out_nf) if v >= 0 else None
+        if parts is None:
+            odd: list[str] = []
+            leaves = _float_leaves(output, [], 0, odd)
+            if odd:
+                self._odd(i, odd)
+            out_mx, out_nf = self._stats(leaves)
+            if leaves:
+                t = leaves[0]
+                self._dtypes[i] = str(t.dtype)[6:]  # "torch.float16" -> "float16"
+                if len(leaves) == 1:
+                    v = _version(t)
+                    self._last = (t, v, out_mx, out_nf) if v >= 0 else None
+        else:
+            # a compiled graph's buffers are reused without a version bump: no reuse of the last
+            # output's statistics across its calls (the graph itself computes them once)
+            self._last = None
+            out_mx, out_nf = self._unpack(parts)
+            if dtype:
+                self._dtypes[i] = dtype
         st = self._stage
         st[0].append(in_mx)
         st[1].append(in_nf)

@@ -19,6 +19,9 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from . import compile_hooks
+from .compile_hooks import invisible_to_compiler
+
 __all__ = ["MAX_DEPTH", "MAX_ITEMS", "ImageTensor", "find_images", "resolve_path", "image_channel_dim", "odd_tensor_kind",
            "ModuleTaps", "parse_tap_key", "DEFAULT_SKIP_KEYS"]
 
@@ -269,16 +272,13 @@ def first_tensor(obj: Any) -> torch.Tensor | None:
     return None
 
 
-def invisible_to_compiler(fn: Callable) -> Callable:
-    """``fn`` run eagerly even inside a ``torch.compile``d model: dynamo does not trace into it (no
-    guards on rangewatch's Python state, no recompiles), at the cost of a graph break per call
-    (see ``benchmarks/bench_compile.py``). About 1.5 us per call in eager mode."""
-    disable = getattr(getattr(torch, "compiler", None), "disable", None)
-    if disable is None:  # torch < 2.1
-        import torch._dynamo as dynamo
-
-        disable = dynamo.disable
-    return disable(fn)
+def _module_input(args: Any, kwargs: Any) -> torch.Tensor | None:
+    """The tensor a forward pre-hook measures: the first positional tensor, else a pixel keyword
+    (transformers models take ``pixel_values=...``), else the first keyword tensor."""
+    t = first_tensor(args)
+    if t is None and kwargs:
+        t = first_tensor([kwargs[k] for k in _PIXEL_KWARGS if k in kwargs] or list(kwargs.values()))
+    return t
 
 
 def is_script_module(m: nn.Module) -> bool:
@@ -291,7 +291,11 @@ class ModuleTaps:
     input tensor (``"<name>:input"``) and/or first output tensor (``"<name>:output"``).
 
     Hook bodies never raise into the model (``on_error(tap_name, exception)`` hears of a failure)
-    and are invisible to ``torch.compile``. Modules whose hooks cannot be placed (TorchScript
+    and are invisible to ``torch.compile``: inside a compiled model each hook is one call of the
+    rangewatch operator (:mod:`rangewatch.compile_hooks`; no graph break, no guard on rangewatch's
+    state), and ``on_tensor`` runs at run time with the tensor, in its eager strides (a buffer of the
+    compiled code, which reuses it after the call: ``on_tensor`` copies what it keeps, as it must
+    in eager mode, where the model may change the tensor in place later). Modules whose hooks cannot be placed (TorchScript
     modules) are skipped, with a line in :attr:`skipped`; a module whose registration fails keeps
     none of its hooks."""
 
@@ -301,6 +305,7 @@ class ModuleTaps:
         self.handles: list[RemovableHandle] = []
         self.attached: dict[str, tuple[str, ...]] = {}
         self.skipped: list[str] = []
+        self._keys: list[int] = []  # rangewatch operator keys of the placed hooks (compile_hooks)
 
     def attach(self, root: nn.Module, wanted: dict[str, set[str]]) -> list[str]:
         """Hook ``{module name: {"input", "output"}}``; returns the names that do not exist."""
@@ -346,19 +351,56 @@ class ModuleTaps:
             except Exception:  # noqa: BLE001
                 pass
 
+    def _deliver(self, tap: str) -> Callable[[list[torch.Tensor], str], None]:
+        """The run-time half of a hook traced into a compiled graph: the tensor it measures goes to
+        ``on_tensor``, as in eager mode (see :mod:`rangewatch.compile_hooks`)."""
+
+        def deliver(tensors: list[torch.Tensor], tag: str) -> None:
+            try:
+                self.on_tensor(tap, tensors[0])
+            except Exception as e:  # noqa: BLE001  (never raised into the model)
+                self._fail(tap, e)
+
+        return deliver
+
+    def _hook_pair(self, tap: str, pick: Callable[..., torch.Tensor | None], eager: Callable) -> Callable:
+        """``eager`` (the hook body) in eager mode; inside a graph being traced, one call of the
+        rangewatch operator with the picked tensor (no graph break, no guard on rangewatch's state),
+        or ``eager`` as a graph break for a tensor the operator cannot take (nested, sparse)."""
+        if not compile_hooks.AVAILABLE:
+            return invisible_to_compiler(eager)
+        key = compile_hooks.register(self._deliver(tap))
+        self._keys.append(key)
+        eager_off = invisible_to_compiler(eager)
+        compiling = compile_hooks.compiling
+
+        def hook(module: nn.Module, *rest: Any) -> None:
+            if compiling():
+                try:
+                    t = pick(*rest)
+                    odd = t is not None and not (t.layout == torch.strided and not t.is_nested)
+                except Exception:  # noqa: BLE001  (the eager body notes what it cannot read)
+                    t, odd = None, True
+                if odd:
+                    eager_off(module, *rest)
+                elif t is not None:
+                    compile_hooks.call_in_graph(key, [t.detach()])
+                return None
+            return eager(module, *rest)
+
+        return hook
+
     def _pre_hook(self, tap: str) -> Callable:
         def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
             try:
-                t = first_tensor(args)
-                if t is None and kwargs:  # transformers models take pixel_values=...
-                    t = first_tensor([kwargs[k] for k in _PIXEL_KWARGS if k in kwargs] or list(kwargs.values()))
+                t = _module_input(args, kwargs)
                 if t is not None:
                     self.on_tensor(tap, t)
             except Exception as e:  # noqa: BLE001  (never raised into the model)
                 self._fail(tap, e)
             return None
 
-        return invisible_to_compiler(hook)
+        return self._hook_pair(tap, _module_input, hook)
 
     def _hook(self, tap: str) -> Callable:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -370,11 +412,14 @@ class ModuleTaps:
                 self._fail(tap, e)
             return None
 
-        return invisible_to_compiler(hook)
+        return self._hook_pair(tap, lambda args, output: first_tensor(output), hook)
 
     def detach(self) -> None:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+        for k in self._keys:
+            compile_hooks.unregister(k)
+        self._keys.clear()
         self.attached.clear()
         self.skipped.clear()
