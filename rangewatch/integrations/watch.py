@@ -376,6 +376,7 @@ class LossWatch:
         # the window's value sample (kept by detail updates) lets the verdict use the distribution,
         # not only the extremes: exact-zero erasing in [-1,1] data looks like [0,1]'s floor otherwise
         inf = infer_convention(s, sample=w.stats.value_sample)
+        inf = inf if inf.confident else infer_convention(s)  # when the sample cannot decide, the extremes stand
         if not inf.confident or inf.name == "unknown" or inf.name in w.expects.accepts:
             return
         seen = get_convention(inf.name)

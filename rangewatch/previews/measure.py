@@ -58,5 +58,8 @@ def observe(call: Call, func: str, site: str) -> Observation:
         obs.below = float(s.below.sum()) / n
         obs.above = float(s.above.sum()) / n
         obs.nan = float(s.nan.sum()) / n
-        obs.inference = infer_convention(s, sample=st.value_sample)  # the distribution, not only the extremes
+        # the call's value sample overrules the extremes when it decides (bright [-1,1] data with
+        # erasing zeros read as [0,1] from the extremes alone); when it cannot, the extremes stand
+        sampled = infer_convention(s, sample=st.value_sample)
+        obs.inference = sampled if sampled.confident else infer_convention(s)
     return obs
