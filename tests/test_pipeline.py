@@ -508,6 +508,8 @@ def test_bad_arguments_are_named():
         watch_pipeline(pipe, trace="everything")
     with pytest.raises(ValueError, match="check_steps"):
         watch_pipeline(pipe, check_steps=0)
+    with pytest.raises(rangewatch.ConfigError, match="'policy'.*'stop'.*'warn', 'raise', 'log'"):  # the engine's check
+        watch_pipeline(pipe, policy="stop")
     assert rangewatch.watch_pipeline is watch_pipeline
 
 
