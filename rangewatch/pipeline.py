@@ -94,11 +94,19 @@ _log = logging.getLogger("rangewatch.pipeline")
 
 
 def _say(level: str, text: str) -> None:
-    """The pipeline front end's voice: findings as warnings, the rest to the ``rangewatch.pipeline`` logger."""
-    if level == "warn":
-        warnings.warn(text, UserWarning, stacklevel=3)
-    else:
+    """The pipeline front end's voice: findings as warnings (pointing at the user's line that called the
+    pipeline, not at rangewatch's, diffusers' or torch's), the rest to the ``rangewatch.pipeline`` logger."""
+    if level != "warn":
         _log.info(text)
+        return
+    import sys
+
+    inside = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
+                   for m in (sys.modules[__package__], sys.modules.get("diffusers"), torch) if m is not None and getattr(m, "__file__", None))
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(text, UserWarning, stacklevel=level)
 
 
 def watch_pipeline(pipe: Any, **kwargs: Any) -> "PipelineWatch":

@@ -752,7 +752,8 @@ def test_a_finding_seen_in_two_calls_is_reported_once(tmp_path):
             generate(pipe, latents=noise(1, 4, 16, 16, seed=4) * SD_SCALE)
     writer.close()
     assert [(f.kind, f.where) for f in watch.findings] == [("latent_scale", "latents=")]  # once, from the first call
-    assert len([w for w in said if "[latent_scale]" in str(w.message)]) == 1  # one warning (policy="warn")
+    (warned,) = [w for w in said if "[latent_scale]" in str(w.message)]  # one warning (policy="warn")
+    assert warned.filename == __file__  # pointing at the line that called the pipeline
     acc = _events(str(tmp_path))
     assert [e.step for e in acc.Tensors("rangewatch/findings/text_summary")] == [1]  # written when fresh, not again at call 2
     assert len(acc.Images("rangewatch/pipeline/step_latents/call2/latent_preview")) == 4  # call 2 is still watched
