@@ -372,6 +372,25 @@ class Watch:
             return
         (self.messages or _says)(level, text)
 
+    @property
+    def sink(self) -> LoggerSink | None:
+        """The sinks the loggers given to :meth:`connect` became (rank zero only; None elsewhere and
+        without loggers): a front end writes its own images, scalars and text through them."""
+        return self._sink
+
+    def report(self, findings: list[Finding], step: int | None = None) -> list[Finding]:
+        """Report findings a front end's own checks built (a diffusers pipeline's, say) through the
+        findings log (each once, the policy applied: may raise :class:`~rangewatch.RangeMismatchError`)
+        and the sinks; returns the fresh ones. Under several processes with ``policy="raise"``, every
+        rank must call this together."""
+        return self._report(list(findings), self._now() if step is None else int(step))
+
+    def internal(self, where: str, error: BaseException, what: str, consequence: str | None = None) -> None:
+        """A front end's own piece ``where`` failed with ``error`` while doing ``what``: reported once
+        (an ``internal`` finding and one warning), as the engine reports its own; the front end switches
+        that piece off and says so in ``consequence`` (default: the step is skipped, the run goes on)."""
+        self._internal(where, error, None, what=what, consequence=consequence)
+
     def note(self, text: str, key: str | None = None) -> None:
         """Say ``text`` once (per ``key``, default the text itself)."""
         self._note_once(key or text, text)
@@ -1325,7 +1344,7 @@ class Watch:
         tap.fed = False
 
     # ------------------------------------------------------------------ findings
-    def _report(self, new: list[Finding], step: int) -> None:
+    def _report(self, new: list[Finding], step: int) -> list[Finding]:
         """Through the findings log (each finding once, the policy applied); the fresh ones to the sinks.
         Under several processes with ``policy="raise"``, every rank must call this together."""
         coll = self.collectives
@@ -1338,9 +1357,10 @@ class Watch:
                 except Exception as e:
                     self._internal("logging", e, None)
 
-        self._log.report(new, gather=gather, on_fresh=write)
+        return self._log.report(new, gather=gather, on_fresh=write)
 
-    def _internal(self, where: str, error: BaseException, tap: _Tap | None, what: str | None = None) -> None:
+    def _internal(self, where: str, error: BaseException, tap: _Tap | None, what: str | None = None,
+                  consequence: str | None = None) -> None:
         if tap is not None:
             tap.disabled = True
             if tap.error is None:
@@ -1350,6 +1370,8 @@ class Watch:
         if tap is not None:
             evidence = f"rangewatch failed while {what} and switched this tap off; training goes on"
             consequence = "this tap is switched off"
+        elif consequence is not None:  # a front end's own piece (watch_pipeline's decode, say)
+            evidence = f"rangewatch failed while {what}; {consequence}"
         else:
             evidence = f"rangewatch failed while {what}; that step is skipped, training goes on"
             consequence = "no tap is switched off; training goes on"

@@ -36,22 +36,40 @@ tensors, and no host sync happens per step. Every hook, wrapper and callback is 
 also after an exception. A failure inside rangewatch is reported once as an ``internal`` finding and
 switches that piece off; it never breaks the generation.
 
-The findings themselves are built in :mod:`rangewatch.pipeline_checks`, once per pipeline call.
-This front end drives rangewatch's building blocks (``RangeStats``, ``LatentMonitor``, ``ModuleTracer``)
-directly; it is shaped so that it can sit on the public engine once there is one.
+This is a front end of the engine (:class:`rangewatch.Watch`, held as :attr:`PipelineWatch.engine`):
+
+* the input images are engine taps (``image:input``, ``mask_image:input``, ``ip_adapter_image:input``),
+  fed through :meth:`~rangewatch.Watch.tensor` and checked at the start of each call (one read of
+  their statistics); ``image:input`` carries the expectation of ``VaeImageProcessor`` ([0, 1], the
+  convention object), so the engine's own verdict judges it;
+* every finding goes through the engine's findings log (:meth:`~rangewatch.Watch.report`): each
+  reported once across calls, the policy applied (``policy="raise"`` raises
+  :class:`~rangewatch.RangeMismatchError` after every hook and wrapper is taken off), written to the
+  engine's sinks (``logger=``: a ``SummaryWriter`` or a Lightning logger);
+* a failing piece of the watch goes through :meth:`~rangewatch.Watch.internal` (reported once, that
+  piece switched off);
+* the latent previews and per-step latent scalars are written through :attr:`~rangewatch.Watch.sink`.
+
+The pipeline-specific findings (latents= scale, steps, decode, traced modules, masks, IP-Adapter
+images) are built in :mod:`rangewatch.pipeline_checks`, once per pipeline call.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
+import warnings
 from typing import Any, Callable
 
 import torch
 
 from . import pipeline_checks as pc
-from .findings import Finding, first_seen, internal_finding
+from .conventions import get_convention
+from .engine import Watch
+from .expectation import Expectation
+from .findings import Finding, RangeMismatchError
 from .latents import LatentMonitor, latent_preview, log_latents
 from .model_expectations import latent_convention_for
 from .numerics import ModuleTracer
@@ -61,6 +79,34 @@ __all__ = ["PipelineWatch", "watch_pipeline"]
 
 _SRC = "rangewatch.pipeline"
 _MISSING = object()
+_IMAGE_SRC = ("diffusers VaeImageProcessor.preprocess: [0, 1] tensors, mapped to [-1, 1] by 2x - 1; a tensor with "
+              "image.min() < 0 skips that mapping (FutureWarning: [-1, 1] tensors are deprecated)")
+_INPUTS = ("image", "mask_image", "ip_adapter_image")
+#: what each guarded piece of the watch does (said when it fails and is switched off)
+_PIECES = {
+    "inputs": "reading the input images and latents= of a pipeline call",
+    "steps": "watching the denoising latents through callback_on_step_end",
+    "decode": "watching vae.decode (its input latents, the decoded range, the VAE tracer)",
+    "judge": "judging what a pipeline call recorded",
+    "write": "writing the latent previews and scalars",
+}
+_log = logging.getLogger("rangewatch.pipeline")
+
+
+def _say(level: str, text: str) -> None:
+    """The pipeline front end's voice: findings as warnings (pointing at the user's line that called the
+    pipeline, not at rangewatch's, diffusers' or torch's), the rest to the ``rangewatch.pipeline`` logger."""
+    if level != "warn":
+        _log.info(text)
+        return
+    import sys
+
+    inside = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
+                   for m in (sys.modules[__package__], sys.modules.get("diffusers"), torch) if m is not None and getattr(m, "__file__", None))
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(text, UserWarning, stacklevel=level)
 
 
 def watch_pipeline(pipe: Any, **kwargs: Any) -> "PipelineWatch":
@@ -79,13 +125,13 @@ class _Call:
 
     def __init__(self, index: int) -> None:
         self.index = index
+        self.inputs: list[str] = []  # input arguments fed to the engine's taps
         self.steps: list[torch.Tensor] = []  # per step (C, 4): mean, std, max|x|, non-finite (model space)
         self.num_steps: int | None = None
         self.checked: list[int] | None = None
         self.monitors: dict[int, LatentMonitor] = {}  # checked step -> monitor of noise-normalised latents
         self.user_latents: LatentMonitor | None = None
         self.init_sigma: Any = 1.0  # scheduler.init_noise_sigma (a float or a tensor)
-        self.images: list[tuple[str, RangeStats]] = []  # (argument name, stats of the tensor)
         self.decodes: list[tuple[LatentMonitor, RangeStats]] = []
         self.height: int | None = None
         self.width: int | None = None
@@ -116,8 +162,13 @@ class PipelineWatch:
     Args:
         pipe: a diffusers ``DiffusionPipeline`` with a ``vae``.
         check_steps: how many denoising steps are read in full (first, evenly spaced, last).
-        logger: a TensorBoard ``SummaryWriter`` (anything with ``add_image``/``add_histogram_raw``/
-            ``add_text``): latent previews and histograms per checked step, and the findings.
+        logger: a TensorBoard ``SummaryWriter`` or a Lightning logger (TensorBoard, W&B, MLflow, CSV):
+            the engine's sinks write the findings, the input taps' statistics, and per checked step the
+            latent previews (histograms too on TensorBoard) and per step the latents' per-channel scalars.
+        policy: what a fresh finding does, as in the engine: ``"warn"`` (a warning each), ``"log"``
+            (kept and written only), ``"raise"`` (:class:`~rangewatch.RangeMismatchError` once the call's
+            findings are judged: at the start of a call for bad input images, after it for the rest;
+            every hook is taken off before it is raised).
         out_dir: a folder to save the latent previews (PNG) and ``findings.txt`` in.
         trace: ``"vae"`` (default) traces the VAE's modules during the decode; ``"all"`` also traces the
             denoiser at every step (names the module behind NaN latents; costs a few kernels per module);
@@ -148,6 +199,7 @@ class PipelineWatch:
         trace: str = "vae",
         headroom_share: float = 0.5,
         clip_share: float = 0.05,
+        policy: str = "warn",
     ) -> None:
         vae = getattr(pipe, "vae", None)
         if vae is None or not isinstance(vae, torch.nn.Module):
@@ -177,9 +229,15 @@ class PipelineWatch:
             self.scale, self.shift, channels, self.latents_mean, self.latents_std,
             source=f"diffusers {type(vae).__name__}.config of {type(pipe).__name__}.vae",
         )
-        self.findings: list[Finding] = []
+        #: the engine this front end drives: findings log, policy, sinks, input taps
+        self.engine = Watch(
+            policy=policy, watch_visualization=False, derive_expectations=False, check_first_n=1, log_every_n_steps=1,
+            messages=_say, loggers=[logger] if logger is not None else None,
+        )
+        proc = getattr(pipe, "image_processor", None)
+        if proc is None or pc._cfg(proc, "do_normalize", True):  # the processor maps [0, 1] to [-1, 1]
+            self.engine.expectations["image:input"] = Expectation(get_convention("unit"), source=_IMAGE_SRC, origin="model")
         self.previews: dict[tuple[int, int], torch.Tensor] = {}
-        self._seen: set[tuple[str, str, str, str]] = set()
         self._off: set[str] = set()
         self._orig_class: type | None = None
         self._sub: type | None = None
@@ -264,19 +322,27 @@ class PipelineWatch:
     def attached(self) -> bool:
         return self._active
 
+    @property
+    def findings(self) -> list[Finding]:
+        """Every finding so far (the engine's findings log: each once, across calls; notes and internal errors included)."""
+        return self.engine.findings
+
+    @property
+    def policy(self) -> str:
+        return self.engine.policy
+
     # ------------------------------------------------------------------ guarded pieces
     def _internal(self, piece: str, e: BaseException) -> None:
         if piece in self._off:
             return
         self._off.add(piece)
-        self._add(internal_finding(
-            f"rangewatch.pipeline:{piece}", e,
-            evidence=f"the '{piece}' part of the pipeline watch failed and is switched off; the generation is unaffected",
-            fix="report this to rangewatch with the pipeline class and the call", source=_SRC,
-        ))
+        self.engine.internal(f"rangewatch.pipeline:{piece}", e, what=_PIECES[piece],
+                             consequence="that part of the pipeline watch is switched off; the generation is unaffected")
 
-    def _add(self, f: Finding) -> None:
-        self.findings.extend(first_seen([f], self._seen))
+    def _stop(self) -> None:
+        """``policy="raise"`` is about to stop the generation: take every hook and wrapper off first."""
+        self._call = None
+        self.detach()
 
     # ------------------------------------------------------------------ the call
     def _run(self, orig_call: Callable, pipe: Any, args: tuple, kwargs: dict) -> Any:
@@ -292,6 +358,9 @@ class PipelineWatch:
             if bound is not None and "inputs" not in self._off:
                 try:
                     self._inputs(call, bound.arguments)
+                except RangeMismatchError:  # policy="raise" on a bad input image: before any denoising
+                    self._stop()
+                    raise
                 except Exception as e:  # noqa: BLE001 - never break the generation
                     self._internal("inputs", e)
             if bound is not None and "steps" not in self._off:
@@ -303,11 +372,18 @@ class PipelineWatch:
                 return orig_call(*bound.args, **bound.kwargs)
             return orig_call(pipe, *args, **kwargs)
         finally:
-            self._call = None
-            try:
-                self._judge(call)
-            except Exception as e:  # noqa: BLE001
-                self._internal("judge", e)
+            if self._call is call:
+                self._call = None
+                self._judge_or_stop(call)
+
+    def _judge_or_stop(self, call: _Call) -> None:
+        try:
+            self._judge(call)
+        except RangeMismatchError:
+            self._stop()
+            raise
+        except Exception as e:  # noqa: BLE001
+            self._internal("judge", e)
 
     def _chain_callback(self, bound: inspect.BoundArguments) -> None:
         """Put the watch's callback_on_step_end in front of the user's (when the pipeline takes one)."""
@@ -352,7 +428,8 @@ class PipelineWatch:
             zz = self._unpack(z, call)
             call.user_latents = LatentMonitor(self.latent_convention, preview_samples=0, sync_on_compute=False)
             call.user_latents.update(zz)
-        for name in ("image", "mask_image", "ip_adapter_image"):
+        engine, found = self.engine, []
+        for name in _INPUTS:
             x = a.get(name)
             if isinstance(x, (list, tuple)) and x and all(isinstance(v, torch.Tensor) for v in x):
                 x = torch.cat([v if v.dim() == 4 else v.unsqueeze(0) for v in x]) if all(v.dim() in (3, 4) for v in x) else None
@@ -361,9 +438,21 @@ class PipelineWatch:
             cd = 1 if x.dim() == 4 else 0
             if name == "image" and x.shape[cd] == _config_get(self.vae.config, "latent_channels"):
                 continue  # the image processors pass latents through untouched
-            st = RangeStats(channel_dim=cd, sync_on_compute=False)  # a pipeline call is one process's: no collective
-            st.update(x.detach(), detail=True)
-            call.images.append((name, st))
+            if not call.inputs:
+                engine.begin_step(call.index, detail=True)  # full statistics of the inputs
+            engine.tensor(f"{name}:input", x.detach(), channel_dim=cd)
+            call.inputs.append(name)
+        if not call.inputs:
+            return
+        try:
+            taps = engine.taps
+            for name in call.inputs:  # the diffusers-specific checks, on the engine taps' windows
+                tap = taps.get(f"{name}:input")
+                if name != "image" and tap is not None and not tap.disabled:
+                    found += pc.input_image(self.pipe, name, tap.stats)
+        finally:
+            engine.end_step()  # the engine checks its taps (image:input against its expectation): one read
+        engine.report(found, step=call.index)
 
     def _unpack(self, z: torch.Tensor, call: _Call) -> torch.Tensor:
         """Packed Flux-style token latents (N, L, C*4) as (N, C, H, W), via the pipeline's own unpacker."""
@@ -462,6 +551,9 @@ class PipelineWatch:
                     c = _Call(0)
                     c.decodes.append(rec)
                     self._judge(c)
+            except RangeMismatchError:
+                self._stop()
+                raise
             except Exception as e:  # noqa: BLE001
                 self._internal("decode", e)
         return out
@@ -469,8 +561,6 @@ class PipelineWatch:
     # ------------------------------------------------------------------ judging (host, once per call)
     def _judge(self, call: _Call) -> None:
         found: list[Finding] = []
-        for name, st in call.images:
-            found += pc.input_image(self.pipe, name, st)
         user = pc.user_latents(self, call) if call.user_latents is not None else []
         found += user
         step_found = pc.steps(self, call, skip=bool(user))
@@ -481,18 +571,40 @@ class PipelineWatch:
             t.reset()
         for mon, img in call.decodes:
             found += pc.decode(self, call, mon, img, skip_scale=bool(user), steps_nonfinite=steps_nonfinite)
-        self._previews(call)
-        for f in found:
-            self._add(f)
-        if self.out_dir and found:
-            os.makedirs(self.out_dir, exist_ok=True)
-            with open(os.path.join(self.out_dir, "findings.txt"), "a", encoding="utf-8") as fh:
-                for f in found:
-                    fh.write(f"call {call.index}: {f}\n")
-        if self.logger is not None and found and hasattr(self.logger, "add_text"):
-            from .sinks import findings_markdown
+        if "write" not in self._off:
+            try:
+                self._previews(call)
+                self._scalars(call)
+            except Exception as e:  # noqa: BLE001
+                self._internal("write", e)
+        before = len(self.engine.findings)
+        try:
+            self.engine.report(found, step=call.index)  # each once, the policy applied, the sinks written
+        finally:
+            fresh = self.engine.findings[before:]
+            if self.out_dir and fresh:
+                os.makedirs(self.out_dir, exist_ok=True)
+                with open(os.path.join(self.out_dir, "findings.txt"), "a", encoding="utf-8") as fh:
+                    for f in fresh:
+                        fh.write(f"call {call.index}: {f}\n")
 
-            self.logger.add_text("rangewatch/pipeline/findings", findings_markdown(found), call.index)
+    def _scalars(self, call: _Call) -> None:
+        """Per denoising step, the latents' per-channel mean, std and max |x| (model space) to the
+        engine's sinks, at the step within the call (``rangewatch/pipeline.call<k>.latents/<stat>/c<ch>``)."""
+        sink = self.engine.sink
+        if sink is None or not sink.active or not call.steps:
+            return
+        from .sinks import tag
+
+        rows = torch.stack(call.steps).double().cpu()  # (S, C, 4), after the call: one transfer
+        name = f"pipeline.call{call.index}.latents"
+        for i in range(rows.shape[0]):
+            m = {}
+            for c in range(rows.shape[1]):
+                for k, stat in enumerate(("mean", "std", "max_abs")):
+                    m[tag(name, stat, c)] = float(rows[i, c, k])
+            m[tag(name, "nonfinite")] = float(rows[i, :, 3].sum())
+            sink.scalars(m, i)
 
     def _previews(self, call: _Call) -> None:
         conv = self.latent_convention
@@ -508,5 +620,12 @@ class PipelineWatch:
 
                 os.makedirs(self.out_dir, exist_ok=True)
                 save_image(prev, os.path.join(self.out_dir, f"latents_call{call.index}_step{i:03d}.png"))
-            if self.logger is not None and hasattr(self.logger, "add_image"):
-                log_latents(self.logger, f"pipeline/step_latents/call{call.index}", mon, i)
+            sink = self.engine.sink
+            if sink is not None:
+                where = f"pipeline/step_latents/call{call.index}"
+                for w in sink.writers:  # TensorBoard: the preview grid and per-channel histograms
+                    log_latents(w, where, mon, i)
+                if sink.wandb or sink.mlflow:
+                    from torchvision.utils import make_grid
+
+                    sink.other_images(f"rangewatch/{where}/latent_preview", make_grid(prev[:4].float(), nrow=4, padding=2, pad_value=1.0), i)

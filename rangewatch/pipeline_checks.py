@@ -1,7 +1,8 @@
 """The findings of :class:`rangewatch.pipeline.PipelineWatch`, built on the host once per pipeline call.
 
-One function per thing watched: :func:`input_image` (``image=`` / ``mask_image=`` /
-``ip_adapter_image=`` against ``VaeImageProcessor`` and the image encoder's processor),
+One function per thing watched: :func:`input_image` (``mask_image=`` / ``ip_adapter_image=`` against
+the mask processor and the image encoder's processor; ``image=`` is judged by the engine against
+``VaeImageProcessor``'s expectation),
 :func:`user_latents` (``latents=`` as the unit-Gaussian starting noise), :func:`steps` (NaN/Inf and
 outliers while denoising), :func:`decode` (the decode's input latents and the decoded image's range)
 and :func:`traced` (a :class:`~rangewatch.numerics.ModuleTracer`'s findings with the fix in
@@ -80,6 +81,8 @@ def _denoiser_fix(module: str | None) -> str:
 
 # ---------------------------------------------------------------------------- input images
 def input_image(pipe: Any, name: str, st: RangeStats) -> list[Finding]:
+    """``mask_image=`` against [0, 1] and ``ip_adapter_image=`` against the image encoder's processor,
+    from the statistics of their engine taps (``image=`` the engine judges itself)."""
     s = st.compute()
     if s.empty:
         return []
@@ -97,27 +100,7 @@ def input_image(pipe: Any, name: str, st: RangeStats) -> list[Finding]:
         )]
     if name == "ip_adapter_image":
         return _ip_adapter(pipe, s, seen, lo, hi)
-    proc = getattr(pipe, "image_processor", None)
-    if proc is not None and not _cfg(proc, "do_normalize", True):
-        return []
-    inf = infer_convention(s)
-    if not inf.confident or inf.name in ("unit", "unknown"):
-        return []
-    what = {
-        "symmetric": ("already in [-1, 1]", "warning",
-                      "image.min() < 0, so VaeImageProcessor skips its [0, 1] -> [-1, 1] mapping and warns (FutureWarning: "
-                      "'Passing `image` as torch tensor with value range in [-1,1] is deprecated'); it works today, "
-                      "and breaks when that fallback goes", "pass (image + 1) / 2; the pipeline maps [0, 1] to [-1, 1] itself"),
-        "float255": ("0-255 floats", "error", "VaeImageProcessor maps [0, 1] to [-1, 1] with 2x - 1: 0-255 values become "
-                     "-1 .. 509 and the VAE encodes a white, blown-out image", "pass image / 255 ([0, 1])"),
-    }.get(inf.name, (f"{inf.convention.label if inf.convention else inf.name}-normalised", "error",
-                     "image.min() < 0, so VaeImageProcessor skips its normalisation and the VAE reads these values as if they "
-                     "were [-1, 1]: wrong colours and contrast", "undo the Normalize (image * std + mean) and pass [0, 1]"))
-    obs, sev, why, fix = what
-    return [Finding(
-        kind="mismatch", where=name, observed=f"{name}= tensor {obs} ({inf.name})", expected="[0, 1] (unit)",
-        evidence=f"{inf.evidence}; {why}", fix=fix, severity=sev, source=_VAE_SRC,
-    )]
+    return []  # image= is an engine tap with the VaeImageProcessor expectation: the engine judges it
 
 
 def _ip_adapter(pipe: Any, s: Any, seen: str, lo: float, hi: float) -> list[Finding]:
@@ -195,9 +178,11 @@ def user_latents(w: "PipelineWatch", call: "_Call") -> list[Finding]:
         f"scheduler.init_noise_sigma ({sigma:.4g}) itself",
     }
     return [Finding(
-        kind="latent_scale", where="latents=", observed=f"latents= {best} (std {g:.3g})",
+        # the figures go to the evidence: the finding's key (what de-duplicates it across calls) stays the
+        # same for every call that passes latents= with the same mistake, whatever noise it drew
+        kind="latent_scale", where="latents=", observed=f"latents= {best}",
         expected="unit Gaussian noise (std about 1) in the model's latent space",
-        evidence=f"per-channel std {_fmt(std)} (geometric mean {g:.3g}); log-distance to "
+        evidence=f"std {g:.3g} (geometric mean of the per-channel std {_fmt(std)}); log-distance to "
         + ", ".join(f"'{k}' {v:.2f}" for k, v in d.items())
         + f"; the pipeline multiplies latents= by scheduler.init_noise_sigma ({sigma:.4g}) before denoising",
         fix=fixes[best], severity="error", source=f"{type(w.pipe).__name__}.prepare_latents; {w.convention}",

@@ -145,7 +145,7 @@ def test_user_latents_wrong_scale_caught(factor, what, scheduler):
     # the std in the finding is the passed tensor's own (numpy reference: geometric mean of the channel stds;
     # the watch's is the robust interquartile one, the same for Gaussian noise within a few percent)
     std = float(np.exp(np.log(z.numpy().std(axis=(0, 2, 3))).mean()))
-    reported = float(scale[0].observed.split("(std ")[1].rstrip(")"))
+    reported = float(scale[0].evidence.split("std ", 1)[1].split(" ", 1)[0])
     assert abs(reported - std) < 0.08 * std
     # the consequences (outliers while denoising, off-scale decode input) are not reported on top
     assert not [f for f in watch.findings if f.kind in ("latent_outliers", "color_cast") or f.where == "vae.decode input"]
@@ -344,12 +344,13 @@ def test_img2img_image_in_minus_one_one_caught():
     assert ok.findings == []
     with watch_pipeline(pipe) as watch:
         pipe(image=x * 2 - 1, **kw)
-    (f,) = [f for f in watch.findings if f.where == "image"]
-    assert f.kind == "mismatch" and "symmetric" in f.observed and "[0, 1]" in f.expected
-    assert "(image + 1) / 2" in f.fix and "VaeImageProcessor" in f.source
+    # image= is an engine tap (image:input) carrying VaeImageProcessor's expectation: the engine's verdict
+    (f,) = [f for f in watch.findings if f.where == "image:input"]
+    assert f.kind == "mismatch" and f.observed == "symmetric" and f.expected == "unit"
+    assert "(x + 1) / 2" in f.fix and "VaeImageProcessor" in f.source and "[0, 1]" in f.source
     with watch_pipeline(pipe) as w255:
         pipe(image=x * 255, **kw)
-    assert [(f.where, f.severity) for f in w255.findings if f.kind == "mismatch"] == [("image", "error")]
+    assert [(f.where, f.observed, f.severity) for f in w255.findings if f.kind == "mismatch"] == [("image:input", "float255", "error")]
     assert_clean(pipe, StableDiffusionImg2ImgPipeline)
 
 
@@ -507,6 +508,8 @@ def test_bad_arguments_are_named():
         watch_pipeline(pipe, trace="everything")
     with pytest.raises(ValueError, match="check_steps"):
         watch_pipeline(pipe, check_steps=0)
+    with pytest.raises(rangewatch.ConfigError, match="'policy'.*'stop'.*'warn', 'raise', 'log'"):  # the engine's check
+        watch_pipeline(pipe, policy="stop")
     assert rangewatch.watch_pipeline is watch_pipeline
 
 
@@ -553,7 +556,7 @@ def test_sdxl_correct_generation_silent_and_doubled_scale_caught():
         sdxl_generate(pipe, latents=noise(1, 4, 16, 16) * 0.13025)
     assert torch.equal(ref, out)
     assert [(f.kind, f.where) for f in watch.findings] == [("latent_scale", "latents=")]
-    assert "scaled twice" in watch.findings[0].observed and "0.13" in watch.findings[0].observed
+    assert "scaled twice" in watch.findings[0].observed and "std 0.13" in watch.findings[0].evidence
     assert_clean(pipe, cls)
 
 
@@ -621,3 +624,153 @@ def test_flux_packed_latents_unpacked_silent_and_unscaled_caught():
     assert [(f.kind, f.where) for f in bad.findings][:1] == [("latent_scale", "latents=")]
     assert "not scaled" in bad.findings[0].observed and "shift_factor" in bad.findings[0].fix
     assert_clean(pipe, cls)
+
+
+# ---------------------------------------------------------------------------- on the engine: sinks, policy, de-duplication
+def _events(logdir: str):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return EventAccumulator(logdir, size_guidance={"images": 0, "histograms": 0, "tensors": 0, "scalars": 0}).Reload()
+
+
+@pytest.mark.parametrize("kind", ["SummaryWriter", "TensorBoardLogger"])
+def test_findings_scalars_and_latent_previews_read_back_from_the_event_file(kind, tmp_path):
+    import io
+
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    from rangewatch.latents import preview_scale
+    from rangewatch.sinks import findings_from_markdown
+
+    if kind == "SummaryWriter":
+        from torch.utils.tensorboard import SummaryWriter
+
+        logger, logdir = SummaryWriter(str(tmp_path)), str(tmp_path)
+    else:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        logger = TensorBoardLogger(str(tmp_path), name="gen")
+        logdir = logger.log_dir
+    pipe = sd_pipe(cls=StableDiffusionImg2ImgPipeline)
+    image = _astronaut() * 2 - 1  # [-1, 1] where VaeImageProcessor expects [0, 1]
+    seen: list[torch.Tensor] = []  # the user's own view of the latents after each step: the reference
+
+    def record(p, i, t, kw):
+        seen.append(kw["latents"].detach().clone())
+        return {}
+
+    with watch_pipeline(pipe, logger=logger, check_steps=2, policy="log") as watch:
+        pipe(image=image, **embeds(), num_inference_steps=4, strength=0.75, generator=torch.Generator().manual_seed(0),
+             output_type="pt", callback_on_step_end=record)
+    if kind == "SummaryWriter":
+        logger.close()
+    else:
+        logger.experiment.flush()
+    acc = _events(logdir)
+
+    # the findings, as the engine's sink writes them (markdown with each finding's JSON), read back
+    (text_tag,) = [t for t in acc.Tags()["tensors"] if t.startswith("rangewatch/findings")]
+    md = acc.Tensors(text_tag)[-1].tensor_proto.string_val[0].decode()
+    back = findings_from_markdown(md)
+    assert back and [f.key for f in back] == [f.key for f in watch.findings]
+    assert ("mismatch", "image:input") in [(f.kind, f.where) for f in back]
+
+    # the input image's engine tap: per-channel min / max / mean against numpy
+    ref = image[0].numpy()
+    for c in range(3):
+        for stat, want in (("min", ref[c].min()), ("max", ref[c].max()), ("mean", ref[c].mean())):
+            (ev,) = acc.Scalars(f"rangewatch/image:input/{stat}/c{c}")
+            assert ev.step == 1 and ev.value == pytest.approx(float(want), abs=1e-5)
+
+    # the latents' per-step scalars against the latents the user's callback saw
+    assert len(seen) == 3  # strength 0.75 of 4 steps
+    for c in range(4):
+        events = acc.Scalars(f"rangewatch/pipeline.call1.latents/max_abs/c{c}")
+        assert [e.step for e in events] == [0, 1, 2]
+        for e, z in zip(events, seen):
+            assert e.value == pytest.approx(float(z[:, c].abs().max()), rel=1e-5)
+
+    # the latent preview of each checked step (first, last): the PNG in the event file is watch.previews' grid
+    tag_ = "rangewatch/pipeline/step_latents/call1/latent_preview"
+    assert tag_ in acc.Tags()["images"]
+    imgs = acc.Images(tag_)
+    assert [e.step for e in imgs] == [i for (_, i) in sorted(watch.previews)] == [0, 2]
+    for e, key in zip(imgs, sorted(watch.previews)):
+        png = np.asarray(Image.open(io.BytesIO(e.encoded_image_string)).convert("RGB")).astype(int)
+        prev = watch.previews[key]
+        k = preview_scale(int(prev.shape[-1]))
+        grid = make_grid(prev.repeat_interleave(k, -1).repeat_interleave(k, -2), nrow=1, padding=2, pad_value=1.0)
+        want = (grid.permute(1, 2, 0).numpy() * 255).astype(int)
+        assert png.shape == want.shape and np.abs(png - want).max() <= 1
+        assert png.std() > 0  # not a blank image
+
+
+def test_policy_raise_on_doubled_scale_latents_stops_with_the_hooks_removed():
+    pipe = sd_pipe()
+    watch = watch_pipeline(pipe, policy="raise")
+    with watch:
+        with pytest.raises(rangewatch.RangeMismatchError) as err:
+            generate(pipe, latents=noise(1, 4, 16, 16) * SD_SCALE)
+        assert_clean(pipe, StableDiffusionPipeline)  # taken off before the error left the pipeline call
+        assert not watch.attached
+    (f,) = err.value.findings
+    assert (f.kind, f.where) == ("latent_scale", "latents=") and "scaled twice" in f.observed
+    assert "unit Gaussian noise" in f.expected and "scaling_factor (0.18215)" in f.fix
+    assert "scaled twice" in str(err.value) and "Fix:" in str(err.value)  # seen, expected and the fix in the message
+    assert watch.findings == [f]
+    ref = generate(pipe).images  # the pipeline works as before
+    with watch_pipeline(pipe, policy="raise"):  # and a correct generation does not raise
+        assert torch.equal(ref, generate(pipe).images)
+
+
+def test_policy_raise_on_a_bad_input_image_stops_before_denoising():
+    pipe = sd_pipe(cls=StableDiffusionImg2ImgPipeline)
+    steps: list[int] = []
+
+    def count(p, i, t, kw):
+        steps.append(i)
+        return {}
+
+    with watch_pipeline(pipe, policy="raise"):
+        with pytest.raises(rangewatch.RangeMismatchError, match="image:input"):
+            pipe(image=_astronaut() * 255, **embeds(), num_inference_steps=4, strength=0.75, output_type="pt",
+                 callback_on_step_end=count)
+        assert_clean(pipe, StableDiffusionImg2ImgPipeline)
+    assert steps == []  # not one denoising step was spent
+
+
+def test_a_finding_seen_in_two_calls_is_reported_once(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    pipe = sd_pipe()
+    writer = SummaryWriter(str(tmp_path))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        with watch_pipeline(pipe, logger=writer) as watch:
+            generate(pipe, latents=noise(1, 4, 16, 16) * SD_SCALE)
+            generate(pipe, latents=noise(1, 4, 16, 16, seed=4) * SD_SCALE)
+    writer.close()
+    assert [(f.kind, f.where) for f in watch.findings] == [("latent_scale", "latents=")]  # once, from the first call
+    (warned,) = [w for w in said if "[latent_scale]" in str(w.message)]  # one warning (policy="warn")
+    assert warned.filename == __file__  # pointing at the line that called the pipeline
+    acc = _events(str(tmp_path))
+    assert [e.step for e in acc.Tensors("rangewatch/findings/text_summary")] == [1]  # written when fresh, not again at call 2
+    assert len(acc.Images("rangewatch/pipeline/step_latents/call2/latent_preview")) == 4  # call 2 is still watched
+
+
+def test_readme_pipeline_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Diffusers pipelines at inference", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    out = capsys.readouterr().out
+    assert out.startswith("[latent_scale] latents=: saw latents= not scaled")
+    assert "vae.config.scaling_factor (0.18215)" in out
+    assert (tmp_path / "rangewatch_out" / "findings.txt").exists()
