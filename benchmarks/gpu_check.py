@@ -182,7 +182,7 @@ class SyncGuard(pl.Callback):
         self.rw, self.enabled, self.guarded, self.open, self.traced = rw, enabled, 0, 0, 0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        tracer = self.rw.engine._tracer  # attached at fit start, detached at fit end (no public accessor)
+        tracer = self.rw.engine.tracer  # attached at fit start, detached at fit end
         self.traced = max(self.traced, len(tracer.names) if tracer is not None else 0)
         if self.rw.engine.is_check_step(int(trainer.global_step)):  # check steps read their figures back, by design
             self.open += 1
