@@ -14,7 +14,8 @@ module path is exactly as in ``root.named_modules()`` (``""`` for ``root`` itsel
   applies the scaling, so this entry is for taps the user declares on latents (the denoiser's input, a
   logged latent). Its ``Expectation.target`` is ``"output"`` (what the encoding side produces).
 
-Rules (sources: diffusers VaeImageProcessor and AutoencoderKL configs, timm data/config.py, transformers image processors, open_clip transform.py)
+Rules (one reader per library in ``rangewatch/integrations/``: ``diffusers.py``, ``compvis.py``, ``timm.py``,
+``transformers.py``, ``open_clip.py``, tried in the order of :data:`READERS`; sources in each file)
 ------------------------------
 - diffusers autoencoders (``AutoencoderKL``, ``AutoencoderTiny``, the video/image VAEs, ``VQModel``, ...):
   pixels in [-1, 1] (``symmetric``) at ``"<path>.encoder:input"``: ``vae.encode(x)`` and ``vae(x)`` both
@@ -57,74 +58,33 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 from typing import Any, Callable
 
 import torch.nn as nn
 
 from .conventions import Convention, get_convention, list_conventions
 from .expectation import Expectation
+from .integrations import compvis as _compvis
+from .integrations import diffusers as _diffusers
+from .integrations import open_clip as _open_clip
+from .integrations import timm as _timm
+from .integrations import transformers as _transformers
+from .integrations.metadata import Deriving
+from .integrations.transformers import HF_MODEL_TYPES
 from .transform_inspection import Prediction, convention_for_normalize, predict_transform
 
-__all__ = ["derive_expectations", "latent_convention_for", "HF_MODEL_TYPES"]
+__all__ = ["derive_expectations", "latent_convention_for", "HF_MODEL_TYPES", "READERS"]
 
-# transformers ``config.model_type`` -> (convention, why). What the published checkpoints' processors do,
-# not always the processor class default: BitImageProcessor (used by DINOv2) and ConvNextImageProcessor
-# default to OPENAI_CLIP / IMAGENET_STANDARD constants in transformers' source, but facebook/dinov2-* and
-# facebook/convnext-* ship preprocessor configs with IMAGENET_DEFAULT mean/std.
-HF_MODEL_TYPES: dict[str, tuple[str, str]] = {
-    "clip": ("clip", "CLIPImageProcessor defaults to OPENAI_CLIP_MEAN/STD"),
-    "clip_vision_model": ("clip", "CLIPImageProcessor defaults to OPENAI_CLIP_MEAN/STD"),
-    "siglip": ("symmetric", "SiglipImageProcessor defaults to IMAGENET_STANDARD_MEAN/STD (0.5/0.5)"),
-    "siglip_vision_model": ("symmetric", "SiglipImageProcessor defaults to IMAGENET_STANDARD_MEAN/STD (0.5/0.5)"),
-    "siglip2": ("symmetric", "Siglip2ImageProcessor defaults to mean/std 0.5/0.5"),
-    "siglip2_vision_model": ("symmetric", "Siglip2ImageProcessor defaults to mean/std 0.5/0.5"),
-    "dinov2": ("imagenet", "facebook/dinov2-* preprocessor configs use IMAGENET_DEFAULT_MEAN/STD (BitImageProcessor)"),
-    "dinov2_with_registers": ("imagenet", "facebook/dinov2-with-registers-* use IMAGENET_DEFAULT_MEAN/STD"),
-    "dinov3_vit": ("imagenet", "DINOv3ViTImageProcessor defaults to IMAGENET_DEFAULT_MEAN/STD"),
-    "dinov3_convnext": ("imagenet", "DINOv3 checkpoints use IMAGENET_DEFAULT_MEAN/STD"),
-    "vit": ("symmetric", "ViTImageProcessor defaults to IMAGENET_STANDARD_MEAN/STD (0.5/0.5); DINO-v1 ViT checkpoints use ImageNet: pass their processor"),
-    "convnext": ("imagenet", "facebook/convnext-* preprocessor configs use IMAGENET_DEFAULT_MEAN/STD"),
-    "convnextv2": ("imagenet", "facebook/convnextv2-* preprocessor configs use IMAGENET_DEFAULT_MEAN/STD"),
-    "swin": ("imagenet", "microsoft/swin-* preprocessor configs use IMAGENET_DEFAULT_MEAN/STD"),
-    "swinv2": ("imagenet", "microsoft/swinv2-* preprocessor configs use IMAGENET_DEFAULT_MEAN/STD"),
-}
-
-# diffusers autoencoders whose pixels are [-1, 1] on both sides (VaeImageProcessor / VideoProcessor do_normalize)
-_DIFFUSERS_VAES = {
-    "AutoencoderKL", "AsymmetricAutoencoderKL", "AutoencoderTiny", "AutoencoderKLTemporalDecoder",
-    "AutoencoderKLFlux2", "AutoencoderKLQwenImage", "AutoencoderKLWan", "AutoencoderKLCogVideoX",
-    "AutoencoderKLHunyuanVideo", "AutoencoderKLLTXVideo", "AutoencoderKLMochi", "AutoencoderKLAllegro",
-    "AutoencoderDC", "VQModel", "ConsistencyDecoderVAE",
-}
-_NO_PIXEL_DECODER = {"ConsistencyDecoderVAE"}  # its decoder is a UNet, not a pixel decoder
-_NO_LATENT = {"AutoencoderTiny"}
-
-# CompVis-family autoencoders (no config object says it): (module of origin, class) -> where the fact is
-# stated. latent-diffusion `ldm/data/*.py` and taming-transformers `taming/data/base.py` build
-# `example["image"] = (image / 127.5 - 1.0)`, the autoencoders train to reconstruct it
-# (`rec_loss = |x - xrec|`) and their `log_images` shows both as [-1, 1]; Stability's generative-models
-# (`sgm`) keeps that convention (`sgm/data/cifar10.py`, `mnist.py`: ToTensor then `x * 2.0 - 1.0`; its
-# sampling scripts show decoded images with `(x + 1.0) / 2.0`).
-_COMPVIS_VAES: dict[tuple[str, str], str] = {
-    ("ldm.models.autoencoder", "AutoencoderKL"): "CompVis latent-diffusion",
-    ("ldm.models.autoencoder", "VQModel"): "CompVis latent-diffusion",
-    ("ldm.models.autoencoder", "VQModelInterface"): "CompVis latent-diffusion",
-    ("taming.models.vqgan", "VQModel"): "CompVis taming-transformers",
-    ("taming.models.vqgan", "GumbelVQ"): "CompVis taming-transformers",
-    ("taming.models.vqgan", "EMAVQ"): "CompVis taming-transformers",
-    ("sgm.models.autoencoder", "AutoencodingEngine"): "Stability generative-models",
-    ("sgm.models.autoencoder", "AutoencodingEngineLegacy"): "Stability generative-models",
-    ("sgm.models.autoencoder", "AutoencoderKL"): "Stability generative-models",
-    ("sgm.models.autoencoder", "AutoencoderKLInferenceWrapper"): "Stability generative-models",
-}
-# subclasses of those that take no pixels (taming's VQSegmentationModel encodes one-hot segmentation maps)
-_COMPVIS_NOT_PIXELS = {("taming.models.vqgan", "VQSegmentationModel")}
-_COMPVIS_DATA = {
-    "CompVis latent-diffusion": "its data classes give image / 127.5 - 1 (ldm/data/*.py)",
-    "CompVis taming-transformers": "its data classes give image / 127.5 - 1 (taming/data/base.py)",
-    "Stability generative-models": "its data modules give ToTensor() then x * 2 - 1 (sgm/data/cifar10.py)",
-}
+# The model-metadata readers, one file per library in ``rangewatch/integrations/``, tried in this order on
+# every module not inside an already-claimed one: (name, reader(d, path, module) -> claimed?). Adding a
+# library is adding its file and one line here.
+READERS: tuple[tuple[str, Callable[[Deriving, str, nn.Module], bool]], ...] = (
+    ("diffusers", _diffusers.read_expectations),
+    ("compvis", _compvis.read_expectations),
+    ("timm", _timm.read_expectations),
+    ("transformers", _transformers.read_expectations),
+    ("open_clip", _open_clip.read_expectations),
+)
 
 _ATTACHED = ("image_processor", "processor", "feature_extractor", "preprocess", "transform")
 
@@ -133,10 +93,6 @@ _SHIFT_TOL = 1e-4
 
 
 # ---------------------------------------------------------------------------- helpers
-def _lib(m: nn.Module) -> str:
-    return (type(m).__module__ or "").split(".", 1)[0]
-
-
 def _num(v: float) -> str:
     s = f"{v:.6g}"
     return s.replace("-", "n").replace(".", "p").replace("+", "")
@@ -268,133 +224,6 @@ class _Deriver:
                 return attr, value
         return None
 
-    # ------------------------------------------------------------ rules; each returns True when it claims m
-    def diffusers(self, path: str, m: nn.Module) -> bool:
-        cls = type(m).__name__
-        if _lib(m) != "diffusers" or cls not in _DIFFUSERS_VAES:
-            return False
-        children = dict(m.named_children())
-        enc = self.child(path, "encoder") if "encoder" in children else path
-        dec = self.child(path, "decoder") if "decoder" in children and cls not in _NO_PIXEL_DECODER else None
-        where = path or "the root module"
-        self.put(enc, "input", "symmetric", f"diffusers {cls} at {where}: pixel input in [-1, 1] (VaeImageProcessor maps [0, 1] to [-1, 1])")
-        if dec is not None:
-            self.put(dec, "output", "symmetric", f"diffusers {cls} at {where}: the decoder's pixels are in [-1, 1]")
-        if cls in _NO_LATENT:
-            self.note(f"{cls} at {where}: its encoder emits already-scaled latents of a family its config does not name; no latent expectation")
-            return True
-        cfg = getattr(m, "config", None)
-        get = (lambda k: cfg.get(k) if isinstance(cfg, dict) else getattr(cfg, k, None)) if cfg is not None else (lambda k: None)
-        scale, shift = get("scaling_factor"), get("shift_factor")
-        channels = get("latent_channels") or get("z_dim")
-        lm, ls = get("latents_mean"), get("latents_std")
-        parts = [f"scaling_factor={scale}"] + ([f"shift_factor={shift}"] if shift else []) + [f"latent_channels={channels}"]
-        if lm is not None:
-            parts.append("latents_mean/std set")
-        src = f"diffusers {cls}.config of {where}: " + ", ".join(parts)
-        conv = latent_convention_for(scale, shift, channels, lm, ls, source=src)
-        if conv is None:
-            self.note(f"{cls} at {where}: no scaling_factor or latents_mean/std in its config; no latent expectation")
-        else:
-            self.put(path, "latent", conv, src + " (the scaled latent the diffusion model sees)", target="output")
-        return True
-
-    def compvis(self, path: str, m: nn.Module) -> bool:
-        """CompVis-family autoencoders, recognised by the class and the module it comes from (also
-        through subclasses): [-1, 1] at the encoder's input and the decoder's output."""
-        origin = None
-        for cls in type(m).__mro__:
-            if (cls.__module__ or "", cls.__name__) in _COMPVIS_NOT_PIXELS:
-                return False
-            repo = _COMPVIS_VAES.get((cls.__module__ or "", cls.__name__))
-            if repo is not None:
-                origin = (repo, f"{cls.__module__}.{cls.__name__}")
-                break
-        if origin is None:
-            return False
-        repo, qual = origin
-        children = dict(m.named_children())
-        enc = self.child(path, "encoder") if "encoder" in children else path
-        where = path or "the root module"
-        why = _COMPVIS_DATA[repo]
-        self.put(enc, "input", "symmetric", f"{repo} {qual} at {where}: pixel input in [-1, 1]; {why}")
-        if "decoder" in children:
-            self.put(self.child(path, "decoder"), "output", "symmetric",
-                     f"{repo} {qual} at {where}: the decoder reconstructs that input, in [-1, 1]")
-        return True
-
-    def timm(self, path: str, m: nn.Module) -> bool:
-        if _lib(m) != "timm" or not hasattr(m, "pretrained_cfg") or "timm" not in sys.modules:
-            return False
-        try:
-            from timm.data import resolve_model_data_config
-
-            cfg = resolve_model_data_config(m)
-        except Exception as e:  # noqa: BLE001 - any failure: fall back to the raw pretrained_cfg
-            cfg = dict(getattr(m, "pretrained_cfg", None) or {})
-            self.note(f"timm resolve_model_data_config failed for {path or 'root'} ({e}); read pretrained_cfg directly")
-        mean, std = cfg.get("mean"), cfg.get("std")
-        if mean is None or std is None:
-            self.note(f"timm model at {path or 'root'} has no mean/std in its pretrained_cfg")
-            return True
-        pc = getattr(m, "pretrained_cfg", {}) or {}
-        arch = pc.get("architecture") or type(m).__name__
-        tag = pc.get("tag")
-        ident = f"{arch}.{tag}" if tag else arch
-        src = f"timm pretrained_cfg of {path or 'the root module'} ({ident})"
-        return self.put_normalize(path, mean, std, src)
-
-    def transformers(self, path: str, m: nn.Module) -> bool:
-        if _lib(m) != "transformers" or "transformers" not in sys.modules:
-            return False
-        try:
-            from transformers import PreTrainedModel
-        except Exception:  # pragma: no cover
-            return False
-        if not isinstance(m, PreTrainedModel):
-            return False
-        cfg = getattr(m, "config", None)
-        mt = getattr(cfg, "model_type", None)
-        children = dict(m.named_children())
-        tap = path
-        if getattr(cfg, "vision_config", None) is not None and "vision_model" in children:
-            tap = self.child(path, "vision_model")
-        attached = self.attached_processor(m)
-        if attached is not None:
-            attr, proc = attached
-            if self.from_processor(path, tap, proc, f"{path or 'root'}.{attr}"):
-                return True
-        if mt in HF_MODEL_TYPES:
-            conv, why = HF_MODEL_TYPES[mt]
-            self.put(tap, "input", conv, f"transformers {type(m).__name__} (model_type {mt!r}) at {path or 'the root module'}: {why}")
-            return True
-        return False  # not a vision model we know: let rules look inside (e.g. a vision tower in a VLM)
-
-    def open_clip(self, path: str, m: nn.Module) -> bool:
-        if _lib(m) != "open_clip":
-            return False
-        d = getattr(m, "__dict__", {})
-        pp = d.get("preprocess_cfg") or {}
-        mean = pp.get("mean") if isinstance(pp, dict) else None
-        std = pp.get("std") if isinstance(pp, dict) else None
-        how = "preprocess_cfg"
-        if mean is None or std is None:
-            mean, std, how = d.get("image_mean"), d.get("image_std"), "image_mean/image_std"
-        cls = type(m).__name__
-        if mean is None or std is None:
-            # a visual tower built without create_model: open_clip's own default preprocessing
-            if cls not in ("VisionTransformer", "ModifiedResNet", "TimmModel") or not path.split(".")[-1] == "visual":
-                return False
-            try:
-                from open_clip.transform import PreprocessCfg
-
-                default = PreprocessCfg()
-                mean, std, how = default.mean, default.std, "PreprocessCfg default (no preprocess_cfg set)"
-            except Exception:  # pragma: no cover
-                return False
-        src = f"open_clip {how} of {path or 'the root module'} ({cls})"
-        return self.put_normalize(path, mean, std, src)
-
     # ------------------------------------------------------------ walk
     def run(self) -> dict[str, Expectation]:
         claimed: list[str] = []
@@ -415,15 +244,14 @@ class _Deriver:
             self.from_processor(path, tap, proc, f"image_processors[{path!r}]")
             claimed.append(path)
 
-        rules: list[Callable[[str, nn.Module], bool]] = [self.diffusers, self.compvis, self.timm, self.transformers, self.open_clip]
         for path, m in self.modules.items():
             if inside(path):
                 continue
-            for rule in rules:
+            for name, read in READERS:
                 try:
-                    hit = rule(path, m)
+                    hit = read(self, path, m)
                 except Exception as e:  # noqa: BLE001 - never let metadata reading break training
-                    self.note(f"{rule.__name__} rule failed on {path or 'root'} ({type(e).__name__}: {e})")
+                    self.note(f"{name} rule failed on {path or 'root'} ({type(e).__name__}: {e})")
                     hit = False
                 if hit:
                     claimed.append(path)

@@ -299,16 +299,17 @@ def test_plain_modules_give_nothing():
 
 
 def test_works_without_optional_libraries(monkeypatch):
-    """Neither module imports diffusers, timm, transformers or open_clip at import time, and with them
-    unimportable both still work (their rules are skipped)."""
+    """No module (nor a library's reader file) imports diffusers, timm, transformers or open_clip at import
+    time, and with them unimportable both still work (their rules are skipped)."""
     import ast
     import pathlib
 
     import rangewatch.model_expectations as me
     import rangewatch.transform_inspection as ti
+    from rangewatch.integrations import compvis, diffusers, open_clip, timm, transformers
 
     optional = {"diffusers", "timm", "transformers", "open_clip"}
-    for mod in (me, ti):
+    for mod in (me, ti, diffusers, compvis, timm, transformers, open_clip):
         tree = ast.parse(pathlib.Path(mod.__file__).read_text())
         for node in tree.body:  # top-level statements only: lazy imports live inside functions
             names = []

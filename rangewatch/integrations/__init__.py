@@ -9,6 +9,14 @@ convention from the object and from the call:
 - :mod:`~rangewatch.integrations.basicsr`: ``PerceptualLoss`` / ``VGGFeatureExtractor``, ``calculate_psnr`` / ``calculate_ssim``
 - :mod:`~rangewatch.integrations.torchvision`: frozen torchvision classifiers used as feature extractors
 
+Model metadata (what a model's own input/output expects, read by
+:func:`rangewatch.model_expectations.derive_expectations`), one reader per library, each with
+``read_expectations(d, path, module)`` (the sink is :class:`~rangewatch.integrations.metadata.Deriving`):
+:mod:`~rangewatch.integrations.diffusers` (autoencoders: pixels and latent scaling),
+:mod:`~rangewatch.integrations.compvis` (latent-diffusion / taming / generative-models autoencoders),
+:mod:`~rangewatch.integrations.timm`, :mod:`~rangewatch.integrations.transformers`,
+:mod:`~rangewatch.integrations.open_clip`.
+
 :class:`LossWatch` (in :mod:`~rangewatch.integrations.watch`) finds them in a module and watches
 them; :class:`~rangewatch.RangeWatch` does this on its LightningModule with no options. No library
 is imported here: objects are recognised by ``type(obj).__module__`` and class name.

@@ -1,0 +1,47 @@
+"""What a model-metadata reader gets: :class:`Deriving`, the sink each library file writes into.
+
+Each library file with a model reader (``diffusers.py``, ``compvis.py``, ``timm.py``,
+``transformers.py``, ``open_clip.py``) has ``read_expectations(d, path, module) -> bool``: it returns
+``False`` when ``module`` is not that library's (or says nothing), else records what the module expects
+through ``d`` and returns ``True`` (the module is claimed: nothing inside it is read again).
+:func:`rangewatch.model_expectations.derive_expectations` walks the modules and calls the readers in
+the order of its ``READERS`` table. A reader never imports its library unless the module's class comes
+from it (``sys.modules`` is checked first).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from torch import nn
+
+from ..conventions import Convention
+
+__all__ = ["Deriving", "library_of"]
+
+
+def library_of(m: nn.Module) -> str:
+    """The top-level package a module's class comes from (``"diffusers"``); never imports anything."""
+    return (type(m).__module__ or "").split(".", 1)[0]
+
+
+class Deriving(Protocol):
+    """The sink a reader writes into (implemented by ``model_expectations._Deriver``)."""
+
+    def note(self, text: str) -> None:
+        """Record what was skipped and why."""
+
+    def child(self, path: str, name: str) -> str:
+        """The path of ``path``'s child ``name``."""
+
+    def put(self, path: str, side: str, convention: str | Convention, source: str, target: str | None = None) -> None:
+        """Record that ``"<path>:<side>"`` follows ``convention``."""
+
+    def put_normalize(self, path: str, mean: Any, std: Any, src: str) -> bool:
+        """Record an input expectation from a model's own mean/std."""
+
+    def from_processor(self, path: str, tap: str, processor: Any, how: str) -> bool:
+        """Record the input convention a processor produces; False when it cannot be told."""
+
+    def attached_processor(self, m: nn.Module) -> tuple[str, Any] | None:
+        """A processor kept on the module (``(attribute, processor)``), or None."""
