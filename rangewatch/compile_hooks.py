@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import itertools
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-__all__ = ["AVAILABLE", "call_in_graph", "compiling", "invisible_to_compiler", "register", "unregister"]
+__all__ = ["AVAILABLE", "SKIP", "call_in_graph", "compiling", "hook_in_graph", "invisible_to_compiler", "register", "unregister"]
 
 _compiler = getattr(torch, "compiler", None)
 _is_compiling: Callable[[], bool] | None = getattr(_compiler, "is_compiling", None)
@@ -142,3 +142,38 @@ def call_in_graph(key: int, tensors: list[torch.Tensor], tag: str = "") -> None:
     beyond the call must keep a copy."""
     assert _OP is not None
     _OP(_SINK, tensors, key, tag)
+
+
+#: what a ``measure`` of :func:`hook_in_graph` returns when there is nothing to hand over
+SKIP: tuple[list[torch.Tensor], str] = ([], "")
+
+
+def hook_in_graph(keys: list[int], run: Callable[[list[torch.Tensor], str], None], eager: Callable,
+                  measure: Callable[..., tuple[list[torch.Tensor], str] | None]) -> Callable:
+    """A module hook that runs ``eager`` (the hook body) in eager mode; inside a graph being traced,
+    the tensors ``measure(*hook_args)`` returns (computed there, fused into the compiled code) go
+    through one call of the rangewatch operator to ``run`` (the Python bookkeeping, at run time): no
+    graph break and no guard on rangewatch's state. ``measure`` returns None for tensors the operator
+    cannot take (nested, sparse): that call takes ``eager`` as a graph break, which notes them; and
+    :data:`SKIP` when there is nothing to hand over. The operator's key is appended to ``keys`` (for
+    :func:`unregister` at detach)."""
+    if not AVAILABLE:
+        return invisible_to_compiler(eager)
+    key = register(run)
+    keys.append(key)
+    eager_off = invisible_to_compiler(eager)
+
+    def hook(module: Any, *rest: Any) -> None:
+        if compiling():
+            try:
+                measured = measure(*rest)
+            except Exception:  # noqa: BLE001  (the eager body notes what it cannot read)
+                measured = None
+            if measured is None:
+                eager_off(module, *rest)
+            elif measured is not SKIP:
+                call_in_graph(key, *measured)
+            return None
+        return eager(module, *rest)
+
+    return hook

@@ -40,7 +40,6 @@ import torch
 from torch import nn
 
 from . import compile_hooks
-from .compile_hooks import invisible_to_compiler
 from .findings import Finding, first_seen, nonfinite_finding
 from .stats import RangeStats, RangeSummary
 from .taps import is_script_module, odd_tensor_kind
@@ -590,27 +589,7 @@ class ModuleTracer:
         no guard on the tracer's state. ``measure`` returns None for tensors the operator cannot
         take (nested, sparse; leaves on several devices): that call takes ``eager`` as a graph
         break, which notes them."""
-        if not compile_hooks.AVAILABLE:
-            return invisible_to_compiler(eager)
-        key = compile_hooks.register(run)
-        self._keys.append(key)
-        eager_off = invisible_to_compiler(eager)
-        compiling = compile_hooks.compiling
-
-        def hook(module: nn.Module, *rest: Any) -> None:
-            if compiling():
-                try:
-                    measured = measure(*rest)
-                except Exception:  # noqa: BLE001  (the eager body notes what it cannot read)
-                    measured = None
-                if measured is None:
-                    eager_off(module, *rest)
-                else:
-                    compile_hooks.call_in_graph(key, *measured)
-                return None
-            return eager(module, *rest)
-
-        return hook
+        return compile_hooks.hook_in_graph(self._keys, run, eager, measure)
 
     def _graph_parts(self, *objs: Any) -> tuple[list[torch.Tensor], str] | None:
         """Traced: ``([packed statistics], first leaf's dtype)`` of the float leaves of ``objs``

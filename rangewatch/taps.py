@@ -20,7 +20,6 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from . import compile_hooks
-from .compile_hooks import invisible_to_compiler
 
 __all__ = ["MAX_DEPTH", "MAX_ITEMS", "ImageTensor", "find_images", "resolve_path", "image_channel_dim", "odd_tensor_kind",
            "ModuleTaps", "parse_tap_key", "DEFAULT_SKIP_KEYS"]
@@ -367,28 +366,15 @@ class ModuleTaps:
         """``eager`` (the hook body) in eager mode; inside a graph being traced, one call of the
         rangewatch operator with the picked tensor (no graph break, no guard on rangewatch's state),
         or ``eager`` as a graph break for a tensor the operator cannot take (nested, sparse)."""
-        if not compile_hooks.AVAILABLE:
-            return invisible_to_compiler(eager)
-        key = compile_hooks.register(self._deliver(tap))
-        self._keys.append(key)
-        eager_off = invisible_to_compiler(eager)
-        compiling = compile_hooks.compiling
-
-        def hook(module: nn.Module, *rest: Any) -> None:
-            if compiling():
-                try:
-                    t = pick(*rest)
-                    odd = t is not None and not (t.layout == torch.strided and not t.is_nested)
-                except Exception:  # noqa: BLE001  (the eager body notes what it cannot read)
-                    t, odd = None, True
-                if odd:
-                    eager_off(module, *rest)
-                elif t is not None:
-                    compile_hooks.call_in_graph(key, [t.detach()])
+        def measure(*rest: Any) -> tuple[list[torch.Tensor], str] | None:
+            t = pick(*rest)
+            if t is None:
+                return compile_hooks.SKIP
+            if not (t.layout == torch.strided and not t.is_nested):
                 return None
-            return eager(module, *rest)
+            return [t.detach()], ""
 
-        return hook
+        return compile_hooks.hook_in_graph(self._keys, self._deliver(tap), eager, measure)
 
     def _pre_hook(self, tap: str) -> Callable:
         def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
