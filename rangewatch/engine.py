@@ -48,10 +48,7 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import math
-import os
 from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
 
@@ -59,6 +56,7 @@ import torch
 from torch import nn
 
 from .collectives import Collectives, SingleProcess
+from .collectives_agreement import RankAgreement
 from .config import (
     MAX_CHECK_FIRST_N,
     MAX_HIST_BINS,
@@ -74,12 +72,15 @@ from .config import (
     check_trace_modules,
 )
 from .expectation import Expectation
-from .findings import Finding, RangeMismatchError, internal_finding, nonfinite_finding, note_finding
+from .findings import Finding, RangeMismatchError, internal_finding
 from .findings_log import POLICIES, QUIET_KINDS, FindingsLog, Policy
-from .inference import Inference, infer_convention
-from .rules import check_expectation
-from .sinks import LoggerSink, tag
-from .stats import RangeStats, RangeSummary
+from .sinks import LoggerSink
+from .stats import RangeSummary
+from .engine_checks import TapChecks
+from .engine_expectations import ExpectationSources
+from .engine_logging import CheckLogging, _is_writer, _WriterScalars
+from .engine_numerics import NumericsTracing
+from .engine_previews import PreviewGate
 from .engine_taps import TapFeeding, TapInfo, _Tap
 from .taps import DEFAULT_SKIP_KEYS, ModuleTaps, parse_tap_key
 
@@ -94,8 +95,6 @@ _INTERNAL_WHAT = {
     "visualization": "observing the preview calls",
     "ddp": "agreeing on the taps across ranks",
 }
-_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_OWN_LOGGING = ("latents.py", "sinks.py", "visualization.py")  # rangewatch's own image logging, not observed
 
 #: the options :class:`Watch` (and each front end) takes, in signature order
 OPTIONS = (
@@ -117,7 +116,7 @@ def _no_step() -> int | None:
     return None
 
 
-class Watch(TapFeeding):
+class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLogging, NumericsTracing, PreviewGate):
     r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there); the
     keyword-only arguments connect it to its surroundings.
 
@@ -499,20 +498,7 @@ class Watch(TapFeeding):
         return f"Watch(expect={self.expect}, policy={self.policy!r})"
 
     # ------------------------------------------------------------------ expectations
-    def _set_declared(self) -> None:
-        for key, conv in self.expect.items():
-            name = self._tap_name_for_key(key)
-            self.expectations[name] = Expectation(conv, f"declared in RangeWatch(expect={{{key!r}: {conv!r}}})", "declared",
-                                                  "batch" if name.startswith("batch") else parse_tap_key(key)[1])  # type: ignore[arg-type]
-
-    @staticmethod
-    def _tap_name_for_key(key: str) -> str:
-        if key.startswith("batch"):
-            return key
-        if key.startswith("val/"):
-            return key
-        name, side = parse_tap_key(key)
-        return f"{name}:{side}"
+    # declared, derived and loader-contradiction pieces: engine_expectations.ExpectationSources
 
     def expectation_for(self, tap: str) -> Expectation | None:
         """The expectation that applies to a tap (validation batch taps share the train key)."""
@@ -545,15 +531,6 @@ class Watch(TapFeeding):
         except Exception as e:
             self.watch_visualization = False
             self._internal("visualization", e, None, what="starting the visualisation watch (previews are not observed)")
-
-    def _vis_gate(self, site: str, filename: str) -> bool:
-        """Measure this call? At check steps, and at the first call of each call site."""
-        if filename.startswith(_OWN_DIR) and os.path.basename(filename) in _OWN_LOGGING:
-            return False  # rangewatch's own previews
-        first = site not in self._vis_sites
-        if first:
-            self._vis_sites.add(site)
-        return first or self._vis_judge
 
     def preview_step(self, judge: bool | None = None, context: str | None = None) -> None:
         """Keep the watch's step (and phase) current, so a call is stamped with the step it was made at."""
@@ -589,74 +566,6 @@ class Watch(TapFeeding):
                     self._sink.other_images(f"rangewatch/preview/{p.image_tag}", p.build_labelled(), step)  # W&B / MLflow
         except Exception as e:
             self._internal("visualization", e, None, what="logging the corrected previews")
-
-    def _stop_visualization(self) -> None:
-        if self._vis is None or not self._vis.active:
-            return
-        try:
-            self.flush_previews(final=True)
-        finally:
-            try:
-                while self._vis.active:
-                    self._vis.stop()
-            except Exception as e:
-                self._internal("visualization", e, None, what="stopping the visualisation watch")
-
-    def _derive(self, model: nn.Module) -> None:
-        """Expectations from model metadata; declared ones win."""
-        if not self.derive_expectations or self._derived_keys or self._derived_done:
-            return
-        self._derived_done = True  # metadata is read once per fit (teardown clears it)
-        from .model_expectations import derive_expectations
-
-        notes: list[str] = []
-        try:
-            derived = derive_expectations(model, image_processors=self.image_processors or None, notes=notes)
-        except Exception as e:
-            self._internal("derive_expectations", e, None)
-            return
-        for key, exp in derived.items():
-            name, side = key.rsplit(":", 1)
-            if side not in ("input", "output") or not name:
-                continue
-            tap = f"{name}:{side}"
-            if tap in self.expectations:  # declared wins
-                continue
-            self.expectations[tap] = exp
-            self._derived_keys.add(tap)
-        for n in notes:
-            self._note_once(n, f"rangewatch: {n}")
-
-    def _nonfinite_now(self) -> bool:
-        """Fail-fast: one bool read from the device (a small sync), only with check_nonfinite_every_step."""
-        from .numerics import nonfinite_flag
-
-        flag = nonfinite_flag([t.stats for t in self._taps.values() if not t.disabled])
-        if self._tracer is not None:
-            flag = flag.to(self._tracer.nonfinite_flag().device) | self._tracer.nonfinite_flag()
-        coll = self.collectives
-        if coll.world_size > 1:  # every rank must then check, or none
-            flag = coll.all_reduce_sum(flag.to(coll.device, torch.float32)) > 0
-        return bool(flag.item())
-
-    def _attach_tracer(self, model: nn.Module) -> None:
-        if self.trace_modules is None or self._tracer is not None:
-            return
-        from .numerics import ModuleTracer, UnknownModuleError
-
-        try:
-            tracer = ModuleTracer(
-                model, self.trace_modules, self.trace_history, headroom_share=self.headroom_share,
-                auto_step=False, exact=self.trace_exact,
-            )
-        except UnknownModuleError as e:
-            raise ConfigError(
-                f"option 'trace_modules' = {_short(self.trace_modules)}: {e}; allowed: 'all' or names / patterns of "
-                f"submodules of {type(model).__name__}"
-            ) from None
-        self._tracer = tracer.attach()  # attach() removes every hook it placed when one fails
-        for n in tracer.notes:
-            self._note_once(n, f"rangewatch: {n}")
 
     def attach(self, model: nn.Module) -> "Watch":
         """Read what the model expects from its metadata (unless ``derive_expectations=False``), hook
@@ -753,25 +662,6 @@ class Watch(TapFeeding):
         except Exception as e:
             self._internal("transform inspection", e, None)
 
-    def _pipeline_finding(self, tap: str, data: Expectation, model: Expectation) -> Finding:
-        from .fixes import conversion_fix
-
-        module = tap.rsplit(":", 1)[0]
-        return Finding(
-            kind="mismatch",
-            where=f"train dataloader -> {tap}",
-            observed=data.convention,
-            expected=model.convention,
-            evidence=(
-                f"the data pipeline produces {data.conv.label} ({data.source}) while {module} expects {model.conv.label} "
-                f"({model.source}); unless the model re-normalises in between, {module} gets the wrong range"
-            ),
-            fix=conversion_fix(data.convention, model.convention, module),
-            severity="info",
-            step=self._now(),
-            source=model.source,
-        )
-
     def detach(self) -> None:
         """Take every hook off the model and stop observing previews (their last findings are
         reported: under ``policy="raise"`` this may raise). A later :meth:`attach` starts a new fit."""
@@ -807,49 +697,11 @@ class Watch(TapFeeding):
             while self._vis.active:
                 self._vis.stop()
 
-    # ------------------------------------------------------------------ taps (made, fed and reset: engine_taps.TapFeeding)
-
-    def _sync_fn(self) -> Any:
-        coll = self.collectives
-        sync_fn = None
-        if coll.world_size > 1:
-
-            def sync_fn(t: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
-                # RangeStats gathers one flat packed tensor; a rank that saw no data sends an empty one
-                return coll.all_gather_varlen(t)
-
-        return sync_fn
-
-    # ------------------------------------------------------------------ train / validation hooks
+    # ------------------------------------------------------------------ taps and checks
+    # taps are made, fed and reset in engine_taps.TapFeeding; each tap is judged in engine_checks.TapChecks;
+    # the ranks agree (taps, value samples, latent syncs) in collectives_agreement.RankAgreement
     def _is_check_step(self, step: int) -> bool:
         return self._train_batches < self.check_first_n or step % self._every == 0
-
-    def _agree_on_taps(self) -> None:
-        """Under DDP every rank must take part in the same reductions, in the same order. Ranks
-        exchange their taps (name, channel dim, and why rangewatch switched one off), add the
-        ones they lack as empty taps (a module called on one rank only, a batch key one rank
-        never saw) and switch off everywhere a tap switched off on any rank."""
-        # one line per tap: name, channel dim, and "" (on), the error text, or "-" (off: not an image)
-        lines = [f"{n}\t{t.channel_dim}\t{(t.error or '-').replace(chr(10), ' ') if t.disabled else ''}"
-                 for n, t in sorted(self._taps.items())]
-        payload = torch.tensor(list("\n".join(lines).encode()), dtype=torch.uint8)
-        for rank, part in enumerate(self.collectives.all_gather_varlen(payload)):
-            for line in bytes(part.cpu().tolist()).decode(errors="replace").splitlines():
-                name, cd, why = line.split("\t", 2)
-                tap = self._taps.get(name)
-                if tap is None:
-                    tap = self._placeholder_tap(name, None if cd == "None" else int(cd))
-                if why and not tap.disabled:
-                    tap.disabled = True
-                    if why != "-":  # an internal error on another rank: said here too (rank zero warns)
-                        self._internal(name, RuntimeError(f"on rank {rank}: {why}"), tap)
-
-    def _placeholder_tap(self, name: str, channel_dim: int | None) -> _Tap:
-        """An empty tap for one that another rank has: it takes part in the reductions with no data."""
-        probe = torch.empty(0, device=self.collectives.device)
-        tap = self._new_tap(name, probe, channel_dim)
-        tap.stats.to(probe.device)
-        return tap
 
     def _check(self, which: Callable[[str], bool], step: int | None = None, train_check: bool = False) -> None:
         step = self._now() if step is None else step
@@ -922,161 +774,6 @@ class Watch(TapFeeding):
             new.extend(self._losses.check(step))
         self._report(new, step)
 
-    def _sync_latents(self, summaries: list[tuple[str, RangeSummary]]) -> list[RangeStats]:
-        """Under DDP, reduce the latent taps' states on every rank before rank zero logs their
-        histograms (``log_latents`` reads them again): a sync of rank zero's own there would wait
-        forever for the other ranks. Returns the synced stats, to ``unsync()`` after the logging."""
-        out = []
-        for name, _ in summaries:
-            tap = self._taps[name]
-            if tap.latent is None:
-                continue
-            try:
-                tap.stats.sync(dist_sync_fn=tap.stats.dist_sync_fn)
-                if tap.stats.synced:
-                    out.append(tap.stats)
-            except Exception as e:  # noqa: BLE001
-                self._internal(name, e, tap)
-        return out
-
-    def _gather_sample(self, tap: _Tap, channels: int) -> None:
-        """Every rank's sampled values, so that every rank reaches the same verdict (a verdict that
-        differs between ranks would make one rank raise alone). Every rank takes part, fed or not."""
-        vs = tap.stats.value_sample
-        flat, c = vs.pending_flat()
-        if flat is None or c != channels:
-            flat = torch.zeros(0, dtype=torch.float64)
-        parts = self.collectives.all_gather_varlen(flat)
-        vs.replace_pending(torch.cat([p.to(torch.float64).cpu() for p in parts]), channels)
-
-    def _take_evidence(self, tap: _Tap) -> Any:
-        """This window's sampled values added to what earlier checks sampled (bounded)."""
-        import numpy as np
-
-        vs = tap.stats.value_sample
-        new = vs.take()
-        if new is not None and new.shape[1]:
-            old = tap.evidence
-            tap.evidence = np.concatenate([old, new], axis=1)[:, -vs.keep :] if old is not None and old.shape[0] == new.shape[0] else new
-            tap.images += vs.images
-        vs.clear()
-        return tap.evidence
-
-    def _judge(self, tap: _Tap, s: RangeSummary, step: int) -> list[Finding]:
-        out: list[Finding] = []
-        if s.empty:
-            return out
-        tap.steps_checked += 1
-        if tap.latent is not None:
-            return tap.latent.check(step, where=tap.name)
-        stage = "val" if tap.name.startswith("val/") else "train"
-        loader = self._loader_expect.get(stage)
-        noise = self._loader_noise.get(stage, 0.0)
-        sample = self._take_evidence(tap)
-        images = tap.images
-        prior = loader.convention if loader is not None and tap.name.removeprefix("val/").startswith("batch") else None
-        inf = infer_convention(s, sample=sample, images=images, prior=prior, noise_share=noise)
-        tap.inferred = inf
-        exp = self.expectation_for(tap.name)
-        # a model's *outputs* (an untrained decoder, say) are not held to a convention: watched, not judged
-        judged = exp is not None and not tap.misfit and not (exp.origin == "model" and tap.name.endswith(":output"))
-        # one image (batch size 1, first check) is rarely enough: wait for the next check to add evidence
-        enough = sample is None or images >= 2 or self._last_look(tap)
-        if exp is not None and judged and exp.conv.kind == "pixel" and enough:
-            f = check_expectation(tap.name, s, inf, exp.conv, step=step, source=exp.source, noise_share=noise)
-            if f is not None:
-                if tap.layout:  # say how the tensor was read (a channels-last batch, say)
-                    f = dataclasses.replace(f, evidence=f"{f.evidence}; {tap.layout}")
-                out.append(f)
-            elif tap.name.endswith(":input"):
-                self._reconcile(tap.name, inf, exp)
-        nonfinite = int(s.nonfinite.sum()) if float(s.detail_count.sum()) else 0
-        if bool(s.nonfinite_seen.any()):
-            chans = [str(i) for i, v in enumerate(s.nonfinite_seen.tolist()) if v]
-            count = f"{nonfinite} non-finite values (NaN {int(s.nan.sum())}, Inf {int(s.inf.sum())})" if nonfinite else "NaN/Inf values"
-            out.append(nonfinite_finding(
-                tap.name, observed="NaN/Inf", evidence=f"{count} in channel(s) {', '.join(chans)} since the last check",
-                fix="find where they start: RangeWatch(modules=[...]) on the suspects; in fp16 try bf16 or keep the overflowing module in fp32",
-                step=step,
-            ))
-        return out
-
-    def _last_look(self, tap: _Tap) -> bool:
-        """Whether this check is the last of the check window for ``tap`` (then judge on what there is)."""
-        return tap.steps_checked >= max(1, self.check_first_n)
-
-    def _reconcile(self, tap: str, inf: Inference, exp: Expectation) -> None:
-        """Module-input taps outrank loader predictions: when the data reaching ``tap`` are compatible
-        with what the module expects and rule out what the loader was predicted to produce (the model
-        converts in between, e.g. ``x * 2 - 1`` before its VAE), the loader-prediction finding for
-        ``tap`` is withdrawn, and that is said once."""
-        where = f"train dataloader -> {tap}"
-        if where in self._withdrawn:
-            return
-        standing = [f for f in self.findings if f.kind == "mismatch" and f.where == where]
-        if not standing or exp.convention not in inf.compatible:
-            return
-        loader = standing[0].observed
-        if loader in inf.compatible:  # the tap cannot tell the loader's convention from the module's
-            return
-        self._withdrawn.add(where)
-        self._log.withdraw("mismatch", where)
-        module = tap.rsplit(":", 1)[0]
-        note = note_finding(
-            where, "withdrawn", expected=exp.convention,
-            evidence=(f"the loader prediction ({loader}) is withdrawn: the values that reach {tap} follow "
-                      f"{exp.conv.label}, as {module} expects, and rule out {loader} ({inf.excluded.get(loader, 'see the tap')}); "
-                      f"the model converts the loader's output itself"),
-            fix="nothing to do", step=self._clock(), source=exp.source,
-        )
-        self._log.add(note)
-        self._info(f"rangewatch: {note}")
-
-    def _metrics(self, tap: _Tap, s: RangeSummary) -> dict[str, float]:
-        m: dict[str, float] = {}
-        full = self.per_channel_scalars
-        stats = (("min", s.range_min), ("max", s.range_max), ("mean", s.mean)) + ((("std", s.std),) if full else ())
-        for c in range(s.channels):
-            for stat, vals in stats:
-                v = float(vals[c])
-                if math.isfinite(v):
-                    m[tag(tap.name, stat, c)] = v
-            if full and float(s.detail_count[c]) > 0:
-                m[tag(tap.name, "nonfinite", c)] = float(s.nonfinite[c])
-                if s.bounds is not None:
-                    m[tag(tap.name, "out_of_range", c)] = float((s.below[c] + s.above[c]) / s.detail_count[c])
-        counted = float(s.detail_count.sum())
-        if not full and counted > 0:  # one figure each for the whole tap
-            m[tag(tap.name, "nonfinite")] = float(s.nonfinite.sum())
-            if s.bounds is not None:
-                m[tag(tap.name, "out_of_range")] = float((s.below.sum() + s.above.sum()) / counted)
-        exp = self.expectation_for(tap.name)
-        if exp is not None and exp.conv.kind == "pixel":
-            try:
-                lo, hi = exp.conv.bounds(s.channels)
-            except ValueError:  # a convention that does not fit the channel count (a mismatch finding says so)
-                lo = hi = ()
-            if lo and hi:
-                m[tag(tap.name, "expected_min")], m[tag(tap.name, "expected_max")] = float(min(lo)), float(max(hi))
-        return m
-
-    def _latents_elsewhere(self, summaries: list[tuple[str, RangeSummary]], step: int) -> None:
-        """The latent RGB preview (and, for W&B, the per-channel histograms) to W&B / MLflow."""
-        from torchvision.utils import make_grid
-
-        from .latents import latent_preview, preview_scale
-
-        for name, s in summaries:
-            mon = self._taps[name].latent
-            if mon is None:
-                continue
-            if mon.last is not None and mon.conv.latent_rgb is not None:
-                prev = latent_preview(mon.last[:4], mon.conv, channel_dim=mon.channel_dim)
-                k = preview_scale(int(prev.shape[-1]))
-                prev = prev.repeat_interleave(k, -1).repeat_interleave(k, -2)
-                self._sink.other_images(f"{tag(name, 'latent_preview')}", make_grid(prev.float(), nrow=4, padding=2, pad_value=1.0), step)
-            self._sink.other_histograms(name, s, step)
-
     def watching(self) -> str:
         """What is watched, said once per fit after the first checked batch: each tap with its
         channels and its expectation (and where that comes from) or what the data looks like, the
@@ -1120,26 +817,6 @@ class Watch(TapFeeding):
         extra = f"; {internal} tap{'s' if internal != 1 else ''} switched off after an internal error" if internal else ""
         return (f"rangewatch: {len(checked)} tap{'s' if len(checked) != 1 else ''} checked over {self._train_batches} "
                 f"training batch{'es' if self._train_batches != 1 else ''}: {found}{extra}")
-
-    def _log_overview(self, summaries: list[tuple[str, RangeSummary]], new: list[Finding], step: int) -> None:
-        """The findings count per kind (``rangewatch/findings/<kind>``, ``.../total``) and, when the
-        taps or their flags changed, TensorBoard's custom-scalars layout (one category per tap)."""
-        if self._sink is None:
-            return
-        self._sink.scalars(self._log.counts(new), step)
-        if not self._sink.has_tensorboard:
-            return
-        flagged = self._log.flagged(new)
-        taps = dict(self._layout_taps)
-        for name, s in summaries:
-            if self._taps[name].latent is None:
-                taps[name] = (s.channels, name in flagged)
-        taps = {n: (c, n in flagged) for n, (c, _) in taps.items()}
-        if taps != self._layout_taps:
-            from .sinks import scalars_layout
-
-            self._sink.layout(scalars_layout(taps), step)
-            self._layout_taps = taps
 
     # ------------------------------------------------------------------ findings
     def _report(self, new: list[Finding], step: int) -> list[Finding]:
@@ -1220,20 +897,3 @@ class Watch(TapFeeding):
         self._log.load_state_dict(state_dict)
         self._taps.clear()
         self._pending_states = dict(state_dict.get("taps", {}))
-
-
-
-class _WriterScalars:
-    """A ``SummaryWriter`` as a metrics logger (``log_metrics``): one ``add_scalar`` per metric."""
-
-    def __init__(self, writer: Any) -> None:
-        self.writer = writer
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        for k, v in metrics.items():
-            self.writer.add_scalar(k, v, global_step=step)
-
-
-def _is_writer(obj: Any) -> bool:
-    """A ``torch.utils.tensorboard.SummaryWriter`` (or tensorboardX's): not a Lightning logger."""
-    return hasattr(obj, "add_scalar") and hasattr(obj, "add_histogram_raw") and not hasattr(obj, "log_metrics")
