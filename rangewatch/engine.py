@@ -72,12 +72,13 @@ from .config import (
     check_trace_modules,
 )
 from .expectation import Expectation
-from .findings import Finding, RangeMismatchError, internal_finding
+from .findings import Finding, RangeMismatchError
 from .findings_log import POLICIES, QUIET_KINDS, FindingsLog, Policy
 from .sinks import LoggerSink
 from .stats import RangeSummary
 from .engine_checks import TapChecks
 from .engine_expectations import ExpectationSources
+from .engine_findings import FindingsReporting
 from .engine_logging import CheckLogging, _is_writer, _WriterScalars
 from .engine_numerics import NumericsTracing
 from .engine_previews import PreviewGate
@@ -85,16 +86,6 @@ from .engine_taps import TapFeeding, TapInfo, _Tap
 from .taps import DEFAULT_SKIP_KEYS, ModuleTaps, parse_tap_key
 
 __all__ = ["Watch", "TapInfo", "OPTIONS"]
-
-# what an internal error at a place that is no tap interrupted
-_INTERNAL_WHAT = {
-    "transform inspection": "predicting what the data loaders produce from their transforms (no loader prediction)",
-    "derive_expectations": "reading what the model expects from its metadata (no derived expectations)",
-    "trace_modules": "tracing the modules' NaN/Inf and fp16 headroom",
-    "logging": "writing statistics or findings to the loggers",
-    "visualization": "observing the preview calls",
-    "ddp": "agreeing on the taps across ranks",
-}
 
 #: the options :class:`Watch` (and each front end) takes, in signature order
 OPTIONS = (
@@ -116,7 +107,8 @@ def _no_step() -> int | None:
     return None
 
 
-class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLogging, NumericsTracing, PreviewGate):
+class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLogging, NumericsTracing, PreviewGate,
+            FindingsReporting):
     r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there); the
     keyword-only arguments connect it to its surroundings.
 
@@ -818,48 +810,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         return (f"rangewatch: {len(checked)} tap{'s' if len(checked) != 1 else ''} checked over {self._train_batches} "
                 f"training batch{'es' if self._train_batches != 1 else ''}: {found}{extra}")
 
-    # ------------------------------------------------------------------ findings
-    def _report(self, new: list[Finding], step: int) -> list[Finding]:
-        """Through the findings log (each finding once, the policy applied); the fresh ones to the sinks.
-        Under several processes with ``policy="raise"``, every rank must call this together."""
-        coll = self.collectives
-        gather = coll.all_gather_bytes if self.policy == "raise" and coll.world_size > 1 else None
-
-        def write(fresh: list[Finding]) -> None:
-            if self._sink is not None:
-                try:
-                    self._sink.findings(self.findings, step)
-                except Exception as e:
-                    self._internal("logging", e, None)
-
-        return self._log.report(new, gather=gather, on_fresh=write)
-
-    def _internal(self, where: str, error: BaseException, tap: _Tap | None, what: str | None = None,
-                  consequence: str | None = None) -> None:
-        if tap is not None:
-            tap.disabled = True
-            if tap.error is None:
-                tap.error = f"{type(error).__name__}: {error}"
-        # say what failed; "switched this tap off" only when a tap was
-        what = what or _INTERNAL_WHAT.get(where) or f"watching {where}"
-        if tap is not None:
-            evidence = f"rangewatch failed while {what} and switched this tap off; training goes on"
-            consequence = "this tap is switched off"
-        elif consequence is not None:  # a front end's own piece (watch_pipeline's decode, say)
-            evidence = f"rangewatch failed while {what}; {consequence}"
-        else:
-            evidence = f"rangewatch failed while {what}; that step is skipped, training goes on"
-            consequence = "no tap is switched off; training goes on"
-        f = internal_finding(where, error, evidence=evidence, fix="please report this with the tensor's shape and dtype",
-                             step=self._clock())
-        if self._log.add(f):
-            self._warn(f"rangewatch: internal error at {where} while {what} ({type(error).__name__}: {error}); {consequence}")
-
-    def _note_once(self, key: str, text: str) -> None:
-        if key in self._notes:
-            return
-        self._notes[key] = text
-        self._info(text)
+    # findings are reported in engine_findings.FindingsReporting
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
