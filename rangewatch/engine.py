@@ -48,11 +48,7 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import math
-import os
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
 
@@ -60,6 +56,7 @@ import torch
 from torch import nn
 
 from .collectives import Collectives, SingleProcess
+from .collectives_agreement import RankAgreement
 from .config import (
     MAX_CHECK_FIRST_N,
     MAX_HIST_BINS,
@@ -75,27 +72,20 @@ from .config import (
     check_trace_modules,
 )
 from .expectation import Expectation
-from .findings import Finding, RangeMismatchError, internal_finding, nonfinite_finding, note_finding
+from .findings import Finding, RangeMismatchError
 from .findings_log import POLICIES, QUIET_KINDS, FindingsLog, Policy
-from .inference import Inference, infer_convention
-from .rules import check_expectation
-from .sinks import LoggerSink, tag
-from .stats import RangeStats, RangeSummary
-from .taps import DEFAULT_SKIP_KEYS, ModuleTaps, find_images, image_channel_dim, odd_tensor_kind, parse_tap_key, resolve_path
+from .sinks import LoggerSink
+from .stats import RangeSummary
+from .engine_checks import TapChecks
+from .engine_expectations import ExpectationSources
+from .engine_findings import FindingsReporting
+from .engine_logging import CheckLogging, _is_writer, _WriterScalars
+from .engine_numerics import NumericsTracing
+from .engine_previews import PreviewGate
+from .engine_taps import TapFeeding, TapInfo, _Tap
+from .taps import DEFAULT_SKIP_KEYS, ModuleTaps, parse_tap_key
 
 __all__ = ["Watch", "TapInfo", "OPTIONS"]
-
-# what an internal error at a place that is no tap interrupted
-_INTERNAL_WHAT = {
-    "transform inspection": "predicting what the data loaders produce from their transforms (no loader prediction)",
-    "derive_expectations": "reading what the model expects from its metadata (no derived expectations)",
-    "trace_modules": "tracing the modules' NaN/Inf and fp16 headroom",
-    "logging": "writing statistics or findings to the loggers",
-    "visualization": "observing the preview calls",
-    "ddp": "agreeing on the taps across ranks",
-}
-_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_OWN_LOGGING = ("latents.py", "sinks.py", "visualization.py")  # rangewatch's own image logging, not observed
 
 #: the options :class:`Watch` (and each front end) takes, in signature order
 OPTIONS = (
@@ -104,46 +94,6 @@ OPTIONS = (
     "trace_history", "trace_exact", "headroom_share", "check_nonfinite_every_step", "moments_every_step",
     "image_processors", "per_channel_scalars",
 )
-
-
-@dataclass
-class _Tap:
-    name: str
-    channel_dim: int | None  # None: per-tensor statistics (a non-image module tensor)
-    stats: RangeStats
-    fed: bool = False
-    disabled: bool = False
-    inferred: Inference | None = None
-    bounds: str | None = None
-    steps_checked: int = 0
-    latent: Any = None  # a LatentMonitor for taps expected to carry latents
-    error: str | None = None  # why rangewatch switched this tap off (internal error)
-    misfit: bool = False  # its expected convention does not fit its channel count (a mismatch finding said so)
-    layout: str | None = None  # the layout assumed when it is not the usual channels-first one
-    channels: int = 0  # as the last check step saw them (for the console)
-    evidence: Any = None  # (C, n) values sampled on check steps, kept across checks: the evidence behind verdicts
-    images: int = 0  # images behind `evidence`
-
-
-@dataclass(frozen=True)
-class TapInfo:
-    """What the engine knows about one tap (a snapshot; :attr:`Watch.taps` builds them).
-
-    ``inferred`` is the convention the last check inferred (None before a check, and for latent taps);
-    ``stats`` and ``latent`` are the live accumulators (read them, do not feed them)."""
-
-    name: str
-    channel_dim: int | None
-    channels: int  # as the last check saw them
-    disabled: bool
-    error: str | None  # why rangewatch switched the tap off after an internal error
-    inferred: Inference | None
-    expectation: Expectation | None
-    steps_checked: int
-    fed: bool  # fed since the last check
-    dtypes: tuple[str, ...]
-    stats: RangeStats
-    latent: Any  # the LatentMonitor of a latent tap, else None
 
 
 def _says(level: str, text: str) -> None:
@@ -157,7 +107,8 @@ def _no_step() -> int | None:
     return None
 
 
-class Watch:
+class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLogging, NumericsTracing, PreviewGate,
+            FindingsReporting):
     r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there); the
     keyword-only arguments connect it to its surroundings.
 
@@ -539,20 +490,7 @@ class Watch:
         return f"Watch(expect={self.expect}, policy={self.policy!r})"
 
     # ------------------------------------------------------------------ expectations
-    def _set_declared(self) -> None:
-        for key, conv in self.expect.items():
-            name = self._tap_name_for_key(key)
-            self.expectations[name] = Expectation(conv, f"declared in RangeWatch(expect={{{key!r}: {conv!r}}})", "declared",
-                                                  "batch" if name.startswith("batch") else parse_tap_key(key)[1])  # type: ignore[arg-type]
-
-    @staticmethod
-    def _tap_name_for_key(key: str) -> str:
-        if key.startswith("batch"):
-            return key
-        if key.startswith("val/"):
-            return key
-        name, side = parse_tap_key(key)
-        return f"{name}:{side}"
+    # declared, derived and loader-contradiction pieces: engine_expectations.ExpectationSources
 
     def expectation_for(self, tap: str) -> Expectation | None:
         """The expectation that applies to a tap (validation batch taps share the train key)."""
@@ -585,15 +523,6 @@ class Watch:
         except Exception as e:
             self.watch_visualization = False
             self._internal("visualization", e, None, what="starting the visualisation watch (previews are not observed)")
-
-    def _vis_gate(self, site: str, filename: str) -> bool:
-        """Measure this call? At check steps, and at the first call of each call site."""
-        if filename.startswith(_OWN_DIR) and os.path.basename(filename) in _OWN_LOGGING:
-            return False  # rangewatch's own previews
-        first = site not in self._vis_sites
-        if first:
-            self._vis_sites.add(site)
-        return first or self._vis_judge
 
     def preview_step(self, judge: bool | None = None, context: str | None = None) -> None:
         """Keep the watch's step (and phase) current, so a call is stamped with the step it was made at."""
@@ -629,74 +558,6 @@ class Watch:
                     self._sink.other_images(f"rangewatch/preview/{p.image_tag}", p.build_labelled(), step)  # W&B / MLflow
         except Exception as e:
             self._internal("visualization", e, None, what="logging the corrected previews")
-
-    def _stop_visualization(self) -> None:
-        if self._vis is None or not self._vis.active:
-            return
-        try:
-            self.flush_previews(final=True)
-        finally:
-            try:
-                while self._vis.active:
-                    self._vis.stop()
-            except Exception as e:
-                self._internal("visualization", e, None, what="stopping the visualisation watch")
-
-    def _derive(self, model: nn.Module) -> None:
-        """Expectations from model metadata; declared ones win."""
-        if not self.derive_expectations or self._derived_keys or self._derived_done:
-            return
-        self._derived_done = True  # metadata is read once per fit (teardown clears it)
-        from .model_expectations import derive_expectations
-
-        notes: list[str] = []
-        try:
-            derived = derive_expectations(model, image_processors=self.image_processors or None, notes=notes)
-        except Exception as e:
-            self._internal("derive_expectations", e, None)
-            return
-        for key, exp in derived.items():
-            name, side = key.rsplit(":", 1)
-            if side not in ("input", "output") or not name:
-                continue
-            tap = f"{name}:{side}"
-            if tap in self.expectations:  # declared wins
-                continue
-            self.expectations[tap] = exp
-            self._derived_keys.add(tap)
-        for n in notes:
-            self._note_once(n, f"rangewatch: {n}")
-
-    def _nonfinite_now(self) -> bool:
-        """Fail-fast: one bool read from the device (a small sync), only with check_nonfinite_every_step."""
-        from .numerics import nonfinite_flag
-
-        flag = nonfinite_flag([t.stats for t in self._taps.values() if not t.disabled])
-        if self._tracer is not None:
-            flag = flag.to(self._tracer.nonfinite_flag().device) | self._tracer.nonfinite_flag()
-        coll = self.collectives
-        if coll.world_size > 1:  # every rank must then check, or none
-            flag = coll.all_reduce_sum(flag.to(coll.device, torch.float32)) > 0
-        return bool(flag.item())
-
-    def _attach_tracer(self, model: nn.Module) -> None:
-        if self.trace_modules is None or self._tracer is not None:
-            return
-        from .numerics import ModuleTracer, UnknownModuleError
-
-        try:
-            tracer = ModuleTracer(
-                model, self.trace_modules, self.trace_history, headroom_share=self.headroom_share,
-                auto_step=False, exact=self.trace_exact,
-            )
-        except UnknownModuleError as e:
-            raise ConfigError(
-                f"option 'trace_modules' = {_short(self.trace_modules)}: {e}; allowed: 'all' or names / patterns of "
-                f"submodules of {type(model).__name__}"
-            ) from None
-        self._tracer = tracer.attach()  # attach() removes every hook it placed when one fails
-        for n in tracer.notes:
-            self._note_once(n, f"rangewatch: {n}")
 
     def attach(self, model: nn.Module) -> "Watch":
         """Read what the model expects from its metadata (unless ``derive_expectations=False``), hook
@@ -793,25 +654,6 @@ class Watch:
         except Exception as e:
             self._internal("transform inspection", e, None)
 
-    def _pipeline_finding(self, tap: str, data: Expectation, model: Expectation) -> Finding:
-        from .fixes import conversion_fix
-
-        module = tap.rsplit(":", 1)[0]
-        return Finding(
-            kind="mismatch",
-            where=f"train dataloader -> {tap}",
-            observed=data.convention,
-            expected=model.convention,
-            evidence=(
-                f"the data pipeline produces {data.conv.label} ({data.source}) while {module} expects {model.conv.label} "
-                f"({model.source}); unless the model re-normalises in between, {module} gets the wrong range"
-            ),
-            fix=conversion_fix(data.convention, model.convention, module),
-            severity="info",
-            step=self._now(),
-            source=model.source,
-        )
-
     def detach(self) -> None:
         """Take every hook off the model and stop observing previews (their last findings are
         reported: under ``policy="raise"`` this may raise). A later :meth:`attach` starts a new fit."""
@@ -847,195 +689,11 @@ class Watch:
             while self._vis.active:
                 self._vis.stop()
 
-    # ------------------------------------------------------------------ taps
-
-    def _misfit(self, name: str, t: torch.Tensor, channel_dim: int | None, exp: Expectation) -> Finding | None:
-        """A ``mismatch`` finding when the expected convention cannot apply to this tensor's channel
-        count (16-channel Flux latents declared ``sdxl_latent``, ``imagenet`` on 2 channels): the
-        user's declaration (or the model's metadata) does not fit, which is not an internal error."""
-        if channel_dim is None or t.dim() == 0:
-            return None
-        c = int(t.shape[channel_dim])
-        conv = exp.conv
-        if conv.kind == "latent":
-            if conv.channels is None or conv.channels == c:
-                return None
-            fits = f"{conv.channels} channels"
-        else:
-            try:
-                conv.bounds(c)
-                return None
-            except ValueError:
-                fits = "1 channel, or " + " or ".join(sorted({str(len(conv.mean)), str(len(conv.mean) + 1)})) + " channels"
-        return Finding(
-            kind="mismatch",
-            where=name,
-            observed=f"{c} channels",
-            expected=f"{exp.convention} ({fits})",
-            evidence=(
-                f"{name} carries {c} channels (shape {tuple(t.shape)}, channel dim {channel_dim}) but is expected to follow "
-                f"{exp.convention} ({exp.source}), a convention for {fits}: the expectation does not fit this tensor, so it "
-                "cannot be checked; the tap is watched without it"
-            ),
-            fix=(
-                f"expect the convention that fits {c}-channel data here (`rangewatch conventions` lists them, e.g. flux_latent "
-                "or sd3_latent for 16-channel latents), or name the tap that carries the data you meant"
-            ),
-            severity="error",
-            step=self._clock(),
-            source=exp.source,
-        )
-
-    def _new_tap(self, name: str, t: torch.Tensor, channel_dim: int | None) -> _Tap:
-        exp = self.expectation_for(name)
-        misfit = self._misfit(name, t, channel_dim, exp) if exp is not None and t.numel() else None
-        if misfit is not None:  # reported at the next check (a collective point under DDP), never from a hook
-            self._early.append(misfit)
-            tap = _Tap(name, channel_dim, self._make_stats(channel_dim, None), misfit=True)
-            self._taps[name] = tap
-            return tap
-        if exp is not None and exp.conv.kind == "latent":
-            from .latents import LatentMonitor
-
-            mon = LatentMonitor(exp.conv, channel_dim=channel_dim, dist_sync_fn=self._sync_fn())
-            pending = self._pending_states.pop(name, None)
-            if pending is not None and "latent" in pending:  # a resumed fit goes on with the saved window
-                mon.load_state_dict(pending["latent"], device=t.device)
-                mon.stats.dtypes_seen = set(pending.get("dtypes", ()))
-            tap = _Tap(name, channel_dim, mon.stats, latent=mon)
-            if pending is not None:
-                tap.steps_checked = int(pending.get("steps_checked", 0))
-            self._taps[name] = tap
-            return tap
-        bounds = exp.convention if exp is not None and exp.conv.kind == "pixel" else None
-        stats = self._make_stats(channel_dim, bounds)
-        tap = _Tap(name, channel_dim, stats, bounds=bounds)
-        if t.dim() == 4 and channel_dim == 3:
-            tap.layout = f"read as channels-last (N, H, W, C): {tuple(t.shape)} has its {t.shape[3]} channels on dim 3"
-        pending = self._pending_states.pop(name, None)
-        if pending is not None:
-            tap.bounds = pending.get("bounds", bounds)
-            tap.stats = self._make_stats(channel_dim, tap.bounds)
-            tap.stats.load_state_dict(pending["stats"])
-            tap.stats.dtypes_seen = set(pending.get("dtypes", ()))
-            tap.stats.to(t.device)
-            tap.steps_checked = int(pending.get("steps_checked", 0))
-        self._taps[name] = tap
-        return tap
-
-    def _make_stats(self, channel_dim: int | None, bounds: str | None) -> RangeStats:
-        # histograms only where they can be logged (decided alike on every rank: the states must match)
-        bins = self.hist_bins if self.histograms and self._has_tensorboard else 0
-        return RangeStats(channel_dim=channel_dim, bounds=bounds, hist_bins=bins, dist_sync_fn=self._sync_fn())
-
-    def _sync_fn(self) -> Any:
-        coll = self.collectives
-        sync_fn = None
-        if coll.world_size > 1:
-
-            def sync_fn(t: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
-                # RangeStats gathers one flat packed tensor; a rank that saw no data sends an empty one
-                return coll.all_gather_varlen(t)
-
-        return sync_fn
-
-    def _feed(self, name: str, t: torch.Tensor, channel_dim: int | None) -> None:
-        tap = self._taps.get(name)
-        try:
-            if tap is None:
-                tap = self._new_tap(name, t, channel_dim)
-            if tap.disabled:
-                return
-            if tap.latent is not None:
-                tap.latent.update(t)
-            else:
-                tap.stats.update(t, detail=self._detail, moments=self.moments_every_step)
-            tap.fed = True
-        except (ConfigError, RangeMismatchError):
-            raise
-        except Exception as e:  # rangewatch must never be the cause of a failed run
-            self._internal(name, e, tap)
-
-    def _on_module_error(self, tap_name: str, error: BaseException) -> None:
-        """A module hook failed (ModuleTaps never lets it reach the model): that tap is switched off."""
-        self._internal(tap_name, error, self._taps.get(tap_name))
-
-    def _on_module_tensor(self, tap_name: str, t: torch.Tensor) -> None:
-        if self._phase:  # a validation forward: its own tap (val/...), never the training window
-            if not self.watch_validation:
-                return
-            tap_name = self._phase + tap_name
-        tap = self._taps.get(tap_name)
-        if tap is not None and tap.disabled:
-            return
-        if type(t) is not torch.Tensor or t.layout is not torch.strided or t.is_nested or t.is_meta:
-            kind = odd_tensor_kind(t)
-            if kind is not None:  # this call is skipped; the tap stays on for the dense tensors it carries
-                self._note_once(f"{tap_name}:{kind}", f"rangewatch: {tap_name} carries a {kind} tensor: rangewatch reads dense tensors only, so it is not watched")
-                return
-        if tap is None:
-            if not (t.is_floating_point() or t.dtype == torch.uint8) or t.dim() < 2 or t.numel() == 0:
-                self._note_once(tap_name, f"{tap_name} carries a {t.dtype} tensor of shape {tuple(t.shape)}: not image-like, not watched")
-                self._taps[tap_name] = _Tap(tap_name, 1, RangeStats(), disabled=True)
-                return
-            cd = image_channel_dim(t, channels=tuple(range(1, 65)))
-            if cd is None:
-                # not image-like ((B, L, D) token sequences whose L varies, say): per-tensor statistics, which
-                # assume no channel axis; a tap with an expectation keeps dim 1 (its convention is per channel)
-                cd = 1 if self.expectation_for(tap_name) is not None else None
-            self._feed(tap_name, t, cd)
-            return
-        self._feed(tap_name, t, tap.channel_dim)
-
-    def _feed_batch(self, batch: Any, prefix: str) -> None:
-        skipped: list[tuple[str, str]] = []
-        try:
-            images = find_images(batch, self.batch_keys, self.skip_keys, notes=skipped)
-            for path, why in skipped:  # said once per path: what is not watched, and why
-                self._note_once(f"skipped {prefix}{path}", f"rangewatch: {prefix}{path} is not watched: {why}")
-        except Exception as e:
-            self._internal(f"{prefix}batch", e, None, what="looking for the image tensors in the batch (this batch is not watched)")
-            return
-        seen = set()
-        for img in images:
-            seen.add(img.path)
-            self._feed(prefix + img.path, img.tensor, img.channel_dim)
-        for key in self._declared_batch_paths:  # declared keys that do not look like images (latents)
-            if key not in seen:
-                t = resolve_path(batch, key)
-                if t is not None and odd_tensor_kind(t) is None and t.is_floating_point() and t.dim() >= 3 and t.numel():
-                    self._feed(prefix + key, t, 1)
-
-    # ------------------------------------------------------------------ train / validation hooks
+    # ------------------------------------------------------------------ taps and checks
+    # taps are made, fed and reset in engine_taps.TapFeeding; each tap is judged in engine_checks.TapChecks;
+    # the ranks agree (taps, value samples, latent syncs) in collectives_agreement.RankAgreement
     def _is_check_step(self, step: int) -> bool:
         return self._train_batches < self.check_first_n or step % self._every == 0
-
-    def _agree_on_taps(self) -> None:
-        """Under DDP every rank must take part in the same reductions, in the same order. Ranks
-        exchange their taps (name, channel dim, and why rangewatch switched one off), add the
-        ones they lack as empty taps (a module called on one rank only, a batch key one rank
-        never saw) and switch off everywhere a tap switched off on any rank."""
-        # one line per tap: name, channel dim, and "" (on), the error text, or "-" (off: not an image)
-        lines = [f"{n}\t{t.channel_dim}\t{(t.error or '-').replace(chr(10), ' ') if t.disabled else ''}"
-                 for n, t in sorted(self._taps.items())]
-        payload = torch.tensor(list("\n".join(lines).encode()), dtype=torch.uint8)
-        for rank, part in enumerate(self.collectives.all_gather_varlen(payload)):
-            for line in bytes(part.cpu().tolist()).decode(errors="replace").splitlines():
-                name, cd, why = line.split("\t", 2)
-                tap = self._taps.get(name)
-                if tap is None:
-                    tap = self._placeholder_tap(name, None if cd == "None" else int(cd))
-                if why and not tap.disabled:
-                    tap.disabled = True
-                    if why != "-":  # an internal error on another rank: said here too (rank zero warns)
-                        self._internal(name, RuntimeError(f"on rank {rank}: {why}"), tap)
-
-    def _placeholder_tap(self, name: str, channel_dim: int | None) -> _Tap:
-        """An empty tap for one that another rank has: it takes part in the reductions with no data."""
-        probe = torch.empty(0, device=self.collectives.device)
-        tap = self._new_tap(name, probe, channel_dim)
-        tap.stats.to(probe.device)
-        return tap
 
     def _check(self, which: Callable[[str], bool], step: int | None = None, train_check: bool = False) -> None:
         step = self._now() if step is None else step
@@ -1108,161 +766,6 @@ class Watch:
             new.extend(self._losses.check(step))
         self._report(new, step)
 
-    def _sync_latents(self, summaries: list[tuple[str, RangeSummary]]) -> list[RangeStats]:
-        """Under DDP, reduce the latent taps' states on every rank before rank zero logs their
-        histograms (``log_latents`` reads them again): a sync of rank zero's own there would wait
-        forever for the other ranks. Returns the synced stats, to ``unsync()`` after the logging."""
-        out = []
-        for name, _ in summaries:
-            tap = self._taps[name]
-            if tap.latent is None:
-                continue
-            try:
-                tap.stats.sync(dist_sync_fn=tap.stats.dist_sync_fn)
-                if tap.stats.synced:
-                    out.append(tap.stats)
-            except Exception as e:  # noqa: BLE001
-                self._internal(name, e, tap)
-        return out
-
-    def _gather_sample(self, tap: _Tap, channels: int) -> None:
-        """Every rank's sampled values, so that every rank reaches the same verdict (a verdict that
-        differs between ranks would make one rank raise alone). Every rank takes part, fed or not."""
-        vs = tap.stats.value_sample
-        flat, c = vs.pending_flat()
-        if flat is None or c != channels:
-            flat = torch.zeros(0, dtype=torch.float64)
-        parts = self.collectives.all_gather_varlen(flat)
-        vs.replace_pending(torch.cat([p.to(torch.float64).cpu() for p in parts]), channels)
-
-    def _take_evidence(self, tap: _Tap) -> Any:
-        """This window's sampled values added to what earlier checks sampled (bounded)."""
-        import numpy as np
-
-        vs = tap.stats.value_sample
-        new = vs.take()
-        if new is not None and new.shape[1]:
-            old = tap.evidence
-            tap.evidence = np.concatenate([old, new], axis=1)[:, -vs.keep :] if old is not None and old.shape[0] == new.shape[0] else new
-            tap.images += vs.images
-        vs.clear()
-        return tap.evidence
-
-    def _judge(self, tap: _Tap, s: RangeSummary, step: int) -> list[Finding]:
-        out: list[Finding] = []
-        if s.empty:
-            return out
-        tap.steps_checked += 1
-        if tap.latent is not None:
-            return tap.latent.check(step, where=tap.name)
-        stage = "val" if tap.name.startswith("val/") else "train"
-        loader = self._loader_expect.get(stage)
-        noise = self._loader_noise.get(stage, 0.0)
-        sample = self._take_evidence(tap)
-        images = tap.images
-        prior = loader.convention if loader is not None and tap.name.removeprefix("val/").startswith("batch") else None
-        inf = infer_convention(s, sample=sample, images=images, prior=prior, noise_share=noise)
-        tap.inferred = inf
-        exp = self.expectation_for(tap.name)
-        # a model's *outputs* (an untrained decoder, say) are not held to a convention: watched, not judged
-        judged = exp is not None and not tap.misfit and not (exp.origin == "model" and tap.name.endswith(":output"))
-        # one image (batch size 1, first check) is rarely enough: wait for the next check to add evidence
-        enough = sample is None or images >= 2 or self._last_look(tap)
-        if exp is not None and judged and exp.conv.kind == "pixel" and enough:
-            f = check_expectation(tap.name, s, inf, exp.conv, step=step, source=exp.source, noise_share=noise)
-            if f is not None:
-                if tap.layout:  # say how the tensor was read (a channels-last batch, say)
-                    f = dataclasses.replace(f, evidence=f"{f.evidence}; {tap.layout}")
-                out.append(f)
-            elif tap.name.endswith(":input"):
-                self._reconcile(tap.name, inf, exp)
-        nonfinite = int(s.nonfinite.sum()) if float(s.detail_count.sum()) else 0
-        if bool(s.nonfinite_seen.any()):
-            chans = [str(i) for i, v in enumerate(s.nonfinite_seen.tolist()) if v]
-            count = f"{nonfinite} non-finite values (NaN {int(s.nan.sum())}, Inf {int(s.inf.sum())})" if nonfinite else "NaN/Inf values"
-            out.append(nonfinite_finding(
-                tap.name, observed="NaN/Inf", evidence=f"{count} in channel(s) {', '.join(chans)} since the last check",
-                fix="find where they start: RangeWatch(modules=[...]) on the suspects; in fp16 try bf16 or keep the overflowing module in fp32",
-                step=step,
-            ))
-        return out
-
-    def _last_look(self, tap: _Tap) -> bool:
-        """Whether this check is the last of the check window for ``tap`` (then judge on what there is)."""
-        return tap.steps_checked >= max(1, self.check_first_n)
-
-    def _reconcile(self, tap: str, inf: Inference, exp: Expectation) -> None:
-        """Module-input taps outrank loader predictions: when the data reaching ``tap`` are compatible
-        with what the module expects and rule out what the loader was predicted to produce (the model
-        converts in between, e.g. ``x * 2 - 1`` before its VAE), the loader-prediction finding for
-        ``tap`` is withdrawn, and that is said once."""
-        where = f"train dataloader -> {tap}"
-        if where in self._withdrawn:
-            return
-        standing = [f for f in self.findings if f.kind == "mismatch" and f.where == where]
-        if not standing or exp.convention not in inf.compatible:
-            return
-        loader = standing[0].observed
-        if loader in inf.compatible:  # the tap cannot tell the loader's convention from the module's
-            return
-        self._withdrawn.add(where)
-        self._log.withdraw("mismatch", where)
-        module = tap.rsplit(":", 1)[0]
-        note = note_finding(
-            where, "withdrawn", expected=exp.convention,
-            evidence=(f"the loader prediction ({loader}) is withdrawn: the values that reach {tap} follow "
-                      f"{exp.conv.label}, as {module} expects, and rule out {loader} ({inf.excluded.get(loader, 'see the tap')}); "
-                      f"the model converts the loader's output itself"),
-            fix="nothing to do", step=self._clock(), source=exp.source,
-        )
-        self._log.add(note)
-        self._info(f"rangewatch: {note}")
-
-    def _metrics(self, tap: _Tap, s: RangeSummary) -> dict[str, float]:
-        m: dict[str, float] = {}
-        full = self.per_channel_scalars
-        stats = (("min", s.range_min), ("max", s.range_max), ("mean", s.mean)) + ((("std", s.std),) if full else ())
-        for c in range(s.channels):
-            for stat, vals in stats:
-                v = float(vals[c])
-                if math.isfinite(v):
-                    m[tag(tap.name, stat, c)] = v
-            if full and float(s.detail_count[c]) > 0:
-                m[tag(tap.name, "nonfinite", c)] = float(s.nonfinite[c])
-                if s.bounds is not None:
-                    m[tag(tap.name, "out_of_range", c)] = float((s.below[c] + s.above[c]) / s.detail_count[c])
-        counted = float(s.detail_count.sum())
-        if not full and counted > 0:  # one figure each for the whole tap
-            m[tag(tap.name, "nonfinite")] = float(s.nonfinite.sum())
-            if s.bounds is not None:
-                m[tag(tap.name, "out_of_range")] = float((s.below.sum() + s.above.sum()) / counted)
-        exp = self.expectation_for(tap.name)
-        if exp is not None and exp.conv.kind == "pixel":
-            try:
-                lo, hi = exp.conv.bounds(s.channels)
-            except ValueError:  # a convention that does not fit the channel count (a mismatch finding says so)
-                lo = hi = ()
-            if lo and hi:
-                m[tag(tap.name, "expected_min")], m[tag(tap.name, "expected_max")] = float(min(lo)), float(max(hi))
-        return m
-
-    def _latents_elsewhere(self, summaries: list[tuple[str, RangeSummary]], step: int) -> None:
-        """The latent RGB preview (and, for W&B, the per-channel histograms) to W&B / MLflow."""
-        from torchvision.utils import make_grid
-
-        from .latents import latent_preview, preview_scale
-
-        for name, s in summaries:
-            mon = self._taps[name].latent
-            if mon is None:
-                continue
-            if mon.last is not None and mon.conv.latent_rgb is not None:
-                prev = latent_preview(mon.last[:4], mon.conv, channel_dim=mon.channel_dim)
-                k = preview_scale(int(prev.shape[-1]))
-                prev = prev.repeat_interleave(k, -1).repeat_interleave(k, -2)
-                self._sink.other_images(f"{tag(name, 'latent_preview')}", make_grid(prev.float(), nrow=4, padding=2, pad_value=1.0), step)
-            self._sink.other_histograms(name, s, step)
-
     def watching(self) -> str:
         """What is watched, said once per fit after the first checked batch: each tap with its
         channels and its expectation (and where that comes from) or what the data looks like, the
@@ -1307,84 +810,7 @@ class Watch:
         return (f"rangewatch: {len(checked)} tap{'s' if len(checked) != 1 else ''} checked over {self._train_batches} "
                 f"training batch{'es' if self._train_batches != 1 else ''}: {found}{extra}")
 
-    def _log_overview(self, summaries: list[tuple[str, RangeSummary]], new: list[Finding], step: int) -> None:
-        """The findings count per kind (``rangewatch/findings/<kind>``, ``.../total``) and, when the
-        taps or their flags changed, TensorBoard's custom-scalars layout (one category per tap)."""
-        if self._sink is None:
-            return
-        self._sink.scalars(self._log.counts(new), step)
-        if not self._sink.has_tensorboard:
-            return
-        flagged = self._log.flagged(new)
-        taps = dict(self._layout_taps)
-        for name, s in summaries:
-            if self._taps[name].latent is None:
-                taps[name] = (s.channels, name in flagged)
-        taps = {n: (c, n in flagged) for n, (c, _) in taps.items()}
-        if taps != self._layout_taps:
-            from .sinks import scalars_layout
-
-            self._sink.layout(scalars_layout(taps), step)
-            self._layout_taps = taps
-
-    def _reset(self, tap: _Tap) -> None:
-        """Start a new window; once a convention is known, histograms and out-of-range use its bounds."""
-        if tap.latent is not None:
-            tap.latent.reset()
-            tap.fed = False
-            return
-        target = tap.bounds
-        if target is None and tap.inferred is not None and tap.inferred.confident and tap.inferred.name != "unknown":
-            target = tap.inferred.name
-        if target != tap.bounds:
-            tap.stats.reset_with_bounds(target)
-            tap.bounds = target
-        else:
-            tap.stats.reset()
-        tap.fed = False
-
-    # ------------------------------------------------------------------ findings
-    def _report(self, new: list[Finding], step: int) -> list[Finding]:
-        """Through the findings log (each finding once, the policy applied); the fresh ones to the sinks.
-        Under several processes with ``policy="raise"``, every rank must call this together."""
-        coll = self.collectives
-        gather = coll.all_gather_bytes if self.policy == "raise" and coll.world_size > 1 else None
-
-        def write(fresh: list[Finding]) -> None:
-            if self._sink is not None:
-                try:
-                    self._sink.findings(self.findings, step)
-                except Exception as e:
-                    self._internal("logging", e, None)
-
-        return self._log.report(new, gather=gather, on_fresh=write)
-
-    def _internal(self, where: str, error: BaseException, tap: _Tap | None, what: str | None = None,
-                  consequence: str | None = None) -> None:
-        if tap is not None:
-            tap.disabled = True
-            if tap.error is None:
-                tap.error = f"{type(error).__name__}: {error}"
-        # say what failed; "switched this tap off" only when a tap was
-        what = what or _INTERNAL_WHAT.get(where) or f"watching {where}"
-        if tap is not None:
-            evidence = f"rangewatch failed while {what} and switched this tap off; training goes on"
-            consequence = "this tap is switched off"
-        elif consequence is not None:  # a front end's own piece (watch_pipeline's decode, say)
-            evidence = f"rangewatch failed while {what}; {consequence}"
-        else:
-            evidence = f"rangewatch failed while {what}; that step is skipped, training goes on"
-            consequence = "no tap is switched off; training goes on"
-        f = internal_finding(where, error, evidence=evidence, fix="please report this with the tensor's shape and dtype",
-                             step=self._clock())
-        if self._log.add(f):
-            self._warn(f"rangewatch: internal error at {where} while {what} ({type(error).__name__}: {error}); {consequence}")
-
-    def _note_once(self, key: str, text: str) -> None:
-        if key in self._notes:
-            return
-        self._notes[key] = text
-        self._info(text)
+    # findings are reported in engine_findings.FindingsReporting
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -1422,20 +848,3 @@ class Watch:
         self._log.load_state_dict(state_dict)
         self._taps.clear()
         self._pending_states = dict(state_dict.get("taps", {}))
-
-
-
-class _WriterScalars:
-    """A ``SummaryWriter`` as a metrics logger (``log_metrics``): one ``add_scalar`` per metric."""
-
-    def __init__(self, writer: Any) -> None:
-        self.writer = writer
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        for k, v in metrics.items():
-            self.writer.add_scalar(k, v, global_step=step)
-
-
-def _is_writer(obj: Any) -> bool:
-    """A ``torch.utils.tensorboard.SummaryWriter`` (or tensorboardX's): not a Lightning logger."""
-    return hasattr(obj, "add_scalar") and hasattr(obj, "add_histogram_raw") and not hasattr(obj, "log_metrics")
