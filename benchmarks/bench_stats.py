@@ -16,6 +16,9 @@ its ratio to the median of ``x.sum()``, and the median of the per-round ratios (
 * ``naive per-channel loop``     - separate min/max/mean/std/count ops per channel in a Python loop
 * ``update(x, detail=True)``     - with ``bounds`` (finite min/max, NaN/Inf counts, below/above counts)
 * ``... + hist_bins=64``         - the same plus a 64-bin per-channel histogram
+* ``... [eager]``                - with ``--eager``: the same updates with the one-read C kernel off
+  (``rangewatch.stats_native``, on by default since issue 17): the eager reductions, interleaved
+  with the rest (before/after in one run)
 * ``... [compiled]``             - with ``--cpu-compile``: the same updates through the opt-in compiled
   CPU functions (``rangewatch.stats_inductor``, ``RANGEWATCH_CPU_COMPILE=1``), interleaved with the rest
 """
@@ -33,7 +36,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from rangewatch import stats_inductor  # noqa: E402
+from rangewatch import stats_inductor, stats_native  # noqa: E402
 from rangewatch.stats import RangeStats  # noqa: E402
 
 SHAPE = (16, 3, 256, 256)
@@ -98,7 +101,7 @@ def bench(cands: dict[str, Callable[[], object]], device: torch.device, repeats:
 
 def run(device: torch.device, repeats: int, inner: int, dtype: torch.dtype = torch.float32,
         channels_last: bool = False, cache: str = "interleaved", shape: tuple[int, ...] = SHAPE,
-        naive: bool = True, compiled: bool = False) -> dict[str, float]:
+        naive: bool = True, compiled: bool = False, eager: bool = False) -> dict[str, float]:
     """Print the table for one tensor; returns each candidate's median per-round ratio to ``x.sum()``."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
@@ -117,6 +120,26 @@ def run(device: torch.device, repeats: int, inner: int, dtype: torch.dtype = tor
     }
     if device.type == "cpu" and naive:
         cands["naive per-channel loop"] = lambda: naive_per_channel(x)
+    if device.type == "cpu" and eager:
+        def off(fn: Callable[[], object]) -> Callable[[], object]:
+            def call() -> object:
+                stats_native.enabled = False
+                try:
+                    return fn()
+                finally:
+                    stats_native.enabled = True
+            return call
+
+        e_every, e_minmax = RangeStats(bounds="imagenet"), RangeStats(bounds="imagenet")
+        e_det, e_hist = RangeStats(bounds="imagenet"), RangeStats(bounds="imagenet", hist_bins=64)
+        cands.update({
+            "update(x) [eager]": off(lambda: e_every.update(x)),
+            "update(x, moments=False) [eager]": off(lambda: e_minmax.update(x, moments=False)),
+            "update(x, detail=True) bounds [eager]": off(lambda: e_det.update(x, detail=True)),
+            "update(x, detail=True) bounds+hist64 [eager]": off(lambda: e_hist.update(x, detail=True)),
+        })
+    if device.type == "cpu":
+        print(f"  (one-read C kernel: {'on' if stats_native.available() else 'off: ' + str(stats_native._broken)})")
     if device.type == "cpu" and compiled:
         def on(fn: Callable[[], object]) -> Callable[[], object]:
             def call() -> object:
@@ -165,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="cache state before each timed call (default interleaved; all: the three in turn)")
     ap.add_argument("--cpu-compile", action="store_true",
                     help="also time the opt-in compiled CPU updates (rangewatch.stats_inductor; compiles first)")
+    ap.add_argument("--eager", action="store_true",
+                    help="also time the updates with the one-read C kernel off (the eager reductions)")
     ap.add_argument("--no-cuda", action="store_true")
     ap.add_argument("--cuda-only", action="store_true", help="skip the CPU tables")
     args = ap.parse_args(argv)
@@ -173,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
     if not args.cuda_only:
         for cache in (["interleaved", "warm", "cold"] if args.cache == "all" else [args.cache]):
-            run(torch.device("cpu"), args.repeats, args.inner, cache=cache, compiled=args.cpu_compile)
+            run(torch.device("cpu"), args.repeats, args.inner, cache=cache, compiled=args.cpu_compile,
+                eager=args.eager)
         if args.extra:
             run(torch.device("cpu"), max(args.repeats // 4, 20), args.inner, channels_last=True)
             run(torch.device("cpu"), max(args.repeats // 4, 20), args.inner, dtype=torch.float16)

@@ -46,13 +46,18 @@ Cost (``benchmarks/README.md``): on CUDA, float32/float16/bfloat16 tensors (cont
 channels-last or any dense layout) are read once by a Triton kernel (:mod:`rangewatch.stats_triton`)
 that yields per-channel min, max, sum and sum of squares (NaN propagated into min/max, from which the
 non-finite flag is derived); its partials stay pending on the device and are folded into the states
-when these are next read, so an every-step update is one kernel launch. Everywhere else (CPU, other
-dtypes, Triton missing or failing) the eager path runs: ``update(x)`` is four reductions over ``x``
-(eager PyTorch has no fused multi-reduction; ``aminmax``/``var_mean`` are slower on CPU),
-``update(x, moments=False)`` two; ``detail=True`` adds a dozen elementwise passes and, with a
-histogram, one ``bincount``. Opt-in (``RANGEWATCH_CPU_COMPILE=1``): large float32 CPU tensors with a
-long contiguous inner axis go through :mod:`rangewatch.stats_inductor` instead, one ``torch.compile``d
-loop nest per update kind (compiling takes seconds on the first call per shape). The exactness
+when these are next read, so an every-step update is one kernel launch. On CPU, float32 tensors
+(float16/bfloat16 arrive converted) of at least 2^16 elements with a contiguous ``(A, C, B)`` view
+are read once per update kind by a small C kernel (:mod:`rangewatch.stats_native`, built with the
+system compiler at first use in under a second and cached), in 16 float32 lanes over slices of at
+most 1024 values; the histogram's slots take one more read. Everywhere else (other dtypes,
+channels-last-like short inner axes, no C compiler, Triton missing or failing) the eager path runs:
+``update(x)`` is four reductions over ``x`` (eager PyTorch has no fused multi-reduction;
+``aminmax``/``var_mean`` are slower on CPU), ``update(x, moments=False)`` two; ``detail=True`` adds
+a dozen elementwise passes and, with a histogram, one ``bincount``. Opt-in
+(``RANGEWATCH_CPU_COMPILE=1``): large float32 CPU tensors with a long contiguous inner axis go
+through :mod:`rangewatch.stats_inductor` instead, one ``torch.compile``d loop nest per update kind
+(compiling takes seconds on the first call per shape). The exactness
 above holds on every path (the kernels accumulate in float32 lanes or slices of at most a few
 thousand elements, combined in float64).
 """
@@ -69,7 +74,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from . import stats_inductor, stats_triton
+from . import stats_inductor, stats_native, stats_triton
 from .conventions import Convention, get_convention
 
 __all__ = ["RangeStats", "RangeSummary"]
@@ -412,6 +417,7 @@ class _Plan:
     strides: tuple[int, int, int] | None = None
     launch: Any = None  # stats_triton.Launch
     compiled: bool = False  # the compiled CPU min/max (stats_inductor, opt-in)
+    native: bool = False  # the one-read C kernel's min/max (stats_native)
 
 
 class RangeStats(Metric):
@@ -783,7 +789,9 @@ class RangeStats(Metric):
         threads = torch.get_num_threads() if x.device.type == "cpu" else 1
         one = threads == 1 or c == 1 or c % threads == 0 or a == 1
         compiled = stats_inductor.chunk_for(rows) > 0
-        return _Plan((a, c, b), one and not compiled, a * b, _dtype_name(x.dtype), x.device, compiled=compiled)
+        native = not compiled and stats_native.usable(rows)
+        return _Plan((a, c, b), one and not (compiled or native), a * b, _dtype_name(x.dtype), x.device,
+                     compiled=compiled, native=native)
 
     def _launch(self, rows: torch.Tensor, lp: Any, n: int, moments: bool) -> torch.Tensor | None:
         """The one-read Triton kernel over ``rows`` (A, C, B); its partials ``(4, K, C)`` go to the
@@ -814,7 +822,8 @@ class RangeStats(Metric):
             raise TypeError(f"RangeStats.update takes a tensor, got {type(x).__name__}")
         if not (detail or moments):
             # the every-step path, planned once per layout: two reads of x; the extremes are folded in later
-            key = (x.shape, x.stride(), x.dtype, x.device, torch.get_num_threads(), stats_inductor.enabled)
+            key = (x.shape, x.stride(), x.dtype, x.device, torch.get_num_threads(), stats_inductor.enabled,
+                   stats_native.enabled)
             plan = self._plans.get(key, False)
             if plan is False:
                 if len(self._plans) >= 256:  # ever-changing shapes (variable-size batches): stay bounded
@@ -831,7 +840,9 @@ class RangeStats(Metric):
                     self._plans.clear()  # the kernel cannot run here: re-plan without it
                     return self.update(x, detail, moments)
                 rows = (x.detach() if x.requires_grad else x).view(plan.shape)
-                if plan.compiled:  # one read for both (stats_inductor, opt-in): (A, C) partials
+                if plan.native:  # one read for both (stats_native): (A, C) partials
+                    mn, mx = stats_native.minmax(rows)
+                elif plan.compiled:  # one read for both (stats_inductor, opt-in): (A, C) partials
                     out = stats_inductor.minmax(rows)
                     if out is None:  # it failed (and is off now): re-plan without it
                         self._plans.clear()
@@ -917,14 +928,16 @@ class RangeStats(Metric):
             self.value_sample.update(x)
 
     def _update_compiled(self, rows: torch.Tensor, c: int, n: int, with_moments: bool, detail: bool) -> bool:
-        """The update through the compiled CPU functions (:mod:`rangewatch.stats_inductor`, opt-in):
-        one read of ``rows`` for every reduction, one more for the histogram slots. False (nothing
-        changed) where that path does not take ``rows`` or fails."""
+        """The update through a fused CPU kernel: the one-read C kernel (:mod:`rangewatch.stats_native`,
+        the default) or the compiled functions (:mod:`rangewatch.stats_inductor`, opt-in): one read
+        of ``rows`` for every reduction, one more for the histogram slots. False (nothing changed)
+        where neither takes ``rows`` or the kernel fails."""
         k = stats_inductor.chunk_for(rows)
-        if not k:
+        native = not k and stats_native.usable(rows)
+        if not (k or native):
             return False
         if not with_moments:
-            out = stats_inductor.minmax(rows)
+            out = stats_native.minmax(rows) if native else stats_inductor.minmax(rows)
             if out is None:
                 return False
             torch.minimum(self.min, out[0].amin(dim=0), out=self.min)
@@ -933,16 +946,18 @@ class RangeStats(Metric):
             return True
         consts = self._consts(c, rows.device) if detail else None
         if detail:
-            out = stats_inductor.detail(rows, k, consts.lo32, consts.hi32)
+            out = (stats_native.detail(rows, consts.lo32, consts.hi32) if native
+                   else stats_inductor.detail(rows, k, consts.lo32, consts.hi32))
         else:
-            out = stats_inductor.moments(rows, k)
+            out = stats_native.moments(rows) if native else stats_inductor.moments(rows, k)
         if out is None:
             return False
         counts = None
         if detail and self.hist_bins:
             bins, j = self.hist_bins, consts.hist_shift
-            counts = stats_inductor.histogram(rows, consts.hist_lo, consts.hist_scale, consts.hist_off, -1 - j, bins - j,
-                                              bins + 1 - j, c * (bins + 3))
+            fused = stats_native if native else stats_inductor
+            counts = fused.histogram(rows, consts.hist_lo, consts.hist_scale, consts.hist_off, -1 - j, bins - j,
+                                     bins + 1 - j, c * (bins + 3))
             if counts is None:
                 return False
         red = (0, 2)

@@ -1,0 +1,244 @@
+"""One-read CPU updates of :class:`~rangewatch.stats.RangeStats`: a small C kernel (``stats_native.c``
+beside this file) built with the system C compiler at first use and called through :mod:`ctypes`.
+
+Eager PyTorch has no fused multi-reduction on CPU (``aminmax``/``var_mean`` over a dimension are
+slower than separate reductions), so the eager update reads a tensor once per statistic: two reads
+every step (min, max), four for a full update, about twenty for ``detail=True``. The kernel reads a
+float32 ``(A, C, B)`` view once per update kind (and the histogram once more), reducing each row in
+16 float32 lanes over slices of at most 1024 values, combined in float64: extremes and counts are
+exact, NaN propagates into min/max as ``torch.amin`` does, and the histogram's slot arithmetic is
+the eager path's float32 operations (``-ffp-contract=off``). Rows are shared among
+``torch.get_num_threads()`` OpenMP threads (torch's own OpenMP runtime where torch bundles
+``libgomp.so.1``: the same soname is loaded once).
+
+Cost: building takes about half a second once per machine (the library is cached under
+``$RANGEWATCH_CACHE_DIR``, default ``~/.cache/rangewatch``, keyed by the source, the compiler and
+the CPU), a call about 5 us on top of the read. Why not ``torch.compile``: inductor's compile of the same
+loops takes 9-45 s per shape on a small CPU (:mod:`rangewatch.stats_inductor`, kept opt-in); this
+kernel is shape-independent and built in under a second, so it is on by default.
+
+Off (the eager path) where it cannot help or cannot run: no C compiler (``$CC``, ``cc``, ``gcc`` or
+``clang``), a failed build or load (logged once), ``RANGEWATCH_NATIVE=0`` in the environment, tensors
+below :data:`MIN_NUMEL` elements, rows shorter than :data:`MIN_ROW`, non-float32 or non-contiguous rows, and inside a ``torch.compile``
+trace.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["MIN_NUMEL", "available", "usable", "minmax", "moments", "detail", "histogram", "library"]
+
+log = logging.getLogger(__name__)
+
+#: whether the kernel may be used (``RANGEWATCH_NATIVE=0`` turns it off)
+enabled = os.environ.get("RANGEWATCH_NATIVE", "1") != "0"
+#: smaller tensors stay eager (the eager reductions of a small tensor cost a few microseconds)
+MIN_NUMEL = 1 << 16
+#: shorter rows (channels-last-like layouts: ``B`` of 1) stay eager, whose blocked reductions suit them
+MIN_ROW = 64
+SOURCE = Path(__file__).with_name("stats_native.c")
+_BASE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared"]
+
+_lock = threading.Lock()
+_lib: Any = None
+_broken: str | None = None  # why the kernel is off for this process (None: not tried yet or loaded)
+#: kernel calls so far in this process (tests check that the kernel, not the fallback, ran)
+calls = 0
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+_INT = ctypes.c_int
+_F = ctypes.c_float
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_key() -> str:
+    """What ``-march=native`` depends on: the CPU's feature flags where Linux lists them."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("RANGEWATCH_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "rangewatch")
+    return Path(root)
+
+
+def _flag_sets() -> list[list[str]]:
+    """Flags tried in order: native CPU and OpenMP first, then without each."""
+    native = [] if platform.machine().lower() in ("arm64", "aarch64") and sys.platform == "darwin" else ["-march=native"]
+    return [native + ["-fopenmp"], ["-fopenmp"], native, []]
+
+
+def _build(cc: str) -> Path:
+    src = SOURCE.read_bytes()
+    errors = []
+    for extra in _flag_sets():
+        flags = _BASE_FLAGS + extra
+        key = hashlib.sha256(b"\0".join([src, cc.encode(), " ".join(flags).encode(), _cpu_key().encode(),
+                                          platform.machine().encode()])).hexdigest()[:20]
+        out = _cache_dir() / f"stats_native-{key}.so"
+        if out.exists():
+            return out
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only home: the temporary directory, per user
+            out = Path(tempfile.gettempdir()) / f"rangewatch-{getattr(os, 'getuid', lambda: 0)()}" / out.name
+            if out.exists():
+                return out
+            out.parent.mkdir(parents=True, exist_ok=True)
+        # built under a temporary name and renamed: processes building at once (DDP ranks) never
+        # load a half-written file
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+        try:
+            r = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120)
+            if r.returncode == 0:
+                os.replace(tmp, out)
+                return out
+            errors.append(f"{' '.join(extra) or 'plain'}: {r.stderr.strip()[-300:]}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError("building the kernel failed: " + " | ".join(errors))
+
+
+def _load() -> Any:
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (CC, cc, gcc, clang)")
+    lib = ctypes.CDLL(str(_build(cc)))
+    if lib.rw_version() != 1:
+        raise RuntimeError("a stale kernel library")
+    lib.rw_minmax.argtypes = [_P, _I64, _I64, _INT, _P]
+    lib.rw_moments.argtypes = [_P, _I64, _I64, _INT, _P, _P]
+    lib.rw_detail.argtypes = [_P, _I64, _I64, _I64, _P, _P, _INT, _P, _P]
+    lib.rw_histogram.argtypes = [_P, _I64, _I64, _I64, _P, _P, _P, _F, _F, _F, _I64, _INT, _P]
+    lib.rw_histogram.restype = _INT
+    for fn in (lib.rw_minmax, lib.rw_moments, lib.rw_detail):
+        fn.restype = None
+    return lib
+
+
+def library() -> Any:
+    """The loaded kernel library, built on first call; None where it is off (the reason is logged once)."""
+    global _lib, _broken
+    if _lib is not None or _broken is not None or not enabled:
+        return _lib
+    with _lock:
+        if _lib is None and _broken is None:
+            try:
+                _lib = _load()
+            except Exception as e:  # noqa: BLE001  (no compiler, a build or load error: the eager path)
+                _broken = f"{type(e).__name__}: {e}"[:600]
+                log.info("rangewatch: the one-read CPU statistics kernel is off (%s); using the eager path", _broken)
+    return _lib
+
+
+def available() -> bool:
+    """Whether the kernel is (or can be) loaded here; builds it on first call."""
+    return library() is not None
+
+
+def usable(rows: torch.Tensor) -> bool:
+    """Whether the kernel takes ``rows`` ``(A, C, B)``: float32, contiguous, on the CPU, at least
+    :data:`MIN_NUMEL` elements, outside a ``torch.compile`` trace. Decided from shapes, dtypes and
+    devices only."""
+    if not enabled or _broken is not None or rows.device.type != "cpu" or rows.dtype != torch.float32:
+        return False
+    if rows.layout != torch.strided:
+        return False
+    if rows.numel() < MIN_NUMEL or rows.dim() != 3 or rows.shape[2] < MIN_ROW or not rows.is_contiguous():
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    return available()
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _flat(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.reshape(-1).to(torch.float32).contiguous()
+
+
+def _count() -> None:
+    global calls
+    calls += 1
+
+
+def minmax(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, C)`` float32 min and max of ``rows`` ``(A, C, B)`` (NaN propagated)."""
+    a, c, b = rows.shape
+    out = torch.empty(a, c, 2)
+    library().rw_minmax(rows.data_ptr(), a * c, b, torch.get_num_threads(), out.data_ptr())
+    _count()
+    return out[..., 0], out[..., 1]
+
+
+def moments(rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(A, C, 1)`` min, max (float32), sum and sum of squares (float64) of ``rows`` ``(A, C, B)``
+    (the partials' shape of :func:`rangewatch.stats_inductor.moments`, one slice per row)."""
+    a, c, b = rows.shape
+    of = torch.empty(a, c, 2)
+    od = torch.empty(a, c, 2, dtype=torch.float64)
+    library().rw_moments(rows.data_ptr(), a * c, b, torch.get_num_threads(), of.data_ptr(), od.data_ptr())
+    _count()
+    return of[..., 0:1], of[..., 1:2], od[..., 0:1], od[..., 1:2]
+
+
+def detail(rows: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """``(A, C, 1)`` min, max, sum, sum of squares, finite min, finite max, non-finite count, NaN
+    count, and with float32 bounds ``lo``/``hi`` (``C`` values each) the ``x < lo`` and ``x > hi``
+    counts (zeros without bounds): the order of :func:`rangewatch.stats_inductor.detail`."""
+    a, c, b = rows.shape
+    lo, hi = _flat(lo), _flat(hi)
+    of = torch.empty(a, c, 4)
+    od = torch.empty(a, c, 6, dtype=torch.float64)
+    library().rw_detail(rows.data_ptr(), a * c, c, b, _ptr(lo), _ptr(hi), torch.get_num_threads(),
+                        of.data_ptr(), od.data_ptr())
+    _count()
+    return tuple(t[..., i:i + 1] for t, i in ((of, 0), (of, 1), (od, 0), (od, 1), (of, 2), (of, 3), (od, 2), (od, 3),
+                                               (od, 4), (od, 5)))
+
+
+def histogram(rows: torch.Tensor, origin: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, low: int,
+              high: int, nan_slot: int, size: int) -> torch.Tensor | None:
+    """``(size,)`` int64 counts of the histogram slots of ``rows``, with the slot arithmetic of
+    ``RangeStats._histogram`` (``origin``/``scale``/``offset``: ``C`` float32 values each); None if
+    the kernel declined (out of memory, or a slot outside ``size``)."""
+    a, c, b = rows.shape
+    origin, scale, offset = _flat(origin), _flat(scale), _flat(offset)
+    counts = torch.zeros(size, dtype=torch.int64)
+    rc = library().rw_histogram(rows.data_ptr(), a * c, c, b, origin.data_ptr(), scale.data_ptr(), offset.data_ptr(),
+                                float(low), float(high), float(nan_slot), size, torch.get_num_threads(),
+                                counts.data_ptr())
+    _count()
+    return counts if rc == 0 else None

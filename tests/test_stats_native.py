@@ -1,0 +1,183 @@
+"""The one-read C kernel of the CPU updates (``rangewatch/stats_native.py``, on by default) against the
+numpy float64 reference, bit for bit against the eager reductions, and its fallbacks (no compiler, a
+failing build, a slot outside the counts).
+
+The hypothesis property tests of ``test_stats.py`` run again here with the kernel taking every float32
+tensor (``MIN_NUMEL`` lowered to 1): their shapes (1 to 6 values per axis) exercise the scalar tails
+and short rows, the tests below the 16-lane loops and slices of 1024.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import test_stats
+from rangewatch import stats_native
+from rangewatch.stats import RangeStats
+from test_stats import IMAGENET_HI, IMAGENET_LO, channel_rows, check_summary, make_tensor, stats_for
+
+pytestmark = pytest.mark.skipif(not stats_native.available(), reason=f"no C kernel here: {stats_native._broken}")
+
+
+@pytest.fixture
+def native(monkeypatch):
+    monkeypatch.setattr(stats_native, "enabled", True)
+    monkeypatch.setattr(stats_native, "MIN_NUMEL", 1)
+    monkeypatch.setattr(stats_native, "MIN_ROW", 1)
+    return stats_native
+
+
+def _case(**kw):
+    case = dict(shape=[2, 3, 8, 300], dtype=torch.float32, channel_dim=1, layout="contiguous", seed=3, scale=3.0,
+                specials=["nan", "inf", "-inf", "max", "bound", "bound", "edge", "edge", "tiny", "negzero"],
+                bounds=(IMAGENET_LO, IMAGENET_HI), hist_bins=64, hist_range=None)
+    case.update(kw)
+    return case
+
+
+@pytest.mark.parametrize("case", [
+    _case(),  # NaN, infinities, float32 max, values on the bounds and on bin edges; 2400 per row: 2 slices + tail
+    _case(specials=[], bounds=None, hist_bins=0, scale=1e3),  # finite: mean/std against numpy too
+    _case(dtype=torch.float16, specials=["inf", "bound", "edge"], hist_bins=16, hist_range=(-2.0, 2.0)),
+    _case(shape=[3, 2, 70], channel_dim=1, specials=["nan", "edge"], seed=5),  # 4 16-lane steps and a tail
+    _case(shape=[4, 1, 4096], specials=["-inf", "bound"], hist_bins=8, seed=6),  # whole slices, one channel
+], ids=["specials-imagenet-hist64", "finite-plain", "float16-hist16", "short-rows", "one-channel"])
+def test_native_updates_match_numpy(native, case):
+    c = case["shape"][case["channel_dim"]]
+    s = stats_for(case)
+    x = make_tensor(case, s.hist_edges_for(c).numpy() if case["hist_bins"] else None)
+    rows = channel_rows(x, case["channel_dim"])
+    b = s.bounds_for(c)
+    bounds = None if b is None else (b[0].numpy(), b[1].numpy())
+    before = native.calls
+    s.update(x, detail=True)
+    assert native.calls >= before + 1 + bool(case["hist_bins"])  # the kernel ran, not the fallback
+    check_summary(s.compute(), rows, case["dtype"], detail=True, bounds=bounds, hist=bool(case["hist_bins"]))
+    # the full update and the every-step plan (min/max partials, folded later) on the same tensor
+    full = stats_for(case)
+    before = native.calls
+    full.update(x)
+    full.update(x, moments=False)
+    full.update(x, moments=False)
+    assert native.calls == before + 3
+    r = full.compute()
+    np.testing.assert_array_equal(r.count.numpy(), np.full(c, 3 * rows.shape[1]))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(r.min.numpy(), rows.min(axis=1))
+        np.testing.assert_array_equal(r.max.numpy(), rows.max(axis=1))
+    np.testing.assert_array_equal(r.nonfinite_seen.numpy(), ~np.isfinite(rows).all(axis=1))
+    one = stats_for(case)
+    one.update(x)
+    check_summary(one.compute(), rows, case["dtype"], detail=False)
+
+
+def test_native_and_eager_paths_agree(native, monkeypatch):
+    """Same counts, extremes and histogram bit for bit; moments within float32 rounding."""
+    case = _case(seed=9)
+    ref = stats_for(case)
+    x = make_tensor(case, ref.hist_edges_for(3).numpy())
+    y = make_tensor({**case, "seed": 10, "specials": []})
+    got = stats_for(case)
+    for s, on in ((ref, False), (got, True)):
+        monkeypatch.setattr(stats_native, "enabled", on)
+        before = stats_native.calls
+        s.update(x, detail=True)
+        s.update(y)
+        s.update(y, moments=False)
+        assert (stats_native.calls > before) == on
+    a, b = ref.compute(), got.compute()
+    for k in ("count", "min", "max", "finite_min", "finite_max", "nan", "inf", "below", "above", "detail_count",
+              "hist", "hist_underflow", "hist_overflow", "nonfinite_seen"):
+        torch.testing.assert_close(getattr(b, k), getattr(a, k), rtol=0, atol=0, equal_nan=True, msg=k)
+    for k in ("mean", "std"):
+        torch.testing.assert_close(getattr(b, k), getattr(a, k), rtol=1e-6, atol=0, equal_nan=True, msg=k)
+
+
+def test_property_tests_of_test_stats_through_the_kernel(native):
+    """``test_stats``' numpy-reference property tests, with the kernel taking every float32 tensor."""
+    before = native.calls
+    test_stats.test_matches_numpy_reference()
+    test_stats.test_every_step_path_matches_numpy()
+    test_stats.test_steps_merge_and_halves_equal_whole()
+    assert native.calls > before
+
+
+def test_every_thread_count_gives_the_same_result(native):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 3, 40, 70, generator=g) * 5
+    x[2, 1, 3, 4] = float("nan")
+    out = []
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            s = RangeStats(bounds="imagenet", hist_bins=32)
+            s.update(x, detail=True)
+            out.append(s.compute())
+    finally:
+        torch.set_num_threads(threads)
+    for r in out[1:]:
+        for k in ("min", "max", "finite_min", "finite_max", "nan", "below", "above", "hist", "mean", "std"):
+            torch.testing.assert_close(getattr(r, k), getattr(out[0], k), rtol=0, atol=0, equal_nan=True, msg=k)
+
+
+def test_a_slot_outside_the_counts_is_declined(native):
+    rows = torch.zeros(1, 2, 64)
+    one = torch.ones(2)
+    # slots: clamp(floor(x), -1, 3) + offset, NaN at 4 + offset: channel 1's reach 5..10
+    ok = native.histogram(rows, torch.zeros(2), one, torch.tensor([1.0, 6.0]), -1, 3, 4, 11)
+    assert ok is not None and ok.tolist() == [0, 64, 0, 0, 0, 0, 64, 0, 0, 0, 0]
+    assert native.histogram(rows, torch.zeros(2), one, torch.tensor([1.0, 7.0]), -1, 3, 4, 11) is None  # NaN slot 11
+    assert native.histogram(rows, torch.zeros(2), one, torch.tensor([0.0, 6.0]), -1, 3, 4, 11) is None  # slot -1
+
+
+@pytest.mark.parametrize("why", ["no compiler", "build fails"])
+def test_without_a_working_compiler_the_eager_path_runs(monkeypatch, tmp_path, caplog, why):
+    monkeypatch.setattr(stats_native, "_lib", None)
+    monkeypatch.setattr(stats_native, "_broken", None)
+    monkeypatch.setattr(stats_native, "MIN_NUMEL", 1)
+    monkeypatch.setattr(stats_native, "MIN_ROW", 1)
+    monkeypatch.setenv("RANGEWATCH_CACHE_DIR", str(tmp_path))
+    if why == "no compiler":
+        monkeypatch.setattr(stats_native, "_compiler", lambda: None)
+    else:
+        monkeypatch.setattr(stats_native, "_compiler", lambda: shutil.which("false") or "/bin/false")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 256, generator=g)
+    s = RangeStats(bounds="imagenet", hist_bins=8)
+    with caplog.at_level(logging.INFO, logger="rangewatch.stats_native"):
+        s.update(x, moments=False)
+        s.update(x, detail=True)
+        s.update(x)
+    assert stats_native._broken and ("no C compiler" in stats_native._broken or "building" in stats_native._broken)
+    assert len([r for r in caplog.records if "kernel is off" in r.getMessage()]) == 1
+    assert not list(tmp_path.glob("*.so"))
+    rows = channel_rows(x, 1)
+    r = s.compute()
+    np.testing.assert_array_equal(r.count.numpy(), np.full(3, 3 * rows.shape[1]))
+    np.testing.assert_array_equal(r.min.numpy(), rows.min(axis=1))
+    b = s.bounds_for(3)
+    one = RangeStats(bounds="imagenet", hist_bins=8)
+    one.update(x, detail=True)
+    check_summary(one.compute(), rows, torch.float32, detail=True, bounds=(b[0].numpy(), b[1].numpy()), hist=True)
+
+
+def test_where_the_kernel_applies(native, monkeypatch):
+    rows = torch.zeros(2, 3, 1000)
+    assert stats_native.usable(rows)
+    assert not stats_native.usable(rows.double())  # float32 only (half types arrive converted)
+    assert not stats_native.usable(rows.transpose(0, 2))  # not contiguous
+    assert not stats_native.usable(torch.zeros(2, 3, 4, device="meta"))
+    monkeypatch.setattr(stats_native, "MIN_ROW", 64)
+    assert not stats_native.usable(torch.zeros(1000, 3, 1))  # channels-last-like: short rows stay eager
+    assert stats_native.usable(torch.zeros(10, 3, 64))
+    monkeypatch.setattr(stats_native, "MIN_NUMEL", 1 << 16)
+    assert not stats_native.usable(rows)  # small tensors stay eager
+    monkeypatch.setattr(stats_native, "MIN_NUMEL", 1)
+    monkeypatch.setattr(stats_native, "enabled", False)
+    assert not stats_native.usable(rows)
