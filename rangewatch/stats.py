@@ -840,10 +840,8 @@ class RangeStats(Metric):
                     self._plans.clear()  # the kernel cannot run here: re-plan without it
                     return self.update(x, detail, moments)
                 rows = (x.detach() if x.requires_grad else x).view(plan.shape)
-                if plan.native:  # one read for both (stats_native): (A, C) partials
-                    mn, mx = stats_native.minmax(rows)
-                elif plan.compiled:  # one read for both (stats_inductor, opt-in): (A, C) partials
-                    out = stats_inductor.minmax(rows)
+                if plan.native or plan.compiled:  # one read for both (stats_native; stats_inductor, opt-in): (P, C) partials
+                    out = stats_native.minmax(rows) if plan.native else stats_inductor.minmax(rows)
                     if out is None:  # it failed (and is off now): re-plan without it
                         self._plans.clear()
                         return self.update(x, detail, moments)

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MIN_NUMEL", "available", "usable", "minmax", "moments", "detail", "histogram", "library"]
+__all__ = ["MIN_NUMEL", "MIN_ROW", "MAX_INTERLEAVED", "available", "usable", "minmax", "moments", "detail", "histogram", "library"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ enabled = os.environ.get("RANGEWATCH_NATIVE", "1") != "0"
 MIN_NUMEL = 1 << 16
 #: shorter rows (channels-last-like layouts: ``B`` of 1) stay eager, whose blocked reductions suit them
 MIN_ROW = 64
+#: channels-last-like views (``B`` of 1) with at most this many channels go through the kernel
+MAX_INTERLEAVED = 16
 SOURCE = Path(__file__).with_name("stats_native.c")
 _BASE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared"]
 
@@ -129,20 +131,26 @@ def _build(cc: str) -> Path:
     raise RuntimeError("building the kernel failed: " + " | ".join(errors))
 
 
+class _Layout(ctypes.Structure):
+    """``struct layout`` of ``stats_native.c``: where the segments of values are."""
+
+    _fields_ = [("x", _P), ("nseg", _I64), ("split", _I64), ("rowlen", _I64), ("seglen", _I64), ("cin", _I64),
+                ("crow", _I64), ("total", _I64)]
+
+
 def _load() -> Any:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (CC, cc, gcc, clang)")
     lib = ctypes.CDLL(str(_build(cc)))
-    if lib.rw_version() != 1:
+    if lib.rw_version() != 2:
         raise RuntimeError("a stale kernel library")
-    lib.rw_minmax.argtypes = [_P, _I64, _I64, _INT, _P]
-    lib.rw_moments.argtypes = [_P, _I64, _I64, _INT, _P, _P]
-    lib.rw_detail.argtypes = [_P, _I64, _I64, _I64, _P, _P, _INT, _P, _P]
-    lib.rw_histogram.argtypes = [_P, _I64, _I64, _I64, _P, _P, _P, _F, _F, _F, _I64, _INT, _P]
-    lib.rw_histogram.restype = _INT
-    for fn in (lib.rw_minmax, lib.rw_moments, lib.rw_detail):
-        fn.restype = None
+    lib.rw_minmax.argtypes = [_Layout, _INT, _P]
+    lib.rw_moments.argtypes = [_Layout, _INT, _P, _P]
+    lib.rw_detail.argtypes = [_Layout, _P, _P, _INT, _P, _P]
+    lib.rw_histogram.argtypes = [_Layout, _I64, _P, _P, _P, _F, _F, _F, _I64, _INT, _P]
+    for fn in (lib.rw_minmax, lib.rw_moments, lib.rw_detail, lib.rw_histogram):
+        fn.restype = _INT
     return lib
 
 
@@ -168,17 +176,50 @@ def available() -> bool:
 
 def usable(rows: torch.Tensor) -> bool:
     """Whether the kernel takes ``rows`` ``(A, C, B)``: float32, contiguous, on the CPU, at least
-    :data:`MIN_NUMEL` elements, outside a ``torch.compile`` trace. Decided from shapes, dtypes and
-    devices only."""
+    :data:`MIN_NUMEL` elements, outside a ``torch.compile`` trace, and either rows of at least
+    :data:`MIN_ROW` values or a channels-last-like view (``B`` of 1, at most :data:`MAX_INTERLEAVED`
+    channels). Decided from shapes, dtypes and devices only."""
     if not enabled or _broken is not None or rows.device.type != "cpu" or rows.dtype != torch.float32:
         return False
-    if rows.layout != torch.strided:
+    if rows.layout != torch.strided or rows.dim() != 3 or rows.numel() < MIN_NUMEL or not rows.is_contiguous():
         return False
-    if rows.numel() < MIN_NUMEL or rows.dim() != 3 or rows.shape[2] < MIN_ROW or not rows.is_contiguous():
+    b, c = rows.shape[2], rows.shape[1]
+    if not (b >= MIN_ROW or (b == 1 and c <= MAX_INTERLEAVED)):
         return False
     if torch.compiler.is_compiling():
         return False
     return available()
+
+
+def _layout(rows: torch.Tensor) -> tuple[_Layout, int]:
+    """The kernel's view of ``rows`` ``(A, C, B)``, and the thread count."""
+    a, c, b = rows.shape
+    threads = torch.get_num_threads()
+    if b == 1:  # channels-last-like: one row of A positions of C interleaved channels, cut into segments
+        seglen = max(-(-a // (4 * threads)), min(a, 4096))
+        nseg = -(-a // seglen)
+        return _Layout(rows.data_ptr(), nseg, nseg, a, seglen, c, c, rows.numel()), threads
+    # one segment per row; rows cut in parts when there are too few rows for the threads
+    split = -(-4 * threads // (a * c)) if a * c < 4 * threads and b >= 1 << 14 else 1
+    seglen = -(-b // split)
+    return _Layout(rows.data_ptr(), a * c * split, split, b, seglen, 1, c, rows.numel()), threads
+
+
+def _per_channel(t: torch.Tensor, g: _Layout, c: int, k: int) -> torch.Tensor:
+    """Results ``(segments * cin, k)`` as ``(P, C, parts, k)``: ``parts`` segments of one row
+    (``split``), else 1 (the interleaved layout: each segment is a partial of every channel)."""
+    if g.cin > 1:
+        return t.view(-1, c, 1, k)
+    return t.view(-1, c, g.split, k)
+
+
+def _pick(t: torch.Tensor, i: int, op: str) -> torch.Tensor:
+    """Result ``i`` of ``(P, C, parts, k)`` as ``(P, C, 1)``, the parts folded with ``op``."""
+    r = t[:, :, :, i]
+    if r.shape[2] == 1:
+        return r
+    return (r.amin(dim=2, keepdim=True) if op == "amin" else r.amax(dim=2, keepdim=True) if op == "amax"
+            else r.sum(dim=2, keepdim=True))
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -189,44 +230,58 @@ def _flat(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.reshape(-1).to(torch.float32).contiguous()
 
 
-def _count() -> None:
-    global calls
-    calls += 1
+def _ok(rc: int) -> bool:
+    """Count a kernel call; a declined layout (a bug: :func:`usable` admits only what the kernel
+    takes) switches the kernel off for the process, logged once."""
+    global calls, _broken
+    if rc == 0:
+        calls += 1
+        return True
+    if rc == -2 and _broken is None:
+        _broken = f"the kernel declined a layout ({rc})"
+        log.warning("rangewatch: %s; using the eager path from now on", _broken)
+    return False
 
 
-def minmax(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A, C)`` float32 min and max of ``rows`` ``(A, C, B)`` (NaN propagated)."""
-    a, c, b = rows.shape
-    out = torch.empty(a, c, 2)
-    library().rw_minmax(rows.data_ptr(), a * c, b, torch.get_num_threads(), out.data_ptr())
-    _count()
-    return out[..., 0], out[..., 1]
+def minmax(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(P, C)`` float32 partial min and max of ``rows`` ``(A, C, B)`` (NaN propagated), or None."""
+    g, threads = _layout(rows)
+    c = rows.shape[1]
+    out = torch.empty(g.nseg * g.cin, 2)
+    if not _ok(library().rw_minmax(g, threads, out.data_ptr())):
+        return None
+    t = _per_channel(out, g, c, 2)
+    return _pick(t, 0, "amin")[..., 0], _pick(t, 1, "amax")[..., 0]
 
 
-def moments(rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``(A, C, 1)`` min, max (float32), sum and sum of squares (float64) of ``rows`` ``(A, C, B)``
-    (the partials' shape of :func:`rangewatch.stats_inductor.moments`, one slice per row)."""
-    a, c, b = rows.shape
-    of = torch.empty(a, c, 2)
-    od = torch.empty(a, c, 2, dtype=torch.float64)
-    library().rw_moments(rows.data_ptr(), a * c, b, torch.get_num_threads(), of.data_ptr(), od.data_ptr())
-    _count()
-    return of[..., 0:1], of[..., 1:2], od[..., 0:1], od[..., 1:2]
+def moments(rows: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+    """``(P, C, 1)`` partial min, max (float32), sum and sum of squares (float64) of ``rows``
+    ``(A, C, B)`` (the partials' layout of :func:`rangewatch.stats_inductor.moments`), or None."""
+    g, threads = _layout(rows)
+    c = rows.shape[1]
+    of = torch.empty(g.nseg * g.cin, 2)
+    od = torch.empty(g.nseg * g.cin, 2, dtype=torch.float64)
+    if not _ok(library().rw_moments(g, threads, of.data_ptr(), od.data_ptr())):
+        return None
+    f, d = _per_channel(of, g, c, 2), _per_channel(od, g, c, 2)
+    return _pick(f, 0, "amin"), _pick(f, 1, "amax"), _pick(d, 0, "sum"), _pick(d, 1, "sum")
 
 
-def detail(rows: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-    """``(A, C, 1)`` min, max, sum, sum of squares, finite min, finite max, non-finite count, NaN
-    count, and with float32 bounds ``lo``/``hi`` (``C`` values each) the ``x < lo`` and ``x > hi``
-    counts (zeros without bounds): the order of :func:`rangewatch.stats_inductor.detail`."""
-    a, c, b = rows.shape
+def detail(rows: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None) -> tuple[torch.Tensor, ...] | None:
+    """``(P, C, 1)`` partial min, max, sum, sum of squares, finite min, finite max, non-finite
+    count, NaN count, and with float32 bounds ``lo``/``hi`` (``C`` values each) the ``x < lo`` and
+    ``x > hi`` counts (zeros without bounds): the order of :func:`rangewatch.stats_inductor.detail`;
+    or None."""
+    g, threads = _layout(rows)
+    c = rows.shape[1]
     lo, hi = _flat(lo), _flat(hi)
-    of = torch.empty(a, c, 4)
-    od = torch.empty(a, c, 6, dtype=torch.float64)
-    library().rw_detail(rows.data_ptr(), a * c, c, b, _ptr(lo), _ptr(hi), torch.get_num_threads(),
-                        of.data_ptr(), od.data_ptr())
-    _count()
-    return tuple(t[..., i:i + 1] for t, i in ((of, 0), (of, 1), (od, 0), (od, 1), (of, 2), (of, 3), (od, 2), (od, 3),
-                                               (od, 4), (od, 5)))
+    of = torch.empty(g.nseg * g.cin, 4)
+    od = torch.empty(g.nseg * g.cin, 6, dtype=torch.float64)
+    if not _ok(library().rw_detail(g, _ptr(lo), _ptr(hi), threads, of.data_ptr(), od.data_ptr())):
+        return None
+    f, d = _per_channel(of, g, c, 4), _per_channel(od, g, c, 6)
+    return (_pick(f, 0, "amin"), _pick(f, 1, "amax"), _pick(d, 0, "sum"), _pick(d, 1, "sum"), _pick(f, 2, "amin"),
+            _pick(f, 3, "amax"), *(_pick(d, i, "sum") for i in (2, 3, 4, 5)))
 
 
 def histogram(rows: torch.Tensor, origin: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, low: int,
@@ -234,11 +289,9 @@ def histogram(rows: torch.Tensor, origin: torch.Tensor, scale: torch.Tensor, off
     """``(size,)`` int64 counts of the histogram slots of ``rows``, with the slot arithmetic of
     ``RangeStats._histogram`` (``origin``/``scale``/``offset``: ``C`` float32 values each); None if
     the kernel declined (out of memory, or a slot outside ``size``)."""
-    a, c, b = rows.shape
+    g, threads = _layout(rows)
     origin, scale, offset = _flat(origin), _flat(scale), _flat(offset)
     counts = torch.zeros(size, dtype=torch.int64)
-    rc = library().rw_histogram(rows.data_ptr(), a * c, c, b, origin.data_ptr(), scale.data_ptr(), offset.data_ptr(),
-                                float(low), float(high), float(nan_slot), size, torch.get_num_threads(),
-                                counts.data_ptr())
-    _count()
-    return counts if rc == 0 else None
+    rc = library().rw_histogram(g, origin.numel(), origin.data_ptr(), scale.data_ptr(), offset.data_ptr(), float(low),
+                                float(high), float(nan_slot), size, threads, counts.data_ptr())
+    return counts if _ok(rc) else None

@@ -29,6 +29,7 @@ def native(monkeypatch):
     monkeypatch.setattr(stats_native, "enabled", True)
     monkeypatch.setattr(stats_native, "MIN_NUMEL", 1)
     monkeypatch.setattr(stats_native, "MIN_ROW", 1)
+    monkeypatch.setattr(stats_native, "_broken", None)  # restored after the test: a declined call switches it off
     return stats_native
 
 
@@ -46,7 +47,11 @@ def _case(**kw):
     _case(dtype=torch.float16, specials=["inf", "bound", "edge"], hist_bins=16, hist_range=(-2.0, 2.0)),
     _case(shape=[3, 2, 70], channel_dim=1, specials=["nan", "edge"], seed=5),  # 4 16-lane steps and a tail
     _case(shape=[4, 1, 4096], specials=["-inf", "bound"], hist_bins=8, seed=6),  # whole slices, one channel
-], ids=["specials-imagenet-hist64", "finite-plain", "float16-hist16", "short-rows", "one-channel"])
+    _case(layout="channels_last", seed=7),  # interleaved channels: 48 lanes, segments of positions
+    _case(shape=[2, 5, 9, 31], layout="channels_last", specials=["nan", "inf", "edge"], bounds=None, seed=8),
+    _case(shape=[1, 1, 3, 40000], specials=["nan", "-inf"], seed=11, bounds=None),  # one row cut in parts
+], ids=["specials-imagenet-hist64", "finite-plain", "float16-hist16", "short-rows", "one-channel", "channels-last",
+        "channels-last-5", "split-row"])
 def test_native_updates_match_numpy(native, case):
     c = case["shape"][case["channel_dim"]]
     s = stats_for(case)
@@ -126,14 +131,31 @@ def test_every_thread_count_gives_the_same_result(native):
             torch.testing.assert_close(getattr(r, k), getattr(out[0], k), rtol=0, atol=0, equal_nan=True, msg=k)
 
 
-def test_a_slot_outside_the_counts_is_declined(native):
+def test_a_slot_outside_the_counts_is_declined(native, caplog):
     rows = torch.zeros(1, 2, 64)
     one = torch.ones(2)
     # slots: clamp(floor(x), -1, 3) + offset, NaN at 4 + offset: channel 1's reach 5..10
     ok = native.histogram(rows, torch.zeros(2), one, torch.tensor([1.0, 6.0]), -1, 3, 4, 11)
     assert ok is not None and ok.tolist() == [0, 64, 0, 0, 0, 0, 64, 0, 0, 0, 0]
-    assert native.histogram(rows, torch.zeros(2), one, torch.tensor([1.0, 7.0]), -1, 3, 4, 11) is None  # NaN slot 11
-    assert native.histogram(rows, torch.zeros(2), one, torch.tensor([0.0, 6.0]), -1, 3, 4, 11) is None  # slot -1
+    with caplog.at_level(logging.WARNING, logger="rangewatch.stats_native"):
+        assert native.histogram(rows, torch.zeros(2), one, torch.tensor([1.0, 7.0]), -1, 3, 4, 11) is None  # NaN slot 11
+        assert native.histogram(rows, torch.zeros(2), one, torch.tensor([0.0, 6.0]), -1, 3, 4, 11) is None  # slot -1
+    # a caller's bug: the kernel is off for the process from then on, said once
+    assert native._broken and not native.usable(torch.zeros(1, 2, 64))
+    assert len([r for r in caplog.records if "declined" in r.getMessage()]) == 1
+
+
+def test_a_layout_reaching_past_the_tensor_is_declined_not_read(native):
+    """The kernel checks a layout against the tensor's size before it reads anything."""
+    lib = native.library()
+    x = torch.zeros(4, 3, 100)
+    g, threads = native._layout(x)
+    out = torch.empty(g.nseg * g.cin * 2)
+    assert lib.rw_minmax(g, threads, out.data_ptr()) == 0
+    for field, value in (("rowlen", 101), ("nseg", 13), ("total", 1199), ("cin", 17), ("seglen", 0)):
+        bad = native._Layout(*(getattr(g, f) for f, _ in native._Layout._fields_))
+        setattr(bad, field, value)
+        assert lib.rw_minmax(bad, threads, out.data_ptr()) == -2, field
 
 
 @pytest.mark.parametrize("why", ["no compiler", "build fails"])
@@ -174,7 +196,9 @@ def test_where_the_kernel_applies(native, monkeypatch):
     assert not stats_native.usable(rows.transpose(0, 2))  # not contiguous
     assert not stats_native.usable(torch.zeros(2, 3, 4, device="meta"))
     monkeypatch.setattr(stats_native, "MIN_ROW", 64)
-    assert not stats_native.usable(torch.zeros(1000, 3, 1))  # channels-last-like: short rows stay eager
+    assert not stats_native.usable(torch.zeros(1000, 3, 2))  # short rows stay eager
+    assert stats_native.usable(torch.zeros(1000, 3, 1))  # channels-last-like: interleaved channels
+    assert not stats_native.usable(torch.zeros(1000, 17, 1))  # ... of at most MAX_INTERLEAVED channels
     assert stats_native.usable(torch.zeros(10, 3, 64))
     monkeypatch.setattr(stats_native, "MIN_NUMEL", 1 << 16)
     assert not stats_native.usable(rows)  # small tensors stay eager
