@@ -253,7 +253,7 @@ INLINE void hist_seg(const float *p, int64_t m, const int64_t W, const int64_t C
           float hh = floorf((v - o[j]) * sc[j]);
           hh = hh < low ? low : hh;
           hh = hh > high ? high : hh;
-          hh = v != v ? nan_slot + off[j] : hh + off[j];
+          hh = hh != hh ? nan_slot + off[j] : hh + off[j]; /* NaN slot: as the eager nan_to_num */
           d[j] = (int32_t)hh;
         }
       }
@@ -266,13 +266,14 @@ INLINE void hist_seg(const float *p, int64_t m, const int64_t W, const int64_t C
       float hh = floorf((v - o[j]) * sc[j]);
       hh = hh < low ? low : hh;
       hh = hh > high ? high : hh;
-      hh = v != v ? nan_slot + off[j] : hh + off[j];
+      hh = hh != hh ? nan_slot + off[j] : hh + off[j]; /* NaN slot: as the eager nan_to_num */
       loc[(int32_t)hh]++;
     }
 }
 
 /* Histogram slot counts, the slot arithmetic of RangeStats._histogram in float32:
- * slot = clamp(floor((v - origin[c]) * scale[c]), low, high) + offset[c], NaN -> nan_slot + offset[c];
+ * slot = clamp(floor((v - origin[c]) * scale[c]), low, high) + offset[c], a NaN slot value (NaN v) ->
+ * nan_slot + offset[c];
  * counts (int64, `size` of them) are added to. Returns 0; -1 if memory ran out, -2 if a slot would
  * fall outside `counts` or the layout is odd (nothing added either way). `channels`: how many
  * entries origin/scale/offset have. */

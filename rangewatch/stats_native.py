@@ -32,7 +32,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -74,8 +73,8 @@ def _compiler() -> str | None:
     return None
 
 
-def _cpu_key() -> str:
-    """What ``-march=native`` depends on: the CPU's feature flags where Linux lists them."""
+def _cpu_flags() -> str | None:
+    """The CPU's feature flags where Linux lists them: what ``-march=native`` depends on."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -83,7 +82,7 @@ def _cpu_key() -> str:
                     return line
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
 
 
 def _cache_dir() -> Path:
@@ -93,9 +92,11 @@ def _cache_dir() -> Path:
 
 
 def _flag_sets() -> list[list[str]]:
-    """Flags tried in order: native CPU and OpenMP first, then without each."""
-    native = [] if platform.machine().lower() in ("arm64", "aarch64") and sys.platform == "darwin" else ["-march=native"]
-    return [native + ["-fopenmp"], ["-fopenmp"], native, []]
+    """Flags tried in order: native CPU and OpenMP first, then without each. ``-march=native`` only
+    where the CPU's flags key the cache (a cache shared by machines with other CPUs must not hand
+    them code for this one)."""
+    native = ["-march=native"] if _cpu_flags() else []
+    return [native + ["-fopenmp"], ["-fopenmp"], native, []] if native else [["-fopenmp"], []]
 
 
 def _build(cc: str) -> Path:
@@ -103,7 +104,7 @@ def _build(cc: str) -> Path:
     errors = []
     for extra in _flag_sets():
         flags = _BASE_FLAGS + extra
-        key = hashlib.sha256(b"\0".join([src, cc.encode(), " ".join(flags).encode(), _cpu_key().encode(),
+        key = hashlib.sha256(b"\0".join([src, cc.encode(), " ".join(flags).encode(), (_cpu_flags() or "").encode(),
                                           platform.machine().encode()])).hexdigest()[:20]
         out = _cache_dir() / f"stats_native-{key}.so"
         if out.exists():
