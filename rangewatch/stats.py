@@ -899,7 +899,7 @@ class RangeStats(Metric):
                 if detail:
                     self._update_detail(rows, c, n, out[0].amin(dim=0), out[1].amax(dim=0))
                 return
-        if floating and self._update_compiled(rows, c, n, with_moments, detail):
+        if floating and self._update_fused(rows, c, n, with_moments, detail):
             if detail:
                 self.value_sample.update(x)
             return
@@ -925,7 +925,7 @@ class RangeStats(Metric):
             self._update_detail(rows, c, n, mn, mx)
             self.value_sample.update(x)
 
-    def _update_compiled(self, rows: torch.Tensor, c: int, n: int, with_moments: bool, detail: bool) -> bool:
+    def _update_fused(self, rows: torch.Tensor, c: int, n: int, with_moments: bool, detail: bool) -> bool:
         """The update through a fused CPU kernel: the one-read C kernel (:mod:`rangewatch.stats_native`,
         the default) or the compiled functions (:mod:`rangewatch.stats_inductor`, opt-in): one read
         of ``rows`` for every reduction, one more for the histogram slots. False (nothing changed)
