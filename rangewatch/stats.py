@@ -47,7 +47,7 @@ channels-last or any dense layout) are read once by a Triton kernel (:mod:`range
 that yields per-channel min, max, sum and sum of squares (NaN propagated into min/max, from which the
 non-finite flag is derived); its partials stay pending on the device and are folded into the states
 when these are next read, so an every-step update is one kernel launch. On CPU, float32 tensors
-(float16/bfloat16 arrive converted) of at least 2^16 elements with a contiguous ``(A, C, B)`` view
+(float16/bfloat16 arrive converted) of at least 2^17 elements with a contiguous ``(A, C, B)`` view
 are read once per update kind by a small C kernel (:mod:`rangewatch.stats_native`, built with the
 system compiler at first use in under a second and cached), in 16 float32 lanes over slices of at
 most 1024 values; the histogram's slots take one more read. Everywhere else (other dtypes,

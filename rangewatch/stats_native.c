@@ -27,10 +27,9 @@
 #define MAXW (LANES * MAXC)
 #define STEPS 64
 
-int rw_version(void) { return 2; }
+int rw_version(void) { return 3; }
 
 typedef struct {
-  const float *x;
   int64_t nseg;   /* segments */
   int64_t split;  /* segments per row (cin = 1), else 1 */
   int64_t rowlen; /* positions per row (cin = 1) or in all (cin > 1) */
@@ -41,12 +40,12 @@ typedef struct {
 } layout;
 
 /* the values of segment s: *n of them, from the returned pointer */
-static inline const float *seg(const layout *g, int64_t s, int64_t *n) {
+static inline const float *seg(const float *x, const layout *g, int64_t s, int64_t *n) {
   int64_t row = s / g->split, part = s % g->split;
   int64_t first = part * g->seglen;
   int64_t end = first + g->seglen < g->rowlen ? first + g->seglen : g->rowlen;
   *n = (end > first ? end - first : 0) * g->cin;
-  return g->x + (row * g->rowlen + first) * g->cin;
+  return x + (row * g->rowlen + first) * g->cin;
 }
 
 static inline int64_t chan0(const layout *g, int64_t s) { return g->cin > 1 ? 0 : (s / g->split) % g->crow; }
@@ -64,7 +63,7 @@ static int check(const layout *g) {
  * view: fixed-length loops the compiler keeps in registers, about twice as fast) and for any C. */
 #define INLINE static inline __attribute__((always_inline))
 
-INLINE void minmax_seg(const float *p, int64_t m, const int64_t W, const int64_t C, int64_t s, float *out) {
+INLINE void minmax_seg(const float *p, int64_t m, const int64_t W, const int64_t C, int64_t s, int64_t ns, float *out) {
     float a[MAXW], b[MAXW], n[MAXW];
     for (int64_t j = 0; j < W; j++) { a[j] = INFINITY; b[j] = -INFINITY; n[j] = 0.0f; }
     int64_t nb = m / W;
@@ -87,25 +86,29 @@ INLINE void minmax_seg(const float *p, int64_t m, const int64_t W, const int64_t
       float A = INFINITY, M = -INFINITY, N = 0.0f;
       for (int64_t j = c; j < W; j += C) { A = a[j] < A ? a[j] : A; M = b[j] > M ? b[j] : M; N += n[j]; }
       if (N > 0.0f) { A = NAN; M = NAN; }
-      out[(s * C + c) * 2] = A; out[(s * C + c) * 2 + 1] = M;
+      out[s * C + c] = A; out[ns + s * C + c] = M;
     }
 }
 
-/* Per (segment, channel) min and max: out[(s * cin + c) * 2 + {0, 1}]. */
-int rw_minmax(layout g, int nthreads, float *out) {
+/* Results: statistic k of (segment s, channel c) at out[k * S + s * cin + c], S = nseg * cin. */
+
+/* Per (segment, channel) min and max. */
+int rw_minmax(const float *x, const layout *gp, int nthreads, float *out) {
+  const layout g = *gp;
   if (!check(&g)) return -2;
+  const int64_t S = g.nseg * g.cin;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int64_t s = 0; s < g.nseg; s++) {
     int64_t m;
-    const float *p = seg(&g, s, &m);
-    if (g.cin == 1) minmax_seg(p, m, LANES, 1, s, out);
-    else minmax_seg(p, m, LANES * g.cin, g.cin, s, out);
+    const float *p = seg(x, &g, s, &m);
+    if (g.cin == 1) minmax_seg(p, m, LANES, 1, s, S, out);
+    else minmax_seg(p, m, LANES * g.cin, g.cin, s, S, out);
   }
   return 0;
 }
 
-INLINE void moments_seg(const float *p, int64_t m, const int64_t W, const int64_t C, int64_t s, float *out_f,
-                        double *out_d) {
+INLINE void moments_seg(const float *p, int64_t m, const int64_t W, const int64_t C, int64_t s, int64_t ns,
+                        float *out_f, double *out_d) {
     float a[MAXW], b[MAXW], t[MAXW], q2[MAXW];
     double S[MAXW], Q[MAXW];
     for (int64_t j = 0; j < W; j++) { a[j] = INFINITY; b[j] = -INFINITY; S[j] = 0.0; Q[j] = 0.0; }
@@ -137,20 +140,22 @@ INLINE void moments_seg(const float *p, int64_t m, const int64_t W, const int64_
       for (int64_t j = c; j < W; j += C) { A = a[j] < A ? a[j] : A; M = b[j] > M ? b[j] : M; SS += S[j]; QQ += Q[j]; }
       if (QQ != QQ) { A = NAN; M = NAN; } /* a square is NaN only where the value is: NaN is present */
       int64_t o = s * C + c;
-      out_f[2 * o] = A; out_f[2 * o + 1] = M;
-      out_d[2 * o] = SS; out_d[2 * o + 1] = QQ;
+      out_f[o] = A; out_f[ns + o] = M;
+      out_d[o] = SS; out_d[ns + o] = QQ;
     }
 }
 
 /* Per (segment, channel) min, max (out_f, 2 each), sum and sum of squares (out_d, 2 each). */
-int rw_moments(layout g, int nthreads, float *out_f, double *out_d) {
+int rw_moments(const float *x, const layout *gp, int nthreads, float *out_f, double *out_d) {
+  const layout g = *gp;
   if (!check(&g)) return -2;
+  const int64_t S = g.nseg * g.cin;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int64_t s = 0; s < g.nseg; s++) {
     int64_t m;
-    const float *p = seg(&g, s, &m);
-    if (g.cin == 1) moments_seg(p, m, LANES, 1, s, out_f, out_d);
-    else moments_seg(p, m, LANES * g.cin, g.cin, s, out_f, out_d);
+    const float *p = seg(x, &g, s, &m);
+    if (g.cin == 1) moments_seg(p, m, LANES, 1, s, S, out_f, out_d);
+    else moments_seg(p, m, LANES * g.cin, g.cin, s, S, out_f, out_d);
   }
   return 0;
 }
@@ -158,7 +163,7 @@ int rw_moments(layout g, int nthreads, float *out_f, double *out_d) {
 /* Per (segment, channel): min, max, finite min, finite max (out_f, 4 each); sum, sum of squares,
  * non-finite count, NaN count, count below lo[c], count above hi[c] (out_d, 6 each). lo/hi may be
  * NULL (no bounds: those counts are 0). */
-INLINE void detail_seg(const float *p, int64_t m, const int64_t W, const int64_t C, int64_t s, int64_t c0,
+INLINE void detail_seg(const float *p, int64_t m, const int64_t W, const int64_t C, int64_t s, int64_t ns, int64_t c0,
                        const float *lo, const float *hi, float *out_f, double *out_d) {
     float l[MAXW], h[MAXW];
     float a[MAXW], b[MAXW], t[MAXW], q2[MAXW], nf[MAXW], nn[MAXW], cl[MAXW], ch[MAXW];
@@ -215,20 +220,23 @@ INLINE void detail_seg(const float *p, int64_t m, const int64_t W, const int64_t
       }
       if (o6[3] > 0.0) { A = NAN; M = NAN; }
       int64_t o = s * C + c;
-      out_f[4 * o] = A; out_f[4 * o + 1] = M; out_f[4 * o + 2] = FA; out_f[4 * o + 3] = FM;
-      for (int k = 0; k < 6; k++) out_d[6 * o + k] = o6[k];
+      out_f[o] = A; out_f[ns + o] = M; out_f[2 * ns + o] = FA; out_f[3 * ns + o] = FM;
+      for (int k = 0; k < 6; k++) out_d[k * ns + o] = o6[k];
     }
 }
 
-int rw_detail(layout g, const float *lo, const float *hi, int nthreads, float *out_f, double *out_d) {
+int rw_detail(const float *x, const layout *gp, const float *lo, const float *hi, int nthreads, float *out_f,
+              double *out_d) {
+  const layout g = *gp;
   if (!check(&g)) return -2;
+  const int64_t S = g.nseg * g.cin;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int64_t s = 0; s < g.nseg; s++) {
     int64_t m;
-    const float *p = seg(&g, s, &m);
+    const float *p = seg(x, &g, s, &m);
     int64_t c0 = chan0(&g, s);
-    if (g.cin == 1) detail_seg(p, m, LANES, 1, s, c0, lo, hi, out_f, out_d);
-    else detail_seg(p, m, LANES * g.cin, g.cin, s, c0, lo, hi, out_f, out_d);
+    if (g.cin == 1) detail_seg(p, m, LANES, 1, s, S, c0, lo, hi, out_f, out_d);
+    else detail_seg(p, m, LANES * g.cin, g.cin, s, S, c0, lo, hi, out_f, out_d);
   }
   return 0;
 }
@@ -277,8 +285,9 @@ INLINE void hist_seg(const float *p, int64_t m, const int64_t W, const int64_t C
  * counts (int64, `size` of them) are added to. Returns 0; -1 if memory ran out, -2 if a slot would
  * fall outside `counts` or the layout is odd (nothing added either way). `channels`: how many
  * entries origin/scale/offset have. */
-int rw_histogram(layout g, int64_t channels, const float *origin, const float *scale, const float *offset,
+int rw_histogram(const float *x, const layout *gp, int64_t channels, const float *origin, const float *scale, const float *offset,
                  float low, float high, float nan_slot, int64_t size, int nthreads, int64_t *counts) {
+  const layout g = *gp;
   if (!check(&g)) return -2;
   for (int64_t c = 0; c < channels; c++) /* every slot inside counts, or nothing is counted */
     if (!(offset[c] + low >= 0.0f && offset[c] + high < (float)size && nan_slot + offset[c] >= 0.0f &&
@@ -302,7 +311,7 @@ int rw_histogram(layout g, int64_t channels, const float *origin, const float *s
 #pragma omp for schedule(static)
       for (int64_t s = 0; s < g.nseg; s++) {
         int64_t m;
-        const float *p = seg(&g, s, &m);
+        const float *p = seg(x, &g, s, &m);
         int64_t c0 = chan0(&g, s);
         if (g.cin == 1) hist_seg(p, m, LANES, 1, c0, origin, scale, offset, low, high, nan_slot, BLOCKS1, idx, loc);
         else hist_seg(p, m, LANES * g.cin, g.cin, c0, origin, scale, offset, low, high, nan_slot, BLOCKS, idx, loc);

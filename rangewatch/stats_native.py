@@ -13,7 +13,7 @@ the eager path's float32 operations (``-ffp-contract=off``). Rows are shared amo
 
 Cost: building takes about half a second once per machine (the library is cached under
 ``$RANGEWATCH_CACHE_DIR``, default ``~/.cache/rangewatch``, keyed by the source, the compiler and
-the CPU), a call about 5 us on top of the read. Why not ``torch.compile``: inductor's compile of the same
+the CPU), a call about 20 us of Python on top of the read. Why not ``torch.compile``: inductor's compile of the same
 loops takes 9-45 s per shape on a small CPU (:mod:`rangewatch.stats_inductor`, kept opt-in); this
 kernel is shape-independent and built in under a second, so it is on by default.
 
@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 
 #: whether the kernel may be used (``RANGEWATCH_NATIVE=0`` turns it off)
 enabled = os.environ.get("RANGEWATCH_NATIVE", "1") != "0"
-#: smaller tensors stay eager (the eager reductions of a small tensor cost a few microseconds)
-MIN_NUMEL = 1 << 16
+#: smaller tensors stay eager: a kernel call costs about 20 us of Python around it, which the eager
+#: reductions beat below about 2^17 values (one thread, measured with the update's own overhead)
+MIN_NUMEL = 1 << 17
 #: shorter rows (channels-last-like layouts: ``B`` of 1) stay eager, whose blocked reductions suit them
 MIN_ROW = 64
 #: channels-last-like views (``B`` of 1) with at most this many channels go through the kernel
@@ -133,10 +134,10 @@ def _build(cc: str) -> Path:
 
 
 class _Layout(ctypes.Structure):
-    """``struct layout`` of ``stats_native.c``: where the segments of values are."""
+    """``struct layout`` of ``stats_native.c``: how the values are cut into segments."""
 
-    _fields_ = [("x", _P), ("nseg", _I64), ("split", _I64), ("rowlen", _I64), ("seglen", _I64), ("cin", _I64),
-                ("crow", _I64), ("total", _I64)]
+    _fields_ = [("nseg", _I64), ("split", _I64), ("rowlen", _I64), ("seglen", _I64), ("cin", _I64), ("crow", _I64),
+                ("total", _I64)]
 
 
 def _load() -> Any:
@@ -144,12 +145,13 @@ def _load() -> Any:
     if cc is None:
         raise RuntimeError("no C compiler found (CC, cc, gcc, clang)")
     lib = ctypes.CDLL(str(_build(cc)))
-    if lib.rw_version() != 2:
+    if lib.rw_version() != 3:
         raise RuntimeError("a stale kernel library")
-    lib.rw_minmax.argtypes = [_Layout, _INT, _P]
-    lib.rw_moments.argtypes = [_Layout, _INT, _P, _P]
-    lib.rw_detail.argtypes = [_Layout, _P, _P, _INT, _P, _P]
-    lib.rw_histogram.argtypes = [_Layout, _I64, _P, _P, _P, _F, _F, _F, _I64, _INT, _P]
+    lay = ctypes.POINTER(_Layout)
+    lib.rw_minmax.argtypes = [_P, lay, _INT, _P]
+    lib.rw_moments.argtypes = [_P, lay, _INT, _P, _P]
+    lib.rw_detail.argtypes = [_P, lay, _P, _P, _INT, _P, _P]
+    lib.rw_histogram.argtypes = [_P, lay, _I64, _P, _P, _P, _F, _F, _F, _I64, _INT, _P]
     for fn in (lib.rw_minmax, lib.rw_moments, lib.rw_detail, lib.rw_histogram):
         fn.restype = _INT
     return lib
@@ -192,35 +194,47 @@ def usable(rows: torch.Tensor) -> bool:
     return available()
 
 
-def _layout(rows: torch.Tensor) -> tuple[_Layout, int]:
-    """The kernel's view of ``rows`` ``(A, C, B)``, and the thread count."""
-    a, c, b = rows.shape
+class _Plan:
+    """The kernel's layout for one ``(A, C, B)`` shape and thread count, and how its results
+    ``(k, slots)`` read as per-channel partials: ``(k, P, C, 1)`` (``parts`` > 1: segments of one
+    row, folded over that axis)."""
+
+    __slots__ = ("layout", "ref", "slots", "view", "parts")
+
+    def __init__(self, a: int, c: int, b: int, threads: int) -> None:
+        if b == 1:  # channels-last-like: one row of A positions of C interleaved channels, cut into segments
+            seglen = max(-(-a // (4 * threads)), min(a, 4096))
+            nseg = -(-a // seglen)
+            self.layout = _Layout(nseg, nseg, a, seglen, c, c, a * c)
+            self.view, self.parts = (nseg, c, 1), 1
+        else:  # one segment per row; rows cut in parts when there are too few rows for the threads
+            split = -(-4 * threads // (a * c)) if a * c < 4 * threads and b >= 1 << 14 else 1
+            self.layout = _Layout(a * c * split, split, b, -(-b // split), 1, c, a * c * b)
+            self.view, self.parts = (a, c, split), split
+        self.ref = ctypes.byref(self.layout)
+        self.slots = self.layout.nseg * self.layout.cin
+
+    def read(self, out: torch.Tensor, ops: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+        """``out`` ``(k, slots)`` as k ``(P, C, 1)`` partials (``ops``: how parts of a row fold)."""
+        t = out.view(len(ops), *self.view)
+        if self.parts == 1:
+            return t.unbind(0)
+        return tuple(r.amin(dim=2, keepdim=True) if op == "amin" else r.amax(dim=2, keepdim=True) if op == "amax"
+                     else r.sum(dim=2, keepdim=True) for r, op in zip(t.unbind(0), ops))
+
+
+_PLANS: dict[tuple[int, int, int, int], _Plan] = {}
+
+
+def _plan(rows: torch.Tensor) -> tuple[_Plan, int]:
     threads = torch.get_num_threads()
-    if b == 1:  # channels-last-like: one row of A positions of C interleaved channels, cut into segments
-        seglen = max(-(-a // (4 * threads)), min(a, 4096))
-        nseg = -(-a // seglen)
-        return _Layout(rows.data_ptr(), nseg, nseg, a, seglen, c, c, rows.numel()), threads
-    # one segment per row; rows cut in parts when there are too few rows for the threads
-    split = -(-4 * threads // (a * c)) if a * c < 4 * threads and b >= 1 << 14 else 1
-    seglen = -(-b // split)
-    return _Layout(rows.data_ptr(), a * c * split, split, b, seglen, 1, c, rows.numel()), threads
-
-
-def _per_channel(t: torch.Tensor, g: _Layout, c: int, k: int) -> torch.Tensor:
-    """Results ``(segments * cin, k)`` as ``(P, C, parts, k)``: ``parts`` segments of one row
-    (``split``), else 1 (the interleaved layout: each segment is a partial of every channel)."""
-    if g.cin > 1:
-        return t.view(-1, c, 1, k)
-    return t.view(-1, c, g.split, k)
-
-
-def _pick(t: torch.Tensor, i: int, op: str) -> torch.Tensor:
-    """Result ``i`` of ``(P, C, parts, k)`` as ``(P, C, 1)``, the parts folded with ``op``."""
-    r = t[:, :, :, i]
-    if r.shape[2] == 1:
-        return r
-    return (r.amin(dim=2, keepdim=True) if op == "amin" else r.amax(dim=2, keepdim=True) if op == "amax"
-            else r.sum(dim=2, keepdim=True))
+    key = (*rows.shape, threads)
+    p = _PLANS.get(key)
+    if p is None:
+        if len(_PLANS) >= 256:  # ever-changing shapes: stay bounded
+            _PLANS.clear()
+        p = _PLANS[key] = _Plan(*rows.shape, threads)
+    return p, threads
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -246,26 +260,23 @@ def _ok(rc: int) -> bool:
 
 def minmax(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(P, C)`` float32 partial min and max of ``rows`` ``(A, C, B)`` (NaN propagated), or None."""
-    g, threads = _layout(rows)
-    c = rows.shape[1]
-    out = torch.empty(g.nseg * g.cin, 2)
-    if not _ok(library().rw_minmax(g, threads, out.data_ptr())):
+    p, threads = _plan(rows)
+    out = torch.empty(2, p.slots)
+    if not _ok(library().rw_minmax(rows.data_ptr(), p.ref, threads, out.data_ptr())):
         return None
-    t = _per_channel(out, g, c, 2)
-    return _pick(t, 0, "amin")[..., 0], _pick(t, 1, "amax")[..., 0]
+    mn, mx = p.read(out, ("amin", "amax"))
+    return mn.squeeze(-1), mx.squeeze(-1)
 
 
 def moments(rows: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
     """``(P, C, 1)`` partial min, max (float32), sum and sum of squares (float64) of ``rows``
     ``(A, C, B)`` (the partials' layout of :func:`rangewatch.stats_inductor.moments`), or None."""
-    g, threads = _layout(rows)
-    c = rows.shape[1]
-    of = torch.empty(g.nseg * g.cin, 2)
-    od = torch.empty(g.nseg * g.cin, 2, dtype=torch.float64)
-    if not _ok(library().rw_moments(g, threads, of.data_ptr(), od.data_ptr())):
+    p, threads = _plan(rows)
+    of = torch.empty(2, p.slots)
+    od = torch.empty(2, p.slots, dtype=torch.float64)
+    if not _ok(library().rw_moments(rows.data_ptr(), p.ref, threads, of.data_ptr(), od.data_ptr())):
         return None
-    f, d = _per_channel(of, g, c, 2), _per_channel(od, g, c, 2)
-    return _pick(f, 0, "amin"), _pick(f, 1, "amax"), _pick(d, 0, "sum"), _pick(d, 1, "sum")
+    return p.read(of, ("amin", "amax")) + p.read(od, ("sum", "sum"))
 
 
 def detail(rows: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None) -> tuple[torch.Tensor, ...] | None:
@@ -273,16 +284,15 @@ def detail(rows: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None)
     count, NaN count, and with float32 bounds ``lo``/``hi`` (``C`` values each) the ``x < lo`` and
     ``x > hi`` counts (zeros without bounds): the order of :func:`rangewatch.stats_inductor.detail`;
     or None."""
-    g, threads = _layout(rows)
-    c = rows.shape[1]
+    p, threads = _plan(rows)
     lo, hi = _flat(lo), _flat(hi)
-    of = torch.empty(g.nseg * g.cin, 4)
-    od = torch.empty(g.nseg * g.cin, 6, dtype=torch.float64)
-    if not _ok(library().rw_detail(g, _ptr(lo), _ptr(hi), threads, of.data_ptr(), od.data_ptr())):
+    of = torch.empty(4, p.slots)
+    od = torch.empty(6, p.slots, dtype=torch.float64)
+    if not _ok(library().rw_detail(rows.data_ptr(), p.ref, _ptr(lo), _ptr(hi), threads, of.data_ptr(), od.data_ptr())):
         return None
-    f, d = _per_channel(of, g, c, 4), _per_channel(od, g, c, 6)
-    return (_pick(f, 0, "amin"), _pick(f, 1, "amax"), _pick(d, 0, "sum"), _pick(d, 1, "sum"), _pick(f, 2, "amin"),
-            _pick(f, 3, "amax"), *(_pick(d, i, "sum") for i in (2, 3, 4, 5)))
+    mn, mx, fmn, fmx = p.read(of, ("amin", "amax", "amin", "amax"))
+    s, q, nonfinite, nan, below, above = p.read(od, ("sum",) * 6)
+    return mn, mx, s, q, fmn, fmx, nonfinite, nan, below, above
 
 
 def histogram(rows: torch.Tensor, origin: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, low: int,
@@ -290,9 +300,10 @@ def histogram(rows: torch.Tensor, origin: torch.Tensor, scale: torch.Tensor, off
     """``(size,)`` int64 counts of the histogram slots of ``rows``, with the slot arithmetic of
     ``RangeStats._histogram`` (``origin``/``scale``/``offset``: ``C`` float32 values each); None if
     the kernel declined (out of memory, or a slot outside ``size``)."""
-    g, threads = _layout(rows)
+    p, threads = _plan(rows)
     origin, scale, offset = _flat(origin), _flat(scale), _flat(offset)
     counts = torch.zeros(size, dtype=torch.int64)
-    rc = library().rw_histogram(g, origin.numel(), origin.data_ptr(), scale.data_ptr(), offset.data_ptr(), float(low),
-                                float(high), float(nan_slot), size, threads, counts.data_ptr())
+    rc = library().rw_histogram(rows.data_ptr(), p.ref, origin.numel(), origin.data_ptr(), scale.data_ptr(),
+                                offset.data_ptr(), float(low), float(high), float(nan_slot), size, threads,
+                                counts.data_ptr())
     return counts if _ok(rc) else None

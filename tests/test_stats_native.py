@@ -9,6 +9,7 @@ and short rows, the tests below the 16-lane loops and slices of 1024.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import shutil
 
@@ -149,13 +150,13 @@ def test_a_layout_reaching_past_the_tensor_is_declined_not_read(native):
     """The kernel checks a layout against the tensor's size before it reads anything."""
     lib = native.library()
     x = torch.zeros(4, 3, 100)
-    g, threads = native._layout(x)
-    out = torch.empty(g.nseg * g.cin * 2)
-    assert lib.rw_minmax(g, threads, out.data_ptr()) == 0
+    p, threads = native._plan(x)
+    out = torch.empty(2, p.slots)
+    assert lib.rw_minmax(x.data_ptr(), p.ref, threads, out.data_ptr()) == 0
     for field, value in (("rowlen", 101), ("nseg", 13), ("total", 1199), ("cin", 17), ("seglen", 0)):
-        bad = native._Layout(*(getattr(g, f) for f, _ in native._Layout._fields_))
+        bad = native._Layout(*(getattr(p.layout, f) for f, _ in native._Layout._fields_))
         setattr(bad, field, value)
-        assert lib.rw_minmax(bad, threads, out.data_ptr()) == -2, field
+        assert lib.rw_minmax(x.data_ptr(), ctypes.byref(bad), threads, out.data_ptr()) == -2, field
 
 
 @pytest.mark.parametrize("why", ["no compiler", "build fails"])
