@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import os
 from pathlib import Path
 
@@ -50,6 +51,23 @@ def fit(logger) -> RangeWatch:
     pl.Trainer(max_steps=2, logger=logger, callbacks=[w], accelerator="cpu", enable_progress_bar=False, enable_checkpointing=False,
                enable_model_summary=False, limit_val_batches=1, num_sanity_val_steps=0, log_every_n_steps=1).fit(Net(), loader, loader)
     return w
+
+
+def finished_wandb_records(run_dir: Path, timeout: float = 60.0) -> list:
+    """The run's records once W&B has written its ``exit`` record: ``wandb.finish()`` can return
+    while the service still writes the file (seen as a file cut at a 32 KiB block, history rows missing,
+    a record half written)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            recs = wandb_records(next(run_dir.glob("run-*.wandb")))
+        except Exception:  # noqa: BLE001  (a record still being written)
+            if time.monotonic() > deadline:
+                raise
+            recs = []
+        if any(r.WhichOneof("record_type") == "exit" for r in recs) or (recs and time.monotonic() > deadline):
+            return recs
+        time.sleep(0.2)
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -107,7 +125,7 @@ def test_wandb_offline(tmp_path, monkeypatch):
     wandb.finish()
     (run_dir,) = list((tmp_path / "wandb").glob("offline-run-*"))
     history: dict[str, list] = {}
-    for r in wandb_records(next(run_dir.glob("run-*.wandb"))):
+    for r in finished_wandb_records(run_dir):
         if r.WhichOneof("record_type") == "history":
             row = {(it.key or "/".join(it.nested_key)): json.loads(it.value_json) for it in r.history.item}
             for k, v in row.items():
