@@ -29,10 +29,13 @@ shared machine falls on all arms alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 
 os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "0")  # every compiled arm compiles (no reuse of an earlier arm's code)
 os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "0")
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # compile in the arm's own process (the machine is shared)
 import platform
 import random
 import statistics
@@ -143,6 +146,119 @@ def _run_arm(arm: str, backend: str | None, steps: int, steady: int) -> tuple[fl
     return first, rate, int(dynamo.utils.counters["stats"]["unique_graphs"]), step_median, breaks, cpu_median
 
 
+# ------------------------------------------------------------------------------------------------ --interleave
+class _Turns(pl.Callback):
+    """Step-interleaved Lightning fits: each fit runs in its own process and takes one training step
+    per turn (the scheduler hands the turn round in a shuffled order), so load drift on a shared
+    machine falls on all arms alike. Per step: the process's CPU time (``time.process_time``; one
+    thread with ``--threads 1``) and the wall time, from the end of one step to the end of the next
+    (a full period of the loop, every callback included), the wait for the next turn left out."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.cpu: list[float] = []
+        self.wall: list[float] = []
+        self._c = self._w = 0.0
+
+    def begin(self) -> None:
+        self.conn.recv()
+        self._c, self._w = time.process_time(), time.perf_counter()
+
+    def on_train_batch_end(self, *args) -> None:
+        c, w = time.process_time(), time.perf_counter()
+        self.cpu.append(c - self._c)
+        self.wall.append(w - self._w)
+        self.conn.send("step")
+        self.conn.recv()
+        self._c, self._w = time.process_time(), time.perf_counter()
+
+
+def _interleaved_fit(conn, mode: str, arm: str, backend: str | None, n_steps: int, threads: int) -> None:
+    """One arm's process: a real Lightning fit, one training step per turn; sends its step times at the end."""
+    conn.send("ready")  # imported: the next arm's process may start
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    import torch._dynamo as dynamo
+
+    from rangewatch import compile_hooks
+
+    breaks = arm.endswith(BREAKS)
+    arm = arm.removesuffix(BREAKS)
+    compile_hooks.AVAILABLE = compile_hooks.AVAILABLE and not breaks  # read when the hooks are placed
+    t = _Turns(conn)
+    t.begin()
+    opts = ARMS[arm]
+    cbs: list = [t] + ([RangeWatch(**opts, log_every_n_steps=50)] if opts is not None else [])
+    trainer = pl.Trainer(accelerator="cpu", max_steps=n_steps, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0, callbacks=cbs)
+    with contextlib.redirect_stdout(io.StringIO()):  # RangeWatch's console summary, once per arm
+        trainer.fit(Net(backend if mode == "compiled" else None), train_dataloaders=DataLoader(_Batches(n_steps), batch_size=None))
+    conn.send(("result", t.cpu, t.wall, int(dynamo.utils.counters["stats"]["unique_graphs"]),
+               int(sum(dynamo.utils.counters["graph_break"].values()))))
+
+
+def interleave_main(args: argparse.Namespace, arms: list[str], modes: dict[str, str | None]) -> None:
+    """Every arm a real Lightning fit in its own process; one training step per turn, the arms' turns
+    in a shuffled order each round; ``--repeats`` rounds of fresh fits (fresh processes), compilation
+    in each compiled arm's first turns."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    specs = [(m, a) for m in modes for a in arms + ([a + BREAKS for a in arms if a != "off"] if args.before and m == "compiled" else [])]
+    n_steps = args.steps + args.steady
+    print(f"torch {torch.__version__}, Python {platform.python_version()}, {args.threads} thread(s), backend {args.backend}; "
+          f"Lightning fits interleaved step by step, one process per arm: {args.repeats} repeats x {len(specs)} arms, "
+          f"{args.steady} steady steps after {args.steps}; load average at start {os.getloadavg()[0]:.1f}", flush=True)
+    cpu: dict[tuple[str, str], list[float]] = {s: [] for s in specs}
+    wall: dict[tuple[str, str], list[float]] = {s: [] for s in specs}
+    first: dict[tuple[str, str], list[float]] = {s: [] for s in specs}
+    graphs: dict[tuple[str, str], int] = {s: 0 for s in specs}
+    breaks: dict[tuple[str, str], int] = {s: 0 for s in specs}
+    rng = random.Random(args.seed)
+    for r in range(args.repeats):
+        conns, procs = {}, {}
+        for spec in specs:
+            here, there = ctx.Pipe()
+            procs[spec] = ctx.Process(target=_interleaved_fit, args=(there, *spec, args.backend, n_steps, args.threads), daemon=True)
+            procs[spec].start()
+            conns[spec] = here
+            here.recv()  # one process importing at a time: the machine is shared
+        live = list(specs)
+        while live:
+            rng.shuffle(live)
+            for spec in list(live):
+                conns[spec].send("go")
+                msg = conns[spec].recv()
+                if msg != "step":
+                    _, c, w, g, b = msg
+                    cpu[spec].append(statistics.median(c[args.steps:]))
+                    wall[spec].append(statistics.median(w[args.steps:]))
+                    first[spec].append(sum(w[:args.steps]))
+                    graphs[spec], breaks[spec] = max(graphs[spec], g), max(breaks[spec], b)
+                    live.remove(spec)
+        for p in procs.values():
+            p.join()
+        print(f"  repeat {r + 1}/{args.repeats} done", flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}\n")
+    print(f"{'mode':9s} {'arm':21s} {'first ' + str(args.steps) + ' steps':>16s} {'CPU ms/step':>12s} {'ratio':>6s} "
+          f"{'added ms':>9s} {'wall ms/step':>13s} {'ratio':>6s} {'graphs':>6s} {'breaks':>6s}")
+    for m, a in specs:
+        base = (m, "off")
+        c, c0 = statistics.median(cpu[(m, a)]), statistics.median(cpu[base])
+        w = statistics.median(wall[(m, a)])
+        ratio = statistics.median(x / y for x, y in zip(cpu[(m, a)], cpu[base]))
+        wratio = statistics.median(x / y for x, y in zip(wall[(m, a)], wall[base]))
+        print(f"{m:9s} {a:21s} {statistics.median(first[(m, a)]):14.2f} s {c * 1e3:12.2f} {ratio:6.3f} {(c - c0) * 1e3:9.2f} "
+              f"{w * 1e3:13.2f} {wratio:6.3f} {graphs[(m, a)]:6d} {breaks[(m, a)]:6d}")
+    print("\nCPU ms/step: the median steady step in the fit's process CPU time (median over repeats); ratio: the arm's over\n"
+          "'off' of the same mode within each repeat (median over repeats); added: what the arm adds to 'off' per step (CPU);\n"
+          "wall: the same in wall time; first steps: wall time of the first steps, compilation included")
+
+
 # ------------------------------------------------------------------------------------------------ --loop
 def _loop_arm(arm: str, backend: str | None, breaks: bool):
     """One arm of the step-interleaved plain loop: its own copy of the body (same init), its hooks
@@ -244,6 +360,9 @@ def main() -> None:
     ap.add_argument("--modes", default="compiled,eager", help="compiled, eager or both (default both)")
     ap.add_argument("--loop", action="store_true",
                     help="a plain training loop instead of Lightning fits, the arms interleaved step by step (--steady rounds): the hooks' cost alone")
+    ap.add_argument("--interleave", action="store_true",
+                    help="Lightning fits in threads, interleaved step by step (one step per turn, shuffled each round): "
+                         "load drift on a shared machine falls on all arms alike")
     ap.add_argument("--before", action="store_true",
                     help="also run each compiled arm with the hooks as before this change: torch.compiler.disable'd (graph breaks)")
     args = ap.parse_args()
@@ -256,6 +375,8 @@ def main() -> None:
     modes = {m: b for m, b in (("compiled", args.backend), ("eager", None)) if m in args.modes.split(",")}
     if args.loop:
         return loop_main(args, arms)
+    if args.interleave:
+        return interleave_main(args, arms, modes)
 
     def arms_of(m: str) -> list[str]:
         return arms + ([a + BREAKS for a in arms if a != "off"] if args.before and m == "compiled" else [])

@@ -149,19 +149,19 @@ SKIP: tuple[list[torch.Tensor], str] = ([], "")
 
 
 def hook_in_graph(keys: list[int], run: Callable[[list[torch.Tensor], str], None], eager: Callable,
-                  measure: Callable[..., tuple[list[torch.Tensor], str] | None]) -> Callable:
+                  measure: Callable[..., tuple[list[torch.Tensor], str] | None], fallback: Callable | None = None) -> Callable:
     """A module hook that runs ``eager`` (the hook body) in eager mode; inside a graph being traced,
     the tensors ``measure(*hook_args)`` returns (computed there, fused into the compiled code) go
     through one call of the rangewatch operator to ``run`` (the Python bookkeeping, at run time): no
     graph break and no guard on rangewatch's state. ``measure`` returns None for tensors the operator
     cannot take (nested, sparse): that call takes ``eager`` as a graph break, which notes them; and
-    :data:`SKIP` when there is nothing to hand over. The operator's key is appended to ``keys`` (for
-    :func:`unregister` at detach)."""
+    :data:`SKIP` when there is nothing to hand over. ``fallback`` (default ``eager``) is what such a
+    graph-break call runs. The operator's key is appended to ``keys`` (for :func:`unregister` at detach)."""
     if not AVAILABLE:
         return invisible_to_compiler(eager)
     key = register(run)
     keys.append(key)
-    eager_off = invisible_to_compiler(eager)
+    eager_off = invisible_to_compiler(eager if fallback is None else fallback)
 
     def hook(module: Any, *rest: Any) -> None:
         if compiling():

@@ -132,6 +132,14 @@ def _maxabs_flag(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(bad, 0.0, m), bad.long()
 
 
+def _one_call_under_compile(m: nn.Module) -> bool:
+    """Whether a compiled graph may take ``m``'s input statistics in its forward hook, with the
+    output's (one operator call per module call instead of two): a ``torch.nn`` layer that does not
+    write into its input (no ``inplace=True``). Any other module (user code, which may change its
+    input in place) keeps the pre-hook's call, which measures the input before the forward runs."""
+    return type(m).__module__.startswith("torch.nn.modules.") and not getattr(m, "inplace", False)
+
+
 def _graph_measure(leaves: list[torch.Tensor], exact: bool) -> torch.Tensor | None:
     """:func:`_maxabs_nonfinite` / :func:`_maxabs_flag` of one call's float leaves as traced into a
     compiled graph (fused there), packed as ``[max-abs, non-finite count]`` float32: the values the
@@ -317,7 +325,11 @@ class ModuleTracer:
         self._buf: torch.Tensor | None = None  # (history, cap, K)
         self._pending: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(n)]
         # per-call device scalars staged until the step closes / a report: one write per step
-        self._stage: list[list[torch.Tensor]] = [[], [], [], []]  # in max, in n/f, out max, out n/f
+        # per-call rows staged until the step closes / a report (one write per step): an eager call's
+        # (in max, in n/f, out max, out n/f) device scalars, or a compiled call's packed float32 (4,) row
+        self._stage: list[tuple[torch.Tensor, ...] | torch.Tensor] = []
+        self._one_call = [_one_call_under_compile(m) for m in self.modules]
+        self._pre_bodies: dict[int, Callable] = {}  # module index -> its eager pre-hook body
         self._flushed = 0  # rows of the current slot already written to the buffer
         self._last: tuple[torch.Tensor, int, torch.Tensor, torch.Tensor] | None = None  # last output's stats
         self._dtypes: list[str] = [""] * n
@@ -391,7 +403,7 @@ class ModuleTracer:
                 self._handles.append(self.model.register_forward_pre_hook(self._make_root_pre()))
             for i, m in enumerate(self.modules):
                 self._handles.append(m.register_forward_pre_hook(self._make_pre(i), with_kwargs=True))
-                self._handles.append(m.register_forward_hook(self._make_post(i)))
+                self._handles.append(m.register_forward_hook(self._make_post(i), with_kwargs=self._one_call[i]))
         except BaseException:
             self.detach()  # every hook placed so far comes off again
             raise
@@ -531,7 +543,7 @@ class ModuleTracer:
         """Forget everything recorded (keeps the hooks)."""
         self._buf = None
         self._peak = self._latch = self._latch_meta = self._zf = self._zi = None
-        self._stage = [[], [], [], []]
+        self._stage = []
         self._flushed = 0
         self._last = None
         self._slot = -1
@@ -582,14 +594,14 @@ class ModuleTracer:
                    "that module is not traced any more")
 
     def _in_graph(self, run: Callable[[list[torch.Tensor], str], None], eager: Callable,
-                  measure: Callable[..., tuple[list[torch.Tensor], str] | None]) -> Callable:
+                  measure: Callable[..., tuple[list[torch.Tensor], str] | None], fallback: Callable | None = None) -> Callable:
         """``eager`` (the hook body) in eager mode; inside a graph being traced, the statistics
         ``measure(*hook_args)`` computes there (fused into the compiled code) go, through one call of
         the rangewatch operator, to ``run`` (the Python bookkeeping, at run time): no graph break and
         no guard on the tracer's state. ``measure`` returns None for tensors the operator cannot
         take (nested, sparse; leaves on several devices): that call takes ``eager`` as a graph
         break, which notes them."""
-        return compile_hooks.hook_in_graph(self._keys, run, eager, measure)
+        return compile_hooks.hook_in_graph(self._keys, run, eager, measure, fallback)
 
     def _graph_parts(self, *objs: Any) -> tuple[list[torch.Tensor], str] | None:
         """Traced: ``([packed statistics], first leaf's dtype)`` of the float leaves of ``objs``
@@ -649,6 +661,9 @@ class ModuleTracer:
             except Exception as e:  # noqa: BLE001
                 self._hook_failed(i, "forward pre-", e)
 
+        self._pre_bodies[i] = pre
+        if self._one_call[i]:  # the forward hook takes the input's statistics too, in the same call
+            return self._in_graph(run, pre, lambda args, kwargs: compile_hooks.SKIP)
         return self._in_graph(run, pre, self._graph_parts)
 
     def _make_post(self, i: int):
@@ -668,7 +683,76 @@ class ModuleTracer:
             except Exception as e:  # noqa: BLE001
                 self._hook_failed(i, "forward ", e)
 
-        return self._in_graph(run, post, lambda args, output: self._graph_parts(output))
+        if not self._one_call[i]:
+            return self._in_graph(run, post, lambda args, output: self._graph_parts(output))
+
+        def post_kw(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            return post(module, args, output)
+
+        def both(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            # a graph break for tensors the operator cannot take (nested, sparse): the eager bodies of
+            # both hooks, which note them (the input is unchanged: a module of one call writes no input)
+            self._pre_bodies[i](module, args, kwargs)
+            post(module, args, output)
+
+        def run_row(parts: list[torch.Tensor], tag: str) -> None:  # input and output statistics in one call
+            if not self.enabled or i in self._broken:
+                return
+            try:
+                self._record_row(i, parts[0], tag)
+            except Exception as e:  # noqa: BLE001
+                self._hook_failed(i, "forward ", e)
+
+        return self._in_graph(run_row, post_kw, self._graph_row, both)
+
+    def _graph_row(self, args: Any, kwargs: Any, output: Any) -> tuple[list[torch.Tensor], str] | None:
+        """Traced, for a module of one operator call: ``([in max, in count, out max, out count])`` of
+        the call's float input leaves (args, kwargs) and output leaves, float32 (zeros for a side
+        without leaves, as the eager hooks stage), and the output's dtype; None when the operator
+        cannot take them (that call takes the eager hooks' bodies as graph breaks)."""
+        odd: list[str] = []
+        ins: list[torch.Tensor] = []
+        _float_leaves(args, ins, 0, odd)
+        if kwargs:
+            _float_leaves(kwargs, ins, 0, odd)
+        outs = _float_leaves(output, [], 0, odd)
+        if odd:
+            return None
+        zeros = None
+        sides = []
+        for leaves in (ins, outs):
+            packed = _graph_measure(leaves, self.exact) if leaves else None
+            if leaves and packed is None:
+                return None
+            if packed is None:
+                if zeros is None:
+                    dev = (ins or outs)[0].device if (ins or outs) else None
+                    zeros = torch.zeros(2, dtype=torch.float32, device=dev)
+                packed = zeros
+            sides.append(packed)
+        if sides[0].device != sides[1].device:
+            return None
+        return [torch.cat(sides)], str(outs[0].dtype)[6:] if outs else ""
+
+    def _record_row(self, i: int, row: torch.Tensor, dtype: str) -> None:
+        """Run time, a module of one operator call: stage its packed row (copied: the compiled code
+        reuses its buffers after the call)."""
+        pending = self._pending[i]
+        if pending:  # an eager pre-hook's statistics (a graph break before this call): superseded
+            pending.clear()
+        if self._buf is None:
+            self._ensure(row.device)
+        if self._slot < 0:
+            self._advance(None if self._manual else self._auto_counter)
+        seq = self._slot_seq[self._slot]
+        if len(seq) >= self._cap and not self._grow():
+            self.dropped_calls += 1
+            return
+        self._last = None  # a compiled graph's buffers are reused without a version bump
+        if dtype:
+            self._dtypes[i] = dtype
+        self._stage.append(row.to(self._device, non_blocking=True) if row.device != self._device else row.clone())
+        seq.append(i)
 
     def _post(self, i: int, output: Any) -> None:
         """The body of the forward hook."""
@@ -708,11 +792,7 @@ class ModuleTracer:
             out_mx, out_nf = self._unpack(parts)
             if dtype:
                 self._dtypes[i] = dtype
-        st = self._stage
-        st[0].append(in_mx)
-        st[1].append(in_nf)
-        st[2].append(out_mx)
-        st[3].append(out_nf)
+        self._stage.append((in_mx, in_nf, out_mx, out_nf))
         seq.append(i)
 
     def _flush(self) -> None:
@@ -722,17 +802,20 @@ class ModuleTracer:
     def _flush_impl(self) -> None:
         """Write the staged per-call scalars of the current step into its buffer rows (a few device ops)."""
         st = self._stage
-        if not st[0] or self._buf is None or self._slot < 0:
+        if not st or self._buf is None or self._slot < 0:
             return
-        n = len(st[0])
-        mx_in = torch.stack(st[0]).float()
-        nf_in = torch.stack(st[1]).float()
-        mx_out = torch.stack(st[2]).float()
-        nf_out = torch.stack(st[3]).float()
-        block = torch.stack([mx_in, nf_in, mx_out, nf_out], dim=1)  # column order = _IN_MAX, _IN_NF, ...
+        n = len(st)
+        packed = [r for r in st if type(r) is not tuple]  # rows a compiled graph packed
+        if not packed:  # eager calls only
+            cols = [torch.stack([r[k] for r in st]).float() for k in range(_K)]
+            block = torch.stack(cols, dim=1)  # column order = _IN_MAX, _IN_NF, ...
+        elif len(packed) == n:
+            block = torch.stack(packed)
+        else:
+            block = torch.stack([r if type(r) is not tuple else torch.stack([v.float() for v in r]) for r in st])
         self._buf[self._slot, self._flushed : self._flushed + n].copy_(block)
         self._flushed += n
-        self._stage = [[], [], [], []]
+        self._stage = []
 
     # ------------------------------------------------------------------ per-step flag
     def nonfinite_flag(self) -> torch.Tensor:

@@ -168,6 +168,62 @@ def test_tracer_names_the_first_nonfinite_module_under_compile(exact):
     assert (f.where, f.observed, f.evidence) == (g.where, g.observed, g.evidence)
 
 
+class _Doubles(nn.Module):
+    """User code that writes into its input: the tracer must see the input as it came in."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.mul_(2)
+        return x - 1
+
+
+def test_one_operator_call_per_torch_layer_and_two_where_the_input_may_change():
+    """A ``torch.nn`` layer that writes no input hands its input and output statistics over in one
+    operator call (its forward hook); an in-place layer and user code keep the pre-hook's call, which
+    reads the input before the forward changes it. The records equal eager mode's either way."""
+    torch.manual_seed(0)
+
+    def body() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), _Doubles(), nn.ReLU(inplace=True), nn.Conv2d(4, 3, 1))
+
+    batches = _batches(2)
+    peaks, calls = [], []
+    for backend in (None, "aot_eager"):
+        dynamo.reset()
+        dynamo.utils.counters.clear()
+        m = body()
+        tracer = ModuleTracer(m, "all", history=4, auto_step=False).attach()
+        counted = {"n": 0}
+        for k, f in list(compile_hooks._CALLS.items()):
+            if k in tracer._keys:
+                compile_hooks._CALLS[k] = lambda ts, tag, f=f: (counted.__setitem__("n", counted["n"] + 1), f(ts, tag))
+        if backend:
+            m.compile(backend=backend, fullgraph=True)
+        try:
+            for step, x in enumerate(batches):
+                tracer.start_step(step)
+                m(x.clone()).sum().backward()
+            tracer.start_step(len(batches))  # closes the last step: the run peaks take it
+        finally:
+            tracer.detach()
+        peaks.append({p.name: (p.in_maxabs, p.out_maxabs, p.dtype) for p in tracer.report().peaks})
+        calls.append(counted["n"])
+    assert calls == [0, 2 * (1 + 2 + 2 + 1)]  # per step: conv 1, user module 2, in-place ReLU 2, conv 1
+    eager, comp = peaks
+    assert comp == eager and sorted(comp) == ["0", "1", "2", "3"]
+    # the user module's input is the first conv's output before it doubled it; a numpy reference
+    w, bias = (t.detach().numpy().astype(np.float64) for t in (body()[0].weight, body()[0].bias))
+    conv_max, out_max = 0.0, 0.0
+    for x in batches:
+        xp = np.pad(x.numpy().astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+        conv = sum(np.einsum("nchw,oc->nohw", xp[:, :, i:i + 16, j:j + 16], w[:, :, i, j]) for i in range(3) for j in range(3))
+        conv = conv + bias[None, :, None, None]
+        conv_max, out_max = max(conv_max, np.abs(conv).max()), max(out_max, np.abs(2 * conv - 1).max())
+    assert comp["1"][0] == pytest.approx(conv_max, rel=1e-5)
+    assert comp["1"][1] == pytest.approx(out_max, rel=1e-5)
+    assert comp["2"][0] == comp["1"][1]  # the in-place ReLU's input, read before it ran
+
+
 @pytest.mark.slow
 def test_tracer_under_inductor():
     batches = _batches(3)
