@@ -17,6 +17,14 @@ processes on the machine move it least; with ``--threads 1`` it is the step's co
 
     python benchmarks/bench_compile.py [--repeats 3] [--steps 12] [--steady 40] [--backend inductor] [--threads 1]
                                        [--arms taps,tracer,taps+tracer] [--modes compiled,eager] [--before] [--loop]
+                                       [--interleave]
+
+``--interleave`` runs the same Lightning fits step by step side by side: each arm's fit in its own
+process (started one at a time), one training step per turn, the arms' turns shuffled every round,
+``--repeats`` rounds of fresh processes; per arm the median steady step in the process's CPU time
+and its ratio to "off" of the same mode within each round (median over rounds). Load drift on a
+shared machine then falls on all arms alike, which the sequential fits above cannot promise (run it
+under ``taskset -c N`` so that every arm shares one core's conditions).
 
 ``--before`` adds each compiled arm with the hooks as they were before the rangewatch operator
 (``torch.compiler.disable``d: a graph break per call), interleaved with the rest. ``--loop`` measures

@@ -275,9 +275,12 @@ class ModuleTracer:
     check comes many steps after the break and later steps are NaN everywhere.
 
     Inside a ``torch.compile``d model the per-call statistics are computed in the compiled graph
-    (fused there) and handed, by one call of the rangewatch operator per hook
-    (:mod:`rangewatch.compile_hooks`), to the same bookkeeping at run time: no graph break, and no
-    guard on the tracer's state, so the graph count stays fixed whatever the steps do.
+    (fused there) and handed, by calls of the rangewatch operator (:mod:`rangewatch.compile_hooks`),
+    to the same bookkeeping at run time: no graph break, and no guard on the tracer's state, so the
+    graph count stays fixed whatever the steps do. A ``torch.nn`` layer that writes no input hands
+    its input and output statistics over together, in one call from its forward hook; an in-place
+    layer (``inplace=True``) and any other module take one call per hook, the input's read before
+    the forward runs.
 
     Caveats: the first step with a new call sequence copies its module-index list to the device
     once (cached afterwards); module outputs on another device than the buffer are copied with
