@@ -327,7 +327,6 @@ class ModuleTracer:
         self._cap = max(n, 1)
         self._buf: torch.Tensor | None = None  # (history, cap, K)
         self._pending: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(n)]
-        # per-call device scalars staged until the step closes / a report: one write per step
         # per-call rows staged until the step closes / a report (one write per step): an eager call's
         # (in max, in n/f, out max, out n/f) device scalars, or a compiled call's packed float32 (4,) row
         self._stage: list[tuple[torch.Tensor, ...] | torch.Tensor] = []
