@@ -63,6 +63,18 @@ def naive_per_channel(x: torch.Tensor, channel_dim: int = 1) -> list[tuple[float
     return out
 
 
+def with_flag(module: object, value: bool, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run with ``module.enabled`` set to ``value`` (put back after the call)."""
+    def call() -> object:
+        before = module.enabled
+        module.enabled = value
+        try:
+            return fn()
+        finally:
+            module.enabled = before
+    return call
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -122,13 +134,7 @@ def run(device: torch.device, repeats: int, inner: int, dtype: torch.dtype = tor
         cands["naive per-channel loop"] = lambda: naive_per_channel(x)
     if device.type == "cpu" and eager:
         def off(fn: Callable[[], object]) -> Callable[[], object]:
-            def call() -> object:
-                stats_native.enabled = False
-                try:
-                    return fn()
-                finally:
-                    stats_native.enabled = True
-            return call
+            return with_flag(stats_native, False, fn)
 
         e_every, e_minmax = RangeStats(bounds="imagenet"), RangeStats(bounds="imagenet")
         e_det, e_hist = RangeStats(bounds="imagenet"), RangeStats(bounds="imagenet", hist_bins=64)
@@ -142,13 +148,7 @@ def run(device: torch.device, repeats: int, inner: int, dtype: torch.dtype = tor
         print(f"  (one-read C kernel: {'on' if stats_native.available() else 'off: ' + str(stats_native._broken)})")
     if device.type == "cpu" and compiled:
         def on(fn: Callable[[], object]) -> Callable[[], object]:
-            def call() -> object:
-                stats_inductor.enabled = True
-                try:
-                    return fn()
-                finally:
-                    stats_inductor.enabled = False
-            return call
+            return with_flag(stats_inductor, True, fn)
 
         c_every, c_minmax = RangeStats(bounds="imagenet"), RangeStats(bounds="imagenet")
         c_det, c_hist = RangeStats(bounds="imagenet"), RangeStats(bounds="imagenet", hist_bins=64)

@@ -744,17 +744,25 @@ class ModuleTracer:
             pending.clear()
         if self._buf is None:
             self._ensure(row.device)
-        if self._slot < 0:
-            self._advance(None if self._manual else self._auto_counter)
-        seq = self._slot_seq[self._slot]
-        if len(seq) >= self._cap and not self._grow():
-            self.dropped_calls += 1
+        seq = self._call_seq()
+        if seq is None:
             return
         self._last = None  # a compiled graph's buffers are reused without a version bump
         if dtype:
             self._dtypes[i] = dtype
         self._stage.append(row.to(self._device, non_blocking=True) if row.device != self._device else row.clone())
         seq.append(i)
+
+    def _call_seq(self) -> list[int] | None:
+        """The current step's call sequence (a step opened if none is), with room for one more
+        call; None (the call counted in ``dropped_calls``) where the buffer cannot grow."""
+        if self._slot < 0:
+            self._advance(None if self._manual else self._auto_counter)
+        seq = self._slot_seq[self._slot]
+        if len(seq) >= self._cap and not self._grow():
+            self.dropped_calls += 1
+            return None
+        return seq
 
     def _post(self, i: int, output: Any) -> None:
         """The body of the forward hook."""
@@ -769,11 +777,8 @@ class ModuleTracer:
             pending.clear()
             return
         in_mx, in_nf = pending.pop()
-        if self._slot < 0:
-            self._advance(None if self._manual else self._auto_counter)
-        seq = self._slot_seq[self._slot]
-        if len(seq) >= self._cap and not self._grow():
-            self.dropped_calls += 1
+        seq = self._call_seq()
+        if seq is None:
             return
         if parts is None:
             odd: list[str] = []

@@ -292,6 +292,13 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device, non_blocking=True)
 
 
+def _fused_kernel(rows: torch.Tensor) -> tuple[int, bool]:
+    """Which fused CPU kernel takes ``rows`` ``(A, C, B)``: the opt-in compiled functions (their
+    slice length ``k`` > 0), else the one-read C kernel (True), else neither ``(0, False)``."""
+    k = stats_inductor.chunk_for(rows)
+    return k, not k and stats_native.usable(rows)
+
+
 def _outer(a: int, c: int, b: int) -> bool:
     """Whether an ``(A, C, B)`` block is reduced over its outer axis (short inner runs, e.g.
     channels-last ``B == 1``) rather than along its contiguous inner axis."""
@@ -788,8 +795,8 @@ class RangeStats(Metric):
             return None
         threads = torch.get_num_threads() if x.device.type == "cpu" else 1
         one = threads == 1 or c == 1 or c % threads == 0 or a == 1
-        compiled = stats_inductor.chunk_for(rows) > 0
-        native = not compiled and stats_native.usable(rows)
+        k, native = _fused_kernel(rows)
+        compiled = k > 0
         return _Plan((a, c, b), one and not (compiled or native), a * b, _dtype_name(x.dtype), x.device,
                      compiled=compiled, native=native)
 
@@ -930,8 +937,7 @@ class RangeStats(Metric):
         the default) or the compiled functions (:mod:`rangewatch.stats_inductor`, opt-in): one read
         of ``rows`` for every reduction, one more for the histogram slots. False (nothing changed)
         where neither takes ``rows`` or the kernel fails."""
-        k = stats_inductor.chunk_for(rows)
-        native = not k and stats_native.usable(rows)
+        k, native = _fused_kernel(rows)
         if not (k or native):
             return False
         if not with_moments:

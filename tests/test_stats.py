@@ -147,6 +147,38 @@ def channels_of(case: dict) -> int:
     return 1 if case["channel_dim"] is None else case["shape"][case["channel_dim"]]
 
 
+def check_fused_updates(case: dict, counter, detail_calls: int) -> None:
+    """``case``'s tensor through a fused update path whose module ``counter`` counts its kernel
+    calls (``counter.calls``): the detail update (``detail_calls`` kernel calls at least), the full
+    update and two every-step updates (one call each), all against the numpy float64 reference."""
+    c = case["shape"][case["channel_dim"]]
+    s = stats_for(case)
+    x = make_tensor(case, s.hist_edges_for(c).numpy() if case["hist_bins"] else None)
+    rows = channel_rows(x, case["channel_dim"])
+    b = s.bounds_for(c)
+    bounds = None if b is None else (b[0].numpy(), b[1].numpy())
+    before = counter.calls
+    s.update(x, detail=True)
+    assert counter.calls >= before + detail_calls and counter._broken is None  # the kernel ran, not the fallback
+    check_summary(s.compute(), rows, case["dtype"], detail=True, bounds=bounds, hist=bool(case["hist_bins"]))
+    # the full update and the every-step plan (min/max partials, folded later) on the same tensor
+    full = stats_for(case)
+    before = counter.calls
+    full.update(x)
+    full.update(x, moments=False)
+    full.update(x, moments=False)
+    assert counter.calls == before + 3
+    r = full.compute()
+    np.testing.assert_array_equal(r.count.numpy(), np.full(c, 3 * rows.shape[1]))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(r.min.numpy(), rows.min(axis=1))
+        np.testing.assert_array_equal(r.max.numpy(), rows.max(axis=1))
+    np.testing.assert_array_equal(r.nonfinite_seen.numpy(), ~np.isfinite(rows).all(axis=1))
+    one = stats_for(case)
+    one.update(x)
+    check_summary(one.compute(), rows, case["dtype"], detail=False)
+
+
 # ---------------------------------------------------------------------------- property tests
 @settings(**SETTINGS)
 @given(cases(), st.booleans())

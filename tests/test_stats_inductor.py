@@ -14,7 +14,7 @@ import torch
 
 from rangewatch import stats_inductor
 from rangewatch.stats import RangeStats
-from test_stats import IMAGENET_LO, IMAGENET_HI, channel_rows, check_summary, make_tensor, stats_for
+from test_stats import IMAGENET_HI, IMAGENET_LO, channel_rows, check_fused_updates, check_summary, make_tensor, stats_for
 
 pytest.importorskip("torch._inductor")
 
@@ -42,36 +42,7 @@ def _case(**kw):
     _case(dtype=torch.float16, specials=["inf", "bound", "edge"], hist_bins=16, hist_range=(-2.0, 2.0)),
 ], ids=["specials-imagenet-hist64", "finite-plain", "float16-hist16"])
 def test_compiled_updates_match_numpy(compiled, case):
-    s = stats_for(case)
-    c = 3
-    x = make_tensor(case, s.hist_edges_for(c).numpy() if case["hist_bins"] else None)
-    rows = channel_rows(x, 1)
-    b = s.bounds_for(c)
-    bounds = None if b is None else (b[0].numpy(), b[1].numpy())
-    before = compiled.calls
-    s.update(x, detail=True)
-    assert compiled.calls > before and compiled._broken is None  # the compiled path ran, not the fallback
-    check_summary(s.compute(), rows, case["dtype"], detail=True, bounds=bounds, hist=bool(case["hist_bins"]))
-    # the full update and the every-step plan (compiled min/max, folded later) on the same tensor
-    full = stats_for(case)
-    before = compiled.calls
-    full.update(x)
-    full.update(x, moments=False)
-    full.update(x, moments=False)
-    assert compiled.calls == before + 3
-    r = full.compute()
-    np.testing.assert_array_equal(r.count.numpy(), np.full(c, 3 * rows.shape[1]))
-    check_summary(stats_summary_of(case, x), rows, case["dtype"], detail=False)
-    with np.errstate(invalid="ignore"):
-        np.testing.assert_array_equal(r.min.numpy(), rows.min(axis=1))
-        np.testing.assert_array_equal(r.max.numpy(), rows.max(axis=1))
-    np.testing.assert_array_equal(r.nonfinite_seen.numpy(), ~np.isfinite(rows).all(axis=1))
-
-
-def stats_summary_of(case, x):
-    s = stats_for(case)
-    s.update(x)
-    return s.compute()
+    check_fused_updates(case, compiled, detail_calls=1)
 
 
 @pytest.mark.slow

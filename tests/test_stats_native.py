@@ -20,7 +20,7 @@ import torch
 import test_stats
 from rangewatch import stats_native
 from rangewatch.stats import RangeStats
-from test_stats import IMAGENET_HI, IMAGENET_LO, channel_rows, check_summary, make_tensor, stats_for
+from test_stats import IMAGENET_HI, IMAGENET_LO, channel_rows, check_fused_updates, check_summary, make_tensor, stats_for
 
 pytestmark = pytest.mark.skipif(not stats_native.available(), reason=f"no C kernel here: {stats_native._broken}")
 
@@ -54,32 +54,7 @@ def _case(**kw):
 ], ids=["specials-imagenet-hist64", "finite-plain", "float16-hist16", "short-rows", "one-channel", "channels-last",
         "channels-last-5", "split-row"])
 def test_native_updates_match_numpy(native, case):
-    c = case["shape"][case["channel_dim"]]
-    s = stats_for(case)
-    x = make_tensor(case, s.hist_edges_for(c).numpy() if case["hist_bins"] else None)
-    rows = channel_rows(x, case["channel_dim"])
-    b = s.bounds_for(c)
-    bounds = None if b is None else (b[0].numpy(), b[1].numpy())
-    before = native.calls
-    s.update(x, detail=True)
-    assert native.calls >= before + 1 + bool(case["hist_bins"])  # the kernel ran, not the fallback
-    check_summary(s.compute(), rows, case["dtype"], detail=True, bounds=bounds, hist=bool(case["hist_bins"]))
-    # the full update and the every-step plan (min/max partials, folded later) on the same tensor
-    full = stats_for(case)
-    before = native.calls
-    full.update(x)
-    full.update(x, moments=False)
-    full.update(x, moments=False)
-    assert native.calls == before + 3
-    r = full.compute()
-    np.testing.assert_array_equal(r.count.numpy(), np.full(c, 3 * rows.shape[1]))
-    with np.errstate(invalid="ignore"):
-        np.testing.assert_array_equal(r.min.numpy(), rows.min(axis=1))
-        np.testing.assert_array_equal(r.max.numpy(), rows.max(axis=1))
-    np.testing.assert_array_equal(r.nonfinite_seen.numpy(), ~np.isfinite(rows).all(axis=1))
-    one = stats_for(case)
-    one.update(x)
-    check_summary(one.compute(), rows, case["dtype"], detail=False)
+    check_fused_updates(case, native, detail_calls=1 + bool(case["hist_bins"]))
 
 
 def test_native_and_eager_paths_agree(native, monkeypatch):
