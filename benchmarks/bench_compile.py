@@ -119,7 +119,7 @@ class _Clock(pl.Callback):
 def run_arm(arm: str, backend: str | None, steps: int, steady: int) -> tuple[float, float, int, float, int, float]:
     import torch._dynamo as dynamo
 
-    from rangewatch import compile_hooks
+    from rangewatch.taps import compiled as compile_hooks
 
     breaks = arm.endswith(BREAKS)  # the hooks as before: torch.compiler.disable'd, a graph break per call
     arm = arm.removesuffix(BREAKS)
@@ -191,7 +191,7 @@ def _interleaved_fit(conn, mode: str, arm: str, backend: str | None, n_steps: in
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     import torch._dynamo as dynamo
 
-    from rangewatch import compile_hooks
+    from rangewatch.taps import compiled as compile_hooks
 
     breaks = arm.endswith(BREAKS)
     arm = arm.removesuffix(BREAKS)
@@ -272,10 +272,10 @@ def _loop_arm(arm: str, backend: str | None, breaks: bool):
     """One arm of the step-interleaved plain loop: its own copy of the body (same init), its hooks
     (ModuleTaps into RangeStats' every-step update, as RangeWatch does; ModuleTracer(exact=False),
     RangeWatch's default), its optimiser; compiled after the hooks are placed."""
-    from rangewatch import compile_hooks
-    from rangewatch.numerics import ModuleTracer
-    from rangewatch.stats import RangeStats
-    from rangewatch.taps import ModuleTaps
+    from rangewatch.taps import compiled as compile_hooks
+    from rangewatch.checks.numerics import ModuleTracer
+    from rangewatch.stats.range_stats import RangeStats
+    from rangewatch.taps.batches import ModuleTaps
 
     net = Net(None)
     stats: dict[str, RangeStats] = {}

@@ -17,10 +17,10 @@ its ratio to the median of ``x.sum()``, and the median of the per-round ratios (
 * ``update(x, detail=True)``     - with ``bounds`` (finite min/max, NaN/Inf counts, below/above counts)
 * ``... + hist_bins=64``         - the same plus a 64-bin per-channel histogram
 * ``... [eager]``                - with ``--eager``: the same updates with the one-read C kernel off
-  (``rangewatch.stats_native``, on by default since issue 17): the eager reductions, interleaved
+  (``rangewatch.stats.native``, on by default since issue 17): the eager reductions, interleaved
   with the rest (before/after in one run)
 * ``... [compiled]``             - with ``--cpu-compile``: the same updates through the opt-in compiled
-  CPU functions (``rangewatch.stats_inductor``, ``RANGEWATCH_CPU_COMPILE=1``), interleaved with the rest
+  CPU functions (``rangewatch.stats.inductor``, ``RANGEWATCH_CPU_COMPILE=1``), interleaved with the rest
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from rangewatch import stats_inductor, stats_native  # noqa: E402
-from rangewatch.stats import RangeStats  # noqa: E402
+from rangewatch.stats import inductor as stats_inductor
+from rangewatch.stats import native as stats_native  # noqa: E402
+from rangewatch.stats.range_stats import RangeStats  # noqa: E402
 
 SHAPE = (16, 3, 256, 256)
 #: the CUDA yardstick of issue 17: one batch of 16 images at 512 px
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", choices=["interleaved", "warm", "cold", "all"], default="interleaved",
                     help="cache state before each timed call (default interleaved; all: the three in turn)")
     ap.add_argument("--cpu-compile", action="store_true",
-                    help="also time the opt-in compiled CPU updates (rangewatch.stats_inductor; compiles first)")
+                    help="also time the opt-in compiled CPU updates (rangewatch.stats.inductor; compiles first)")
     ap.add_argument("--eager", action="store_true",
                     help="also time the updates with the one-read C kernel off (the eager reductions)")
     ap.add_argument("--no-cuda", action="store_true")

@@ -1,7 +1,7 @@
 """Cost of rangewatch's ModuleTracer against no tracing and transformers' DebugUnderflowOverflow.
 
 Copies of the same model (same weights) run in one process: untraced, traced by
-``rangewatch.numerics.ModuleTracer`` (all leaf modules; default ``exact=True`` and the one-pass
+``rangewatch.checks.numerics.ModuleTracer`` (all leaf modules; default ``exact=True`` and the one-pass
 ``exact=False``) and traced by
 ``transformers.debug_utils.DebugUnderflowOverflow`` (skipped when transformers is not importable).
 Timings are interleaved (each repeat runs every variant, in a shuffled order) and the report gives
@@ -23,7 +23,7 @@ import time
 import torch
 from torch import nn
 
-from rangewatch.numerics import ModuleTracer
+from rangewatch.checks.numerics import ModuleTracer
 
 try:  # noqa: SIM105
     from transformers.debug_utils import DebugUnderflowOverflow

@@ -321,7 +321,7 @@ def part_overhead(rep: Report, device: str, dry: bool) -> None:
 
 # ---------------------------------------------------------------------------- 5. tracer vs DebugUnderflowOverflow
 def part_tracer(rep: Report, device: str, dry: bool) -> None:
-    from rangewatch.numerics import ModuleTracer
+    from rangewatch.checks.numerics import ModuleTracer
 
     try:
         from transformers.debug_utils import DebugUnderflowOverflow

@@ -80,8 +80,8 @@ def tag_counts(logdir: Path) -> dict[str, int]:
 
 
 def main() -> None:
-    from rangewatch.demo import run_case
-    from rangewatch.report import build_report
+    from rangewatch.cli.demo import run_case
+    from rangewatch.sinks.report import build_report
 
     logdir = Path(tempfile.mkdtemp()) / "logs"
     for case in ("dark-preview", "vae-range", "sdxl-latent", "clean"):
@@ -92,7 +92,7 @@ def main() -> None:
 
     port = 6123
     tb = subprocess.Popen(
-        [sys.executable, "-m", "rangewatch.cli", "tensorboard", "--logdir", str(logdir), "--port", str(port), "--host", "127.0.0.1"],
+        [sys.executable, "-m", "rangewatch.cli.main", "tensorboard", "--logdir", str(logdir), "--port", str(port), "--host", "127.0.0.1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

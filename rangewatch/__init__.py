@@ -17,43 +17,43 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _EXPORTS = {
     "RangeWatch": "callback",
-    "Watch": "engine",
-    "TapInfo": "engine",
+    "Watch": "engine.watch",
+    "TapInfo": "engine.watch",
     "watch": "loop",
-    "FindingsLog": "findings_log",
-    "Collectives": "collectives",
-    "SingleProcess": "collectives",
-    "LightningCollectives": "collectives",
-    "TorchDistributed": "collectives",
+    "FindingsLog": "findings.log",
+    "Collectives": "engine.collectives",
+    "SingleProcess": "engine.collectives",
+    "LightningCollectives": "engine.collectives",
+    "TorchDistributed": "engine.collectives",
     "ConfigError": "config",
-    "Convention": "conventions",
-    "get_convention": "conventions",
-    "list_conventions": "conventions",
-    "register_convention": "conventions",
-    "Expectation": "expectation",
-    "Finding": "findings",
-    "RangeMismatchError": "findings",
-    "Inference": "inference",
-    "infer_convention": "inference",
-    "RangeStats": "stats",
-    "RangeSummary": "stats",
-    "enable_basicsr_compat": "compat",
-    "import_basicsr": "compat",
-    "LatentMonitor": "latents",
-    "latent_preview": "latents",
-    "log_latents": "latents",
-    "soft_clamp": "latents",
-    "FP16_MAX": "numerics",
-    "ModuleTracer": "numerics",
-    "TraceReport": "numerics",
-    "nan_image_finding": "numerics",
+    "Convention": "expect.conventions",
+    "get_convention": "expect.conventions",
+    "list_conventions": "expect.conventions",
+    "register_convention": "expect.conventions",
+    "Expectation": "expect.expectation",
+    "Finding": "findings.finding",
+    "RangeMismatchError": "findings.finding",
+    "Inference": "checks.inference",
+    "infer_convention": "checks.inference",
+    "RangeStats": "stats.range_stats",
+    "RangeSummary": "stats.range_stats",
+    "enable_basicsr_compat": "compat.basicsr",
+    "import_basicsr": "compat.basicsr",
+    "LatentMonitor": "checks.latents",
+    "latent_preview": "checks.latents",
+    "log_latents": "checks.latents",
+    "soft_clamp": "checks.latents",
+    "FP16_MAX": "checks.numerics",
+    "ModuleTracer": "checks.numerics",
+    "TraceReport": "checks.numerics",
+    "nan_image_finding": "checks.numerics",
     "VisualizationWatch": "visualization",
     "log_previews": "visualization",
     "watch_visualization": "visualization",
     "LossWatch": "integrations",
     "find_loss_networks": "integrations",
-    "PipelineWatch": "pipeline",
-    "watch_pipeline": "pipeline",
+    "PipelineWatch": "pipeline.watch",
+    "watch_pipeline": "pipeline.watch",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -74,19 +74,19 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from .callback import RangeWatch
-    from .collectives import Collectives, LightningCollectives, SingleProcess, TorchDistributed
-    from .engine import TapInfo, Watch
-    from .findings_log import FindingsLog
+    from .engine.collectives import Collectives, LightningCollectives, SingleProcess, TorchDistributed
+    from .engine.watch import TapInfo, Watch
+    from .findings.log import FindingsLog
     from .loop import watch
-    from .compat import enable_basicsr_compat, import_basicsr
+    from .compat.basicsr import enable_basicsr_compat, import_basicsr
     from .config import ConfigError
-    from .conventions import Convention, get_convention, list_conventions, register_convention
-    from .expectation import Expectation
-    from .findings import Finding, RangeMismatchError
-    from .inference import Inference, infer_convention
+    from .expect.conventions import Convention, get_convention, list_conventions, register_convention
+    from .expect.expectation import Expectation
+    from .findings.finding import Finding, RangeMismatchError
+    from .checks.inference import Inference, infer_convention
     from .integrations import LossWatch, find_loss_networks
-    from .latents import LatentMonitor, latent_preview, log_latents, soft_clamp
-    from .numerics import FP16_MAX, ModuleTracer, TraceReport, nan_image_finding
-    from .pipeline import PipelineWatch, watch_pipeline
-    from .stats import RangeStats, RangeSummary
+    from .checks.latents import LatentMonitor, latent_preview, log_latents, soft_clamp
+    from .checks.numerics import FP16_MAX, ModuleTracer, TraceReport, nan_image_finding
+    from .pipeline.watch import PipelineWatch, watch_pipeline
+    from .stats.range_stats import RangeStats, RangeSummary
     from .visualization import VisualizationWatch, log_previews, watch_visualization

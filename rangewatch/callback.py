@@ -1,5 +1,5 @@
 """The Lightning front end: :class:`RangeWatch`, a callback whose hooks each drive the engine
-(:class:`~rangewatch.Watch`, :mod:`rangewatch.engine`), with the Trainer's strategy as its collectives."""
+(:class:`~rangewatch.Watch`, :mod:`rangewatch.engine.watch`), with the Trainer's strategy as its collectives."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 
-from .collectives import LightningCollectives
+from .engine.collectives import LightningCollectives
 from .config import load_options
-from .engine import OPTIONS, Watch
-from .expectation import Expectation
-from .findings import Finding
-from .findings_log import Policy
-from .namespaces import CALLBACK_BASES
+from .engine.watch import OPTIONS, Watch
+from .expect.expectation import Expectation
+from .findings.finding import Finding
+from .findings.log import Policy
+from .compat.namespaces import CALLBACK_BASES
 
 __all__ = ["RangeWatch"]
 
@@ -184,7 +184,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from .namespaces import sync_rank_zero
+        from .compat.namespaces import sync_rank_zero
 
         sync_rank_zero(trainer)
         self.engine.connect(collectives=LightningCollectives(trainer), loggers=list(trainer.loggers),
@@ -198,7 +198,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         engine = self.engine
         if not engine.derive_expectations or engine.loader_expectations:
             return
-        from .namespaces import is_overridden  # the inspected object's own namespace
+        from .compat.namespaces import is_overridden  # the inspected object's own namespace
 
         owners = [getattr(trainer, "lightning_module", None), getattr(trainer, "datamodule", None)]
         moved = [f"{type(o).__name__}.{h}" for o in owners if o is not None for h in _TRANSFER_HOOKS if is_overridden(h, o)]

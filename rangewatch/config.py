@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .conventions import get_convention, list_conventions
+from .expect.conventions import get_convention, list_conventions
 
 __all__ = ["ConfigError", "load_options", "read_yaml", "check_choice", "check_int", "check_float", "check_expect", "check_str_list",
            "check_trace_modules"]

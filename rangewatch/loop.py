@@ -42,8 +42,8 @@ from typing import Any
 
 from torch import nn
 
-from .collectives import Collectives, default_collectives
-from .engine import Watch
+from .engine.collectives import Collectives, default_collectives
+from .engine.watch import Watch
 
 __all__ = ["watch"]
 

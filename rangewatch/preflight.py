@@ -41,7 +41,7 @@ from typing import Any, Iterator
 
 
 from .config import ConfigError, _short, read_yaml
-from .findings import Finding
+from .findings.finding import Finding
 
 __all__ = ["CheckError", "CheckReport", "TapResult", "load_check_config", "check", "run_check", "main_check"]
 
@@ -539,7 +539,7 @@ def check(datamodule: Any, model: Any = None, watch: Any = None, batches: int = 
     import lightning.pytorch as pl
     from tqdm.auto import tqdm
 
-    from .engine import Watch
+    from .engine.watch import Watch
 
     _check_batches(batches)
     engine: Watch = Watch() if watch is None else getattr(watch, "engine", watch)

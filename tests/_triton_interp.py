@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rangewatch import stats_triton
-from rangewatch.stats import RangeStats
+from rangewatch.stats import triton as stats_triton
+from rangewatch.stats.range_stats import RangeStats
 from test_stats import SETTINGS, cases, channel_rows, channels_of, check_summary, make_tensor, stats_for
 
 pytestmark = pytest.mark.skipif(not stats_triton.INTERPRET_ON_CPU,
@@ -79,7 +79,7 @@ def test_kernel_blocking_against_numpy(shape, memory_format, dtype):
 
 def test_kernel_partials_fold_on_the_way(monkeypatch):
     """Pending kernel partials (extremes and moments) fold when the list is full and when read."""
-    from rangewatch import stats as stats_mod
+    from rangewatch.stats import range_stats as stats_mod
 
     monkeypatch.setattr(stats_mod, "_PENDING_MAX", 3)
     g = torch.Generator().manual_seed(11)

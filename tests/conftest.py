@@ -12,7 +12,7 @@ def registers_conventions():
     added are unregistered after it. Reading a model or a pipeline registers nothing (expectations carry
     their Convention), except transform inspection's custom Normalize constants, registered under a
     value-derived name so that a dataset and a model with the same constants share it."""
-    from rangewatch.conventions import list_conventions, unregister_convention
+    from rangewatch.expect.conventions import list_conventions, unregister_convention
 
     before = set(list_conventions())
     yield

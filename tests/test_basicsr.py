@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from rangewatch.compat import FUNCTIONAL_TENSOR, enable_basicsr_compat, import_basicsr
+from rangewatch.compat.basicsr import FUNCTIONAL_TENSOR, enable_basicsr_compat, import_basicsr
 
 enable_basicsr_compat()
 basicsr = pytest.importorskip("basicsr", reason="basicsr is not installed (`pip install basicsr`); compat was enabled first")

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from rangewatch import ConfigError, RangeMismatchError, RangeWatch, get_convention
-from rangewatch.sinks import tag
+from rangewatch.sinks.loggers import tag
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -262,7 +262,7 @@ def test_odd_tensors_never_traceback(tmp_path):
 
 
 def test_internal_error_switches_tap_off_and_training_goes_on(tmp_path, monkeypatch):
-    from rangewatch.stats import RangeStats
+    from rangewatch.stats.range_stats import RangeStats
 
     orig = RangeStats.update
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from rangewatch import RangeWatch
-from rangewatch.compat import enable_basicsr_compat
+from rangewatch.compat.basicsr import enable_basicsr_compat
 
 
 class Restorer(pl.LightningModule):

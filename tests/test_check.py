@@ -46,7 +46,7 @@ def check(capsys, path: str, *, batches: int = 8, as_json: bool = False) -> tupl
 
 
 def cli_has_check() -> bool:
-    from rangewatch.cli import build_parser
+    from rangewatch.cli.main import build_parser
 
     sub = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     return bool(sub) and "check" in sub[0].choices
@@ -279,8 +279,8 @@ def test_api_raises_config_and_check_errors(tmp_path):
 # ---------------------------------------------------------------------------------------------- the command line
 def test_cli_main_in_process(tmp_path, capsys):
     if not cli_has_check():
-        pytest.skip("`rangewatch check` is not wired into rangewatch/cli.py yet")
-    from rangewatch.cli import main
+        pytest.skip("`rangewatch check` is not wired into rangewatch/cli/main.py yet")
+    from rangewatch.cli.main import main
 
     path = cfg(tmp_path, UNIT_VAE)
     assert main(["check", path, "--batches", "2", "--no-progress"]) == 1
@@ -293,7 +293,7 @@ def test_cli_main_in_process(tmp_path, capsys):
 def test_cli_subprocess(tmp_path):
     """The command as CI runs it: exit code 1 on a mismatch, JSON on stdout, exit 2 on a bad config."""
     if cli_has_check():
-        cmd = [sys.executable, "-m", "rangewatch.cli", "check"]
+        cmd = [sys.executable, "-m", "rangewatch.cli.main", "check"]
     else:  # until the subcommand is wired: the same function, its argument names
         cmd = [sys.executable, "-c",
                "import sys, argparse; from rangewatch.preflight import main_check; a = sys.argv[1:]; "

@@ -17,10 +17,10 @@ import torch
 import torch._dynamo as dynamo
 from torch import nn
 
-from rangewatch import compile_hooks
-from rangewatch.numerics import ModuleTracer
-from rangewatch.stats import RangeStats
-from rangewatch.taps import ModuleTaps
+from rangewatch.taps import compiled as compile_hooks
+from rangewatch.checks.numerics import ModuleTracer
+from rangewatch.stats.range_stats import RangeStats
+from rangewatch.taps.batches import ModuleTaps
 
 pytestmark = pytest.mark.skipif(not compile_hooks.AVAILABLE, reason="the rangewatch operator needs torch >= 2.2")
 

@@ -5,8 +5,8 @@ from torchvision.transforms import v2
 
 import rangewatch
 from rangewatch import get_convention, list_conventions, register_convention
-from rangewatch.conventions import UnknownConventionError
-from rangewatch.fixes import conversion_fix
+from rangewatch.expect.conventions import UnknownConventionError
+from rangewatch.checks.fixes import conversion_fix
 
 # published constants (torchvision transforms/_presets.py, open_clip constants.py), hand-computed (0-mean)/std and (1-mean)/std
 IMAGENET_BOUNDS = ((-2.1179, -2.0357, -1.8044), (2.2489, 2.4286, 2.6400))
@@ -87,7 +87,7 @@ def test_register_forms(registers_conventions):
 
 
 def test_unregister():
-    from rangewatch.conventions import unregister_convention
+    from rangewatch.expect.conventions import unregister_convention
 
     register_convention("test_gone", mean=[0.3], std=[0.2])
     unregister_convention("test_gone")

@@ -316,7 +316,7 @@ def test_ddp_matches_single_process_and_numpy(tmp_path: Path) -> None:
     assert ddp_texts == single_texts == [0]
 
     # `rangewatch report` reads the DDP run's logs: the tap, its per-step values and the finding
-    from rangewatch.report import build_report
+    from rangewatch.sinks.report import build_report
 
     html = build_report(ddp_out).read_text()
     assert TAP in html and "mismatch" in html and "x * 2 - 1" in html

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from rangewatch.cli import main
-from rangewatch.demo import CASES, run_case
-from rangewatch.photos import load_photos
+from rangewatch.cli.main import main
+from rangewatch.cli.demo import CASES, run_case
+from rangewatch.cli.photos import load_photos
 
 
 def test_embedded_photos_are_real():
@@ -32,7 +32,7 @@ def test_case(case, tmp_path):
 @pytest.mark.slow
 def test_cli_demo_prints_table_and_tensorboard_command(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "rangewatch.cli", "demo", "--case", "vae-range", "--logdir", str(tmp_path), "--no-progress"],
+        [sys.executable, "-m", "rangewatch.cli.main", "demo", "--case", "vae-range", "--logdir", str(tmp_path), "--no-progress"],
         capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]

@@ -6,8 +6,8 @@ import importlib
 import pytest
 
 MODULES = [
-    "rangewatch.findings", "rangewatch.expectation", "rangewatch.sinks",
-    "rangewatch.engine", "rangewatch.loop", "rangewatch.collectives", "rangewatch.findings_log", "rangewatch.callback",
+    "rangewatch.findings.finding", "rangewatch.expect.expectation", "rangewatch.sinks.loggers",
+    "rangewatch.engine.watch", "rangewatch.loop", "rangewatch.engine.collectives", "rangewatch.findings.log", "rangewatch.callback",
 ]
 
 

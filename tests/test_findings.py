@@ -1,6 +1,6 @@
-"""The finding builders and the de-duplication rule (rangewatch.findings)."""
+"""The finding builders and the de-duplication rule (rangewatch.findings.finding)."""
 
-from rangewatch.findings import Finding, first_seen, internal_finding, nonfinite_finding, note_finding
+from rangewatch.findings.finding import Finding, first_seen, internal_finding, nonfinite_finding, note_finding
 
 
 def test_builders_fix_kind_and_severity():

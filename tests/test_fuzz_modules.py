@@ -4,7 +4,7 @@ A module ``side`` is handed a fuzzed tensor (dense in any dtype and layout, empt
 complex, sparse COO/CSR, nested strided/jagged, meta, a non-contiguous view, one that requires grad)
 and returns it (so its output hook sees it too), or a plain tensor. Module taps
 (``RangeWatch(modules=["side"])``) and the tracer (``trace_modules="all"``, also a bare
-:class:`~rangewatch.numerics.ModuleTracer`) must never raise into the model, never change its output,
+:class:`~rangewatch.checks.numerics.ModuleTracer`) must never raise into the model, never change its output,
 and never file an internal error against themselves.
 
 Size: ``RANGEWATCH_FUZZ_EXAMPLES`` (default 12) fits, and 10x as many bare-tracer forwards.
@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from rangewatch import RangeWatch
-from rangewatch.numerics import ModuleTracer
+from rangewatch.checks.numerics import ModuleTracer
 
 EXAMPLES = int(os.environ.get("RANGEWATCH_FUZZ_EXAMPLES", "12"))
 

@@ -17,7 +17,7 @@ from photos import photo
 from torch.utils.data import DataLoader
 
 from rangewatch import RangeMismatchError, RangeWatch
-from rangewatch.model_expectations import derive_expectations
+from rangewatch.expect.models import derive_expectations
 
 NAMES = ["astronaut", "chelsea", "coffee", "rocket"]
 NAMESPACES = ["lightning.pytorch", "pytorch_lightning"]

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from rangewatch import RangeWatch
-from rangewatch.taps import MAX_DEPTH, MAX_ITEMS, find_images
+from rangewatch.taps.batches import MAX_DEPTH, MAX_ITEMS, find_images
 
 NAMESPACES = ["lightning.pytorch", "pytorch_lightning"]
 
@@ -270,8 +270,8 @@ def test_too_deep_batch_said_once(caplog):
 # ---------------------------------------------------------------------------- idiom 8: internal errors
 @pytest.mark.slow
 def test_internal_errors_say_what_failed_and_only_taps_are_switched_off(monkeypatch):
-    import rangewatch.transform_inspection as ti
-    from rangewatch.stats import RangeStats
+    import rangewatch.expect.transforms as ti
+    from rangewatch.stats.range_stats import RangeStats
 
     def broken(*a, **k):
         raise RuntimeError("boom in the loader")
@@ -322,7 +322,7 @@ def test_pytorch_lightning_trainer_rank_reaches_rangewatch_warnings(recwarn):
     from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch.utilities import rank_zero_warn
 
-    from rangewatch.namespaces import sync_rank_zero
+    from rangewatch.compat.namespaces import sync_rank_zero
 
     t = ptl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     before = rank_zero_only.rank

@@ -238,7 +238,7 @@ def test_gan_preview_policy_raise_stops_at_first_preview(tmp_path):
 # ---------------------------------------------------------------------------- basicsr-style restoration
 @pytest.fixture(scope="module")
 def basicsr():
-    from rangewatch.compat import enable_basicsr_compat
+    from rangewatch.compat.basicsr import enable_basicsr_compat
 
     enable_basicsr_compat()
     return pytest.importorskip("basicsr", reason="basicsr (the [basicsr] extra) is not installed")

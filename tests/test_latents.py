@@ -1,4 +1,4 @@
-"""Latent monitor, preview and TensorBoard logging (rangewatch.latents)."""
+"""Latent monitor, preview and TensorBoard logging (rangewatch.checks.latents)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from rangewatch.conventions import Convention, get_convention
-from rangewatch.latents import LatentMonitor, hue_name, latent_preview, log_latents, soft_clamp
+from rangewatch.expect.conventions import Convention, get_convention
+from rangewatch.checks.latents import LatentMonitor, hue_name, latent_preview, log_latents, soft_clamp
 
 FAMILIES = ["sd15_latent", "sdxl_latent", "sd3_latent", "flux_latent"]
 

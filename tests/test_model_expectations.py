@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rangewatch.conventions import get_convention, list_conventions
-from rangewatch.model_expectations import HF_MODEL_TYPES, derive_expectations, latent_convention_for
-from rangewatch.transform_inspection import predict_transform
+from rangewatch.expect.conventions import get_convention, list_conventions
+from rangewatch.expect.models import HF_MODEL_TYPES, derive_expectations, latent_convention_for
+from rangewatch.expect.transforms import predict_transform
 
 
 
@@ -304,8 +304,8 @@ def test_works_without_optional_libraries(monkeypatch):
     import ast
     import pathlib
 
-    import rangewatch.model_expectations as me
-    import rangewatch.transform_inspection as ti
+    import rangewatch.expect.models as me
+    import rangewatch.expect.transforms as ti
     from rangewatch.integrations import compvis, diffusers, open_clip, timm, transformers
 
     optional = {"diffusers", "timm", "transformers", "open_clip"}

@@ -1,4 +1,4 @@
-"""NaN/Inf origin tracing and fp16 headroom (rangewatch.numerics)."""
+"""NaN/Inf origin tracing and fp16 headroom (rangewatch.checks.numerics)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from rangewatch.findings import Finding
-from rangewatch.numerics import (
+from rangewatch.findings.finding import Finding
+from rangewatch.checks.numerics import (
     FP16_MAX,
     ModuleTracer,
     nan_image_finding,
     nonfinite_flag,
     nonfinite_taps,
 )
-from rangewatch.stats import RangeStats
+from rangewatch.stats.range_stats import RangeStats
 
 
 # ---------------------------------------------------------------------------- a small real model

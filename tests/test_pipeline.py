@@ -426,7 +426,7 @@ def test_a_failing_piece_is_reported_once_and_the_generation_is_unaffected(monke
     def broken(self, z):
         raise RuntimeError("odd tensor")
 
-    from rangewatch.latents import LatentMonitor
+    from rangewatch.checks.latents import LatentMonitor
 
     monkeypatch.setattr(LatentMonitor, "update", broken)
     with watch_pipeline(pipe) as watch:
@@ -434,7 +434,7 @@ def test_a_failing_piece_is_reported_once_and_the_generation_is_unaffected(monke
         out2 = generate(pipe).images
     assert torch.equal(ref, out) and torch.equal(ref, out2)
     internal = [f for f in watch.findings if f.kind == "internal"]
-    assert sorted(f.where for f in internal) == ["rangewatch.pipeline:decode", "rangewatch.pipeline:steps"]
+    assert sorted(f.where for f in internal) == ["rangewatch.pipeline.watch:decode", "rangewatch.pipeline.watch:steps"]
     assert all("odd tensor" in f.observed for f in internal)
     assert_clean(pipe, StableDiffusionPipeline)
 
@@ -640,8 +640,8 @@ def test_findings_scalars_and_latent_previews_read_back_from_the_event_file(kind
     from PIL import Image
     from torchvision.utils import make_grid
 
-    from rangewatch.latents import preview_scale
-    from rangewatch.sinks import findings_from_markdown
+    from rangewatch.checks.latents import preview_scale
+    from rangewatch.sinks.loggers import findings_from_markdown
 
     if kind == "SummaryWriter":
         from torch.utils.tensorboard import SummaryWriter

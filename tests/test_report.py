@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from rangewatch import RangeWatch
-from rangewatch.report import build_report
+from rangewatch.sinks.report import build_report
 
 PIL = pytest.importorskip("PIL.Image", reason="Pillow decodes the embedded previews")
 

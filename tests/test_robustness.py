@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from rangewatch import ConfigError, RangeMismatchError, RangeWatch
-from rangewatch.numerics import ModuleTracer
+from rangewatch.checks.numerics import ModuleTracer
 from rangewatch.preflight import main_check
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +194,7 @@ def test_tracer_all_with_script_submodule_leaves_no_hook_behind():
 
 
 def test_module_taps_remove_every_placed_hook_when_one_fails():
-    from rangewatch.taps import ModuleTaps
+    from rangewatch.taps.batches import ModuleTaps
 
     class Refuses(nn.Module):
         def register_forward_hook(self, *a, **k):  # a module whose hooks cannot be placed
@@ -236,7 +236,7 @@ BOMBS = {
 _BOMB_SCRIPT = """
 import contextlib, io, json, sys
 from rangewatch import RangeWatch, ConfigError
-from rangewatch.cli import main
+from rangewatch.cli.main import main
 out = {}
 for name in sys.argv[1:]:
     err = io.StringIO()
@@ -325,7 +325,7 @@ def test_meta_tensors_and_an_early_checkpoint(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- item 9
 def test_find_images_skips_only_the_odd_leaves():
-    from rangewatch.taps import find_images
+    from rangewatch.taps.batches import find_images
 
     nan = torch.full((2, 3, 16, 16), float("nan"))
     batch = {"image": nan, **odd_tensors(), "nest": {"deep": [nested(), img()]}}
@@ -457,7 +457,7 @@ def test_from_yaml_directory_binary_and_bad_callbacks(tmp_path):
 def test_expectations_block_and_metadata_read_once_per_fit(caplog, monkeypatch):
     import logging
 
-    from rangewatch import model_expectations
+    from rangewatch.expect import models as model_expectations
 
     calls = []
     real = model_expectations.derive_expectations
@@ -522,7 +522,7 @@ def test_check_exit_codes_binary_yaml_scriptmodule_and_raising_step(tmp_path, ca
 
 # ---------------------------------------------------------------------------------------------- item 16
 def test_check_help_and_readme_say_a_config_is_code():
-    from rangewatch.cli import build_parser
+    from rangewatch.cli.main import build_parser
 
     sub = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)][0]
     assert "a config is code" in sub.choices["check"].format_help().lower()

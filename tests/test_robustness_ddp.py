@@ -176,8 +176,8 @@ def test_ddp_latent_tap_logged_by_rank_zero_finishes(tmp_path):
 def test_ddp_tracer_reduces_the_first_origin_across_ranks(tmp_path):
     r0, r1, err = _launch("tracer_inf", tmp_path)
     assert r0["global_step"] == r1["global_step"] == STEPS
-    nf0 = [f for f in r0["findings"] if f["kind"] == "nonfinite" and f["source"] == "rangewatch.numerics.ModuleTracer"]
-    nf1 = [f for f in r1["findings"] if f["kind"] == "nonfinite" and f["source"] == "rangewatch.numerics.ModuleTracer"]
+    nf0 = [f for f in r0["findings"] if f["kind"] == "nonfinite" and f["source"] == "rangewatch.checks.numerics.ModuleTracer"]
+    nf1 = [f for f in r1["findings"] if f["kind"] == "nonfinite" and f["source"] == "rangewatch.checks.numerics.ModuleTracer"]
     assert nf0 and nf1, (r0["findings"], r1["findings"])
     # the same record on both ranks: the module that overflowed, at the step it did, on the rank it did
     assert nf0[0]["where"] == nf1[0]["where"] == "boom", (nf0, nf1)

@@ -14,8 +14,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rangewatch import stats as stats_mod
-from rangewatch.stats import RangeStats, RangeSummary
+from rangewatch.stats import range_stats as stats_mod
+from rangewatch.stats.range_stats import RangeStats, RangeSummary
 
 SETTINGS = dict(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
@@ -846,7 +846,7 @@ def test_pending_every_step_updates_reach_every_reader():
 def test_detail_value_sample_does_not_depend_on_layout(prep, channel_dim):
     """The value sample of detail updates (gathered by storage offsets, without a copy of x) holds
     the same values whatever the memory layout of x."""
-    from rangewatch.evidence import ValueSample
+    from rangewatch.stats.evidence import ValueSample
 
     x = prep(torch.randn(4, 6, 17, 9, generator=torch.Generator().manual_seed(3)))
     a, b = ValueSample(per_update=300, channel_dim=channel_dim), ValueSample(per_update=300, channel_dim=channel_dim)

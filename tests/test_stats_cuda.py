@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from rangewatch.stats import RangeStats
+from rangewatch.stats.range_stats import RangeStats
 from test_stats import channel_rows, check_summary
 
 pytestmark = [
@@ -98,7 +98,7 @@ def test_sync_debug_mode_is_active():
 def test_one_read_kernel_runs_and_matches_numpy(dtype, channels_last, shape):
     """On CUDA, float32/16 and bfloat16 in both layouts take the Triton kernel (not the eager
     fallback), with exact extremes and float64-close moments against numpy, and no host sync."""
-    from rangewatch import stats_triton
+    from rangewatch.stats import triton as stats_triton
 
     if stats_triton.triton is None:
         pytest.skip("triton is not installed")

@@ -1,4 +1,4 @@
-"""The opt-in compiled CPU updates (``rangewatch/stats_inductor.py``) against the numpy float64
+"""The opt-in compiled CPU updates (``rangewatch/stats/inductor.py``) against the numpy float64
 reference and against the eager path; and the fallback when compiling fails.
 
 Compiling takes seconds per function and shape, so these use few shapes and are marked slow.
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from rangewatch import stats_inductor
-from rangewatch.stats import RangeStats
+from rangewatch.stats import inductor as stats_inductor
+from rangewatch.stats.range_stats import RangeStats
 from test_stats import IMAGENET_HI, IMAGENET_LO, channel_rows, check_fused_updates, check_summary, make_tensor, stats_for
 
 pytest.importorskip("torch._inductor")
@@ -73,7 +73,7 @@ def test_compile_failure_falls_back_to_eager_once(compiled, monkeypatch, caplog)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 4, 256, generator=g)
     s = RangeStats(bounds="imagenet", hist_bins=8)
-    with caplog.at_level(logging.WARNING, logger="rangewatch.stats_inductor"):
+    with caplog.at_level(logging.WARNING, logger="rangewatch.stats.inductor"):
         s.update(x, moments=False)  # the every-step plan: fails, re-plans eagerly
         s.update(x, detail=True)
         s.update(x)

@@ -1,4 +1,4 @@
-"""The one-read C kernel of the CPU updates (``rangewatch/stats_native.py``, on by default) against the
+"""The one-read C kernel of the CPU updates (``rangewatch/stats/native.py``, on by default) against the
 numpy float64 reference, bit for bit against the eager reductions, and its fallbacks (no compiler, a
 failing build, a slot outside the counts).
 
@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import test_stats
-from rangewatch import stats_native
-from rangewatch.stats import RangeStats
+from rangewatch.stats import native as stats_native
+from rangewatch.stats.range_stats import RangeStats
 from test_stats import IMAGENET_HI, IMAGENET_LO, channel_rows, check_fused_updates, check_summary, make_tensor, stats_for
 
 pytestmark = pytest.mark.skipif(not stats_native.available(), reason=f"no C kernel here: {stats_native._broken}")
@@ -113,7 +113,7 @@ def test_a_slot_outside_the_counts_is_declined(native, caplog):
     # slots: clamp(floor(x), -1, 3) + offset, NaN at 4 + offset: channel 1's reach 5..10
     ok = native.histogram(rows, torch.zeros(2), one, torch.tensor([1.0, 6.0]), -1, 3, 4, 11)
     assert ok is not None and ok.tolist() == [0, 64, 0, 0, 0, 0, 64, 0, 0, 0, 0]
-    with caplog.at_level(logging.WARNING, logger="rangewatch.stats_native"):
+    with caplog.at_level(logging.WARNING, logger="rangewatch.stats.native"):
         assert native.histogram(rows, torch.zeros(2), one, torch.tensor([1.0, 7.0]), -1, 3, 4, 11) is None  # NaN slot 11
         assert native.histogram(rows, torch.zeros(2), one, torch.tensor([0.0, 6.0]), -1, 3, 4, 11) is None  # slot -1
     # a caller's bug: the kernel is off for the process from then on, said once
@@ -148,7 +148,7 @@ def test_without_a_working_compiler_the_eager_path_runs(monkeypatch, tmp_path, c
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 4, 256, generator=g)
     s = RangeStats(bounds="imagenet", hist_bins=8)
-    with caplog.at_level(logging.INFO, logger="rangewatch.stats_native"):
+    with caplog.at_level(logging.INFO, logger="rangewatch.stats.native"):
         s.update(x, moments=False)
         s.update(x, detail=True)
         s.update(x)

@@ -1,4 +1,4 @@
-"""The one-read Triton kernels (``rangewatch/stats_triton.py``) on CPU, through Triton's interpreter.
+"""The one-read Triton kernels (``rangewatch/stats/triton.py``) on CPU, through Triton's interpreter.
 
 ``TRITON_INTERPRET=1`` must be set before triton is imported, so the checks run in a subprocess:
 ``tests/_triton_interp.py`` (kernel-specific cases, and a check that the kernels ran rather than

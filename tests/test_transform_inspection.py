@@ -15,8 +15,8 @@ from torchvision.datasets import VisionDataset
 from torchvision.transforms import v2
 
 from photos import photo
-from rangewatch.conventions import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, get_convention
-from rangewatch.transform_inspection import Prediction, convention_for_normalize, predict_dataset, predict_transform
+from rangewatch.expect.conventions import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, get_convention
+from rangewatch.expect.transforms import Prediction, convention_for_normalize, predict_dataset, predict_transform
 
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from rangewatch import Finding, RangeWatch
-from rangewatch.sinks import findings_from_markdown, findings_markdown, tag
+from rangewatch.sinks.loggers import findings_from_markdown, findings_markdown, tag
 
 
 class Pairs(Dataset):
@@ -272,12 +272,12 @@ def test_preview_pair_labelled_inside_the_image():
 
 
 def test_tensor2img_labels():
-    from rangewatch.demo import has_package
+    from rangewatch.cli.demo import has_package
 
     if not has_package("basicsr"):
         pytest.skip("basicsr is not installed")
     from rangewatch import watch_visualization
-    from rangewatch.compat import import_basicsr
+    from rangewatch.compat.basicsr import import_basicsr
 
     import_basicsr()
     import basicsr.utils as bu
@@ -313,9 +313,9 @@ def test_latent_preview_enlarged(tmp_path):
 
 def test_demo_latents_preview_is_the_photo():
     """The demo's latents are made so that their linear RGB preview is the photo (least squares)."""
-    from rangewatch.conventions import get_convention
-    from rangewatch.demo import PhotoLatents
-    from rangewatch.photos import load_photos
+    from rangewatch.expect.conventions import get_convention
+    from rangewatch.cli.demo import PhotoLatents
+    from rangewatch.cli.photos import load_photos
 
     conv = get_convention("sdxl_latent")
     ds = PhotoLatents(32)

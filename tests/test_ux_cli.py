@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rangewatch.cli import DEMO_CASES, build_parser, main
+from rangewatch.cli.main import DEMO_CASES, build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -26,7 +26,7 @@ def python(code: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def test_parsing_imports_neither_torch_nor_lightning():
     r = python(
         "import sys\n"
-        "from rangewatch.cli import build_parser\n"
+        "from rangewatch.cli.main import build_parser\n"
         "p = build_parser()\n"
         "for argv in (['demo', '--case', 'all'], ['report', 'logs'], ['conventions', '--kind', 'latent'], ['tensorboard', '--logdir', 'x']):\n"
         "    p.parse_args(argv)\n"
@@ -48,7 +48,7 @@ def test_startup_figure(capsys):
         subprocess.run([sys.executable, *args], capture_output=True, env=ENV, cwd=ROOT, timeout=600, check=True)
         return time.perf_counter() - t
 
-    helps = [wall(["-m", "rangewatch.cli", "--help"]) for _ in range(2)]
+    helps = [wall(["-m", "rangewatch.cli.main", "--help"]) for _ in range(2)]
     torch_import = wall(["-c", "import torch"])
     with capsys.disabled():
         print(f"\n[figure] rangewatch --help: {min(helps):.2f} s (fresh interpreter); import torch alone: {torch_import:.2f} s")
@@ -96,7 +96,7 @@ def test_conventions_help_and_header(capsys):
 
 
 def test_demo_case_titles_match_the_demo():
-    from rangewatch.demo import CASES
+    from rangewatch.cli.demo import CASES
 
     assert DEMO_CASES == {k: c.title for k, c in CASES.items()}
 
@@ -142,7 +142,7 @@ md.distribution, md.version = distribution, version
 
 
 def _demo(args: list[str], block: list[str]) -> subprocess.CompletedProcess:
-    code = HIDE.format(block=block) + "from rangewatch.cli import main\n" + f"sys.exit(main({args!r}))\n"
+    code = HIDE.format(block=block) + "from rangewatch.cli.main import main\n" + f"sys.exit(main({args!r}))\n"
     return python(code)
 
 
@@ -150,7 +150,7 @@ def test_hiding_works():
     r = python(HIDE.format(block=["diffusers", "transformers"]) + (
         "import importlib.util\n"
         "try:\n    import diffusers\nexcept ImportError:\n    print('no diffusers')\n"
-        "from rangewatch.demo import has_package\n"
+        "from rangewatch.cli.demo import has_package\n"
         "print(has_package('transformers'), has_package('torch'))\n"
         "import lightning.pytorch, torchmetrics\nprint('lightning ok')\n"))
     assert r.returncode == 0, r.stderr[-2000:]
@@ -187,7 +187,7 @@ def test_demo_rerun_writes_a_fresh_version(tmp_path):
 
 def test_findings_table_wraps_at_word_boundaries():
     from rangewatch import Finding
-    from rangewatch.demo import findings_table
+    from rangewatch.cli.demo import findings_table
 
     fix = ("run in bfloat16 instead of float16 (Trainer(precision='bf16-mixed'), torch_dtype=torch.bfloat16), which has the "
            "range of fp32; or keep decoder.mid in fp32: model.get_submodule('decoder.mid').float()")

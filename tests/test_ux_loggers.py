@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from rangewatch import RangeWatch
-from rangewatch.sinks import FINDING_COLUMNS, mlflow_key, tag
+from rangewatch.sinks.loggers import FINDING_COLUMNS, mlflow_key, tag
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 from test_ux import EXPECT, fit
 
 from rangewatch import RangeWatch
-from rangewatch.report import build_report
+from rangewatch.sinks.report import build_report
 
 
 class Outline(HTMLParser):

@@ -18,8 +18,8 @@ from torchvision import transforms as T
 from torchvision.transforms import v2
 
 from rangewatch import RangeWatch, get_convention, infer_convention
-from rangewatch.conventions import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
-from rangewatch.fixes import conversion_fix
+from rangewatch.expect.conventions import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+from rangewatch.checks.fixes import conversion_fix
 
 NAMES = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "motorcycle_left", "retina", "hubble_deep_field"]
 TINY_VIT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=32, patch_size=8)
@@ -133,7 +133,7 @@ def test_timm_re_mode_pixel_is_not_a_mismatch():
 
 
 def test_random_erasing_is_predicted_as_noise():
-    from rangewatch.transform_inspection import predict_transform
+    from rangewatch.expect.transforms import predict_transform
 
     p = predict_transform(imagenet_tf(T.RandomErasing(p=0.5, value="random")))
     assert p.convention == "imagenet" and p.noise_share == pytest.approx(0.33)
@@ -169,8 +169,8 @@ def _bicubic(conv: str, n: int = 8, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("conv", ["clip", "imagenet"])
 def test_bicubic_after_normalize_no_swap_false_alarm(conv):
-    from rangewatch.rules import check_expectation
-    from rangewatch.stats import RangeStats
+    from rangewatch.checks.rules import check_expectation
+    from rangewatch.stats.range_stats import RangeStats
 
     x = _bicubic(conv)
     assert float(x.min()) < get_convention(conv).bounds(3)[0][0]  # the resampling overshoots the bounds
@@ -190,8 +190,8 @@ def test_bicubic_clip_not_confidently_imagenet():
 
 
 def test_bicubic_unit_into_vae_seed_bug_still_caught():
-    from rangewatch.rules import check_expectation
-    from rangewatch.stats import RangeStats
+    from rangewatch.checks.rules import check_expectation
+    from rangewatch.stats.range_stats import RangeStats
 
     st = RangeStats()
     for seed in range(3):
@@ -252,7 +252,7 @@ def test_twelve_bit_unit_into_vae_caught_or_never_a_wrong_fix():
 # ------------------------------------------------------------------------------- heavy-tailed latents
 @pytest.mark.parametrize("kind", ["student_t", "laplace"])
 def test_heavy_tailed_latents_scaled_by_global_std_no_scale_error(kind):
-    from rangewatch.latents import LatentMonitor
+    from rangewatch.checks.latents import LatentMonitor
 
     torch.manual_seed(4)
     if kind == "student_t":
@@ -288,7 +288,7 @@ def test_loader_unit_model_scales_itself_prediction_withdrawn():
 
 # ------------------------------------------------------------------------------- basicsr overshoot
 def basicsr_tensor2img():
-    from rangewatch.compat import enable_basicsr_compat
+    from rangewatch.compat.basicsr import enable_basicsr_compat
 
     enable_basicsr_compat()  # basicsr imports torchvision.transforms.functional_tensor (gone in torchvision 0.17)
     pytest.importorskip("basicsr")

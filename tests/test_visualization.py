@@ -16,7 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.transforms.v2 import functional as TF
 
 from photos import as_tensor
-from rangewatch.findings import Finding
+from rangewatch.findings.finding import Finding
 from rangewatch.visualization import (
     Preview,
     VisRecord,
@@ -114,7 +114,7 @@ def test_save_image_with_value_range_is_fine_and_normalize_without_range_is_a_no
 
 
 def test_imagenet_normalised_data_gets_a_denormalise_fix(tmp_path):
-    from rangewatch.conventions import get_convention
+    from rangewatch.expect.conventions import get_convention
 
     x = get_convention("imagenet").from_unit(to_unit(batch_u8()))
     with watch_visualization(warn=False) as w:
@@ -406,7 +406,7 @@ def test_preview_verdict_uses_the_value_sample_not_only_the_extremes(tmp_path):
     from torchvision.transforms import v2
 
     from rangewatch import infer_convention
-    from rangewatch.stats import RangeStats
+    from rangewatch.stats.range_stats import RangeStats
 
     torch.manual_seed(0)
     imgs = []

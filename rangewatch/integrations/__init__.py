@@ -10,7 +10,7 @@ convention from the object and from the call:
 - :mod:`~rangewatch.integrations.torchvision`: frozen torchvision classifiers used as feature extractors
 
 Model metadata (what a model's own input/output expects, read by
-:func:`rangewatch.model_expectations.derive_expectations`), one reader per library, each with
+:func:`rangewatch.expect.models.derive_expectations`), one reader per library, each with
 ``read_expectations(d, path, module)`` (the sink is :class:`~rangewatch.integrations.metadata.Deriving`):
 :mod:`~rangewatch.integrations.diffusers` (autoencoders: pixels and latent scaling),
 :mod:`~rangewatch.integrations.compvis` (latent-diffusion / taming / generative-models autoencoders),

@@ -17,7 +17,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from ..fixes import conversion_fix
+from ..checks.fixes import conversion_fix
 
 __all__ = ["Expects", "Reading", "Watched", "span_conventions", "module_of", "bind"]
 

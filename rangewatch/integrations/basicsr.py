@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from ..fixes import conversion_fix
+from ..checks.fixes import conversion_fix
 from .base import Expects, Reading, Watched, bind, module_of
 
 __all__ = ["recognise", "FUNCTIONS", "vgg_expects"]

@@ -6,7 +6,7 @@ diffusers' ``VaeImageProcessor`` / ``VideoProcessor`` (``do_normalize=True``) ma
 (https://github.com/huggingface/diffusers/blob/main/src/diffusers/image_processor.py). The latent
 convention ``"<path>:latent"`` comes from ``config.scaling_factor`` / ``shift_factor`` /
 ``latents_mean`` / ``latents_std`` / ``latent_channels`` (the ``AutoencoderKL`` configs of the published
-checkpoints), through :func:`rangewatch.model_expectations.latent_convention_for`.
+checkpoints), through :func:`rangewatch.expect.models.latent_convention_for`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def read_expectations(d: Deriving, path: str, m: nn.Module) -> bool:
     if lm is not None:
         parts.append("latents_mean/std set")
     src = f"diffusers {cls}.config of {where}: " + ", ".join(parts)
-    from ..model_expectations import latent_convention_for  # no import cycle: it imports this file
+    from ..expect.models import latent_convention_for  # no import cycle: it imports this file
 
     conv = latent_convention_for(scale, shift, channels, lm, ls, source=src)
     if conv is None:

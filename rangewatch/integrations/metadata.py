@@ -4,7 +4,7 @@ Each library file with a model reader (``diffusers.py``, ``compvis.py``, ``timm.
 ``transformers.py``, ``open_clip.py``) has ``read_expectations(d, path, module) -> bool``: it returns
 ``False`` when ``module`` is not that library's (or says nothing), else records what the module expects
 through ``d`` and returns ``True`` (the module is claimed: nothing inside it is read again).
-:func:`rangewatch.model_expectations.derive_expectations` walks the modules and calls the readers in
+:func:`rangewatch.expect.models.derive_expectations` walks the modules and calls the readers in
 the order of its ``READERS`` table. A reader never imports its library unless the module's class comes
 from it (``sys.modules`` is checked first).
 """
@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from ..conventions import Convention
+from ..expect.conventions import Convention
 
 __all__ = ["Deriving", "library_of"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..fixes import conversion_fix
+from ..checks.fixes import conversion_fix
 from .base import Expects, Reading, Watched, bind, module_of
 from .lpips import has_lpips_scaling_layer
 

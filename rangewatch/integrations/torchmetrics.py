@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from ..fixes import conversion_fix
+from ..checks.fixes import conversion_fix
 from .base import Expects, Reading, Watched, bind, data_range_fix, module_of, span_conventions
 from .lpips import lpips_expects
 

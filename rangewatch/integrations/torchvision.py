@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..fixes import conversion_fix
+from ..checks.fixes import conversion_fix
 from .base import Expects, Reading, Watched, module_of
 
 __all__ = ["recognise"]

@@ -1,7 +1,7 @@
 """transformers: what its vision models expect, read from the model (``read_expectations``).
 
 An image processor attached to the model (``.image_processor``, ``.processor``, ``.feature_extractor``,
-``.preprocess``, ``.transform``), read with :func:`rangewatch.transform_inspection.predict_transform`;
+``.preprocess``, ``.transform``), read with :func:`rangewatch.expect.transforms.predict_transform`;
 otherwise the model type's published checkpoints (:data:`HF_MODEL_TYPES`; the processors'
 defaults in https://github.com/huggingface/transformers/tree/main/src/transformers/models and the
 checkpoints' ``preprocessor_config.json``). Composite models (``CLIPModel``, ``SiglipModel``) are keyed

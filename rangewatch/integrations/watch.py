@@ -47,10 +47,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..conventions import get_convention
-from ..findings import Finding, first_seen, internal_finding, note_finding
-from ..inference import infer_convention
-from ..stats import RangeStats, RangeSummary
+from ..expect.conventions import get_convention
+from ..findings.finding import Finding, first_seen, internal_finding, note_finding
+from ..checks.inference import infer_convention
+from ..stats.range_stats import RangeStats, RangeSummary
 from . import basicsr as _basicsr
 from . import lpips as _lpips
 from . import taming as _taming

@@ -18,10 +18,10 @@ TensorBoard ``SummaryWriter.add_image(s)``  floats: [0, 1] (``x * 255`` clipped)
 (``SummaryWriter`` is ``torch.utils.tensorboard``'s, which is what Lightning's
 ``TensorBoardLogger.experiment`` is; tensorboardX's is observed too when it is already imported.)
 
-For each call the tensor's statistics come from one device-side :class:`~rangewatch.stats.RangeStats`
+For each call the tensor's statistics come from one device-side :class:`~rangewatch.stats.range_stats.RangeStats`
 ``detail=True`` update (bounds = the assumed range) and one small host transfer of those
 statistics; the convention the data really follows comes from
-:func:`~rangewatch.inference.infer_convention`. A ``Finding(kind="clipping")`` is made when at
+:func:`~rangewatch.checks.inference.infer_convention`. A ``Finding(kind="clipping")`` is made when at
 least ``threshold`` of the values are clamped (NaN: ``kind="nonfinite"``, "this will be a black
 image"). Identical findings are reported once per watcher.
 
@@ -58,7 +58,7 @@ The package, one concept a module:
 :mod:`.records`                    what a watcher keeps of a call (``VisRecord``)
 :mod:`.drawing`                    the corrected side-by-side previews (``Preview``)
 :mod:`.watch`                      the watcher (``VisualizationWatch``, ``watch_visualization``)
-:mod:`.log`                        writing previews through :mod:`rangewatch.sinks` (``log_previews``)
+:mod:`.log`                        writing previews through :mod:`rangewatch.sinks.loggers` (``log_previews``)
 =================================  ===================================================================
 
 ``rangewatch.visualization`` re-exports the public names.

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from ..conventions import Convention
-from ..findings import Finding
-from ..stats import RangeStats, RangeSummary
+from ..expect.conventions import Convention
+from ..findings.finding import Finding
+from ..stats.range_stats import RangeStats, RangeSummary
 from .calls import Call
 from .patching import PATCHER, original_make_grid
 from .records import VisRecord

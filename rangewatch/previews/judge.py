@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 
-from ..conventions import Convention, get_convention
-from ..findings import Finding, nonfinite_finding, note_finding
-from ..inference import Inference
+from ..expect.conventions import Convention, get_convention
+from ..findings.finding import Finding, nonfinite_finding, note_finding
+from ..checks.inference import Inference
 from .measure import Observation
 from .text import fmt_num, fmt_pair, fmt_pct
 

@@ -6,8 +6,8 @@ import inspect
 from collections import deque
 from typing import Any
 
-from ..findings import Finding
-from ..sinks import write_histogram, write_image, write_text
+from ..findings.finding import Finding
+from ..sinks.loggers import write_histogram, write_image, write_text
 from .drawing import Preview
 from .patching import PATCHER
 from .records import VisRecord

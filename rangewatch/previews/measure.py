@@ -1,13 +1,13 @@
-"""Measuring one observed call: one device-side :class:`~rangewatch.stats.RangeStats` ``detail=True``
+"""Measuring one observed call: one device-side :class:`~rangewatch.stats.range_stats.RangeStats` ``detail=True``
 update per tensor (bounds = the range the call assumes), one small host transfer of the statistics,
-and the convention the data follows (:func:`~rangewatch.inference.infer_convention`)."""
+and the convention the data follows (:func:`~rangewatch.checks.inference.infer_convention`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..inference import Inference, infer_convention
-from ..stats import RangeStats, RangeSummary
+from ..checks.inference import Inference, infer_convention
+from ..stats.range_stats import RangeStats, RangeSummary
 from .calls import Call
 
 __all__ = ["Observation", "measure", "observe"]

@@ -22,7 +22,7 @@ import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ..findings import internal_finding
+from ..findings.finding import internal_finding
 from .calls import SPECS
 from .measure import observe
 
@@ -116,7 +116,7 @@ def load_basicsr(mode: bool | None) -> bool:
         return False
     if "basicsr.utils.img_util" in sys.modules:
         return True
-    from ..compat import basicsr_available, import_basicsr
+    from ..compat.basicsr import basicsr_available, import_basicsr
 
     if mode is None and not basicsr_available():
         return False

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..findings import Finding
-from ..inference import Inference
-from ..stats import RangeSummary
+from ..findings.finding import Finding
+from ..checks.inference import Inference
+from ..stats.range_stats import RangeSummary
 
 if TYPE_CHECKING:
     from .drawing import Preview

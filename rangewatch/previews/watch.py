@@ -15,7 +15,7 @@ from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
-from ..findings import Finding, FindingKey, first_seen
+from ..findings.finding import Finding, FindingKey, first_seen
 from .calls import OBSERVED_CALLS
 from .drawing import Preview
 from .judge import ClippingJudge
@@ -58,7 +58,7 @@ class VisualizationWatch:
             ``max_preview_images`` images per call site until :meth:`pop_previews`).
         hist_bins: bins of the per-channel preview histogram (0: none).
         basicsr: observe basicsr's ``tensor2img``: ``None`` when installed (it is imported, with
-            :func:`rangewatch.compat.enable_basicsr_compat`), ``True`` required, ``False`` never.
+            :func:`rangewatch.compat.basicsr.enable_basicsr_compat`), ``True`` required, ``False`` never.
         calls: names (from :data:`OBSERVED_CALLS`) to observe; default all.
         max_records: records kept until :meth:`pop_records` (oldest dropped first).
         step: the step stamped on findings; the callback keeps it up to date.

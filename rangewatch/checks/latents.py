@@ -1,0 +1,684 @@
+"""Latent monitor for taps declared with a latent convention (SD 1.x, SDXL, SD3, Flux, ...).
+
+:class:`LatentMonitor` accumulates, on the latents' device and without host syncs, per-channel
+mean/std, finite min/max, the count beyond ``±boundary`` (the decoder's comfortable range, 4), the
+count a soft clamp (threshold 3.5) would change and a histogram, all in the *model's* latent
+space ``z_model = (z_vae - shift) * scale``. :meth:`LatentMonitor.check` (one host transfer) turns
+them into findings:
+
+* ``latent_scale``: the std should be about 1 (``scale`` for conventions that carry
+  ``latents_mean``/``latents_std``, as Playground 2.5: ``(z - mean) * scale / std``). Each channel's
+  std is compared in log space with three hypotheses: scaled once (right), not scaled (std ≈ raw
+  VAE std, ``1/scale``), scaled twice (``scale``);
+* ``latent_shift`` (conventions with a shift: SD3, Flux): ``z_vae * scale`` instead of
+  ``(z_vae - shift) * scale`` moves every channel mean by ``+shift*scale``; also "subtracted twice"
+  (``-shift*scale``) and "subtracted after scaling" (``z*scale - shift``: ``shift*(scale-1)``);
+* ``color_cast``: the channel-mean vector projected through the latent-to-RGB factors gives the
+  direction it pushes the image; its chroma part is named with a hue table ("towards yellow");
+* ``latent_outliers``: the share of values a soft clamp (3.5 / 4) would change, and values far
+  beyond ±4 ("values reach 31.2 while the decoder's comfortable range is about ±4").
+
+:func:`latent_preview` is the cheap RGB preview (linear factors, no VAE decode) and
+:func:`log_latents` writes the preview grid and per-channel histograms (``add_histogram_raw`` from
+the device histogram counts: no full-tensor host copy) to a TensorBoard ``SummaryWriter``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+from ..expect.conventions import Convention, get_convention
+from ..findings.finding import Finding, Severity, nonfinite_finding
+from ..sinks.loggers import write_histogram, write_image
+from ..stats.range_stats import RangeStats, RangeSummary
+
+__all__ = [
+    "LatentMonitor",
+    "LatentCheck",
+    "hue_name",
+    "latent_preview",
+    "log_latents",
+    "soft_clamp",
+    "CHANNEL_NAMES",
+]
+
+#: what individual latent channels show, where known (T. A. Vass, "Explaining the SDXL latent space")
+CHANNEL_NAMES: dict[str, tuple[str, ...]] = {
+    "sdxl_latent": ("luminance", "cyan/red", "lime/purple", "pattern/structure"),
+}
+
+#: log-distance of the observed std from "scaled once" within which the scale is accepted (a factor of 1.2;
+#: another VAE's factor is 1.4 away: SD 1.x 0.18215 vs SDXL 0.13025)
+_SCALE_BAND = math.log(1.2)
+
+# hue (degrees, 0 = red, as HSV) -> name; 30 degree steps
+_HUES = (
+    (0, "red"),
+    (30, "orange"),
+    (60, "yellow"),
+    (90, "lime"),
+    (120, "green"),
+    (150, "spring green"),
+    (180, "cyan"),
+    (210, "azure"),
+    (240, "blue"),
+    (270, "violet"),
+    (300, "magenta"),
+    (330, "pink"),
+)
+
+
+def hue_angle(rgb: Sequence[float]) -> float:
+    """Hue of an RGB direction in degrees (0 red, 60 yellow, 120 green, 180 cyan, 240 blue, 300 magenta)."""
+    r, g, b = (float(v) for v in rgb)
+    return math.degrees(math.atan2(math.sqrt(3.0) * (g - b), 2.0 * r - g - b)) % 360.0
+
+
+def hue_name(rgb: Sequence[float]) -> str:
+    """Name of the hue an RGB direction points to (e.g. ``+R +G -B`` -> ``"yellow"``)."""
+    h = hue_angle(rgb)
+    return min(_HUES, key=lambda t: min(abs(h - t[0]), 360 - abs(h - t[0])))[1]
+
+
+def _signs(rgb: Sequence[float]) -> str:
+    return " ".join(f"{'+' if v >= 0 else '-'}{c}" for c, v in zip("RGB", rgb))
+
+
+def _latent_conv(convention: str | Convention) -> Convention:
+    conv = get_convention(convention)
+    if conv.kind != "latent":
+        raise ValueError(f"{conv.name} is a pixel convention; LatentMonitor needs a latent one (e.g. 'sdxl_latent')")
+    return conv
+
+
+# ---------------------------------------------------------------------------- transforms
+def soft_clamp(z: torch.Tensor, threshold: float = 3.5, boundary: float = 4.0, channel_dim: int = 1) -> torch.Tensor:
+    """Compress values past ``±threshold`` linearly so each (sample, channel)'s max |x| lands on
+    ``boundary`` (values already inside ``±boundary`` are unchanged). After Vass's SDXL soft clamp.
+    No host sync."""
+    if not 0 < threshold < boundary:
+        raise ValueError(f"need 0 < threshold < boundary, got {threshold}, {boundary}")
+    cd = channel_dim % z.dim()
+    keep = {0, cd} if z.dim() > 2 else {cd}
+    dims = [d for d in range(z.dim()) if d not in keep]
+    a = z.abs()
+    m = a.amax(dim=dims, keepdim=True) if dims else a
+    factor = ((boundary - threshold) / (m - threshold).clamp(min=1e-12)).clamp(max=1.0)
+    squeezed = threshold + (a - threshold) * factor
+    return torch.where(a > threshold, torch.sign(z) * squeezed, z)
+
+
+def latent_preview(z: torch.Tensor, convention: str | Convention, channel_dim: int = 1) -> torch.Tensor:
+    """``(N, 3, H, W)`` RGB preview in [0, 1] from the linear latent-to-RGB factors (no VAE decode).
+
+    Accepts ``(C, H, W)``, ``(N, C, H, W)`` and video ``(N, C, T, H, W)`` latents (frames become
+    images). NaN shows as black.
+    """
+    conv = _latent_conv(convention)
+    if conv.latent_rgb is None:
+        raise ValueError(f"convention {conv.name!r} has no latent-to-RGB factors (register it with latent_rgb=...)")
+    if z.dim() == 3:
+        z = torch.movedim(z, channel_dim, 0).unsqueeze(0)
+    elif z.dim() in (4, 5):
+        z = torch.movedim(z, channel_dim, 1)
+    else:
+        raise ValueError(f"latent_preview takes (C,H,W), (N,C,H,W) or (N,C,T,H,W) latents, got shape {tuple(z.shape)}")
+    if z.dim() == 5:
+        n, c, t, h, w = z.shape
+        z = z.permute(0, 2, 1, 3, 4).reshape(n * t, c, h, w)
+    return conv.to_display(z.detach(), channel_dim=1)
+
+
+# ---------------------------------------------------------------------------- monitor
+class LatentCheck:
+    """Host-side numbers behind a check (also handy in tests and reports)."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+
+    def __repr__(self) -> str:
+        return "LatentCheck(" + ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if not k.startswith("_")) + ")"
+
+
+class LatentMonitor:
+    """Per-channel latent statistics on the device and the checks on them.
+
+    Args:
+        convention: a latent convention (name or object), e.g. ``"sdxl_latent"``.
+        channel_dim: the channel dimension of the latents.
+        hist_bins, hist_range: histogram of each channel (default 128 bins over ``±2*boundary``:
+            bins of 0.125 with edges on ±3.5 and ±4; values outside land in under/overflow). The
+            scale check uses a robust std from it (interquartile range / 1.349) when the quartiles
+            are well resolved, so a few huge outliers do not read as a missing scale factor.
+        soft_threshold: threshold of the soft clamp (3.5); ``latent_outliers`` counts ``|x| > it``.
+        outlier_share: ``latent_outliers`` fires when more than this share of values is past
+            ``soft_threshold`` (default 0.5%; a unit Gaussian has 0.047%) ...
+        extreme_factor: ... or when max |x| exceeds ``extreme_factor * boundary`` (8 sigma).
+        cast_threshold: ``color_cast`` fires when the chroma of the channel-mean RGB push exceeds this
+            (preview units, which read as [-1, 1]).
+        preview_samples: how many samples of the last update are kept (on the device) for previews.
+        **stats_kwargs: passed to :class:`~rangewatch.stats.range_stats.RangeStats` (e.g. ``dist_sync_fn``). Under
+            DDP the soft-clamp count (``|x| > soft_threshold``) is this rank's own; the rest syncs.
+    """
+
+    def __init__(
+        self,
+        convention: str | Convention,
+        channel_dim: int = 1,
+        *,
+        hist_bins: int = 128,
+        hist_range: tuple[float, float] | None = None,
+        soft_threshold: float = 3.5,
+        outlier_share: float = 5e-3,
+        extreme_factor: float = 2.0,
+        cast_threshold: float = 0.1,
+        unexplained_factor: float = 2.0,
+        preview_samples: int = 4,
+        **stats_kwargs: Any,
+    ) -> None:
+        self.conv = _latent_conv(convention)
+        self.channel_dim = channel_dim
+        b = self.conv.boundary
+        self.stats = RangeStats(
+            channel_dim=channel_dim,
+            bounds=self.conv,
+            hist_bins=hist_bins,
+            hist_range=hist_range or (-2 * b, 2 * b),
+            **stats_kwargs,
+        )
+        self.soft_threshold = float(soft_threshold)
+        self.outlier_share = float(outlier_share)
+        self.extreme_factor = float(extreme_factor)
+        self.cast_threshold = float(cast_threshold)
+        self.unexplained_factor = float(unexplained_factor)
+        self.preview_samples = int(preview_samples)
+        self._over: torch.Tensor | None = None  # (C,) float64: |x| > soft_threshold
+        self.last: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ update (per step, no sync)
+    def update(self, z: torch.Tensor) -> None:
+        """Accumulate ``z`` (model-space latents). Device ops only."""
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"LatentMonitor.update takes a tensor, got {type(z).__name__}")
+        z = z.detach()
+        c_expected = self.conv.channels
+        if c_expected is not None and z.dim() > 0 and z.shape[self.channel_dim] != c_expected:
+            raise ValueError(
+                f"{self.conv.name} latents have {c_expected} channels; got shape {tuple(z.shape)} with "
+                f"channel_dim={self.channel_dim} (packed Flux/SD3 token latents must be unpacked to (N, C, H, W))"
+            )
+        if z.numel() == 0:
+            return
+        self.stats.update(z, detail=True)
+        cd = self.channel_dim % z.dim()
+        dims = [d for d in range(z.dim()) if d != cd]
+        over = (z.abs() > self.soft_threshold).sum(dim=dims, dtype=torch.float64) if dims else (z.abs() > self.soft_threshold).double()
+        self._over = over if self._over is None else self._over + over
+        if self.preview_samples and z.dim() >= 4 and cd != 0:
+            self.last = z[: self.preview_samples].clone()
+        elif self.preview_samples and z.dim() == 3:
+            self.last = z.clone()
+
+    def reset(self) -> None:
+        self.stats.reset()
+        self._over = None
+        self.last = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The window so far (statistics and soft-clamp counts), on the host, for a checkpoint."""
+        state: dict[str, Any] = {f"stats.{k}": v.detach().cpu() for k, v in self.stats.state_dict().items()}
+        if self._over is not None:
+            state["over"] = self._over.detach().cpu()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str | None = None) -> None:
+        """Go on with a window saved by :meth:`state_dict` (moved to ``device``)."""
+        self.stats.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("stats.")})
+        if device is not None:
+            self.stats.to(device)
+        over = state.get("over")
+        self._over = None if over is None else over.to(device if device is not None else over.device, torch.float64)
+
+    # ------------------------------------------------------------------ check (host)
+    def summary(self) -> RangeSummary:
+        return self.stats.compute()
+
+    def _expected(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (expected model-space std, raw unscaled VAE std)."""
+        s = float(self.conv.scale or 1.0)
+        if self.conv.latents_std is not None:
+            raw = torch.tensor(_expand(self.conv.latents_std, c), dtype=torch.float64)
+            return torch.full((c,), s, dtype=torch.float64), raw
+        return torch.ones(c, dtype=torch.float64), torch.full((c,), 1.0 / s, dtype=torch.float64)
+
+    def analyse(self) -> LatentCheck | None:
+        """The numbers behind :meth:`check` (one host transfer); ``None`` before any update."""
+        summ = self.stats.compute()
+        if summ.channels == 0 or float(summ.count.sum()) == 0:
+            return None
+        over = self._over.double().cpu() if self._over is not None else torch.zeros(summ.channels, dtype=torch.float64)
+        c = summ.channels
+        std = summ.std
+        mean = summ.mean
+        robust = _robust_std(summ)
+        std_used = torch.where(torch.isfinite(robust), robust, std)
+        e, raw = self._expected(c)
+        hyps = {"right": e, "missing": raw, "double": e * e / raw}
+
+        def distances(v: torch.Tensor) -> dict[str, float]:
+            ok = torch.isfinite(v) & (v > 0)
+            if not bool(ok.any()):
+                return {k: float("inf") for k in hyps}
+            lv = v[ok].log()
+            return {k: float((lv - h[ok].log()).abs().mean()) for k, h in hyps.items()}
+
+        # scaling factors are defined on the plain std (1 / z.flatten().std()); the robust one keeps a
+        # few huge outliers from reading as a missing factor. Both are kept: a verdict needs both.
+        dist_std, dist_robust = distances(std), distances(robust)
+        dist = distances(std_used)
+        n = summ.detail_count.clamp(min=1)
+        fmin, fmax = summ.finite_min, summ.finite_max
+        maxabs_c = torch.maximum(fmin.abs(), fmax.abs()).nan_to_num(nan=0.0)
+        return LatentCheck(
+            summary=summ,
+            channels=c,
+            mean=mean,
+            std=std,
+            robust_std=robust,
+            scale_std=std_used,
+            expected_std=e,
+            raw_std=raw,
+            scale_distance=dist,
+            over_threshold=over,
+            over_share=float(over.sum() / n.sum()),
+            beyond_share=float((summ.below + summ.above).sum() / n.sum()),
+            maxabs=maxabs_c,
+            max_abs=float(maxabs_c.max()),
+            std_se=(std / summ.count.clamp(min=1).sqrt()).nan_to_num(nan=0.0),
+            std_distance=dist_std,
+            robust_distance=dist_robust,
+        )
+
+    def check(self, step: int | None = None, where: str = "latents") -> list[Finding]:
+        """``latent_scale`` / ``latent_shift`` / ``color_cast`` / ``latent_outliers`` findings (host sync).
+
+        A wrong scale makes the other statistics meaningless, so it is reported alone.
+        """
+        a = self.analyse()
+        if a is None:
+            return []
+        summ = a.summary
+        bad = float(summ.nonfinite.sum())
+        if bad or bool(summ.nonfinite_seen.any()):
+            from .numerics import fp16_fix
+
+            total = float(summ.detail_count.sum())
+            chans = [str(c) for c in range(summ.channels) if float(summ.nonfinite[c]) > 0]
+            return [
+                nonfinite_finding(
+                    where,
+                    observed="NaN/Inf in the latents",
+                    expected="finite latents",
+                    evidence=f"{float(summ.nan.sum()):.0f} NaN and {float(summ.inf.sum()):.0f} Inf of {total:.0f} values "
+                    f"(channel(s) {', '.join(chans) or '?'}); decoding them gives a black image, and the other latent "
+                    "statistics are meaningless until they are gone",
+                    fix="find the module that produced them (rangewatch.checks.numerics.ModuleTracer / RangeWatch(trace_modules=...)); "
+                    + fp16_fix(None),
+                    step=step,
+                    source="rangewatch.checks.latents",
+                )
+            ]
+        findings: list[Finding] = []
+        scale = self._check_scale(a, step, where)
+        if scale is not None:
+            return [scale]
+        shift = self._check_shift(a, step, where)
+        if shift is not None:
+            findings.append(shift)
+        cast = self._check_cast(a, step, where, shifted=shift is not None)
+        if cast is not None:
+            findings.append(cast)
+        out = self._check_outliers(a, step, where)
+        if out is not None:
+            findings.append(out)
+        return findings
+
+    def _finding(self, kind: str, where: str, step: int | None, *, observed: str, expected: str, evidence: str,
+                 fix: str, severity: Severity) -> Finding:
+        """A latent finding (``latent_scale``, ``latent_shift``, ``color_cast``, ``latent_outliers``) of this
+        monitor's convention (its source is the finding's)."""
+        return Finding(kind=kind, where=where, observed=observed, expected=expected, evidence=evidence, fix=fix,
+                       severity=severity, step=step, source=self.conv.source)
+
+    # -- scale
+    def _estimators(self, a: LatentCheck) -> list[dict[str, float]]:
+        """The scale distances of each usable estimator (plain std, robust std)."""
+        out = [d for d in (getattr(a, "std_distance", None), getattr(a, "robust_distance", None))
+               if d is not None and math.isfinite(d.get("right", float("inf")))]
+        return out or [a.scale_distance]
+
+    def _check_scale(self, a: LatentCheck, step: int | None, where: str) -> Finding | None:
+        conv, d = self.conv, a.scale_distance
+        ests = self._estimators(a)
+        # within the tolerance band of 'scaled once' under either estimator: right (a heavy-tailed
+        # distribution has a plain std on target and a smaller interquartile std; a few huge outliers
+        # the reverse). Nothing is said then.
+        if any(e["right"] < _SCALE_BAND for e in ests):
+            return None
+        best = min(d, key=d.get)
+        if len(ests) > 1 and len({min(e, key=e.get) for e in ests}) > 1:
+            best = "right"  # the estimators disagree on the hypothesis: a guess, never an error
+        s = conv.scale
+        obs_std = _gmean(a.scale_std)
+        exp_std = _gmean(a.expected_std)
+        robust = " (robust, from the interquartile range)" if bool(torch.isfinite(a.robust_std).any()) else ""
+        ev_common = (
+            f"per-channel std{robust} {_fmt(a.scale_std)} (geometric mean {obs_std:.3g}); expected about {exp_std:.3g} "
+            f"for {conv.label}; log-distance to 'scaled once' {d['right']:.2f}, 'not scaled' {d['missing']:.2f}, "
+            f"'scaled twice' {d['double']:.2f}; max |x| {a.max_abs:.3g}"
+        )
+        if best != "right" and d[best] < 0.5 * d["right"]:
+            if best == "missing":
+                if conv.latents_std is not None:
+                    how = (
+                        f"normalise after encode: (z - latents_mean) * scaling_factor ({s:g}) / latents_std "
+                        "(vae.config.latents_mean / latents_std)"
+                    )
+                elif conv.shift:
+                    how = (
+                        f"apply (z - vae.config.shift_factor ({conv.shift:g})) * vae.config.scaling_factor ({s:g}) "
+                        "after encode"
+                    )
+                else:
+                    how = f"multiply by vae.config.scaling_factor ({s:g}) after encode"
+                return self._finding(
+                    "latent_scale", where, step,
+                    observed="latents not scaled (std matches the raw VAE latent)",
+                    expected=f"latents scaled by {s:g} (std about {exp_std:.3g})",
+                    evidence=f"std about {obs_std:.3g}, about 1/scale = {1 / s:.3g} times the expected; " + ev_common,
+                    fix=how + "; and divide by it exactly once before vae.decode",
+                    severity="error",
+                )
+            return self._finding(
+                "latent_scale", where, step,
+                observed="latents scaled twice (std about scale times the expected)",
+                expected=f"latents scaled once by {s:g} (std about {exp_std:.3g})",
+                evidence=f"std about {obs_std:.3g}, about scale = {s:g} times the expected; " + ev_common,
+                fix=f"remove the second * scaling_factor ({s:g}): scale once, e.g. either when caching latents or in "
+                "training_step, not both",
+                severity="error",
+            )
+        other = self._other_factor(a) if all(e["right"] >= _SCALE_BAND for e in ests) else None
+        if other is not None:
+            oname, oscale, od = other
+            return self._finding(
+                "latent_scale", where, step,
+                observed=f"latents scaled with another VAE's factor ({oscale:g}, {oname})",
+                expected=f"latents scaled by {s:g} (std about {exp_std:.3g})",
+                evidence=f"std about {obs_std:.3g} = {oscale:g}/{s:g} times the expected (log-distance {od:.2f}); " + ev_common,
+                fix=f"use this VAE's scaling_factor {s:g} ({conv.label}) instead of {oscale:g}; read it from "
+                "vae.config.scaling_factor rather than hard-coding it",
+                severity="error",
+            )
+        if min(e["right"] for e in ests) > math.log(self.unexplained_factor):
+            return self._finding(
+                "latent_scale", where, step,
+                observed=f"latent std {'above' if obs_std > exp_std else 'below'} the expected, matching neither a missing nor a double scale",
+                expected=f"std about {exp_std:.3g} ({conv.label})",
+                evidence=ev_common,
+                fix=f"check the VAE's scaling_factor (this convention: {s:g}"
+                + (f", shift_factor {conv.shift:g}" if conv.shift else "")
+                + ") and that the latents come from the VAE this convention describes",
+                severity="warning",
+            )
+        return None
+
+    def _other_factor(self, a: LatentCheck) -> tuple[str, float, float] | None:
+        """Another registered latent convention with as many channels whose scaling factor explains the
+        std (``z_vae * other_scale`` instead of ``* scale``), clearly better than 'scaled once'."""
+        from ..expect.conventions import list_conventions
+
+        d_right = a.scale_distance["right"]
+        if not d_right > math.log(1.25):
+            return None
+        ok = torch.isfinite(a.scale_std) & (a.scale_std > 0)
+        if not bool(ok.any()):
+            return None
+        ls = a.scale_std[ok].log()
+        best = None
+        for name in list_conventions("latent"):
+            o = get_convention(name)
+            if o.name == self.conv.name or o.channels != a.channels or not o.scale or o.latents_std is not None:
+                continue
+            if self.conv.latents_std is not None or abs(math.log(o.scale / float(self.conv.scale or 1.0))) < 0.1:
+                continue
+            h = a.expected_std[ok] * (o.scale / float(self.conv.scale or 1.0))
+            dist = float((ls - h.log()).abs().mean())
+            if best is None or dist < best[2]:
+                best = (o.name, float(o.scale), dist)
+        if best is not None and best[2] < 0.5 * d_right and best[2] < min(a.scale_distance["missing"], a.scale_distance["double"]):
+            return best
+        return None
+
+    # -- shift
+    def _check_shift(self, a: LatentCheck, step: int | None, where: str) -> Finding | None:
+        conv = self.conv
+        if not conv.shift:
+            return None
+        s, sh = float(conv.scale or 1.0), float(conv.shift)
+        m = a.mean.nan_to_num(nan=0.0)
+        c = a.channels
+        common = float(m.mean())
+        resid = float((m - common).pow(2).mean().sqrt())
+        se = float(a.std_se.median())
+        targets = {
+            "right": 0.0,
+            "not subtracted": sh * s,
+            "subtracted twice": -sh * s,
+            "subtracted after scaling": sh * s - sh,
+        }
+        best = min(targets, key=lambda k: abs(common - targets[k]))
+        t = targets[best]
+        if best == "right":
+            return None
+        if abs(common - t) > 0.35 * abs(t) + 3 * se / math.sqrt(c) or resid > 0.5 * abs(t) + 3 * se:
+            return None
+        fixes = {
+            "not subtracted": f"subtract the shift before scaling: (z - vae.config.shift_factor ({sh:g})) * scaling_factor ({s:g})",
+            "subtracted twice": f"subtract shift_factor ({sh:g}) once: (z - {sh:g}) * {s:g}",
+            "subtracted after scaling": f"subtract the shift before scaling, (z - {sh:g}) * {s:g}, not z * {s:g} - {sh:g}",
+        }
+        return self._finding(
+            "latent_shift", where, step,
+            observed=f"shift factor {best} (every channel mean offset by {common:+.4f})",
+            expected=f"(z - {sh:g}) * {s:g}: channel means about 0",
+            evidence=(
+                f"mean of the channel means {common:+.4f} (spread across channels {resid:.4f}); shift*scale = "
+                f"{sh:g}*{s:g} = {sh * s:.4f}, the offset 'shift {best}' gives is {t:+.4f}; channel means {_fmt(m)}"
+            ),
+            fix=fixes[best] + " (z_model = (z_vae - shift_factor) * scaling_factor; decode: z / scaling_factor + shift_factor)",
+            severity="warning",
+        )
+
+    # -- colour
+    def _check_cast(self, a: LatentCheck, step: int | None, where: str, shifted: bool) -> Finding | None:
+        conv = self.conv
+        if conv.latent_rgb is None:
+            return None
+        f = torch.tensor(conv.latent_rgb, dtype=torch.float64)
+        if f.shape[0] != a.channels:
+            return None
+        m = a.mean.nan_to_num(nan=0.0)
+        rgb = m @ f
+        lum = float(rgb.mean())
+        chroma = rgb - lum
+        size = float(chroma.norm())
+        if size <= self.cast_threshold:
+            return None
+        name = hue_name(chroma.tolist())
+        unit = chroma / size
+        contrib = (m[:, None] * f) @ unit  # each channel's push along the cast
+        order = torch.argsort(contrib, descending=True)[:2].tolist()
+        cn = CHANNEL_NAMES.get(conv.name)
+        parts = [
+            f"channel {i}{' (' + cn[i] + ')' if cn else ''} mean {float(m[i]):+.3g}"
+            for i in order
+            if float(contrib[i]) > 0.1 * size
+        ]
+        disp = [0.5 * float(v) for v in rgb]
+        note = "; partly from the shift finding above" if shifted else ""
+        return self._finding(
+            "color_cast", where, step,
+            observed=f"channel means push the image towards {name}",
+            expected="channel means about 0 (no cast)",
+            evidence=(
+                f"channel means {_fmt(m)} through the latent-to-RGB factors give RGB {_fmt(rgb)} "
+                f"({_signs(rgb.tolist())}; about {', '.join(f'{v:+.0%}' for v in disp)} of the display range), "
+                f"chroma {size:.3f} towards {name} (hue {hue_angle(chroma.tolist()):.0f} deg), brightness {lum:+.3f}; "
+                f"mostly from {', '.join(parts) or 'several channels'}{note}"
+            ),
+            fix="centre the channel means (z = z - z.mean(dim=(-2, -1), keepdim=True), per sample and channel), and check "
+            "where the offset comes from (shift_factor / latents_mean handling, a biased noise offset)",
+            severity="warning",
+        )
+
+    # -- outliers
+    def _check_outliers(self, a: LatentCheck, step: int | None, where: str) -> Finding | None:
+        b, t = self.conv.boundary, self.soft_threshold
+        if not (a.over_share > self.outlier_share or a.max_abs > self.extreme_factor * b):
+            return None
+        worst = torch.argsort(a.maxabs, descending=True)[:3].tolist()
+        cn = CHANNEL_NAMES.get(self.conv.name)
+        # a smooth heavy tail (fewer values past the boundary than past the soft threshold, as in any
+        # continuous tail) is how such latents are distributed, not a fault: said, not warned about.
+        # Values piled far out (as many beyond the boundary as past the threshold) are a fault.
+        smooth = a.beyond_share < 0.85 * a.over_share
+        tail = "; the values thin out smoothly past the threshold: a heavy-tailed distribution rather than a fault" if smooth else ""
+        ch = ", ".join(f"channel {i}{' (' + cn[i] + ')' if cn else ''} max |x| {float(a.maxabs[i]):.3g}" for i in worst)
+        return self._finding(
+            "latent_outliers", where, step,
+            observed=f"latent values beyond the decoder's ±{b:g} range",
+            expected=f"values within about ±{b:g}",
+            evidence=(
+                f"{a.over_share:.2%} of values have |x| > {t:g} (a soft clamp at {t:g} / {b:g} would change them), "
+                f"{a.beyond_share:.2%} beyond ±{b:g}; values reach {a.max_abs:.1f} while the decoder's comfortable range "
+                f"is about ±{b:g}; {ch}{tail}"
+            ),
+            fix=f"soft-clamp the latents (rangewatch.checks.latents.soft_clamp(z, threshold={t:g}, boundary={b:g})) and centre "
+            "the channel means before decoding; if this is the training target, look for the step that blows them up",
+            severity="info" if smooth else "warning",
+        )
+
+
+def _expand(values: Sequence[float], c: int) -> list[float]:
+    v = list(values)
+    if len(v) == c:
+        return v
+    if len(v) == 1:
+        return v * c
+    raise ValueError(f"convention gives {len(v)} per-channel values for {c} channels")
+
+
+def _robust_std(summ: RangeSummary, min_bins: float = 6.0) -> torch.Tensor:
+    """Per-channel interquartile range / 1.349 from the histogram (NaN where the quartiles fall in the
+    under/overflow buckets or span fewer than ``min_bins`` bins, i.e. are not resolved)."""
+    c = summ.channels
+    out = torch.full((c,), float("nan"), dtype=torch.float64)
+    if summ.hist is None or summ.hist_edges is None or summ.hist_underflow is None or summ.hist_overflow is None:
+        return out
+    counts = torch.cat([summ.hist_underflow[:, None], summ.hist, summ.hist_overflow[:, None]], dim=1)
+    total = counts.sum(dim=1)
+    cum = counts.cumsum(dim=1)
+    for ch in range(c):
+        if float(total[ch]) < 64:
+            continue
+        edges = summ.hist_edges[ch]
+        width = float(edges[1] - edges[0])
+        qs = []
+        for q in (0.25, 0.75):
+            target = q * float(total[ch])
+            k = int(torch.searchsorted(cum[ch], torch.tensor(target, dtype=torch.float64)))
+            if k <= 0 or k >= counts.shape[1] - 1:
+                break  # quartile in an under/overflow bucket
+            before = float(cum[ch, k - 1])
+            inside = float(counts[ch, k])
+            frac = (target - before) / inside if inside > 0 else 0.5
+            qs.append(float(edges[k - 1]) + frac * width)
+        if len(qs) == 2 and qs[1] - qs[0] >= min_bins * width:
+            out[ch] = (qs[1] - qs[0]) / 1.3489795
+    return out
+
+
+def _gmean(v: torch.Tensor) -> float:
+    ok = torch.isfinite(v) & (v > 0)
+    return float(v[ok].log().mean().exp()) if bool(ok.any()) else float("nan")
+
+
+def _fmt(v: torch.Tensor) -> str:
+    return "[" + ", ".join(f"{x:.3g}" for x in v.tolist()) + "]"
+
+
+# ---------------------------------------------------------------------------- TensorBoard
+#: latent previews narrower than this (pixels per image) are enlarged by :func:`log_latents`
+PREVIEW_MIN_SIZE = 192
+
+
+def preview_scale(width: int) -> int:
+    """The enlargement :func:`log_latents` applies to latent previews ``width`` pixels wide."""
+    return max(1, min(8, -(-PREVIEW_MIN_SIZE // max(1, width))))
+
+
+def log_latents(
+    experiment: Any,
+    where: str,
+    z_or_monitor: torch.Tensor | LatentMonitor,
+    step: int,
+    *,
+    convention: str | Convention | None = None,
+    channel_dim: int = 1,
+    max_images: int = 4,
+    prefix: str = "rangewatch",
+    scale: int | None = None,
+) -> list[str]:
+    """Log the latent RGB preview grid and per-channel histograms to a TensorBoard ``SummaryWriter``.
+
+    ``z_or_monitor``: a :class:`LatentMonitor` (its accumulated histograms and the last latents it
+    kept) or a latent tensor (then ``convention`` is required). Histograms come from the device
+    counts (``add_histogram_raw``); only the small preview image is copied to the host. Returns the tags.
+
+    The preview is enlarged ``scale`` times (nearest neighbour; default: the smallest factor that
+    makes each latent image at least :data:`PREVIEW_MIN_SIZE` pixels wide, at most 8), so a 32x32
+    latent is readable; ``scale=1`` logs it at latent resolution. Padding between images: 1 pixel
+    at ``scale=1``, else 2.
+    """
+    if isinstance(z_or_monitor, LatentMonitor):
+        mon = z_or_monitor
+    elif isinstance(z_or_monitor, torch.Tensor):
+        if convention is None:
+            raise ValueError("log_latents needs convention= when given a tensor")
+        mon = LatentMonitor(convention, channel_dim=channel_dim, preview_samples=max_images)
+        mon.update(z_or_monitor)
+    else:
+        raise TypeError(f"log_latents takes a LatentMonitor or a tensor, got {type(z_or_monitor).__name__}")
+    tags: list[str] = []
+    base = f"{prefix}/{where}" if prefix else where
+    if mon.last is not None and mon.conv.latent_rgb is not None:
+        from torchvision.utils import make_grid
+
+        prev = latent_preview(mon.last[:max_images], mon.conv, channel_dim=mon.channel_dim)
+        k = preview_scale(int(prev.shape[-1])) if scale is None else max(1, int(scale))
+        if k > 1:
+            prev = prev.repeat_interleave(k, -1).repeat_interleave(k, -2)
+        grid = make_grid(prev.float(), nrow=min(max_images, prev.shape[0]), padding=1 if k == 1 else 2, pad_value=1.0)
+        tag = f"{base}/latent_preview"
+        write_image(experiment, tag, grid.cpu(), step)
+        tags.append(tag)
+    summ = mon.stats.compute()
+    for c in range(summ.channels):
+        tag = f"{base}/latent_channel_{c}"
+        if write_histogram(experiment, tag, summ, c, step):
+            tags.append(tag)
+    return tags

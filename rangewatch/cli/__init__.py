@@ -1,0 +1,1 @@
+"""The command line: `rangewatch check | demo | report | tensorboard | conventions`."""

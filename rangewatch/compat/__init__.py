@@ -1,0 +1,1 @@
+"""Compatibility: the two Lightning namespaces, basicsr's torchvision shim."""

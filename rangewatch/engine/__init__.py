@@ -1,0 +1,1 @@
+"""The engine: `Watch` (watch.py) and the collaborators it owns for one run."""

@@ -1,0 +1,141 @@
+"""The engine's check step: judging one tap at a check step, on the host.
+
+:class:`TapChecks` is the part of :class:`rangewatch.Watch` that turns a tap's :class:`~rangewatch.stats.range_stats.RangeSummary`
+into findings: the values sampled since earlier checks (the evidence), convention inference (:mod:`rangewatch.checks.inference`),
+the pixel rules against the tap's expectation (:mod:`rangewatch.checks.rules`), a latent tap's own check
+(:mod:`rangewatch.checks.latents`), NaN/Inf, the reconciliation of loader predictions with what reaches a module's input,
+and the scalars each tap logs. The engine's ``_check`` (:mod:`rangewatch.engine.watch`) runs it over every tap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from .tapset import _Tap
+from ..expect.expectation import Expectation
+from ..findings.finding import Finding, nonfinite_finding, note_finding
+from ..checks.inference import Inference, infer_convention
+from ..checks.rules import check_expectation
+from ..sinks.loggers import tag
+from ..stats.range_stats import RangeSummary
+
+__all__ = ["TapChecks"]
+
+
+class TapChecks:
+    """The engine's check step for one tap (a mixin of :class:`~rangewatch.engine.watch.Watch`): the tap's sampled
+    evidence, convention inference, the pixel rules against its expectation, the latent monitor's check, NaN/Inf,
+    the withdrawal of a loader prediction that a module-input tap rules out, and the tap's scalars."""
+
+    def _take_evidence(self, tap: _Tap) -> Any:
+        """This window's sampled values added to what earlier checks sampled (bounded)."""
+        import numpy as np
+
+        vs = tap.stats.value_sample
+        new = vs.take()
+        if new is not None and new.shape[1]:
+            old = tap.evidence
+            tap.evidence = np.concatenate([old, new], axis=1)[:, -vs.keep :] if old is not None and old.shape[0] == new.shape[0] else new
+            tap.images += vs.images
+        vs.clear()
+        return tap.evidence
+
+    def _judge(self, tap: _Tap, s: RangeSummary, step: int) -> list[Finding]:
+        out: list[Finding] = []
+        if s.empty:
+            return out
+        tap.steps_checked += 1
+        if tap.latent is not None:
+            return tap.latent.check(step, where=tap.name)
+        stage = "val" if tap.name.startswith("val/") else "train"
+        loader = self._loader_expect.get(stage)
+        noise = self._loader_noise.get(stage, 0.0)
+        sample = self._take_evidence(tap)
+        images = tap.images
+        prior = loader.convention if loader is not None and tap.name.removeprefix("val/").startswith("batch") else None
+        inf = infer_convention(s, sample=sample, images=images, prior=prior, noise_share=noise)
+        tap.inferred = inf
+        exp = self.expectation_for(tap.name)
+        # a model's *outputs* (an untrained decoder, say) are not held to a convention: watched, not judged
+        judged = exp is not None and not tap.misfit and not (exp.origin == "model" and tap.name.endswith(":output"))
+        # one image (batch size 1, first check) is rarely enough: wait for the next check to add evidence
+        enough = sample is None or images >= 2 or self._last_look(tap)
+        if exp is not None and judged and exp.conv.kind == "pixel" and enough:
+            f = check_expectation(tap.name, s, inf, exp.conv, step=step, source=exp.source, noise_share=noise)
+            if f is not None:
+                if tap.layout:  # say how the tensor was read (a channels-last batch, say)
+                    f = dataclasses.replace(f, evidence=f"{f.evidence}; {tap.layout}")
+                out.append(f)
+            elif tap.name.endswith(":input"):
+                self._reconcile(tap.name, inf, exp)
+        nonfinite = int(s.nonfinite.sum()) if float(s.detail_count.sum()) else 0
+        if bool(s.nonfinite_seen.any()):
+            chans = [str(i) for i, v in enumerate(s.nonfinite_seen.tolist()) if v]
+            count = f"{nonfinite} non-finite values (NaN {int(s.nan.sum())}, Inf {int(s.inf.sum())})" if nonfinite else "NaN/Inf values"
+            out.append(nonfinite_finding(
+                tap.name, observed="NaN/Inf", evidence=f"{count} in channel(s) {', '.join(chans)} since the last check",
+                fix="find where they start: RangeWatch(modules=[...]) on the suspects; in fp16 try bf16 or keep the overflowing module in fp32",
+                step=step,
+            ))
+        return out
+
+    def _last_look(self, tap: _Tap) -> bool:
+        """Whether this check is the last of the check window for ``tap`` (then judge on what there is)."""
+        return tap.steps_checked >= max(1, self.check_first_n)
+
+    def _reconcile(self, tap: str, inf: Inference, exp: Expectation) -> None:
+        """Module-input taps outrank loader predictions: when the data reaching ``tap`` are compatible
+        with what the module expects and rule out what the loader was predicted to produce (the model
+        converts in between, e.g. ``x * 2 - 1`` before its VAE), the loader-prediction finding for
+        ``tap`` is withdrawn, and that is said once."""
+        where = f"train dataloader -> {tap}"
+        if where in self._withdrawn:
+            return
+        standing = [f for f in self.findings if f.kind == "mismatch" and f.where == where]
+        if not standing or exp.convention not in inf.compatible:
+            return
+        loader = standing[0].observed
+        if loader in inf.compatible:  # the tap cannot tell the loader's convention from the module's
+            return
+        self._withdrawn.add(where)
+        self._log.withdraw("mismatch", where)
+        module = tap.rsplit(":", 1)[0]
+        note = note_finding(
+            where, "withdrawn", expected=exp.convention,
+            evidence=(f"the loader prediction ({loader}) is withdrawn: the values that reach {tap} follow "
+                      f"{exp.conv.label}, as {module} expects, and rule out {loader} ({inf.excluded.get(loader, 'see the tap')}); "
+                      f"the model converts the loader's output itself"),
+            fix="nothing to do", step=self._clock(), source=exp.source,
+        )
+        self._log.add(note)
+        self._info(f"rangewatch: {note}")
+
+    def _metrics(self, tap: _Tap, s: RangeSummary) -> dict[str, float]:
+        m: dict[str, float] = {}
+        full = self.per_channel_scalars
+        stats = (("min", s.range_min), ("max", s.range_max), ("mean", s.mean)) + ((("std", s.std),) if full else ())
+        for c in range(s.channels):
+            for stat, vals in stats:
+                v = float(vals[c])
+                if math.isfinite(v):
+                    m[tag(tap.name, stat, c)] = v
+            if full and float(s.detail_count[c]) > 0:
+                m[tag(tap.name, "nonfinite", c)] = float(s.nonfinite[c])
+                if s.bounds is not None:
+                    m[tag(tap.name, "out_of_range", c)] = float((s.below[c] + s.above[c]) / s.detail_count[c])
+        counted = float(s.detail_count.sum())
+        if not full and counted > 0:  # one figure each for the whole tap
+            m[tag(tap.name, "nonfinite")] = float(s.nonfinite.sum())
+            if s.bounds is not None:
+                m[tag(tap.name, "out_of_range")] = float((s.below.sum() + s.above.sum()) / counted)
+        exp = self.expectation_for(tap.name)
+        if exp is not None and exp.conv.kind == "pixel":
+            try:
+                lo, hi = exp.conv.bounds(s.channels)
+            except ValueError:  # a convention that does not fit the channel count (a mismatch finding says so)
+                lo = hi = ()
+            if lo and hi:
+                m[tag(tap.name, "expected_min")], m[tag(tap.name, "expected_max")] = float(min(lo)), float(max(hi))
+        return m

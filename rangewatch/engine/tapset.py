@@ -1,0 +1,231 @@
+"""The engine's taps: the per-tap record (:class:`TapInfo` is its public snapshot), tap creation and feeding.
+
+A tap is one watched tensor stream (a batch key, a module's input or output, a tensor handed to
+:meth:`rangewatch.Watch.tensor`). :class:`TapFeeding` is the part of :class:`rangewatch.Watch` that makes a tap the
+first time a tensor reaches it, feeds its statistics on every step (on the tensor's device, no host transfer)
+and starts its next window after a check. The check itself is in :mod:`rangewatch.engine.checker`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..config import ConfigError
+from ..expect.expectation import Expectation
+from ..findings.finding import Finding, RangeMismatchError
+from ..checks.inference import Inference
+from ..stats.range_stats import RangeStats
+from ..taps.batches import find_images, image_channel_dim, odd_tensor_kind, resolve_path
+
+__all__ = ["TapInfo", "TapFeeding"]
+
+
+@dataclass
+class _Tap:
+    name: str
+    channel_dim: int | None  # None: per-tensor statistics (a non-image module tensor)
+    stats: RangeStats
+    fed: bool = False
+    disabled: bool = False
+    inferred: Inference | None = None
+    bounds: str | None = None
+    steps_checked: int = 0
+    latent: Any = None  # a LatentMonitor for taps expected to carry latents
+    error: str | None = None  # why rangewatch switched this tap off (internal error)
+    misfit: bool = False  # its expected convention does not fit its channel count (a mismatch finding said so)
+    layout: str | None = None  # the layout assumed when it is not the usual channels-first one
+    channels: int = 0  # as the last check step saw them (for the console)
+    evidence: Any = None  # (C, n) values sampled on check steps, kept across checks: the evidence behind verdicts
+    images: int = 0  # images behind `evidence`
+
+
+@dataclass(frozen=True)
+class TapInfo:
+    """What the engine knows about one tap (a snapshot; :attr:`Watch.taps` builds them).
+
+    ``inferred`` is the convention the last check inferred (None before a check, and for latent taps);
+    ``stats`` and ``latent`` are the live accumulators (read them, do not feed them)."""
+
+    name: str
+    channel_dim: int | None
+    channels: int  # as the last check saw them
+    disabled: bool
+    error: str | None  # why rangewatch switched the tap off after an internal error
+    inferred: Inference | None
+    expectation: Expectation | None
+    steps_checked: int
+    fed: bool  # fed since the last check
+    dtypes: tuple[str, ...]
+    stats: RangeStats
+    latent: Any  # the LatentMonitor of a latent tap, else None
+
+
+class TapFeeding:
+    """The engine's per-tap bookkeeping (a mixin of :class:`~rangewatch.engine.watch.Watch`): a tap is made the first
+    time a tensor reaches it (its statistics, its latent monitor, a resumed window), then fed every step on the
+    tensor's device, and its window reset after each check."""
+
+    def _misfit(self, name: str, t: torch.Tensor, channel_dim: int | None, exp: Expectation) -> Finding | None:
+        """A ``mismatch`` finding when the expected convention cannot apply to this tensor's channel
+        count (16-channel Flux latents declared ``sdxl_latent``, ``imagenet`` on 2 channels): the
+        user's declaration (or the model's metadata) does not fit, which is not an internal error."""
+        if channel_dim is None or t.dim() == 0:
+            return None
+        c = int(t.shape[channel_dim])
+        conv = exp.conv
+        if conv.kind == "latent":
+            if conv.channels is None or conv.channels == c:
+                return None
+            fits = f"{conv.channels} channels"
+        else:
+            try:
+                conv.bounds(c)
+                return None
+            except ValueError:
+                fits = "1 channel, or " + " or ".join(sorted({str(len(conv.mean)), str(len(conv.mean) + 1)})) + " channels"
+        return Finding(
+            kind="mismatch",
+            where=name,
+            observed=f"{c} channels",
+            expected=f"{exp.convention} ({fits})",
+            evidence=(
+                f"{name} carries {c} channels (shape {tuple(t.shape)}, channel dim {channel_dim}) but is expected to follow "
+                f"{exp.convention} ({exp.source}), a convention for {fits}: the expectation does not fit this tensor, so it "
+                "cannot be checked; the tap is watched without it"
+            ),
+            fix=(
+                f"expect the convention that fits {c}-channel data here (`rangewatch conventions` lists them, e.g. flux_latent "
+                "or sd3_latent for 16-channel latents), or name the tap that carries the data you meant"
+            ),
+            severity="error",
+            step=self._clock(),
+            source=exp.source,
+        )
+
+    def _new_tap(self, name: str, t: torch.Tensor, channel_dim: int | None) -> _Tap:
+        exp = self.expectation_for(name)
+        misfit = self._misfit(name, t, channel_dim, exp) if exp is not None and t.numel() else None
+        if misfit is not None:  # reported at the next check (a collective point under DDP), never from a hook
+            self._early.append(misfit)
+            tap = _Tap(name, channel_dim, self._make_stats(channel_dim, None), misfit=True)
+            self._taps[name] = tap
+            return tap
+        if exp is not None and exp.conv.kind == "latent":
+            from ..checks.latents import LatentMonitor
+
+            mon = LatentMonitor(exp.conv, channel_dim=channel_dim, dist_sync_fn=self._sync_fn())
+            pending = self._pending_states.pop(name, None)
+            if pending is not None and "latent" in pending:  # a resumed fit goes on with the saved window
+                mon.load_state_dict(pending["latent"], device=t.device)
+                mon.stats.dtypes_seen = set(pending.get("dtypes", ()))
+            tap = _Tap(name, channel_dim, mon.stats, latent=mon)
+            if pending is not None:
+                tap.steps_checked = int(pending.get("steps_checked", 0))
+            self._taps[name] = tap
+            return tap
+        bounds = exp.convention if exp is not None and exp.conv.kind == "pixel" else None
+        stats = self._make_stats(channel_dim, bounds)
+        tap = _Tap(name, channel_dim, stats, bounds=bounds)
+        if t.dim() == 4 and channel_dim == 3:
+            tap.layout = f"read as channels-last (N, H, W, C): {tuple(t.shape)} has its {t.shape[3]} channels on dim 3"
+        pending = self._pending_states.pop(name, None)
+        if pending is not None:
+            tap.bounds = pending.get("bounds", bounds)
+            tap.stats = self._make_stats(channel_dim, tap.bounds)
+            tap.stats.load_state_dict(pending["stats"])
+            tap.stats.dtypes_seen = set(pending.get("dtypes", ()))
+            tap.stats.to(t.device)
+            tap.steps_checked = int(pending.get("steps_checked", 0))
+        self._taps[name] = tap
+        return tap
+
+    def _make_stats(self, channel_dim: int | None, bounds: str | None) -> RangeStats:
+        # histograms only where they can be logged (decided alike on every rank: the states must match)
+        bins = self.hist_bins if self.histograms and self._has_tensorboard else 0
+        return RangeStats(channel_dim=channel_dim, bounds=bounds, hist_bins=bins, dist_sync_fn=self._sync_fn())
+
+    def _feed(self, name: str, t: torch.Tensor, channel_dim: int | None) -> None:
+        tap = self._taps.get(name)
+        try:
+            if tap is None:
+                tap = self._new_tap(name, t, channel_dim)
+            if tap.disabled:
+                return
+            if tap.latent is not None:
+                tap.latent.update(t)
+            else:
+                tap.stats.update(t, detail=self._detail, moments=self.moments_every_step)
+            tap.fed = True
+        except (ConfigError, RangeMismatchError):
+            raise
+        except Exception as e:  # rangewatch must never be the cause of a failed run
+            self._internal(name, e, tap)
+
+    def _on_module_error(self, tap_name: str, error: BaseException) -> None:
+        """A module hook failed (ModuleTaps never lets it reach the model): that tap is switched off."""
+        self._internal(tap_name, error, self._taps.get(tap_name))
+
+    def _on_module_tensor(self, tap_name: str, t: torch.Tensor) -> None:
+        if self._phase:  # a validation forward: its own tap (val/...), never the training window
+            if not self.watch_validation:
+                return
+            tap_name = self._phase + tap_name
+        tap = self._taps.get(tap_name)
+        if tap is not None and tap.disabled:
+            return
+        if type(t) is not torch.Tensor or t.layout is not torch.strided or t.is_nested or t.is_meta:
+            kind = odd_tensor_kind(t)
+            if kind is not None:  # this call is skipped; the tap stays on for the dense tensors it carries
+                self._note_once(f"{tap_name}:{kind}", f"rangewatch: {tap_name} carries a {kind} tensor: rangewatch reads dense tensors only, so it is not watched")
+                return
+        if tap is None:
+            if not (t.is_floating_point() or t.dtype == torch.uint8) or t.dim() < 2 or t.numel() == 0:
+                self._note_once(tap_name, f"{tap_name} carries a {t.dtype} tensor of shape {tuple(t.shape)}: not image-like, not watched")
+                self._taps[tap_name] = _Tap(tap_name, 1, RangeStats(), disabled=True)
+                return
+            cd = image_channel_dim(t, channels=tuple(range(1, 65)))
+            if cd is None:
+                # not image-like ((B, L, D) token sequences whose L varies, say): per-tensor statistics, which
+                # assume no channel axis; a tap with an expectation keeps dim 1 (its convention is per channel)
+                cd = 1 if self.expectation_for(tap_name) is not None else None
+            self._feed(tap_name, t, cd)
+            return
+        self._feed(tap_name, t, tap.channel_dim)
+
+    def _feed_batch(self, batch: Any, prefix: str) -> None:
+        skipped: list[tuple[str, str]] = []
+        try:
+            images = find_images(batch, self.batch_keys, self.skip_keys, notes=skipped)
+            for path, why in skipped:  # said once per path: what is not watched, and why
+                self._note_once(f"skipped {prefix}{path}", f"rangewatch: {prefix}{path} is not watched: {why}")
+        except Exception as e:
+            self._internal(f"{prefix}batch", e, None, what="looking for the image tensors in the batch (this batch is not watched)")
+            return
+        seen = set()
+        for img in images:
+            seen.add(img.path)
+            self._feed(prefix + img.path, img.tensor, img.channel_dim)
+        for key in self._declared_batch_paths:  # declared keys that do not look like images (latents)
+            if key not in seen:
+                t = resolve_path(batch, key)
+                if t is not None and odd_tensor_kind(t) is None and t.is_floating_point() and t.dim() >= 3 and t.numel():
+                    self._feed(prefix + key, t, 1)
+
+    def _reset(self, tap: _Tap) -> None:
+        """Start a new window; once a convention is known, histograms and out-of-range use its bounds."""
+        if tap.latent is not None:
+            tap.latent.reset()
+            tap.fed = False
+            return
+        target = tap.bounds
+        if target is None and tap.inferred is not None and tap.inferred.confident and tap.inferred.name != "unknown":
+            target = tap.inferred.name
+        if target != tap.bounds:
+            tap.stats.reset_with_bounds(target)
+            tap.bounds = target
+        else:
+            tap.stats.reset()
+        tap.fed = False

@@ -1,0 +1,850 @@
+"""The engine: taps -> statistics -> checks -> findings -> sinks, driven by any front end.
+
+:class:`Watch` owns everything between a tensor and a finding: the taps (batch tensors found by path,
+module inputs/outputs through forward hooks, tensors handed to :meth:`Watch.tensor`), the expectations
+(declared, read from the model's metadata, predicted from the loaders' transforms), the per-tap
+statistics (accumulated on the tensor's device, brought to the host only at check steps), the checks
+(convention inference, pixel rules, latent monitors, the module tracer, loss networks, previews), the
+findings log (:class:`~rangewatch.findings.log.FindingsLog`: each finding once, the policy applied) and
+the sinks (Lightning loggers or ``SummaryWriter`` objects; rank zero only).
+
+The front ends only drive it:
+
+- :class:`~rangewatch.RangeWatch`, the Lightning callback: its hooks each call one method here;
+- :func:`rangewatch.watch`, for hand-written PyTorch loops (and HF Accelerate): ``batch()`` / ``step()``;
+- ``rangewatch check`` (:mod:`rangewatch.preflight`): a few batches, one check, no training.
+
+A training step, as the engine sees it::
+
+    watch.begin_step(step)       # optional: batch() opens one at the engine's own step counter
+    watch.batch(batch)           # the batch's image-like tensors; module hooks feed themselves
+    ...forward, backward...
+    watch.end_step()             # checks at check steps: the first check_first_n, then every log_every_n_steps
+
+Distributed runs pass the collectives the engine needs (:mod:`rangewatch.engine.collectives`): every rank
+takes part in each check's reductions, so every rank reaches the same verdicts, and only rank zero
+writes or speaks.
+
+Example::
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from rangewatch import Watch
+    >>> model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
+    >>> watch = Watch(expect={"batch.image": "symmetric"}, policy="log", watch_visualization=False,
+    ...               derive_expectations=False)
+    >>> _ = watch.attach(model)
+    >>> for step in range(2):
+    ...     x = torch.rand(4, 3, 16, 16)            # [0, 1] images where [-1, 1] is expected
+    ...     watch.batch({"image": x})
+    ...     _ = model(x)
+    ...     _ = watch.end_step()
+    >>> [(f.kind, f.where, f.observed, f.expected) for f in watch.findings]
+    [('mismatch', 'batch.image', 'unit', 'symmetric')]
+    >>> watch.taps["batch.image"].inferred.name
+    'unit'
+    >>> watch.close()
+"""
+
+from __future__ import annotations
+
+import difflib
+from types import MappingProxyType
+from typing import Any, Callable, Literal, Mapping
+
+import torch
+from torch import nn
+
+from .collectives import Collectives, SingleProcess
+from .agreement import RankAgreement
+from ..config import (
+    MAX_CHECK_FIRST_N,
+    MAX_HIST_BINS,
+    MAX_TRACE_HISTORY,
+    ConfigError,
+    _short,
+    check_bool,
+    check_choice,
+    check_expect,
+    check_float,
+    check_int,
+    check_str_list,
+    check_trace_modules,
+)
+from ..expect.expectation import Expectation
+from ..findings.finding import Finding, RangeMismatchError
+from ..findings.log import POLICIES, QUIET_KINDS, FindingsLog, Policy
+from ..sinks.loggers import LoggerSink
+from ..stats.range_stats import RangeSummary
+from .checker import TapChecks
+from .expectations import ExpectationSources
+from .reporter import FindingsReporting
+from .check_logging import CheckLogging, _is_writer, _WriterScalars
+from .numerics_tracing import NumericsTracing
+from .preview_gate import PreviewGate
+from .tapset import TapFeeding, TapInfo, _Tap
+from ..taps.batches import DEFAULT_SKIP_KEYS, ModuleTaps, parse_tap_key
+
+__all__ = ["Watch", "TapInfo", "OPTIONS"]
+
+#: the options :class:`Watch` (and each front end) takes, in signature order
+OPTIONS = (
+    "expect", "batch_keys", "skip_keys", "modules", "policy", "check_first_n", "log_every_n_steps", "histograms",
+    "hist_bins", "watch_validation", "watch_visualization", "clip_threshold", "derive_expectations", "trace_modules",
+    "trace_history", "trace_exact", "headroom_share", "check_nonfinite_every_step", "moments_every_step",
+    "image_processors", "per_channel_scalars",
+)
+
+
+def _says(level: str, text: str) -> None:
+    """The default voice: Lightning's rank-zero info / warning (the engine also gates on its rank)."""
+    from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+    (rank_zero_warn if level == "warn" else rank_zero_info)(text)
+
+
+def _no_step() -> int | None:
+    return None
+
+
+class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLogging, NumericsTracing, PreviewGate,
+            FindingsReporting):
+    r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there); the
+    keyword-only arguments connect it to its surroundings.
+
+    Args:
+        collectives: the cross-process operations (:mod:`rangewatch.engine.collectives`); default one process.
+        loggers: where statistics and findings go on rank zero: Lightning loggers and/or
+            ``torch.utils.tensorboard.SummaryWriter`` objects.
+        messages: ``fn(level, text)`` with level ``"info"`` or ``"warn"``, for every line the engine
+            says (rank zero only); default: Lightning's ``rank_zero_info`` / ``rank_zero_warn``.
+        clock: returns the current training step (stamped on findings); default: the engine's own
+            step counter (advanced by :meth:`end_step`).
+    """
+
+    def __init__(
+        self,
+        expect: dict[str, str] | None = None,
+        batch_keys: list[str] | None = None,
+        skip_keys: list[str] | None = None,
+        modules: list[str] | None = None,
+        policy: Policy = "warn",
+        check_first_n: int = 3,
+        log_every_n_steps: int | None = None,
+        histograms: bool | Literal["flagged", "all"] = "flagged",
+        hist_bins: int = 64,
+        watch_validation: bool = True,
+        watch_visualization: bool = True,
+        clip_threshold: float = 0.005,
+        derive_expectations: bool = True,
+        trace_modules: str | list[str] | None = None,
+        trace_history: int = 8,
+        trace_exact: bool = False,
+        headroom_share: float = 0.5,
+        check_nonfinite_every_step: bool = False,
+        moments_every_step: bool = False,
+        image_processors: dict[str, Any] | None = None,
+        per_channel_scalars: bool = False,
+        *,
+        collectives: Collectives | None = None,
+        loggers: list[Any] | None = None,
+        messages: Callable[[str, str], None] | None = None,
+        clock: Callable[[], int | None] | None = None,
+    ) -> None:
+        self.expect = check_expect(expect)
+        self.batch_keys = check_str_list("batch_keys", batch_keys)
+        self.skip_keys = tuple(check_str_list("skip_keys", skip_keys) or DEFAULT_SKIP_KEYS)
+        self.modules = check_str_list("modules", modules) or []
+        policy = check_choice("policy", policy, POLICIES)  # type: ignore[assignment]
+        self.check_first_n = check_int("check_first_n", check_first_n, 0, maximum=MAX_CHECK_FIRST_N)
+        self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, 1, allow_none=True)
+        if histograms is True:
+            histograms = "all"
+        self.histograms: bool | str = histograms if histograms is False else check_choice("histograms", histograms, ("flagged", "all"))
+        self.per_channel_scalars = check_bool("per_channel_scalars", per_channel_scalars)
+        self.hist_bins = check_int("hist_bins", hist_bins, 1, maximum=MAX_HIST_BINS)
+        self.watch_validation = check_bool("watch_validation", watch_validation)
+        self.watch_visualization = check_bool("watch_visualization", watch_visualization)
+        self.clip_threshold = check_float("clip_threshold", clip_threshold, 0.0, 1.0)
+        self.derive_expectations = check_bool("derive_expectations", derive_expectations)
+        self.trace_modules = check_trace_modules(trace_modules)
+        self.trace_history = check_int("trace_history", trace_history, 1, maximum=MAX_TRACE_HISTORY)
+        self.trace_exact = check_bool("trace_exact", trace_exact)
+        self.headroom_share = check_float("headroom_share", headroom_share, 0.0, 1.0, lo_open=True)
+        self.check_nonfinite_every_step = check_bool("check_nonfinite_every_step", check_nonfinite_every_step)
+        self.moments_every_step = check_bool("moments_every_step", moments_every_step)
+        if image_processors is not None and not isinstance(image_processors, dict):
+            raise ConfigError(f"option 'image_processors' = {_short(image_processors)} must map submodule paths to image processors")
+        self.image_processors: dict[str, Any] = dict(image_processors or {})
+
+        self.messages = messages
+        self._log = FindingsLog(policy, warn=self._warn)
+        self.expectations: dict[str, Expectation] = {}
+        self.collectives: Collectives = SingleProcess()
+        self._clock: Callable[[], int | None] = _no_step
+        self._own_step = 0  # the step counter when no clock is given (plain loops)
+        self._tracer: Any = None
+        self._losses: Any = None
+        self._derived_keys: set[str] = set()
+        self._loader_expect: dict[str, Expectation] = {}
+        self._loader_noise: dict[str, float] = {}  # stage -> share of values random erasing may replace by noise
+        self._withdrawn: set[str] = set()
+        self._taps: dict[str, _Tap] = {}
+        self._pending_states: dict[str, dict[str, Any]] = {}
+        self._module_taps = ModuleTaps(lambda name, t: self.tensor(name, t), self._on_module_error)  # through the public entry
+        self._attached = False  # hooks placed, expectations said: once per fit
+        self._derived_done = False  # model metadata read: once per fit
+        self._train_batches = 0
+        self._detail = False
+        self._check_now = False
+        self._step_open = False
+        self._step_at_start = 0
+        self._has_tensorboard = False
+        self._every = self.log_every_n_steps or 50
+        self._sink: LoggerSink | None = None
+        self._notes: dict[str, str] = {}
+        self._vis: Any = None
+        self._declared_batch_paths = [k if k.startswith("batch") else f"batch.{k}" for k in self.expect if k.startswith("batch")]
+        self._vis_pending: list[Finding] = []
+        self._early: list[Finding] = []  # found outside a check (in a hook): reported at the next check
+        self._vis_sites: set[str] = set()  # preview call sites seen (each one's first call is judged)
+        self._vis_judge = False  # judge every preview call now (check steps, epoch ends)
+        self._layout_taps: dict[str, tuple[int, bool]] = {}  # what the custom-scalars layout last showed
+        self._announced = False
+        self._phase = ""  # "val/" while a validation loop runs: module taps are split as batch taps are
+        self._set_declared()
+        if collectives is not None or loggers is not None or clock is not None:
+            self.connect(collectives=collectives, loggers=loggers, clock=clock)
+        else:
+            self._clock = self._own_clock
+
+    # ------------------------------------------------------------------ public surface
+    @property
+    def policy(self) -> Policy:
+        """``"warn"``, ``"raise"`` or ``"log"`` (may be changed between steps)."""
+        return self._log.policy
+
+    @policy.setter
+    def policy(self, value: Policy) -> None:
+        self._log.policy = check_choice("policy", value, POLICIES)  # type: ignore[assignment]
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Every finding so far, each once, in the order found (notes and internal errors included)."""
+        return self._log.findings
+
+    @property
+    def taps(self) -> Mapping[str, TapInfo]:
+        """Every tap seen so far (``batch.image``, ``vae.encoder:input``, ``val/...``), read-only."""
+        out = {}
+        for name, t in sorted(self._taps.items()):
+            out[name] = TapInfo(
+                name=name, channel_dim=t.channel_dim, channels=t.channels, disabled=t.disabled, error=t.error,
+                inferred=t.inferred, expectation=self.expectation_for(name), steps_checked=t.steps_checked, fed=t.fed,
+                dtypes=tuple(sorted(t.stats.dtypes_seen)), stats=t.stats, latent=t.latent,
+            )
+        return MappingProxyType(out)
+
+    @property
+    def notes(self) -> list[str]:
+        """What was said once (skipped tensors, modules without hooks, ...), in the order said."""
+        return [t.removeprefix("rangewatch: ") for t in self._notes.values()]
+
+    @property
+    def loader_expectations(self) -> Mapping[str, Expectation]:
+        """What the loaders produce, predicted from their transforms (``"train"``, ``"val"``)."""
+        return MappingProxyType(self._loader_expect)
+
+    @property
+    def skipped_modules(self) -> list[str]:
+        """Why named submodules carry no hooks (TorchScript modules, hooks that cannot be placed)."""
+        return list(self._module_taps.skipped)
+
+    @property
+    def tracer(self) -> Any:
+        """The :class:`~rangewatch.ModuleTracer` placed by ``trace_modules`` (None without it, or after :meth:`detach`)."""
+        return self._tracer
+
+    @property
+    def attached(self) -> bool:
+        """Whether :meth:`attach` placed the hooks (until :meth:`detach`)."""
+        return self._attached
+
+    @property
+    def train_batches(self) -> int:
+        """Training batches seen (steps closed by :meth:`end_step`), across a resume."""
+        return self._train_batches
+
+    @property
+    def every(self) -> int:
+        """The check interval in steps."""
+        return self._every
+
+    def connect(self, collectives: Collectives | None = None, loggers: list[Any] | None = None,
+                clock: Callable[[], int | None] | None = None, every: int | None = None,
+                histograms_logged: bool | None = None) -> None:
+        """Where the engine runs: its collectives, its loggers (kept on rank zero only), the step
+        clock, the default check interval (``log_every_n_steps`` wins) and whether histograms can be
+        logged (decide it alike on every rank: the statistics' states must match across ranks)."""
+        from ..sinks.loggers import is_tensorboard_logger
+
+        self.collectives = collectives if collectives is not None else SingleProcess()
+        self._clock = clock if clock is not None else self._own_clock
+        if every is not None:
+            self._every = self.log_every_n_steps or max(1, int(every))
+        loggers = list(loggers or [])
+        writers = [lg for lg in loggers if _is_writer(lg)]
+        if histograms_logged is None:
+            histograms_logged = bool(writers) or any(is_tensorboard_logger(lg) or type(lg).__name__ == "WandbLogger" for lg in loggers)
+        self._has_tensorboard = bool(histograms_logged)
+        self._sink = None
+        if self.collectives.rank == 0:
+            self._sink = LoggerSink([lg for lg in loggers if lg not in writers])
+            for w in writers:  # a SummaryWriter: histograms, text and images directly, scalars through add_scalar
+                self._sink.writers.append(w)
+                self._sink.metric_loggers.append(_WriterScalars(w))
+            self._sink.has_tensorboard = bool(self._sink.writers)
+
+    def _own_clock(self) -> int:
+        return self._own_step
+
+    def _now(self) -> int:
+        step = self._clock()
+        return int(step) if step is not None else 0
+
+    def _info(self, text: str) -> None:
+        self._say("info", text)
+
+    def _warn(self, text: str) -> None:
+        self._say("warn", text)
+
+    def _say(self, level: str, text: str) -> None:
+        if self.collectives.rank != 0:
+            return
+        (self.messages or _says)(level, text)
+
+    @property
+    def sink(self) -> LoggerSink | None:
+        """The sinks the loggers given to :meth:`connect` became (rank zero only; None elsewhere and
+        without loggers): a front end writes its own images, scalars and text through them."""
+        return self._sink
+
+    def report(self, findings: list[Finding], step: int | None = None) -> list[Finding]:
+        """Report findings a front end's own checks built (a diffusers pipeline's, say) through the
+        findings log (each once, the policy applied: may raise :class:`~rangewatch.RangeMismatchError`)
+        and the sinks; returns the fresh ones. Under several processes with ``policy="raise"``, every
+        rank must call this together."""
+        return self._report(list(findings), self._now() if step is None else int(step))
+
+    def internal(self, where: str, error: BaseException, what: str, consequence: str | None = None) -> None:
+        """A front end's own piece ``where`` failed with ``error`` while doing ``what``: reported once
+        (an ``internal`` finding and one warning), as the engine reports its own; the front end switches
+        that piece off and says so in ``consequence`` (default: the step is skipped, the run goes on)."""
+        self._internal(where, error, None, what=what, consequence=consequence)
+
+    def note(self, text: str, key: str | None = None) -> None:
+        """Say ``text`` once (per ``key``, default the text itself)."""
+        self._note_once(key or text, text)
+
+    def is_check_step(self, step: int) -> bool:
+        """Whether ``step`` is a check step: one of the first ``check_first_n`` training batches, or a
+        multiple of the check interval."""
+        return self._train_batches < self.check_first_n or step % self._every == 0
+
+    # ------------------------------------------------------------------ the training step
+    def begin_step(self, step: int | None = None, detail: bool | None = None) -> bool:
+        """Open training step ``step`` (default: the clock's); returns whether it is a check step.
+        ``detail`` (default: at check steps) takes full statistics of this step's tensors."""
+        step = self._now() if step is None else int(step)
+        self._step_at_start = step
+        self._check_now = self.is_check_step(step)
+        self._detail = self._check_now if detail is None else bool(detail)
+        self._step_open = True
+        if self._tracer is not None:
+            self._tracer.enabled = True
+            self._tracer.start_step(step)
+        return self._check_now
+
+    def batch(self, batch: Any, split: str = "train", detail: bool | None = None) -> None:
+        """Feed a batch (a tensor, or any nest of dicts, lists, tuples and dataclasses): its image-like
+        tensors become taps named by path (``batch.image``, ``batch[0]``; ``val/...`` for ``split="val"``).
+        A training batch opens a step at the clock's step when none is open."""
+        if split == "train":
+            if not self._step_open:
+                self.begin_step()
+            if detail is not None:
+                self._detail = bool(detail)
+            self._feed_batch(batch, "")
+        elif split == "val":
+            if detail is not None:
+                self._detail = bool(detail)
+            if self.watch_validation:
+                self._feed_batch(batch, "val/")
+        else:
+            raise ConfigError(f"split = {_short(split)} must be 'train' or 'val'")
+
+    def tensor(self, name: str, t: torch.Tensor, channel_dim: int | None = None) -> None:
+        """Feed one tensor to the tap ``name`` (as a module hook does; a name without a side is read as
+        ``expect`` reads it: ``"latents"`` is ``"latents:input"``): image-like tensors get per-channel
+        statistics (channels on ``channel_dim``, found when not given), others per-tensor."""
+        if ":" not in name and not name.startswith(("batch", "val/")):
+            name = self._tap_name_for_key(name)
+        if channel_dim is None or name in self._taps:
+            self._on_module_tensor(name, t)
+        elif not self._phase or self.watch_validation:
+            self._feed(self._phase + name, t, channel_dim)
+
+    def end_step(self) -> list[Finding]:
+        """Close the training step: at a check step, check the training taps; returns the findings
+        reported by this call."""
+        before = len(self.findings)
+        self._train_batches += 1
+        self._step_open = False
+        try:
+            if self._check_now:
+                self.check(self._step_at_start, "train")
+                if not self._announced:
+                    self._announced = True
+                    try:
+                        self._info(self.watching())
+                    except Exception as e:  # noqa: BLE001
+                        self._internal("console", e, None)
+            elif self.check_nonfinite_every_step and self.check_nonfinite():
+                self.check(self._step_at_start, "train")
+        finally:
+            self._detail = False
+            self._check_now = False
+            if self._clock == self._own_clock:
+                self._own_step += 1
+        return self.findings[before:]
+
+    def step(self) -> list[Finding]:
+        """The plain-loop name of :meth:`end_step`: call it once per training step, after ``batch()``."""
+        return self.end_step()
+
+    def begin_validation(self) -> None:
+        """Validation forwards from now on feed their own taps (``val/...``), never the training windows."""
+        if self._tracer is not None:
+            self._tracer.enabled = False  # validation forwards would mix into the training step
+        self._phase = "val/"
+
+    def end_validation(self, check: bool = False) -> None:
+        """Back to training; with ``check``, check the validation taps first."""
+        if check:
+            self.check(split="val")
+        self._phase = ""
+
+    def check(self, step: int | None = None, split: str = "train") -> None:
+        """Check the taps of ``split`` (``"train"``: also the tracer and the loss networks) now: read
+        the statistics (a collective under several processes: every rank must call it), judge, log,
+        report, and start new windows."""
+        if split not in ("train", "val"):
+            raise ConfigError(f"split = {_short(split)} must be 'train' or 'val'")
+        which = (lambda n: n.startswith("val/")) if split == "val" else (lambda n: not n.startswith("val/"))
+        self._check(which, step=step, train_check=split == "train")
+        if split == "val":
+            self._detail = False
+
+    def summaries(self, split: str = "train") -> dict[str, RangeSummary]:
+        """The current window of each fed tap of ``split``, computed without starting a new one (a
+        collective under several processes)."""
+        out: dict[str, RangeSummary] = {}
+        for name in sorted(self._taps):
+            tap = self._taps[name]
+            if tap.disabled or not tap.fed or name.startswith("val/") != (split == "val"):
+                continue
+            try:
+                out[name] = tap.stats.compute()
+            except Exception as e:  # noqa: BLE001
+                self._internal(name, e, tap)
+        return out
+
+    def check_nonfinite(self) -> bool:
+        """Whether any tap (or the tracer) saw NaN/Inf since the last check: one bool read from the
+        device (a small sync; a collective under several processes)."""
+        return self._nonfinite_now()
+
+    def close(self) -> None:
+        """Report what is pending (previews), take every hook off, say the summary line."""
+        try:
+            self.detach()
+        finally:
+            self.say_summary()
+
+    def say_summary(self) -> None:
+        """Say :meth:`summary_line` (rank zero)."""
+        try:
+            self._info(self.summary_line())
+        except Exception as e:  # noqa: BLE001
+            self._internal("console", e, None)
+
+    def __enter__(self) -> "Watch":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is not None and exc[0] is not RangeMismatchError:
+            self.abort(exc[1])
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Watch(expect={self.expect}, policy={self.policy!r})"
+
+    # ------------------------------------------------------------------ expectations
+    # declared, derived and loader-contradiction pieces: engine_expectations.ExpectationSources
+
+    def expectation_for(self, tap: str) -> Expectation | None:
+        """The expectation that applies to a tap (validation batch taps share the train key)."""
+        if tap in self.expectations:
+            return self.expectations[tap]
+        if tap.startswith("val/"):  # a validation module tap takes its module's expectation, never the loader's
+            inner = tap[4:]
+            return self.expectations.get(inner) or (self._loader_expect.get("val") if inner.startswith("batch") else None)
+        if tap.startswith("batch"):
+            return self._loader_expect.get("train")
+        return None
+
+    def watch_previews(self, context: str = "training preview") -> None:
+        """Observe the calls that turn tensors into images (until :meth:`detach`); ``context`` names
+        the phase in the findings (``"training preview"``, ``"validation preview"``)."""
+        if not self.watch_visualization:
+            return
+        try:
+            if self._vis is None:
+                from ..visualization import VisualizationWatch
+
+                self._vis = VisualizationWatch(
+                    threshold=self.clip_threshold, context=context, on_finding=self._vis_pending.append,
+                    warn=False, hist_bins=self.hist_bins, gate=self._vis_gate,
+                )
+            self._vis.context = context
+            self._vis.step = self._now()
+            if not self._vis.active:
+                self._vis.start()
+        except Exception as e:
+            self.watch_visualization = False
+            self._internal("visualization", e, None, what="starting the visualisation watch (previews are not observed)")
+
+    def preview_step(self, judge: bool | None = None, context: str | None = None) -> None:
+        """Keep the watch's step (and phase) current, so a call is stamped with the step it was made at."""
+        if self._vis is not None:
+            self._vis.step = self._now()
+            if context is not None:
+                self._vis.context = context
+        if judge is not None:
+            self._vis_judge = judge
+
+    def flush_previews(self, log: bool = True, final: bool = False) -> None:
+        """Report the findings of the calls made since the last hook (at the step of each call) and log
+        their corrected previews. Under DDP preview calls happen on some ranks only, so their findings
+        wait for the next check (or the end of the fit), where every rank takes part."""
+        if self.collectives.world_size == 1:
+            if self._vis_pending:
+                pending, self._vis_pending[:] = list(self._vis_pending), []
+                self._report(pending, self._now())
+        elif final:  # every rank reaches teardown: a collective decision (policy="raise") is safe here
+            pending, self._vis_pending[:] = list(self._vis_pending), []
+            self._report(pending, self._now())
+        if not log or self._vis is None:
+            return
+        try:
+            previews = self._vis.pop_previews()
+            if previews and self._sink is not None and self._sink.has_images:
+                from ..visualization import log_previews
+
+                for p in previews:
+                    step = p.record.step if p.record.step is not None else self._now()
+                    for w in self._sink.writers:
+                        log_previews(w, p, step=step)
+                    self._sink.other_images(f"rangewatch/preview/{p.image_tag}", p.build_labelled(), step)  # W&B / MLflow
+        except Exception as e:
+            self._internal("visualization", e, None, what="logging the corrected previews")
+
+    def attach(self, model: nn.Module) -> "Watch":
+        """Read what the model expects from its metadata (unless ``derive_expectations=False``), hook
+        the named submodules, the loss networks and the tracer. Raises :class:`~rangewatch.ConfigError`
+        (leaving nothing behind) when ``expect``, ``modules`` or ``trace_modules`` name a submodule the
+        model lacks."""
+        self._attached = True
+        self._derive(model)
+        try:  # loss networks and metrics (LPIPS, FID, PSNR, VGG losses): rangewatch.integrations
+            from ..integrations import LossWatch
+
+            if self.derive_expectations:
+                self._losses = (self._losses or LossWatch()).attach(model)
+        except Exception as e:
+            self._internal("loss networks", e, None)
+        try:
+            self._attach_tracer(model)
+        except ConfigError:
+            raise
+        except Exception as e:
+            self._internal("trace_modules", e, None)
+        wanted: dict[str, set[str]] = {}
+        for tap in self._derived_keys:
+            name, side = tap.rsplit(":", 1)
+            wanted.setdefault(name, set()).add(side)
+        for key in list(self.expect) + list(self.modules):
+            if key.startswith("batch") or key.startswith("val/"):
+                continue
+            name, side = parse_tap_key(key)
+            sides = wanted.setdefault(name, set())
+            if ":" in key or key in self.expect:
+                sides.add(side)
+            else:  # modules=[...] without a side: both
+                sides.update(("input", "output"))
+        missing = self._module_taps.attach(model, wanted)
+        for n in self._module_taps.skipped:  # TorchScript modules, hooks that cannot be placed
+            self._note_once(n, f"rangewatch: {n}")
+        if missing:
+            self._module_taps.detach()
+            if self._losses is not None:  # nothing this attach placed stays behind
+                self._losses.detach()
+            if self._tracer is not None:
+                self._tracer.detach()
+                self._tracer = None
+            names = [n for n, _ in model.named_modules() if n]
+            msgs = []
+            for m in missing:
+                close = difflib.get_close_matches(m, names, n=3)
+                msgs.append(f"{m!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
+            raise ConfigError(
+                f"RangeWatch: no submodule named {', '.join(msgs)} in {type(model).__name__}; "
+                f"named submodules include: {', '.join(names[:25])}{' ...' if len(names) > 25 else ''}"
+            )
+        if self.expectations:
+            lines = [f"  {tap}: {e.convention} ({e.source})" for tap, e in sorted(self.expectations.items())]
+            self._info("rangewatch expectations:\n" + "\n".join(lines))
+        return self
+
+    def predict_loaders(self, train: Any = None, val: Any = None) -> None:
+        """What the loaders' transforms produce (read from their datasets' transforms, no batch is
+        pulled); a disagreement with a module's expectation is reported at once (the cheapest possible
+        warning). Once per fit; nothing with ``derive_expectations=False``."""
+        if not self.derive_expectations or self._loader_expect:
+            return
+        try:
+            from ..expect.transforms import predict_dataset
+
+            early: list[Finding] = []
+            for stage, loader in (("train", train), ("val", val)):
+                if loader is None:
+                    continue
+                pred = predict_dataset(loader, where=f"{stage} dataloader")
+                if pred is None:
+                    continue
+                exp = pred.expectation("batch")
+                if exp is None:
+                    for n in pred.notes:
+                        self._note_once(n, f"rangewatch: {n}")
+                    continue
+                self._loader_expect[stage] = exp
+                self._loader_noise[stage] = float(getattr(pred, "noise_share", 0.0) or 0.0)
+                if stage != "train":
+                    continue
+                for tap, mexp in sorted(self.expectations.items()):
+                    if tap.startswith(("batch", "val/")) or not tap.endswith(":input") or mexp.conv.kind != "pixel":
+                        continue
+                    if mexp.convention != exp.convention:
+                        early.append(self._pipeline_finding(tap, exp, mexp))
+            if self._loader_expect:
+                self._info("rangewatch loader predictions: " + ", ".join(f"{k}: {v.convention} ({v.source})" for k, v in self._loader_expect.items()))
+            self._report(early, self._now())
+        except (ConfigError, RangeMismatchError):
+            raise
+        except Exception as e:
+            self._internal("transform inspection", e, None)
+
+    def detach(self) -> None:
+        """Take every hook off the model and stop observing previews (their last findings are
+        reported: under ``policy="raise"`` this may raise). A later :meth:`attach` starts a new fit."""
+        self._module_taps.detach()
+        self._attached = False
+        self._derived_done = False
+        if self._losses is not None:
+            self._losses.detach()
+        try:
+            self._stop_visualization()  # may raise RangeMismatchError (policy="raise") for the last previews
+        finally:
+            if self._tracer is not None:
+                self._tracer.detach()
+                self._tracer = None
+
+    def abort(self, exception: BaseException | None = None) -> None:
+        """The run failed with ``exception``: take every hook off; unless rangewatch itself stopped
+        the run, let the tracer still name where NaN/Inf came from (a NaN loss that raised)."""
+        self._module_taps.detach()
+        self._attached = False
+        if self._losses is not None:
+            self._losses.detach()
+        if self._tracer is not None and not isinstance(exception, RangeMismatchError):
+            try:  # a NaN loss that raised: still name where the NaN came from
+                for f in self._tracer.check(self._now()):
+                    if self._log.add(f):
+                        self._warn(f"rangewatch: {f}")
+            except Exception as e:
+                self._internal("trace_modules", e, None)
+            self._tracer.detach()
+            self._tracer = None
+        if self._vis is not None:
+            while self._vis.active:
+                self._vis.stop()
+
+    # ------------------------------------------------------------------ taps and checks
+    # taps are made, fed and reset in engine_taps.TapFeeding; each tap is judged in engine_checks.TapChecks;
+    # the ranks agree (taps, value samples, latent syncs) in collectives_agreement.RankAgreement
+    def _is_check_step(self, step: int) -> bool:
+        return self._train_batches < self.check_first_n or step % self._every == 0
+
+    def _check(self, which: Callable[[str], bool], step: int | None = None, train_check: bool = False) -> None:
+        step = self._now() if step is None else step
+        if self.collectives.world_size > 1:
+            try:
+                self._agree_on_taps()
+            except Exception as e:  # noqa: BLE001  (then each rank goes on with the taps it has)
+                self._internal("ddp", e, None)
+        new: list[Finding] = list(self._early)  # found in hooks since the last check (a declared convention that does not fit)
+        self._early.clear()
+        if self._vis_pending and self.collectives.world_size > 1:  # previews judged on some ranks only: reported here, where all ranks are
+            new.extend(self._vis_pending)
+            self._vis_pending.clear()
+        metrics: dict[str, float] = {}
+        summaries: list[tuple[str, RangeSummary]] = []
+        for name in sorted(self._taps):
+            tap = self._taps[name]
+            # under DDP every rank takes part in every tap's reduction, fed this window or not
+            if tap.disabled or not which(name) or (not tap.fed and self.collectives.world_size == 1):
+                continue
+            try:
+                s = tap.stats.compute()  # the host transfer (and the cross-rank reduction)
+                tap.channels = s.channels
+                if self.collectives.world_size > 1 and tap.latent is None:
+                    self._gather_sample(tap, s.channels)
+                new.extend(self._judge(tap, s, step))
+                metrics.update(self._metrics(tap, s))
+                summaries.append((name, s))
+            except (ConfigError, RangeMismatchError):
+                raise
+            except Exception as e:
+                self._internal(name, e, tap)
+        synced = self._sync_latents(summaries) if self.collectives.world_size > 1 else []
+        if self._sink is not None and self.collectives.rank == 0:
+            try:
+                if metrics:
+                    self._sink.scalars(metrics, step)
+                    if not self._sink.has_images and self._sink.active:
+                        self._note_once("histograms", "rangewatch: histograms, images and text need a TensorBoard, W&B or MLflow logger; other loggers get scalars only")
+                if self.histograms:
+                    flagged = self._log.flagged(new)
+                    for name, s in summaries:
+                        if self._taps[name].latent is None and (self.histograms == "all" or name in flagged):
+                            self._sink.histograms(name, s, step)
+                self._log_overview(summaries, new, step)
+                if self._sink.has_tensorboard:
+                    from ..checks.latents import log_latents
+
+                    for name, _ in summaries:
+                        if self._taps[name].latent is not None:
+                            for w in self._sink.writers:
+                                log_latents(w, name, self._taps[name].latent, step)
+                if self._sink.wandb or self._sink.mlflow:
+                    self._latents_elsewhere(summaries, step)
+            except Exception as e:
+                self._internal("logging", e, None)
+        for st in synced:
+            st.unsync()
+        for name, _ in summaries:
+            self._reset(self._taps[name])
+        if self._tracer is not None and train_check:
+            try:
+                gather = self.collectives.all_gather_bytes if self.collectives.world_size > 1 else None  # every rank checks at the same steps
+                new.extend(self._tracer.check(step, gather=gather))
+                for n in self._tracer.notes:
+                    self._note_once(n, f"rangewatch: {n}")
+            except Exception as e:
+                self._internal("trace_modules", e, None)
+        if self._losses is not None:
+            new.extend(self._losses.check(step))
+        self._report(new, step)
+
+    def watching(self) -> str:
+        """What is watched, said once per fit after the first checked batch: each tap with its
+        channels and its expectation (and where that comes from) or what the data looks like, the
+        taps not watched and why, expectations whose tap has not been seen yet, and the check cadence."""
+        lines = []
+        live = {n: t for n, t in sorted(self._taps.items()) if not t.disabled}
+        off = {n: t for n, t in sorted(self._taps.items()) if t.disabled}
+        width = min(36, max([len(n) for n in live] + [4]))
+        for name, t in live.items():
+            exp = self.expectation_for(name)
+            ch = f"{t.channels} ch" if t.channels else ""
+            if exp is not None:  # the sources of self.expectations were said at fit start ("rangewatch expectations")
+                listed = any(exp is e for e in self.expectations.values())
+                what = f"expects {exp.convention}" + ("" if listed else f" ({exp.source})")
+            elif t.inferred is not None and t.inferred.name != "unknown":
+                what = f"no expectation; the data looks like {t.inferred.name}" + ("" if t.inferred.confident else " (not sure)")
+            else:
+                what = "no expectation; watched for NaN/Inf and range only"
+            lines.append(f"  {name:<{width}} {ch:>5}  {what}")
+        for name, t in off.items():
+            lines.append(f"  not watched: {name} ({t.error or 'not an image-like tensor'})")
+        unseen = [n for n in sorted(self.expectations) if n not in self._taps and not n.startswith("val/")]
+        for n in unseen:
+            lines.append(f"  not seen yet: {n} (expects {self.expectations[n].convention})")
+        cadence = f"checked at the first {self.check_first_n} batches, then every {self._every} steps"
+        head = f"rangewatch: watching {len(live)} tap{'s' if len(live) != 1 else ''} ({cadence})"
+        if not live:
+            head += ": no image-like tensor in the batches; name tensors with expect= / modules="
+        return head + ("\n" + "\n".join(lines) if lines else "")
+
+    def summary_line(self) -> str:
+        """One line for the end of a fit: taps checked, batches, findings by kind."""
+        from collections import Counter
+
+        checked = [t for t in self._taps.values() if t.steps_checked]
+        problems = [f for f in self.findings if f.kind not in QUIET_KINDS]
+        counts = Counter(f.kind for f in problems)
+        found = (f"{len(problems)} finding{'s' if len(problems) != 1 else ''} (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
+                 if problems else "no findings")
+        internal = sum(f.kind == "internal" for f in self.findings)
+        extra = f"; {internal} tap{'s' if internal != 1 else ''} switched off after an internal error" if internal else ""
+        return (f"rangewatch: {len(checked)} tap{'s' if len(checked) != 1 else ''} checked over {self._train_batches} "
+                f"training batch{'es' if self._train_batches != 1 else ''}: {found}{extra}")
+
+    # findings are reported in engine_findings.FindingsReporting
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the findings log, the batch count and each tap's open window (statistics,
+        bounds, latent monitor state), so that a resumed run neither repeats findings nor loses data."""
+        taps = {}
+        for name, tap in self._taps.items():
+            if tap.disabled:
+                continue
+            try:
+                stats = tap.stats.state_dict()
+                if any(v.is_meta for v in stats.values()):
+                    continue  # no values to save (a meta tap); a checkpoint must never fail on rangewatch's state
+                taps[name] = {
+                    "stats": {k: v.detach().cpu() for k, v in stats.items()},
+                    "bounds": tap.bounds,
+                    "channel_dim": tap.channel_dim,
+                    "dtypes": sorted(tap.stats.dtypes_seen),
+                    "steps_checked": tap.steps_checked,
+                }
+                if tap.latent is not None:  # its soft-clamp counts too (LatentMonitor's own state)
+                    taps[name]["latent"] = tap.latent.state_dict()
+            except Exception as e:  # noqa: BLE001
+                self._internal(name, e, tap)
+        return {
+            "version": 1,
+            "train_batches": self._train_batches,
+            **self._log.state_dict(),
+            "taps": taps,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: taps take their saved window when they are first seen again."""
+        self._train_batches = int(state_dict.get("train_batches", 0))
+        self._log.load_state_dict(state_dict)
+        self._taps.clear()
+        self._pending_states = dict(state_dict.get("taps", {}))

@@ -1,0 +1,1 @@
+"""Expectations: the conventions catalogue and what models and data transforms say a tap should carry."""

@@ -1,0 +1,1 @@
+"""The diffusers pipeline front end (`watch_pipeline`) and its checks."""

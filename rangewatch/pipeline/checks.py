@@ -1,0 +1,349 @@
+"""The findings of :class:`rangewatch.pipeline.watch.PipelineWatch`, built on the host once per pipeline call.
+
+One function per thing watched: :func:`input_image` (``mask_image=`` / ``ip_adapter_image=`` against
+the mask processor and the image encoder's processor; ``image=`` is judged by the engine against
+``VaeImageProcessor``'s expectation),
+:func:`user_latents` (``latents=`` as the unit-Gaussian starting noise), :func:`steps` (NaN/Inf and
+outliers while denoising), :func:`decode` (the decode's input latents and the decoded image's range)
+and :func:`traced` (a :class:`~rangewatch.checks.numerics.ModuleTracer`'s findings with the fix in
+diffusers' terms). Sources: diffusers ``image_processor.py`` (``VaeImageProcessor.preprocess`` expects
+[0, 1] and maps it to [-1, 1], skipping that with a FutureWarning when ``image.min() < 0``;
+``postprocess`` clamps ``x / 2 + 0.5`` to [0, 1]), the pipelines' ``prepare_latents`` (``latents *
+scheduler.init_noise_sigma``) and decode (``vae.decode(latents / scaling_factor + shift_factor)``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..findings.finding import Finding, nonfinite_finding, note_finding
+from ..checks.inference import infer_convention
+from ..checks.latents import LatentMonitor
+from ..checks.numerics import ModuleTracer, nan_image_finding
+from ..stats.range_stats import RangeStats
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .watch import PipelineWatch, _Call
+
+__all__ = ["decode", "decode_fix", "input_image", "steps", "traced", "user_latents"]
+
+_SRC = "rangewatch.pipeline.watch"
+_VAE_SRC = "diffusers VaeImageProcessor.preprocess: [0, 1] tensors, mapped to [-1, 1]"
+
+
+def _cfg(obj: Any, key: str, default: Any = None) -> Any:
+    cfg = getattr(obj, "config", None)
+    if cfg is None:
+        return getattr(obj, key, default)
+    v = cfg.get(key, default) if isinstance(cfg, dict) else getattr(cfg, key, default)
+    return default if v is None else v
+
+
+def _fmt(values: Any) -> str:
+    return "[" + ", ".join(f"{float(v):.3g}" for v in values) + "]"
+
+
+# ---------------------------------------------------------------------------- fixes in diffusers' terms
+def decode_fix(pipe: Any, module: str | None = None) -> str:
+    """How to get a finite fp16 decode, in diffusers' terms, for this pipeline."""
+    cls = type(pipe).__name__
+    try:
+        honours = "force_upcast" in inspect.getsource(type(pipe).__call__)
+    except (OSError, TypeError):
+        honours = False
+    where = f"the first module to overflow is {module}; " if module else ""
+    parts = [
+        where + "load the pipeline in bfloat16 (from_pretrained(..., torch_dtype=torch.bfloat16)), which has the range of fp32",
+        "or keep the VAE in fp32 for the decode: pipe.vae.to(torch.float32) (what the deprecated pipe.upcast_vae() does) "
+        "and decode latents.to(torch.float32)",
+    ]
+    if honours:
+        parts.append(f"or pipe.vae.register_to_config(force_upcast=True): {cls} then upcasts the VAE for the decode itself")
+    else:
+        parts.append(f"(vae.config.force_upcast is not read by {cls}; the SDXL-family pipelines honour it)")
+    parts.append("or, for an SDXL VAE, the fp16-fixed one: AutoencoderKL.from_pretrained('madebyollin/sdxl-vae-fp16-fix', "
+                 "torch_dtype=torch.float16) passed as vae=")
+    return "; ".join(parts)
+
+
+def _denoiser_fix(module: str | None) -> str:
+    return (
+        (f"the first module to overflow is {module}; " if module else "")
+        + "load the pipeline in bfloat16 (torch_dtype=torch.bfloat16) instead of float16; or keep that module in fp32 "
+        "(pipe.transformer / pipe.unet .get_submodule(name).float() with its input cast to float)"
+    )
+
+
+# ---------------------------------------------------------------------------- input images
+def input_image(pipe: Any, name: str, st: RangeStats) -> list[Finding]:
+    """``mask_image=`` against [0, 1] and ``ip_adapter_image=`` against the image encoder's processor,
+    from the statistics of their engine taps (``image=`` the engine judges itself)."""
+    s = st.compute()
+    if s.empty:
+        return []
+    lo, hi = float(s.range_min.min()), float(s.range_max.max())
+    seen = f"values {lo:.4g} .. {hi:.4g} (per-channel minima {_fmt(s.range_min)}, maxima {_fmt(s.range_max)})"
+    if name == "mask_image":
+        if lo >= -1e-3 and hi <= 1 + 1e-3:
+            return []
+        return [Finding(
+            kind="mismatch", where="mask_image", observed=f"mask values outside [0, 1] ({lo:.4g} .. {hi:.4g})",
+            expected="a mask in [0, 1] (1 = repaint)", evidence=f"{seen}; the pipeline's mask_processor does not "
+            "normalise, it binarises at 0.5 (mask < 0.5 -> 0), so a soft mask in another range moves its edge",
+            fix="pass the mask in [0, 1]: mask / 255 for 0-255 masks, (mask + 1) / 2 for [-1, 1] ones",
+            severity="warning", source="diffusers VaeImageProcessor(do_normalize=False, do_binarize=True) mask_processor",
+        )]
+    if name == "ip_adapter_image":
+        return _ip_adapter(pipe, s, seen, lo, hi)
+    return []  # image= is an engine tap with the VaeImageProcessor expectation: the engine judges it
+
+
+def _ip_adapter(pipe: Any, s: Any, seen: str, lo: float, hi: float) -> list[Finding]:
+    fe = getattr(pipe, "feature_extractor", None)
+    if fe is None:
+        return []
+    rescale = bool(getattr(fe, "do_rescale", False))
+    factor = float(getattr(fe, "rescale_factor", 1.0) or 1.0)
+    src = f"{type(fe).__name__} of {type(pipe).__name__} (do_rescale={rescale}, rescale_factor={factor:.6g})"
+    if rescale and factor < 0.1:
+        top = 1.0 / factor
+        if lo >= -1e-3 and hi <= 1 + 1e-3 and hi > 0.05:
+            return [Finding(
+                kind="mismatch", where="ip_adapter_image", observed="ip_adapter_image= tensor already in [0, 1]",
+                expected=f"0 .. {top:.0f} (the processor rescales by {factor:.6g})",
+                evidence=f"{seen}; the image encoder's processor multiplies by {factor:.6g} again, so the encoder sees "
+                f"0 .. {hi * factor:.4g}: a nearly black image (transformers warns 'It looks like you are trying to rescale "
+                "already rescaled images')", fix=f"pass image * {top:.0f} (or a PIL image / uint8 tensor)", severity="error", source=src,
+            )]
+        if lo < -0.05:
+            return [Finding(
+                kind="mismatch", where="ip_adapter_image", observed="ip_adapter_image= tensor with negative values",
+                expected=f"0 .. {top:.0f}", evidence=f"{seen}; the processor rescales by {factor:.6g} and normalises with its "
+                "own mean/std, so an already normalised image is normalised twice",
+                fix=f"pass the un-normalised image in 0 .. {top:.0f} (or a PIL image)", severity="error", source=src,
+            )]
+        return []
+    inf = infer_convention(s)
+    if inf.confident and inf.name not in ("unit", "unknown"):
+        return [Finding(
+            kind="mismatch", where="ip_adapter_image", observed=f"ip_adapter_image= tensor looks like {inf.name}",
+            expected="[0, 1] (the processor does not rescale)", evidence=inf.evidence, fix="pass the image in [0, 1]",
+            severity="error", source=src,
+        )]
+    return []
+
+
+# ---------------------------------------------------------------------------- latents= (starting noise)
+def user_latents(w: "PipelineWatch", call: "_Call") -> list[Finding]:
+    mon = call.user_latents
+    assert mon is not None
+    nf = mon.check(where="latents=")
+    if nf and nf[0].kind == "nonfinite":
+        return nf
+    a = mon.analyse()
+    if a is None:
+        return []
+    s = float(w.scale or 1.0)
+    c = a.channels
+    if w.latents_std is not None:
+        raw = torch.tensor(list(w.latents_std), dtype=torch.float64)[:c] / s
+    else:
+        raw = torch.full((c,), 1.0 / s, dtype=torch.float64)
+    sigma = float(getattr(getattr(w.pipe, "scheduler", None), "init_noise_sigma", 1.0))  # after the call: host
+    hyps = {"right": torch.ones(c, dtype=torch.float64), "not scaled": raw, "scaled twice": 1.0 / raw}
+    if sigma > 1.5:
+        hyps["init_noise_sigma applied twice"] = torch.full((c,), sigma, dtype=torch.float64)
+    std = a.scale_std
+    ok = torch.isfinite(std) & (std > 0)
+    if not bool(ok.any()):
+        return []
+    ls = std[ok].log()
+    d = {k: float((ls - v[ok].log()).abs().mean()) for k, v in hyps.items()}
+    best = min(d, key=d.get)
+    if best == "right" or not (d[best] < 0.5 * d["right"] and d["right"] > math.log(1.5)):
+        return []
+    g = float(ls.mean().exp())
+    fixes = {
+        "not scaled": f"latents= are the starting noise in the model's latent space: pass unit Gaussian noise "
+        f"(randn_tensor / torch.randn with a generator); VAE latents must be multiplied by vae.config.scaling_factor ({s:g})"
+        + (f" after subtracting shift_factor ({w.shift:g})" if w.shift else ""),
+        "scaled twice": f"do not multiply the noise (or already scaled latents) by scaling_factor ({s:g}) again: "
+        "pass unit Gaussian noise / latents scaled once",
+        "init_noise_sigma applied twice": f"pass unit Gaussian noise: the pipeline multiplies latents= by "
+        f"scheduler.init_noise_sigma ({sigma:.4g}) itself",
+    }
+    return [Finding(
+        # the figures go to the evidence: the finding's key (what de-duplicates it across calls) stays the
+        # same for every call that passes latents= with the same mistake, whatever noise it drew
+        kind="latent_scale", where="latents=", observed=f"latents= {best}",
+        expected="unit Gaussian noise (std about 1) in the model's latent space",
+        evidence=f"std {g:.3g} (geometric mean of the per-channel std {_fmt(std)}); log-distance to "
+        + ", ".join(f"'{k}' {v:.2f}" for k, v in d.items())
+        + f"; the pipeline multiplies latents= by scheduler.init_noise_sigma ({sigma:.4g}) before denoising",
+        fix=fixes[best], severity="error", source=f"{type(w.pipe).__name__}.prepare_latents; {w.convention}",
+    )]
+
+
+# ---------------------------------------------------------------------------- denoising steps
+def steps(w: "PipelineWatch", call: "_Call", *, skip: bool = False) -> list[Finding]:
+    """``skip``: the latents= finding already explains the latents' range (outliers are not judged)."""
+    if not call.steps:
+        return []
+    rows = torch.stack(call.steps).double().cpu()  # (S, C, 4): the one transfer of the per-step record
+    out: list[Finding] = []
+    bad = (rows[:, :, 3].sum(dim=1) > 0).nonzero().flatten().tolist()
+    if bad:
+        first = int(bad[0])
+        n = float(rows[first, :, 3].sum())
+        traced = w.trace == "all"
+        out.append(nonfinite_finding(
+            "denoising latents", observed=f"NaN/Inf in the latents from step {first}",
+            expected="finite latents", evidence=f"{n:.0f} non-finite values after step {first} of {rows.shape[0]} "
+            f"(steps with NaN/Inf: {bad[:8]}{' ...' if len(bad) > 8 else ''}); the decode of them is a black image",
+            fix=("see the denoiser's nonfinite finding for the module; " if traced else
+                 "watch_pipeline(pipe, trace='all') names the first module that produced them; ") + _denoiser_fix(None),
+            step=first, source=_SRC,
+        ))
+    last = rows.shape[0] - 1
+    traj = ", ".join(f"{i}: {float(rows[i, :, 2].max()):.3g}" for i in sorted(call.monitors) if i <= last)
+    judged = [] if skip else [i for i in sorted(call.monitors) if not (call.decodes and i == last)]
+    for i in judged:
+        mon = call.monitors[i]
+        a = mon.analyse()
+        if a is None or bool(a.summary.nonfinite_seen.any()):
+            continue
+        b, t = mon.conv.boundary, mon.soft_threshold
+        if not (a.over_share > mon.outlier_share or a.max_abs > mon.extreme_factor * b):
+            continue
+        out.append(Finding(
+            kind="latent_outliers", where="denoising latents", observed=f"latent values beyond ±{b:g} while denoising",
+            expected=f"noise-normalised latents within about ±{b:g}",
+            evidence=f"at step {i} (divided by the noise level sqrt(sigma^2 + 1) where the scheduler is sigma-parameterised) "
+            f"{a.over_share:.2%} of values have |x| > {t:g} and they reach {a.max_abs:.3g}; max |x| (model space) per "
+            f"checked step: {traj}", fix=f"soft-clamp in a callback_on_step_end: return {{'latents': "
+            f"rangewatch.soft_clamp(latents, threshold={t:g}, boundary={b:g})}} (and centre the channel means), "
+            "as in Vass's SDXL latent-space article; or lower guidance_scale", severity="warning", step=i,
+            source=mon.conv.source,
+        ))
+        break
+    if call.monitors and not call.decodes and last in call.monitors and not skip:  # output_type="latent": judge the last step
+        out += _final_latents(w, call.monitors[last], "final latents", manual=False, step=last)
+    return out
+
+
+# ---------------------------------------------------------------------------- decode
+def decode(w: "PipelineWatch", call: "_Call", mon: LatentMonitor, img: RangeStats, *, skip_scale: bool,
+           steps_nonfinite: bool = False) -> list[Finding]:
+    """The decode's input latents and output image. NaN in the input is reported once (by the denoising
+    steps when they saw it first), and the decoded image is not judged then: its NaN is the input's."""
+    bad_input = bool(mon.summary().nonfinite_seen.any())
+    if bad_input:
+        return [] if steps_nonfinite else [f for f in _final_latents(w, mon, "vae.decode input", manual=call.index == 0)
+                                           if f.kind == "nonfinite"]
+    out = [] if skip_scale else _final_latents(w, mon, "vae.decode input", manual=call.index == 0)
+    return out + _decoded(w, img)
+
+
+def _final_latents(w: "PipelineWatch", mon: LatentMonitor, where: str, *, manual: bool, step: int | None = None) -> list[Finding]:
+    """The full latent checks on the final (model-space) latents, with fixes for a pipeline."""
+    out: list[Finding] = []
+    s, sh = float(w.scale or 1.0), float(w.shift or 0.0)
+    undo = f"latents / {s:g}" + (f" + {sh:g}" if sh else "")
+    decoding = where.startswith("vae.decode")
+    raw = ""
+    if decoding:
+        summ = mon.summary()
+        lo, hi = float(summ.finite_min.min()), float(summ.finite_max.max())
+        if math.isfinite(lo) and math.isfinite(hi):
+            raw = f"; the decoder's input (unscaled, z / {s:g}" + (f" + {sh:g}" if sh else "") + f") spans {lo / s + sh:.3g} .. {hi / s + sh:.3g}"
+    for f in _latent_checks(mon, step, where):
+        if raw and f.kind in ("latent_scale", "latent_outliers"):
+            f = replace(f, evidence=f.evidence + raw)
+        if f.kind == "latent_scale":
+            if "twice" in f.observed and decoding:  # model space std ~ scale: the decoder got model-space latents
+                f = replace(f, observed="vae.decode got latents not divided by scaling_factor",
+                            fix=f"decode vae.decode({undo}): latents from the denoiser are in the model's space "
+                            "(z_vae - shift_factor) * scaling_factor")
+            elif "not scaled" in f.observed and decoding:
+                f = replace(f, observed="vae.decode got latents divided by scaling_factor twice",
+                            fix=f"divide by vae.config.scaling_factor ({s:g}) once: vae.decode({undo})")
+            if decoding and not manual:
+                f = replace(f, evidence=f.evidence + f"; {type(w.pipe).__name__} divides by scaling_factor itself, so the "
+                            "denoised latents are off scale: a denoiser trained for another VAE or scaling factor?")
+        elif f.kind == "latent_outliers":
+            f = replace(f, fix=f.fix.split("; if this is")[0] + ": in a pipeline, a callback_on_step_end over the last steps "
+                        "returning {'latents': rangewatch.soft_clamp(latents)}, or decode it yourself from output_type='latent'")
+        elif f.kind == "nonfinite":
+            f = replace(f, fix="watch_pipeline(pipe, trace='all') names the denoiser module that produced them; " + _denoiser_fix(None))
+        out.append(f)
+    return out
+
+
+def _certain_scale(f: Finding) -> bool:
+    """Generated latents vary in spread (a flat image, few steps): only a missing or doubled factor, an
+    order of magnitude, is certain; "another VAE's factor" (0.13025 vs 0.18215) and "matching neither" are not."""
+    return f.kind == "latent_scale" and ("twice" in f.observed or "not scaled" in f.observed)
+
+
+def _latent_checks(mon: LatentMonitor, step: int | None, where: str) -> list[Finding]:
+    """``LatentMonitor.check``, except that an uncertain scale finding is dropped and the shift / colour /
+    outlier checks it would have suppressed run instead."""
+    found = mon.check(step=step, where=where)
+    if not (len(found) == 1 and found[0].kind == "latent_scale" and not _certain_scale(found[0])):
+        return found
+    a = mon.analyse()
+    if a is None:
+        return []
+    shift = mon._check_shift(a, step, where)
+    rest = [shift, mon._check_cast(a, step, where, shifted=shift is not None), mon._check_outliers(a, step, where)]
+    return [f for f in rest if f is not None]
+
+
+def _decoded(w: "PipelineWatch", img: RangeStats) -> list[Finding]:
+    """NaN/Inf in the decoded image and the share its postprocess clamps."""
+    out: list[Finding] = []
+    summ = img.compute()
+    if summ.empty:
+        return out
+    nan = nan_image_finding("vae.decode output", summ)
+    if nan is not None:
+        out.append(replace(nan, fix=decode_fix(w.pipe), source=_SRC))
+        return out
+    n = float(summ.detail_count.sum())
+    clamped = float((summ.below + summ.above).sum())
+    if n and clamped / n > w.clip_share:
+        lo, hi = float(summ.finite_min.min()), float(summ.finite_max.max())
+        out.append(Finding(
+            kind="clipping", where="vae.decode output", observed=f"{clamped / n:.1%} of decoded values outside [-1, 1]",
+            expected="decoded pixels within [-1, 1]", evidence=f"decoded range {lo:.3g} .. {hi:.3g} (per-channel "
+            f"minima {_fmt(summ.finite_min)}, maxima {_fmt(summ.finite_max)}); the pipeline's postprocess clamps "
+            "(x / 2 + 0.5) to [0, 1] and they are lost without a warning",
+            fix="bring the latents into the decoder's range first (see latent_outliers / colour cast: soft clamp and centre "
+            "the latents before the decode); if the latents look fine, this is the decoder's own overshoot",
+            severity="warning", step=None, source="diffusers VaeImageProcessor.postprocess",
+        ))
+    return out
+
+
+def traced(w: "PipelineWatch", tracer: ModuleTracer) -> list[Finding]:
+    is_vae = tracer.model is w.vae
+    prefix = "vae." if is_vae else ("unet." if tracer.model is getattr(w.pipe, "unet", None) else "transformer.")
+    out = []
+    for f in tracer.check():
+        if is_vae and f.observed.startswith("NaN/Inf already in the input"):
+            continue  # NaN that came with the latents: the latent findings say where from
+        if f.kind not in ("nonfinite", "fp16_headroom"):
+            out.append(f)
+            continue
+        name = prefix + f.where
+        fix = decode_fix(w.pipe, name) if is_vae else _denoiser_fix(name)
+        what = "steps are vae.decode calls" if is_vae else "steps are denoiser calls"
+        out.append(replace(f, where=name, fix=fix, evidence=f"{f.evidence} ({what})"))
+    for note in getattr(tracer, "notes", []):  # what the tracer skipped or switched off (reported once: findings de-duplicate)
+        out.append(note_finding(prefix.rstrip("."), note, evidence="ModuleTracer note", source="rangewatch.checks.numerics.ModuleTracer"))
+    return out

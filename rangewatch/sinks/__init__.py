@@ -1,0 +1,1 @@
+"""Sinks: the only code that touches a writer (loggers, the tag layout, the HTML report)."""

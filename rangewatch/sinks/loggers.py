@@ -1,0 +1,312 @@
+"""Sinks: where findings and statistics go (TensorBoard, any Lightning logger, the console).
+
+Only this module touches a writer: :class:`LoggerSink` for the trainer's loggers, and the
+``write_*`` functions (:func:`write_image`, :func:`write_text`, :func:`write_histogram`,
+:func:`write_layout`) for one TensorBoard ``SummaryWriter``, which :func:`rangewatch.log_latents`
+and :func:`rangewatch.log_previews` use. Call these on global rank zero only; the callback takes
+care of that.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..findings.finding import Finding
+from ..stats.range_stats import RangeSummary
+
+__all__ = ["LoggerSink", "tag", "findings_markdown", "findings_from_markdown", "scalars_layout", "write_histogram",
+           "write_image", "write_text", "is_tensorboard_logger"]
+
+#: the machine-readable copy of each finding inside the markdown (an HTML comment: TensorBoard's
+#: markdown sanitiser drops comments, so the page shows only the blocks)
+_FINDING_COMMENT = "<!-- rangewatch-finding "
+
+
+def tag(tap: str, stat: str, channel: int | None = None) -> str:
+    """The one tag layout: ``rangewatch/<tap>/<stat>/c<k>``; tap names keep dots and colons."""
+    safe = tap.replace(" ", "_").replace("/", ".")
+    return f"rangewatch/{safe}/{stat}" + (f"/c{channel}" if channel is not None else "")
+
+
+def _code_span(s: str) -> str:
+    """``s`` as inline code; text that has its own code spans stays markdown."""
+    if not s:
+        return "–"
+    return s if "`" in s else f"`{s}`"
+
+
+def findings_markdown(findings: list[Finding]) -> str:
+    """Each finding as a short markdown block: a headline (kind, where, step, seen vs expected), the
+    evidence, and the fix as a code block; problems first, notes last. Each block also carries the
+    finding as JSON in an HTML comment (hidden by TensorBoard), which :func:`findings_from_markdown`
+    and ``rangewatch report`` read back.
+
+    Example::
+
+        >>> from rangewatch import Finding
+        >>> md = findings_markdown([Finding("mismatch", "batch.lq", "unit", "symmetric", "min 0, max 1", "x * 2 - 1", step=0)])
+        >>> print(md.splitlines()[0])
+        **1 finding** (1 mismatch)
+        >>> findings_from_markdown(md)[0].fix
+        'x * 2 - 1'
+    """
+    import json
+    from collections import Counter
+
+    quiet = ("note", "internal")
+    ordered = [f for f in findings if f.kind not in quiet] + [f for f in findings if f.kind in quiet]
+    counts = Counter(f.kind for f in ordered)
+    n = len(ordered)
+    out = [f"**{n} finding{'s' if n != 1 else ''}** (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")" if n else "**no findings**"]
+    for f in ordered:
+        at = f", step {f.step}" if f.step is not None else ""
+        exp = f" · expected {_code_span(f.expected)}" if f.expected else ""
+        head = f"#### {f.kind}: {_code_span(f.where)}{at}"
+        seen = f"seen {_code_span(f.observed)}{exp}" + (f" ({f.source})" if f.source else "")
+        if "`" in f.fix:  # prose with its own code spans
+            fix = f"**fix:** {f.fix}"
+        else:  # the fix as a code block
+            fix = "**fix:**\n\n" + "\n".join("    " + ln for ln in (f.fix or "–").splitlines())
+        comment = _FINDING_COMMENT + json.dumps(f.to_dict()).replace("--", "\\u002d\\u002d") + " -->"
+        out.append(f"{head}\n\n{seen}\n\n{f.evidence}\n\n{fix}\n\n{comment}")
+    return "\n\n".join(out)
+
+
+def findings_from_markdown(text: str) -> list[Finding] | None:
+    """The findings :func:`findings_markdown` wrote into ``text``; None when it holds none of its comments
+    (an older table, or other text)."""
+    import json
+
+    out = []
+    start = 0
+    while True:
+        i = text.find(_FINDING_COMMENT, start)
+        if i < 0:
+            break
+        j = text.find(" -->", i)
+        if j < 0:
+            break
+        try:
+            d = json.loads(text[i + len(_FINDING_COMMENT):j])
+            out.append(Finding(**{k: v for k, v in d.items() if k in Finding.__dataclass_fields__}))
+        except (ValueError, TypeError):
+            pass
+        start = j
+    return out if out or "**no findings**" in text else None
+
+
+def scalars_layout(taps: dict[str, tuple[int, bool]]) -> Any:
+    """TensorBoard's custom-scalars layout (a ``layout_pb2.Layout``): first a "rangewatch findings"
+    category (the findings count per kind), then one category per tap (``taps``: name -> (channels,
+    flagged)) holding two charts: a margin chart with, per channel, the mean as a line and min..max as
+    its band, plus the expected bounds as a band; and the out-of-range share with the non-finite count.
+    Categories of taps without findings start closed."""
+    import re
+
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    layout = layout_pb2.Layout()
+    cat = layout.category.add(title="rangewatch findings")
+    cat.chart.add(title="findings per kind (count so far)").multiline.tag.append(r"^rangewatch/findings/")
+    for name in sorted(taps, key=lambda n: (not taps[n][1], n.startswith("val/"), n)):
+        channels, flagged = taps[name]
+        cat = layout.category.add(title=f"rangewatch tap {name}" + (" (finding)" if flagged else ""), closed=not flagged)
+        margin = cat.chart.add(title=f"{name}: mean per channel, band min..max; grey band: expected range").margin
+        for c in range(channels):
+            margin.series.add(value=tag(name, "mean", c), lower=tag(name, "min", c), upper=tag(name, "max", c))
+        margin.series.add(value=tag(name, "expected_min"), lower=tag(name, "expected_min"), upper=tag(name, "expected_max"))
+        t = re.escape(tag(name, ""))
+        cat.chart.add(title=f"{name}: out-of-range share and non-finite count").multiline.tag.append(
+            f"^{t}(out_of_range|nonfinite)(/c[0-9]+)?$")
+    return layout
+
+
+def write_layout(writer: Any, layout: Any, step: int) -> bool:
+    """Write a custom-scalars layout with a ``torch.utils.tensorboard`` / tensorboardX writer."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+    from tensorboard.plugins.custom_scalar import metadata
+
+    get = getattr(writer, "_get_file_writer", None)
+    if get is None:
+        return False
+    # what torch.utils.tensorboard.summary.custom_scalars writes, with a full Layout proto (several
+    # series per margin chart, closed categories), without TensorFlow
+    smd = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME))
+    tensor = TensorProto(dtype="DT_STRING", string_val=[layout.SerializeToString()], tensor_shape=TensorShapeProto())
+    get().add_summary(Summary(value=[Summary.Value(tag=metadata.CONFIG_SUMMARY_TAG, tensor=tensor, metadata=smd)]), step)
+    return True
+
+
+def write_histogram(writer: Any, name: str, s: RangeSummary, channel: int, step: int | None) -> bool:
+    """One channel of a :class:`RangeSummary` histogram as a TensorBoard ``add_histogram_raw`` entry:
+    the device-side bin counts, no copy of the data. The underflow bucket ends at the first edge,
+    the overflow bucket at the larger of the last edge and the finite maximum; NaN is left out.
+    Returns False when the summary has no histogram or the channel no counted values."""
+    if s.hist is None or s.hist_edges is None or s.hist_underflow is None or s.hist_overflow is None:
+        return False
+    c = channel
+    counts = [float(s.hist_underflow[c])] + s.hist[c].tolist() + [float(s.hist_overflow[c])]
+    num = float(sum(counts))
+    if num <= 0:
+        return False
+    edges = s.hist_edges[c].tolist()
+    fmin = float(s.finite_min[c]) if math.isfinite(float(s.finite_min[c])) else edges[0]
+    fmax = float(s.finite_max[c]) if math.isfinite(float(s.finite_max[c])) else edges[-1]
+    mean, std = float(s.mean[c]), float(s.std[c])
+    moments = math.isfinite(mean) and math.isfinite(std)
+    writer.add_histogram_raw(
+        name,
+        min=fmin,
+        max=fmax,
+        num=num,
+        sum=mean * num if moments else 0.0,
+        sum_squares=(std * std + mean * mean) * num if moments else 0.0,
+        bucket_limits=edges + [max(fmax, edges[-1]) + 1e-6],
+        bucket_counts=counts,
+        global_step=step,
+    )
+    return True
+
+
+def write_image(writer: Any, name: str, img: torch.Tensor, step: int | None, dataformats: str = "CHW") -> None:
+    """One image (a ``(C, H, W)`` uint8 tensor, or float in [0, 1]) to a TensorBoard writer."""
+    writer.add_image(name, img, global_step=step, dataformats=dataformats)
+
+
+def write_text(writer: Any, name: str, text: str, step: int | None) -> None:
+    """One text (markdown) entry to a TensorBoard writer."""
+    writer.add_text(name, text, global_step=step)
+
+
+def is_tensorboard_logger(logger: Any) -> bool:
+    """A ``TensorBoardLogger`` of either Lightning namespace (``lightning.pytorch.loggers`` or
+    ``pytorch_lightning.loggers``: separate classes, see :mod:`rangewatch.compat.namespaces`)."""
+    from ..compat.namespaces import tensorboard_logger_types
+
+    return isinstance(logger, tensorboard_logger_types())
+
+
+FINDING_COLUMNS = ["step", "kind", "where", "seen", "expected", "evidence", "fix", "source"]
+
+
+def _finding_rows(findings: list[Finding]) -> list[list[Any]]:
+    return [[f.step, f.kind, f.where, f.observed, f.expected, f.evidence, f.fix, f.source] for f in findings]
+
+
+def _hwc(img: torch.Tensor) -> Any:
+    """A ``(C, H, W)`` image (uint8, or float in [0, 1]) as an ``(H, W, 3)`` uint8 numpy array."""
+    x = img.detach().cpu()
+    if x.is_floating_point():
+        x = (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    return x[:3].permute(1, 2, 0).contiguous().numpy()
+
+
+def mlflow_key(name: str) -> str:
+    """A tag as an MLflow metric / image key: ``rangewatch/batch[0]/min/c0`` -> ``rangewatch/batch_0_/min/c0``,
+    ``vae.encoder:input`` -> ``vae.encoder_input`` (other characters become ``_``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_/. -]", "_", name)
+
+
+class LoggerSink:
+    """Writes to the trainer's loggers: scalars to every logger with ``log_metrics``; histograms,
+    text, images and the custom-scalars layout to TensorBoard loggers; to a ``WandbLogger`` the
+    preview images (``wandb.Image``), histograms (``wandb.Histogram``) and the findings as a
+    ``wandb.Table``; to an ``MLFlowLogger`` the preview images (``log_image`` with a step) and the
+    findings as ``rangewatch/findings.json`` (columns + data, the layout of ``log_table``) and
+    ``rangewatch/findings.md`` artifacts (MLflow has no histograms)."""
+
+    def __init__(self, loggers: list[Any]):
+        self.metric_loggers = [lg for lg in loggers if hasattr(lg, "log_metrics")]
+        self.writers = []
+        for lg in loggers:
+            if is_tensorboard_logger(lg):
+                self.writers.append(lg.experiment)
+        self.has_tensorboard = bool(self.writers)
+        # by class name: lightning.pytorch and pytorch_lightning each have their own classes
+        self.wandb = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"]
+        self.mlflow = [lg for lg in loggers if type(lg).__name__ == "MLFlowLogger"]
+
+    @property
+    def has_images(self) -> bool:
+        """Whether any attached logger takes images (TensorBoard, W&B, MLflow)."""
+        return bool(self.writers or self.wandb or self.mlflow)
+
+    def layout(self, layout: Any, step: int) -> None:
+        for w in self.writers:
+            write_layout(w, layout, step)
+
+    def findings(self, findings: list[Finding], step: int) -> None:
+        """The findings so far: markdown blocks to TensorBoard, a table to W&B and MLflow."""
+        if self.writers:
+            self.text("rangewatch/findings", findings_markdown(findings), step)
+        rows = _finding_rows(findings)
+        for lg in self.wandb:
+            lg.log_table("rangewatch/findings", columns=FINDING_COLUMNS, data=rows, step=step)
+        for lg in self.mlflow:
+            lg.experiment.log_dict(lg.run_id, {"columns": FINDING_COLUMNS, "data": rows}, "rangewatch/findings.json")
+            lg.experiment.log_text(lg.run_id, findings_markdown(findings), "rangewatch/findings.md")
+
+    def other_images(self, name: str, img: torch.Tensor, step: int) -> None:
+        """An image to the W&B and MLflow loggers (TensorBoard writers get theirs directly)."""
+        if not (self.wandb or self.mlflow):
+            return
+        arr = _hwc(img)
+        for lg in self.wandb:
+            lg.log_image(name, images=[arr], step=step)
+        for lg in self.mlflow:
+            lg.experiment.log_image(lg.run_id, arr, key=mlflow_key(name), step=step)
+
+    def other_histograms(self, tap: str, s: RangeSummary, step: int) -> None:
+        """Per-channel histograms to W&B (``wandb.Histogram`` from the bin counts and edges)."""
+        if not self.wandb or s.hist is None or s.hist_edges is None:
+            return
+        import numpy as np
+        import wandb
+
+        metrics = {}
+        for c in range(s.channels):
+            counts = s.hist[c].double().cpu().numpy()
+            edges = s.hist_edges[c].double().cpu().numpy()
+            if s.hist_underflow is not None and s.hist_overflow is not None:  # values outside the bins: one edge bin each
+                lo, hi = float(s.finite_min[c]), float(s.finite_max[c])
+                lo = lo if math.isfinite(lo) and lo < edges[0] else edges[0] - (edges[1] - edges[0])
+                hi = hi if math.isfinite(hi) and hi > edges[-1] else edges[-1] + (edges[1] - edges[0])
+                counts = np.concatenate([[float(s.hist_underflow[c])], counts, [float(s.hist_overflow[c])]])
+                edges = np.concatenate([[lo], edges, [hi]])
+            if counts.sum() <= 0:
+                continue
+            metrics[tag(tap, "hist", c)] = wandb.Histogram(np_histogram=(counts, edges))
+        if metrics:
+            for lg in self.wandb:
+                lg.log_metrics(metrics, step=step)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.metric_loggers)
+
+    def scalars(self, metrics: dict[str, float], step: int) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        for lg in self.metric_loggers:
+            if lg in self.mlflow:  # MLflow keys take letters, digits, "_", "/", ".", " " and "-" only
+                lg.log_metrics({mlflow_key(k): v for k, v in clean.items()}, step=step)
+            else:
+                lg.log_metrics(clean, step=step)
+
+    def histograms(self, tap: str, s: RangeSummary, step: int) -> None:
+        for w in self.writers:
+            for c in range(s.channels):
+                write_histogram(w, tag(tap, "hist", c), s, c, step)
+        self.other_histograms(tap, s, step)
+
+    def text(self, name: str, text: str, step: int) -> None:
+        for w in self.writers:
+            write_text(w, name, text, step)
