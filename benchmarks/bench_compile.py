@@ -275,7 +275,7 @@ def _loop_arm(arm: str, backend: str | None, breaks: bool):
     from rangewatch.taps import compiled as compile_hooks
     from rangewatch.checks.numerics import ModuleTracer
     from rangewatch.stats.range_stats import RangeStats
-    from rangewatch.taps.batches import ModuleTaps
+    from rangewatch.taps.hooks import ModuleTaps
 
     net = Net(None)
     stats: dict[str, RangeStats] = {}

@@ -20,7 +20,7 @@ from torch import nn
 from rangewatch.taps import compiled as compile_hooks
 from rangewatch.checks.numerics import ModuleTracer
 from rangewatch.stats.range_stats import RangeStats
-from rangewatch.taps.batches import ModuleTaps
+from rangewatch.taps.hooks import ModuleTaps
 
 pytestmark = pytest.mark.skipif(not compile_hooks.AVAILABLE, reason="the rangewatch operator needs torch >= 2.2")
 

@@ -194,7 +194,7 @@ def test_tracer_all_with_script_submodule_leaves_no_hook_behind():
 
 
 def test_module_taps_remove_every_placed_hook_when_one_fails():
-    from rangewatch.taps.batches import ModuleTaps
+    from rangewatch.taps.hooks import ModuleTaps
 
     class Refuses(nn.Module):
         def register_forward_hook(self, *a, **k):  # a module whose hooks cannot be placed

@@ -3,7 +3,8 @@ from collections import namedtuple
 import torch
 from torch import nn
 
-from rangewatch.taps.batches import ModuleTaps, find_images, image_channel_dim, parse_tap_key
+from rangewatch.taps.batches import find_images, image_channel_dim
+from rangewatch.taps.hooks import ModuleTaps, parse_tap_key
 
 
 def paths(batch, **kw):

@@ -42,7 +42,8 @@ from torch import nn
 from ..taps import compiled as compile_hooks
 from ..findings.finding import Finding, first_seen, nonfinite_finding
 from ..stats.range_stats import RangeStats, RangeSummary
-from ..taps.batches import is_script_module, odd_tensor_kind
+from ..taps.batches import odd_tensor_kind
+from ..taps.hooks import is_script_module
 
 __all__ = [
     "FP16_MAX",

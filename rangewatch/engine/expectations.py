@@ -12,7 +12,7 @@ from torch import nn
 
 from ..expect.expectation import Expectation
 from ..findings.finding import Finding
-from ..taps.batches import parse_tap_key
+from ..taps.hooks import parse_tap_key
 
 __all__ = ["ExpectationSources"]
 

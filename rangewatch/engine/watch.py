@@ -83,7 +83,8 @@ from .check_logging import CheckLogging, _is_writer, _WriterScalars
 from .numerics_tracing import NumericsTracing
 from .preview_gate import PreviewGate
 from .tapset import TapFeeding, TapInfo, _Tap
-from ..taps.batches import DEFAULT_SKIP_KEYS, ModuleTaps, parse_tap_key
+from ..taps.batches import DEFAULT_SKIP_KEYS
+from ..taps.hooks import ModuleTaps, parse_tap_key
 
 __all__ = ["Watch", "TapInfo", "OPTIONS"]
 
