@@ -260,6 +260,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.engine.flush_previews()  # LightningModule.on_train_end's
+        self.engine.report_unseen()  # a fit shorter than the check window: its declared taps never seen
         self.engine.say_summary()  # one line: taps checked, batches, findings
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

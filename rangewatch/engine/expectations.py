@@ -8,6 +8,9 @@ the model expects. Which expectation applies to a tap is :meth:`rangewatch.Watch
 
 from __future__ import annotations
 
+import re
+
+import torch
 from torch import nn
 
 from ..expect.expectation import Expectation
@@ -15,6 +18,10 @@ from ..findings.finding import Finding
 from ..taps.hooks import parse_tap_key
 
 __all__ = ["ExpectationSources"]
+
+#: the names training scripts give their clean, scaled latents (the diffusers examples' and sd-scripts'
+#: ``latents``, the diffusers Flux/SD3 DreamBooth scripts' ``model_input``); never the noisy mix
+_LATENT_NAME = re.compile(r"(?:clean_|vae_|image_|video_|target_|gt_)?latents?|model_input", re.IGNORECASE)
 
 
 class ExpectationSources:
@@ -51,6 +58,9 @@ class ExpectationSources:
             return
         for key, exp in derived.items():
             name, side = key.rsplit(":", 1)
+            if side == "latent":  # a VAE's scaled latents: no hook sees them; a tensor named as latents is bound to it
+                self._vae_latents[name] = exp
+                continue
             if side not in ("input", "output") or not name:
                 continue
             tap = f"{name}:{side}"
@@ -60,6 +70,35 @@ class ExpectationSources:
             self._derived_keys.add(tap)
         for n in notes:
             self._note_once(n, f"rangewatch: {n}")
+
+    def _bind_latent(self, name: str, t: torch.Tensor) -> int | None:
+        """A tensor handed to :meth:`~rangewatch.Watch.tensor` under a latents name (``latents``,
+        ``clean_latents``, ``model_input``), with nothing declared for it, is judged against the latent
+        convention of the attached VAE's own config (scaling / shift factor, ``latents_mean/std``, latent
+        channels). Bound only when exactly one VAE is attached and the tensor carries its latent channel count
+        on dim 1 (packed token latents and other shapes are said once, not guessed). Returns the channel dim
+        to feed it with (1), or None when it is not bound. Once per tap (at its first tensor)."""
+        if name in self.expectations or not _LATENT_NAME.fullmatch(name.rsplit(":", 1)[0].rsplit(".", 1)[-1]):
+            return None
+        if len(self._vae_latents) > 1:
+            vaes = ", ".join(p or "the root module" for p in sorted(self._vae_latents))
+            self._note_once(f"latents {name}", f"rangewatch: {name}: several VAEs are attached ({vaes}); the latents are not "
+                            "judged against either; declare which: expect={" + repr(name.split(':')[0]) + ": '<latent convention>'}")
+            return None
+        (path, exp), = self._vae_latents.items()
+        conv = exp.conv
+        c = conv.channels
+        if t.dim() not in (4, 5) or (c is not None and int(t.shape[1]) != c):
+            self._note_once(f"latents {name}", (
+                f"rangewatch: {name} has shape {tuple(t.shape)}, not the {c or 'N'}-channel (N, C, H, W) or (N, C, F, H, W) "
+                f"latents of the attached VAE ({path or 'the root module'}): not judged against its latent scaling "
+                "(packed token latents must be unpacked first); declare it with expect={" + repr(name.split(':')[0]) + ": ...} if meant"))
+            return None
+        self.expectations[name] = Expectation(
+            conv, f"{exp.source}, for the tensor named {name.split(':')[0]!r}",
+            "model", "output",  # type: ignore[arg-type]
+        )
+        return 1
 
     def _pipeline_finding(self, tap: str, data: Expectation, model: Expectation) -> Finding:
         from ..checks.fixes import conversion_fix

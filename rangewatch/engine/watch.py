@@ -48,6 +48,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
@@ -83,6 +84,7 @@ from .check_logging import CheckLogging, _is_writer, _WriterScalars
 from .numerics_tracing import NumericsTracing
 from .preview_gate import PreviewGate
 from .tapset import TapFeeding, TapInfo, _Tap
+from .unseen import UnseenTaps
 from ..taps.batches import DEFAULT_SKIP_KEYS
 from ..taps.hooks import ModuleTaps, parse_tap_key
 
@@ -109,7 +111,7 @@ def _no_step() -> int | None:
 
 
 class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLogging, NumericsTracing, PreviewGate,
-            FindingsReporting):
+            FindingsReporting, UnseenTaps):
     r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there); the
     keyword-only arguments connect it to its surroundings.
 
@@ -187,6 +189,8 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         self._tracer: Any = None
         self._losses: Any = None
         self._derived_keys: set[str] = set()
+        self._vae_latents: dict[str, Expectation] = {}  # VAE path -> the scaled latents its config says (no hook sees them)
+        self._init_unseen()  # declared taps never seen by the end of the check window (engine/unseen.py)
         self._loader_expect: dict[str, Expectation] = {}
         self._loader_noise: dict[str, float] = {}  # stage -> share of values random erasing may replace by noise
         self._withdrawn: set[str] = set()
@@ -375,6 +379,8 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
                 self.begin_step()
             if detail is not None:
                 self._detail = bool(detail)
+            if not self._unseen_done:
+                self._record_batch(batch)
             self._feed_batch(batch, "")
         elif split == "val":
             if detail is not None:
@@ -390,6 +396,15 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         statistics (channels on ``channel_dim``, found when not given), others per-tensor."""
         if ":" not in name and not name.startswith(("batch", "val/")):
             name = self._tap_name_for_key(name)
+        if not self._unseen_done and not self._phase and len(self._tensor_names) < 64:
+            self._tensor_names.append(name)
+        if name not in self._taps and self._vae_latents and not name.startswith(("batch", "val/")):
+            try:  # once per tap: a tensor named as latents is judged against the attached VAE's config
+                bound = self._bind_latent(name, t)
+                if bound is not None and channel_dim is None and self._phase + name not in self._taps:
+                    channel_dim = bound
+            except Exception as e:  # noqa: BLE001
+                self._internal(name, e, None, what="binding the latents to the attached VAE's config")
         if channel_dim is None or name in self._taps:
             self._on_module_tensor(name, t)
         elif not self._phase or self.watch_validation:
@@ -412,6 +427,8 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
                         self._internal("console", e, None)
             elif self.check_nonfinite_every_step and self.check_nonfinite():
                 self.check(self._step_at_start, "train")
+            if not self._unseen_done and self._window_closed():  # every rank alike: the same batch count
+                self._report(self._check_unseen(self._step_at_start), self._step_at_start)
         finally:
             self._detail = False
             self._check_now = False
@@ -468,9 +485,31 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
     def close(self) -> None:
         """Report what is pending (previews), take every hook off, say the summary line."""
         try:
+            self.report_unseen()
             self.detach()
         finally:
             self.say_summary()
+
+    def report_unseen(self) -> list[Finding]:
+        """A run that ends before its check window closed: the declared taps not seen so far are
+        ``unseen`` warnings (logged and said on rank zero; never raised, nothing exchanged between
+        ranks: the run is over). Nothing once the window has closed, or before any training batch."""
+        if self._unseen_done or not self._train_batches:
+            return []
+        try:
+            fresh = []
+            for f in self._check_unseen(self._now()):
+                f = dataclasses.replace(f, severity="warning")
+                if self._log.add(f):
+                    fresh.append(f)
+                    if self.policy != "log":
+                        self._warn(f"rangewatch: {f}")
+            if fresh and self._sink is not None:
+                self._sink.findings(self.findings, self._now())
+            return fresh
+        except Exception as e:  # noqa: BLE001
+            self._internal("console", e, None)
+            return []
 
     def say_summary(self) -> None:
         """Say :meth:`summary_line` (rank zero)."""
@@ -560,11 +599,14 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         except Exception as e:
             self._internal("visualization", e, None, what="logging the corrected previews")
 
-    def attach(self, model: nn.Module) -> "Watch":
+    def attach(self, model: nn.Module, tensor_taps: bool = False) -> "Watch":
         """Read what the model expects from its metadata (unless ``derive_expectations=False``), hook
         the named submodules, the loss networks and the tracer. Raises :class:`~rangewatch.ConfigError`
         (leaving nothing behind) when ``expect``, ``modules`` or ``trace_modules`` name a submodule the
-        model lacks."""
+        model lacks. With ``tensor_taps`` (a front end whose user feeds :meth:`tensor`), an ``expect`` /
+        ``modules`` key that names no submodule, is no near miss of one (``encodr``) and does not start with
+        a submodule's name (``vae.encodr``) is a tensor tap instead (``latents``), fed by :meth:`tensor`; one
+        never fed is reported at the end of the check window, as every declared tap that never appears."""
         self._attached = True
         self._derive(model)
         try:  # loss networks and metrics (LPIPS, FID, PSNR, VGG losses): rangewatch.integrations
@@ -593,7 +635,10 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
                 sides.add(side)
             else:  # modules=[...] without a side: both
                 sides.update(("input", "output"))
+        if tensor_taps:
+            wanted = self._split_tensor_keys(model, wanted)
         missing = self._module_taps.attach(model, wanted)
+        self._probe_unseen(model)
         for n in self._module_taps.skipped:  # TorchScript modules, hooks that cannot be placed
             self._note_once(n, f"rangewatch: {n}")
         if missing:
@@ -659,6 +704,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         """Take every hook off the model and stop observing previews (their last findings are
         reported: under ``policy="raise"`` this may raise). A later :meth:`attach` starts a new fit."""
         self._module_taps.detach()
+        self._unprobe()
         self._attached = False
         self._derived_done = False
         if self._losses is not None:
@@ -674,6 +720,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         """The run failed with ``exception``: take every hook off; unless rangewatch itself stopped
         the run, let the tracer still name where NaN/Inf came from (a NaN loss that raised)."""
         self._module_taps.detach()
+        self._unprobe()
         self._attached = False
         if self._losses is not None:
             self._losses.detach()
@@ -846,6 +893,9 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict`: taps take their saved window when they are first seen again."""
         self._train_batches = int(state_dict.get("train_batches", 0))
+        if self._window_closed():  # the saved run held its declared taps to account at its window's end
+            self._unseen_done = True
+            self._unprobe()
         self._log.load_state_dict(state_dict)
         self._taps.clear()
         self._pending_states = dict(state_dict.get("taps", {}))

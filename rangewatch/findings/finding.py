@@ -37,6 +37,7 @@ __all__ = [
     "nonfinite_finding",
     "internal_finding",
     "note_finding",
+    "unseen_finding",
     "first_seen",
 ]
 
@@ -52,6 +53,7 @@ FINDING_KINDS = (
     "latent_shift",
     "color_cast",
     "latent_outliers",
+    "unseen",  # a declared tap (expect= / modules= key, tensor name) never seen in the check window
     "internal",  # rangewatch itself failed on a tap and switched it off
     "note",  # something skipped or worth knowing, not a problem
 )
@@ -111,6 +113,17 @@ def note_finding(where: str, observed: str, *, evidence: str, fix: str = "", exp
     """A ``note`` finding: something skipped or worth knowing, not a problem (severity ``info``)."""
     return Finding(kind="note", where=where, observed=observed, expected=expected, evidence=evidence, fix=fix,
                    severity="info", step=step, source=source)
+
+
+def unseen_finding(where: str, *, declared: str, batches: int, evidence: str, fix: str, raising: bool,
+                   step: int | None = None) -> Finding:
+    """An ``unseen`` finding: the tap ``where``, declared as ``declared``, never appeared in the first
+    ``batches`` training batches (severity ``warning``; ``error`` under ``policy="raise"``, which stops the run).
+    What it observed does not depend on the rank (the details are in ``evidence``), so that the ranks stop
+    together on one finding."""
+    return Finding(kind="unseen", where=where, observed=f"never seen in the first {batches} training batch{'es' if batches != 1 else ''}",
+                   expected=f"declared: {declared}", evidence=evidence, fix=fix,
+                   severity="error" if raising else "warning", step=step)
 
 
 def first_seen(findings: Iterable[Finding], seen: set[FindingKey]) -> list[Finding]:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 __all__ = ["MAX_DEPTH", "MAX_ITEMS", "ImageTensor", "find_images", "resolve_path", "image_channel_dim", "odd_tensor_kind",
-           "DEFAULT_SKIP_KEYS"]
+           "DEFAULT_SKIP_KEYS", "tensor_paths"]
 
 #: batch keys that hold masks, labels and other non-image tensors even when they are image-shaped
 DEFAULT_SKIP_KEYS: tuple[str, ...] = ("*mask*", "*label*", "*seg*", "*depth*", "*flow*", "*token*", "*ids*", "*target_idx*")
@@ -226,3 +226,41 @@ def resolve_path(batch: Any, path: str) -> torch.Tensor | None:
         except (KeyError, IndexError, AttributeError, TypeError):
             return None
     return obj if isinstance(obj, torch.Tensor) else None
+
+
+def tensor_paths(batch: Any, limit: int = 24) -> list[tuple[str, tuple[int, ...]]]:
+    """Every tensor in ``batch`` with its path (named as :func:`find_images` names them, skipped keys
+    included) and shape, up to ``limit`` of them: what a batch carries, to say where a declared path is
+    not. Never raises (a leaf that cannot be read is left out).
+
+    >>> import torch
+    >>> tensor_paths((torch.zeros(2, 3, 8, 8), {"ids": torch.zeros(2, 7)}))
+    [('batch[0]', (2, 3, 8, 8)), ('batch[1].ids', (2, 7))]
+    """
+    out: list[tuple[str, tuple[int, ...]]] = []
+
+    def walk(obj: Any, path: str, depth: int) -> None:
+        if len(out) >= limit or depth > MAX_DEPTH:
+            return
+        if isinstance(obj, torch.Tensor):
+            try:
+                out.append((path, tuple(int(s) for s in obj.shape)))
+            except Exception:  # noqa: BLE001
+                pass
+        elif isinstance(obj, Mapping):
+            for k, v in list(obj.items())[:MAX_ITEMS]:
+                if isinstance(k, str):
+                    walk(v, f"{path}.{k}", depth + 1)
+        elif isinstance(obj, (list, tuple)) and not isinstance(obj, str):
+            fields = getattr(obj, "_fields", None)
+            for i, v in enumerate(obj[:MAX_ITEMS]):
+                walk(v, f"{path}.{fields[i]}" if fields else f"{path}[{i}]", depth + 1)
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            for f in dataclasses.fields(obj):
+                walk(getattr(obj, f.name, None), f"{path}.{f.name}", depth + 1)
+
+    try:
+        walk(batch, "batch", 0)
+    except Exception:  # noqa: BLE001
+        pass
+    return out

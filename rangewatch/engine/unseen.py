@@ -1,0 +1,199 @@
+"""The engine's declared taps that never appear: tensor-tap keys, the probes that say what ran instead, the finding.
+
+:class:`UnseenTaps` is the part of :class:`rangewatch.Watch` that holds every declared tap to account. A tap named in
+``expect=`` or ``modules=`` (a batch path, a submodule's input or output, a tensor fed by
+:meth:`rangewatch.Watch.tensor`) that has not appeared by the end of the check window (the first
+``check_first_n`` training batches, at least one) is an ``unseen`` finding (a warning; an error under
+``policy="raise"``, which stops the run, on every rank alike: the ranks agreed on their taps at that check, so
+they reach the same verdict) that says what was seen instead:
+
+- a batch path: the tensor paths the batches do carry (``batch[0]``, ``batch[1]`` on tuple batches);
+- a submodule: that its ``forward`` was never called, and which of its submodules' forwards ran
+  (``ae.encoder``, ``ae.quant_conv``: an autoencoder whose ``encode()`` bypasses ``forward``), found by
+  probes that only record a name, placed on the declared module's submodules for the check window;
+- a tensor name: the tensors :meth:`~rangewatch.Watch.tensor` was given, and near misses.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from torch import nn
+
+from ..findings.finding import Finding, unseen_finding
+from ..taps.batches import tensor_paths
+from ..taps.hooks import parse_tap_key
+
+__all__ = ["UnseenTaps"]
+
+_MAX_PROBES = 256  # submodules probed per declared module
+_MAX_LISTED = 8
+
+
+class UnseenTaps:
+    """Declared taps that never appear (a mixin of :class:`~rangewatch.engine.watch.Watch`)."""
+
+    def _init_unseen(self) -> None:
+        self._tensor_keys: set[str] = set()  # declared keys that name no submodule: taps fed by tensor()
+        self._unseen_done = False
+        self._probes: list[Any] = []
+        self._ran: set[str] = set()  # probed submodules whose forward ran in the check window
+        self._probed: set[str] = set()  # declared modules that have submodules (probed)
+        self._batch_paths: dict[str, tuple[int, ...]] = {}  # tensor paths the training batches carried (window only)
+        self._tensor_names: list[str] = []  # names given to tensor() (window only)
+
+    # ------------------------------------------------------------------ attach time
+    def _split_tensor_keys(self, model: nn.Module, wanted: dict[str, set[str]]) -> dict[str, set[str]]:
+        """Take the keys that name tensors, not submodules, out of ``wanted`` (see :meth:`Watch.attach`)."""
+        names = {n for n, _ in model.named_modules(remove_duplicate=False)}
+        children = {n for n, _ in model.named_children()}
+        out = {}
+        for name, sides in wanted.items():
+            if name in names or name in self._derived_names():
+                out[name] = sides
+                continue
+            head = name.split(".", 1)[0]
+            near = difflib.get_close_matches(name, [n for n in names if n], n=1, cutoff=0.85)
+            if ("." in name and head in children) or near:
+                out[name] = sides  # a module path after all: attach says "no submodule named ..."
+                continue
+            self._tensor_keys.add(name)
+        return out
+
+    def _derived_names(self) -> set[str]:
+        return {t.rsplit(":", 1)[0] for t in self._derived_keys}
+
+    def _declared(self) -> list[tuple[list[str], str, str]]:
+        """Each declared tap: (its tap names (one of them seen is enough), how it was declared, kind)."""
+        out: list[tuple[list[str], str, str]] = []
+        for key, conv in self.expect.items():
+            if key.startswith("val/"):
+                continue
+            if key.startswith("batch"):
+                out.append(([key], f"expect={{{key!r}: {conv!r}}}", "batch"))
+                continue
+            name = parse_tap_key(key)[0]
+            out.append(([self._tap_name_for_key(key)], f"expect={{{key!r}: {conv!r}}}", self._key_kind(name)))
+        for key in self.modules:
+            if key.startswith("val/"):
+                continue
+            if key.startswith("batch"):
+                out.append(([key], f"modules=[{key!r}]", "batch"))
+                continue
+            name, side = parse_tap_key(key)
+            taps = [f"{name}:{side}"] if ":" in key else [f"{name}:input", f"{name}:output"]
+            out.append((taps, f"modules=[{key!r}]", self._key_kind(name)))
+        return out
+
+    def _key_kind(self, name: str) -> str:
+        if name in self._tensor_keys or not self._attached:
+            return "tensor"
+        if name not in self._module_taps.attached:
+            return "skipped"  # a TorchScript module (said when attached)
+        return "module"
+
+    def _probe_unseen(self, model: nn.Module) -> None:
+        """Probes on the declared modules' submodules: a forward pre-hook that records the name, nothing
+        else, for the check window (taken off at its end, or as soon as every declared module has run)."""
+        self._unprobe()
+        self._ran = set()
+        if self._unseen_done:
+            return
+        modules = dict(model.named_modules(remove_duplicate=False))
+        declared = {parse_tap_key(k)[0] for k in list(self.expect) + list(self.modules)
+                    if not k.startswith(("batch", "val/"))} & set(self._module_taps.attached)
+        for name in sorted(declared):
+            mod = modules.get(name)
+            if mod is None:
+                continue
+            for i, (sub, m) in enumerate(mod.named_modules(prefix=name)):
+                if i > _MAX_PROBES:
+                    break
+                if sub == name:
+                    continue
+                try:
+                    self._probes.append(m.register_forward_pre_hook(self._probe(sub)))
+                    self._probed.add(name)
+                except Exception:  # noqa: BLE001  (a TorchScript submodule: no probe, nothing else changes)
+                    pass
+
+    def _probe(self, name: str) -> Any:
+        ran = self._ran
+
+        def probe(module: nn.Module, args: Any) -> None:
+            ran.add(name)
+
+        return probe
+
+    def _unprobe(self) -> None:
+        for h in self._probes:
+            h.remove()
+        self._probes.clear()
+
+    # ------------------------------------------------------------------ during the window
+    def _record_batch(self, batch: Any) -> None:
+        """The tensor paths of a training batch, while a declared batch path has not been seen."""
+        if self._unseen_done or len(self._batch_paths) >= 64 or not self._declared_batch_paths:
+            return
+        for path, shape in tensor_paths(batch):
+            self._batch_paths.setdefault(path, shape)
+
+    # ------------------------------------------------------------------ the end of the check window
+    def _window_closed(self) -> bool:
+        return self._train_batches >= max(1, self.check_first_n)
+
+    def _check_unseen(self, step: int) -> list[Finding]:
+        """The ``unseen`` findings at the end of the check window (once per fit); the probes come off."""
+        if self._unseen_done:
+            return []
+        self._unseen_done = True
+        self._unprobe()
+        out: list[Finding] = []
+        n = self._train_batches
+        raising = self.policy == "raise"
+        for taps, declared, kind in self._declared():
+            if kind == "skipped" or any(t in self._taps for t in taps):
+                continue
+            where = taps[0] if len(taps) == 1 else taps[0].rsplit(":", 1)[0]
+            evidence, fix = self._why_unseen(where, taps, kind, n)
+            out.append(unseen_finding(where, declared=declared, batches=n, evidence=evidence, fix=fix, raising=raising, step=step))
+        self._batch_paths.clear()
+        self._tensor_names.clear()
+        return out
+
+    def _why_unseen(self, where: str, taps: list[str], kind: str, n: int) -> tuple[str, str]:
+        batches = f"{n} training batch{'es' if n != 1 else ''}"
+        if kind == "batch":
+            paths = sorted(self._batch_paths.items())
+            if paths:
+                listed = ", ".join(f"{p} {list(s)}" for p, s in paths[:_MAX_LISTED]) + (" ..." if len(paths) > _MAX_LISTED else "")
+                images = [t for t in sorted(self._taps) if t.startswith("batch")]  # the image-like ones
+                near = difflib.get_close_matches(where, images, n=2, cutoff=0.5) or images[:2] or [paths[0][0]]
+                return (f"no tensor at {where} in the first {batches}; the batches carry {listed}",
+                        f"name the path that holds the images ({', '.join(map(repr, near))}), "
+                        "as the batch is built (a tuple batch is batch[0], batch[1], ...)")
+            return (f"no tensor at {where} in the first {batches}, and the batches carried no tensor at all "
+                    "(or watch.batch() was never called)", "feed the batches (watch.batch(batch)) or name the tensor that holds the images")
+        name = where.split(":", 1)[0]
+        if kind == "module":
+            ran = sorted(r for r in self._ran if r.startswith(name + "."))
+            entry = [r for r in ran if not any(r.startswith(o + ".") for o in ran if o != r)]
+            if entry:
+                listed = ", ".join(entry[:_MAX_LISTED]) + (" ..." if len(entry) > _MAX_LISTED else "")
+                return (f"{name}.forward was never called in the first {batches}, while the forward of its submodule"
+                        f"{'s' if len(entry) != 1 else ''} {listed} ran (a method such as encode() that calls them "
+                        "directly, bypassing forward)",
+                        f"name the submodule that receives the tensor: {', '.join(repr(e + (':' + taps[0].rsplit(':', 1)[1] if len(taps) == 1 else '')) for e in entry[:3])}")
+            subs = ", nor the forward of any of its submodules" if name in self._probed else ""
+            return (f"{name}.forward was never called in the first {batches}{subs}: "
+                    f"{name} is not used in training (or runs outside the watched steps)",
+                    f"name a module the training step calls, or watch the tensor itself with watch.tensor({name!r}, t)")
+        given = sorted(set(self._tensor_names))
+        near = difflib.get_close_matches(name, [g.split(":", 1)[0] for g in given], n=2, cutoff=0.6)
+        if given:
+            listed = ", ".join(repr(g.split(":", 1)[0]) for g in given[:_MAX_LISTED])
+            return (f"watch.tensor({name!r}, ...) was never called in the first {batches}; watch.tensor was given {listed}",
+                    f"call watch.tensor({name!r}, tensor) in the training step" + (f", or declare the name it is fed as ({', '.join(map(repr, near))})" if near else ""))
+        return (f"watch.tensor({name!r}, ...) was never called in the first {batches}, and no submodule is named {name!r}",
+                f"call watch.tensor({name!r}, tensor) in the training step, or name a submodule of the model")
