@@ -14,8 +14,9 @@ module path is exactly as in ``root.named_modules()`` (``""`` for ``root`` itsel
   applies the scaling, so this entry is for taps the user declares on latents (the denoiser's input, a
   logged latent). Its ``Expectation.target`` is ``"output"`` (what the encoding side produces).
 
-Rules (one reader per library in ``rangewatch/integrations/``: ``diffusers.py``, ``compvis.py``, ``timm.py``,
-``transformers.py``, ``open_clip.py``, tried in the order of :data:`READERS`; sources in each file)
+Rules (one reader per library in ``rangewatch/integrations/``: ``diffusers.py``, ``compvis.py``, ``flux.py``,
+``kohya.py``, ``comfy.py``, ``video_vaes.py``, ``timm.py``, ``transformers.py``, ``open_clip.py``, tried in the
+order of :data:`READERS`; sources in each file)
 ------------------------------
 - diffusers autoencoders (``AutoencoderKL``, ``AutoencoderTiny``, the video/image VAEs, ``VQModel``, ...):
   pixels in [-1, 1] (``symmetric``) at ``"<path>.encoder:input"``: ``vae.encode(x)`` and ``vae(x)`` both
@@ -64,11 +65,15 @@ import torch.nn as nn
 
 from .conventions import Convention, get_convention, list_conventions
 from .expectation import Expectation
+from ..integrations import comfy as _comfy
 from ..integrations import compvis as _compvis
 from ..integrations import diffusers as _diffusers
+from ..integrations import flux as _flux
+from ..integrations import kohya as _kohya
 from ..integrations import open_clip as _open_clip
 from ..integrations import timm as _timm
 from ..integrations import transformers as _transformers
+from ..integrations import video_vaes as _video_vaes
 from ..integrations.metadata import Deriving
 from ..integrations.transformers import HF_MODEL_TYPES
 from .transforms import Prediction, convention_for_normalize, predict_transform
@@ -81,6 +86,10 @@ __all__ = ["derive_expectations", "latent_convention_for", "HF_MODEL_TYPES", "RE
 READERS: tuple[tuple[str, Callable[[Deriving, str, nn.Module], bool]], ...] = (
     ("diffusers", _diffusers.read_expectations),
     ("compvis", _compvis.read_expectations),
+    ("flux", _flux.read_expectations),  # BFL Flux AutoEncoder and its copies (sd-scripts, musubi-tuner)
+    ("kohya", _kohya.read_expectations),  # sd-scripts' SD3 SDVAE
+    ("comfy", _comfy.read_expectations),  # ComfyUI AutoencodingEngine / AutoencoderKL / WanVAE
+    ("video_vaes", _video_vaes.read_expectations),  # Wan / HunyuanVideo VAEs of the video trainers' code
     ("timm", _timm.read_expectations),
     ("transformers", _transformers.read_expectations),
     ("open_clip", _open_clip.read_expectations),

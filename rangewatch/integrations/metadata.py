@@ -17,7 +17,7 @@ from torch import nn
 
 from ..expect.conventions import Convention
 
-__all__ = ["Deriving", "library_of"]
+__all__ = ["Deriving", "library_of", "class_of_origin", "put_autoencoder"]
 
 
 def library_of(m: nn.Module) -> str:
@@ -45,3 +45,30 @@ class Deriving(Protocol):
 
     def attached_processor(self, m: nn.Module) -> tuple[str, Any] | None:
         """A processor kept on the module (``(attribute, processor)``), or None."""
+
+
+def class_of_origin(m: nn.Module, table: dict[tuple[str, str], Any]) -> tuple[Any, str] | None:
+    """The entry of ``table`` (keyed ``(module of origin, class name)``) that ``m``'s class or one of its bases
+    matches, with the matched ``"module.Class"``; a key's module matches the class's module exactly or as its
+    trailing dotted part (``"library.flux_models"`` matches a script run from the repository root and
+    ``"sd_scripts.library.flux_models"`` alike). Never imports anything."""
+    for cls in type(m).__mro__:
+        mod, name = cls.__module__ or "", cls.__name__
+        for (tmod, tname), value in table.items():
+            if name == tname and (mod == tmod or mod.endswith("." + tmod)):
+                return value, f"{mod}.{name}"
+    return None
+
+
+def put_autoencoder(d: Deriving, path: str, m: nn.Module, family: str, qual: str, why_input: str,
+                    latent: Convention | None, latent_source: str, encoder: str = "encoder", decoder: str = "decoder") -> None:
+    """The usual pixel sides of an autoencoder found by class: ``symmetric`` at ``<path>.encoder:input`` and
+    ``<path>.decoder:output`` (when those children exist), and its scaled latents at ``<path>:latent``."""
+    children = dict(m.named_children())
+    where = path or "the root module"
+    enc = d.child(path, encoder) if encoder in children else path
+    d.put(enc, "input", "symmetric", f"{family} {qual} at {where}: pixel input in [-1, 1]; {why_input}")
+    if decoder in children:
+        d.put(d.child(path, decoder), "output", "symmetric", f"{family} {qual} at {where}: the decoder reconstructs that input, in [-1, 1]")
+    if latent is not None:
+        d.put(path, "latent", latent, f"{family} {qual} at {where}: {latent_source} (the scaled latent the diffusion model sees)", target="output")
