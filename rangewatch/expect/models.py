@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from typing import Any, Callable
 
 import torch.nn as nn
@@ -94,6 +95,21 @@ READERS: tuple[tuple[str, Callable[[Deriving, str, nn.Module], bool]], ...] = (
     ("transformers", _transformers.read_expectations),
     ("open_clip", _open_clip.read_expectations),
 )
+
+def _unknown_autoencoder(d: Deriving, path: str, m: nn.Module) -> bool:
+    """Last: a module that looks like an autoencoder (its class named ...VAE / ...Autoencoder, with an encoder
+    child) that no reader knows is said once, with how to declare it; nothing inside it is read."""
+    name = type(m).__name__
+    if not re.search(r"vae|auto_?encod", name, re.IGNORECASE) or not any("encoder" in c for c, _ in m.named_children()):
+        return False
+    where = path or "the root module"
+    enc = d.child(path, "encoder") if "encoder" in dict(m.named_children()) else path
+    d.note(f"{type(m).__module__}.{name} at {where}: rangewatch does not know what this autoencoder expects; declare it, "
+           f"e.g. expect={{{(enc or '<encoder path>')!r}: 'symmetric'}} and, for its scaled latents, expect={{'latents': '<latent convention>'}}")
+    return True
+
+
+READERS = READERS + (("unknown autoencoder", _unknown_autoencoder),)
 
 _ATTACHED = ("image_processor", "processor", "feature_extractor", "preprocess", "transform")
 
