@@ -226,3 +226,64 @@ def test_lightning_fit_reports_an_unseen_batch_key(tmp_path):
         trainer.fit(Module(), torch.utils.data.DataLoader(data, batch_size=2))
     f = e.value.findings[0]
     assert (f.kind, f.where, f.step) == ("unseen", "batch.image", 2) and "batch[0]" in f.evidence
+
+
+# ---------------------------------------------------------------------------------------------- two processes
+def _unseen_worker(rank: int, port: int, out: str, rank1_has_key: bool) -> None:
+    import json
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    import rangewatch as rw
+    from rangewatch import RangeMismatchError as Stop
+
+    net = nn.Conv2d(3, 3, 3, padding=1)
+    watch = rw.watch(net=net, expect={"batch.image": "symmetric"}, policy="raise", watch_visualization=False)
+    result = {"stopped_at": None, "kinds": []}
+    try:
+        for step in range(4):
+            x = photo_batch(2, SIZE).float() / 127.5 - 1
+            watch.batch({"image": x} if (rank == 1 and rank1_has_key) else (x, torch.zeros(2)))
+            net(x).square().mean().backward()
+            watch.step()
+    except Stop as e:
+        result = {"stopped_at": step, "kinds": [(f.kind, f.where) for f in e.findings]}
+    watch.close()
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
+        json.dump(result, fh)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank1_has_key", [False, True])
+def test_unseen_under_ddp_stops_every_rank_alike(tmp_path, rank1_has_key):
+    import json
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.start_processes(_unseen_worker, args=(port, str(tmp_path), rank1_has_key), nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 180
+    try:
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                pytest.fail("the two-process run did not finish in 180 s (a rank waits for the other)")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0 == r1  # the same decision on both ranks
+    if rank1_has_key:  # seen on one rank is seen: the ranks agreed on their taps
+        assert r0["stopped_at"] is None
+    else:
+        assert r0 == {"stopped_at": 2, "kinds": [["unseen", "batch.image"]]}
