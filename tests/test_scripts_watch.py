@@ -185,11 +185,14 @@ def test_unseen_tap_stops_the_run_under_raise():
 def test_seen_taps_give_no_unseen_finding_and_probes_cost_nothing_after():
     ae = TinyAE()
     watch = rangewatch.watch(ae=ae, expect={"ae": "symmetric"}, modules=["ae.decoder"], policy="log", watch_visualization=False)
-    for _ in range(4):
+    assert ae.quant_conv._forward_pre_hooks  # a probe, until ae is seen
+    ae(photos() * 2 - 1)
+    watch.step()
+    assert not ae.quant_conv._forward_pre_hooks  # taken off as soon as every declared module ran
+    for _ in range(3):
         ae(photos() * 2 - 1)
         watch.step()
     assert not [f for f in watch.findings if f.kind == "unseen"]
-    assert not ae.quant_conv._forward_pre_hooks
     watch.close()
 
 

@@ -139,6 +139,13 @@ class UnseenTaps:
         for path, shape in tensor_paths(batch):
             self._batch_paths.setdefault(path, shape)
 
+    def _drop_probes_once_seen(self) -> None:
+        """Every declared module has been seen: the probes have nothing left to tell (taken off early)."""
+        for taps, _, kind in self._declared():
+            if kind == "module" and not any(t in self._taps for t in taps):
+                return
+        self._unprobe()
+
     # ------------------------------------------------------------------ the end of the check window
     def _window_closed(self) -> bool:
         return self._train_batches >= max(1, self.check_first_n)

@@ -429,6 +429,8 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
                 self.check(self._step_at_start, "train")
             if not self._unseen_done and self._window_closed():  # every rank alike: the same batch count
                 self._report(self._check_unseen(self._step_at_start), self._step_at_start)
+            elif self._probes:
+                self._drop_probes_once_seen()
         finally:
             self._detail = False
             self._check_now = False
