@@ -91,7 +91,7 @@ def watch(model: nn.Module | Mapping[str, nn.Module] | None = _NO_MODEL, expect:
     each optimizer step; :meth:`~rangewatch.Watch.close` (or leave the ``with`` block) at the end.
     """
     named: dict[str, Any] = {}
-    for key in [k for k in options if k not in OPTIONS]:
+    for key in [k for k in options if k not in OPTIONS and k != "messages"]:  # messages=: Watch's voice
         named[key] = options.pop(key)
     root = _root(model, named)
     loggers = [] if logger is None else list(logger) if isinstance(logger, (list, tuple)) else [logger]
@@ -148,8 +148,8 @@ def _root(model: Any, named: dict[str, Any]) -> nn.Module | None:
     if model is not _NO_MODEL:
         raise ConfigError(
             f"rangewatch.watch: a model without a name ({type(model).__name__}) beside named ones "
-            f"({', '.join(map(repr, named))}); name every model: rangewatch.watch(model=..., "
-            f"{', '.join(f'{k}=...' for k in named)}), so that each tap says which model it is in"
+            f"({', '.join(map(repr, named))}); name every model, so that each tap says which model it is in: "
+            f"rangewatch.watch({{'<name>': model, {', '.join(f'{k!r}: ...' for k in named)}}})"
         )
     models: dict[str, nn.Module] = {}
     for k, v in named.items():
@@ -168,10 +168,14 @@ def _check_model(name: str, value: Any) -> nn.Module:
             f"rangewatch.watch: model {name!r} is None (an optional model that was never built?); leave it out"
         )
     if not isinstance(value, nn.Module):
-        allowed = ", ".join(o for o in OPTIONS if o != "expect")
+        import difflib
+
+        options = [o for o in OPTIONS if o != "expect"] + ["logger", "collectives"]
+        close = difflib.get_close_matches(str(name), options, n=1)
         raise ConfigError(
-            f"rangewatch.watch: {name} = {_short(value)} is neither an option ({allowed}, logger, collectives) "
-            "nor a model (an nn.Module)"
+            f"rangewatch.watch: {name} = {_short(value)} is neither an option"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f" nor a model (an nn.Module); options: {', '.join(options)}"
         )
     return value
 
