@@ -152,7 +152,7 @@ class TinyAE(nn.Module):
 def test_unseen_taps_say_what_was_seen_instead():
     ae = TinyAE()
     watch = rangewatch.watch(ae=ae, expect={"batch.image": "symmetric", "ae": "symmetric", "latents": "sd15_latent"},
-                             policy="log", watch_visualization=False, check_first_n=2)
+                             modules=["ae.decoder"], policy="log", watch_visualization=False, check_first_n=2)
     for step in range(4):
         x = photos()
         watch.batch((x, torch.zeros(4)))  # a tuple batch: batch[0], batch[1]
@@ -161,7 +161,9 @@ def test_unseen_taps_say_what_was_seen_instead():
         if step == 0:
             assert not [f for f in found if f.kind == "unseen"]  # the window is still open
     unseen = {f.where: f for f in watch.findings if f.kind == "unseen"}
-    assert set(unseen) == {"batch.image", "ae:input", "latents:input"}
+    assert set(unseen) == {"batch.image", "ae:input", "latents:input", "ae.decoder"}
+    assert unseen["ae.decoder"].expected == "declared: modules=['ae.decoder']"
+    assert "ae.decoder.forward was never called" in unseen["ae.decoder"].evidence
     assert all(f.step == 1 and f.severity == "warning" for f in unseen.values())  # at the end of the window
     assert "batch[0] [4, 3, 16, 16]" in unseen["batch.image"].evidence and "'batch[0]'" in unseen["batch.image"].fix
     assert "ae.forward was never called" in unseen["ae:input"].evidence
