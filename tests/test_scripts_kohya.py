@@ -261,3 +261,17 @@ def test_other_autoencoder_families_by_class_and_module(module, cls, family):
     exp = watch.expectations["vae.encoder:input"]
     assert exp.convention == "symmetric" and exp.source.startswith(family)
     watch.close()
+
+
+def test_a_wrapper_around_a_known_vae_is_read_inside():
+    from scripts_models import tiny_vae
+
+    class VAEWrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder_vae = tiny_vae()
+
+    watch = rangewatch.watch(vae=VAEWrapper(), watch_visualization=False)
+    assert watch.expectations["vae.encoder_vae.encoder:input"].convention == "symmetric"
+    assert not [n for n in watch.notes if "does not know" in n]
+    watch.close()

@@ -96,12 +96,21 @@ READERS: tuple[tuple[str, Callable[[Deriving, str, nn.Module], bool]], ...] = (
     ("open_clip", _open_clip.read_expectations),
 )
 
+_KNOWN_LIBRARIES = {"diffusers", "transformers", "timm", "open_clip", "ldm", "sgm", "taming", "comfy", "flux", "library",
+                     "musubi_tuner", "wan", "hyvideo"}
+
+
 def _unknown_autoencoder(d: Deriving, path: str, m: nn.Module) -> bool:
     """Last: a module that looks like an autoencoder (its class named ...VAE / ...Autoencoder, with an encoder
     child) that no reader knows is said once, with how to declare it; nothing inside it is read."""
     name = type(m).__name__
     if not re.search(r"vae|auto_?encod", name, re.IGNORECASE) or not any("encoder" in c for c, _ in m.named_children()):
         return False
+    for i, sub in enumerate(m.modules()):  # a wrapper around a VAE a reader knows: let the walk go inside
+        if i > 2000:
+            break
+        if sub is not m and (type(sub).__module__ or "").split(".", 1)[0] in _KNOWN_LIBRARIES:
+            return False
     where = path or "the root module"
     enc = d.child(path, "encoder") if "encoder" in dict(m.named_children()) else path
     d.note(f"{type(m).__module__}.{name} at {where}: rangewatch does not know what this autoencoder expects; declare it, "
