@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 
 from .engine.collectives import LightningCollectives
 from .config import load_options
+from .engine.rng import rng_kept
 from .engine.watch import OPTIONS, Watch
 from .expect.expectation import Expectation
 from .findings.finding import Finding
@@ -116,6 +117,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
     findings table as text under ``rangewatch/findings``.
     """
 
+    @rng_kept
     def __init__(
         self,
         expect: dict[str, str] | None = None,
@@ -183,6 +185,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         return self.engine.summary_line()
 
     # ------------------------------------------------------------------ lifecycle
+    @rng_kept
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         from .compat.namespaces import sync_rank_zero
 
@@ -190,10 +193,12 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         self.engine.connect(collectives=LightningCollectives(trainer), loggers=list(trainer.loggers),
                             clock=lambda: int(trainer.global_step), every=int(getattr(trainer, "log_every_n_steps", 50) or 50))
 
+    @rng_kept
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.engine.attach(pl_module)
         self._previews("training preview")
 
+    @rng_kept
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         engine = self.engine
         if not engine.derive_expectations or engine.loader_expectations:
@@ -223,14 +228,17 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         self.engine.preview_step()  # callbacks after this one see the step after the optimizer step
         self.engine.end_step()
 
+    @rng_kept
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.engine.flush_previews()
         self.engine.preview_step(context="training preview")
 
+    @rng_kept
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.engine.flush_previews()
         self.engine.preview_step(judge=True)  # LightningModule.on_train_epoch_end runs after the callbacks
 
+    @rng_kept
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.engine.attached:  # trainer.validate() without fit; a fit attached at its start
             self.engine.attach(pl_module)
@@ -245,33 +253,41 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.engine.flush_previews(log=False)
 
+    @rng_kept
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # validation taps only: the training windows are read (and reset) at the training check steps
         self.engine.check(split="val")
         self.engine.preview_step(judge=True)  # LightningModule.on_validation_epoch_end runs after the callbacks
 
+    @rng_kept
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.engine.end_validation()
         self.engine.flush_previews()  # also the previews of LightningModule.on_validation_epoch_end
         self.engine.preview_step(judge=False, context="training preview")
 
+    @rng_kept
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.engine.flush_previews()  # the last batch's on_train_batch_end previews, the last epoch end's
 
+    @rng_kept
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.engine.flush_previews()  # LightningModule.on_train_end's
         self.engine.say_summary()  # one line: taps checked, batches, findings
 
+    @rng_kept
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.engine.detach()  # may raise RangeMismatchError (policy="raise") for the last previews
 
+    @rng_kept
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.engine.abort(exception)
 
     # ------------------------------------------------------------------ state
+    @rng_kept
     def state_dict(self) -> dict[str, Any]:
         return self.engine.state_dict()
 
+    @rng_kept
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.engine.load_state_dict(state_dict)
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
+from .rng import kept_rng
 from ..expect.expectation import Expectation
 from ..findings.finding import Finding, RangeMismatchError
 from ..checks.inference import Inference
@@ -149,6 +150,13 @@ class TapFeeding:
 
     def _feed(self, name: str, t: torch.Tensor, channel_dim: int | None) -> None:
         tap = self._taps.get(name)
+        if tap is None or self._detail:  # a first tensor or a check step: the user's random state kept
+            with kept_rng():
+                self._feed_tap(name, t, channel_dim, tap)
+        else:
+            self._feed_tap(name, t, channel_dim, tap)
+
+    def _feed_tap(self, name: str, t: torch.Tensor, channel_dim: int | None, tap: _Tap | None) -> None:
         try:
             if tap is None:
                 tap = self._new_tap(name, t, channel_dim)

@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from .collectives import Collectives, SingleProcess
+from .rng import kept_rng, rng_kept
 from .agreement import RankAgreement
 from ..config import (
     MAX_CHECK_FIRST_N,
@@ -123,6 +124,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             step counter (advanced by :meth:`end_step`).
     """
 
+    @rng_kept
     def __init__(
         self,
         expect: dict[str, str] | None = None,
@@ -281,6 +283,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         """The check interval in steps."""
         return self._every
 
+    @rng_kept
     def connect(self, collectives: Collectives | None = None, loggers: list[Any] | None = None,
                 clock: Callable[[], int | None] | None = None, every: int | None = None,
                 histograms_logged: bool | None = None) -> None:
@@ -319,6 +322,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
     def _warn(self, text: str) -> None:
         self._say("warn", text)
 
+    @rng_kept
     def _say(self, level: str, text: str) -> None:
         if self.collectives.rank != 0:
             return
@@ -330,6 +334,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         without loggers): a front end writes its own images, scalars and text through them."""
         return self._sink
 
+    @rng_kept
     def report(self, findings: list[Finding], step: int | None = None) -> list[Finding]:
         """Report findings a front end's own checks built (a diffusers pipeline's, say) through the
         findings log (each once, the policy applied: may raise :class:`~rangewatch.RangeMismatchError`)
@@ -337,12 +342,14 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         rank must call this together."""
         return self._report(list(findings), self._now() if step is None else int(step))
 
+    @rng_kept
     def internal(self, where: str, error: BaseException, what: str, consequence: str | None = None) -> None:
         """A front end's own piece ``where`` failed with ``error`` while doing ``what``: reported once
         (an ``internal`` finding and one warning), as the engine reports its own; the front end switches
         that piece off and says so in ``consequence`` (default: the step is skipped, the run goes on)."""
         self._internal(where, error, None, what=what, consequence=consequence)
 
+    @rng_kept
     def note(self, text: str, key: str | None = None) -> None:
         """Say ``text`` once (per ``key``, default the text itself)."""
         self._note_once(key or text, text)
@@ -435,6 +442,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             self.check(split="val")
         self._phase = ""
 
+    @rng_kept
     def check(self, step: int | None = None, split: str = "train") -> None:
         """Check the taps of ``split`` (``"train"``: also the tracer and the loss networks) now: read
         the statistics (a collective under several processes: every rank must call it), judge, log,
@@ -446,6 +454,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         if split == "val":
             self._detail = False
 
+    @rng_kept
     def summaries(self, split: str = "train") -> dict[str, RangeSummary]:
         """The current window of each fed tap of ``split``, computed without starting a new one (a
         collective under several processes)."""
@@ -465,6 +474,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         device (a small sync; a collective under several processes)."""
         return self._nonfinite_now()
 
+    @rng_kept
     def close(self) -> None:
         """Report what is pending (previews), take every hook off, say the summary line."""
         try:
@@ -472,6 +482,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         finally:
             self.say_summary()
 
+    @rng_kept
     def say_summary(self) -> None:
         """Say :meth:`summary_line` (rank zero)."""
         try:
@@ -504,6 +515,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             return self._loader_expect.get("train")
         return None
 
+    @rng_kept
     def watch_previews(self, context: str = "training preview") -> None:
         """Observe the calls that turn tensors into images (until :meth:`detach`); ``context`` names
         the phase in the findings (``"training preview"``, ``"validation preview"``)."""
@@ -538,6 +550,12 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         """Report the findings of the calls made since the last hook (at the step of each call) and log
         their corrected previews. Under DDP preview calls happen on some ranks only, so their findings
         wait for the next check (or the end of the fit), where every rank takes part."""
+        if not self._vis_pending and (not log or self._vis is None or not self._vis.has_previews):
+            return  # nothing to report or log (every step: kept cheap)
+        with kept_rng():
+            self._flush_previews(log, final)
+
+    def _flush_previews(self, log: bool, final: bool) -> None:
         if self.collectives.world_size == 1:
             if self._vis_pending:
                 pending, self._vis_pending[:] = list(self._vis_pending), []
@@ -560,6 +578,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         except Exception as e:
             self._internal("visualization", e, None, what="logging the corrected previews")
 
+    @rng_kept
     def attach(self, model: nn.Module) -> "Watch":
         """Read what the model expects from its metadata (unless ``derive_expectations=False``), hook
         the named submodules, the loss networks and the tracer. Raises :class:`~rangewatch.ConfigError`
@@ -617,6 +636,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             self._info("rangewatch expectations:\n" + "\n".join(lines))
         return self
 
+    @rng_kept
     def predict_loaders(self, train: Any = None, val: Any = None) -> None:
         """What the loaders' transforms produce (read from their datasets' transforms, no batch is
         pulled); a disagreement with a module's expectation is reported at once (the cheapest possible
@@ -655,6 +675,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         except Exception as e:
             self._internal("transform inspection", e, None)
 
+    @rng_kept
     def detach(self) -> None:
         """Take every hook off the model and stop observing previews (their last findings are
         reported: under ``policy="raise"`` this may raise). A later :meth:`attach` starts a new fit."""
@@ -670,6 +691,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
                 self._tracer.detach()
                 self._tracer = None
 
+    @rng_kept
     def abort(self, exception: BaseException | None = None) -> None:
         """The run failed with ``exception``: take every hook off; unless rangewatch itself stopped
         the run, let the tracer still name where NaN/Inf came from (a NaN loss that raised)."""
@@ -814,6 +836,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
     # findings are reported in engine_findings.FindingsReporting
 
     # ------------------------------------------------------------------ state
+    @rng_kept
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps: the findings log, the batch count and each tap's open window (statistics,
         bounds, latent monitor state), so that a resumed run neither repeats findings nor loses data."""
@@ -843,6 +866,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             "taps": taps,
         }
 
+    @rng_kept
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict`: taps take their saved window when they are first seen again."""
         self._train_batches = int(state_dict.get("train_batches", 0))

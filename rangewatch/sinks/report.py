@@ -39,6 +39,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..engine.rng import rng_kept
+
 __all__ = ["build_report", "REPORT_DIRNAME", "STATS"]
 
 #: default output folder name, inside LOGDIR
@@ -1189,6 +1191,7 @@ def _has_findings(run: _Run) -> bool:
 
 
 # ============================================================================ entry point
+@rng_kept
 def build_report(logdir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None) -> Path:
     """Write the HTML report of the rangewatch data under ``logdir``; returns the path of ``index.html``.
 
