@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -146,6 +149,8 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         options = dict(locals())
         #: the engine this callback drives (public: taps, findings, summaries, state)
         self.engine = Watch(**{k: options[k] for k in OPTIONS})
+        self._home_pid = os.getpid()  # the process the user made it in (spawned ranks hand their findings back)
+        self._handback_id = uuid.uuid4().hex  # os.urandom: no draw from the user's generators
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RangeWatch":
@@ -159,6 +164,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
     # ------------------------------------------------------------------ what the engine knows
     @property
     def findings(self) -> list[Finding]:
+        self._collect()
         return self.engine.findings
 
     @property
@@ -168,10 +174,12 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
     @property
     def taps(self) -> Any:
         """:attr:`rangewatch.Watch.taps`: every tap seen, read-only."""
+        self._collect()
         return self.engine.taps
 
     @property
     def notes(self) -> list[str]:
+        self._collect()
         return self.engine.notes
 
     def expectation_for(self, tap: str) -> Expectation | None:
@@ -179,9 +187,11 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         return self.engine.expectation_for(tap)
 
     def watching(self) -> str:
+        self._collect()
         return self.engine.watching()
 
     def summary_line(self) -> str:
+        self._collect()
         return self.engine.summary_line()
 
     # ------------------------------------------------------------------ lifecycle
@@ -276,15 +286,67 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
 
     @rng_kept
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self.engine.detach()  # may raise RangeMismatchError (policy="raise") for the last previews
+        try:
+            self.engine.detach()  # may raise RangeMismatchError (policy="raise") for the last previews
+        finally:
+            if os.getpid() != self._home_pid and int(getattr(trainer, "global_rank", 0)) == 0:
+                self._hand_back()
 
     @rng_kept
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.engine.abort(exception)
 
+    # ------------------------------------------------------------------ spawned ranks (ddp_spawn, ddp_fork, ddp_notebook)
+    # The Trainer runs in processes it starts (the callback pickled into them, or forked) and brings back the
+    # model's weights and callback_metrics only: rank zero leaves the engine's state (findings, batch count,
+    # windows) in a file named after this callback, and the callback in the user's process reads it on the
+    # first look at its results (findings, notes, taps, watching, summary_line, state_dict).
+    def _handback_path(self) -> str:
+        return os.path.join(tempfile.gettempdir(), f"rangewatch-handback-{self._handback_id}.pt")
+
+    def _hand_back(self) -> None:
+        import torch
+
+        path = self._handback_path()
+        try:
+            state = {"state": self.engine.state_dict(), "notes": dict(self.engine._notes)}
+            torch.save(state, path + ".part")
+            os.replace(path + ".part", path)
+        except Exception as e:  # noqa: BLE001  (never the cause of a failed run)
+            self.engine.internal("ddp", e, "handing the findings back to the process that started the fit",
+                                 consequence="the findings stay in the spawned processes' output only")
+
+    def _collect(self) -> None:
+        if os.getpid() != self.__dict__.get("_home_pid"):
+            return
+        path = self._handback_path()
+        if not os.path.exists(path):
+            return
+        import torch
+
+        try:
+            state = torch.load(path, weights_only=True)
+            os.remove(path)
+            self.engine.load_state_dict(state["state"])
+            self.engine._notes.update(state.get("notes", {}))
+        except Exception as e:  # noqa: BLE001
+            self.engine.internal("ddp", e, "reading the findings handed back by the spawned processes",
+                                 consequence="the findings stay in the spawned processes' output only")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the engine pickles its options and state (Watch.__getstate__); Lightning's bound LightningModule.log /
+        # log_dict, put on every callback at fit start, are put there again at the next fit
+        return {k: v for k, v in self.__dict__.items() if k not in ("log", "log_dict")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if os.getpid() == self.__dict__.get("_home_pid"):  # a copy in this process: its own hand-back file
+            self._handback_id = uuid.uuid4().hex
+
     # ------------------------------------------------------------------ state
     @rng_kept
     def state_dict(self) -> dict[str, Any]:
+        self._collect()
         return self.engine.state_dict()
 
     @rng_kept

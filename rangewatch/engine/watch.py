@@ -501,6 +501,37 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
     def __repr__(self) -> str:
         return f"Watch(expect={self.expect}, policy={self.policy!r})"
 
+    # ------------------------------------------------------------------ pickling and copying
+    def __getstate__(self) -> dict[str, Any]:
+        """What a copy or a pickle carries (``ddp_spawn``, LightningCLI, Ray Tune and Optuna copy callbacks,
+        before and after a fit): the options and :meth:`state_dict` (findings, batch count, open windows), never
+        the hooks, the tracer, the preview watch, the loggers, the collectives or the step clock, which the next
+        :meth:`connect` and :meth:`attach` place again. A ``messages`` callable that cannot be pickled (a lambda)
+        falls back to the default voice in a pickle."""
+        import pickle
+
+        messages = self.messages
+        if messages is not None:
+            try:
+                pickle.dumps(messages)
+            except Exception:  # noqa: BLE001
+                messages = None
+        options = {k: getattr(self, k) for k in OPTIONS}
+        options["skip_keys"] = list(self.skip_keys)
+        options["policy"] = self.policy
+        return {
+            "options": options, "messages": messages, "state": self.state_dict(), "notes": dict(self._notes),
+            "every": self._every, "own_step": self._own_step, "announced": self._announced,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state["options"], messages=state.get("messages"))  # type: ignore[misc]
+        self.load_state_dict(state["state"])
+        self._notes.update(state.get("notes", {}))
+        self._every = int(state.get("every", self._every))
+        self._own_step = int(state.get("own_step", 0))
+        self._announced = bool(state.get("announced", False))
+
     # ------------------------------------------------------------------ expectations
     # declared, derived and loader-contradiction pieces: engine_expectations.ExpectationSources
 
@@ -720,11 +751,8 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
 
     def _check(self, which: Callable[[str], bool], step: int | None = None, train_check: bool = False) -> None:
         step = self._now() if step is None else step
-        if self.collectives.world_size > 1:
-            try:
-                self._agree_on_taps()
-            except Exception as e:  # noqa: BLE001  (then each rank goes on with the taps it has)
-                self._internal("ddp", e, None)
+        if self.collectives.world_size > 1 and not self._agree_on_taps():
+            return  # every rank skips this check together (said once); the windows go on filling
         new: list[Finding] = list(self._early)  # found in hooks since the last check (a declared convention that does not fit)
         self._early.clear()
         if self._vis_pending and self.collectives.world_size > 1:  # previews judged on some ranks only: reported here, where all ranks are
