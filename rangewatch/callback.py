@@ -12,7 +12,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 
 from .engine.collectives import LightningCollectives
-from .config import load_options
+from .config import ConfigError, config_path, load_options
 from .engine.rng import rng_kept
 from .engine.watch import OPTIONS, Watch
 from .expect.expectation import Expectation
@@ -155,7 +155,14 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RangeWatch":
         """Options from a plain YAML file (top level, under ``rangewatch:``, or a LightningCLI entry)."""
-        return cls(**load_options(path, cls.__init__))
+        options = load_options(path, cls.__init__)  # ConfigErrors name the file
+        origin = str(config_path(path))
+        try:
+            watch = cls(**options)
+        except ConfigError as e:  # a bad value: name the file it came from
+            raise ConfigError(f"{origin}: {e}") from None
+        watch.engine.origin = origin  # a submodule the model lacks (found at fit start) names it too
+        return watch
 
     @property
     def state_key(self) -> str:

@@ -64,6 +64,12 @@ class TapInfo:
     latent: Any  # the LatentMonitor of a latent tap, else None
 
 
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"steps_checked = {str(value)[:40]} is not a count")
+    return value
+
+
 class TapFeeding:
     """The engine's per-tap bookkeeping (a mixin of :class:`~rangewatch.engine.watch.Watch`): a tap is made the first
     time a tensor reaches it (its statistics, its latent monitor, a resumed window), then fed every step on the
@@ -119,12 +125,18 @@ class TapFeeding:
 
             mon = LatentMonitor(exp.conv, channel_dim=channel_dim, dist_sync_fn=self._sync_fn())
             pending = self._pending_states.pop(name, None)
-            if pending is not None and "latent" in pending:  # a resumed fit goes on with the saved window
-                mon.load_state_dict(pending["latent"], device=t.device)
-                mon.stats.dtypes_seen = set(pending.get("dtypes", ()))
+            steps_checked = 0
+            if pending is not None:  # a resumed fit goes on with the saved window
+                try:
+                    if "latent" in pending:
+                        mon.load_state_dict(pending["latent"], device=t.device)
+                        mon.stats.dtypes_seen = set(pending.get("dtypes", ()))
+                    steps_checked = _count(pending.get("steps_checked", 0))
+                except Exception as e:  # noqa: BLE001
+                    mon = LatentMonitor(exp.conv, channel_dim=channel_dim, dist_sync_fn=self._sync_fn())
+                    self._unreadable_window(name, e)
             tap = _Tap(name, channel_dim, mon.stats, latent=mon)
-            if pending is not None:
-                tap.steps_checked = int(pending.get("steps_checked", 0))
+            tap.steps_checked = steps_checked
             self._taps[name] = tap
             return tap
         bounds = exp.convention if exp is not None and exp.conv.kind == "pixel" else None
@@ -133,15 +145,24 @@ class TapFeeding:
         if t.dim() == 4 and channel_dim == 3:
             tap.layout = f"read as channels-last (N, H, W, C): {tuple(t.shape)} has its {t.shape[3]} channels on dim 3"
         pending = self._pending_states.pop(name, None)
-        if pending is not None:
-            tap.bounds = pending.get("bounds", bounds)
-            tap.stats = self._make_stats(channel_dim, tap.bounds)
-            tap.stats.load_state_dict(pending["stats"])
-            tap.stats.dtypes_seen = set(pending.get("dtypes", ()))
-            tap.stats.to(t.device)
-            tap.steps_checked = int(pending.get("steps_checked", 0))
+        if pending is not None:  # a resumed fit goes on with the saved window
+            try:
+                saved = pending.get("bounds", bounds)
+                stats = self._make_stats(channel_dim, saved)
+                stats.load_state_dict(pending["stats"])
+                stats.dtypes_seen = {str(d) for d in pending.get("dtypes", ())}
+                stats.to(t.device)
+                tap.steps_checked = _count(pending.get("steps_checked", 0))
+                tap.bounds, tap.stats = saved, stats
+            except Exception as e:  # noqa: BLE001
+                self._unreadable_window(name, e)
         self._taps[name] = tap
         return tap
+
+    def _unreadable_window(self, name: str, error: BaseException) -> None:
+        """A saved window that cannot be read (a tampered or foreign checkpoint): said once, the tap starts empty."""
+        self._note_once("state", f"rangewatch: the saved window of {name} cannot be read ({type(error).__name__}: {str(error)[:200]}); "
+                                 "it is dropped and the tap starts an empty window (later ones are dropped the same way)")
 
     def _make_stats(self, channel_dim: int | None, bounds: str | None) -> RangeStats:
         # histograms only where they can be logged (decided alike on every rank: the states must match)

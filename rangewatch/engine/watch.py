@@ -69,6 +69,7 @@ from ..config import (
     check_expect,
     check_float,
     check_int,
+    check_modules,
     check_str_list,
     check_trace_modules,
 )
@@ -87,7 +88,10 @@ from .tapset import TapFeeding, TapInfo, _Tap
 from ..taps.batches import DEFAULT_SKIP_KEYS
 from ..taps.hooks import ModuleTaps, parse_tap_key
 
-__all__ = ["Watch", "TapInfo", "OPTIONS"]
+__all__ = ["Watch", "TapInfo", "OPTIONS", "STATE_VERSION"]
+
+#: the version of :meth:`Watch.state_dict` this rangewatch writes and reads
+STATE_VERSION = 1
 
 #: the options :class:`Watch` (and each front end) takes, in signature order
 OPTIONS = (
@@ -157,7 +161,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         self.expect = check_expect(expect)
         self.batch_keys = check_str_list("batch_keys", batch_keys)
         self.skip_keys = tuple(check_str_list("skip_keys", skip_keys) or DEFAULT_SKIP_KEYS)
-        self.modules = check_str_list("modules", modules) or []
+        self.modules = check_modules(modules)
         policy = check_choice("policy", policy, POLICIES)  # type: ignore[assignment]
         self.check_first_n = check_int("check_first_n", check_first_n, 0, maximum=MAX_CHECK_FIRST_N)
         self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, 1, allow_none=True)
@@ -181,6 +185,8 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         self.image_processors: dict[str, Any] = dict(image_processors or {})
 
         self.messages = messages
+        #: where the options came from (a YAML file: ``RangeWatch.from_yaml``), named in ConfigErrors found later
+        self.origin: str | None = None
         self._log = FindingsLog(policy, warn=self._warn)
         self.expectations: dict[str, Expectation] = {}
         self.collectives: Collectives = SingleProcess()
@@ -521,7 +527,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         options["policy"] = self.policy
         return {
             "options": options, "messages": messages, "state": self.state_dict(), "notes": dict(self._notes),
-            "every": self._every, "own_step": self._own_step, "announced": self._announced,
+            "every": self._every, "own_step": self._own_step, "announced": self._announced, "origin": self.origin,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -531,6 +537,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         self._every = int(state.get("every", self._every))
         self._own_step = int(state.get("own_step", 0))
         self._announced = bool(state.get("announced", False))
+        self.origin = state.get("origin")
 
     # ------------------------------------------------------------------ expectations
     # declared, derived and loader-contradiction pieces: engine_expectations.ExpectationSources
@@ -659,7 +666,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
                 close = difflib.get_close_matches(m, names, n=3)
                 msgs.append(f"{m!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
             raise ConfigError(
-                f"RangeWatch: no submodule named {', '.join(msgs)} in {type(model).__name__}; "
+                f"{self.origin + ': ' if self.origin else ''}RangeWatch: no submodule named {', '.join(msgs)} in {type(model).__name__}; "
                 f"named submodules include: {', '.join(names[:25])}{' ...' if len(names) > 25 else ''}"
             )
         if self.expectations:
@@ -888,7 +895,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             except Exception as e:  # noqa: BLE001
                 self._internal(name, e, tap)
         return {
-            "version": 1,
+            "version": STATE_VERSION,
             "train_batches": self._train_batches,
             **self._log.state_dict(),
             "taps": taps,
@@ -896,8 +903,30 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
 
     @rng_kept
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Resume from :meth:`state_dict`: taps take their saved window when they are first seen again."""
-        self._train_batches = int(state_dict.get("train_batches", 0))
-        self._log.load_state_dict(state_dict)
+        """Resume from :meth:`state_dict`: taps take their saved window when they are first seen again.
+
+        A state this version cannot read (another ``version``, a foreign or tampered dict) never stops the
+        resume: it is noted once and dropped (the run goes on from an empty state); a tap whose saved window
+        cannot be read starts an empty one."""
+        try:
+            if not isinstance(state_dict, Mapping):
+                raise ValueError(f"a {type(state_dict).__name__}, not a mapping")
+            version = state_dict.get("version")
+            if version != STATE_VERSION:
+                raise ValueError(f"version {_short(version)}; this rangewatch reads version {STATE_VERSION}")
+            batches = state_dict.get("train_batches", 0)
+            if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
+                raise ValueError(f"train_batches = {_short(batches)} is not a count")
+            taps = state_dict.get("taps") or {}
+            if not isinstance(taps, Mapping) or not all(isinstance(k, str) and isinstance(v, Mapping) for k, v in taps.items()):
+                raise ValueError(f"taps = {_short(taps)} is not a mapping of tap names to saved windows")
+            log = FindingsLog(self.policy)
+            log.load_state_dict(state_dict)  # into a fresh log first: a bad findings list changes nothing
+        except Exception as e:  # noqa: BLE001  (a resume never fails on rangewatch's state)
+            self._note_once("state", f"rangewatch: the saved rangewatch state cannot be read ({type(e).__name__}: {str(e)[:200]}); "
+                                     "it is dropped and the run goes on from an empty rangewatch state")
+            return
+        self._train_batches = batches
+        self._log.reported, self._log.findings = log.reported, log.findings
         self._taps.clear()
-        self._pending_states = dict(state_dict.get("taps", {}))
+        self._pending_states = dict(taps)
