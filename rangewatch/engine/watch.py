@@ -87,6 +87,7 @@ from .preview_gate import PreviewGate
 from .tapset import TapFeeding, TapInfo, _Tap
 from ..taps.batches import DEFAULT_SKIP_KEYS
 from ..taps.hooks import ModuleTaps, parse_tap_key
+from ..taps.sharding import user_name, user_named_modules
 
 __all__ = ["Watch", "TapInfo", "OPTIONS", "STATE_VERSION"]
 
@@ -158,10 +159,11 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         messages: Callable[[str, str], None] | None = None,
         clock: Callable[[], int | None] | None = None,
     ) -> None:
-        self.expect = check_expect(expect)
+        # module paths as the user named them: FSDP1 / checkpoint-wrapper segments dropped (taps/sharding.py)
+        self.expect = {user_name(k): v for k, v in check_expect(expect).items()}
         self.batch_keys = check_str_list("batch_keys", batch_keys)
         self.skip_keys = tuple(check_str_list("skip_keys", skip_keys) or DEFAULT_SKIP_KEYS)
-        self.modules = check_modules(modules)
+        self.modules = [user_name(m) for m in check_modules(modules)]
         policy = check_choice("policy", policy, POLICIES)  # type: ignore[assignment]
         self.check_first_n = check_int("check_first_n", check_first_n, 0, maximum=MAX_CHECK_FIRST_N)
         self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, 1, allow_none=True)
@@ -660,7 +662,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             if self._tracer is not None:
                 self._tracer.detach()
                 self._tracer = None
-            names = [n for n, _ in model.named_modules() if n]
+            names = [n for n, _ in user_named_modules(model) if n]
             msgs = []
             for m in missing:
                 close = difflib.get_close_matches(m, names, n=3)

@@ -64,6 +64,7 @@ import torch.nn as nn
 
 from .conventions import Convention, get_convention, list_conventions
 from .expectation import Expectation
+from ..taps.sharding import user_named_modules
 from ..integrations import compvis as _compvis
 from ..integrations import diffusers as _diffusers
 from ..integrations import open_clip as _open_clip
@@ -172,7 +173,7 @@ class _Deriver:
         self.procs = dict(image_processors or {})
         self.notes = notes if notes is not None else []
         self.out: dict[str, Expectation] = {}
-        self.modules = dict(root.named_modules())
+        self.modules = dict(user_named_modules(root))  # through sharding wrappers (taps/sharding.py)
 
     def note(self, text: str) -> None:
         self.notes.append(text)

@@ -50,6 +50,7 @@ from torch import nn
 from ..expect.conventions import get_convention
 from ..findings.finding import Finding, first_seen, internal_finding, note_finding
 from ..checks.inference import infer_convention
+from ..taps.sharding import user_class, user_named_modules
 from ..stats.range_stats import RangeStats, RangeSummary
 from . import basicsr as _basicsr
 from . import lpips as _lpips
@@ -78,15 +79,15 @@ def find_loss_networks(root: nn.Module) -> dict[str, Watched]:
     outermost recognised module wins. Never imports a library."""
     found: dict[str, Watched] = {}
     inside: list[str] = []
-    for name, m in root.named_modules():
+    for name, m in user_named_modules(root):
         if any(name.startswith(p + ".") for p in inside) or (inside and "" in inside):
             continue
-        origin = getattr(type(m), "__module__", "") or ""
+        origin = getattr(user_class(m), "__module__", "") or ""
         for prefixes, recognise in RECOGNISERS:
             if origin.startswith(prefixes):
                 w = recognise(m)
                 if w is not None:
-                    w.name = name or type(m).__name__  # the root itself: named by its class
+                    w.name = name or user_class(m).__name__  # the root itself: named by its class
                     found[name] = w
                     inside.append(name)
                 break
@@ -272,7 +273,7 @@ class LossWatch:
                     self._pending.append(note_finding(f"{w.name}:input", w.what, evidence=w.note, fix="none needed"))
                 continue
             t = _Target(w)
-            m = root.get_submodule(name) if name else root
+            m = dict(user_named_modules(root)).get(name, root) if name else root
             t.module = m
             if w.method == "forward":
                 t.handle = m.register_forward_pre_hook(self._pre_hook(t), with_kwargs=True)
