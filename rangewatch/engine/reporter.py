@@ -67,7 +67,6 @@ class FindingsReporting:
         if self._log.add(f):
             self._warn(f"rangewatch: internal error at {where} while {what} ({type(error).__name__}: {error}); {consequence}")
 
-    @rng_kept
     def _note_once(self, key: str, text: str) -> None:
         if key in self._notes:
             return

@@ -171,7 +171,8 @@ class TapFeeding:
 
     def _feed(self, name: str, t: torch.Tensor, channel_dim: int | None) -> None:
         tap = self._taps.get(name)
-        if tap is None or self._detail:  # a first tensor or a check step: the user's random state kept
+        if tap is None or (self._detail and not tap.steps_checked):  # a tap's first tensor or first detail update:
+            # the user's random state kept (lazy imports happen then; later updates run code already run)
             with kept_rng():
                 self._feed_tap(name, t, channel_dim, tap)
         else:

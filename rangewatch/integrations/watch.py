@@ -38,6 +38,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import threading
@@ -51,6 +52,7 @@ from ..expect.conventions import get_convention
 from ..findings.finding import Finding, first_seen, internal_finding, note_finding
 from ..checks.inference import infer_convention
 from ..taps.sharding import user_class, user_named_modules
+from ..engine.rng import kept_rng
 from ..stats.range_stats import RangeStats, RangeSummary
 from . import basicsr as _basicsr
 from . import lpips as _lpips
@@ -117,6 +119,7 @@ class _Target:
     previous_update: Any = None
     had_update: bool = False
     seen: set = field(default_factory=set)
+    kept: bool = False  # its first call ran with the user's random state kept (engine/rng.py)
 
 
 def _as_tensor(x: Any) -> torch.Tensor | None:
@@ -256,6 +259,7 @@ class LossWatch:
         self._reported: set[tuple] = set()
         self._functions_on = False
         self._off_functions: set[str] = set()
+        self._kept_functions: set[str] = set()  # functions whose first call ran with the user's random state kept
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ attach / detach
@@ -325,6 +329,14 @@ class LossWatch:
     def _observe(self, name: str, t: _Target, args: tuple, kwargs: dict) -> None:
         if torch.compiler.is_compiling():
             return
+        if t.kept:
+            self._observe_call(name, t, args, kwargs)
+        else:  # the first call (lazy imports, first reading): the user's random state kept
+            with kept_rng():
+                self._observe_call(name, t, args, kwargs)
+            t.kept = True
+
+    def _observe_call(self, name: str, t: _Target, args: tuple, kwargs: dict) -> None:
         try:
             reading = t.watched.read(args, kwargs)
             if reading is not None:
@@ -336,13 +348,16 @@ class LossWatch:
     def _on_function(self, fn_name: str, original: Callable, reader: Callable, args: tuple, kwargs: dict) -> None:
         if fn_name in self._off_functions or torch.compiler.is_compiling():
             return
-        try:
-            reading = reader(original, args, kwargs)
-            if reading is not None:
-                self._feed(fn_name, fn_name, reading)
-        except Exception as e:  # noqa: BLE001
-            self._off_functions.add(fn_name)
-            self._internal(fn_name, e)
+        first = fn_name not in self._kept_functions
+        with kept_rng() if first else contextlib.nullcontext():  # the first call: the user's random state kept
+            try:
+                reading = reader(original, args, kwargs)
+                if reading is not None:
+                    self._feed(fn_name, fn_name, reading)
+            except Exception as e:  # noqa: BLE001
+                self._off_functions.add(fn_name)
+                self._internal(fn_name, e)
+        self._kept_functions.add(fn_name)
 
     def _stage_now(self) -> tuple[str, int | None]:
         return self._stage() if self._stage is not None else _default_stage(self.root)
@@ -361,11 +376,12 @@ class LossWatch:
                 if w is None:
                     w = self._windows[key] = _Window(where, arg, what, reading.expects, cd, RangeStats(channel_dim=cd, sync_on_compute=False))
             with torch.no_grad():
-                if not w.judged:  # the first call: judged now (one host transfer, once)
-                    w.stats.update(x.detach(), detail=True)
-                    w.judged = True
-                    self._judge(w, w.stats.compute(), step)
-                    w.stats.reset()
+                if not w.judged:  # the first call: judged now (one host transfer, once), the user's random state kept
+                    with kept_rng():
+                        w.stats.update(x.detach(), detail=True)
+                        w.judged = True
+                        self._judge(w, w.stats.compute(), step)
+                        w.stats.reset()
                 else:
                     w.stats.update(x.detach(), moments=False)
                     w.fed = True

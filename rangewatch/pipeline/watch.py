@@ -474,7 +474,6 @@ class PipelineWatch:
         return z.reshape(n, l, d // 4, 4).permute(0, 2, 1, 3)  # (N, C, L, 4): per-channel statistics still hold
 
     # ------------------------------------------------------------------ per step (device only)
-    @rng_kept
     def _step(self, pipe: Any, i: int, z: Any) -> None:
         call = self._call
         if call is None or not isinstance(z, torch.Tensor) or self.latent_convention is None:
@@ -497,10 +496,11 @@ class PipelineWatch:
             clean.mean(dim=dims), clean.std(dim=dims), clean.abs().amax(dim=dims), (~finite).sum(dim=dims).float(),
         ], dim=1)
         call.steps.append(row)
-        if i in call.checked:
-            mon = LatentMonitor(self.latent_convention, preview_samples=1, sync_on_compute=False)
-            mon.update(zf / self._noise_level(pipe.scheduler, zf))
-            call.monitors[i] = mon
+        if i in call.checked:  # tensor operations only above; a monitor here: the user's random state kept
+            with kept_rng():
+                mon = LatentMonitor(self.latent_convention, preview_samples=1, sync_on_compute=False)
+                mon.update(zf / self._noise_level(pipe.scheduler, zf))
+                call.monitors[i] = mon
 
     def _noise_level(self, scheduler: Any, z: torch.Tensor) -> torch.Tensor | float:
         """Std of x_t for unit-std data after the current step: sqrt(sigma**2 + 1) for sigma-parameterised
