@@ -143,8 +143,14 @@ class RankAgreement:
         """Every rank's sampled values, so that every rank reaches the same verdict (a verdict that
         differs between ranks would make one rank raise alone). Every rank takes part, fed or not."""
         vs = tap.stats.value_sample
-        flat, c = vs.pending_flat()
-        if flat is None or c != channels:
-            flat = torch.zeros(0, dtype=torch.float64)
+        failed: BaseException | None = None
+        try:
+            flat, c = vs.pending_flat()
+            if flat is None or c != channels:
+                flat = torch.zeros(0, dtype=torch.float64)
+        except Exception as e:  # noqa: BLE001  (this rank still takes part, with nothing: no rank waits alone)
+            failed, flat = e, torch.zeros(0, dtype=torch.float64)
         parts = self.collectives.all_gather_varlen(flat)
+        if failed is not None:  # this tap is switched off here (the caller reports it), everywhere at the next agreement
+            raise failed
         vs.replace_pending(torch.cat([p.to(torch.float64).cpu() for p in parts]), channels)
