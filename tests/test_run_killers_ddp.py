@@ -8,11 +8,11 @@ with ``rangewatch.watch`` and write ``OUT_DIR/rank<r>.json`` (findings, taps, st
 
 Scenarios:
 
-* ``odd_keys``: dict batches whose keys differ by rank and hold a newline (rank 0: ``"aux\\nimg"``), a tab
+* ``odd_batches``: dict batches whose keys differ by rank and hold a newline (rank 0: ``"aux\\nimg"``), a tab
   (rank 1: ``"aux\\timg"``) and a lone surrogate (``os.fsdecode(b"cond\\xff")``, both ranks), as keys made
-  from prompts or file names do: the tap agreement must carry them losslessly;
-* ``channels``: ``batch.image`` is RGB on rank 0 and grayscale on rank 1 (a dataset that mixes them):
-  a user-level ``mismatch`` finding on every rank, not an internal error;
+  from prompts or file names do: the tap agreement must carry them losslessly; and ``batch.photo`` is RGB on
+  rank 0 and grayscale on rank 1 (a dataset that mixes them): a user-level ``mismatch`` finding on every rank,
+  not an internal error;
 * ``apply_fails``: rank 1 cannot add the empty tap for a key only rank 0 has (an injected fault in the
   agreement on one rank only): every rank skips those checks together and says so once.
 """
@@ -65,11 +65,10 @@ def _worker(rank: int, scenario: str, out: str, port: int) -> None:
     for step in range(STEPS):
         x = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
         batch = {"image": x}
-        if scenario == "odd_keys":
+        if scenario == "odd_batches":
             batch["aux\nimg" if rank == 0 else "aux\timg"] = torch.rand(4, 3, 16, 16, generator=g)
             batch[os.fsdecode(b"cond\xff")] = torch.rand(4, 3, 16, 16, generator=g)
-        elif scenario == "channels":
-            batch["image"] = x if rank == 0 else x[:, :1]
+            batch["photo"] = x if rank == 0 else x[:, :1]  # RGB on rank 0, grayscale on rank 1
         elif scenario == "apply_fails" and rank == 0:
             batch["only_here"] = torch.rand(4, 3, 16, 16, generator=g)
         w.batch(batch)
@@ -123,9 +122,15 @@ def _keys(rec: dict, kind: str | None = None) -> list[tuple]:
     return [(f["kind"], f["where"], f["observed"], f["expected"]) for f in rec["findings"] if kind is None or f["kind"] == kind]
 
 
+@pytest.fixture(scope="module")
+def odd_batches(tmp_path_factory) -> tuple[dict, dict]:
+    """One run for both tests below (a two-process run costs half a minute)."""
+    return _launch("odd_batches", tmp_path_factory.mktemp("odd_batches"))
+
+
 @pytest.mark.slow
-def test_ddp_tap_names_with_newline_tab_and_lone_surrogate_agree(tmp_path):
-    r0, r1 = _launch("odd_keys", tmp_path)
+def test_ddp_tap_names_with_newline_tab_and_lone_surrogate_agree(odd_batches):
+    r0, r1 = odd_batches
     assert r0["steps"] == r1["steps"] == STEPS
     want = {"batch.image", "batch.aux\nimg", "batch.aux\timg", "batch." + os.fsdecode(b"cond\xff")}
     assert want <= set(r0["taps"]) and set(r0["taps"]) == set(r1["taps"]), (r0["taps"], r1["taps"])
@@ -138,15 +143,15 @@ def test_ddp_tap_names_with_newline_tab_and_lone_surrogate_agree(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_channel_count_differing_between_ranks_is_a_mismatch_finding(tmp_path):
-    r0, r1 = _launch("channels", tmp_path)
+def test_ddp_channel_count_differing_between_ranks_is_a_mismatch_finding(odd_batches):
+    r0, r1 = odd_batches
     assert r0["steps"] == r1["steps"] == STEPS
     for rec in (r0, r1):
         assert not _keys(rec, "internal"), rec["findings"]
-        (m,) = [f for f in rec["findings"] if f["kind"] == "mismatch" and f["where"] == "batch.image"]
+        (m,) = [f for f in rec["findings"] if f["kind"] == "mismatch" and f["where"] == "batch.photo"]
         assert m["observed"] == "channels differ between ranks (3 on rank 0, 1 on rank 1)", m
-        assert rec["taps"]["batch.image"]["disabled"]
-        assert not rec["taps"]["0:input"]["disabled"]  # the other taps go on
+        assert rec["taps"]["batch.photo"]["disabled"]
+        assert not rec["taps"]["0:input"]["disabled"] and not rec["taps"]["batch.image"]["disabled"]  # the others go on
     assert _keys(r0) == _keys(r1)
 
 
