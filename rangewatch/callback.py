@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 
 from .engine.collectives import LightningCollectives
-from .config import load_options
+from .config import ConfigError, config_path, load_options
+from .engine.rng import rng_kept
 from .engine.watch import OPTIONS, Watch
 from .expect.expectation import Expectation
 from .findings.finding import Finding
@@ -116,6 +120,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
     findings table as text under ``rangewatch/findings``.
     """
 
+    @rng_kept
     def __init__(
         self,
         expect: dict[str, str] | None = None,
@@ -144,11 +149,20 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         options = dict(locals())
         #: the engine this callback drives (public: taps, findings, summaries, state)
         self.engine = Watch(**{k: options[k] for k in OPTIONS})
+        self._home_pid = os.getpid()  # the process the user made it in (spawned ranks hand their findings back)
+        self._handback_id = uuid.uuid4().hex  # os.urandom: no draw from the user's generators
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RangeWatch":
         """Options from a plain YAML file (top level, under ``rangewatch:``, or a LightningCLI entry)."""
-        return cls(**load_options(path, cls.__init__))
+        options = load_options(path, cls.__init__)  # ConfigErrors name the file
+        origin = str(config_path(path))
+        try:
+            watch = cls(**options)
+        except ConfigError as e:  # a bad value: name the file it came from
+            raise ConfigError(f"{origin}: {e}") from None
+        watch.engine.origin = origin  # a submodule the model lacks (found at fit start) names it too
+        return watch
 
     @property
     def state_key(self) -> str:
@@ -157,6 +171,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
     # ------------------------------------------------------------------ what the engine knows
     @property
     def findings(self) -> list[Finding]:
+        self._collect()
         return self.engine.findings
 
     @property
@@ -166,10 +181,12 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
     @property
     def taps(self) -> Any:
         """:attr:`rangewatch.Watch.taps`: every tap seen, read-only."""
+        self._collect()
         return self.engine.taps
 
     @property
     def notes(self) -> list[str]:
+        self._collect()
         return self.engine.notes
 
     def expectation_for(self, tap: str) -> Expectation | None:
@@ -177,12 +194,15 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         return self.engine.expectation_for(tap)
 
     def watching(self) -> str:
+        self._collect()
         return self.engine.watching()
 
     def summary_line(self) -> str:
+        self._collect()
         return self.engine.summary_line()
 
     # ------------------------------------------------------------------ lifecycle
+    @rng_kept
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         from .compat.namespaces import sync_rank_zero
 
@@ -190,10 +210,12 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         self.engine.connect(collectives=LightningCollectives(trainer), loggers=list(trainer.loggers),
                             clock=lambda: int(trainer.global_step), every=int(getattr(trainer, "log_every_n_steps", 50) or 50))
 
+    @rng_kept
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.engine.attach(pl_module)
         self._previews("training preview")
 
+    @rng_kept
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         engine = self.engine
         if not engine.derive_expectations or engine.loader_expectations:
@@ -223,14 +245,17 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         self.engine.preview_step()  # callbacks after this one see the step after the optimizer step
         self.engine.end_step()
 
+    @rng_kept
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.engine.flush_previews()
         self.engine.preview_step(context="training preview")
 
+    @rng_kept
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.engine.flush_previews()
         self.engine.preview_step(judge=True)  # LightningModule.on_train_epoch_end runs after the callbacks
 
+    @rng_kept
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.engine.attached:  # trainer.validate() without fit; a fit attached at its start
             self.engine.attach(pl_module)
@@ -245,34 +270,95 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.engine.flush_previews(log=False)
 
+    @rng_kept
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # validation taps only: the training windows are read (and reset) at the training check steps
         self.engine.check(split="val")
         self.engine.preview_step(judge=True)  # LightningModule.on_validation_epoch_end runs after the callbacks
 
+    @rng_kept
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.engine.end_validation()
         self.engine.flush_previews()  # also the previews of LightningModule.on_validation_epoch_end
         self.engine.preview_step(judge=False, context="training preview")
 
+    @rng_kept
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.engine.flush_previews()  # the last batch's on_train_batch_end previews, the last epoch end's
 
+    @rng_kept
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.engine.flush_previews()  # LightningModule.on_train_end's
         self.engine.report_unseen()  # a fit shorter than the check window: its declared taps never seen
         self.engine.say_summary()  # one line: taps checked, batches, findings
 
+    @rng_kept
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self.engine.detach()  # may raise RangeMismatchError (policy="raise") for the last previews
+        try:
+            self.engine.detach()  # may raise RangeMismatchError (policy="raise") for the last previews
+        finally:
+            if os.getpid() != self._home_pid and int(getattr(trainer, "global_rank", 0)) == 0:
+                self._hand_back()
 
+    @rng_kept
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.engine.abort(exception)
 
+    # ------------------------------------------------------------------ spawned ranks (ddp_spawn, ddp_fork, ddp_notebook)
+    # The Trainer runs in processes it starts (the callback pickled into them, or forked) and brings back the
+    # model's weights and callback_metrics only: rank zero leaves the engine's state (findings, batch count,
+    # windows) in a file named after this callback, and the callback in the user's process reads it on the
+    # first look at its results (findings, notes, taps, watching, summary_line, state_dict).
+    def _handback_path(self) -> str:
+        return os.path.join(tempfile.gettempdir(), f"rangewatch-handback-{self._handback_id}.pt")
+
+    def _hand_back(self) -> None:
+        import torch
+
+        path = self._handback_path()
+        try:
+            full = self.engine.state_dict()  # the findings and the batch count; windows stay behind (the fit is over)
+            state = {"state": {**full, "taps": {}}, "notes": dict(self.engine._notes)}
+            torch.save(state, path + ".part")
+            os.replace(path + ".part", path)
+        except Exception as e:  # noqa: BLE001  (never the cause of a failed run)
+            self.engine.internal("ddp", e, "handing the findings back to the process that started the fit",
+                                 consequence="the findings stay in the spawned processes' output only")
+
+    def _collect(self) -> None:
+        if os.getpid() != self.__dict__.get("_home_pid"):
+            return
+        path = self._handback_path()
+        if not os.path.exists(path):
+            return
+        import torch
+
+        try:
+            state = torch.load(path, weights_only=True)
+            os.remove(path)
+            self.engine.load_state_dict(state["state"])
+            self.engine._notes.update(state.get("notes", {}))
+        except Exception as e:  # noqa: BLE001
+            self.engine.internal("ddp", e, "reading the findings handed back by the spawned processes",
+                                 consequence="the findings stay in the spawned processes' output only")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the engine pickles its options and state (Watch.__getstate__); Lightning's bound LightningModule.log /
+        # log_dict, put on every callback at fit start, are put there again at the next fit
+        return {k: v for k, v in self.__dict__.items() if k not in ("log", "log_dict")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if os.getpid() == self.__dict__.get("_home_pid"):  # a copy in this process: its own hand-back file
+            self._handback_id = uuid.uuid4().hex
+
     # ------------------------------------------------------------------ state
+    @rng_kept
     def state_dict(self) -> dict[str, Any]:
+        self._collect()
         return self.engine.state_dict()
 
+    @rng_kept
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.engine.load_state_dict(state_dict)
 

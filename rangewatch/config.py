@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 import reprlib
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +18,7 @@ import yaml
 from .expect.conventions import get_convention, list_conventions
 
 __all__ = ["ConfigError", "load_options", "read_yaml", "check_choice", "check_int", "check_float", "check_expect", "check_str_list",
-           "check_trace_modules"]
+           "check_trace_modules", "check_modules", "config_path"]
 
 #: upper bounds of the size options (each allocates per tap, per channel or per traced call)
 MAX_HIST_BINS = 4096
@@ -90,6 +91,32 @@ def check_str_list(key: str, value: Any, origin: str = "", allow_none: bool = Tr
     return list(value)
 
 
+def check_modules(value: Any, origin: str = "") -> list[str]:
+    """``modules=``: submodule names, each optionally with ``:input`` / ``:output`` (whether they exist is
+    checked against the model at fit start)."""
+    out = check_str_list("modules", value, origin) or []
+    for m in out:
+        if ":" in m and m.rsplit(":", 1)[1] not in ("input", "output"):
+            raise ConfigError(f"{_where('modules', origin)}option 'modules' entry {_short(m)}: after ':' use 'input' or 'output' "
+                              "(e.g. 'vae.encoder', 'vae.encoder:output')")
+    return out
+
+
+def config_path(path: Any) -> Path:
+    """The path of a config file as a :class:`~pathlib.Path`; anything else (a number, None, bytes, a path with
+    NUL) is a :class:`ConfigError`."""
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"config file path = {_short(path)} ({type(path).__name__}) must be a str or a pathlib.Path "
+                          "naming a .yaml file")
+    try:
+        p = Path(path)
+    except TypeError:  # an os.PathLike whose __fspath__ returns bytes
+        raise ConfigError(f"config file path = {_short(path)} must be a str or a pathlib.Path naming a .yaml file") from None
+    if "\x00" in str(p):
+        raise ConfigError(f"config file path {_short(str(p))} contains a NUL character: not a file name")
+    return p
+
+
 def check_trace_modules(value: Any, origin: str = "") -> str | list[str] | None:
     """``None``, ``"all"`` or a non-empty list of module names / patterns (whether they exist is
     checked against the model at fit start)."""
@@ -137,7 +164,7 @@ def load_options(path: str | Path, accepted: Callable) -> dict[str, Any]:
     Accepts the options at top level, under a ``rangewatch:`` key, as a LightningCLI callback entry
     (``class_path``/``init_args``), or a LightningCLI config with ``trainer.callbacks``.
     """
-    p = Path(path)
+    p = config_path(path)
     data = read_yaml(p)
     data = extract_rangewatch_options(data, str(p))
     allowed = [n for n in inspect.signature(accepted).parameters if n != "self"]
@@ -184,7 +211,7 @@ def read_yaml(path: str | Path) -> Any:
     a directory, not UTF-8 text (a binary file), too large, not YAML, or a structure that aliases
     (``&anchor`` / ``*alias``) expand past :data:`MAX_CONFIG_VALUES` values (a "billion laughs" file;
     measured on the node graph before anything is built or walked, so in bounded memory)."""
-    p = Path(path)
+    p = config_path(path)
     origin = str(p)
     try:
         if p.is_dir():

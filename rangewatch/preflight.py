@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-from .config import ConfigError, _short, read_yaml
+from .config import ConfigError, _short, config_path, read_yaml
 from .findings.finding import Finding
 
 __all__ = ["CheckError", "CheckReport", "TapResult", "load_check_config", "check", "run_check", "main_check"]
@@ -260,7 +260,7 @@ def _rangewatch_entries(trainer: Any, origin: str) -> list[tuple[str, Any]]:
 
 def load_check_config(path: str | os.PathLike) -> CheckConfig:
     """Read and validate the structure of a check config (classes are not imported here)."""
-    p = Path(path)
+    p = config_path(path)
     origin = str(p)
     data = read_yaml(p)  # every failure (missing, a directory, binary, not YAML, an alias bomb) is a ConfigError
     if not isinstance(data, dict):

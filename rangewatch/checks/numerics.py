@@ -43,6 +43,7 @@ from ..taps import compiled as compile_hooks
 from ..findings.finding import Finding, first_seen, nonfinite_finding
 from ..stats.range_stats import RangeStats, RangeSummary
 from ..taps.batches import odd_tensor_kind
+from ..taps.sharding import user_named_modules
 from ..taps.hooks import is_script_module
 
 __all__ = [
@@ -368,7 +369,7 @@ class ModuleTracer:
 
     @staticmethod
     def _select_all(model: nn.Module, modules: str | Sequence[str]) -> tuple[list[str], list[nn.Module]]:
-        named = list(model.named_modules())
+        named = user_named_modules(model)  # as the user named them (taps/sharding.py)
         if isinstance(modules, str) and modules == "all":
             picked = [(n, m) for n, m in named if next(m.children(), None) is None]
         else:

@@ -56,14 +56,26 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _os_error(e: OSError, out: str | None = None) -> int:
+    where = e.filename if e.filename is not None else out
+    hint = " (--out names a file; give a folder)" if isinstance(e, (FileExistsError, NotADirectoryError)) else ""
+    print(f"rangewatch report: cannot write or read {where!s}: {e.strerror or type(e).__name__}{hint}".replace("\n", " "),
+          file=sys.stderr)
+    return 2
+
+
 def _report(args: argparse.Namespace) -> int:
     from ..sinks.report import build_report
 
     try:
         path = build_report(args.logdir, args.out)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # no log directory, no event files, no rangewatch data
+        if isinstance(e, FileNotFoundError) and e.filename is not None:  # raised by the OS, not by build_report
+            return _os_error(e)
         print(f"rangewatch report: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # an --out that is a file, a folder it may not write, a full disk: one line, exit 2
+        return _os_error(e, args.out)
     print(path)
     return 0
 

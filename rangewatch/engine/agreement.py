@@ -10,14 +10,31 @@ Stopping together under ``policy="raise"`` is the findings log's (:mod:`rangewat
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
 
 from .tapset import _Tap
+from ..findings.finding import Finding
 from ..stats.range_stats import RangeStats, RangeSummary
 
 __all__ = ["RankAgreement"]
+
+
+def _ranks_differ(name: str, by_rank: dict[int, int], step: int | None) -> Finding:
+    """A ``mismatch`` finding: the ranks feed ``name`` tensors of different channel counts."""
+    seen = ", ".join(f"{c} on rank {r}" for r, c in sorted(by_rank.items()))
+    return Finding(
+        kind="mismatch", where=name, observed=f"channels differ between ranks ({seen})",
+        expected="the same channel count on every rank",
+        evidence=(f"{name} carries tensors with a different number of channels on different ranks ({seen}): the ranks see "
+                  "different data (a dataset that mixes grayscale and RGB images, or a batch key that holds other tensors "
+                  "on some ranks), so its statistics cannot be reduced across ranks; the tap is switched off on every rank"),
+        fix=(f"give {name} tensors of one channel count on every rank (convert grayscale images to RGB in the dataset, "
+             "e.g. PIL's .convert('RGB')), or skip the key with skip_keys"),
+        severity="warning", step=step,
+    )
 
 
 class RankAgreement:
@@ -36,25 +53,67 @@ class RankAgreement:
 
         return sync_fn
 
-    def _agree_on_taps(self) -> None:
+    def _agree_on_taps(self) -> bool:
         """Under DDP every rank must take part in the same reductions, in the same order. Ranks
-        exchange their taps (name, channel dim, and why rangewatch switched one off), add the
-        ones they lack as empty taps (a module called on one rank only, a batch key one rank
-        never saw) and switch off everywhere a tap switched off on any rank."""
-        # one line per tap: name, channel dim, and "" (on), the error text, or "-" (off: not an image)
-        lines = [f"{n}\t{t.channel_dim}\t{(t.error or '-').replace(chr(10), ' ') if t.disabled else ''}"
-                 for n, t in sorted(self._taps.items())]
-        payload = torch.tensor(list("\n".join(lines).encode()), dtype=torch.uint8)
-        for rank, part in enumerate(self.collectives.all_gather_varlen(payload)):
-            for line in bytes(part.cpu().tolist()).decode(errors="replace").splitlines():
-                name, cd, why = line.split("\t", 2)
+        exchange their taps (name, channel dim, channel count, and why rangewatch switched one off),
+        add the ones they lack as empty taps (a module called on one rank only, a batch key one rank
+        never saw) and switch off everywhere a tap switched off on any rank. A tap whose channel count
+        differs between ranks (the ranks see different data) is a ``mismatch`` finding, and switched
+        off on every rank (its statistics cannot be reduced).
+
+        Returns whether the ranks agree. The exchange is lossless for any tap name (JSON, non-ASCII and
+        lone surrogates escaped: names made from file names or prompts hold newlines, tabs and
+        ``os.fsdecode`` surrogates), and any failure in it, on any rank, is a decision every rank takes
+        together: all report it (once) and skip this check, so no rank runs a collective the others do not."""
+        coll = self.collectives
+        failure: str | None = None
+        try:
+            entries = [[n, t.channel_dim, int(t.stats.channels) if t.stats is not None else 0,
+                        (t.error or "-") if t.disabled else ""] for n, t in sorted(self._taps.items())]
+            payload = b"\x00" + json.dumps(entries, ensure_ascii=True).encode("ascii")
+        except Exception as e:  # noqa: BLE001  (said by every rank below, from the flag)
+            failure = f"{type(e).__name__}: {e}"
+            payload = b"\x01" + failure.encode("utf-8", "backslashreplace")
+        parts = coll.all_gather_bytes(payload)  # the one exchange: every rank reaches it
+        try:
+            remote = [(r, p[1:].decode("utf-8", "replace")) for r, p in enumerate(parts) if not p or p[:1] != b"\x00"]
+            if remote:  # the same bytes on every rank: every rank takes this branch
+                r, why = remote[0]
+                raise RuntimeError(f"rank {r} could not list its taps ({why or 'nothing sent'})")
+            tables = [json.loads(p[1:].decode("ascii")) for p in parts]
+            self._apply_agreement(tables)
+        except Exception as e:  # noqa: BLE001
+            failure = f"{type(e).__name__}: {e}"
+        # a failure on one rank only (applying the tables) must be every rank's decision
+        failed = coll.all_reduce_sum(torch.tensor([1.0 if failure else 0.0], device=coll.device))
+        if float(failed.reshape(-1)[0]) > 0:  # every rank: the same words, from the first rank that failed
+            texts = coll.all_gather_bytes((failure or "").encode("utf-8", "backslashreplace"))
+            r, why = next((r, t.decode("utf-8", "replace")) for r, t in enumerate(texts) if t)
+            self._internal("ddp", RuntimeError(f"on rank {r}: {why}"), None,
+                           consequence="every rank skips this check; training goes on")
+            return False
+        return True
+
+    def _apply_agreement(self, tables: list[list[list[Any]]]) -> None:
+        channels: dict[str, dict[int, int]] = {}
+        for rank, table in enumerate(tables):
+            for name, cd, c, why in table:
+                name, why = str(name), str(why)
                 tap = self._taps.get(name)
                 if tap is None:
-                    tap = self._placeholder_tap(name, None if cd == "None" else int(cd))
+                    tap = self._placeholder_tap(name, None if cd is None else int(cd))
+                if int(c) > 0:
+                    channels.setdefault(name, {})[rank] = int(c)
                 if why and not tap.disabled:
                     tap.disabled = True
                     if why != "-":  # an internal error on another rank: said here too (rank zero warns)
                         self._internal(name, RuntimeError(f"on rank {rank}: {why}"), tap)
+        for name, by_rank in sorted(channels.items()):
+            tap = self._taps[name]
+            if len(set(by_rank.values())) > 1 and not tap.disabled:
+                tap.disabled = True
+                tap.error = "its channel count differs between ranks"
+                self._early.append(_ranks_differ(name, by_rank, self._clock()))
 
     def _placeholder_tap(self, name: str, channel_dim: int | None) -> _Tap:
         """An empty tap for one that another rank has: it takes part in the reductions with no data."""
@@ -84,8 +143,14 @@ class RankAgreement:
         """Every rank's sampled values, so that every rank reaches the same verdict (a verdict that
         differs between ranks would make one rank raise alone). Every rank takes part, fed or not."""
         vs = tap.stats.value_sample
-        flat, c = vs.pending_flat()
-        if flat is None or c != channels:
-            flat = torch.zeros(0, dtype=torch.float64)
+        failed: BaseException | None = None
+        try:
+            flat, c = vs.pending_flat()
+            if flat is None or c != channels:
+                flat = torch.zeros(0, dtype=torch.float64)
+        except Exception as e:  # noqa: BLE001  (this rank still takes part, with nothing: no rank waits alone)
+            failed, flat = e, torch.zeros(0, dtype=torch.float64)
         parts = self.collectives.all_gather_varlen(flat)
+        if failed is not None:  # this tap is switched off here (the caller reports it), everywhere at the next agreement
+            raise failed
         vs.replace_pending(torch.cat([p.to(torch.float64).cpu() for p in parts]), channels)

@@ -32,7 +32,7 @@ class NumericsTracing:
             )
         except UnknownModuleError as e:
             raise ConfigError(
-                f"option 'trace_modules' = {_short(self.trace_modules)}: {e}; allowed: 'all' or names / patterns of "
+                f"{self.origin + ': ' if getattr(self, 'origin', None) else ''}option 'trace_modules' = {_short(self.trace_modules)}: {e}; allowed: 'all' or names / patterns of "
                 f"submodules of {type(model).__name__}"
             ) from None
         self._tracer = tracer.attach()  # attach() removes every hook it placed when one fails

@@ -8,6 +8,7 @@ tap it hit; and says a note once.
 
 from __future__ import annotations
 
+from .rng import rng_kept
 from .tapset import _Tap
 from ..findings.finding import Finding, internal_finding
 
@@ -28,6 +29,7 @@ class FindingsReporting:
     """The engine's findings reporting (a mixin of :class:`~rangewatch.engine.watch.Watch`): the findings log and
     the sinks, internal errors (each reported once, only the tap it hit switched off) and notes said once."""
 
+    @rng_kept
     def _report(self, new: list[Finding], step: int) -> list[Finding]:
         """Through the findings log (each finding once, the policy applied); the fresh ones to the sinks.
         Under several processes with ``policy="raise"``, every rank must call this together."""
@@ -43,6 +45,7 @@ class FindingsReporting:
 
         return self._log.report(new, gather=gather, on_fresh=write)
 
+    @rng_kept
     def _internal(self, where: str, error: BaseException, tap: _Tap | None, what: str | None = None,
                   consequence: str | None = None) -> None:
         if tap is not None:

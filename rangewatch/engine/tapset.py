@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
+from .rng import kept_rng
 from ..expect.expectation import Expectation
 from ..findings.finding import Finding, RangeMismatchError
 from ..checks.inference import Inference
@@ -61,6 +62,12 @@ class TapInfo:
     dtypes: tuple[str, ...]
     stats: RangeStats
     latent: Any  # the LatentMonitor of a latent tap, else None
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"steps_checked = {str(value)[:40]} is not a count")
+    return value
 
 
 class TapFeeding:
@@ -118,12 +125,18 @@ class TapFeeding:
 
             mon = LatentMonitor(exp.conv, channel_dim=channel_dim, dist_sync_fn=self._sync_fn())
             pending = self._pending_states.pop(name, None)
-            if pending is not None and "latent" in pending:  # a resumed fit goes on with the saved window
-                mon.load_state_dict(pending["latent"], device=t.device)
-                mon.stats.dtypes_seen = set(pending.get("dtypes", ()))
+            steps_checked = 0
+            if pending is not None:  # a resumed fit goes on with the saved window
+                try:
+                    if "latent" in pending:
+                        mon.load_state_dict(pending["latent"], device=t.device)
+                        mon.stats.dtypes_seen = set(pending.get("dtypes", ()))
+                    steps_checked = _count(pending.get("steps_checked", 0))
+                except Exception as e:  # noqa: BLE001
+                    mon = LatentMonitor(exp.conv, channel_dim=channel_dim, dist_sync_fn=self._sync_fn())
+                    self._unreadable_window(name, e)
             tap = _Tap(name, channel_dim, mon.stats, latent=mon)
-            if pending is not None:
-                tap.steps_checked = int(pending.get("steps_checked", 0))
+            tap.steps_checked = steps_checked
             self._taps[name] = tap
             return tap
         bounds = exp.convention if exp is not None and exp.conv.kind == "pixel" else None
@@ -132,15 +145,24 @@ class TapFeeding:
         if t.dim() == 4 and channel_dim == 3:
             tap.layout = f"read as channels-last (N, H, W, C): {tuple(t.shape)} has its {t.shape[3]} channels on dim 3"
         pending = self._pending_states.pop(name, None)
-        if pending is not None:
-            tap.bounds = pending.get("bounds", bounds)
-            tap.stats = self._make_stats(channel_dim, tap.bounds)
-            tap.stats.load_state_dict(pending["stats"])
-            tap.stats.dtypes_seen = set(pending.get("dtypes", ()))
-            tap.stats.to(t.device)
-            tap.steps_checked = int(pending.get("steps_checked", 0))
+        if pending is not None:  # a resumed fit goes on with the saved window
+            try:
+                saved = pending.get("bounds", bounds)
+                stats = self._make_stats(channel_dim, saved)
+                stats.load_state_dict(pending["stats"])
+                stats.dtypes_seen = {str(d) for d in pending.get("dtypes", ())}
+                stats.to(t.device)
+                tap.steps_checked = _count(pending.get("steps_checked", 0))
+                tap.bounds, tap.stats = saved, stats
+            except Exception as e:  # noqa: BLE001
+                self._unreadable_window(name, e)
         self._taps[name] = tap
         return tap
+
+    def _unreadable_window(self, name: str, error: BaseException) -> None:
+        """A saved window that cannot be read (a tampered or foreign checkpoint): said once, the tap starts empty."""
+        self._note_once("state", f"rangewatch: the saved window of {name} cannot be read ({type(error).__name__}: {str(error)[:200]}); "
+                                 "it is dropped and the tap starts an empty window (later ones are dropped the same way)")
 
     def _make_stats(self, channel_dim: int | None, bounds: str | None) -> RangeStats:
         # histograms only where they can be logged (decided alike on every rank: the states must match)
@@ -149,6 +171,14 @@ class TapFeeding:
 
     def _feed(self, name: str, t: torch.Tensor, channel_dim: int | None) -> None:
         tap = self._taps.get(name)
+        if tap is None or (self._detail and not tap.steps_checked):  # a tap's first tensor or first detail update:
+            # the user's random state kept (lazy imports happen then; later updates run code already run)
+            with kept_rng():
+                self._feed_tap(name, t, channel_dim, tap)
+        else:
+            self._feed_tap(name, t, channel_dim, tap)
+
+    def _feed_tap(self, name: str, t: torch.Tensor, channel_dim: int | None, tap: _Tap | None) -> None:
         try:
             if tap is None:
                 tap = self._new_tap(name, t, channel_dim)

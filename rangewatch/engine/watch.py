@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from .collectives import Collectives, SingleProcess
+from .rng import kept_rng, rng_kept
 from .agreement import RankAgreement
 from ..config import (
     MAX_CHECK_FIRST_N,
@@ -69,6 +70,7 @@ from ..config import (
     check_expect,
     check_float,
     check_int,
+    check_modules,
     check_str_list,
     check_trace_modules,
 )
@@ -87,8 +89,12 @@ from .tapset import TapFeeding, TapInfo, _Tap
 from .unseen import UnseenTaps
 from ..taps.batches import DEFAULT_SKIP_KEYS
 from ..taps.hooks import ModuleTaps, parse_tap_key
+from ..taps.sharding import user_name, user_named_modules
 
-__all__ = ["Watch", "TapInfo", "OPTIONS"]
+__all__ = ["Watch", "TapInfo", "OPTIONS", "STATE_VERSION"]
+
+#: the version of :meth:`Watch.state_dict` this rangewatch writes and reads
+STATE_VERSION = 1
 
 #: the options :class:`Watch` (and each front end) takes, in signature order
 OPTIONS = (
@@ -125,6 +131,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             step counter (advanced by :meth:`end_step`).
     """
 
+    @rng_kept
     def __init__(
         self,
         expect: dict[str, str] | None = None,
@@ -154,10 +161,11 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         messages: Callable[[str, str], None] | None = None,
         clock: Callable[[], int | None] | None = None,
     ) -> None:
-        self.expect = check_expect(expect)
+        # module paths as the user named them: FSDP1 / checkpoint-wrapper segments dropped (taps/sharding.py)
+        self.expect = {user_name(k): v for k, v in check_expect(expect).items()}
         self.batch_keys = check_str_list("batch_keys", batch_keys)
         self.skip_keys = tuple(check_str_list("skip_keys", skip_keys) or DEFAULT_SKIP_KEYS)
-        self.modules = check_str_list("modules", modules) or []
+        self.modules = [user_name(m) for m in check_modules(modules)]
         policy = check_choice("policy", policy, POLICIES)  # type: ignore[assignment]
         self.check_first_n = check_int("check_first_n", check_first_n, 0, maximum=MAX_CHECK_FIRST_N)
         self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, 1, allow_none=True)
@@ -181,6 +189,8 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         self.image_processors: dict[str, Any] = dict(image_processors or {})
 
         self.messages = messages
+        #: where the options came from (a YAML file: ``RangeWatch.from_yaml``), named in ConfigErrors found later
+        self.origin: str | None = None
         self._log = FindingsLog(policy, warn=self._warn)
         self.expectations: dict[str, Expectation] = {}
         self.collectives: Collectives = SingleProcess()
@@ -285,6 +295,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         """The check interval in steps."""
         return self._every
 
+    @rng_kept
     def connect(self, collectives: Collectives | None = None, loggers: list[Any] | None = None,
                 clock: Callable[[], int | None] | None = None, every: int | None = None,
                 histograms_logged: bool | None = None) -> None:
@@ -323,6 +334,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
     def _warn(self, text: str) -> None:
         self._say("warn", text)
 
+    @rng_kept
     def _say(self, level: str, text: str) -> None:
         if self.collectives.rank != 0:
             return
@@ -334,6 +346,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         without loggers): a front end writes its own images, scalars and text through them."""
         return self._sink
 
+    @rng_kept
     def report(self, findings: list[Finding], step: int | None = None) -> list[Finding]:
         """Report findings a front end's own checks built (a diffusers pipeline's, say) through the
         findings log (each once, the policy applied: may raise :class:`~rangewatch.RangeMismatchError`)
@@ -341,12 +354,14 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         rank must call this together."""
         return self._report(list(findings), self._now() if step is None else int(step))
 
+    @rng_kept
     def internal(self, where: str, error: BaseException, what: str, consequence: str | None = None) -> None:
         """A front end's own piece ``where`` failed with ``error`` while doing ``what``: reported once
         (an ``internal`` finding and one warning), as the engine reports its own; the front end switches
         that piece off and says so in ``consequence`` (default: the step is skipped, the run goes on)."""
         self._internal(where, error, None, what=what, consequence=consequence)
 
+    @rng_kept
     def note(self, text: str, key: str | None = None) -> None:
         """Say ``text`` once (per ``key``, default the text itself)."""
         self._note_once(key or text, text)
@@ -454,6 +469,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             self.check(split="val")
         self._phase = ""
 
+    @rng_kept
     def check(self, step: int | None = None, split: str = "train") -> None:
         """Check the taps of ``split`` (``"train"``: also the tracer and the loss networks) now: read
         the statistics (a collective under several processes: every rank must call it), judge, log,
@@ -465,6 +481,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         if split == "val":
             self._detail = False
 
+    @rng_kept
     def summaries(self, split: str = "train") -> dict[str, RangeSummary]:
         """The current window of each fed tap of ``split``, computed without starting a new one (a
         collective under several processes)."""
@@ -484,6 +501,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         device (a small sync; a collective under several processes)."""
         return self._nonfinite_now()
 
+    @rng_kept
     def close(self) -> None:
         """Report what is pending (previews), take every hook off, say the summary line."""
         try:
@@ -513,6 +531,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             self._internal("console", e, None)
             return []
 
+    @rng_kept
     def say_summary(self) -> None:
         """Say :meth:`summary_line` (rank zero)."""
         try:
@@ -531,6 +550,38 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
     def __repr__(self) -> str:
         return f"Watch(expect={self.expect}, policy={self.policy!r})"
 
+    # ------------------------------------------------------------------ pickling and copying
+    def __getstate__(self) -> dict[str, Any]:
+        """What a copy or a pickle carries (``ddp_spawn``, LightningCLI, Ray Tune and Optuna copy callbacks,
+        before and after a fit): the options and :meth:`state_dict` (findings, batch count, open windows), never
+        the hooks, the tracer, the preview watch, the loggers, the collectives or the step clock, which the next
+        :meth:`connect` and :meth:`attach` place again. A ``messages`` callable that cannot be pickled (a lambda)
+        falls back to the default voice in a pickle."""
+        import pickle
+
+        messages = self.messages
+        if messages is not None:
+            try:
+                pickle.dumps(messages)
+            except Exception:  # noqa: BLE001
+                messages = None
+        options = {k: getattr(self, k) for k in OPTIONS}
+        options["skip_keys"] = list(self.skip_keys)
+        options["policy"] = self.policy
+        return {
+            "options": options, "messages": messages, "state": self.state_dict(), "notes": dict(self._notes),
+            "every": self._every, "own_step": self._own_step, "announced": self._announced, "origin": self.origin,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state["options"], messages=state.get("messages"))  # type: ignore[misc]
+        self.load_state_dict(state["state"])
+        self._notes.update(state.get("notes", {}))
+        self._every = int(state.get("every", self._every))
+        self._own_step = int(state.get("own_step", 0))
+        self._announced = bool(state.get("announced", False))
+        self.origin = state.get("origin")
+
     # ------------------------------------------------------------------ expectations
     # declared, derived and loader-contradiction pieces: engine_expectations.ExpectationSources
 
@@ -545,6 +596,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             return self._loader_expect.get("train")
         return None
 
+    @rng_kept
     def watch_previews(self, context: str = "training preview") -> None:
         """Observe the calls that turn tensors into images (until :meth:`detach`); ``context`` names
         the phase in the findings (``"training preview"``, ``"validation preview"``)."""
@@ -579,6 +631,12 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         """Report the findings of the calls made since the last hook (at the step of each call) and log
         their corrected previews. Under DDP preview calls happen on some ranks only, so their findings
         wait for the next check (or the end of the fit), where every rank takes part."""
+        if not self._vis_pending and (not log or self._vis is None or not self._vis.has_previews):
+            return  # nothing to report or log (every step: kept cheap)
+        with kept_rng():
+            self._flush_previews(log, final)
+
+    def _flush_previews(self, log: bool, final: bool) -> None:
         if self.collectives.world_size == 1:
             if self._vis_pending:
                 pending, self._vis_pending[:] = list(self._vis_pending), []
@@ -601,6 +659,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         except Exception as e:
             self._internal("visualization", e, None, what="logging the corrected previews")
 
+    @rng_kept
     def attach(self, model: nn.Module, tensor_taps: bool = False) -> "Watch":
         """Read what the model expects from its metadata (unless ``derive_expectations=False``), hook
         the named submodules, the loss networks and the tracer. Raises :class:`~rangewatch.ConfigError`
@@ -650,13 +709,13 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             if self._tracer is not None:
                 self._tracer.detach()
                 self._tracer = None
-            names = [n for n, _ in model.named_modules() if n]
+            names = [n for n, _ in user_named_modules(model) if n]
             msgs = []
             for m in missing:
                 close = difflib.get_close_matches(m, names, n=3)
                 msgs.append(f"{m!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
             raise ConfigError(
-                f"RangeWatch: no submodule named {', '.join(msgs)} in {type(model).__name__}; "
+                f"{self.origin + ': ' if self.origin else ''}RangeWatch: no submodule named {', '.join(msgs)} in {type(model).__name__}; "
                 f"named submodules include: {', '.join(names[:25])}{' ...' if len(names) > 25 else ''}"
             )
         if self.expectations:
@@ -664,6 +723,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             self._info("rangewatch expectations:\n" + "\n".join(lines))
         return self
 
+    @rng_kept
     def predict_loaders(self, train: Any = None, val: Any = None) -> None:
         """What the loaders' transforms produce (read from their datasets' transforms, no batch is
         pulled); a disagreement with a module's expectation is reported at once (the cheapest possible
@@ -702,6 +762,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         except Exception as e:
             self._internal("transform inspection", e, None)
 
+    @rng_kept
     def detach(self) -> None:
         """Take every hook off the model and stop observing previews (their last findings are
         reported: under ``policy="raise"`` this may raise). A later :meth:`attach` starts a new fit."""
@@ -718,6 +779,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
                 self._tracer.detach()
                 self._tracer = None
 
+    @rng_kept
     def abort(self, exception: BaseException | None = None) -> None:
         """The run failed with ``exception``: take every hook off; unless rangewatch itself stopped
         the run, let the tracer still name where NaN/Inf came from (a NaN loss that raised)."""
@@ -747,11 +809,8 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
 
     def _check(self, which: Callable[[str], bool], step: int | None = None, train_check: bool = False) -> None:
         step = self._now() if step is None else step
-        if self.collectives.world_size > 1:
-            try:
-                self._agree_on_taps()
-            except Exception as e:  # noqa: BLE001  (then each rank goes on with the taps it has)
-                self._internal("ddp", e, None)
+        if self.collectives.world_size > 1 and not self._agree_on_taps():
+            return  # every rank skips this check together (said once); the windows go on filling
         new: list[Finding] = list(self._early)  # found in hooks since the last check (a declared convention that does not fit)
         self._early.clear()
         if self._vis_pending and self.collectives.world_size > 1:  # previews judged on some ranks only: reported here, where all ranks are
@@ -863,6 +922,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
     # findings are reported in engine_findings.FindingsReporting
 
     # ------------------------------------------------------------------ state
+    @rng_kept
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps: the findings log, the batch count and each tap's open window (statistics,
         bounds, latent monitor state), so that a resumed run neither repeats findings nor loses data."""
@@ -886,18 +946,41 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             except Exception as e:  # noqa: BLE001
                 self._internal(name, e, tap)
         return {
-            "version": 1,
+            "version": STATE_VERSION,
             "train_batches": self._train_batches,
             **self._log.state_dict(),
             "taps": taps,
         }
 
+    @rng_kept
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Resume from :meth:`state_dict`: taps take their saved window when they are first seen again."""
-        self._train_batches = int(state_dict.get("train_batches", 0))
+        """Resume from :meth:`state_dict`: taps take their saved window when they are first seen again.
+
+        A state this version cannot read (another ``version``, a foreign or tampered dict) never stops the
+        resume: it is noted once and dropped (the run goes on from an empty state); a tap whose saved window
+        cannot be read starts an empty one."""
+        try:
+            if not isinstance(state_dict, Mapping):
+                raise ValueError(f"a {type(state_dict).__name__}, not a mapping")
+            version = state_dict.get("version")
+            if version != STATE_VERSION:
+                raise ValueError(f"version {_short(version)}; this rangewatch reads version {STATE_VERSION}")
+            batches = state_dict.get("train_batches", 0)
+            if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
+                raise ValueError(f"train_batches = {_short(batches)} is not a count")
+            taps = state_dict.get("taps") or {}
+            if not isinstance(taps, Mapping) or not all(isinstance(k, str) and isinstance(v, Mapping) for k, v in taps.items()):
+                raise ValueError(f"taps = {_short(taps)} is not a mapping of tap names to saved windows")
+            log = FindingsLog(self.policy)
+            log.load_state_dict(state_dict)  # into a fresh log first: a bad findings list changes nothing
+        except Exception as e:  # noqa: BLE001  (a resume never fails on rangewatch's state)
+            self._note_once("state", f"rangewatch: the saved rangewatch state cannot be read ({type(e).__name__}: {str(e)[:200]}); "
+                                     "it is dropped and the run goes on from an empty rangewatch state")
+            return
+        self._train_batches = batches
         if self._window_closed():  # the saved run held its declared taps to account at its window's end
             self._unseen_done = True
             self._unprobe()
-        self._log.load_state_dict(state_dict)
+        self._log.reported, self._log.findings = log.reported, log.findings
         self._taps.clear()
-        self._pending_states = dict(state_dict.get("taps", {}))
+        self._pending_states = dict(taps)

@@ -66,6 +66,7 @@ import torch.nn as nn
 
 from .conventions import Convention, get_convention, list_conventions
 from .expectation import Expectation
+from ..taps.sharding import user_named_modules
 from ..integrations import comfy as _comfy
 from ..integrations import compvis as _compvis
 from ..integrations import diffusers as _diffusers
@@ -206,7 +207,7 @@ class _Deriver:
         self.procs = dict(image_processors or {})
         self.notes = notes if notes is not None else []
         self.out: dict[str, Expectation] = {}
-        self.modules = dict(root.named_modules())
+        self.modules = dict(user_named_modules(root))  # through sharding wrappers (taps/sharding.py)
 
     def note(self, text: str) -> None:
         self.notes.append(text)

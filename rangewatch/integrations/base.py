@@ -18,6 +18,7 @@ from typing import Any, Callable, Literal
 import torch
 
 from ..checks.fixes import conversion_fix
+from ..taps.sharding import user_class
 
 __all__ = ["Expects", "Reading", "Watched", "span_conventions", "module_of", "bind"]
 
@@ -65,7 +66,7 @@ class Watched:
 
 def module_of(obj: Any) -> str:
     """The module a class comes from (``"lpips.lpips"``); never imports anything."""
-    return getattr(type(obj), "__module__", "") or ""
+    return getattr(user_class(obj), "__module__", "") or ""
 
 
 def bind(fn: Callable, args: tuple, kwargs: dict, skip_self: bool = False) -> dict[str, Any] | None:

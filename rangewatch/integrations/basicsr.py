@@ -28,6 +28,7 @@ from typing import Any
 from torch import nn
 
 from ..checks.fixes import conversion_fix
+from ..taps.sharding import user_class
 from .base import Expects, Reading, Watched, bind, module_of
 
 __all__ = ["recognise", "FUNCTIONS", "vgg_expects"]
@@ -63,7 +64,7 @@ def recognise(m: nn.Module) -> Watched | None:
     """basicsr ``PerceptualLoss`` and ``VGGFeatureExtractor``; None for anything else."""
     if not module_of(m).startswith("basicsr"):
         return None
-    name = type(m).__name__
+    name = user_class(m).__name__
     if name == "PerceptualLoss":
         vgg = getattr(m, "vgg", None)
         if vgg is None or type(vgg).__name__ != "VGGFeatureExtractor":
@@ -76,7 +77,7 @@ def recognise(m: nn.Module) -> Watched | None:
     else:
         return None
     exp = vgg_expects(bool(getattr(vgg, "use_input_norm", True)), bool(getattr(vgg, "range_norm", False)), name)
-    forward = type(m).forward
+    forward = user_class(m).forward
 
     def read(args: tuple, kwargs: dict) -> Reading | None:
         b = bind(forward, args, kwargs, skip_self=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from torch import nn
 
 from .metadata import Deriving, library_of
+from ..taps.sharding import user_class
 
 __all__ = ["read_expectations"]
 
@@ -51,7 +52,7 @@ def read_expectations(d: Deriving, path: str, m: nn.Module) -> bool:
     """CompVis-family autoencoders, recognised by the class and the module it comes from (also
     through subclasses): [-1, 1] at the encoder's input and the decoder's output."""
     origin = None
-    for cls in type(m).__mro__:
+    for cls in user_class(m).__mro__:
         if (cls.__module__ or "", cls.__name__) in _COMPVIS_NOT_PIXELS:
             return False
         repo = _COMPVIS_VAES.get((cls.__module__ or "", cls.__name__))

@@ -14,6 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from .metadata import Deriving, library_of
+from ..taps.sharding import user_class
 
 __all__ = ["read_expectations"]
 
@@ -30,7 +31,7 @@ _NO_LATENT = {"AutoencoderTiny"}
 
 def read_expectations(d: Deriving, path: str, m: nn.Module) -> bool:
     """The diffusers autoencoder ``m`` (by class name, from ``diffusers``): its pixel sides and its latent."""
-    cls = type(m).__name__
+    cls = user_class(m).__name__
     if library_of(m) != "diffusers" or cls not in _DIFFUSERS_VAES:
         return False
     children = dict(m.named_children())

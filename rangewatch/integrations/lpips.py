@@ -22,6 +22,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..checks.fixes import conversion_fix
+from ..taps.sharding import user_class
 from .base import Expects, Reading, Watched, bind, module_of
 
 __all__ = ["recognise", "lpips_expects", "has_lpips_scaling_layer"]
@@ -64,14 +65,14 @@ def lpips_expects(normalize: bool, call: str, switch_on: str, switch_off: str) -
 
 def recognise(m: nn.Module) -> Watched | None:
     """``lpips.LPIPS`` (any trunk); None for anything else."""
-    if not module_of(m).startswith("lpips") or type(m).__name__ != "LPIPS":
+    if not module_of(m).startswith("lpips") or user_class(m).__name__ != "LPIPS":
         return None
     net = getattr(m, "pnet_type", "?")
     version = str(getattr(m, "version", "0.1"))
     what = f"lpips.LPIPS(net={net!r})"
     if version != "0.1":  # v0.0 skips the ScalingLayer: its range is not documented
         return Watched("lpips", what, "forward", lambda a, k: None, note=f"LPIPS version {version!r}: input range not judged")
-    forward = type(m).forward
+    forward = user_class(m).forward
 
     def read(args: tuple, kwargs: dict) -> Reading | None:
         b = bind(forward, args, kwargs, skip_self=True)

@@ -16,13 +16,14 @@ from typing import Any, Protocol
 from torch import nn
 
 from ..expect.conventions import Convention
+from ..taps.sharding import user_class
 
 __all__ = ["Deriving", "library_of", "class_of_origin", "put_autoencoder"]
 
 
 def library_of(m: nn.Module) -> str:
     """The top-level package a module's class comes from (``"diffusers"``); never imports anything."""
-    return (type(m).__module__ or "").split(".", 1)[0]
+    return (user_class(m).__module__ or "").split(".", 1)[0]
 
 
 class Deriving(Protocol):

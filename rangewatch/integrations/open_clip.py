@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from .metadata import Deriving, library_of
+from ..taps.sharding import user_class
 
 __all__ = ["read_expectations"]
 
@@ -25,7 +26,7 @@ def read_expectations(d: Deriving, path: str, m: nn.Module) -> bool:
     how = "preprocess_cfg"
     if mean is None or std is None:
         mean, std, how = attrs.get("image_mean"), attrs.get("image_std"), "image_mean/image_std"
-    cls = type(m).__name__
+    cls = user_class(m).__name__
     if mean is None or std is None:
         # a visual tower built without create_model: open_clip's own default preprocessing
         if cls not in ("VisionTransformer", "ModifiedResNet", "TimmModel") or not path.split(".")[-1] == "visual":

@@ -19,6 +19,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..checks.fixes import conversion_fix
+from ..taps.sharding import user_class
 from .base import Expects, Reading, Watched, bind, module_of
 from .lpips import has_lpips_scaling_layer
 
@@ -30,10 +31,10 @@ _ORIGINS = ("taming.", "ldm.", "sgm.")
 def recognise(m: nn.Module) -> Watched | None:
     """``taming.modules.losses.lpips.LPIPS`` and latent-diffusion copies; None for anything else."""
     mod = module_of(m)
-    if not mod.startswith(_ORIGINS) or type(m).__name__ != "LPIPS" or not has_lpips_scaling_layer(m):
+    if not mod.startswith(_ORIGINS) or user_class(m).__name__ != "LPIPS" or not has_lpips_scaling_layer(m):
         return None
     call = f"{mod}.LPIPS"
-    forward = type(m).forward
+    forward = user_class(m).forward
     exp = Expects(("symmetric",), "[-1,1]", f"{call} feeds its input straight to the LPIPS ScalingLayer, written for [-1,1]",
                   lambda observed: conversion_fix(observed, "symmetric", f"{call} (it has no normalize flag)"))
 

@@ -12,6 +12,7 @@ import sys
 from torch import nn
 
 from .metadata import Deriving, library_of
+from ..taps.sharding import user_class
 
 __all__ = ["read_expectations"]
 
@@ -32,7 +33,7 @@ def read_expectations(d: Deriving, path: str, m: nn.Module) -> bool:
         d.note(f"timm model at {path or 'root'} has no mean/std in its pretrained_cfg")
         return True
     pc = getattr(m, "pretrained_cfg", {}) or {}
-    arch = pc.get("architecture") or type(m).__name__
+    arch = pc.get("architecture") or user_class(m).__name__
     tag = pc.get("tag")
     ident = f"{arch}.{tag}" if tag else arch
     src = f"timm pretrained_cfg of {path or 'the root module'} ({ident})"

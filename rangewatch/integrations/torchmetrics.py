@@ -28,6 +28,7 @@ from typing import Any
 from torch import nn
 
 from ..checks.fixes import conversion_fix
+from ..taps.sharding import user_class
 from .base import Expects, Reading, Watched, bind, data_range_fix, module_of, span_conventions
 from .lpips import lpips_expects
 
@@ -88,7 +89,7 @@ def recognise(m: nn.Module) -> Watched | None:
     """torchmetrics LPIPS, FID/KID/IS, PSNR/SSIM metric objects; None for anything else."""
     if not module_of(m).startswith("torchmetrics"):
         return None
-    cls = type(m).__name__
+    cls = user_class(m).__name__
     if cls == "LearnedPerceptualImagePatchSimilarity":
         normalize = bool(getattr(m, "normalize", False))
         exp = lpips_expects(normalize, cls, f"construct {cls}(normalize=True)", f"construct {cls}(normalize=False)")
@@ -112,7 +113,7 @@ def recognise(m: nn.Module) -> Watched | None:
 
 
 def _pair(m: nn.Module, args: tuple, kwargs: dict, exp: Expects, names: tuple[str, ...]) -> Reading | None:
-    update = getattr(type(m), "update", None)
+    update = getattr(user_class(m), "update", None)
     b = bind(update, args, kwargs, skip_self=True) if update is not None else None
     if b is None:
         return None

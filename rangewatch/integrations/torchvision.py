@@ -18,6 +18,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..checks.fixes import conversion_fix
+from ..taps.sharding import user_class
 from .base import Expects, Reading, Watched, module_of
 
 __all__ = ["recognise"]
@@ -31,12 +32,12 @@ _CLASSIFIERS = {
 
 def recognise(m: nn.Module) -> Watched | None:
     """A frozen torchvision classifier; None for anything else (a trainable one is not judged)."""
-    if not module_of(m).startswith("torchvision.models") or type(m).__name__ not in _CLASSIFIERS:
+    if not module_of(m).startswith("torchvision.models") or user_class(m).__name__ not in _CLASSIFIERS:
         return None
     params = list(m.parameters())
     if not params or any(p.requires_grad for p in params):
         return None
-    call = f"torchvision {type(m).__name__}"
+    call = f"torchvision {user_class(m).__name__}"
     exp = Expects(("imagenet",), "ImageNet mean/std", f"frozen {call} (torchvision ImageNet weights: ImageNet mean/std on [0,1])",
                   lambda observed: conversion_fix(observed, "imagenet", call))
 

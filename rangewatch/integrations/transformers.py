@@ -15,6 +15,7 @@ import sys
 from torch import nn
 
 from .metadata import Deriving, library_of
+from ..taps.sharding import user_class
 
 __all__ = ["read_expectations", "HF_MODEL_TYPES"]
 
@@ -65,6 +66,6 @@ def read_expectations(d: Deriving, path: str, m: nn.Module) -> bool:
             return True
     if mt in HF_MODEL_TYPES:
         conv, why = HF_MODEL_TYPES[mt]
-        d.put(tap, "input", conv, f"transformers {type(m).__name__} (model_type {mt!r}) at {path or 'the root module'}: {why}")
+        d.put(tap, "input", conv, f"transformers {user_class(m).__name__} (model_type {mt!r}) at {path or 'the root module'}: {why}")
         return True
     return False  # not a vision model we know: let rules look inside (e.g. a vision tower in a VLM)

@@ -38,6 +38,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import threading
@@ -50,6 +51,8 @@ from torch import nn
 from ..expect.conventions import get_convention
 from ..findings.finding import Finding, first_seen, internal_finding, note_finding
 from ..checks.inference import infer_convention
+from ..taps.sharding import user_class, user_named_modules
+from ..engine.rng import kept_rng
 from ..stats.range_stats import RangeStats, RangeSummary
 from . import basicsr as _basicsr
 from . import lpips as _lpips
@@ -78,15 +81,15 @@ def find_loss_networks(root: nn.Module) -> dict[str, Watched]:
     outermost recognised module wins. Never imports a library."""
     found: dict[str, Watched] = {}
     inside: list[str] = []
-    for name, m in root.named_modules():
+    for name, m in user_named_modules(root):
         if any(name.startswith(p + ".") for p in inside) or (inside and "" in inside):
             continue
-        origin = getattr(type(m), "__module__", "") or ""
+        origin = getattr(user_class(m), "__module__", "") or ""
         for prefixes, recognise in RECOGNISERS:
             if origin.startswith(prefixes):
                 w = recognise(m)
                 if w is not None:
-                    w.name = name or type(m).__name__  # the root itself: named by its class
+                    w.name = name or user_class(m).__name__  # the root itself: named by its class
                     found[name] = w
                     inside.append(name)
                 break
@@ -116,6 +119,7 @@ class _Target:
     previous_update: Any = None
     had_update: bool = False
     seen: set = field(default_factory=set)
+    kept: bool = False  # its first call ran with the user's random state kept (engine/rng.py)
 
 
 def _as_tensor(x: Any) -> torch.Tensor | None:
@@ -255,6 +259,7 @@ class LossWatch:
         self._reported: set[tuple] = set()
         self._functions_on = False
         self._off_functions: set[str] = set()
+        self._kept_functions: set[str] = set()  # functions whose first call ran with the user's random state kept
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ attach / detach
@@ -272,7 +277,7 @@ class LossWatch:
                     self._pending.append(note_finding(f"{w.name}:input", w.what, evidence=w.note, fix="none needed"))
                 continue
             t = _Target(w)
-            m = root.get_submodule(name) if name else root
+            m = dict(user_named_modules(root)).get(name, root) if name else root
             t.module = m
             if w.method == "forward":
                 t.handle = m.register_forward_pre_hook(self._pre_hook(t), with_kwargs=True)
@@ -324,6 +329,14 @@ class LossWatch:
     def _observe(self, name: str, t: _Target, args: tuple, kwargs: dict) -> None:
         if torch.compiler.is_compiling():
             return
+        if t.kept:
+            self._observe_call(name, t, args, kwargs)
+        else:  # the first call (lazy imports, first reading): the user's random state kept
+            with kept_rng():
+                self._observe_call(name, t, args, kwargs)
+            t.kept = True
+
+    def _observe_call(self, name: str, t: _Target, args: tuple, kwargs: dict) -> None:
         try:
             reading = t.watched.read(args, kwargs)
             if reading is not None:
@@ -335,13 +348,16 @@ class LossWatch:
     def _on_function(self, fn_name: str, original: Callable, reader: Callable, args: tuple, kwargs: dict) -> None:
         if fn_name in self._off_functions or torch.compiler.is_compiling():
             return
-        try:
-            reading = reader(original, args, kwargs)
-            if reading is not None:
-                self._feed(fn_name, fn_name, reading)
-        except Exception as e:  # noqa: BLE001
-            self._off_functions.add(fn_name)
-            self._internal(fn_name, e)
+        first = fn_name not in self._kept_functions
+        with kept_rng() if first else contextlib.nullcontext():  # the first call: the user's random state kept
+            try:
+                reading = reader(original, args, kwargs)
+                if reading is not None:
+                    self._feed(fn_name, fn_name, reading)
+            except Exception as e:  # noqa: BLE001
+                self._off_functions.add(fn_name)
+                self._internal(fn_name, e)
+        self._kept_functions.add(fn_name)
 
     def _stage_now(self) -> tuple[str, int | None]:
         return self._stage() if self._stage is not None else _default_stage(self.root)
@@ -360,11 +376,12 @@ class LossWatch:
                 if w is None:
                     w = self._windows[key] = _Window(where, arg, what, reading.expects, cd, RangeStats(channel_dim=cd, sync_on_compute=False))
             with torch.no_grad():
-                if not w.judged:  # the first call: judged now (one host transfer, once)
-                    w.stats.update(x.detach(), detail=True)
-                    w.judged = True
-                    self._judge(w, w.stats.compute(), step)
-                    w.stats.reset()
+                if not w.judged:  # the first call: judged now (one host transfer, once), the user's random state kept
+                    with kept_rng():
+                        w.stats.update(x.detach(), detail=True)
+                        w.judged = True
+                        self._judge(w, w.stats.compute(), step)
+                        w.stats.reset()
                 else:
                     w.stats.update(x.detach(), moments=False)
                     w.fed = True

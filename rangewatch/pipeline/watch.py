@@ -66,6 +66,7 @@ from typing import Any, Callable
 import torch
 
 from . import checks as pc
+from ..engine.rng import kept_rng, rng_kept
 from ..expect.conventions import get_convention
 from ..engine.watch import Watch
 from ..expect.expectation import Expectation
@@ -189,6 +190,7 @@ class PipelineWatch:
             print(f)
     """
 
+    @rng_kept
     def __init__(
         self,
         pipe: Any,
@@ -258,6 +260,7 @@ class PipelineWatch:
     def __exit__(self, *exc: Any) -> None:
         self.detach()
 
+    @rng_kept
     def attach(self) -> "PipelineWatch":
         """Install the call wrapper, the decode wrapper and the tracers (idempotent)."""
         if self._active:
@@ -297,6 +300,7 @@ class PipelineWatch:
         if self.trace == "all" and isinstance(self.denoiser, torch.nn.Module):
             self._tracers.append(ModuleTracer(self.denoiser, "all", history=4, headroom_share=self.headroom_share).attach())
 
+    @rng_kept
     def detach(self) -> None:
         """Remove everything :meth:`attach` installed; recorded findings stay."""
         if self._orig_class is not None and type(self.pipe) is self._sub:
@@ -376,6 +380,7 @@ class PipelineWatch:
                 self._call = None
                 self._judge_or_stop(call)
 
+    @rng_kept
     def _judge_or_stop(self, call: _Call) -> None:
         try:
             self._judge(call)
@@ -417,6 +422,7 @@ class PipelineWatch:
         a["callback_on_step_end_tensor_inputs"] = asked + ([] if "latents" in asked else ["latents"])
 
     # ------------------------------------------------------------------ inputs
+    @rng_kept
     def _inputs(self, call: _Call, a: dict) -> None:
         pipe = self.pipe
         vsf = getattr(pipe, "vae_scale_factor", 8)
@@ -490,10 +496,11 @@ class PipelineWatch:
             clean.mean(dim=dims), clean.std(dim=dims), clean.abs().amax(dim=dims), (~finite).sum(dim=dims).float(),
         ], dim=1)
         call.steps.append(row)
-        if i in call.checked:
-            mon = LatentMonitor(self.latent_convention, preview_samples=1, sync_on_compute=False)
-            mon.update(zf / self._noise_level(pipe.scheduler, zf))
-            call.monitors[i] = mon
+        if i in call.checked:  # tensor operations only above; a monitor here: the user's random state kept
+            with kept_rng():
+                mon = LatentMonitor(self.latent_convention, preview_samples=1, sync_on_compute=False)
+                mon.update(zf / self._noise_level(pipe.scheduler, zf))
+                call.monitors[i] = mon
 
     def _noise_level(self, scheduler: Any, z: torch.Tensor) -> torch.Tensor | float:
         """Std of x_t for unit-std data after the current step: sqrt(sigma**2 + 1) for sigma-parameterised
@@ -525,15 +532,8 @@ class PipelineWatch:
     def _decode(self, orig: Callable, z: Any, args: tuple, kwargs: dict) -> Any:
         rec = None
         if "decode" not in self._off and isinstance(z, torch.Tensor) and self.latent_convention is not None:
-            try:
-                mon = LatentMonitor(self.latent_convention, preview_samples=1, sync_on_compute=False)
-                mon.update(self._to_model(z))
-                rec = (mon, RangeStats(channel_dim=1, bounds="symmetric", sync_on_compute=False))
-                if self._vae_tracer is not None:
-                    self._vae_tracer.start_step(self._decode_count)
-                    self._vae_tracer.enabled = True
-            except Exception as e:  # noqa: BLE001
-                self._internal("decode", e)
+            with kept_rng():
+                rec = self._decode_record(z)
         self._decode_count += 1
         try:
             out = orig(z, *args, **kwargs)
@@ -541,22 +541,41 @@ class PipelineWatch:
             if self._vae_tracer is not None:
                 self._vae_tracer.enabled = False
         if rec is not None:
-            try:
-                img = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", None)
-                if isinstance(img, torch.Tensor) and img.is_floating_point():
-                    rec[1].update(img.detach(), detail=True)
-                if self._call is not None:
-                    self._call.decodes.append(rec)
-                else:  # a decode outside a pipeline call (e.g. pipe.vae.decode(latents) by hand)
-                    c = _Call(0)
-                    c.decodes.append(rec)
-                    self._judge(c)
-            except RangeMismatchError:
-                self._stop()
-                raise
-            except Exception as e:  # noqa: BLE001
-                self._internal("decode", e)
+            with kept_rng():
+                self._decode_result(rec, out)
         return out
+
+    def _decode_record(self, z: torch.Tensor) -> Any:
+        """rangewatch's part before a decode: the latents' monitor, the VAE tracer on (None when it failed)."""
+        rec = None
+        try:
+            mon = LatentMonitor(self.latent_convention, preview_samples=1, sync_on_compute=False)
+            mon.update(self._to_model(z))
+            rec = (mon, RangeStats(channel_dim=1, bounds="symmetric", sync_on_compute=False))
+            if self._vae_tracer is not None:
+                self._vae_tracer.start_step(self._decode_count)
+                self._vae_tracer.enabled = True
+        except Exception as e:  # noqa: BLE001
+            self._internal("decode", e)
+        return rec
+
+    def _decode_result(self, rec: Any, out: Any) -> None:
+        """rangewatch's part after a decode: the decoded image's statistics; judged at once outside a call."""
+        try:
+            img = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", None)
+            if isinstance(img, torch.Tensor) and img.is_floating_point():
+                rec[1].update(img.detach(), detail=True)
+            if self._call is not None:
+                self._call.decodes.append(rec)
+            else:  # a decode outside a pipeline call (e.g. pipe.vae.decode(latents) by hand)
+                c = _Call(0)
+                c.decodes.append(rec)
+                self._judge(c)
+        except RangeMismatchError:
+            self._stop()
+            raise
+        except Exception as e:  # noqa: BLE001
+            self._internal("decode", e)
 
     # ------------------------------------------------------------------ judging (host, once per call)
     def _judge(self, call: _Call) -> None:

@@ -22,6 +22,7 @@ import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from ..engine.rng import kept_rng
 from ..findings.finding import internal_finding
 from .calls import SPECS
 from .measure import observe
@@ -185,10 +186,11 @@ class CallPatcher:
                 return original(*args, **kwargs)
             tls.depth = getattr(tls, "depth", 0) + 1
             try:
-                try:
-                    self._observe(name, original, args, kwargs, sys._getframe(1))
-                except Exception as exc:  # rangewatch must never break the user's call
-                    self._internal_error(name, exc)
+                with kept_rng():  # the measuring only, never the call itself: the user's random state kept
+                    try:
+                        self._observe(name, original, args, kwargs, sys._getframe(1))
+                    except Exception as exc:  # rangewatch must never break the user's call
+                        self._internal_error(name, exc)
                 return original(*args, **kwargs)
             finally:
                 tls.depth -= 1

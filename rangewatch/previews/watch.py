@@ -179,6 +179,11 @@ class VisualizationWatch:
             out, self._new_findings = self._new_findings, []
             return out
 
+    @property
+    def has_previews(self) -> bool:
+        """Whether :meth:`pop_previews` has anything to hand out (a cheap look, no lock)."""
+        return bool(self._done_previews or self._previews)
+
     def pop_previews(self) -> list[Preview]:
         """Previews (with images) not yet popped; call sites start new ones afterwards."""
         with self._lock:

@@ -39,6 +39,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..engine.rng import rng_kept
+
 __all__ = ["build_report", "REPORT_DIRNAME", "STATS"]
 
 #: default output folder name, inside LOGDIR
@@ -801,8 +803,32 @@ class _Writer:
         return f"data:{mime};base64,{base64.b64encode(ev.data).decode('ascii')}", name
 
 
+_MAX_SIDE = 1 << 16  # PNG allows 2**31 - 1 in its header; no preview is that large
+
+
+def _real_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from the image bytes themselves (PNG / GIF headers, else Pillow's header read), or
+    None when they cannot be read: an event's own width and height are not trusted (a crafted event file)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data.startswith((b"GIF87a", b"GIF89a")) and len(data) >= 10:
+        return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    try:
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:  # the header only; no pixel is decoded
+            return int(im.size[0]), int(im.size[1])
+    except Exception:  # noqa: BLE001  (Pillow missing, or not an image it reads)
+        return None
+
+
 def _img_html(uri: str, fname: str, ev: _Image, tag: str, kind: str) -> str:
-    w, h = ev.width, ev.height
+    real = _real_size(ev.data)
+    # the sizes written into the page are the image's own, read from its bytes (an event's width and height may
+    # be anything in a crafted file); none when they cannot be read
+    w, h = (min(max(real[0], 0), _MAX_SIDE), min(max(real[1], 0), _MAX_SIDE)) if real else (0, 0)
     scale = max(1, min(8, 400 // max(w, h, 1))) if w else 1
     size = f' width="{w * scale}" height="{h * scale}"' if w and h else ""
     return (f'<figure><img class="preview" src="{uri}"{size} alt="{_e(tag)} at step {ev.step}" '
@@ -1189,6 +1215,7 @@ def _has_findings(run: _Run) -> bool:
 
 
 # ============================================================================ entry point
+@rng_kept
 def build_report(logdir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None) -> Path:
     """Write the HTML report of the rangewatch data under ``logdir``; returns the path of ``index.html``.
 

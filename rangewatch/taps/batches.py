@@ -137,6 +137,9 @@ def _leaf(obj: torch.Tensor, path: str, out: list[ImageTensor], notes: list[tupl
         return
     if cd is not None:
         out.append(ImageTensor(path, obj, cd))
+    elif obj.is_complex() and notes is not None:  # image-shaped or not: its values have no range to read
+        _skip_note(notes, path, f"a {str(obj.dtype).replace('torch.', '')} tensor of shape {tuple(obj.shape)}: "
+                                "complex values have no value range to check (watch its .abs() or .real by name with watch.tensor)")
 
 
 def _collect(obj: Any, path: str, skip: tuple[str, ...], depth: int, out: list[ImageTensor],

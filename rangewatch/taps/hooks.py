@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from . import compiled as compile_hooks
+from .sharding import user_named_modules
 
 __all__ = ["ModuleTaps", "parse_tap_key", "first_tensor", "is_script_module"]
 
@@ -93,7 +94,7 @@ class ModuleTaps:
         self.detach()
         # every name a module is reachable by: `self.decoder = self.vae.decoder` registers one module
         # twice, and named_modules() would only list the first name (vae.decoder)
-        modules = dict(root.named_modules(remove_duplicate=False))
+        modules = dict(user_named_modules(root, remove_duplicate=False))  # as the user named them (sharding.py)
         missing = []
         try:
             for name, sides in wanted.items():

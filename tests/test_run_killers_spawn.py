@@ -1,0 +1,126 @@
+"""RangeWatch pickles and deep-copies before and after a fit, as Lightning's own callbacks do (issue 23,
+item 2): ``strategy="ddp_spawn"`` pickles the Trainer with its callbacks into the processes it starts,
+LightningCLI, Ray Tune and Optuna copy callbacks. A ``ddp_spawn`` fit on two CPU processes finishes with
+the findings on the main process.
+
+The file is also the training script: ``python tests/test_run_killers_spawn.py OUT_DIR`` fits under
+``ddp_spawn`` and writes ``OUT_DIR/main.json`` from the main process.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+TIMEOUT_S = 240
+
+
+class AE(pl.LightningModule):
+    """A module-level class: ddp_spawn pickles the model too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Conv2d(3, 4, 3, padding=1)
+        self.decoder = nn.Conv2d(4, 3, 3, padding=1)
+
+    def training_step(self, batch, batch_idx):
+        x = batch[0]
+        return F.mse_loss(self.decoder(self.encoder(x)), x)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _model_and_data():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # [0, 1] where [-1, 1] is expected
+    return AE(), DataLoader(TensorDataset(x), batch_size=4)
+
+
+def _keys(findings) -> list[tuple]:
+    return [(f.kind, f.where, f.observed, f.expected) for f in findings]
+
+
+def _fit(watch, **kw) -> None:
+    model, data = _model_and_data()
+    trainer = pl.Trainer(max_steps=3, callbacks=[watch], accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, **kw)
+    trainer.fit(model, data)
+
+
+def test_pickle_and_deepcopy_before_and_after_a_fit_keep_options_and_findings():
+    from rangewatch import RangeWatch
+
+    watch = RangeWatch(expect={"encoder": "symmetric"}, policy="log", trace_modules="all", check_first_n=2,
+                       skip_keys=["mask*"])
+    for clone in (pickle.loads(pickle.dumps(watch)), copy.deepcopy(watch)):  # before: as ddp_spawn / LightningCLI do
+        assert (clone.expect, clone.policy, clone.trace_modules, clone.check_first_n, clone.skip_keys) == (
+            {"encoder": "symmetric"}, "log", "all", 2, ("mask*",))
+    _fit(watch)
+    found = _keys(watch.findings)
+    assert ("mismatch", "encoder:input", "unit", "symmetric") in found
+    for clone in (pickle.loads(pickle.dumps(watch)), copy.deepcopy(watch)):  # after a fit: hooks, locks, writers dropped
+        assert _keys(clone.findings) == found
+        assert clone.engine.train_batches == watch.engine.train_batches == 3
+        assert not clone.engine.attached and clone.engine.tracer is None
+    again = copy.deepcopy(watch)
+    _fit(again)  # a copy fits again (hooks placed anew); what was reported is not repeated
+    assert _keys(again.findings) == found
+
+
+def _main(out: str) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from rangewatch import RangeWatch
+
+    torch.set_num_threads(1)
+    watch = RangeWatch(expect={"encoder": "symmetric"}, policy="log")
+    _fit(watch, strategy="ddp_spawn", devices=2)
+    rec = {"findings": [f.to_dict() for f in watch.findings], "summary": watch.summary_line()}
+    Path(out, "main.json").write_text(json.dumps(rec))
+
+
+@pytest.mark.slow
+def test_ddp_spawn_fit_finishes_with_the_findings_on_the_main_process(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(tmp_path)], env=env, cwd=str(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"the ddp_spawn fit did not finish in {TIMEOUT_S}s:\n{stderr[-5000:]}")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, stderr[-5000:]
+    rec = json.loads((tmp_path / "main.json").read_text())
+    keys = [(f["kind"], f["where"], f["observed"], f["expected"]) for f in rec["findings"]]
+    assert ("mismatch", "encoder:input", "unit", "symmetric") in keys, rec
+    assert not [k for k in keys if k[0] == "internal"], rec
+    assert "over 3 training batches" in rec["summary"], rec["summary"]
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])
