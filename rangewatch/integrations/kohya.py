@@ -19,6 +19,7 @@ import sys
 from torch import nn
 
 from .metadata import Deriving, class_of_origin, put_autoencoder
+from ..taps.sharding import user_class
 
 __all__ = ["read_expectations"]
 
@@ -33,7 +34,7 @@ def read_expectations(d: Deriving, path: str, m: nn.Module) -> bool:
     if hit is None:
         return False
     repo, qual = hit
-    module = sys.modules.get(type(m).__module__)
+    module = sys.modules.get(user_class(m).__module__)
     scale = getattr(module, "VAE_SCALE_FACTOR", 1.5305)
     shift = getattr(module, "VAE_SHIFT_FACTOR", 0.0609)
     from ..expect.models import latent_convention_for  # no import cycle: it imports this file
