@@ -56,8 +56,8 @@ def image_channel_dim(t: torch.Tensor, channels: tuple[int, ...] = _IMAGE_CHANNE
 
     4-D ``(N, C, H, W)`` (any memory format) or channels-last ``(N, H, W, C)`` (uint8 with C in
     ``channels``, float with C = 3: the CompVis data classes' NHWC ``image / 127.5 - 1``; a leading
-    C wins when both read); 5-D video ``(N, T, C, H, W)`` or
-    ``(N, C, T, H, W)``; C in ``channels`` and spatial sides of at least 8. Only float and uint8,
+    C wins when both read); 5-D video ``(N, C, T, H, W)`` or ``(N, T, C, H, W)`` (the RGB axis where only one
+    axis is 3, else dim 1: :func:`rangewatch.taps.layout.video_channel_dim`); C in ``channels`` and spatial sides of at least 8. Only float and uint8,
     dense tensors with values (nested, sparse and meta tensors are not image-like here: see
     :func:`odd_tensor_kind`).
     """
@@ -69,11 +69,10 @@ def image_channel_dim(t: torch.Tensor, channels: tuple[int, ...] = _IMAGE_CHANNE
             return 1
         if s[3] in channels and min(s[1], s[2]) >= _MIN_SIDE and (t.dtype == torch.uint8 or s[3] == 3):
             return 3  # channels-last: uint8 (PIL / numpy images), or float RGB (CompVis `image / 127.5 - 1`)
-    elif t.dim() == 5:
-        if s[2] in channels and min(s[3], s[4]) >= _MIN_SIDE:
-            return 2
-        if s[1] in channels and min(s[3], s[4]) >= _MIN_SIDE:
-            return 1
+    elif t.dim() == 5 and min(s[3], s[4]) >= _MIN_SIDE:
+        from .layout import video_channel_dim
+
+        return video_channel_dim(s, channels)
     return None
 
 
@@ -135,6 +134,11 @@ def _leaf(obj: torch.Tensor, path: str, out: list[ImageTensor], notes: list[tupl
     except Exception as e:  # noqa: BLE001
         _skip_note(notes, path, f"its shape or dtype could not be read ({type(e).__name__}: {str(e)[:120]})")
         return
+    if "latent" in path.rsplit(".", 1)[-1].lower():  # batch.latents (cached VAE latents, video ones too): a latent tap
+        from .layout import latent_channel_dim
+
+        cd = latent_channel_dim(obj) if obj.dim() in (4, 5) else None
+        cd = image_channel_dim(obj) if cd is None else cd
     if cd is not None:
         out.append(ImageTensor(path, obj, cd))
 
