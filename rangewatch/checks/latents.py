@@ -487,6 +487,8 @@ class LatentMonitor:
             o = get_convention(name)
             if o.name == self.conv.name or o.channels != a.channels or not o.scale or o.latents_std is not None:
                 continue
+            if (o.temporal_compression is None) != (self.conv.temporal_compression is None):
+                continue  # image latents are compared with image VAEs' factors, video with video
             if self.conv.latents_std is not None or abs(math.log(o.scale / float(self.conv.scale or 1.0))) < 0.1:
                 continue
             h = a.global_expected["right"] * (o.scale / float(self.conv.scale or 1.0))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["module_channels", "channel_dim_for", "video_channel_dim", "latent_channel_dim", "LATENT_CHANNELS"]
+__all__ = ["module_channels", "channel_dim_for", "video_channel_dim", "latent_channel_dim", "convention_channel_dim", "LATENT_CHANNELS"]
 
 #: latent channel counts of the published VAEs (SD/SDXL 4, Mochi 12, SD3/Flux.1/Wan 2.1/Qwen-Image/CogVideoX/
 #: HunyuanVideo 16, SANA DC-AE 32, Wan 2.2 48, LTX-Video / Flux.2 (patchified) 128)
@@ -95,3 +95,14 @@ def latent_channel_dim(t: torch.Tensor) -> int | None:
         if s[2] in LATENT_CHANNELS:
             return 2
     return None
+
+
+def convention_channel_dim(t: torch.Tensor, conv: object) -> int | None:
+    """The channel axis of ``t`` under an expected convention: its channel count (latent conventions carry
+    one), and for 5-D latents its layout (CogVideoX keeps ``(N, T, C, H, W)``: dim 2 even when T equals C)."""
+    c = getattr(conv, "channels", None)
+    if not c:
+        return None
+    if getattr(conv, "layout", None) == "NTCHW" and t.dim() == 5 and t.shape[2] == c:
+        return 2
+    return channel_dim_for(t, c)
