@@ -78,9 +78,11 @@ def test_correctly_scaled_latents_with_shifted_channel_means_are_not_another_vae
     assert np.allclose(zn.std(axis=(0, 2, 3)), CHANNEL_STD, atol=1e-3)
     with rangewatch.watch(None, expect={"latents": "sd15_latent"}, policy="log", check_first_n=2) as watch:
         for i in range(3):
+            watch.begin_step()  # no batch() here: the step is opened by hand
             watch.tensor("latents", z[2 * (i % 3): 2 * (i % 3) + 2])
             watch.step()
-    assert [f for f in watch.findings if f.kind == "latent_scale"] == []
+    assert watch.taps["latents:input"].steps_checked == 2  # it was judged ...
+    assert [f for f in watch.findings if f.kind == "latent_scale"] == []  # ... and the scale is right
     # the monitor's global std is the hand-computed one (pooled over channels, means included)
     mon = LatentMonitor("sd15_latent")
     mon.update(z)
