@@ -108,6 +108,21 @@ def test_wan_vae_plain_loop(frames, convention):
         assert kinds(watch.findings) == []
 
 
+@pytest.mark.parametrize("layout", ["NCTHW", "NTCHW"])
+def test_five_d_latents_in_a_plain_loop_batch_are_tapped(layout):
+    """A trainer on cached video latents: the batch carries (N, 16, T, h, w) Wan latents (or CogVideoX's
+    (N, T, 16, h, w)); nothing declared, the tap reads the 16 channels, and correct latents are silent."""
+    g = torch.Generator().manual_seed(0)
+    with rangewatch.watch(None, policy="log", check_first_n=2) as watch:
+        for _ in range(2):
+            z = torch.randn(2, 16, 3, 8, 8, generator=g)
+            watch.batch({"latents": z if layout == "NCTHW" else z.transpose(1, 2).contiguous(), "caption_ids": torch.zeros(2, 7)})
+            watch.step()
+    tap = watch.taps["batch.latents"]
+    assert tap.channels == 16 and tap.channel_dim == (1 if layout == "NCTHW" else 2) and tap.steps_checked == 2
+    assert kinds(watch.findings) == [] and [f for f in watch.findings if f.kind == "internal"] == []
+
+
 # ---------------------------------------------------------------------------- a video trainer's caching code
 def _write_clip(path, frames: np.ndarray) -> None:
     av = pytest.importorskip("av")
@@ -222,3 +237,47 @@ def test_lightning_fit_on_video_batches(tmp_path, convention):
         assert ("mismatch", "vae.encoder:input") in kinds(cb.findings)
     else:
         assert kinds(cb.findings) == []
+
+
+@pytest.mark.slow
+def test_lightning_fit_on_cached_video_latents(tmp_path):
+    """A video trainer on cached Wan latents (normalised with the config's latents_mean / latents_std, as the
+    Wan pipelines do): the 5-D latents in the batch are tapped and, being right, are silent."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, Dataset
+
+    vae = wan_vae()
+    m = torch.tensor(vae.config.latents_mean).view(-1, 1, 1, 1)
+    s = torch.tensor(vae.config.latents_std).view(-1, 1, 1, 1)
+
+    class Cached(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(i)
+            raw = m + s * torch.randn(16, 3, 8, 8, generator=g)  # what the cache holds: raw VAE latents
+            return {"latents": (raw - m) / s}
+
+    class Denoiser(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Conv3d(16, 16, 3, padding=1)
+
+        def training_step(self, batch, batch_idx):
+            z = batch["latents"]
+            noise = torch.randn_like(z)
+            return torch.nn.functional.mse_loss(self.net(0.5 * z + 0.5 * noise), noise - z)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+    cb = rangewatch.RangeWatch(policy="log", check_first_n=2)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[cb], default_root_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Denoiser(), DataLoader(Cached(), batch_size=2))
+    tap = cb.taps["batch.latents"]
+    assert tap.channels == 16 and tap.channel_dim == 1 and tap.steps_checked == 2
+    assert kinds(cb.findings) == [] and [f for f in cb.findings if f.kind == "internal"] == []
