@@ -215,3 +215,26 @@ def test_cli_parser_imports_no_torch():
             "build_parser().parse_args(['check-cache', 'x', '--vae', 'sdxl_latent']); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize("normalised", [False, True])
+def test_video_cache_of_wan_latents(tmp_path, normalised):
+    """A video trainer's safetensors cache (``latents_<F>x<H>x<W>_<dtype>`` keys, (C, F, H, W) per clip) of latents
+    with the statistics AutoencoderKLWan's config declares; raw and normalised storage are both read right."""
+    from diffusers import AutoencoderKLWan
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    cfg = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1], num_res_blocks=1, temperal_downsample=[False]).config
+    cfg_dir = tmp_path / "wan_vae"
+    cfg_dir.mkdir()
+    (cfg_dir / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLWan", **dict(cfg)}))
+    m = torch.tensor(cfg.latents_mean).view(-1, 1, 1, 1)
+    s = torch.tensor(cfg.latents_std).view(-1, 1, 1, 1)
+    (tmp_path / "cache").mkdir()
+    for i in range(6):
+        z = m + s * torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(i))
+        save_file({"latents_3x8x8_float32": ((z - m) / s) if normalised else z}, str(tmp_path / "cache" / f"clip{i}.safetensors"))
+    rep = check_cache(tmp_path / "cache", str(cfg_dir), progress=False)
+    assert rep.convention.name == "wan21_latent" and rep.storage == ("scaled" if normalised else "raw") and rep.ok, rep.format()
+    assert len(rep.previews) == 4
