@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .layout import latent_channel_dim, video_channel_dim
+
 __all__ = ["MAX_DEPTH", "MAX_ITEMS", "ImageTensor", "find_images", "resolve_path", "image_channel_dim", "odd_tensor_kind",
            "DEFAULT_SKIP_KEYS"]
 
@@ -70,8 +72,6 @@ def image_channel_dim(t: torch.Tensor, channels: tuple[int, ...] = _IMAGE_CHANNE
         if s[3] in channels and min(s[1], s[2]) >= _MIN_SIDE and (t.dtype == torch.uint8 or s[3] == 3):
             return 3  # channels-last: uint8 (PIL / numpy images), or float RGB (CompVis `image / 127.5 - 1`)
     elif t.dim() == 5 and min(s[3], s[4]) >= _MIN_SIDE:
-        from .layout import video_channel_dim
-
         return video_channel_dim(s, channels)
     return None
 
@@ -135,8 +135,6 @@ def _leaf(obj: torch.Tensor, path: str, out: list[ImageTensor], notes: list[tupl
         _skip_note(notes, path, f"its shape or dtype could not be read ({type(e).__name__}: {str(e)[:120]})")
         return
     if "latent" in path.rsplit(".", 1)[-1].lower():  # batch.latents (cached VAE latents, video ones too): a latent tap
-        from .layout import latent_channel_dim
-
         cd = latent_channel_dim(obj) if obj.dim() in (4, 5) else None
         cd = image_channel_dim(obj) if cd is None else cd
     if cd is not None:
