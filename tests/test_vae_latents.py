@@ -17,7 +17,6 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-import rangewatch  # noqa: E402
 from rangewatch import LatentMonitor, latent_convention_of  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")

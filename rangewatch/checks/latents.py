@@ -283,8 +283,8 @@ class LatentMonitor:
         # included: ``1 / z.flatten().std()`` (diffusers' train_text_to_image scripts and the SD / SDXL
         # configs document scaling_factor that way). Per-channel stds are not that statistic: channels
         # whose means sit at +-0.75 have a per-channel std of about 0.7 while the flattened std is 1.03.
-        # The scale is decided on the global std (and a robust global spread from the pooled histogram, so
-        # a few huge outliers do not read as a missing factor); a verdict needs both estimators.
+        # The scale is decided on the global std (and a robust one, from each channel's interquartile range
+        # plus the spread of the channel means, so a few huge outliers do not read as a missing factor).
         g_std = _global_std(summ)
         g_robust = _global_robust_std(summ, robust)
         g_hyps = {k: _global_expected(h, self.conv, k) for k, h in hyps.items()}
@@ -693,11 +693,6 @@ def _robust_std(summ: RangeSummary, min_bins: float = 6.0) -> torch.Tensor:
         if len(qs) == 2 and qs[1] - qs[0] >= min_bins * width:
             out[ch] = (qs[1] - qs[0]) / 1.3489795
     return out
-
-
-def _gmean(v: torch.Tensor) -> float:
-    ok = torch.isfinite(v) & (v > 0)
-    return float(v[ok].log().mean().exp()) if bool(ok.any()) else float("nan")
 
 
 def _fmt(v: torch.Tensor) -> str:
