@@ -281,3 +281,32 @@ def test_lightning_fit_on_cached_video_latents(tmp_path):
     tap = cb.taps["batch.latents"]
     assert tap.channels == 16 and tap.channel_dim == 1 and tap.steps_checked == 2
     assert kinds(cb.findings) == [] and [f for f in cb.findings if f.kind == "internal"] == []
+
+
+def test_watch_pipeline_on_a_cogvideox_pipeline_reads_its_ntchw_latents():
+    """CogVideoX pipelines keep latents as (N, T, C, H, W) (pipeline_cogvideox.py): the watch reads them on the
+    VAE convention's channel axis, so the per-step latent checks run (no internal error, right scale)."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    torch.manual_seed(0)
+    tr = CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+                                     time_embed_dim=4, text_embed_dim=16, num_layers=1, sample_width=8, sample_height=8,
+                                     sample_frames=9, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=8)
+    torch.nn.init.zeros_(tr.proj_out.weight)  # zero-initialised output (v = 0: the Bayes-optimal denoiser of unit latents)
+    torch.nn.init.zeros_(tr.proj_out.bias)
+    vae = AutoencoderKLCogVideoX(in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+                                 up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8,) * 4, latent_channels=4,
+                                 layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4)
+    pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=tr, scheduler=CogVideoXDDIMScheduler(
+        # the published CogVideoX-2b scheduler config (v-prediction, zero-SNR rescaled, trailing spacing)
+        prediction_type="v_prediction", clip_sample=False, rescale_betas_zero_snr=True, timestep_spacing="trailing",
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=True, snr_shift_scale=1.0))
+    pipe.set_progress_bar_config(disable=True)
+    pe = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rangewatch.watch_pipeline(pipe) as watch:
+            assert watch.latent_convention.layout == "NTCHW"
+            pipe(prompt_embeds=pe, negative_prompt_embeds=torch.zeros_like(pe), num_inference_steps=3, height=16, width=16,
+                 num_frames=9, output_type="pt", max_sequence_length=8, generator=torch.Generator().manual_seed(0))
+    assert [f for f in watch.findings if f.kind in ("internal", "latent_scale", "latent_outliers", "color_cast")] == []

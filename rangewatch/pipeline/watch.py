@@ -72,6 +72,7 @@ from ..expect.expectation import Expectation
 from ..findings.finding import Finding, RangeMismatchError
 from ..checks.latents import LatentMonitor, latent_preview, log_latents
 from ..expect.vae_latents import latent_convention_of
+from ..taps.layout import convention_channel_dim
 from ..checks.numerics import ModuleTracer
 from ..stats.range_stats import RangeStats
 
@@ -455,7 +456,13 @@ class PipelineWatch:
         engine.report(found, step=call.index)
 
     def _unpack(self, z: torch.Tensor, call: _Call) -> torch.Tensor:
-        """Packed Flux-style token latents (N, L, C*4) as (N, C, H, W), via the pipeline's own unpacker."""
+        """Packed Flux-style token latents (N, L, C*4) as (N, C, H, W), via the pipeline's own unpacker; video
+        latents a pipeline keeps as (N, T, C, H, W) (CogVideoX: the convention's layout) as (N, C, T, H, W)."""
+        if z.dim() == 5:
+            conv = self.latent_convention
+            if conv is not None and conv.layout == "NTCHW" and convention_channel_dim(z, conv) == 2:
+                return z.transpose(1, 2)  # a view: nothing copied
+            return z
         if z.dim() != 3:
             return z
         unpack = getattr(type(self.pipe), "_unpack_latents", None)
