@@ -958,6 +958,198 @@ def run_trainer(quick: bool, seed: int, families: list[str] | None = None, log: 
 TARGETS = {"false_alarm_runs": 0, "recall": 0.99, "confident_wrong_share": 0.001, "harmful_fixes": 0}
 
 
+# ---------------------------------------------------------------------------------------------------
+# Latent cases (issue 25): correct latents of colourful content, shifted channel means, video. The truth is
+# the construction: latents scaled by the VAE config's own factor (or normalised with its latents_mean /
+# latents_std as its pipeline does) are correct; a missing, doubled or foreign factor, [0, 1] video into the
+# Wan VAE and a drifting generation are seed bugs. Only the public API is asked.
+LATENT_SIDE = 32
+
+
+def _latent_photos(n: int = 6) -> torch.Tensor:
+    """Colourful photos (the matrix's colour sources) at LATENT_SIDE, in [-1, 1]."""
+    import torch.nn.functional as F
+
+    imgs = [torch.from_numpy(a).permute(2, 0, 1).float()[None] for a in _sources()["colour"][:n]]
+    return torch.cat([F.interpolate(x, size=(LATENT_SIDE, LATENT_SIDE), mode="area") for x in imgs]) / 127.5 - 1
+
+
+@torch.no_grad()
+def _sd_vae(means: np.ndarray, channel_std: float = 0.7):
+    """A random-init AutoencoderKL with SD's config factor whose moment convolution is remapped (from hand
+    statistics of its own output on the photos) so that mode() * 0.18215 has these channel means and spread."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=8, scaling_factor=0.18215)
+    x = _latent_photos()
+    z = vae.encode(x).latent_dist.mode().double().numpy()
+    mu, sd = z.mean(axis=(0, 2, 3)), z.std(axis=(0, 2, 3))
+    a = channel_std / 0.18215 / sd
+    b = np.asarray(means) / 0.18215 - a * mu
+    vae.quant_conv.weight[:4] *= torch.tensor(a, dtype=torch.float32).view(4, 1, 1, 1)
+    vae.quant_conv.bias[:4] = vae.quant_conv.bias[:4] * torch.tensor(a, dtype=torch.float32) + torch.tensor(b, dtype=torch.float32)
+    return vae, x
+
+
+def _orange_means(chroma: float = 0.4) -> np.ndarray:
+    """Channel means whose push through ComfyUI's SD 1.x latent-to-RGB factors (comfy/latent_formats.py) is orange."""
+    f = np.array([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]])
+    t = np.array([1.0, 0.0, -1.0])
+    m, *_ = np.linalg.lstsq(f.T, t / np.linalg.norm(t - t.mean()) * chroma, rcond=None)
+    return m
+
+
+def _wan_vae():
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1], num_res_blocks=1, temperal_downsample=[False])
+
+
+def _latent_loop(z_batches: list[torch.Tensor], conv: str) -> list:
+    import rangewatch
+
+    with rangewatch.watch(None, expect={"latents": conv}, policy="log", check_first_n=WINDOW) as w:
+        for z in z_batches:
+            w.begin_step()  # no batch() in this loop: open the step by hand (a check step is only checked if opened)
+            w.tensor("latents", z)
+            w.step()
+    assert w.taps["latents:input"].steps_checked > 0, "the latent tap was never checked"
+    return w.findings
+
+
+def _video_loop(vae, x: torch.Tensor) -> list:
+    import rangewatch
+
+    with rangewatch.watch(vae, policy="log", check_first_n=2) as w:
+        for _ in range(2):
+            w.batch({"pixel_values": x})
+            with torch.no_grad():
+                vae.encode(x).latent_dist.sample(generator=torch.Generator().manual_seed(0))
+            w.step()
+    return w.findings
+
+
+def _monitor(z: torch.Tensor, conv) -> list:
+    import rangewatch
+
+    mon = rangewatch.LatentMonitor(conv)
+    mon.update(z)
+    return mon.check(where="latents")
+
+
+def _pipeline_case(mu, drift: bool) -> list:
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    import rangewatch
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16, norm_num_groups=4,
+                                attention_head_dim=4)
+    torch.nn.init.zeros_(unet.conv_out.weight)
+    with torch.no_grad():  # v = -mu everywhere: DDIM settles the image's mean colour at mu early (see tests/test_pipeline_colour.py)
+        unet.conv_out.bias.copy_(-torch.as_tensor(mu, dtype=torch.float32))
+    vae = AutoencoderKL(block_out_channels=[8, 16], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=4, layers_per_block=1)
+    sched = DDIMScheduler(clip_sample=False, set_alpha_to_one=False, beta_start=0.00085, beta_end=0.012,
+                          beta_schedule="scaled_linear", prediction_type="v_prediction", steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=sched, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pe = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(1))
+
+    def push(p, i, t, kw):  # a growing offset on channel 1 (a biased noise offset re-added every step)
+        return {"latents": kw["latents"] + torch.tensor([0.0, 0.15 * (i + 1), 0.0, 0.0]).view(1, 4, 1, 1)}
+
+    with rangewatch.watch_pipeline(pipe) as w:
+        pipe(prompt_embeds=pe, negative_prompt_embeds=torch.zeros_like(pe), num_inference_steps=8, height=64, width=64,
+             generator=torch.Generator().manual_seed(0), output_type="pt", **({"callback_on_step_end": push} if drift else {}))
+    return w.findings
+
+
+def run_latents(quick: bool, seed: int, log: Callable[[str], None] = print) -> dict:
+    """The latent cases: (name, correct?, kinds that count as caught, findings)."""
+    import rangewatch
+
+    cases: list[tuple[str, bool, tuple[str, ...], Callable[[], list]]] = []
+    shifted = np.array([0.75, -0.75, 0.75, -0.75])
+    orange = _orange_means()
+
+    def sd_latents(means, factor: float) -> list[torch.Tensor]:
+        # the per-channel spread that makes the set's flattened std 1 at the config's factor: what "scaled
+        # right" means by the factor's definition (1 / z.flatten().std() over the training images)
+        vae, x = _sd_vae(means, channel_std=float(np.sqrt(1.0 - np.mean((means - np.mean(means)) ** 2))))
+        with torch.no_grad():
+            raw = vae.encode(x).latent_dist.mode()
+        z = raw * factor
+        return [z[i:i + 2] for i in range(0, z.shape[0], 2)]
+
+    for label, means in (("shifted channel means +-0.75", shifted), ("orange content", orange)):
+        cases.append((f"SD latents, {label}, scaled by the config's factor", True, (),
+                      lambda m=means: _latent_loop(sd_latents(m, 0.18215), "sd15_latent")))
+    cases.append(("SD latents, orange content, not scaled", False, ("latent_scale",),
+                  lambda: _latent_loop(sd_latents(orange, 1.0), "sd15_latent")))
+    cases.append(("SD latents, shifted means, scaled twice", False, ("latent_scale",),
+                  lambda: _latent_loop(sd_latents(shifted, 0.18215 ** 2), "sd15_latent")))
+    cases.append(("SD latents, shifted means, SDXL's factor", False, ("latent_scale",),
+                  lambda: _latent_loop(sd_latents(shifted, 0.13025), "sd15_latent")))
+
+    def video(frames: int, unit: bool) -> list:
+        import torch.nn.functional as F
+
+        x = _latent_photos(1)  # [-1, 1]
+        clip = torch.stack([torch.roll(x[0], shifts=k, dims=-1) for k in range(frames)], dim=1)[None]  # (1, 3, F, H, W)
+        clip = F.interpolate(clip, size=(frames, 32, 32))
+        return _video_loop(_wan_vae(), clip * 0.5 + 0.5 if unit else clip)
+
+    for frames in (5, 1):
+        cases.append((f"Wan VAE video, {frames} frame(s), [-1, 1]", True, (), lambda f=frames: video(f, False)))
+        cases.append((f"Wan VAE video, {frames} frame(s), [0, 1] (nothing declared)", False, ("mismatch",),
+                      lambda f=frames: video(f, True)))
+
+    def wan_latents(normalised: bool) -> list:
+        vae = _wan_vae()
+        conv = rangewatch.latent_convention_of(vae)
+        g = torch.Generator().manual_seed(seed)
+        m = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+        s = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+        raw = m + s * torch.randn(2, 16, 3, 16, 16, generator=g)  # the statistics the config declares
+        return _monitor((raw - m) / s if normalised else raw, conv)
+
+    cases.append(("Wan video latents normalised with the config's latents_mean/std", True, (), lambda: wan_latents(True)))
+    cases.append(("Wan video latents not normalised", False, ("latent_scale",), lambda: wan_latents(False)))
+    cases.append(("watch_pipeline: orange generation (colour settled early)", True, (), lambda: _pipeline_case(orange, False)))
+    cases.append(("watch_pipeline: drifting generation", False, ("color_cast",), lambda: _pipeline_case(np.zeros(4), True)))
+
+    rows = []
+    for name, correct, kinds, fn in cases:
+        t0 = time.perf_counter()
+        err = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                found = fn()
+            except Exception as e:  # noqa: BLE001  (a harness error is reported, not hidden)
+                found, err = [], f"{type(e).__name__}: {e}"
+        alarms = [f for f in found if f.severity in ("warning", "error") and f.kind not in ("note", "internal")]
+        internal = [f for f in found if f.kind == "internal"]
+        caught = any(f.kind in kinds for f in alarms)
+        rows.append({"name": name, "correct": correct, "alarms": len(alarms), "caught": caught, "error": err,
+                     "internal": len(internal), "seconds": time.perf_counter() - t0,
+                     "findings": [f"{f.severity} {f.kind} at {f.where}: saw {f.observed}" for f in found][:4]})
+        log(f"latent case {name}: {'ok' if (not alarms if correct else caught) else 'FAIL'}")
+    ok = [r for r in rows if r["correct"] and not r["error"]]
+    bugs = [r for r in rows if not r["correct"] and not r["error"]]
+    return {"cases": rows, "correct": len(ok), "false_alarms": sum(r["alarms"] > 0 for r in ok),
+            "seeds": len(bugs), "caught": sum(r["caught"] for r in bugs),
+            "internal_errors": sum(r["internal"] for r in rows), "errors": [r["name"] for r in rows if r["error"]]}
+
+
 def _table(title: str, rows: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     out = [f"\n{title}", f"{'':32s} | {'single batch':^44s} | {'check window (3 batches)':^44s}",
            f"{'':32s} | {'n':>5s} {'top1':>6s} {'conf-ok':>7s} {'conf-wrong':>10s} {'unsure':>6s} {'amb':>5s} | "
@@ -1028,6 +1220,20 @@ def report(res: dict) -> str:
             lines.append("Seed bugs missed: " + "; ".join(missed))
         if t["errors"]:
             lines.append("\nHarness errors: " + "; ".join(t["errors"]))
+    lt = res.get("latents")
+    if lt:
+        lines.append(f"\nLatent cases (issue 25): {len(lt['cases'])}")
+        for r in lt["cases"]:
+            if r["error"]:
+                res_s = "HARNESS ERROR"
+            elif r["correct"]:
+                res_s = "ok" if not r["alarms"] else f"FALSE ALARM ({r['alarms']})"
+            else:
+                res_s = "caught" if r["caught"] else "MISSED"
+            lines.append(f"  {r['name'][:72]:72s} {res_s:>16s}")
+            if (r["correct"] and r["alarms"]) or (not r["correct"] and not r["caught"]) or r["error"]:
+                for f in r["findings"] or [r["error"] or "(no findings)"]:
+                    lines.append(f"      {f[:200]}")
     tot = res["totals"]
     lines.append("\nTotals against the targets:")
     lines.append(f"  false alarms on correct pipelines: {tot['false_alarm_runs']} of {tot['correct_runs']} runs "
@@ -1041,12 +1247,17 @@ def report(res: dict) -> str:
                  f"(single batch: {tot['confident_wrong_single']} = {tot['confident_wrong_share_single']:.2%})   target <= 0.1%   "
                  f"{'MET' if max(tot['confident_wrong_share_window'], tot['confident_wrong_share_single']) <= TARGETS['confident_wrong_share'] else 'not met'}")
     lines.append(f"  harmful fixes on correct pipelines: {tot['harmful_fixes']}   target 0   {'MET' if tot['harmful_fixes'] == 0 else 'not met'}")
+    if lt:
+        lines.append(f"  latent cases, false alarms on correct latents: {lt['false_alarms']} of {lt['correct']}   target 0   "
+                     f"{'MET' if lt['false_alarms'] == 0 else 'not met'}")
+        lines.append(f"  latent cases, seed-bug recall: {lt['caught']} of {lt['seeds']}   target all   "
+                     f"{'MET' if lt['caught'] == lt['seeds'] else 'not met'}; internal errors {lt['internal_errors']}")
     return "\n".join(lines)
 
 
 def run(quick: bool = False, seed: int = 0, families: list[str] | None = None, trainer: bool = True,
         matrix: bool = True, log: Callable[[str], None] | None = None, threads: int | None = 1,
-        runs: list[str] | None = None) -> dict:
+        runs: list[str] | None = None, latents: bool = True) -> dict:
     """Run the evaluation and return its figures (see the module docstring).
 
     ``threads``: torch intra-op threads while it runs (restored after; ``None`` leaves them). One by
@@ -1063,7 +1274,7 @@ def run(quick: bool = False, seed: int = 0, families: list[str] | None = None, t
     levels = {name: logging.getLogger(name).level for name in list(logging.root.manager.loggerDict)
               if name.startswith(("lightning", "pytorch_lightning", "rangewatch"))}
     try:
-        return _run(quick, seed, families, trainer, matrix, log, runs)
+        return _run(quick, seed, families, trainer, matrix, log, runs, latents)
     finally:
         torch.set_num_threads(before)
         for name, level in levels.items():
@@ -1071,14 +1282,14 @@ def run(quick: bool = False, seed: int = 0, families: list[str] | None = None, t
 
 
 def _run(quick: bool, seed: int, families: list[str] | None, trainer: bool, matrix: bool,
-         log: Callable[[str], None] | None, runs: list[str] | None) -> dict:
+         log: Callable[[str], None] | None, runs: list[str] | None, latents: bool = True) -> dict:
     log = log or (lambda s: None)
     import lightning.pytorch  # noqa: F401  (its loggers exist once imported)
 
     for name in list(logging.root.manager.loggerDict):
         if name.startswith(("lightning", "pytorch_lightning", "rangewatch")):
             logging.getLogger(name).setLevel(logging.ERROR)
-    res: dict[str, Any] = {"quick": quick, "seed": seed, "seconds": {"matrix": 0.0, "trainer": 0.0}}
+    res: dict[str, Any] = {"quick": quick, "seed": seed, "seconds": {"matrix": 0.0, "trainer": 0.0, "latents": 0.0}}
     if matrix:
         t0 = time.perf_counter()
         with warnings.catch_warnings():
@@ -1089,6 +1300,10 @@ def _run(quick: bool, seed: int, families: list[str] | None, trainer: bool, matr
         t0 = time.perf_counter()
         res["trainer"] = run_trainer(quick, seed, families, log, runs)
         res["seconds"]["trainer"] = time.perf_counter() - t0
+    if latents:
+        t0 = time.perf_counter()
+        res["latents"] = run_latents(quick, seed, log)
+        res["seconds"]["latents"] = time.perf_counter() - t0
     m, t = res.get("matrix"), res.get("trainer")
     mt = m["totals"] if m else {"single": _rates({}), "window": _rates({})}
     res["totals"] = {
@@ -1118,13 +1333,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", help="comma-separated substrings of Trainer run names to keep (e.g. 'restorer,bs1')")
     p.add_argument("--no-trainer", action="store_true", help="matrix only")
     p.add_argument("--no-matrix", action="store_true", help="Trainer runs only")
+    p.add_argument("--no-latents", action="store_true", help="without the latent cases (issue 25)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     a = p.parse_args(argv)
     fams = [s.strip() for s in a.families.split(",")] if a.families else None
     t0 = time.perf_counter()
     res = run(a.quick, a.seed, fams, trainer=not a.no_trainer, matrix=not a.no_matrix,
               log=lambda s: print(s, file=sys.stderr, flush=True), threads=a.threads,
-              runs=[s.strip() for s in a.runs.split(",")] if a.runs else None)
+              runs=[s.strip() for s in a.runs.split(",")] if a.runs else None, latents=not a.no_latents)
     res["seconds"]["total"] = time.perf_counter() - t0
     print(report(res))
     print(f"\ntotal {res['seconds']['total']:.0f} s")

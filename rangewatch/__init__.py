@@ -43,6 +43,7 @@ _EXPORTS = {
     "latent_preview": "checks.latents",
     "log_latents": "checks.latents",
     "soft_clamp": "checks.latents",
+    "latent_convention_of": "expect.vae_latents",
     "FP16_MAX": "checks.numerics",
     "ModuleTracer": "checks.numerics",
     "TraceReport": "checks.numerics",
@@ -89,6 +90,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .checks.inference import Inference, infer_convention
     from .integrations import LossWatch, find_loss_networks
     from .checks.latents import LatentMonitor, latent_preview, log_latents, soft_clamp
+    from .expect.vae_latents import latent_convention_of
     from .checks.numerics import FP16_MAX, ModuleTracer, TraceReport, nan_image_finding
     from .pipeline.watch import PipelineWatch, watch_pipeline
     from .stats.range_stats import RangeStats, RangeSummary

@@ -17,7 +17,8 @@ def test_catalogue_has_required_names():
     names = set(list_conventions())
     for n in ["uint8", "float255", "unit", "symmetric", "imagenet", "clip", "sd15_latent", "sdxl_latent", "sd3_latent", "flux_latent"]:
         assert n in names
-    assert set(list_conventions("latent")) == {"sd15_latent", "sdxl_latent", "sd3_latent", "flux_latent"}
+    assert set(list_conventions("latent")) == {"sd15_latent", "sdxl_latent", "sd3_latent", "flux_latent",
+                                               "wan21_latent", "mochi_latent", "hunyuanvideo_latent"}
 
 
 @pytest.mark.parametrize("name,bounds", [("imagenet", IMAGENET_BOUNDS), ("clip", CLIP_BOUNDS)])

@@ -13,8 +13,12 @@ them into findings:
 * ``latent_shift`` (conventions with a shift: SD3, Flux): ``z_vae * scale`` instead of
   ``(z_vae - shift) * scale`` moves every channel mean by ``+shift*scale``; also "subtracted twice"
   (``-shift*scale``) and "subtracted after scaling" (``z*scale - shift``: ``shift*(scale-1)``);
-* ``color_cast``: the channel-mean vector projected through the latent-to-RGB factors gives the
-  direction it pushes the image; its chroma part is named with a hue table ("towards yellow");
+* ``color_cast`` (``info``, no fix): the channel-mean vector projected through the latent-to-RGB factors
+  gives the direction it pushes the image; its chroma part is named with a hue table ("towards yellow").
+  One window's mean colour is content (a sunset, a red car), so it is said, never warned about; a cast is
+  judged from the drift of the channel means across denoising steps (:mod:`rangewatch.pipeline.checks`);
+* ``latent_scale`` is decided on the std of all values pooled over channels (the statistic a scaling factor
+  is defined on, ``1 / z.flatten().std()``), not on per-channel stds: shifted channel means are content;
 * ``latent_outliers``: the share of values a soft clamp (3.5 / 4) would change, and values far
   beyond ±4 ("values reach 31.2 while the decoder's comfortable range is about ±4").
 
@@ -275,10 +279,28 @@ class LatentMonitor:
             lv = v[ok].log()
             return {k: float((lv - h[ok].log()).abs().mean()) for k, h in hyps.items()}
 
-        # scaling factors are defined on the plain std (1 / z.flatten().std()); the robust one keeps a
-        # few huge outliers from reading as a missing factor. Both are kept: a verdict needs both.
-        dist_std, dist_robust = distances(std), distances(robust)
-        dist = distances(std_used)
+        # A scaling factor is defined on the std of the whole flattened latent tensor, channel means
+        # included: ``1 / z.flatten().std()`` (diffusers' train_text_to_image scripts and the SD / SDXL
+        # configs document scaling_factor that way). Per-channel stds are not that statistic: channels
+        # whose means sit at +-0.75 have a per-channel std of about 0.7 while the flattened std is 1.03.
+        # The scale is decided on the global std (and a robust one, from each channel's interquartile range
+        # plus the spread of the channel means, so a few huge outliers do not read as a missing factor).
+        g_std = _global_std(summ)
+        g_robust = _global_robust_std(summ, robust)
+        g_hyps = {k: _global_expected(h, self.conv, k) for k, h in hyps.items()}
+
+        def gdist(v: float) -> dict[str, float]:
+            if not (math.isfinite(v) and v > 0):
+                return {k: float("inf") for k in g_hyps}
+            return {k: abs(math.log(v) - math.log(h)) for k, h in g_hyps.items()}
+
+        dist_std, dist_robust = gdist(g_std), gdist(g_robust)
+        dist = dist_robust if math.isfinite(dist_robust["right"]) else dist_std
+        # a wrong factor multiplies every value, so the per-channel spreads move with the global one;
+        # a verdict needs them too (channel means far out raise the global std alone)
+        per_channel = distances(std_used)
+        per_channel_plain = distances(std)
+        per_channel_robust = distances(robust)
         n = summ.detail_count.clamp(min=1)
         fmin, fmax = summ.finite_min, summ.finite_max
         maxabs_c = torch.maximum(fmin.abs(), fmax.abs()).nan_to_num(nan=0.0)
@@ -292,6 +314,12 @@ class LatentMonitor:
             expected_std=e,
             raw_std=raw,
             scale_distance=dist,
+            channel_scale_distance=per_channel,
+            channel_std_distance=per_channel_plain,
+            channel_robust_distance=per_channel_robust,
+            global_std=g_std,
+            global_robust_std=g_robust,
+            global_expected={k: float(v) for k, v in g_hyps.items()},
             over_threshold=over,
             over_share=float(over.sum() / n.sum()),
             beyond_share=float((summ.below + summ.above).sum() / n.sum()),
@@ -355,8 +383,11 @@ class LatentMonitor:
 
     # -- scale
     def _estimators(self, a: LatentCheck) -> list[dict[str, float]]:
-        """The scale distances of each usable estimator (plain std, robust std)."""
-        out = [d for d in (getattr(a, "std_distance", None), getattr(a, "robust_distance", None))
+        """The scale distances of each usable estimator: the global std and robust global spread (what a
+        scaling factor is defined on), and the per-channel plain and robust stds (which a wrong factor moves
+        alike). A scale is right when any of them says so; a verdict needs all of them."""
+        out = [d for d in (getattr(a, k, None) for k in ("std_distance", "robust_distance", "channel_std_distance",
+                                                          "channel_robust_distance"))
                if d is not None and math.isfinite(d.get("right", float("inf")))]
         return out or [a.scale_distance]
 
@@ -372,11 +403,13 @@ class LatentMonitor:
         if len(ests) > 1 and len({min(e, key=e.get) for e in ests}) > 1:
             best = "right"  # the estimators disagree on the hypothesis: a guess, never an error
         s = conv.scale
-        obs_std = _gmean(a.scale_std)
-        exp_std = _gmean(a.expected_std)
-        robust = " (robust, from the interquartile range)" if bool(torch.isfinite(a.robust_std).any()) else ""
+        robust_ok = math.isfinite(a.global_robust_std)
+        obs_std = a.global_robust_std if robust_ok else a.global_std
+        exp_std = a.global_expected["right"]
+        robust = f", {a.global_robust_std:.3g} robust (per-channel interquartile ranges / 1.349)" if robust_ok else ""
         ev_common = (
-            f"per-channel std{robust} {_fmt(a.scale_std)} (geometric mean {obs_std:.3g}); expected about {exp_std:.3g} "
+            f"std of all values {a.global_std:.3g}{robust} (a scaling factor is defined on it: 1 / z.flatten().std()); "
+            f"per-channel means {_fmt(a.mean)}, stds {_fmt(a.std)}; expected about {exp_std:.3g} "
             f"for {conv.label}; log-distance to 'scaled once' {d['right']:.2f}, 'not scaled' {d['missing']:.2f}, "
             f"'scaled twice' {d['double']:.2f}; max |x| {a.max_abs:.3g}"
         )
@@ -420,8 +453,9 @@ class LatentMonitor:
                 expected=f"latents scaled by {s:g} (std about {exp_std:.3g})",
                 evidence=f"std about {obs_std:.3g} = {oscale:g}/{s:g} times the expected (log-distance {od:.2f}); " + ev_common,
                 fix=f"use this VAE's scaling_factor {s:g} ({conv.label}) instead of {oscale:g}; read it from "
-                "vae.config.scaling_factor rather than hard-coding it",
-                severity="error",
+                "vae.config.scaling_factor rather than hard-coding it (if the factor is right, these images have "
+                "less contrast than the ones the factor was measured on)",
+                severity="warning",
             )
         if min(e["right"] for e in ests) > math.log(self.unexplained_factor):
             return self._finding(
@@ -441,25 +475,32 @@ class LatentMonitor:
         std (``z_vae * other_scale`` instead of ``* scale``), clearly better than 'scaled once'."""
         from ..expect.conventions import list_conventions
 
-        d_right = a.scale_distance["right"]
+        d_right = min(e["right"] for e in self._estimators(a))
         if not d_right > math.log(1.25):
             return None
-        ok = torch.isfinite(a.scale_std) & (a.scale_std > 0)
-        if not bool(ok.any()):
+        if self.conv.latents_std is not None:
             return None
-        ls = a.scale_std[ok].log()
+        stds = [v for v in (a.global_std, a.global_robust_std) if math.isfinite(v) and v > 0]
+        if not stds:
+            return None
         best = None
         for name in list_conventions("latent"):
             o = get_convention(name)
             if o.name == self.conv.name or o.channels != a.channels or not o.scale or o.latents_std is not None:
                 continue
+            if (o.temporal_compression is None) != (self.conv.temporal_compression is None):
+                continue  # image latents are compared with image VAEs' factors, video with video
             if self.conv.latents_std is not None or abs(math.log(o.scale / float(self.conv.scale or 1.0))) < 0.1:
                 continue
-            h = a.expected_std[ok] * (o.scale / float(self.conv.scale or 1.0))
-            dist = float((ls - h.log()).abs().mean())
+            h = a.global_expected["right"] * (o.scale / float(self.conv.scale or 1.0))
+            # every estimator must point at the other factor: the worst of them is what counts
+            dist = max(abs(math.log(v) - math.log(h)) for v in stds)
             if best is None or dist < best[2]:
                 best = (o.name, float(o.scale), dist)
-        if best is not None and best[2] < 0.5 * d_right and best[2] < min(a.scale_distance["missing"], a.scale_distance["double"]):
+        # named only when the evidence rules this VAE's factor out: the other factor explains the std within
+        # the tolerance band, this one is more than twice as far, and neither "missing" nor "twice" does better
+        if (best is not None and best[2] < _SCALE_BAND and best[2] < 0.5 * d_right
+                and best[2] < min(min(e["missing"], e["double"]) for e in self._estimators(a))):
             return best
         return None
 
@@ -538,11 +579,13 @@ class LatentMonitor:
                 f"channel means {_fmt(m)} through the latent-to-RGB factors give RGB {_fmt(rgb)} "
                 f"({_signs(rgb.tolist())}; about {', '.join(f'{v:+.0%}' for v in disp)} of the display range), "
                 f"chroma {size:.3f} towards {name} (hue {hue_angle(chroma.tolist()):.0f} deg), brightness {lum:+.3f}; "
-                f"mostly from {', '.join(parts) or 'several channels'}{note}"
+                f"mostly from {', '.join(parts) or 'several channels'}{note}. The mean colour of the images "
+                "in one window is their content (a sunset is orange, a red car red), not a cast: nothing to fix "
+                "on this evidence; a cast shows as a drift of the channel means across denoising steps, which "
+                "watch_pipeline judges"
             ),
-            fix="centre the channel means (z = z - z.mean(dim=(-2, -1), keepdim=True), per sample and channel), and check "
-            "where the offset comes from (shift_factor / latents_mean handling, a biased noise offset)",
-            severity="warning",
+            fix="",
+            severity="info",
         )
 
     # -- outliers
@@ -582,6 +625,46 @@ def _expand(values: Sequence[float], c: int) -> list[float]:
     raise ValueError(f"convention gives {len(v)} per-channel values for {c} channels")
 
 
+def _global_std(summ: RangeSummary) -> float:
+    """Std of all values of the window pooled over channels (what ``z.flatten().std()`` gives), from the
+    per-channel counts, means and stds: within-channel variance plus the spread of the channel means."""
+    n = summ.count.double()
+    ok = (n > 0) & torch.isfinite(summ.mean) & torch.isfinite(summ.std)
+    if not bool(ok.any()):
+        return float("nan")
+    n, m, sd = n[ok], summ.mean.double()[ok], summ.std.double()[ok]
+    big = float(n.sum())
+    mu = float((n * m).sum()) / big
+    var = float((n * (sd * sd + (m - mu) ** 2)).sum()) / big
+    return math.sqrt(var) if var > 0 else float("nan")
+
+
+def _global_robust_std(summ: RangeSummary, robust: torch.Tensor) -> float:
+    """The global std with each channel's own spread taken robustly (interquartile range / 1.349 from its
+    histogram) and the spread of the channel means kept: a few huge outliers do not inflate it. NaN where a
+    channel's robust spread is not resolved. (Pooling the histograms instead would read channels shifted
+    apart as one wide, two-humped distribution.)"""
+    n = summ.count.double()
+    ok = (n > 0) & torch.isfinite(summ.mean)
+    if not bool(ok.any()) or not bool(torch.isfinite(robust[ok]).all()):
+        return float("nan")
+    n, m, r = n[ok], summ.mean.double()[ok], robust.double()[ok]
+    big = float(n.sum())
+    mu = float((n * m).sum()) / big
+    var = float((n * (r * r + (m - mu) ** 2)).sum()) / big
+    return math.sqrt(var) if var > 0 else float("nan")
+
+
+def _global_expected(per_channel: torch.Tensor, conv: Convention, hypothesis: str) -> float:
+    """The flattened std a hypothesis predicts from its per-channel stds; not scaling at all also keeps
+    the spread of the VAE's per-channel ``latents_mean`` (Wan, Mochi, ...) in the values."""
+    var = float((per_channel.double() ** 2).mean())
+    if hypothesis == "missing" and conv.latents_mean is not None:
+        lm = torch.tensor(_expand(conv.latents_mean, per_channel.numel()), dtype=torch.float64)
+        var += float(((lm - lm.mean()) ** 2).mean())
+    return math.sqrt(var)
+
+
 def _robust_std(summ: RangeSummary, min_bins: float = 6.0) -> torch.Tensor:
     """Per-channel interquartile range / 1.349 from the histogram (NaN where the quartiles fall in the
     under/overflow buckets or span fewer than ``min_bins`` bins, i.e. are not resolved)."""
@@ -610,11 +693,6 @@ def _robust_std(summ: RangeSummary, min_bins: float = 6.0) -> torch.Tensor:
         if len(qs) == 2 and qs[1] - qs[0] >= min_bins * width:
             out[ch] = (qs[1] - qs[0]) / 1.3489795
     return out
-
-
-def _gmean(v: torch.Tensor) -> float:
-    ok = torch.isfinite(v) & (v > 0)
-    return float(v[ok].log().mean().exp()) if bool(ok.any()) else float("nan")
 
 
 def _fmt(v: torch.Tensor) -> str:

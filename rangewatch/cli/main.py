@@ -64,6 +64,12 @@ def _os_error(e: OSError, out: str | None = None) -> int:
     return 2
 
 
+def _check_cache(args: argparse.Namespace) -> int:
+    from ..checks.latent_cache import main_check_cache
+
+    return main_check_cache(args)
+
+
 def _report(args: argparse.Namespace) -> int:
     from ..sinks.report import build_report
 
@@ -113,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="rangewatch",
         description="Catch value-range mistakes in image and diffusion training.",
-        epilog="examples:\n  rangewatch demo\n  rangewatch check configs/check_example.yaml\n  rangewatch report rangewatch_logs\n  rangewatch conventions",
+        epilog="examples:\n  rangewatch demo\n  rangewatch check configs/check_example.yaml\n  rangewatch check-cache cache/ --vae sdxl_latent\n  rangewatch report rangewatch_logs\n  rangewatch conventions",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"rangewatch {__version__}")
@@ -179,6 +185,35 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     k.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     k.set_defaults(func=_check, _subparser=k)
+
+    cc = sub.add_parser(
+        "check-cache",
+        help="check a latent cache on disk (sd-scripts .npz, .pt, .safetensors): NaN/Inf files, scale/shift, outliers, previews",
+        description="Reads a sample of the latent files under DIR (kohya sd-scripts .npz with a `latents` array next to\n"
+        "each image; diffusers-based trainers' .pt / .safetensors), names the files with NaN/Inf, judges the scale and\n"
+        "shift against the VAE's latent convention (raw or scaled storage, read from the data), names outlier files,\n"
+        "and writes latent-to-RGB previews of a few files to an HTML page. With --vae a local diffusers VAE folder that\n"
+        "holds weights, a few files are decoded and the decoded pixels' convention judged ([0, 1]-encoded images\n"
+        "decode to [0, 1]: washed out).\n\n"
+        "exit codes: 0 nothing wrong, 1 a value-range problem, 2 the check could not run (no cache files, unknown --vae)",
+        epilog="examples:\n  rangewatch check-cache train_data/ --vae sdxl_latent\n"
+        "  rangewatch check-cache cache/ --vae models/FLUX.1-dev/vae --html cache.html\n"
+        "  rangewatch check-cache cache/ --vae wan21_latent --json > cache.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cc.add_argument("dir", help="the cache folder (searched recursively) or one cache file")
+    cc.add_argument("--vae", default=None, metavar="CONFIG_OR_NAME",
+                    help="the VAE: a latent convention name (sdxl_latent, flux_latent, wan21_latent, ...; see "
+                    "`rangewatch conventions --kind latent`), a diffusers config.json, or a local diffusers VAE folder")
+    cc.add_argument("--sample", type=int, default=64, help="files to read, spread evenly over the sorted list (default: 64)")
+    cc.add_argument("--stored", choices=["auto", "raw", "scaled"], default="auto",
+                    help="how the trainer stores latents: raw VAE output or already scaled (default: read from the data)")
+    cc.add_argument("--previews", type=int, default=4, help="files shown as latent-to-RGB previews (default: 4)")
+    cc.add_argument("--decode", type=int, default=2, help="files decoded when --vae is a folder with weights (default: 2)")
+    cc.add_argument("--html", default=None, help="the HTML page (default: ./rangewatch_cache.html)")
+    cc.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    cc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    cc.set_defaults(func=_check_cache, _subparser=cc)
 
     t = sub.add_parser(
         "tensorboard",

@@ -20,6 +20,7 @@ from ..findings.finding import Finding, RangeMismatchError
 from ..checks.inference import Inference
 from ..stats.range_stats import RangeStats
 from ..taps.batches import find_images, image_channel_dim, odd_tensor_kind, resolve_path
+from ..taps.layout import channel_dim_for, convention_channel_dim
 
 __all__ = ["TapInfo", "TapFeeding"]
 
@@ -216,7 +217,13 @@ class TapFeeding:
                 self._note_once(tap_name, f"{tap_name} carries a {t.dtype} tensor of shape {tuple(t.shape)}: not image-like, not watched")
                 self._taps[tap_name] = _Tap(tap_name, 1, RangeStats(), disabled=True)
                 return
-            cd = image_channel_dim(t, channels=tuple(range(1, 65)))
+            exp = self.expectation_for(tap_name)
+            cd = convention_channel_dim(t, exp.conv) if exp is not None and exp.conv.kind == "latent" else None
+            declared = None if cd is not None else getattr(getattr(self, "_module_taps", None), "channels", {}).get(tap_name.split("/", 1)[-1])
+            if declared is not None:  # the module's own convention (in_channels / out_channels): its axis
+                cd = channel_dim_for(t, declared)
+            if cd is None:
+                cd = image_channel_dim(t, channels=tuple(range(1, 65)))
             if cd is None:
                 # not image-like ((B, L, D) token sequences whose L varies, say): per-tensor statistics, which
                 # assume no channel axis; a tap with an expectation keeps dim 1 (its convention is per channel)
@@ -242,7 +249,9 @@ class TapFeeding:
             if key not in seen:
                 t = resolve_path(batch, key)
                 if t is not None and odd_tensor_kind(t) is None and t.is_floating_point() and t.dim() >= 3 and t.numel():
-                    self._feed(prefix + key, t, 1)
+                    exp = self.expectation_for(prefix + key)
+                    cd = convention_channel_dim(t, exp.conv) if exp is not None else None  # (N, T, C, H, W) latents too
+                    self._feed(prefix + key, t, 1 if cd is None else cd)
 
     def _reset(self, tap: _Tap) -> None:
         """Start a new window; once a convention is known, histograms and out-of-range use its bounds."""

@@ -95,6 +95,13 @@ class Convention:
     latents_mean: tuple[float, ...] | None = None
     latents_std: tuple[float, ...] | None = None
     aliases: tuple[str, ...] = field(default=())
+    # latent conventions read from a VAE (rangewatch.expect.vae_latents.latent_convention_of): how many
+    # frames / pixels one latent step covers, the layout its pipelines keep the latents in ("NCHW",
+    # "NCTHW", "NTCHW"), and the spatial patch folded into channels before the normalisation (Flux.2: 2)
+    temporal_compression: int | None = None
+    spatial_compression: int | None = None
+    layout: str | None = None
+    patch_size: int | None = None
 
     # ---------------------------------------------------------------- pixel helpers
     def mean_for(self, channels: int) -> tuple[float, ...]:
@@ -349,6 +356,62 @@ _add(
     Convention(
         "flux_latent", "latent", "Flux.1 latent ((z-0.1159)x0.3611)", _COMFY, scale=0.3611, shift=0.1159, channels=16,
         latent_rgb=_FLUX_RGB, latent_rgb_bias=(-0.0329, -0.0718, -0.0851),
+    )
+)
+
+# Video latents (ComfyUI comfy/latent_formats.py @040a3243: Wan21, Mochi, HunyuanVideo). Their scaling numbers
+# are those of the diffusers VAE configs: AutoencoderKLWan / AutoencoderKLQwenImage latents_mean / latents_std
+# (diffusers src/diffusers/models/autoencoders/autoencoder_kl_wan.py; the Wan pipelines normalise
+# (z - latents_mean) / latents_std, pipelines/wan/pipeline_wan.py), AutoencoderKLMochi latents_mean /
+# latents_std with scaling_factor 1.0 (autoencoder_kl_mochi.py; pipelines/mochi/pipeline_mochi.py), and
+# AutoencoderKLHunyuanVideo scaling_factor 0.476986 (autoencoder_kl_hunyuan_video.py).
+_COMFY_VIDEO = "ComfyUI comfy/latent_formats.py @040a3243"
+_WAN_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+             0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
+_WAN_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+            3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+_WAN_RGB = (
+    (-0.1299, -0.1692, 0.2932), (0.0671, 0.0406, 0.0442), (0.3568, 0.2548, 0.1747), (0.0372, 0.2344, 0.1420),
+    (0.0313, 0.0189, -0.0328), (0.0296, -0.0956, -0.0665), (-0.3477, -0.4059, -0.2925), (0.0166, 0.1902, 0.1975),
+    (-0.0412, 0.0267, -0.1364), (-0.1293, 0.0740, 0.1636), (0.0680, 0.3019, 0.1128), (0.0032, 0.0581, 0.0639),
+    (-0.1251, 0.0927, 0.1699), (0.0060, -0.0633, 0.0005), (0.3477, 0.2275, 0.2950), (0.1984, 0.0913, 0.1861),
+)
+_MOCHI_MEAN = (-0.06730895953510081, -0.038011381506090416, -0.07477820912866141, -0.05565264470995561,
+               0.012767231469026969, -0.04703542746246419, 0.043896967884726704, -0.09346305707025976,
+               -0.09918314763016893, -0.008729793427399178, -0.011931556316503654, -0.0321993391887285)
+_MOCHI_STD = (0.9263795028493863, 0.9248894543193766, 0.9393059390890617, 0.959253732819592, 0.8244560132752793,
+              0.917259975397747, 0.9294154431013696, 1.3720942357788521, 0.881393668867029, 0.9168315692124348,
+              0.9185249279345552, 0.9274757570805041)
+_MOCHI_RGB = (
+    (-0.0069, -0.0045, 0.0018), (0.0154, -0.0692, -0.0274), (0.0333, 0.0019, 0.0206), (-0.1390, 0.0628, 0.1678),
+    (-0.0725, 0.0134, -0.1898), (0.0074, -0.0270, -0.0209), (-0.0176, -0.0277, -0.0221), (0.5294, 0.5204, 0.3852),
+    (-0.0326, -0.0446, -0.0143), (-0.0659, 0.0153, -0.0153), (0.0185, -0.0217, 0.0014), (-0.0396, -0.0495, -0.0281),
+)
+_HUNYUAN_RGB = (
+    (-0.0395, -0.0331, 0.0445), (0.0696, 0.0795, 0.0518), (0.0135, -0.0945, -0.0282), (0.0108, -0.0250, -0.0765),
+    (-0.0209, 0.0032, 0.0224), (-0.0804, -0.0254, -0.0639), (-0.0991, 0.0271, -0.0669), (-0.0646, -0.0422, -0.0400),
+    (-0.0696, -0.0595, -0.0894), (-0.0799, -0.0208, -0.0375), (0.1166, 0.1627, 0.0962), (0.1165, 0.0432, 0.0407),
+    (-0.2315, -0.1920, -0.1355), (-0.0270, 0.0401, -0.0821), (-0.0616, -0.0997, -0.0727), (0.0249, -0.0469, -0.1703),
+)
+_add(
+    Convention(
+        "wan21_latent", "latent", "Wan 2.1 latent ((z - latents_mean) / latents_std)", _COMFY_VIDEO, scale=1.0, channels=16,
+        latents_mean=_WAN_MEAN, latents_std=_WAN_STD, latent_rgb=_WAN_RGB, latent_rgb_bias=(-0.1835, -0.0868, -0.3360),
+        temporal_compression=4, spatial_compression=8, layout="NCTHW",
+    )
+)
+_add(
+    Convention(
+        "mochi_latent", "latent", "Mochi latent ((z - latents_mean) / latents_std)", _COMFY_VIDEO, scale=1.0, channels=12,
+        latents_mean=_MOCHI_MEAN, latents_std=_MOCHI_STD, latent_rgb=_MOCHI_RGB, latent_rgb_bias=(-0.0940, -0.1418, -0.1453),
+        temporal_compression=6, spatial_compression=8, layout="NCTHW",
+    )
+)
+_add(
+    Convention(
+        "hunyuanvideo_latent", "latent", "HunyuanVideo latent (x0.476986)", _COMFY_VIDEO, scale=0.476986, channels=16,
+        latent_rgb=_HUNYUAN_RGB, latent_rgb_bias=(0.0259, -0.0192, -0.0761), temporal_compression=4, spatial_compression=8,
+        layout="NCTHW",
     )
 )
 

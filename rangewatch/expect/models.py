@@ -170,6 +170,17 @@ def latent_convention_for(
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         return None
     sh = float(shift) if shift is not None else 0.0
+    if lm is not None or ls is not None:  # a catalogue entry with the same per-channel numbers (Wan, Mochi)
+        for name in list_conventions("latent"):
+            c = get_convention(name)
+            if c.latents_mean is None or c.latents_std is None or lm is None or ls is None:
+                continue
+            if len(c.latents_mean) != len(lm) or len(c.latents_std) != len(ls):
+                continue
+            if abs((c.scale or 1.0) - scale) > _SCALE_RTOL * max(scale, 1e-12) or abs((c.shift or 0.0) - sh) > _SHIFT_TOL:
+                continue
+            if all(abs(a - b) <= 1e-3 * max(1.0, abs(a)) for a, b in zip(c.latents_mean + c.latents_std, lm + ls)):
+                return c
     if lm is None and ls is None:
         for name in list_conventions("latent"):
             c = get_convention(name)

@@ -6,7 +6,9 @@ diffusers' ``VaeImageProcessor`` / ``VideoProcessor`` (``do_normalize=True``) ma
 (https://github.com/huggingface/diffusers/blob/main/src/diffusers/image_processor.py). The latent
 convention ``"<path>:latent"`` comes from ``config.scaling_factor`` / ``shift_factor`` /
 ``latents_mean`` / ``latents_std`` / ``latent_channels`` (the ``AutoencoderKL`` configs of the published
-checkpoints), through :func:`rangewatch.expect.models.latent_convention_for`.
+checkpoints, and per family: Wan / Qwen-Image / Mochi / LTX per-channel statistics, Flux.2's BatchNorm
+statistics), through :func:`rangewatch.expect.vae_latents.latent_convention_of` (its docstring cites each
+family's model and pipeline files).
 """
 
 from __future__ import annotations
@@ -44,18 +46,19 @@ def read_expectations(d: Deriving, path: str, m: nn.Module) -> bool:
     if cls in _NO_LATENT:
         d.note(f"{cls} at {where}: its encoder emits already-scaled latents of a family its config does not name; no latent expectation")
         return True
+    from ..expect.vae_latents import latent_convention_of  # no import cycle: models.py imports this file
+
+    conv = latent_convention_of(m)
     cfg = getattr(m, "config", None)
     get = (lambda k: cfg.get(k) if isinstance(cfg, dict) else getattr(cfg, k, None)) if cfg is not None else (lambda k: None)
     scale, shift = get("scaling_factor"), get("shift_factor")
-    channels = get("latent_channels") or get("z_dim")
-    lm, ls = get("latents_mean"), get("latents_std")
-    parts = [f"scaling_factor={scale}"] + ([f"shift_factor={shift}"] if shift else []) + [f"latent_channels={channels}"]
-    if lm is not None:
+    parts = [f"scaling_factor={scale}"] + ([f"shift_factor={shift}"] if shift else [])
+    parts.append(f"latent_channels={conv.channels if conv is not None else get('latent_channels') or get('z_dim')}")
+    if conv is not None and conv.latents_mean is not None:
         parts.append("latents_mean/std set")
+    if conv is not None and conv.temporal_compression:
+        parts.append(f"temporal compression {conv.temporal_compression}, layout {conv.layout}")
     src = f"diffusers {cls}.config of {where}: " + ", ".join(parts)
-    from ..expect.models import latent_convention_for  # no import cycle: it imports this file
-
-    conv = latent_convention_for(scale, shift, channels, lm, ls, source=src)
     if conv is None:
         d.note(f"{cls} at {where}: no scaling_factor or latents_mean/std in its config; no latent expectation")
     else:

@@ -232,7 +232,7 @@ def steps(w: "PipelineWatch", call: "_Call", *, skip: bool = False) -> list[Find
         ))
         break
     if call.monitors and not call.decodes and last in call.monitors and not skip:  # output_type="latent": judge the last step
-        out += _final_latents(w, call.monitors[last], "final latents", manual=False, step=last)
+        out += _judge_cast(w, call, call.monitors[last], _final_latents(w, call.monitors[last], "final latents", manual=False, step=last))
     return out
 
 
@@ -246,7 +246,29 @@ def decode(w: "PipelineWatch", call: "_Call", mon: LatentMonitor, img: RangeStat
         return [] if steps_nonfinite else [f for f in _final_latents(w, mon, "vae.decode input", manual=call.index == 0)
                                            if f.kind == "nonfinite"]
     out = [] if skip_scale else _final_latents(w, mon, "vae.decode input", manual=call.index == 0)
-    return out + _decoded(w, img)
+    return _judge_cast(w, call, mon, out) + _decoded(w, img)
+
+
+def _judge_cast(w: "PipelineWatch", call: "_Call", mon: LatentMonitor, found: list[Finding]) -> list[Finding]:
+    """The final latents' mean colour is content unless the denoising steps show it drifting there: then the
+    ``color_cast`` finding is a warning with the drift as evidence; otherwise it is dropped (a colourful image
+    is silent)."""
+    out = []
+    for f in found:
+        if f.kind != "color_cast":
+            out.append(f)
+            continue
+        ev = drift(w, call, mon) if call.decodes or call.steps else None
+        if ev is None:
+            continue
+        content = f.evidence.split(". The mean colour of the images")[0]
+        out.append(replace(
+            f, severity="warning", evidence=ev + "; " + content,
+            fix="find what pushes the means during sampling (a noise offset or latents_mean added in a callback, a shift "
+            "applied twice, a guidance or scheduler setting); centring the final latents per sample and channel "
+            "(z - z.mean(dim=(-2, -1), keepdim=True)) removes the drift and the image's own mean colour with it",
+        ))
+    return out
 
 
 def _final_latents(w: "PipelineWatch", mon: LatentMonitor, where: str, *, manual: bool, step: int | None = None) -> list[Finding]:
@@ -282,6 +304,90 @@ def _final_latents(w: "PipelineWatch", mon: LatentMonitor, where: str, *, manual
             f = replace(f, fix="watch_pipeline(pipe, trace='all') names the denoiser module that produced them; " + _denoiser_fix(None))
         out.append(f)
     return out
+
+
+def _signal(scheduler: Any, i: int, steps: int) -> tuple[float, float] | None:
+    """``(signal coefficient, noise in data units)`` of the latents after denoising step ``i`` (host numbers,
+    read after the call): ``x_t = c * x0 + noise``. Sigma-parameterised schedulers (``init_noise_sigma > 1``,
+    Euler / DPM++ Karras: ``x = x0 + sigma * eps``): ``c = 1``, noise ``sigma``; flow matching (``sigmas`` in
+    [0, 1], SD3 / Flux: ``x = (1 - s) x0 + s eps``): ``c = 1 - s``, noise ``s / (1 - s)``; variance preserving
+    (``alphas_cumprod``, DDIM / DDPM / PNDM): ``c = sqrt(abar)``, noise ``sqrt((1 - abar) / abar)``.
+    (diffusers schedulers: scheduling_euler_discrete.py, scheduling_flow_match_euler_discrete.py,
+    scheduling_ddim.py.) None when the scheduler says neither."""
+    if i + 1 >= steps:
+        return 1.0, 0.0  # after the last step: the denoised latents
+    sigmas = getattr(scheduler, "sigmas", None)
+    init = getattr(scheduler, "init_noise_sigma", 1.0)
+    init = float(init) if not isinstance(init, torch.Tensor) else float(init.max())
+    if isinstance(sigmas, torch.Tensor) and sigmas.dim() == 1 and sigmas.numel() > i + 1:
+        sg = float(sigmas[i + 1])
+        if init > 1.0 + 1e-3:
+            return 1.0, sg
+        if 0.0 <= sg < 1.0:
+            return 1.0 - sg, sg / max(1.0 - sg, 1e-6)
+        return None
+    ac = getattr(scheduler, "alphas_cumprod", None)
+    ts = getattr(scheduler, "timesteps", None)
+    if isinstance(ac, torch.Tensor) and isinstance(ts, torch.Tensor) and ts.numel() > i + 1:
+        a = float(ac[int(ts[i + 1])])
+        return math.sqrt(a), math.sqrt(max(1.0 - a, 0.0) / max(a, 1e-12))
+    return None
+
+
+def drift(w: "PipelineWatch", call: "_Call", mon: LatentMonitor) -> str | None:
+    """Evidence of a colour cast the generation *drifted* into: the channel means, read as estimates of the
+    clean image's (latents / signal coefficient), moving through the last denoising steps up to the decode in
+    a direction the latent-to-RGB factors turn into a hue. A correct generation of a colourful image settles
+    its mean colour early (content: a sunset is orange from its first clear steps); a biased offset, a noise
+    offset or a latents_mean slip keeps pushing. None when there is no drift, or too few clear steps to tell."""
+    if not call.steps:
+        return None
+    rows = torch.stack(call.steps).double().cpu()
+    summ = mon.summary()
+    final = summ.mean.double()
+    c = final.numel()
+    if rows.shape[1] != c:
+        return None
+    n = float(summ.count.double().mean())
+    sched = getattr(w.pipe, "scheduler", None)
+    steps = rows.shape[0]
+    points: list[tuple[int, torch.Tensor, float]] = []
+    for i in range(steps):
+        sig = _signal(sched, i, call.num_steps or steps)
+        if sig is None:
+            return None
+        coef, noise = sig
+        if noise <= 1.0 and coef > 0.3:  # the clean image dominates these latents' means
+            points.append((i, rows[i, :, 0] / coef, noise))
+    if not points:
+        return None
+    i0, first, noise0 = points[0]
+    delta = final - first
+    floor = 4.0 * noise0 / math.sqrt(max(n, 1.0))  # what the remaining noise can move a channel mean by
+    if float(delta.abs().max()) <= floor:
+        return None
+    conv = mon.conv
+    if conv.latent_rgb is not None and len(conv.latent_rgb) == c:
+        f = torch.tensor(conv.latent_rgb, dtype=torch.float64)
+        push = delta @ f
+        chroma = push - push.mean()
+        fin = final @ f
+        fin_chroma = fin - fin.mean()
+        size, fsize = float(chroma.norm()), float(fin_chroma.norm())
+        if size <= mon.cast_threshold or fsize <= mon.cast_threshold or size < 0.5 * fsize:
+            return None
+        from ..checks.latents import hue_name
+
+        what = f"through the latent-to-RGB factors a push of chroma {size:.3f} towards {hue_name(chroma.tolist())}"
+    else:
+        rms = float(delta.pow(2).mean().sqrt())
+        if rms <= 0.25:
+            return None
+        what = f"an RMS move of {rms:.3g} (latent std units)"
+    traj = "; ".join(f"step {i}: {_fmt(m)}" for i, m, _ in points[-4:])
+    return (f"the channel means drifted after the image had formed: as estimates of the clean latents (latents / the "
+            f"scheduler's signal coefficient) they were {_fmt(first)} at step {i0} and are {_fmt(final)} at the decode, a move "
+            f"of {_fmt(delta)} ({what}; the remaining noise explains at most {floor:.3g} per channel); trajectory {traj}")
 
 
 def _certain_scale(f: Finding) -> bool:

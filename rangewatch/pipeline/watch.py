@@ -72,7 +72,8 @@ from ..engine.watch import Watch
 from ..expect.expectation import Expectation
 from ..findings.finding import Finding, RangeMismatchError
 from ..checks.latents import LatentMonitor, latent_preview, log_latents
-from ..expect.models import latent_convention_for
+from ..expect.vae_latents import latent_convention_of
+from ..taps.layout import convention_channel_dim
 from ..checks.numerics import ModuleTracer
 from ..stats.range_stats import RangeStats
 
@@ -226,11 +227,11 @@ class PipelineWatch:
         self.shift = _config_get(cfg, "shift_factor") or 0.0
         self.latents_mean = _config_get(cfg, "latents_mean")
         self.latents_std = _config_get(cfg, "latents_std")
-        channels = _config_get(cfg, "latent_channels")
-        self.latent_convention = latent_convention_for(
-            self.scale, self.shift, channels, self.latents_mean, self.latents_std,
-            source=f"diffusers {type(vae).__name__}.config of {type(pipe).__name__}.vae",
-        )
+        # the VAE's own latent convention, every family (rangewatch.expect.vae_latents): config, LTX buffers
+        self.latent_convention = latent_convention_of(vae)
+        if self.latent_convention is not None and self.latents_mean is None:
+            self.latents_mean = self.latent_convention.latents_mean
+            self.latents_std = self.latent_convention.latents_std
         #: the engine this front end drives: findings log, policy, sinks, input taps
         self.engine = Watch(
             policy=policy, watch_visualization=False, derive_expectations=False, check_first_n=1, log_every_n_steps=1,
@@ -461,7 +462,13 @@ class PipelineWatch:
         engine.report(found, step=call.index)
 
     def _unpack(self, z: torch.Tensor, call: _Call) -> torch.Tensor:
-        """Packed Flux-style token latents (N, L, C*4) as (N, C, H, W), via the pipeline's own unpacker."""
+        """Packed Flux-style token latents (N, L, C*4) as (N, C, H, W), via the pipeline's own unpacker; video
+        latents a pipeline keeps as (N, T, C, H, W) (CogVideoX: the convention's layout) as (N, C, T, H, W)."""
+        if z.dim() == 5:
+            conv = self.latent_convention
+            if conv is not None and conv.layout == "NTCHW" and convention_channel_dim(z, conv) == 2:
+                return z.transpose(1, 2)  # a view: nothing copied
+            return z
         if z.dim() != 3:
             return z
         unpack = getattr(type(self.pipe), "_unpack_latents", None)

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .layout import latent_channel_dim, video_channel_dim
+
 __all__ = ["MAX_DEPTH", "MAX_ITEMS", "ImageTensor", "find_images", "resolve_path", "image_channel_dim", "odd_tensor_kind",
            "DEFAULT_SKIP_KEYS", "tensor_paths"]
 
@@ -56,8 +58,8 @@ def image_channel_dim(t: torch.Tensor, channels: tuple[int, ...] = _IMAGE_CHANNE
 
     4-D ``(N, C, H, W)`` (any memory format) or channels-last ``(N, H, W, C)`` (uint8 with C in
     ``channels``, float with C = 3: the CompVis data classes' NHWC ``image / 127.5 - 1``; a leading
-    C wins when both read); 5-D video ``(N, T, C, H, W)`` or
-    ``(N, C, T, H, W)``; C in ``channels`` and spatial sides of at least 8. Only float and uint8,
+    C wins when both read); 5-D video ``(N, C, T, H, W)`` or ``(N, T, C, H, W)`` (the RGB axis where only one
+    axis is 3, else dim 1: :func:`rangewatch.taps.layout.video_channel_dim`); C in ``channels`` and spatial sides of at least 8. Only float and uint8,
     dense tensors with values (nested, sparse and meta tensors are not image-like here: see
     :func:`odd_tensor_kind`).
     """
@@ -69,11 +71,8 @@ def image_channel_dim(t: torch.Tensor, channels: tuple[int, ...] = _IMAGE_CHANNE
             return 1
         if s[3] in channels and min(s[1], s[2]) >= _MIN_SIDE and (t.dtype == torch.uint8 or s[3] == 3):
             return 3  # channels-last: uint8 (PIL / numpy images), or float RGB (CompVis `image / 127.5 - 1`)
-    elif t.dim() == 5:
-        if s[2] in channels and min(s[3], s[4]) >= _MIN_SIDE:
-            return 2
-        if s[1] in channels and min(s[3], s[4]) >= _MIN_SIDE:
-            return 1
+    elif t.dim() == 5 and min(s[3], s[4]) >= _MIN_SIDE:
+        return video_channel_dim(s, channels)
     return None
 
 
@@ -135,6 +134,9 @@ def _leaf(obj: torch.Tensor, path: str, out: list[ImageTensor], notes: list[tupl
     except Exception as e:  # noqa: BLE001
         _skip_note(notes, path, f"its shape or dtype could not be read ({type(e).__name__}: {str(e)[:120]})")
         return
+    if "latent" in path.rsplit(".", 1)[-1].lower():  # batch.latents (cached VAE latents, video ones too): a latent tap
+        cd = latent_channel_dim(obj) if obj.dim() in (4, 5) else None
+        cd = image_channel_dim(obj) if cd is None else cd
     if cd is not None:
         out.append(ImageTensor(path, obj, cd))
     elif obj.is_complex() and notes is not None:  # image-shaped or not: its values have no range to read

@@ -13,6 +13,7 @@ from torch.utils.hooks import RemovableHandle
 
 from . import compiled as compile_hooks
 from .sharding import user_named_modules
+from .layout import module_channels
 
 __all__ = ["ModuleTaps", "parse_tap_key", "first_tensor", "is_script_module"]
 
@@ -87,6 +88,9 @@ class ModuleTaps:
         self.handles: list[RemovableHandle] = []
         self.attached: dict[str, tuple[str, ...]] = {}
         self.skipped: list[str] = []
+        #: tap name -> the channel count its module declares for that side (in_channels / out_channels, of the
+        #: module, its config or its first / last convolution): the tap reads the axis that carries it
+        self.channels: dict[str, int] = {}
         self._keys: list[int] = []  # rangewatch operator keys of the placed hooks (compile_hooks)
 
     def attach(self, root: nn.Module, wanted: dict[str, set[str]]) -> list[str]:
@@ -121,6 +125,13 @@ class ModuleTaps:
                     continue
                 self.handles.extend(placed)
                 self.attached[name] = tuple(sorted(sides))
+                for side in sides:
+                    try:
+                        c = module_channels(mod, side)
+                    except Exception:  # noqa: BLE001  (the shape rule decides then)
+                        c = None
+                    if c is not None:
+                        self.channels[f"{name}:{side}"] = c
         except BaseException:
             self.detach()  # never leave some hooks behind
             raise
@@ -192,3 +203,4 @@ class ModuleTaps:
         self._keys.clear()
         self.attached.clear()
         self.skipped.clear()
+        self.channels.clear()
