@@ -88,7 +88,10 @@ class ExpectationSources:
         (path, exp), = self._vae_latents.items()
         conv = exp.conv
         c = conv.channels
-        if t.dim() not in (4, 5) or (c is not None and int(t.shape[1]) != c):
+        from ..taps.layout import convention_channel_dim  # (N, C, H, W), (N, C, F, H, W) or the VAE's (N, F, C, H, W)
+
+        dim = convention_channel_dim(t, conv) if t.dim() in (4, 5) else None
+        if t.dim() not in (4, 5) or (c is not None and dim is None):
             self._note_once(f"latents {name}", (
                 f"rangewatch: {name} has shape {tuple(t.shape)}, not the {c or 'N'}-channel (N, C, H, W) or (N, C, F, H, W) "
                 f"latents of the attached VAE ({path or 'the root module'}): not judged against its latent scaling "
@@ -98,7 +101,7 @@ class ExpectationSources:
             conv, f"{exp.source}, for the tensor named {name.split(':')[0]!r}",
             "model", "output",  # type: ignore[arg-type]
         )
-        return 1
+        return 1 if dim is None else dim
 
     def _pipeline_finding(self, tap: str, data: Expectation, model: Expectation) -> Finding:
         from ..checks.fixes import conversion_fix
