@@ -1188,6 +1188,50 @@ def _has_findings(run: _Run) -> bool:
     return any(_row_kind(header, row) not in _QUIET for row in rows)
 
 
+# ============================================================================ shared with the TensorBoard dashboard
+class _InlineWriter(_Writer):
+    """Images as data URIs only (the live dashboard writes no files)."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+        self.files: list[Path] = []
+
+    def image(self, run: _Run, tag: str, ev: _Image) -> tuple[str, str]:
+        mime, _ext = _image_type(ev.data)
+        return f"data:{mime};base64,{base64.b64encode(ev.data).decode('ascii')}", ""
+
+
+def event_dirs(root: Path, skip: Path | None = None) -> list[Path]:
+    """The folders under ``root`` that hold TensorBoard event files (each one run)."""
+    return _run_dirs(root, skip)
+
+
+def read_runs(dirs: list[Path], base: Path, single: bool = False) -> tuple[list[_Run], list[_Run]]:
+    """The runs in ``dirs`` (named relative to ``base``) read with TensorBoard's reader: those with rangewatch
+    data, runs with findings first (by path within), and those without."""
+    runs = []
+    for d in dirs:
+        rel = os.path.relpath(d.parent if single else d, base)
+        runs.append(_read_run(d, base.name if rel == "." else rel.replace(os.sep, "/")))
+    with_data = [r for r in runs if not r.empty]
+    with_data.sort(key=lambda r: not _has_findings(r))  # runs with findings first (stable: by path within)
+    return with_data, [r for r in runs if r.empty]
+
+
+def page_body(with_data: list[_Run], without: list[_Run], w: _Writer | None = None) -> str:
+    """The report's content after its title: the summary (runs with findings first, one line per finding with its
+    fix), then one section per run. ``w`` None: images inline only (the TensorBoard dashboard)."""
+    w = w if w is not None else _InlineWriter()
+    sections = [_run_section(r, w, i) for i, r in enumerate(with_data)]
+    skipped = (f'<p class="small muted">Event files without rangewatch tags: {", ".join(f"<code>{_e(r.name)}</code>" for r in without)}</p>'
+               if without else "")
+    return f"<nav>{_summary(with_data)}</nav>{skipped}\n" + "\n".join(sections)
+
+
+#: the report's style sheet (the TensorBoard dashboard uses it too)
+CSS = _CSS
+
+
 # ============================================================================ entry point
 def build_report(logdir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None) -> Path:
     """Write the HTML report of the rangewatch data under ``logdir``; returns the path of ``index.html``.
@@ -1214,23 +1258,12 @@ def build_report(logdir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     dirs = [root] if single and "tfevents" in root.name else [] if single else _run_dirs(root, out)
     if not dirs:
         raise FileNotFoundError(f"no TensorBoard event files under {root}: {_no_data(root)}")
-    runs = []
-    for d in dirs:
-        rel = os.path.relpath(d.parent if single else d, base)
-        runs.append(_read_run(d, base.name if rel == "." else rel.replace(os.sep, "/")))
-    with_data = [r for r in runs if not r.empty]
+    with_data, without = read_runs(dirs, base, single)
     if not with_data:
         raise ValueError(_no_data(root))
     out.mkdir(parents=True, exist_ok=True)
-    w = _Writer(out)
-    with_data.sort(key=lambda r: not _has_findings(r))  # runs with findings first (stable: by path within)
-    sections = [_run_section(r, w, i) for i, r in enumerate(with_data)]
-    without = [r for r in runs if r.empty]
     from .. import __version__
 
-    nav = _summary(with_data)
-    skipped = (f'<p class="small muted">Event files without rangewatch tags: {", ".join(f"<code>{_e(r.name)}</code>" for r in without)}</p>'
-               if without else "")
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -1238,7 +1271,7 @@ def build_report(logdir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         f"<style>{_CSS}</style></head><body><main>"
         f"<h1>rangewatch report</h1><p class=\"muted small\">log directory <code>{_e(root)}</code> · "
         f"{len(with_data)} run{'s' if len(with_data) != 1 else ''} with rangewatch data · generated {now} by rangewatch {__version__}</p>"
-        f"<nav>{nav}</nav>{skipped}\n" + "\n".join(sections) + "\n</main></body></html>\n"
+        + page_body(with_data, without, _Writer(out)) + "\n</main></body></html>\n"
     )
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
