@@ -1125,10 +1125,11 @@ def _run_section(run: _Run, w: _Writer, idx: int) -> str:
            f'<p class="small muted">{_e(run.path)} · {len(taps)} tap{"s" if len(taps) != 1 else ""}'
            + (f" · steps {steps[0]}–{steps[-1]}" if steps else "") + "</p>",
            f'<h3 id="{rid}-findings">Findings</h3>', findings_html]
+    # the labelled preview pairs right after the findings they illustrate
+    out += [f'<h3 id="{rid}-previews">Visualisation previews</h3>', _previews_section(run, w)]
     if taps:
         out += [f'<h3 id="{rid}-taps">Taps</h3>', _overview(run, taps, counts),
                 f'<h3 id="{rid}-health">Non-finite values and out-of-range share</h3>', _health_table(run, taps)]
-    out += [f'<h3 id="{rid}-previews">Visualisation previews</h3>', _previews_section(run, w)]
     if taps:
         out.append(f'<h3 id="{rid}-per-tap">Per tap</h3>')
         out += [_tap_section(run, t, rows, header) for t in taps]
