@@ -48,6 +48,12 @@ STATS = ("min", "max", "mean", "std", "nonfinite", "out_of_range")
 _RANGE_STATS = ("min", "max", "mean", "std")
 _EXPECTED = ("expected_min", "expected_max")  # the tap's expected range (one value for all channels)
 _PREFIX = "rangewatch/"
+_DETAIL = "rangewatch_channels/"  # the per-channel detail group (rangewatch.sinks.loggers.detail_tag)
+
+
+def _ungrouped(tag: str) -> str:
+    """A tag without its group (``rangewatch/`` or ``rangewatch_channels/``)."""
+    return tag[len(_DETAIL):] if tag.startswith(_DETAIL) else tag[len(_PREFIX):]
 _PREVIEW = "rangewatch/preview/"
 _FINDINGS = "rangewatch/findings"
 _CHANNEL = re.compile(r"^c(\d+)$")
@@ -225,7 +231,7 @@ def _add_text(run: _Run, name: str, items: list[_Text]) -> None:
 
 
 def _add_scalar(run: _Run, tag: str, items: list[_Scalar]) -> None:
-    parts = tag[len(_PREFIX):].split("/")
+    parts = _ungrouped(tag).split("/")
     stat = channel = None
     tap = ""
     if len(parts) >= 3 and _CHANNEL.match(parts[-1]) and parts[-2] in STATS:
@@ -251,7 +257,7 @@ def _add_hist(run: _Run, tag: str, items: list[_Hist]) -> None:
         slug, _, _rest = tag[len(_PREVIEW):].partition("/")
         run.previews.setdefault(slug, _Preview(slug)).hists[tag] = last
         return
-    parts = tag[len(_PREFIX):].split("/")
+    parts = _ungrouped(tag).split("/")
     if len(parts) >= 3 and parts[-2] == "hist" and _CHANNEL.match(parts[-1]):
         tap = "/".join(parts[:-2])
         run.taps.setdefault(tap, _Tap(tap)).hists[int(parts[-1][1:])] = last
@@ -281,7 +287,7 @@ def _read_run(path: Path, name: str) -> _Run:
     tags = acc.Tags()
     run = _Run(name, path)
     for kind in ("scalars", "histograms", "images", "tensors", "audio"):
-        run.all_tags[kind] = sorted(t for t in tags.get(kind, []) if t.startswith(_PREFIX))
+        run.all_tags[kind] = sorted(t for t in tags.get(kind, []) if t.startswith((_PREFIX, _DETAIL)))
     for tag in run.all_tags["scalars"]:
         _add_scalar(run, tag, [_Scalar(int(e.step), float(e.wall_time), float(e.value)) for e in acc.Scalars(tag)])
     for tag in run.all_tags["histograms"]:
@@ -947,7 +953,9 @@ def _tap_section(run: _Run, t: _Tap, findings: list[list[str]], header: list[str
            f'<span class="small {"bad" if mine else "muted"}">{label}</span></h3></summary>']
     if mine:
         out.append("<h4>Findings about this tap</h4>" + _table_html(header, mine))
-    charts = [_range_chart(t, c) for c in t.channels if any(t.values(s, c) for s in _RANGE_STATS)]
+    # per channel; the tap-wide min/max (channel "all") only when no channel was logged
+    chans = [c for c in t.channels if c is not None and any(t.values(s, c) for s in _RANGE_STATS)] or [None]
+    charts = [_range_chart(t, c) for c in chans if any(t.values(s, c) for s in _RANGE_STATS)]
     charts = [c for c in charts if c]
     if charts:
         out.append('<h4>Range per channel over steps</h4><p class="small muted legend">'
@@ -1073,7 +1081,7 @@ def _known(tag: str, kind: str) -> bool:
     """Tags of the documented layout (everything else is listed as 'other')."""
     if tag.startswith(_PREVIEW) or tag.startswith(_FINDINGS + "/") or tag == _FINDINGS:
         return True
-    parts = tag[len(_PREFIX):].split("/")
+    parts = _ungrouped(tag).split("/")
     if kind == "scalars":
         return (len(parts) >= 3 and parts[-2] in STATS and bool(_CHANNEL.match(parts[-1]))) or (
             len(parts) >= 2 and (parts[-1] in STATS or parts[-1] in _EXPECTED))
