@@ -95,6 +95,7 @@ _GRID_DISTINCT = 8  # on-grid values must take at least this many distinct steps
 _GRIDDED = 0.9  # a channel this much on a reading's 8-bit grid: clipping there is exact, so only exact piles count
 _ODD_SHARE = 0.97  # on-grid steps this much odd: the grid is 2/255 wide, 8-bit data of a reading twice as wide
 _SAMPLE_PER_TENSOR = 32768
+_FILL_COMMON = 0.05  # exact zeros at the same sampled positions in every channel (all but this share): a constant fill
 _EXACTLY = 2e-6  # unit space: "exactly on a bound" in the evidence (float32 rounding of normalised 8-bit data ~3e-7)
 
 #: what puts a small share of values outside a correct convention's bounds
@@ -297,6 +298,16 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
     n_c = np.asarray([max(len(a), 1) for a in xs], dtype=np.float64)
     grid_v = [_light(a[:: max(1, len(a) // 4096)]) for a in xs]  # the grid test needs a few thousand values
     half = bool({"float16", "bfloat16"} & set(r.dtypes))
+    # a constant fill of 0 (RandomErasing(value=0), timm re_mode="const", zero padding or an affine fill after
+    # Normalize, black bars): exact zeros at the same positions in every channel (the sample takes the same
+    # positions in each channel). 0 lies inside every normalised range, so such a pile says nothing about a
+    # floor at 0, nor do the values next to it (resampling blends the fill into the image: a ramp, not a tail)
+    zero_fill = False
+    if c >= 2 and not half:
+        z = v == 0.0
+        per = z.sum(axis=1)
+        common = int(z.all(axis=0).sum())
+        zero_fill = common >= _PILE_MIN and bool(((per - common) <= np.maximum(2, _FILL_COMMON * per)).all())
     convs: dict[str, Convention] = {}
     info: dict[str, dict] = {}
 
@@ -387,6 +398,8 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
                 in2 = between(i, *sorted((bx - sgn * d_soft, bx - 2 * sgn * d_soft)))
                 soft = (not gridded and far <= max(2, _SOFT_FAR * n_c[i]) and in1 >= max(_SOFT_MIN, _SOFT_SHARE * n_c[i])
                         and in1 >= 0.5 * in2 and near_out <= _SOFT_RING * in1)
+                if zero_fill and abs(bx) <= d_tol:  # this bound is data value 0, where a fill sits in every channel
+                    pile = edge = soft = False
                 if pile or edge:
                     piles.append((i, which))
                     d_ex = (tol if half else _EXACTLY) / sd
