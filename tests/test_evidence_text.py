@@ -118,3 +118,53 @@ def test_extremes_only_verdict_says_how_close_the_extremes_are():
         else:
             assert hits == 0 and not near
         assert "exactly" not in inf.evidence
+
+
+# ------------------------------------------------------------------ a constant fill is no clipped floor
+def _photo_like(seed: int, n: int = 8, size: int = 48) -> torch.Tensor:
+    """Smooth 8-bit colour images in [0, 1] whose channels differ (gradients plus blobs)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    out = []
+    for _ in range(n):
+        w = torch.rand(3, 3, generator=g)
+        img = torch.stack([w[c, 0] * xx + w[c, 1] * yy + w[c, 2] * torch.sin(6 * xx * (c + 1)) for c in range(3)])
+        img = (img - img.amin(dim=(1, 2), keepdim=True)) / (img.amax(dim=(1, 2), keepdim=True) - img.amin(dim=(1, 2), keepdim=True))
+        out.append(img)
+    return eight_bit(torch.stack(out))
+
+
+def _erase_then_resize(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """torchvision's RandomErasing(value=0) on the normalised tensor, then an antialiased bilinear resize."""
+    from torchvision.transforms import v2 as T
+
+    torch.manual_seed(seed)
+    t = T.Compose([T.RandomErasing(p=1.0, value=0), T.Resize(32, antialias=True)])
+    return torch.stack([t(img) for img in x])
+
+
+@pytest.mark.parametrize("bs", [1, 8])
+def test_bright_symmetric_data_with_an_erased_rectangle_is_not_called_unit(bs):
+    # bright (high-key) content in [-1, 1]: nothing below 0.1, white clipped at 1; the erased rectangle puts exact
+    # zeros in every channel and the resize a ramp from 0 up to the content: read as [0, 1] it has "piles" at 0 and 1
+    for seed in range(6):
+        bright = _photo_like(seed, bs) * 0.45 + 0.55
+        bright[..., :6, :] = 1.0  # clipped highlights
+        x = _erase_then_resize(eight_bit(bright) * 2 - 1, seed)
+        v = _unit_space(x)
+        assert v.min() == 0.0 and v.max() == 1.0  # the extremes that misled the verdict
+        inf = infer_convention(x)
+        assert not (inf.confident and inf.name != "symmetric"), inf
+        assert "symmetric" in inf.compatible, inf
+
+
+def test_clipped_unit_photos_stay_unit_and_channel_specific_piles_still_count():
+    # [0, 1] photos whose channels clip at different pixels: the zeros are clipping, not a fill
+    x = _photo_like(0, 8) * 1.2 - 0.1
+    inf = infer_convention(eight_bit(x))
+    assert inf.name == "unit" and inf.confident, inf
+    assert "sit exactly on" in inf.evidence
+    # the same photos after an erased rectangle and a resize: never confidently wrong
+    y = _erase_then_resize(eight_bit(x), 0)
+    got = infer_convention(y)
+    assert not (got.confident and got.name != "unit"), got

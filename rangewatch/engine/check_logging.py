@@ -41,20 +41,26 @@ class CheckLogging:
         taps or their flags changed, TensorBoard's custom-scalars layout (one category per tap)."""
         if self._sink is None:
             return
-        self._sink.scalars(self._log.counts(new), step)
+        counts = self._log.counts(new)
+        self._sink.scalars(counts, step)
         if not self._sink.has_tensorboard:
             return
         flagged = self._log.flagged(new)
-        taps = dict(self._layout_taps)
+        shown = {k: v for k, v in self._layout_taps.items() if not k.startswith("\0")}
+        taps = dict(shown)
         for name, s in summaries:
             if self._taps[name].latent is None:
                 taps[name] = (s.channels, name in flagged)
         taps = {n: (c, n in flagged) for n, (c, _) in taps.items()}
-        if taps != self._layout_taps:
+        # the kinds seen and the findings at no tap (a preview call) are part of the layout too
+        kinds = tuple(sorted(k.rsplit("/", 1)[1] for k in counts if k != "rangewatch/findings/total"))
+        elsewhere = tuple(sorted(w for w in flagged if w not in taps and w not in self._taps))
+        key = {**taps, "\0kinds": (len(kinds), kinds), "\0elsewhere": (len(elsewhere), elsewhere)}  # type: ignore[dict-item]
+        if key != self._layout_taps:
             from ..sinks.loggers import scalars_layout
 
-            self._sink.layout(scalars_layout(taps), step)
-            self._layout_taps = taps
+            self._sink.layout(scalars_layout(taps, kinds=kinds, elsewhere=elsewhere), step)
+            self._layout_taps = key
 
     def _latents_elsewhere(self, summaries: list[tuple[str, RangeSummary]], step: int) -> None:
         """The latent RGB preview (and, for W&B, the per-channel histograms) to W&B / MLflow."""
