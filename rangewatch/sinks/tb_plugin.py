@@ -39,10 +39,6 @@ _JS = r"""
 // rangewatch's TensorBoard dashboard: the report's page, fetched from this plugin and refreshed when the logs change.
 const here = (p) => new URL(p, import.meta.url).toString();
 
-function openSections() {
-  return new Set([...document.querySelectorAll("details[open]")].map((d, i) => d.closest("[id]")?.id + ":" + i));
-}
-
 async function load(state) {
   const v = await fetch(here("version")).then((r) => r.json());
   if (state.version === v.version) return;
