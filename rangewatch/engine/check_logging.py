@@ -41,8 +41,7 @@ class CheckLogging:
         taps or their flags changed, TensorBoard's custom-scalars layout (one category per tap)."""
         if self._sink is None:
             return
-        counts = self._log.counts(new)
-        self._sink.scalars(counts, step)
+        self._sink.scalars(self._log.counts(new), step)
         if not self._sink.has_tensorboard:
             return
         flagged = self._log.flagged(new)
@@ -52,14 +51,13 @@ class CheckLogging:
             if self._taps[name].latent is None:
                 taps[name] = (s.channels, name in flagged)
         taps = {n: (c, n in flagged) for n, (c, _) in taps.items()}
-        # the kinds seen and the findings at no tap (a preview call) are part of the layout too
-        kinds = tuple(sorted(k.rsplit("/", 1)[1] for k in counts if k != "rangewatch/findings/total"))
+        # the findings at no tap (a preview call) get a category of their own
         elsewhere = tuple(sorted(w for w in flagged if w not in taps and w not in self._taps))
-        key = {**taps, "\0kinds": (len(kinds), kinds), "\0elsewhere": (len(elsewhere), elsewhere)}  # type: ignore[dict-item]
+        key = {**taps, "\0elsewhere": (len(elsewhere), elsewhere)}  # type: ignore[dict-item]
         if key != self._layout_taps:
             from ..sinks.loggers import scalars_layout
 
-            self._sink.layout(scalars_layout(taps, kinds=kinds, elsewhere=elsewhere), step)
+            self._sink.layout(scalars_layout(taps, elsewhere=elsewhere), step)
             self._layout_taps = key
 
     def _latents_elsewhere(self, summaries: list[tuple[str, RangeSummary]], step: int) -> None:

@@ -108,10 +108,10 @@ def findings_from_markdown(text: str) -> list[Finding] | None:
     return out if out or "**no findings**" in text else None
 
 
-def scalars_layout(taps: dict[str, tuple[int, bool]], kinds: tuple[str, ...] = (), elsewhere: tuple[str, ...] = ()) -> Any:
+def scalars_layout(taps: dict[str, tuple[int, bool]], elsewhere: tuple[str, ...] = ()) -> Any:
     """TensorBoard's custom-scalars layout (a ``layout_pb2.Layout``): first a "rangewatch findings"
-    category (the findings count per ``kinds``, unsmoothed, its title naming the findings at no tap, ``elsewhere``:
-    a preview call), then one category per tap (``taps``: name -> (channels,
+    category (the findings total as a margin chart, drawn unsmoothed, and the count per kind), a category per
+    finding at no tap (``elsewhere``: a preview call), then one category per tap (``taps``: name -> (channels,
     flagged)) holding two charts: a margin chart with, per channel, the mean as a line and min..max as
     its band, plus the expected bounds as a band; and the out-of-range share with the non-finite count.
     Categories of taps without findings start closed."""
@@ -120,15 +120,15 @@ def scalars_layout(taps: dict[str, tuple[int, bool]], kinds: tuple[str, ...] = (
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     layout = layout_pb2.Layout()
+    # the same two charts in every run's layout, so that TensorBoard merges them into one pair across runs
     cat = layout.category.add(title="rangewatch findings")
-    title = "findings per kind (count so far)" + (f"; at no tap: {', '.join(elsewhere)}" if elsewhere else "")
-    if kinds:  # a margin chart: TensorBoard draws it unsmoothed (a count of 1 is drawn as 1)
-        margin = cat.chart.add(title=title).margin
-        for k in ("total", *kinds):
-            t = f"rangewatch/findings/{k}"
-            margin.series.add(value=t, lower=t, upper=t)
-    else:
-        cat.chart.add(title=title).multiline.tag.append(r"^rangewatch/findings/")
+    total = "rangewatch/findings/total"
+    cat.chart.add(title="findings so far (a margin chart: drawn unsmoothed)").margin.series.add(value=total, lower=total, upper=total)
+    cat.chart.add(title="findings per kind (count so far)").multiline.tag.append(r"^rangewatch/findings/")
+    for where in elsewhere:  # a finding at no tap (a preview call) gets its own category, open
+        at = layout.category.add(title=f"rangewatch finding at {where}")
+        at.chart.add(title=f"findings so far; {where}: see TEXT rangewatch/findings or the RANGEWATCH tab").margin.series.add(
+            value=total, lower=total, upper=total)
     for name in sorted(taps, key=lambda n: (not taps[n][1], n.startswith("val/"), n)):
         channels, flagged = taps[name]
         cat = layout.category.add(title=f"rangewatch tap {name}" + (" (finding)" if flagged else ""), closed=not flagged)
