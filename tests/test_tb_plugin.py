@@ -164,3 +164,19 @@ def test_entry_point_of_the_installed_distribution_names_the_plugin():
     from tensorboard import default
 
     assert RangewatchPlugin in default.get_plugins()  # what a plain `tensorboard` loads
+
+
+def test_a_truncated_event_file_does_not_break_the_dashboard(tmp_path):
+    from tensorboard.plugins import base_plugin
+    from werkzeug.test import Client
+
+    from rangewatch.sinks.tb_plugin import RangewatchPlugin
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "events.out.tfevents.1.host").write_bytes(b"\x00" * 7)  # a truncated event file
+    plugin = RangewatchPlugin(base_plugin.TBContext(logdir=str(tmp_path)))
+    resp = Client(plugin.get_plugin_apps()["/page"]).get("/")
+    assert resp.status_code == 200
+    assert "rangewatch" in resp.get_data(as_text=True)
+    assert json.loads(Client(plugin.get_plugin_apps()["/runs"]).get("/").get_data()) == []

@@ -117,28 +117,39 @@ class RangewatchPlugin(base_plugin.TBPlugin):
         with self._lock:
             if self._cache is not None and self._cache[0] == fp:
                 return self._cache
-            from .report import CSS, _e, _run_findings, _row_kind, page_body, read_runs
+            from .report import CSS, _e
 
+            runs: list[dict[str, Any]] = []
             if not dirs:
                 page = f'<main><h1>rangewatch</h1><p class="muted">No event files under <code>{_e(self._logdir)}</code> yet.</p></main>'
-                runs: list[dict[str, Any]] = []
             else:
-                with_data, without = read_runs(dirs, self._logdir)
-                runs = []
-                for r in with_data:
-                    header, rows = _run_findings(r)
-                    findings = [dict(zip(header, row)) for row in rows if _row_kind(header, row) not in ("note", "internal")]
-                    runs.append({"run": r.name, "findings": findings, "taps": sorted(r.taps), "previews": sorted(r.previews)})
-                head = (f'<h1>rangewatch</h1><p class="muted small">log directory <code>{_e(self._logdir)}</code> · '
-                        f'{len(with_data)} run{"s" if len(with_data) != 1 else ""} with rangewatch data · '
-                        'updated when the event files change · the same page as <code>rangewatch report</code></p>')
-                body = page_body(with_data, without) if with_data else (
-                    '<p class="muted">No rangewatch data in these event files yet: it appears at the first check step '
-                    "of a run with RangeWatch and a TensorBoardLogger.</p>")
-                page = f"<main>{head}{body}</main>"
+                try:
+                    page, runs = self._page(dirs)
+                except Exception as e:  # an unreadable event file must not take TensorBoard down: say it, try again later
+                    page = (f'<main><h1>rangewatch</h1><p class="bad">could not read the event files under <code>{_e(self._logdir)}</code>: '
+                            f"{_e(type(e).__name__)}: {_e(e)}</p></main>")
+                    fp = ""  # not cached: the next request reads again
             page = f"<style>{CSS}{_EXTRA_CSS}</style>{page}"
             self._cache = (fp, page, runs)
             return self._cache
+
+    def _page(self, dirs: list[Path]) -> tuple[str, list[dict[str, Any]]]:
+        """The dashboard's HTML and the runs' findings, from the report's reading of the event files."""
+        from .report import _e, _run_findings, _row_kind, page_body, read_runs
+
+        with_data, without = read_runs(dirs, self._logdir)
+        runs = []
+        for r in with_data:
+            header, rows = _run_findings(r)
+            findings = [dict(zip(header, row)) for row in rows if _row_kind(header, row) not in ("note", "internal")]
+            runs.append({"run": r.name, "findings": findings, "taps": sorted(r.taps), "previews": sorted(r.previews)})
+        head = (f'<h1>rangewatch</h1><p class="muted small">log directory <code>{_e(self._logdir)}</code> · '
+                f'{len(with_data)} run{"s" if len(with_data) != 1 else ""} with rangewatch data · '
+                'updated when the event files change · the same page as <code>rangewatch report</code></p>')
+        body = page_body(with_data, without) if with_data else (
+            '<p class="muted">No rangewatch data in these event files yet: it appears at the first check step '
+            "of a run with RangeWatch and a TensorBoardLogger.</p>")
+        return f"<main>{head}{body}</main>", runs
 
     # ------------------------------------------------------------------ routes
     @wrappers.Request.application
