@@ -287,6 +287,15 @@ def _families() -> list[Family]:
         Family("bits16", "highbit", _highbit(16), convs=FLOAT_CONVS, gray1=False),
         Family("bits12_in_uint16", "highbit", _highbit(12), convs=("unit", "symmetric"), gray1=False,
                note="12-bit values in uint16, / 65535: max 0.0625"),
+        # appended, so that the earlier families keep their index (the trials' seeds include it)
+        Family("tv2_erasing0_then_resize", "torchvision", _tv2(
+            lambda s: [v2.RandomResizedCrop(s * 2, antialias=True), v2.RandomHorizontalFlip()],
+            lambda conv, s, ch: [v2.RandomErasing(p=1.0, value=0), v2.Resize(s, antialias=True)]),
+            convs=FLOAT_CONVS, note="a constant fill of 0 blended into the image by a bilinear resize (issue 26)"),
+        Family("tv2_affine_fill0_after_normalize", "torchvision", _tv2(
+            lambda s: [v2.RandomResizedCrop(s, antialias=True)],
+            lambda conv, s, ch: [v2.RandomAffine(degrees=20, translate=(0.1, 0.1), interpolation=IM.BILINEAR, fill=0)]),
+            convs=FLOAT_CONVS, note="bilinear rotation of normalised tensors, the corners filled with 0 (issue 26)"),
     ]
     return fams
 

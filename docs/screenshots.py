@@ -1,4 +1,5 @@
-"""Regenerate the README screenshots: the TensorBoard view of `rangewatch demo` and the HTML report.
+"""Regenerate the README screenshots: the RANGEWATCH dashboard in TensorBoard (one run, and the six runs of
+`rangewatch demo --case all`), TensorBoard's own tabs, the HTML report and the console of `rangewatch demo`.
 
 Needs Chromium (Debian package `chromium`) on PATH; run from the repository root:
     python docs/screenshots.py
@@ -79,37 +80,68 @@ def tag_counts(logdir: Path) -> dict[str, int]:
     return out
 
 
-def main() -> None:
-    from rangewatch.cli.demo import run_case
-    from rangewatch.sinks.report import build_report
+def console_shot(out: Path, workdir: Path) -> None:
+    """What `rangewatch demo` prints (stdout and stderr, as a terminal shows them), rendered as a terminal page."""
+    import html
+    import os
 
-    logdir = Path(tempfile.mkdtemp()) / "logs"
-    for case in ("dark-preview", "vae-range", "sdxl-latent", "clean"):
-        run_case(case, logdir, progress=False)
-    report = build_report(logdir)
-    chromium_shot(report.as_uri(), HERE / "report.png", "1400,1800")
-    print(f"report: {report.stat().st_size / 1024:.0f} KiB, {page_height(report)} px tall at 1400 px; tags: {tag_counts(logdir)}")
+    env = {**os.environ, "COLUMNS": "160", "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run([sys.executable, "-m", "rangewatch.cli.main", "demo", "--no-progress", "--logdir", "rangewatch_logs"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, env=env, cwd=workdir)
+    text = r.stdout.strip("\n") + "\n"  # one stream, in the order a terminal shows it
+    width = max(len(ln) for ln in text.splitlines())
+    page = workdir / "console.html"
+    page.write_text("<!DOCTYPE html><html><body style='margin:0;background:#1e1e1e'><pre style='color:#ddd;font:13px/1.35 "
+                    f"DejaVu Sans Mono,monospace;padding:12px;margin:0'>$ rangewatch demo\n{html.escape(text)}</pre></body></html>",
+                    encoding="utf-8")
+    lines = text.count("\n") + 3
+    chromium_shot(page.as_uri(), out, f"{max(900, int(width * 7.9) + 40)},{int(lines * 17.6) + 30}")
+    print(f"console: {len(text.splitlines())} lines, the longest {width} characters")
 
-    port = 6123
+
+def tensorboard_shots(logdir: Path, port: int, shots: list[tuple[str, str, str]]) -> None:
+    """Start `rangewatch tensorboard` on ``logdir`` and take ``(fragment, file name, window size)`` shots."""
     tb = subprocess.Popen(
         [sys.executable, "-m", "rangewatch.cli.main", "tensorboard", "--logdir", str(logdir), "--port", str(port), "--host", "127.0.0.1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(60):
+        for _ in range(120):
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugins_listing", timeout=1)
                 break
             except OSError:
                 time.sleep(1)
         base = f"http://127.0.0.1:{port}/?darkMode=false"
-        chromium_shot(f"{base}#custom_scalars", HERE / "tensorboard_custom_scalars.png", "1400,1100")
-        chromium_shot(f"{base}#text", HERE / "tensorboard_findings.png", "1400,1000")
-        chromium_shot(f"{base}#images", HERE / "tensorboard_images.png", "1400,1100")
-        chromium_shot(f"{base}#timeseries", HERE / "tensorboard_scalars.png")
+        for fragment, name, size in shots:
+            chromium_shot(f"{base}{fragment}", HERE / name, size)
     finally:
         tb.terminate()
         tb.wait(timeout=30)
+
+
+def main() -> None:
+    from rangewatch.cli.demo import CASES, run_case
+    from rangewatch.sinks.report import build_report
+
+    work = Path(tempfile.mkdtemp())
+    one, six = work / "one", work / "six"
+    run_case("dark-preview", one, progress=False)
+    for case in CASES:  # the six cases of `rangewatch demo --case all`
+        run_case(case, six, progress=False)
+    report = build_report(six)
+    chromium_shot(report.as_uri(), HERE / "report.png", "1400,1800")
+    print(f"report: {report.stat().st_size / 1024:.0f} KiB, {page_height(report)} px tall at 1400 px; tags: {tag_counts(six)}")
+
+    tensorboard_shots(one, 6123, [("", "tensorboard_dashboard_one_run.png", "1400,1100")])  # opens on RANGEWATCH
+    tensorboard_shots(six, 6124, [
+        ("", "tensorboard_dashboard_six_runs.png", "1400,1300"),
+        ("#custom_scalars", "tensorboard_custom_scalars.png", "1400,1100"),
+        ("#text", "tensorboard_findings.png", "1400,1000"),
+        ("#images", "tensorboard_images.png", "1400,1100"),
+        ("#timeseries", "tensorboard_scalars.png", "1400,1000"),
+    ])
+    console_shot(HERE / "console.png", work)
     print("wrote", *(p.name for p in sorted(HERE.glob("*.png"))))
 
 

@@ -49,9 +49,10 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
             only for taps with a finding, from the check step that found it), ``"all"`` (or True:
             every tap) or False (none).
         per_channel_scalars: also log the raw per-channel ``std``, ``nonfinite`` and
-            ``out_of_range`` scalars (``rangewatch/<tap>/<stat>/c<k>``); by default each tap logs
-            per-channel ``min``/``mean``/``max``, one ``nonfinite`` count and one ``out_of_range``
-            share for the whole tap, and its expected range (``expected_min``/``expected_max``).
+            ``out_of_range`` scalars (``rangewatch_channels/<tap>/<stat>/c<k>``); by default each tap
+            logs ``rangewatch/<tap>/{min,max,out_of_range}`` (three cards) and, in the
+            ``rangewatch_channels/`` group, per-channel ``min``/``mean``/``max``, one ``nonfinite``
+            count and its expected range (``expected_min``/``expected_max``).
         hist_bins: histogram bins per channel.
         watch_validation: also watch validation batches (taps ``val/batch...``).
         watch_visualization: from fit start to teardown (``training_step``, validation, epoch ends,
@@ -115,9 +116,10 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         >>> print(watch.findings[0].fix)
         apply x * 2 - 1 (Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])) before encoder
 
-    TensorBoard tags: ``rangewatch/<tap>/<stat>/c<k>`` with stat in ``min``, ``max``, ``mean``,
-    ``std``, ``nonfinite``, ``out_of_range``; histograms ``rangewatch/<tap>/hist/c<k>``; the
-    findings table as text under ``rangewatch/findings``.
+    TensorBoard tags: ``rangewatch/<tap>/{min,max,out_of_range}`` (three cards per tap) and the findings
+    counts ``rangewatch/findings/<kind>``; per channel ``rangewatch_channels/<tap>/<stat>/c<k>`` with stat in
+    ``min``, ``max``, ``mean`` (``std``, ``nonfinite``, ``out_of_range`` with ``per_channel_scalars``);
+    histograms ``rangewatch/<tap>/hist/c<k>``; the findings as text under ``rangewatch/findings``.
     """
 
     @rng_kept

@@ -150,6 +150,8 @@ class CheckReport:
         return json.dumps(self.to_dict(), indent=indent)
 
     def format(self) -> str:
+        from .sinks.console import wrap  # lines under about 160 characters, code never cut
+
         out = [f"rangewatch check {self.config}"]
         out.append(f"  data:  {self.datamodule}.train_dataloader(), {self.batches} batch{'es' if self.batches != 1 else ''}")
         out.append(f"  model: {self.model}, {self.model_call}" if self.model else "  model: none given (module taps cannot be observed)")
@@ -165,8 +167,8 @@ class CheckReport:
                 status = {"ok": "ok", "no expectation": "no expectation", "mismatch": "MISMATCH", "nonfinite": "NaN/Inf"}.get(t.status, t.status)
                 seen = f"{t.convention} ({'confident' if t.confident else 'not confident'})"
                 exp = f"expected {t.expectation} ({t.source})" if t.expectation else "no expectation"
-                out.append(f"  {name}: {seen}; {exp}  [{status}]")
-                out.append(f"      evidence: {t.evidence}")
+                out.append(wrap(f"  {name}: {seen}; {exp}  [{status}]", indent="      "))
+                out.append(wrap(f"      evidence: {t.evidence}", indent="        "))
         else:
             out.append("taps: none (no image-like tensor in the batches; see batch_keys / skip_keys)")
         if self.unobserved:
@@ -181,10 +183,10 @@ class CheckReport:
                 label = self._label(f)
                 exp = f", expected {f.expected}" if f.expected else ""
                 src = f" ({f.source})" if f.source else ""
-                out.append(f"  {label} [{f.kind}] {f.where}: saw {f.observed}{exp}{src}")
-                out.append(f"      evidence: {f.evidence}")
+                out.append(wrap(f"  {label} [{f.kind}] {f.where}: saw {f.observed}{exp}{src}", indent="      "))
+                out.append(wrap(f"      evidence: {f.evidence}", indent="        "))
                 if f.fix:
-                    out.append(f"      fix: {f.fix}")
+                    out.append(wrap(f"      fix: {f.fix}", indent="        "))
         else:
             out.append("findings: none")
         if self.notes:

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from rangewatch import ConfigError, RangeMismatchError, RangeWatch, get_convention
-from rangewatch.sinks.loggers import tag
+from rangewatch.sinks.loggers import detail_tag, tag
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -89,7 +89,7 @@ def loader(x, bs=4):
 
 def test_vae_range_caught_at_first_batch_with_fix(tmp_path):
     w = RangeWatch(expect={"vae.encoder": "symmetric"})
-    with pytest.warns(UserWarning, match=r"vae\.encoder:input.*saw unit.*expected symmetric.*x \* 2 - 1"):
+    with pytest.warns(UserWarning, match=r"(?s)vae\.encoder:input.*saw unit.*expected symmetric.*x \* 2 - 1"):
         trainer(tmp_path, [w]).fit(VAEModule(), loader(unit_photos()))
     mism = [f for f in w.findings if f.kind == "mismatch"]
     assert len(mism) == 1
@@ -164,18 +164,18 @@ def test_tensorboard_scalars_histograms_text(tmp_path):
     tags = acc.Tags()
     first = x[:4].double().numpy()
     for c in range(3):
-        ev = acc.Scalars(tag("batch[0]", "min", c))
+        ev = acc.Scalars(detail_tag("batch[0]", "min", c))
         assert [e.step for e in ev] == [0, 1]
         assert ev[0].value == pytest.approx(first[:, c].min(), abs=1e-6)
-        assert acc.Scalars(tag("batch[0]", "max", c))[0].value == pytest.approx(first[:, c].max(), abs=1e-6)
-        assert acc.Scalars(tag("batch[0]", "mean", c))[0].value == pytest.approx(first[:, c].mean(), abs=1e-5)
-        assert acc.Scalars(tag("batch[0]", "std", c))[0].value == pytest.approx(first[:, c].std(), abs=1e-5)
-        assert acc.Scalars(tag("batch[0]", "out_of_range", c))[0].value == 0.0
+        assert acc.Scalars(detail_tag("batch[0]", "max", c))[0].value == pytest.approx(first[:, c].max(), abs=1e-6)
+        assert acc.Scalars(detail_tag("batch[0]", "mean", c))[0].value == pytest.approx(first[:, c].mean(), abs=1e-5)
+        assert acc.Scalars(detail_tag("batch[0]", "std", c))[0].value == pytest.approx(first[:, c].std(), abs=1e-5)
+        assert acc.Scalars(detail_tag("batch[0]", "out_of_range", c))[0].value == 0.0
     second = x[4:].double().numpy()
-    assert acc.Scalars(tag("batch[0]", "nonfinite", 1))[1].value == 1.0
-    assert acc.Scalars(tag("batch[0]", "nonfinite", 0))[1].value == 0.0
+    assert acc.Scalars(detail_tag("batch[0]", "nonfinite", 1))[1].value == 1.0
+    assert acc.Scalars(detail_tag("batch[0]", "nonfinite", 0))[1].value == 0.0
     # finite minimum of channel 1 despite the NaN
-    assert acc.Scalars(tag("batch[0]", "min", 1))[1].value == pytest.approx(np.nanmin(second[:, 1]), abs=1e-6)
+    assert acc.Scalars(detail_tag("batch[0]", "min", 1))[1].value == pytest.approx(np.nanmin(second[:, 1]), abs=1e-6)
     hist = acc.Histograms(tag("batch[0]", "hist", 0))
     assert hist[0].step == 0 and hist[0].histogram_value.num == first[:, 0].size
     counts = np.array(hist[0].histogram_value.bucket)
@@ -192,7 +192,7 @@ def test_csv_logger_gets_scalars_only(tmp_path):
     logger = CSVLogger(tmp_path, name="csv")
     trainer(tmp_path, [w], logger=logger).fit(VAEModule(), loader(unit_photos()))
     text = Path(logger.log_dir, "metrics.csv").read_text()
-    assert "rangewatch/batch[0]/min/c0" in text and "hist" not in text
+    assert "rangewatch_channels/batch[0]/min/c0" in text and "hist" not in text
 
 
 def test_no_logger_findings_still_listed(tmp_path):

@@ -190,7 +190,7 @@ def _read_events(out: Path) -> tuple[list[str], dict[str, list[tuple[int, float]
     acc = EventAccumulator(files[0], size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
-    scalars = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags["scalars"] if t.startswith("rangewatch/")}
+    scalars = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags["scalars"] if t.startswith(("rangewatch/", "rangewatch_channels/"))}
     hists = {t: [(e.step, e.histogram_value) for e in acc.Histograms(t)] for t in tags["histograms"]}
     text_tag = "rangewatch/findings/text_summary"  # torch's add_text appends /text_summary
     texts = [e.step for e in acc.Tensors(text_tag)] if text_tag in tags["tensors"] else []
@@ -198,7 +198,7 @@ def _read_events(out: Path) -> tuple[list[str], dict[str, list[tuple[int, float]
 
 
 def _tag(stat: str, c: int, tap: str = TAP) -> str:
-    return f"rangewatch/{tap}/{stat}/c{c}"
+    return f"rangewatch_channels/{tap}/{stat}/c{c}"
 
 
 def _numpy_figures(step: int, only_kept: bool = False, odd: bool = False) -> dict[str, np.ndarray]:

@@ -168,11 +168,11 @@ def test_compvis_autoencoder_correct_run_silent_and_loss_identical(tmp_path, ns)
     acc = events(logger.log_dir)
     scalars = acc.Tags()["scalars"]
     # the NHWC float batch is tapped with its 3 channels on the last dim (not 16 "channels" on dim 1)
-    assert {"rangewatch/batch.image/min/c0", "rangewatch/batch.image/min/c2"} <= set(scalars)
+    assert {"rangewatch_channels/batch.image/min/c0", "rangewatch_channels/batch.image/min/c2"} <= set(scalars)
     assert "rangewatch/batch.image/min/c3" not in scalars
-    mins = [e.value for e in acc.Scalars("rangewatch/batch.image/min/c0")]
+    mins = [e.value for e in acc.Scalars("rangewatch_channels/batch.image/min/c0")]
     assert min(mins) < -0.5  # the real photos' [-1, 1] values
-    assert "rangewatch/encoder:input/min/c0" in scalars and "rangewatch/decoder:output/min/c0" in scalars
+    assert "rangewatch_channels/encoder:input/min/c0" in scalars and "rangewatch_channels/decoder:output/min/c0" in scalars
     # TensorBoard-only data reaches the TensorBoardLogger of either namespace: the custom-scalars layout
     # (histograms are for taps with a finding by default; this run has none)
     assert "custom_scalars__config__" in acc.Tags()["tensors"], "the layout reaches the TensorBoardLogger of either namespace"
@@ -275,6 +275,6 @@ def test_module_alias_names_resolve(tmp_path):
     w = RangeWatch(expect={"vae.encoder": "symmetric"}, modules=["decoder_alias"], derive_expectations=False)
     _, logger, _ = fit(pl, build, lambda: datamodule(pl, unit=True, batch_size=4), [w], tmp_path, max_steps=1)
     scalars = events(logger.log_dir).Tags()["scalars"]
-    assert "rangewatch/decoder_alias:output/min/c0" in scalars
+    assert "rangewatch_channels/decoder_alias:output/min/c0" in scalars
     mism = [f for f in w.findings if f.kind == "mismatch" and f.where == "vae.encoder:input"]
     assert len(mism) == 1 and mism[0].step == 0 and "x * 2 - 1" in mism[0].fix, w.findings

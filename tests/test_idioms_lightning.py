@@ -115,7 +115,7 @@ def test_loader_prediction_and_tensorboard_under_either_namespace(tmp_path, ns, 
     seen = [f for f in w.findings if f.kind == "mismatch" and f.where == "first_stage_model.encoder:input"]
     assert len(seen) == 1 and seen[0].step == 0
     acc = events(t.logger.log_dir)
-    assert "rangewatch/first_stage_model.encoder:input/min/c0" in acc.Tags()["scalars"]
+    assert "rangewatch_channels/first_stage_model.encoder:input/min/c0" in acc.Tags()["scalars"]
     # histograms and the findings text need a TensorBoardLogger: that of either namespace is recognised
     assert any(t.startswith("rangewatch/first_stage_model.encoder:input/hist") for t in acc.Tags()["histograms"])
     assert any(t.startswith("rangewatch/findings") for t in acc.Tags()["tensors"])

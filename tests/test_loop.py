@@ -85,8 +85,8 @@ def test_plain_loop_flags_unit_data_fed_to_a_diffusers_vae(tmp_path):
 
     ea = read_events(tmp_path / "tb")
     first = x[:4].double().numpy()
-    lo = ea.Scalars(rangewatch.sinks.loggers.tag("encoder:input", "min", 0))
-    hi = ea.Scalars(rangewatch.sinks.loggers.tag("encoder:input", "max", 2))
+    lo = ea.Scalars(rangewatch.sinks.loggers.detail_tag("encoder:input", "min", 0))
+    hi = ea.Scalars(rangewatch.sinks.loggers.detail_tag("encoder:input", "max", 2))
     assert [e.step for e in lo] == [0, 2]  # check_first_n=1, then every 2 steps
     assert lo[0].value == pytest.approx(first[:, 0].min(), abs=1e-6)
     assert hi[0].value == pytest.approx(first[:, 2].max(), abs=1e-6)
@@ -189,11 +189,11 @@ def test_accelerate_two_cpu_processes_reduce_statistics_and_log_on_rank_zero(tmp
     ea = read_events(tmp_path / "rank0")
     both = np.concatenate([b.numpy() for r in (0, 1) for b in _rank_data(r, 1)])  # step 0: both ranks' first batch
     for c in range(3):
-        mx = ea.Scalars(rangewatch.sinks.loggers.tag("encoder:input", "max", c))[0]
-        mn = ea.Scalars(rangewatch.sinks.loggers.tag("encoder:input", "min", c))[0]
+        mx = ea.Scalars(rangewatch.sinks.loggers.detail_tag("encoder:input", "max", c))[0]
+        mn = ea.Scalars(rangewatch.sinks.loggers.detail_tag("encoder:input", "min", c))[0]
         assert mx.step == 0 and mx.value == pytest.approx(float(both[:, c].max()), abs=1e-6)
         assert mn.value == pytest.approx(float(both[:, c].min()), abs=1e-6)
     rank0_alone = float(_rank_data(0, 1)[0].max())
-    assert rank0_alone <= DIM < max(ea.Scalars(rangewatch.sinks.loggers.tag("encoder:input", "max", c))[0].value for c in range(3))
-    assert [e.step for e in ea.Scalars(rangewatch.sinks.loggers.tag("encoder:input", "max", 0))] == [0, 2]
+    assert rank0_alone <= DIM < max(ea.Scalars(rangewatch.sinks.loggers.detail_tag("encoder:input", "max", c))[0].value for c in range(3))
+    assert [e.step for e in ea.Scalars(rangewatch.sinks.loggers.detail_tag("encoder:input", "max", 0))] == [0, 2]
     assert not [t for t in read_events(tmp_path / "rank1").Tags()["scalars"] if t.startswith("rangewatch/")]

@@ -680,7 +680,7 @@ def test_findings_scalars_and_latent_previews_read_back_from_the_event_file(kind
     ref = image[0].numpy()
     for c in range(3):
         for stat, want in (("min", ref[c].min()), ("max", ref[c].max()), ("mean", ref[c].mean())):
-            (ev,) = acc.Scalars(f"rangewatch/image:input/{stat}/c{c}")
+            (ev,) = acc.Scalars(f"rangewatch_channels/image:input/{stat}/c{c}")
             assert ev.step == 1 and ev.value == pytest.approx(float(want), abs=1e-5)
 
     # the latents' per-step scalars against the latents the user's callback saw

@@ -157,7 +157,7 @@ def scalar_taps(acc) -> dict[str, set[int]]:
     """tap -> channels, parsed from the right (taps keep dots, brackets and colons)."""
     taps: dict[str, set[int]] = {}
     for t in acc.Tags()["scalars"]:
-        m = re.fullmatch(r"rangewatch/(.+)/(min|max|mean|std|nonfinite|out_of_range)/c(\d+)", t)
+        m = re.fullmatch(r"rangewatch_channels/(.+)/(min|max|mean|std|nonfinite|out_of_range)/c(\d+)", t)
         if m:
             taps.setdefault(m.group(1), set()).add(int(m.group(3)))
     return taps
@@ -186,14 +186,14 @@ def test_every_tap_charted_per_channel(logs, report):
             assert tap in page.text
             charts = page.find("svg", run, data_kind="range", data_tap=tap)
             assert sorted(a["data-channel"] for a in charts) == sorted(f"c{c}" for c in chans), tap
-            if any(t.startswith(f"rangewatch/{tap}/out_of_range/") for t in reader(lg.log_dir).Tags()["scalars"]):
+            if any(t.startswith(f"rangewatch_channels/{tap}/out_of_range/") for t in reader(lg.log_dir).Tags()["scalars"]):
                 assert page.find("svg", run, data_kind="out_of_range", data_tap=tap)
     taps1 = scalar_taps(reader(lg1.log_dir))
     assert {"batch[0]", "val.batch[0]", "vae.encoder:input"} <= set(taps1)
     assert taps1["vae.encoder:input"] == {0, 1, 2}
     assert page.find("svg", "tb/version_0", data_kind="nonfinite", data_tap="batch[0]")  # the NaN
     # run 2 saw values outside the declared [0, 1]: its out-of-range share is in the health table, marked
-    oor = reader(lg2.log_dir).Scalars("rangewatch/batch[0]/out_of_range/c0")
+    oor = reader(lg2.log_dir).Scalars("rangewatch_channels/batch[0]/out_of_range/c0")
     assert oor[0].value > 0
     rows = page.find("tr", "tb/version_1", data_tap="batch[0]", data_channel="c0")
     assert rows
@@ -208,7 +208,7 @@ def test_values_in_tables_equal_event_values(logs, report):
     assert page.cells[(run, "batch[0]", 0, "c0", "min")][0] == pytest.approx(float(x[:4, 0].min()), abs=1e-7)
     checked = 0
     for tag in acc.Tags()["scalars"]:
-        m = re.fullmatch(r"rangewatch/(.+)/(min|max|mean|std|nonfinite|out_of_range)/c(\d+)", tag)
+        m = re.fullmatch(r"rangewatch_channels/(.+)/(min|max|mean|std|nonfinite|out_of_range)/c(\d+)", tag)
         if m is None:  # findings counts, expected bounds: not in the per-channel values tables
             continue
         for ev in acc.Scalars(tag):

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from rangewatch import Finding, RangeWatch
-from rangewatch.sinks.loggers import findings_from_markdown, findings_markdown, tag
+from rangewatch.sinks.loggers import findings_from_markdown, findings_markdown, detail_tag, tag
 
 
 class Pairs(Dataset):
@@ -95,19 +95,25 @@ def test_default_scalars_are_compact(default_run):
     w, lg, acc = default_run
     scalars = set(acc.Tags()["scalars"])
     for tap in ("batch.lq", "batch.gt"):
+        # the default group: three cards per tap
         mine = {t for t in scalars if t.startswith(f"rangewatch/{tap}/")}
-        want = {tag(tap, s, c) for s in ("min", "max", "mean") for c in range(3)}
-        want |= {tag(tap, "nonfinite"), tag(tap, "out_of_range"), tag(tap, "expected_min"), tag(tap, "expected_max")}
-        assert mine == want, (tap, mine ^ want)  # 13 tags instead of 18 per channel stats + ...
+        assert mine == {tag(tap, "min"), tag(tap, "max"), tag(tap, "out_of_range")}, mine
+        # the per-channel detail in its own group
+        detail = {t for t in scalars if t.startswith(f"rangewatch_channels/{tap}/")}
+        want = {detail_tag(tap, s, c) for s in ("min", "max", "mean") for c in range(3)}
+        want |= {detail_tag(tap, "nonfinite"), detail_tag(tap, "expected_min"), detail_tag(tap, "expected_max")}
+        assert detail == want, (tap, detail ^ want)
     # values against numpy: the first batch (step 0) of lq
     x = Pairs().lq[:4].double().numpy()
-    assert acc.Scalars(tag("batch.lq", "min", 1))[0].value == pytest.approx(x[:, 1].min(), abs=1e-6)
-    assert acc.Scalars(tag("batch.lq", "mean", 2))[0].value == pytest.approx(x[:, 2].mean(), abs=1e-5)
-    assert acc.Scalars(tag("batch.lq", "expected_min"))[0].value == -1.0
-    assert acc.Scalars(tag("batch.lq", "expected_max"))[0].value == 1.0
+    assert acc.Scalars(detail_tag("batch.lq", "min", 1))[0].value == pytest.approx(x[:, 1].min(), abs=1e-6)
+    assert acc.Scalars(detail_tag("batch.lq", "mean", 2))[0].value == pytest.approx(x[:, 2].mean(), abs=1e-5)
+    assert acc.Scalars(tag("batch.lq", "min"))[0].value == pytest.approx(x.min(), abs=1e-6)  # over the channels
+    assert acc.Scalars(tag("batch.lq", "max"))[0].value == pytest.approx(x.max(), abs=1e-6)
+    assert acc.Scalars(detail_tag("batch.lq", "expected_min"))[0].value == -1.0
+    assert acc.Scalars(detail_tag("batch.lq", "expected_max"))[0].value == 1.0
     # unit data against [-1, 1] bounds: nothing is outside; the [-1, 1] gt neither
     assert acc.Scalars(tag("batch.lq", "out_of_range"))[0].value == 0.0
-    assert acc.Scalars(tag("batch.gt", "nonfinite"))[0].value == 0.0
+    assert acc.Scalars(detail_tag("batch.gt", "nonfinite"))[0].value == 0.0
 
 
 def test_findings_count_per_kind(default_run):
@@ -140,8 +146,9 @@ def test_layout_one_category_per_tap_flagged_first(default_run):
             assert {s.value, s.lower, s.upper} <= scalars  # every tag the layout names exists
         pattern = re.compile(cat.chart[1].multiline.tag[0])
         tap = cat.title.split(" ")[2]
-        assert {t for t in scalars if pattern.search(t)} == {tag(tap, "nonfinite"), tag(tap, "out_of_range")}
-    (findings_chart,) = layout.category[0].chart
+        assert {t for t in scalars if pattern.search(t)} == {detail_tag(tap, "nonfinite"), tag(tap, "out_of_range")}
+    total_chart, findings_chart = layout.category[0].chart
+    assert [(s.value, s.lower, s.upper) for s in total_chart.margin.series] == [("rangewatch/findings/total",) * 3]  # unsmoothed
     assert {t for t in scalars if re.search(findings_chart.multiline.tag[0], t)} == {"rangewatch/findings/total", "rangewatch/findings/mismatch"}
 
 
@@ -177,10 +184,10 @@ def test_raw_per_channel_scalars_and_all_histograms_behind_options(tmp_path):
     acc = accumulator(fit(tmp_path, w, steps=2).log_dir)
     scalars = set(acc.Tags()["scalars"])
     for tap in ("batch.lq", "batch.gt"):
-        assert {tag(tap, s, c) for s in ("min", "max", "mean", "std", "nonfinite", "out_of_range") for c in range(3)} <= scalars
+        assert {detail_tag(tap, s, c) for s in ("min", "max", "mean", "std", "nonfinite", "out_of_range") for c in range(3)} <= scalars
     assert sorted(acc.Tags()["histograms"]) == sorted(tag(t, "hist", c) for t in ("batch.lq", "batch.gt") for c in range(3))
     x = Pairs().gt[:4].double().numpy()
-    assert acc.Scalars(tag("batch.gt", "std", 0))[0].value == pytest.approx(x[:, 0].std(), abs=1e-5)
+    assert acc.Scalars(detail_tag("batch.gt", "std", 0))[0].value == pytest.approx(x[:, 0].std(), abs=1e-5)
 
 
 def test_histograms_off(tmp_path):

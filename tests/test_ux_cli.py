@@ -183,28 +183,3 @@ def test_demo_rerun_writes_a_fresh_version(tmp_path):
     assert sorted(p.name for p in (tmp_path / "clean").iterdir()) == ["version_0", "version_1"]
     assert all(len(list(p.glob("events.out.tfevents.*"))) == 1 for p in (tmp_path / "clean").iterdir())
     assert "no findings" in r.stdout
-
-
-def test_findings_table_wraps_at_word_boundaries():
-    from rangewatch import Finding
-    from rangewatch.cli.demo import findings_table
-
-    fix = ("run in bfloat16 instead of float16 (Trainer(precision='bf16-mixed'), torch_dtype=torch.bfloat16), which has the "
-           "range of fp32; or keep decoder.mid in fp32: model.get_submodule('decoder.mid').float()")
-    f = Finding("nonfinite", "decoder.mid", "NaN/Inf output of Conv2d from finite inputs", "finite activations", "e", fix)
-    text = findings_table([f], width=100)
-    lines = text.splitlines()
-    assert max(len(ln) for ln in lines) <= 100
-    assert lines[0].split() == ["kind", "where", "seen", "expected", "fix"]
-    # every word of every cell is printed whole, in order
-    words = " ".join(ln[2:] for ln in lines[2:]).split()
-    for cell in (f.kind, f.where, f.observed, f.expected):
-        assert all(w in words for w in cell.split())
-    fix_col = lines[0].index("fix")
-    pieces = [ln[fix_col:].strip() for ln in lines[2:] if ln[fix_col:].strip()]
-    assert "".join("".join(pieces).split()) == "".join(fix.split())  # all of the fix, in order
-    col_width = len(lines[1]) - fix_col
-    long_words = [w for w in fix.split() if len(w) > col_width]
-    assert long_words == ["model.get_submodule('decoder.mid').float()"]
-    for token in " ".join(pieces).split():  # whole words, except pieces of the one word longer than the column
-        assert token in fix.split() or any(token in w for w in long_words), token

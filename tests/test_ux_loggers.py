@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from rangewatch import RangeWatch
-from rangewatch.sinks.loggers import FINDING_COLUMNS, mlflow_key, tag
+from rangewatch.sinks.loggers import FINDING_COLUMNS, detail_tag, mlflow_key, tag
 
 pytestmark = pytest.mark.slow
 
@@ -132,9 +132,9 @@ def test_wandb_offline(tmp_path, monkeypatch):
                 history.setdefault(k, []).append((row.get("trainer/global_step"), v))
     # the same scalars, against numpy: the first batch
     first = X[:4].double().numpy()
-    assert history[tag("batch[0]", "min", 0)][0] == (0, pytest.approx(first[:, 0].min(), abs=1e-6))
-    assert history[tag("batch[0]", "mean", 2)][0][1] == pytest.approx(first[:, 2].mean(), abs=1e-5)
-    assert history[tag("batch[0]", "expected_min")][0][1] == -1
+    assert history[detail_tag("batch[0]", "min", 0)][0] == (0, pytest.approx(first[:, 0].min(), abs=1e-6))
+    assert history[detail_tag("batch[0]", "mean", 2)][0][1] == pytest.approx(first[:, 2].mean(), abs=1e-5)
+    assert history[detail_tag("batch[0]", "expected_min")][0][1] == -1
     mismatches = sum(f.kind == "mismatch" for f in w.findings)
     assert mismatches == 2  # batch[0] and val/batch[0]
     assert history["rangewatch/findings/mismatch"][-1][1] == mismatches
@@ -167,9 +167,9 @@ def test_mlflow_file_store(tmp_path, monkeypatch):
         return [(int(s), float(v)) for _, v, s in (ln.split() for ln in lines if ln.strip())]
 
     first = X[:4].double().numpy()
-    assert mlflow_key(tag("batch[0]", "min", 0)) == "rangewatch/batch_0_/min/c0"
-    assert metric(tag("batch[0]", "min", 0))[0] == (0, pytest.approx(first[:, 0].min(), abs=1e-6))
-    assert metric(tag("batch[0]", "max", 1))[0][1] == pytest.approx(first[:, 1].max(), abs=1e-6)
+    assert mlflow_key(detail_tag("batch[0]", "min", 0)) == "rangewatch_channels/batch_0_/min/c0"
+    assert metric(detail_tag("batch[0]", "min", 0))[0] == (0, pytest.approx(first[:, 0].min(), abs=1e-6))
+    assert metric(detail_tag("batch[0]", "max", 1))[0][1] == pytest.approx(first[:, 1].max(), abs=1e-6)
     assert metric("rangewatch/findings/mismatch")[-1][1] == sum(f.kind == "mismatch" for f in w.findings) == 2
     # the findings as a table artifact (columns + data) and as markdown
     table = json.loads((run / "artifacts" / "rangewatch" / "findings.json").read_text())

@@ -95,6 +95,8 @@ _GRID_DISTINCT = 8  # on-grid values must take at least this many distinct steps
 _GRIDDED = 0.9  # a channel this much on a reading's 8-bit grid: clipping there is exact, so only exact piles count
 _ODD_SHARE = 0.97  # on-grid steps this much odd: the grid is 2/255 wide, 8-bit data of a reading twice as wide
 _SAMPLE_PER_TENSOR = 32768
+_FILL_COMMON = 0.05  # exact zeros at the same sampled positions in every channel (all but this share): a constant fill
+_EXACTLY = 2e-6  # unit space: "exactly on a bound" in the evidence (float32 rounding of normalised 8-bit data ~3e-7)
 
 #: what puts a small share of values outside a correct convention's bounds
 LIKELY_SPILL_CAUSES = (
@@ -296,6 +298,16 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
     n_c = np.asarray([max(len(a), 1) for a in xs], dtype=np.float64)
     grid_v = [_light(a[:: max(1, len(a) // 4096)]) for a in xs]  # the grid test needs a few thousand values
     half = bool({"float16", "bfloat16"} & set(r.dtypes))
+    # a constant fill of 0 (RandomErasing(value=0), timm re_mode="const", zero padding or an affine fill after
+    # Normalize, black bars): exact zeros at the same positions in every channel (the sample takes the same
+    # positions in each channel). 0 lies inside every normalised range, so such a pile says nothing about a
+    # floor at 0, nor do the values next to it (resampling blends the fill into the image: a ramp, not a tail)
+    zero_fill = False
+    if c >= 2 and not half:
+        z = v == 0.0
+        per = z.sum(axis=1)
+        common = int(z.all(axis=0).sum())
+        zero_fill = common >= _PILE_MIN and bool(((per - common) <= np.maximum(2, _FILL_COMMON * per)).all())
     convs: dict[str, Convention] = {}
     info: dict[str, dict] = {}
 
@@ -313,6 +325,7 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
         out_ch = np.zeros(c)
         cont = np.zeros(c)
         piles: list[tuple[int, int]] = []  # exact piles and edges
+        clipped: list[tuple[int, int]] = []  # the piles whose values sit exactly on the bound (the evidence says so)
         soft_piles: list[tuple[int, int]] = []  # soft edges: a bound within a few percent
         out_on = out_n = 0
         span = np.zeros(c)
@@ -385,8 +398,13 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
                 in2 = between(i, *sorted((bx - sgn * d_soft, bx - 2 * sgn * d_soft)))
                 soft = (not gridded and far <= max(2, _SOFT_FAR * n_c[i]) and in1 >= max(_SOFT_MIN, _SOFT_SHARE * n_c[i])
                         and in1 >= 0.5 * in2 and near_out <= _SOFT_RING * in1)
+                if zero_fill and abs(bx) <= d_tol:  # this bound is data value 0, where a fill sits in every channel
+                    pile = edge = soft = False
                 if pile or edge:
                     piles.append((i, which))
+                    d_ex = (tol if half else _EXACTLY) / sd
+                    if pile and between(i, bx - d_ex, bx + d_ex) >= _PILE_MIN:
+                        clipped.append((i, which))
                 elif soft:
                     soft_piles.append((i, which))
             ulo = min(max(xs[i][0] * sd + m, 0.0), 1.0)
@@ -409,6 +427,7 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
         cost, spill, gap, hits = _cost(conv, lo_f, hi_f)
         out_grid = out_on / out_n if out_n >= _OUT_GRID_MIN else None
         info[n] = dict(out=out_share, out_ch=out_ch, cont=cont, piles=piles + soft_piles, exact=piles, soft=soft_piles,
+                       clipped=clipped,
                        grid=grid, grid_ok=strong_ok, odd=odd_share, span=span, cost=cost, spill=spill, gap=gap, out_grid=out_grid)
     if not info:
         return Inference("unknown", False, [], f"no pixel convention applies to {c} channels", *ch)
@@ -466,8 +485,10 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
             if len(disc) >= need:
                 i, w = disc[0]
                 bx = _bound_x(convs[n], c, i, w)
-                excluded.setdefault(o, f"{len(disc)} channel bound(s) of {n} carry clipped piles (e.g. channel {i} "
-                                       f"at {bx:.3f}) that are not bounds of {o}")
+                what = ("clipped piles" if (i, w) in d["clipped"] else
+                        "values running up to them and none beyond" if (i, w) in d["exact"] else "values stopping within 5% of them")
+                excluded.setdefault(o, f"{len(disc)} channel bound(s) of {n} carry {what} (e.g. channel {i} "
+                                       f"at {bx:.3f}), and they are not bounds of {o}")
     compatible = [n for n in info if n not in excluded]
     # ranking: compatible first, then by extremes cost less pile bonus
     def score(n: str) -> float:
@@ -497,11 +518,20 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
     confident = len(compatible) == 1 and discriminating and (bool(d["piles"]) or (strong.get(best) or 0) >= _GRID_STRONG
                                                               or d["gap"] <= 0.15)
     parts = []
-    if d["piles"]:
-        parts.append(f"{len(d['piles'])} of {2 * c} per-channel bounds carry values that sit exactly on the {conv.label} "
-                     f"bounds {_fmt(blo)} / {_fmt(bhi)} with nothing beyond (clipped shadows/highlights)")
-    else:
-        parts.append(f"they fit the {conv.label} bounds {_fmt(blo)} / {_fmt(bhi)}")
+    # each sentence says only what was measured: exact piles, values running up to a bound, values stopping near it
+    n_clip, n_edge, n_soft = len(d["clipped"]), len(d["exact"]) - len(d["clipped"]), len(d["soft"])
+    bounds = f"the {conv.label} bounds {_fmt(blo)} / {_fmt(bhi)}"
+    if n_clip:
+        parts.append(f"{n_clip} of {2 * c} per-channel bounds hold values that sit exactly on {bounds}, in piles with none "
+                     "beyond (what clipped shadows/highlights leave)")
+    if n_edge:
+        parts.append(f"{'in ' + str(n_edge) + ' more' if n_clip else f'in {n_edge} of {2 * c}'} the values run densely up to "
+                     f"{'the bound' if n_clip else bounds} and none lie beyond")
+    if n_soft:
+        parts.append(f"{'in ' + str(n_soft) + ' more' if n_clip or n_edge else f'in {n_soft} of {2 * c}'} the values stop within "
+                     f"{_SOFT:.0%} of {'the bound' if n_clip or n_edge else bounds}, as resampling ringing does")
+    if not parts:
+        parts.append(f"they fit {bounds}")
     if (strong.get(best) or 0) >= _GRID_STRONG:
         parts.append(f"{grids[best]:.0%} of the values map back onto the 8-bit grid k/255")
     if d["out"] > 0:
@@ -555,7 +585,8 @@ def _infer_extremes(r: RangeSummary, names: list[str]) -> Inference:
     confident = margin >= _CONFIDENT_MARGIN and spill <= _CONFIDENT_SPILL and len(disc) >= min(2, c)
     blo, bhi = conv.bounds(c)
     if hits:
-        detail = f"{len(hits)} of {2 * c} per-channel extremes sit exactly on the {conv.label} bounds {_fmt(blo)} / {_fmt(bhi)}"
+        detail = (f"{len(hits)} of {2 * c} per-channel extremes lie within {_EXACT:.2%} of the range of the {conv.label} bounds "
+                  f"{_fmt(blo)} / {_fmt(bhi)}")
     else:
         detail = f"they fit the {conv.label} bounds {_fmt(blo)} / {_fmt(bhi)} best"
     evidence = f"{per_ch}: {detail}"

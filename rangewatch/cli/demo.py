@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..expect.conventions import get_convention
 from ..findings.finding import Finding
+from ..sinks.console import finding_text
 from .photos import load_photos
 
 __all__ = ["CASES", "DemoResult", "run_case", "run_demo", "findings_table"]
@@ -348,32 +349,6 @@ def run_case(name: str, logdir: str | Path = "rangewatch_logs", progress: bool =
     return DemoResult(name, list(watch.findings), Path(logger.log_dir), time.perf_counter() - start)
 
 
-def findings_table(findings: list[Finding], width: int | None = None) -> str:
-    """A plain-text table (kind, where, seen, expected, fix) that fits ``width`` columns (default: the
-    terminal's, at most 120): cells wrap at word boundaries, never mid-word unless a word is longer
-    than its column."""
-    import shutil
-    import textwrap
-
-    if not findings:
-        return "  no findings"
-    width = width or min(120, shutil.get_terminal_size((100, 24)).columns)
-    header = ("kind", "where", "seen", "expected", "fix")
-    rows = [header] + [(f.kind, f.where, f.observed, f.expected, f.fix) for f in findings]
-    caps = (13, 24, 16, 18)  # the fix column takes the rest
-    widths = [min(cap, max(len(r[i]) for r in rows)) for i, cap in enumerate(caps)]
-    while width - 2 - sum(widths) - 2 * len(widths) < 40 and max(widths) > 8:  # narrow terminal: the fix keeps 40
-        widths[widths.index(max(widths))] -= 1
-    widths.append(max(20, width - 2 - sum(widths) - 2 * len(widths)))
-    out = []
-    for i, row in enumerate(rows):
-        cells = [textwrap.wrap(c, w, break_on_hyphens=False) or [""] for c, w in zip(row, widths)]
-        for j in range(max(len(c) for c in cells)):
-            out.append(("  " + "  ".join(f"{(c[j] if j < len(c) else ''):<{w}}" for c, w in zip(cells, widths))).rstrip())
-        out.append("  " + "-" * (sum(widths) + 2 * (len(widths) - 1)) if i == 0 else "")
-    return "\n".join(out).rstrip()
-
-
 def run_demo(case: str = "dark-preview", logdir: str | Path = "rangewatch_logs", progress: bool = True, echo: Callable[[str], None] = print) -> list[DemoResult]:
     names = list(CASES) if case == "all" else [case]
     results = []
@@ -389,17 +364,16 @@ def run_demo(case: str = "dark-preview", logdir: str | Path = "rangewatch_logs",
             echo(f"   skipped: this case {r.skipped}")
             continue
         shown = [f for f in r.findings if f.kind != "note"]
-        echo(f"\n{len(shown)} finding(s) in {r.seconds:.1f} s:")
-        echo(findings_table(shown))
+        echo(f"\n{len(shown)} finding(s) in {r.seconds:.1f} s" + (":" if shown else ": no findings"))
         for f in shown:
-            echo(f"\n  * {f}")
+            echo(finding_text(f))
     where = Path(logdir).resolve()
     runs = [r for r in results if r.logdir is not None]
     if runs:
         echo(
             f"\nTensorBoard logs: {where} (this run: {', '.join(str(Path(r.logdir).resolve().relative_to(where)) for r in runs)})\n"
-            f"Open them with:\n  rangewatch tensorboard --logdir {where}\n"
-            "  (the CUSTOM SCALARS tab has one chart per tap, taps with a finding first)\n"
+            f"Open them with (the RANGEWATCH tab: findings first, with evidence, fix and the preview pairs):\n"
+            f"  rangewatch tensorboard --logdir {where}\n"
             f"or write an HTML report:\n  rangewatch report {where}"
         )
     return results

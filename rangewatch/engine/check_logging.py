@@ -45,16 +45,20 @@ class CheckLogging:
         if not self._sink.has_tensorboard:
             return
         flagged = self._log.flagged(new)
-        taps = dict(self._layout_taps)
+        shown = {k: v for k, v in self._layout_taps.items() if not k.startswith("\0")}
+        taps = dict(shown)
         for name, s in summaries:
             if self._taps[name].latent is None:
                 taps[name] = (s.channels, name in flagged)
         taps = {n: (c, n in flagged) for n, (c, _) in taps.items()}
-        if taps != self._layout_taps:
+        # the findings at no tap (a preview call) get a category of their own
+        elsewhere = tuple(sorted(w for w in flagged if w not in taps and w not in self._taps))
+        key = {**taps, "\0elsewhere": (len(elsewhere), elsewhere)}  # type: ignore[dict-item]
+        if key != self._layout_taps:
             from ..sinks.loggers import scalars_layout
 
-            self._sink.layout(scalars_layout(taps), step)
-            self._layout_taps = taps
+            self._sink.layout(scalars_layout(taps, elsewhere=elsewhere), step)
+            self._layout_taps = key
 
     def _latents_elsewhere(self, summaries: list[tuple[str, RangeSummary]], step: int) -> None:
         """The latent RGB preview (and, for W&B, the per-channel histograms) to W&B / MLflow."""

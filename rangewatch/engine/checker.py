@@ -18,7 +18,7 @@ from ..expect.expectation import Expectation
 from ..findings.finding import Finding, nonfinite_finding, note_finding
 from ..checks.inference import Inference, infer_convention
 from ..checks.rules import check_expectation
-from ..sinks.loggers import tag
+from ..sinks.loggers import detail_tag, tag
 from ..stats.range_stats import RangeSummary
 
 __all__ = ["TapChecks"]
@@ -113,6 +113,9 @@ class TapChecks:
         self._info(f"rangewatch: {note}")
 
     def _metrics(self, tap: _Tap, s: RangeSummary) -> dict[str, float]:
+        """Per tap in the compact ``rangewatch/`` group its ``min``, ``max`` and ``out_of_range`` share (three
+        TensorBoard cards); per channel ``min``/``max``/``mean`` (``std`` too with ``per_channel_scalars``), the
+        ``nonfinite`` count and the expected range in ``rangewatch_channels/``."""
         m: dict[str, float] = {}
         full = self.per_channel_scalars
         stats = (("min", s.range_min), ("max", s.range_max), ("mean", s.mean)) + ((("std", s.std),) if full else ())
@@ -120,14 +123,18 @@ class TapChecks:
             for stat, vals in stats:
                 v = float(vals[c])
                 if math.isfinite(v):
-                    m[tag(tap.name, stat, c)] = v
+                    m[detail_tag(tap.name, stat, c)] = v
             if full and float(s.detail_count[c]) > 0:
-                m[tag(tap.name, "nonfinite", c)] = float(s.nonfinite[c])
+                m[detail_tag(tap.name, "nonfinite", c)] = float(s.nonfinite[c])
                 if s.bounds is not None:
-                    m[tag(tap.name, "out_of_range", c)] = float((s.below[c] + s.above[c]) / s.detail_count[c])
+                    m[detail_tag(tap.name, "out_of_range", c)] = float((s.below[c] + s.above[c]) / s.detail_count[c])
+        lo_all = [float(v) for v in s.range_min if math.isfinite(float(v))]
+        hi_all = [float(v) for v in s.range_max if math.isfinite(float(v))]
+        if lo_all and hi_all:
+            m[tag(tap.name, "min")], m[tag(tap.name, "max")] = min(lo_all), max(hi_all)
         counted = float(s.detail_count.sum())
-        if not full and counted > 0:  # one figure each for the whole tap
-            m[tag(tap.name, "nonfinite")] = float(s.nonfinite.sum())
+        if counted > 0:  # one figure each for the whole tap
+            m[detail_tag(tap.name, "nonfinite")] = float(s.nonfinite.sum())
             if s.bounds is not None:
                 m[tag(tap.name, "out_of_range")] = float((s.below.sum() + s.above.sum()) / counted)
         exp = self.expectation_for(tap.name)
@@ -137,5 +144,5 @@ class TapChecks:
             except ValueError:  # a convention that does not fit the channel count (a mismatch finding says so)
                 lo = hi = ()
             if lo and hi:
-                m[tag(tap.name, "expected_min")], m[tag(tap.name, "expected_max")] = float(min(lo)), float(max(hi))
+                m[detail_tag(tap.name, "expected_min")], m[detail_tag(tap.name, "expected_max")] = float(min(lo)), float(max(hi))
         return m

@@ -106,10 +106,11 @@ OPTIONS = (
 
 
 def _says(level: str, text: str) -> None:
-    """The default voice: Lightning's rank-zero info / warning (the engine also gates on its rank)."""
-    from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+    """The default voice (the engine gates on its rank): a warning that points at the user's code, or a line
+    said once (the ``rangewatch`` logger when the program configured logging, else stderr)."""
+    from ..sinks import console
 
-    (rank_zero_warn if level == "warn" else rank_zero_info)(text)
+    (console.warn if level == "warn" else console.info)(text)
 
 
 def _no_step() -> int | None:
@@ -792,7 +793,9 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             try:  # a NaN loss that raised: still name where the NaN came from
                 for f in self._tracer.check(self._now()):
                     if self._log.add(f):
-                        self._warn(f"rangewatch: {f}")
+                        from ..sinks.console import finding_text
+
+                        self._warn(finding_text(f))
             except Exception as e:
                 self._internal("trace_modules", e, None)
             self._tracer.detach()

@@ -110,9 +110,11 @@ class FindingsLog:
             on_fresh(fresh)
         loud = [f for f in fresh if f.kind not in QUIET_KINDS]
         if self.policy in ("warn", "raise"):
+            from ..sinks.console import finding_text  # short lines, code never cut, a pointer to the evidence
+
             for f in loud:
                 if self.policy == "warn" or f.severity == "info":
-                    self.warn(f"rangewatch: {f}")
+                    self.warn(finding_text(f))
         stop = agreed if together else [f for f in loud if f.severity != "info"]
         if self.policy == "raise" and stop:
             raise RangeMismatchError(stop)

@@ -230,7 +230,9 @@ class VisualizationWatch:
         if self.on_finding is not None:
             self.on_finding(f)
         elif self.warn:
-            warnings.warn(str(f), VisualizationWarning, stacklevel=4)
+            from ..sinks.console import finding_text, warn
+
+            warn(finding_text(f), VisualizationWarning)  # pointing at the user's preview call
         return True
 
     def _record(self, obs: Observation) -> None:

@@ -17,7 +17,7 @@ import torch
 from ..findings.finding import Finding
 from ..stats.range_stats import RangeSummary
 
-__all__ = ["LoggerSink", "tag", "findings_markdown", "findings_from_markdown", "scalars_layout", "write_histogram",
+__all__ = ["LoggerSink", "tag", "detail_tag", "DETAIL_GROUP", "findings_markdown", "findings_from_markdown", "scalars_layout", "write_histogram",
            "write_image", "write_text", "is_tensorboard_logger"]
 
 #: the machine-readable copy of each finding inside the markdown (an HTML comment: TensorBoard's
@@ -25,10 +25,20 @@ __all__ = ["LoggerSink", "tag", "findings_markdown", "findings_from_markdown", "
 _FINDING_COMMENT = "<!-- rangewatch-finding "
 
 
-def tag(tap: str, stat: str, channel: int | None = None) -> str:
-    """The one tag layout: ``rangewatch/<tap>/<stat>/c<k>``; tap names keep dots and colons."""
+def tag(tap: str, stat: str, channel: int | None = None, group: str = "rangewatch") -> str:
+    """The one tag layout: ``<group>/<tap>/<stat>/c<k>``; tap names keep dots and colons."""
     safe = tap.replace(" ", "_").replace("/", ".")
-    return f"rangewatch/{safe}/{stat}" + (f"/c{channel}" if channel is not None else "")
+    return f"{group}/{safe}/{stat}" + (f"/c{channel}" if channel is not None else "")
+
+
+#: the group of the per-channel detail (TensorBoard shows each group as its own section), beside the compact
+#: ``rangewatch/`` group (per tap its ``min``, ``max`` and ``out_of_range``, and the findings counts)
+DETAIL_GROUP = "rangewatch_channels"
+
+
+def detail_tag(tap: str, stat: str, channel: int | None = None) -> str:
+    """``rangewatch_channels/<tap>/<stat>/c<k>``: per-channel statistics, the non-finite count, the expected range."""
+    return tag(tap, stat, channel, DETAIL_GROUP)
 
 
 def _code_span(s: str) -> str:
@@ -98,9 +108,10 @@ def findings_from_markdown(text: str) -> list[Finding] | None:
     return out if out or "**no findings**" in text else None
 
 
-def scalars_layout(taps: dict[str, tuple[int, bool]]) -> Any:
+def scalars_layout(taps: dict[str, tuple[int, bool]], elsewhere: tuple[str, ...] = ()) -> Any:
     """TensorBoard's custom-scalars layout (a ``layout_pb2.Layout``): first a "rangewatch findings"
-    category (the findings count per kind), then one category per tap (``taps``: name -> (channels,
+    category (the findings total as a margin chart, drawn unsmoothed, and the count per kind), a category per
+    finding at no tap (``elsewhere``: a preview call), then one category per tap (``taps``: name -> (channels,
     flagged)) holding two charts: a margin chart with, per channel, the mean as a line and min..max as
     its band, plus the expected bounds as a band; and the out-of-range share with the non-finite count.
     Categories of taps without findings start closed."""
@@ -109,16 +120,24 @@ def scalars_layout(taps: dict[str, tuple[int, bool]]) -> Any:
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     layout = layout_pb2.Layout()
+    # the same two charts in every run's layout, so that TensorBoard merges them into one pair across runs
     cat = layout.category.add(title="rangewatch findings")
+    total = "rangewatch/findings/total"
+    cat.chart.add(title="findings so far (a margin chart: drawn unsmoothed)").margin.series.add(value=total, lower=total, upper=total)
     cat.chart.add(title="findings per kind (count so far)").multiline.tag.append(r"^rangewatch/findings/")
+    for where in elsewhere:  # a finding at no tap (a preview call) gets its own category, open
+        at = layout.category.add(title=f"rangewatch finding at {where}")
+        at.chart.add(title=f"findings so far; {where}: see TEXT rangewatch/findings or the RANGEWATCH tab").margin.series.add(
+            value=total, lower=total, upper=total)
     for name in sorted(taps, key=lambda n: (not taps[n][1], n.startswith("val/"), n)):
         channels, flagged = taps[name]
         cat = layout.category.add(title=f"rangewatch tap {name}" + (" (finding)" if flagged else ""), closed=not flagged)
-        margin = cat.chart.add(title=f"{name}: mean per channel, band min..max; grey band: expected range").margin
+        margin = cat.chart.add(title=f"{name}: mean per channel, band min..max; last band: the expected range").margin
         for c in range(channels):
-            margin.series.add(value=tag(name, "mean", c), lower=tag(name, "min", c), upper=tag(name, "max", c))
-        margin.series.add(value=tag(name, "expected_min"), lower=tag(name, "expected_min"), upper=tag(name, "expected_max"))
-        t = re.escape(tag(name, ""))
+            margin.series.add(value=detail_tag(name, "mean", c), lower=detail_tag(name, "min", c), upper=detail_tag(name, "max", c))
+        margin.series.add(value=detail_tag(name, "expected_min"), lower=detail_tag(name, "expected_min"),
+                          upper=detail_tag(name, "expected_max"))
+        t = re.escape(tag(name, "", group="GROUP")).replace("GROUP", f"(rangewatch|{DETAIL_GROUP})")
         cat.chart.add(title=f"{name}: out-of-range share and non-finite count").multiline.tag.append(
             f"^{t}(out_of_range|nonfinite)(/c[0-9]+)?$")
     return layout

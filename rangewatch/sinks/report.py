@@ -50,6 +50,12 @@ STATS = ("min", "max", "mean", "std", "nonfinite", "out_of_range")
 _RANGE_STATS = ("min", "max", "mean", "std")
 _EXPECTED = ("expected_min", "expected_max")  # the tap's expected range (one value for all channels)
 _PREFIX = "rangewatch/"
+_DETAIL = "rangewatch_channels/"  # the per-channel detail group (rangewatch.sinks.loggers.detail_tag)
+
+
+def _ungrouped(tag: str) -> str:
+    """A tag without its group (``rangewatch/`` or ``rangewatch_channels/``)."""
+    return tag[len(_DETAIL):] if tag.startswith(_DETAIL) else tag[len(_PREFIX):]
 _PREVIEW = "rangewatch/preview/"
 _FINDINGS = "rangewatch/findings"
 _CHANNEL = re.compile(r"^c(\d+)$")
@@ -227,7 +233,7 @@ def _add_text(run: _Run, name: str, items: list[_Text]) -> None:
 
 
 def _add_scalar(run: _Run, tag: str, items: list[_Scalar]) -> None:
-    parts = tag[len(_PREFIX):].split("/")
+    parts = _ungrouped(tag).split("/")
     stat = channel = None
     tap = ""
     if len(parts) >= 3 and _CHANNEL.match(parts[-1]) and parts[-2] in STATS:
@@ -253,7 +259,7 @@ def _add_hist(run: _Run, tag: str, items: list[_Hist]) -> None:
         slug, _, _rest = tag[len(_PREVIEW):].partition("/")
         run.previews.setdefault(slug, _Preview(slug)).hists[tag] = last
         return
-    parts = tag[len(_PREFIX):].split("/")
+    parts = _ungrouped(tag).split("/")
     if len(parts) >= 3 and parts[-2] == "hist" and _CHANNEL.match(parts[-1]):
         tap = "/".join(parts[:-2])
         run.taps.setdefault(tap, _Tap(tap)).hists[int(parts[-1][1:])] = last
@@ -283,7 +289,7 @@ def _read_run(path: Path, name: str) -> _Run:
     tags = acc.Tags()
     run = _Run(name, path)
     for kind in ("scalars", "histograms", "images", "tensors", "audio"):
-        run.all_tags[kind] = sorted(t for t in tags.get(kind, []) if t.startswith(_PREFIX))
+        run.all_tags[kind] = sorted(t for t in tags.get(kind, []) if t.startswith((_PREFIX, _DETAIL)))
     for tag in run.all_tags["scalars"]:
         _add_scalar(run, tag, [_Scalar(int(e.step), float(e.wall_time), float(e.value)) for e in acc.Scalars(tag)])
     for tag in run.all_tags["histograms"]:
@@ -973,7 +979,9 @@ def _tap_section(run: _Run, t: _Tap, findings: list[list[str]], header: list[str
            f'<span class="small {"bad" if mine else "muted"}">{label}</span></h3></summary>']
     if mine:
         out.append("<h4>Findings about this tap</h4>" + _table_html(header, mine))
-    charts = [_range_chart(t, c) for c in t.channels if any(t.values(s, c) for s in _RANGE_STATS)]
+    # per channel; the tap-wide min/max (channel "all") only when no channel was logged
+    chans = [c for c in t.channels if c is not None and any(t.values(s, c) for s in _RANGE_STATS)] or [None]
+    charts = [_range_chart(t, c) for c in chans if any(t.values(s, c) for s in _RANGE_STATS)]
     charts = [c for c in charts if c]
     if charts:
         out.append('<h4>Range per channel over steps</h4><p class="small muted legend">'
@@ -1099,7 +1107,7 @@ def _known(tag: str, kind: str) -> bool:
     """Tags of the documented layout (everything else is listed as 'other')."""
     if tag.startswith(_PREVIEW) or tag.startswith(_FINDINGS + "/") or tag == _FINDINGS:
         return True
-    parts = tag[len(_PREFIX):].split("/")
+    parts = _ungrouped(tag).split("/")
     if kind == "scalars":
         return (len(parts) >= 3 and parts[-2] in STATS and bool(_CHANNEL.match(parts[-1]))) or (
             len(parts) >= 2 and (parts[-1] in STATS or parts[-1] in _EXPECTED))
@@ -1151,10 +1159,11 @@ def _run_section(run: _Run, w: _Writer, idx: int) -> str:
            f'<p class="small muted">{_e(run.path)} · {len(taps)} tap{"s" if len(taps) != 1 else ""}'
            + (f" · steps {steps[0]}–{steps[-1]}" if steps else "") + "</p>",
            f'<h3 id="{rid}-findings">Findings</h3>', findings_html]
+    # the labelled preview pairs right after the findings they illustrate
+    out += [f'<h3 id="{rid}-previews">Visualisation previews</h3>', _previews_section(run, w)]
     if taps:
         out += [f'<h3 id="{rid}-taps">Taps</h3>', _overview(run, taps, counts),
                 f'<h3 id="{rid}-health">Non-finite values and out-of-range share</h3>', _health_table(run, taps)]
-    out += [f'<h3 id="{rid}-previews">Visualisation previews</h3>', _previews_section(run, w)]
     if taps:
         out.append(f'<h3 id="{rid}-per-tap">Per tap</h3>')
         out += [_tap_section(run, t, rows, header) for t in taps]
@@ -1214,6 +1223,50 @@ def _has_findings(run: _Run) -> bool:
     return any(_row_kind(header, row) not in _QUIET for row in rows)
 
 
+# ============================================================================ shared with the TensorBoard dashboard
+class _InlineWriter(_Writer):
+    """Images as data URIs only (the live dashboard writes no files)."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+        self.files: list[Path] = []
+
+    def image(self, run: _Run, tag: str, ev: _Image) -> tuple[str, str]:
+        mime, _ext = _image_type(ev.data)
+        return f"data:{mime};base64,{base64.b64encode(ev.data).decode('ascii')}", ""
+
+
+def event_dirs(root: Path, skip: Path | None = None) -> list[Path]:
+    """The folders under ``root`` that hold TensorBoard event files (each one run)."""
+    return _run_dirs(root, skip)
+
+
+def read_runs(dirs: list[Path], base: Path, single: bool = False) -> tuple[list[_Run], list[_Run]]:
+    """The runs in ``dirs`` (named relative to ``base``) read with TensorBoard's reader: those with rangewatch
+    data, runs with findings first (by path within), and those without."""
+    runs = []
+    for d in dirs:
+        rel = os.path.relpath(d.parent if single else d, base)
+        runs.append(_read_run(d, base.name if rel == "." else rel.replace(os.sep, "/")))
+    with_data = [r for r in runs if not r.empty]
+    with_data.sort(key=lambda r: not _has_findings(r))  # runs with findings first (stable: by path within)
+    return with_data, [r for r in runs if r.empty]
+
+
+def page_body(with_data: list[_Run], without: list[_Run], w: _Writer | None = None) -> str:
+    """The report's content after its title: the summary (runs with findings first, one line per finding with its
+    fix), then one section per run. ``w`` None: images inline only (the TensorBoard dashboard)."""
+    w = w if w is not None else _InlineWriter()
+    sections = [_run_section(r, w, i) for i, r in enumerate(with_data)]
+    skipped = (f'<p class="small muted">Event files without rangewatch tags: {", ".join(f"<code>{_e(r.name)}</code>" for r in without)}</p>'
+               if without else "")
+    return f"<nav>{_summary(with_data)}</nav>{skipped}\n" + "\n".join(sections)
+
+
+#: the report's style sheet (the TensorBoard dashboard uses it too)
+CSS = _CSS
+
+
 # ============================================================================ entry point
 @rng_kept
 def build_report(logdir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -1241,23 +1294,12 @@ def build_report(logdir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     dirs = [root] if single and "tfevents" in root.name else [] if single else _run_dirs(root, out)
     if not dirs:
         raise FileNotFoundError(f"no TensorBoard event files under {root}: {_no_data(root)}")
-    runs = []
-    for d in dirs:
-        rel = os.path.relpath(d.parent if single else d, base)
-        runs.append(_read_run(d, base.name if rel == "." else rel.replace(os.sep, "/")))
-    with_data = [r for r in runs if not r.empty]
+    with_data, without = read_runs(dirs, base, single)
     if not with_data:
         raise ValueError(_no_data(root))
     out.mkdir(parents=True, exist_ok=True)
-    w = _Writer(out)
-    with_data.sort(key=lambda r: not _has_findings(r))  # runs with findings first (stable: by path within)
-    sections = [_run_section(r, w, i) for i, r in enumerate(with_data)]
-    without = [r for r in runs if r.empty]
     from .. import __version__
 
-    nav = _summary(with_data)
-    skipped = (f'<p class="small muted">Event files without rangewatch tags: {", ".join(f"<code>{_e(r.name)}</code>" for r in without)}</p>'
-               if without else "")
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -1265,7 +1307,7 @@ def build_report(logdir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         f"<style>{_CSS}</style></head><body><main>"
         f"<h1>rangewatch report</h1><p class=\"muted small\">log directory <code>{_e(root)}</code> · "
         f"{len(with_data)} run{'s' if len(with_data) != 1 else ''} with rangewatch data · generated {now} by rangewatch {__version__}</p>"
-        f"<nav>{nav}</nav>{skipped}\n" + "\n".join(sections) + "\n</main></body></html>\n"
+        + page_body(with_data, without, _Writer(out)) + "\n</main></body></html>\n"
     )
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
