@@ -1021,7 +1021,7 @@ def _wan_vae():
 def _latent_loop(z_batches: list[torch.Tensor], conv: str) -> list:
     import rangewatch
 
-    with rangewatch.watch(None, expect={"latents": conv}, policy="log", check_first_n=WINDOW) as w:
+    with rangewatch.watch(expect={"latents": conv}, policy="log", check_first_n=WINDOW) as w:
         for z in z_batches:
             w.begin_step()  # no batch() in this loop: open the step by hand (a check step is only checked if opened)
             w.tensor("latents", z)

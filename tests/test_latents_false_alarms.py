@@ -76,7 +76,7 @@ def test_correctly_scaled_latents_with_shifted_channel_means_are_not_another_vae
     assert abs(zn.std() - math.sqrt(CHANNEL_STD**2 + 0.75**2)) < 0.02
     assert np.allclose(zn.mean(axis=(0, 2, 3)), MEANS, atol=1e-3)
     assert np.allclose(zn.std(axis=(0, 2, 3)), CHANNEL_STD, atol=1e-3)
-    with rangewatch.watch(None, expect={"latents": "sd15_latent"}, policy="log", check_first_n=2) as watch:
+    with rangewatch.watch(expect={"latents": "sd15_latent"}, policy="log", check_first_n=2) as watch:
         for i in range(3):
             watch.begin_step()  # no batch() here: the step is opened by hand
             watch.tensor("latents", z[2 * (i % 3): 2 * (i % 3) + 2])

@@ -113,7 +113,7 @@ def test_five_d_latents_in_a_plain_loop_batch_are_tapped(layout):
     """A trainer on cached video latents: the batch carries (N, 16, T, h, w) Wan latents (or CogVideoX's
     (N, T, 16, h, w)); nothing declared, the tap reads the 16 channels, and correct latents are silent."""
     g = torch.Generator().manual_seed(0)
-    with rangewatch.watch(None, policy="log", check_first_n=2) as watch:
+    with rangewatch.watch(policy="log", check_first_n=2) as watch:
         for _ in range(2):
             z = torch.randn(2, 16, 3, 8, 8, generator=g)
             watch.batch({"latents": z if layout == "NCTHW" else z.transpose(1, 2).contiguous(), "caption_ids": torch.zeros(2, 7)})
