@@ -18,7 +18,7 @@ pytest.importorskip("kornia")
 pytest.importorskip("albumentations")
 pytest.importorskip("diffusers")
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_detection.py"
+PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_detection.py"
 
 
 @pytest.fixture(scope="module")

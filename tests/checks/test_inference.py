@@ -4,9 +4,9 @@ import random
 
 import pytest
 import torch
-from photos import all_names, as_tensor
 from torchvision.transforms import v2
 
+from helpers.photos import all_names, as_tensor
 from rangewatch import get_convention, infer_convention
 
 CONVS = ["uint8", "float255", "unit", "symmetric", "imagenet", "clip"]

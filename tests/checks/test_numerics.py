@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers.models import OverflowModule, make_net
 from rangewatch.findings.finding import Finding
 from rangewatch.checks.numerics import (
     FP16_MAX,
@@ -18,43 +19,6 @@ from rangewatch.checks.numerics import (
     nonfinite_taps,
 )
 from rangewatch.stats.range_stats import RangeStats
-
-
-# ---------------------------------------------------------------------------- a small real model
-def make_net(third_scale: float) -> nn.Sequential:
-    """Linear -> ReLU -> Linear (the third layer, ``net.2``) -> ReLU -> Linear.
-
-    The first layer is the identity, so for inputs in [0.5, 1.5] the third layer's outputs are
-    ``sum_j x_j * third_scale`` over 8 inputs: >= 4 * third_scale.
-    """
-    net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
-    with torch.no_grad():
-        net[0].weight.copy_(torch.eye(8))
-        net[0].bias.zero_()
-        net[2].weight.fill_(third_scale)
-        net[2].bias.zero_()
-        net[4].weight.fill_(1e-3)
-        net[4].bias.zero_()
-    return net
-
-
-class Model(L.LightningModule):
-    def __init__(self, third_scale: float, lr: float = 1e-3):
-        super().__init__()
-        self.net = make_net(third_scale)
-        self.lr = lr
-        self.out_dtypes: list[torch.dtype] = []
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        y = self(batch[0])
-        self.out_dtypes.append(y.dtype)
-        return y.float().mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
 class TraceCallback(L.Callback):
@@ -96,7 +60,7 @@ def fit_fp16(model: L.LightningModule, cb: L.Callback, steps: int = 2) -> None:
 
 # ---------------------------------------------------------------------------- Lightning runs
 def test_overflow_origin_names_third_layer_under_trainer():
-    model = Model(third_scale=20000.0)  # outputs >= 80000 > 65504 -> inf
+    model = OverflowModule(third_scale=20000.0)  # outputs >= 80000 > 65504 -> inf
     cb = TraceCallback()
     fit_fp16(model, cb)
     assert model.out_dtypes and all(d == torch.float16 for d in model.out_dtypes)
@@ -119,7 +83,7 @@ def test_overflow_origin_names_third_layer_under_trainer():
 def test_origin_is_latched_when_ring_has_moved_on():
     """After the inf step, the update writes inf/NaN into the weights; with a ring of one step the
     report must still name the first broken step and module."""
-    model = Model(third_scale=20000.0)
+    model = OverflowModule(third_scale=20000.0)
     cb = TraceCallback(history=1)
     fit_fp16(model, cb, steps=3)
     rep = cb.tracer.report()
@@ -130,7 +94,7 @@ def test_origin_is_latched_when_ring_has_moved_on():
 
 
 def test_headroom_before_overflow_under_trainer():
-    model = Model(third_scale=5000.0, lr=0.0)  # outputs in [20000, 60000] for inputs in [0.5, 1.5]
+    model = OverflowModule(third_scale=5000.0, lr=0.0)  # outputs in [20000, 60000] for inputs in [0.5, 1.5]
     cb = TraceCallback()
     fit_fp16(model, cb)
     kinds = [f.kind for f in cb.findings]

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from photos import photo
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from torchvision.transforms import v2
 
+from helpers.photos import photo
 from rangewatch import RangeWatch, get_convention, infer_convention
 from rangewatch.expect.conventions import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from rangewatch.checks.fixes import conversion_fix
@@ -416,7 +416,7 @@ def matrix():
 
     for mod in ("skimage", "timm", "kornia", "albumentations"):
         pytest.importorskip(mod)
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_detection.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_detection.py"
     spec = importlib.util.spec_from_file_location("eval_detection", path)
     ev = importlib.util.module_from_spec(spec)
     sys.modules["eval_detection"] = ev  # dataclasses look their module up

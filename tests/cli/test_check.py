@@ -1,7 +1,7 @@
 """``rangewatch check CONFIG.yaml``: the pre-flight check on real datamodules (real photos through real
 torchvision v2 transforms) and real modules (a VAE-shaped conv model, a tiny diffusers AutoencoderKL).
 
-The classes the configs name live in tests/fixtures_check.py.
+The classes the configs name live in tests/helpers/fixtures_check.py.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import pytest
 from rangewatch import ConfigError
 from rangewatch.preflight import CheckError, CheckReport, main_check, run_check
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
 
 UNIT_VAE = """
 data:
-  class_path: fixtures_check.PhotoDataModule
+  class_path: helpers.fixtures_check.PhotoDataModule
   init_args: {normalize: unit, n: 32}
 model:
-  class_path: fixtures_check.ConvVAEModule
+  class_path: helpers.fixtures_check.ConvVAEModule
 rangewatch:
   expect: {vae.encoder: symmetric}
 """
@@ -111,8 +111,8 @@ def test_json_output(tmp_path, capsys):
 def test_diffusers_vae_expectation_is_derived(tmp_path):
     pytest.importorskip("diffusers")
     text = """
-data: {class_path: fixtures_check.PhotoDataModule, init_args: {normalize: NORM, batch_size: 2, n: 4}}
-model: fixtures_check.DiffusersVAEModule
+data: {class_path: helpers.fixtures_check.PhotoDataModule, init_args: {normalize: NORM, batch_size: 2, n: 4}}
+model: helpers.fixtures_check.DiffusersVAEModule
 """
     bad = run_check(cfg(tmp_path, text.replace("NORM", "unit")), batches=2, progress=False)
     assert not bad.ok
@@ -139,10 +139,10 @@ trainer:
       init_args:
         expect: {vae.encoder: symmetric}
 model:
-  class_path: fixtures_check.ConvVAEModule
+  class_path: helpers.fixtures_check.ConvVAEModule
   init_args: {latent_channels: 8}
 data:
-  class_path: fixtures_check.PhotoDataModule
+  class_path: helpers.fixtures_check.PhotoDataModule
   init_args: {normalize: unit, n: 32}
 optimizer:
   class_path: torch.optim.Adam
@@ -167,8 +167,8 @@ trainer:
   callbacks:
     class_path: rangewatch.callback.RangeWatch
     init_args: {expect: {vae.encoder: symmetric}}
-model: {class_path: fixtures_check.ManualOptModule}
-data: {class_path: fixtures_check.ScaleOnDeviceDataModule, init_args: {batch_size: 8}}
+model: {class_path: helpers.fixtures_check.ManualOptModule}
+data: {class_path: helpers.fixtures_check.ScaleOnDeviceDataModule, init_args: {batch_size: 8}}
 """
     rep = run_check(cfg(tmp_path, text), batches=2, progress=False)
     assert rep.ok, rep.format()
@@ -182,8 +182,8 @@ data: {class_path: fixtures_check.ScaleOnDeviceDataModule, init_args: {batch_siz
 
 def test_failing_model_is_a_note_and_the_loader_prediction_decides(tmp_path, capsys):
     text = """
-data: {class_path: fixtures_check.PhotoDataModule, init_args: {normalize: NORM, n: 32}}
-model: {class_path: fixtures_check.BrokenModule}
+data: {class_path: helpers.fixtures_check.PhotoDataModule, init_args: {normalize: NORM, n: 32}}
+model: {class_path: helpers.fixtures_check.BrokenModule}
 rangewatch: {expect: {vae.encoder: symmetric}}
 """
     rc, out, err = check(capsys, cfg(tmp_path, text.replace("NORM", "unit")))
@@ -199,7 +199,7 @@ rangewatch: {expect: {vae.encoder: symmetric}}
 
 def test_no_model(tmp_path, capsys):
     text = """
-data: {class_path: fixtures_check.PhotoDataModule, init_args: {normalize: imagenet, n: 8}}
+data: {class_path: helpers.fixtures_check.PhotoDataModule, init_args: {normalize: imagenet, n: 8}}
 rangewatch: {expect: {batch.image: imagenet, batch.imgae: unit}}
 """
     rc, out, _ = check(capsys, cfg(tmp_path, text), batches=4)
@@ -216,36 +216,36 @@ rangewatch: {expect: {batch.image: imagenet, batch.imgae: unit}}
 
 # ---------------------------------------------------------------------------------------------- bad configs
 BAD = {
-    "unknown top-level key": ("dataa: {class_path: fixtures_check.PhotoDataModule}\n", ["unknown top-level key 'dataa'", "did you mean 'data'"]),
-    "RangeWatch option at top level": ("data: fixtures_check.PhotoDataModule\nexpect: {vae.encoder: symmetric}\n", ["unknown top-level key 'expect'", "go under 'rangewatch:'"]),
-    "missing data": ("model: {class_path: fixtures_check.ConvVAEModule}\n", ["missing top-level key 'data'"]),
+    "unknown top-level key": ("dataa: {class_path: helpers.fixtures_check.PhotoDataModule}\n", ["unknown top-level key 'dataa'", "did you mean 'data'"]),
+    "RangeWatch option at top level": ("data: helpers.fixtures_check.PhotoDataModule\nexpect: {vae.encoder: symmetric}\n", ["unknown top-level key 'expect'", "go under 'rangewatch:'"]),
+    "missing data": ("model: {class_path: helpers.fixtures_check.ConvVAEModule}\n", ["missing top-level key 'data'"]),
     "data without class_path": ("data: {init_args: {n: 4}}\n", ["'data.class_path' is missing"]),
     "module not importable": ("data: {class_path: nosuchpkg.data.MyDataModule}\n", ["'data.class_path' = 'nosuchpkg.data.MyDataModule'", "ModuleNotFoundError", "nosuchpkg"]),
-    "class not in module": ("data: {class_path: fixtures_check.NoSuchDataModule}\n", ["'data.class_path' = 'fixtures_check.NoSuchDataModule'", "has no 'NoSuchDataModule'"]),
-    "not a datamodule": ("data: {class_path: fixtures_check.ConvVAEModule}\n", ["'data.class_path'", "not a LightningDataModule"]),
-    "model not importable": ("data: fixtures_check.PhotoDataModule\nmodel: {class_path: fixtures_check.VAE}\n", ["'model.class_path' = 'fixtures_check.VAE'"]),
+    "class not in module": ("data: {class_path: helpers.fixtures_check.NoSuchDataModule}\n", ["'data.class_path' = 'helpers.fixtures_check.NoSuchDataModule'", "has no 'NoSuchDataModule'"]),
+    "not a datamodule": ("data: {class_path: helpers.fixtures_check.ConvVAEModule}\n", ["'data.class_path'", "not a LightningDataModule"]),
+    "model not importable": ("data: helpers.fixtures_check.PhotoDataModule\nmodel: {class_path: helpers.fixtures_check.VAE}\n", ["'model.class_path' = 'helpers.fixtures_check.VAE'"]),
     "unknown init arg": (
-        "data: {class_path: fixtures_check.PhotoDataModule, init_args: {normalise: unit}}\n",
-        ["'data.init_args.normalise' is not an argument of fixtures_check.PhotoDataModule", "did you mean 'normalize'", "Allowed: normalize, batch_size, n, size"],
+        "data: {class_path: helpers.fixtures_check.PhotoDataModule, init_args: {normalise: unit}}\n",
+        ["'data.init_args.normalise' is not an argument of helpers.fixtures_check.PhotoDataModule", "did you mean 'normalize'", "Allowed: normalize, batch_size, n, size"],
     ),
-    "init raises": ("data: {class_path: fixtures_check.PhotoDataModule, init_args: {normalize: sRGB}}\n", ["data: fixtures_check.PhotoDataModule(**init_args) raised ValueError", "normalize='sRGB'"]),
-    "bad option value": ("data: fixtures_check.PhotoDataModule\nrangewatch: {policy: loud}\n", ["rangewatch: option 'policy' = 'loud' is not allowed", "'warn'"]),
-    "bad convention": ("data: fixtures_check.PhotoDataModule\nrangewatch: {expect: {vae.encoder: symetric}}\n", ["expect['vae.encoder']", "'symetric' is not a known convention"]),
-    "unknown option": ("data: fixtures_check.PhotoDataModule\nrangewatch: {polcy: warn}\n", ["unknown RangeWatch option 'rangewatch.polcy'", "did you mean 'policy'"]),
+    "init raises": ("data: {class_path: helpers.fixtures_check.PhotoDataModule, init_args: {normalize: sRGB}}\n", ["data: helpers.fixtures_check.PhotoDataModule(**init_args) raised ValueError", "normalize='sRGB'"]),
+    "bad option value": ("data: helpers.fixtures_check.PhotoDataModule\nrangewatch: {policy: loud}\n", ["rangewatch: option 'policy' = 'loud' is not allowed", "'warn'"]),
+    "bad convention": ("data: helpers.fixtures_check.PhotoDataModule\nrangewatch: {expect: {vae.encoder: symetric}}\n", ["expect['vae.encoder']", "'symetric' is not a known convention"]),
+    "unknown option": ("data: helpers.fixtures_check.PhotoDataModule\nrangewatch: {polcy: warn}\n", ["unknown RangeWatch option 'rangewatch.polcy'", "did you mean 'policy'"]),
     "bad option in trainer.callbacks": (
-        "data: fixtures_check.PhotoDataModule\ntrainer: {callbacks: [{class_path: rangewatch.RangeWatch, init_args: {check_first_n: -1}}]}\n",
+        "data: helpers.fixtures_check.PhotoDataModule\ntrainer: {callbacks: [{class_path: rangewatch.RangeWatch, init_args: {check_first_n: -1}}]}\n",
         ["trainer.callbacks[0].init_args", "'check_first_n' = -1"],
     ),
     "unknown submodule": (
-        "data: fixtures_check.PhotoDataModule\nmodel: fixtures_check.ConvVAEModule\nrangewatch: {expect: {vae.encodr: symmetric}}\n",
+        "data: helpers.fixtures_check.PhotoDataModule\nmodel: helpers.fixtures_check.ConvVAEModule\nrangewatch: {expect: {vae.encodr: symmetric}}\n",
         ["no submodule named 'vae.encodr'", "did you mean 'vae.encoder'"],
     ),
     "options twice": (
-        "data: fixtures_check.PhotoDataModule\nrangewatch: {}\ntrainer: {callbacks: [{class_path: rangewatch.RangeWatch}]}\n",
+        "data: helpers.fixtures_check.PhotoDataModule\nrangewatch: {}\ntrainer: {callbacks: [{class_path: rangewatch.RangeWatch}]}\n",
         ["more than once", "rangewatch", "trainer.callbacks[0].init_args"],
     ),
     "not yaml": ("data: {class_path: [\n", ["not valid YAML"]),
-    "datamodule setup fails": ("data: {class_path: fixtures_check.PhotoDataModule, init_args: {n: 0}}\n", ["PhotoDataModule.setup('fit') raised"]),
+    "datamodule setup fails": ("data: {class_path: helpers.fixtures_check.PhotoDataModule, init_args: {n: 0}}\n", ["PhotoDataModule.setup('fit') raised"]),
 }
 
 

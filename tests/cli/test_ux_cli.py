@@ -14,7 +14,7 @@ import pytest
 
 from rangewatch.cli.main import DEMO_CASES, build_parser, main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 OPTIONAL = ["diffusers", "transformers", "timm", "basicsr", "open_clip"]
 

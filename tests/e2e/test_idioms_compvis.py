@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from idioms_helpers import compvis_module, decoded, events, fit, loud, namespace, weights
-from photos import photo
 from torch.utils.data import DataLoader
 
+from helpers.idioms import compvis_module, decoded, events, fit, loud, namespace, weights
+from helpers.photos import photo
 from rangewatch import RangeMismatchError, RangeWatch
 from rangewatch.expect.models import derive_expectations
 

@@ -9,11 +9,11 @@ from collections import namedtuple
 
 import pytest
 import torch
-from idioms_helpers import compvis_module, events, loud, namespace
-from photos import photo_batch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from helpers.idioms import compvis_module, events, loud, namespace
+from helpers.photos import photo_batch
 from rangewatch import RangeWatch
 from rangewatch.taps.batches import MAX_DEPTH, MAX_ITEMS, find_images
 

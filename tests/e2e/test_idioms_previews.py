@@ -16,11 +16,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from idioms_helpers import decoded, events, loud, namespace, weights
-from photos import photo
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from helpers.idioms import decoded, events, loud, namespace, weights
+from helpers.photos import photo
 import rangewatch.previews.measure as vis_measure
 from rangewatch import RangeMismatchError, RangeWatch
 

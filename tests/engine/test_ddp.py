@@ -1,6 +1,6 @@
 """RangeWatch under real two-process CPU DDP versus one process over the same global batches.
 
-The file is also the training script: ``python tests/test_ddp.py {ddp,single} OUT_DIR`` trains a
+The file is also the training script: ``python tests/engine/test_ddp.py {ddp,single} OUT_DIR`` trains a
 tiny conv net with ``RangeWatch(expect={"batch[0]": "symmetric"}, log_every_n_steps=1)`` and a
 ``TensorBoardLogger`` under ``OUT_DIR``, and each rank writes ``OUT_DIR/rank<r>.json`` (its pid, the
 rangewatch warnings it emitted, its findings). Under DDP (``strategy="ddp"``, Lightning relaunches
@@ -161,7 +161,7 @@ def _launch(mode: str, out: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore::DeprecationWarning")
     for k in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), mode, str(out)],

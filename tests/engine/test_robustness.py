@@ -22,7 +22,7 @@ from rangewatch import ConfigError, RangeMismatchError, RangeWatch
 from rangewatch.checks.numerics import ModuleTracer
 from rangewatch.preflight import main_check
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
 
 warnings.filterwarnings("ignore", message=".*nested tensors is in prototype.*")

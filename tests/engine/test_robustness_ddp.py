@@ -1,7 +1,7 @@
 """RangeWatch never hangs or kills a two-process DDP run (issue 14, items 1 and 10): real gloo DDP on
 the CPU, every run under a timeout that kills the whole process group.
 
-The file is also the training script: ``python tests/test_robustness_ddp.py SCENARIO OUT_DIR`` trains
+The file is also the training script: ``python tests/engine/test_robustness_ddp.py SCENARIO OUT_DIR`` trains
 a tiny conv net under ``strategy="ddp"`` (Lightning relaunches this script for rank 1) and each rank
 writes ``OUT_DIR/rank<r>.json`` (the findings, the RangeMismatchError it raised, if any).
 
@@ -119,7 +119,7 @@ def _launch(scenario: str, out: Path) -> tuple[dict, dict, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     for k in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), scenario, str(out)], env=env, cwd=str(out),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)

@@ -4,11 +4,11 @@ and from the data loaders' torchvision transforms, under real Trainer runs."""
 import lightning.pytorch as pl
 import pytest
 import torch
-from photos import photo_batch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import v2
 
+from helpers.photos import photo_batch
 from rangewatch import RangeWatch, get_convention
 
 TINY_VIT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=32, patch_size=8)

@@ -14,7 +14,7 @@ from torchvision import tv_tensors
 from torchvision.datasets import VisionDataset
 from torchvision.transforms import v2
 
-from photos import photo
+from helpers.photos import photo
 from rangewatch.expect.conventions import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, get_convention
 from rangewatch.expect.transforms import Prediction, convention_for_normalize, predict_dataset, predict_transform
 

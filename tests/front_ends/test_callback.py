@@ -8,38 +8,19 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from photos import photo_batch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from helpers.models import VAEModule
+from helpers.photos import photo_batch
 from rangewatch import ConfigError, RangeMismatchError, RangeWatch, get_convention
 from rangewatch.sinks.loggers import tag
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def unit_photos(n=8, size=32):
     return photo_batch(n, size).float() / 255
-
-
-class VAEModule(pl.LightningModule):
-    """A VAE-shaped module: self.vae.encoder / self.vae.decoder, fed batch[0]."""
-
-    def __init__(self):
-        super().__init__()
-        self.vae = nn.Module()
-        self.vae.encoder = nn.Conv2d(3, 4, 3, padding=1)
-        self.vae.decoder = nn.Conv2d(4, 3, 3, padding=1)
-
-    def training_step(self, batch, batch_idx):
-        x = batch[0]
-        return nn.functional.mse_loss(self.vae.decoder(self.vae.encoder(x)), x)
-
-    def validation_step(self, batch, batch_idx):
-        self.training_step(batch, batch_idx)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
 class MultiEncoder(pl.LightningModule):
@@ -155,7 +136,7 @@ def _scalars(logdir):
 def test_tensorboard_scalars_histograms_text(tmp_path):
     x = unit_photos(8, 32) * 2 - 1
     x[5, 1, 3, 4] = float("nan")  # one NaN in the second batch
-    # the raw per-channel layout and every histogram (the defaults log fewer tags: tests/test_ux.py)
+    # the raw per-channel layout and every histogram (the defaults log fewer tags: tests/sinks/test_ux.py)
     w = RangeWatch(expect={"batch[0]": "symmetric"}, check_first_n=2, log_every_n_steps=100, policy="log",
                    per_channel_scalars=True, histograms="all")
     logger = TensorBoardLogger(tmp_path, name="tb")
@@ -394,13 +375,13 @@ def test_non_logging_steps_never_read_values_back(tmp_path):
     """CPU proof of "no .item(), .cpu(), bool(tensor) on the hot path": on the steps that only
     accumulate, every value-reading entry point raises inside RangeWatch's hooks; a read would
     show up as an internal finding (rangewatch catches its own errors) and switch the tap off."""
-    from test_stats import _forbid_sync
+    from helpers.stats_reference import forbid_sync
 
     x = unit_photos(18, 16)
 
     def guard():
         mp = pytest.MonkeyPatch()
-        _forbid_sync(mp)
+        forbid_sync(mp)
 
         class Ctx:
             def __enter__(self):

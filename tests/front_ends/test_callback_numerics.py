@@ -7,10 +7,10 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from test_numerics import Model
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers.models import OverflowModule
 from rangewatch import RangeMismatchError, RangeWatch, get_convention
 
 
@@ -31,7 +31,7 @@ def fp16_data():
 
 def test_fp16_overflow_names_the_third_layer():
     w = RangeWatch(trace_modules="all", policy="log", log_every_n_steps=1)
-    fit(Model(third_scale=20000.0), fp16_data(), w, precision="16-true")
+    fit(OverflowModule(third_scale=20000.0), fp16_data(), w, precision="16-true")
     nf = [f for f in w.findings if f.kind == "nonfinite"]
     assert nf and nf[0].where.startswith("net.2"), w.findings
     assert "bf16" in nf[0].fix and "fp32" in nf[0].fix
@@ -39,7 +39,7 @@ def test_fp16_overflow_names_the_third_layer():
 
 def test_fp16_headroom_before_anything_breaks():
     w = RangeWatch(trace_modules="all", policy="log", log_every_n_steps=1)
-    fit(Model(third_scale=5000.0, lr=0.0), fp16_data(), w, precision="16-true")
+    fit(OverflowModule(third_scale=5000.0, lr=0.0), fp16_data(), w, precision="16-true")
     kinds = {f.kind for f in w.findings}
     assert "fp16_headroom" in kinds and "nonfinite" not in kinds
     assert any(f.where.startswith("net.2") for f in w.findings if f.kind == "fp16_headroom")
@@ -48,7 +48,7 @@ def test_fp16_headroom_before_anything_breaks():
 def test_fail_fast_every_step_raises_at_the_first_nan_step():
     w = RangeWatch(trace_modules="all", policy="raise", check_first_n=0, log_every_n_steps=1000, check_nonfinite_every_step=True)
     with pytest.raises(RangeMismatchError, match="net.2"):
-        t = fit(Model(third_scale=20000.0), fp16_data(), w, precision="16-true", steps=20)
+        t = fit(OverflowModule(third_scale=20000.0), fp16_data(), w, precision="16-true", steps=20)
     assert w.findings[0].step == 0
 
 

@@ -6,11 +6,11 @@ windows (which the next training check step reads)."""
 
 import lightning.pytorch as pl
 import torch
-from photos import photo_batch
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers.models import VAEModule as _VAEModule
+from helpers.photos import photo_batch
 from rangewatch import RangeWatch
-from test_callback import VAEModule as _VAEModule
 
 PIXELS = 32 * 32
 

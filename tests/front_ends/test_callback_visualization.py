@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from photos import photo_batch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers.photos import photo_batch
 from rangewatch import RangeWatch
 from rangewatch.compat.basicsr import enable_basicsr_compat
 

@@ -1,7 +1,7 @@
 """The plain-loop front end, :func:`rangewatch.watch`, in hand-written training loops.
 
 1. A diffusers-style loop training a tiny random-init ``diffusers.AutoencoderKL`` on real photos
-   (``tests/photos.py``), with a ``torch.utils.tensorboard.SummaryWriter``: [0, 1] pixels fed where
+   (``tests/helpers/photos.py``), with a ``torch.utils.tensorboard.SummaryWriter``: [0, 1] pixels fed where
    the VAE expects [-1, 1] (read from the model's own metadata) make one mismatch finding; the
    correct ``x * 2 - 1`` makes none. The event file is read back and its figures checked against numpy.
 2. The same loop under HF Accelerate with two CPU processes (gloo), launched with
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from photos import photo_batch
+from helpers.photos import photo_batch
 
 SIZE = 16
 DIM = 0.8  # rank 0's photos are dimmed: its own maximum stays below rank 1's

@@ -1,8 +1,8 @@
 """LightningDataModules and LightningModules that the ``rangewatch check`` test configs name by
-``class_path`` (``fixtures_check.PhotoDataModule`` ...). ``tests/`` must be on ``sys.path``
+``class_path`` (``helpers.fixtures_check.PhotoDataModule`` ...). ``tests/`` must be on ``sys.path``
 (tests/conftest.py does it in-process; subprocess runs set PYTHONPATH).
 
-The data are real photos (scikit-image, via tests/photos.py) run through real torchvision v2
+The data are real photos (scikit-image, via tests/helpers/photos.py) run through real torchvision v2
 transforms, so the loader prediction (read from the transforms) and the observed ranges agree.
 """
 
@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
-from photos import photo_batch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
+
+from helpers.photos import photo_batch
 
 NORMALIZE = ("unit", "symmetric", "imagenet", "uint8")
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-COMPVIS = os.path.join(os.path.dirname(__file__), "compvis")
+COMPVIS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "compvis")
 if COMPVIS not in sys.path:
     sys.path.insert(0, COMPVIS)  # tests/compvis/{ldm,taming,sgm}: tiny copies of those repositories
 

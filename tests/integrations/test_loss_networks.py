@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.functional import peak_signal_noise_ratio as tm_psnr  # bound at import, as user code does
 
-from photos import as_tensor
+from helpers.photos import as_tensor
 from rangewatch import LossWatch, RangeWatch, find_loss_networks, import_basicsr, infer_convention
 
 lpips = pytest.importorskip("lpips")
@@ -653,7 +653,7 @@ def test_basicsr_calculate_psnr(via_tensor2img):
 def test_later_calls_never_read_values_back(monkeypatch):
     """After the first call (judged at once), calls only accumulate on the device: every value-reading
     entry point raises inside the watcher, and a read would show up as an internal finding."""
-    from test_stats import _forbid_sync
+    from helpers.stats_reference import forbid_sync
     from torchmetrics.image import PeakSignalNoiseRatio
 
     x = symmetric(photos())
@@ -666,7 +666,7 @@ def test_later_calls_never_read_values_back(monkeypatch):
         if not self._windows:
             return real_feed(self, *a, **k)  # the first call: judged now
         with monkeypatch.context() as m:
-            _forbid_sync(m)
+            forbid_sync(m)
             guarded.append(1)
             return real_feed(self, *a, **k)
 

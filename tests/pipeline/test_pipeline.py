@@ -329,7 +329,7 @@ def test_fp16_denoiser_overflow_traced_with_trace_all():
 
 # ---------------------------------------------------------------------------- img2img input
 def _astronaut() -> torch.Tensor:
-    from photos import photo
+    from helpers.photos import photo
 
     a = photo("astronaut")[::16, ::16][:32, :32]  # subsampled: exact pixel values, 0 and 255 included
     return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 255
@@ -763,7 +763,7 @@ def test_readme_pipeline_example_runs_as_written(tmp_path, monkeypatch, capsys):
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = text.split("## Diffusers pipelines at inference", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     monkeypatch.chdir(tmp_path)

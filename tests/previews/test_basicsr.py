@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from torch import nn  # noqa: E402
 from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
-from photos import as_tensor  # noqa: E402
+from helpers.photos import as_tensor  # noqa: E402
 from rangewatch.visualization import VisualizationWarning, is_patched, log_previews, watch_visualization  # noqa: E402
 
 ORIG = {"tensor2img": img_util.tensor2img, "tensor2img_fast": img_util.tensor2img_fast}

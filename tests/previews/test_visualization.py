@@ -15,7 +15,7 @@ import torchvision.utils as tvu
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.transforms.v2 import functional as TF
 
-from photos import as_tensor
+from helpers.photos import as_tensor
 from rangewatch.findings.finding import Finding
 from rangewatch.visualization import (
     Preview,

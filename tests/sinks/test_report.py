@@ -122,7 +122,7 @@ def logs(tmp_path_factory):
     # run 1 (tb/version_0): [0,1] images where [-1,1] is declared, one NaN at step 1, a clipping preview
     x = images(0)
     x[5, 1, 3, 4] = float("nan")
-    # the raw per-channel scalars and every histogram (the compact default: tests/test_ux_report.py)
+    # the raw per-channel scalars and every histogram (the compact default: tests/sinks/test_ux_report.py)
     w1 = RangeWatch(expect={"batch[0]": "symmetric"}, modules=["vae.encoder"], policy="log", log_every_n_steps=1,
                     per_channel_scalars=True, histograms="all")
     lg1 = fit(root, w1, x, images(1, n=4))

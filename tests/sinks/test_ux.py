@@ -6,59 +6,19 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from photos import photo_batch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from helpers.ux import EXPECT, Net, Pairs, fit
+from helpers.photos import photo_batch
 from rangewatch import Finding, RangeWatch
 from rangewatch.sinks.loggers import findings_from_markdown, findings_markdown, tag
-
-
-class Pairs(Dataset):
-    """``lq`` in [0, 1] (declared [-1, 1]: a mismatch), ``gt`` in [-1, 1] (declared [-1, 1]: healthy)."""
-
-    def __init__(self, n: int = 8, size: int = 32):
-        u = photo_batch(n, size).float() / 255
-        self.lq, self.gt = u, u * 2 - 1
-
-    def __len__(self) -> int:
-        return len(self.lq)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"lq": self.lq[i], "gt": self.gt[i]}
-
-
-class Net(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Conv2d(3, 3, 3, padding=1)
-
-    def training_step(self, batch, batch_idx):
-        return nn.functional.l1_loss(self.net(batch["lq"]), batch["gt"])
-
-    def validation_step(self, batch, batch_idx):
-        self.net(batch["lq"])
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.0)
-
-
-def fit(tmp_path: Path, watch: RangeWatch, steps: int = 4, val: bool = False) -> TensorBoardLogger:
-    logger = TensorBoardLogger(tmp_path, name="tb")
-    loader = DataLoader(Pairs(), batch_size=4)
-    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=logger, callbacks=[watch], enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=1 if val else 0, log_every_n_steps=2)
-    trainer.fit(Net(), loader, loader if val else None)
-    logger.experiment.flush()
-    return logger
 
 
 def accumulator(logdir: str):
@@ -78,9 +38,6 @@ def layout_of(acc):
     layout = layout_pb2.Layout()
     layout.ParseFromString(tensor_util.make_ndarray(last.tensor_proto).item())
     return layout
-
-
-EXPECT = {"batch.lq": "symmetric", "batch.gt": "symmetric"}
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision.utils as tvu
-from photos import photo_batch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers.photos import photo_batch
 from rangewatch import RangeWatch
 from rangewatch.sinks.loggers import FINDING_COLUMNS, mlflow_key, tag
 

@@ -7,8 +7,8 @@ import re
 from html.parser import HTMLParser
 
 import pytest
-from test_ux import EXPECT, fit
 
+from helpers.ux import EXPECT, fit
 from rangewatch import RangeWatch
 from rangewatch.sinks.report import build_report
 

@@ -1,5 +1,5 @@
 """Runs only under Triton's interpreter on CPU (``TRITON_INTERPRET=1 RANGEWATCH_TRITON_CPU=1``,
-set before triton is imported): ``tests/test_stats_triton.py`` starts it in a subprocess together
+set before triton is imported): ``tests/stats/test_stats_triton.py`` starts it in a subprocess together
 with the numpy-reference property tests of ``test_stats.py``, which then go through the one-read
 kernels for float32/float16/bfloat16 inputs. This module checks that they really did (no silent
 eager fallback) and adds cases aimed at the kernels' blocking (many programs per row, rows longer
@@ -13,9 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers.stats_reference import SETTINGS, cases, channel_rows, channels_of, check_summary, make_tensor, stats_for
 from rangewatch.stats import triton as stats_triton
 from rangewatch.stats.range_stats import RangeStats
-from test_stats import SETTINGS, cases, channel_rows, channels_of, check_summary, make_tensor, stats_for
 
 pytestmark = pytest.mark.skipif(not stats_triton.INTERPRET_ON_CPU,
                                 reason="needs TRITON_INTERPRET=1 RANGEWATCH_TRITON_CPU=1 before triton is imported")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.stats_reference import channel_rows, check_summary
 from rangewatch.stats.range_stats import RangeStats
-from test_stats import channel_rows, check_summary
 
 pytestmark = [
     pytest.mark.gpu,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.stats_reference import IMAGENET_HI, IMAGENET_LO, channel_rows, check_fused_updates, check_summary, make_tensor, stats_for
 from rangewatch.stats import inductor as stats_inductor
 from rangewatch.stats.range_stats import RangeStats
-from test_stats import IMAGENET_HI, IMAGENET_LO, channel_rows, check_fused_updates, check_summary, make_tensor, stats_for
 
 pytest.importorskip("torch._inductor")
 

@@ -2,7 +2,7 @@
 numpy float64 reference, bit for bit against the eager reductions, and its fallbacks (no compiler, a
 failing build, a slot outside the counts).
 
-The hypothesis property tests of ``test_stats.py`` run again here with the kernel taking every float32
+The hypothesis property tests of ``test_stats.py`` (``helpers/stats_reference.py``) run again here with the kernel taking every float32
 tensor (``MIN_NUMEL`` lowered to 1): their shapes (1 to 6 values per axis) exercise the scalar tails
 and short rows, the tests below the 16-lane loops and slices of 1024.
 """
@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-import test_stats
+from helpers import stats_reference
+from helpers.stats_reference import IMAGENET_HI, IMAGENET_LO, channel_rows, check_fused_updates, check_summary, make_tensor, stats_for
 from rangewatch.stats import native as stats_native
 from rangewatch.stats.range_stats import RangeStats
-from test_stats import IMAGENET_HI, IMAGENET_LO, channel_rows, check_fused_updates, check_summary, make_tensor, stats_for
 
 pytestmark = pytest.mark.skipif(not stats_native.available(), reason=f"no C kernel here: {stats_native._broken}")
 
@@ -82,9 +82,9 @@ def test_native_and_eager_paths_agree(native, monkeypatch):
 def test_property_tests_of_test_stats_through_the_kernel(native):
     """``test_stats``' numpy-reference property tests, with the kernel taking every float32 tensor."""
     before = native.calls
-    test_stats.test_matches_numpy_reference()
-    test_stats.test_every_step_path_matches_numpy()
-    test_stats.test_steps_merge_and_halves_equal_whole()
+    stats_reference.matches_numpy_reference()
+    stats_reference.every_step_path_matches_numpy()
+    stats_reference.steps_merge_and_halves_equal_whole()
     assert native.calls > before
 
 

@@ -8,7 +8,7 @@ run with a RangeMismatchError; anything else raised, an internal error filed aga
 changed loss is a bug.
 
 Default size: ``RANGEWATCH_FUZZ_EXAMPLES`` (default 12) examples, about 30-60 s on two cores; set it to
-a few hundred for a longer hunt (``RANGEWATCH_FUZZ_EXAMPLES=400 pytest tests/test_fuzz_batches.py``).
+a few hundred for a longer hunt (``RANGEWATCH_FUZZ_EXAMPLES=400 pytest tests/taps/test_fuzz_batches.py``).
 """
 
 from __future__ import annotations
