@@ -59,6 +59,7 @@ def fit_fp16(model: L.LightningModule, cb: L.Callback, steps: int = 2) -> None:
 
 
 # ---------------------------------------------------------------------------- Lightning runs
+@pytest.mark.slow
 def test_overflow_origin_names_third_layer_under_trainer():
     model = OverflowModule(third_scale=20000.0)  # outputs >= 80000 > 65504 -> inf
     cb = TraceCallback()
@@ -80,6 +81,7 @@ def test_overflow_origin_names_third_layer_under_trainer():
     assert "net.2 Linear" in rep.format()
 
 
+@pytest.mark.slow
 def test_origin_is_latched_when_ring_has_moved_on():
     """After the inf step, the update writes inf/NaN into the weights; with a ring of one step the
     report must still name the first broken step and module."""
@@ -93,6 +95,7 @@ def test_origin_is_latched_when_ring_has_moved_on():
     assert [f.where for f in cb.findings if f.kind == "nonfinite"] == ["net.2"]
 
 
+@pytest.mark.slow
 def test_headroom_before_overflow_under_trainer():
     model = OverflowModule(third_scale=5000.0, lr=0.0)  # outputs in [20000, 60000] for inputs in [0.5, 1.5]
     cb = TraceCallback()

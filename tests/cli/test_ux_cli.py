@@ -23,6 +23,7 @@ def python(code: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_parsing_imports_neither_torch_nor_lightning():
     r = python(
         "import sys\n"
@@ -40,6 +41,7 @@ def test_parsing_imports_neither_torch_nor_lightning():
     assert r.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.slow
 def test_startup_figure(capsys):
     """Not a timed assertion: prints how long ``--help`` takes in a fresh interpreter (the figure in
     the README / report), next to a bare ``import torch`` for scale."""
@@ -146,6 +148,7 @@ def _demo(args: list[str], block: list[str]) -> subprocess.CompletedProcess:
     return python(code)
 
 
+@pytest.mark.slow
 def test_hiding_works():
     r = python(HIDE.format(block=["diffusers", "transformers"]) + (
         "import importlib.util\n"

@@ -313,6 +313,7 @@ def test_internal_errors_say_what_failed_and_only_taps_are_switched_off(monkeypa
     assert any("batch.odd" in t and "this tap is switched off" in t for t in texts), texts
 
 
+@pytest.mark.slow
 def test_pytorch_lightning_trainer_rank_reaches_rangewatch_warnings(recwarn):
     """Under a pytorch_lightning Trainer, rangewatch's (lightning.pytorch) rank-zero warnings follow
     that Trainer's rank: a rank-1 process stays quiet."""

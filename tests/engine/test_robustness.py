@@ -125,6 +125,7 @@ def test_tracer_skips_odd_tensors_and_never_raises_into_the_model(kind):
     assert any(f"a {said} tensor" in n for n in tracer.notes), tracer.notes
 
 
+@pytest.mark.slow
 def test_tracer_all_in_a_fit_with_sparse_and_nested_inputs():
     side = nn.Sequential(Passthrough())
     batches = [{"image": img(seed=i), "extra": odd_tensors()[k]} for i, k in enumerate(["coo", "csr", "jagged"])]
@@ -138,6 +139,7 @@ def test_tracer_all_in_a_fit_with_sparse_and_nested_inputs():
 
 
 # ---------------------------------------------------------------------------------------------- item 3
+@pytest.mark.slow
 def test_module_taps_on_nested_tensors_skip_with_a_note():
     batches = [{"image": img(seed=i)} for i in range(3)]
     model = Conv(side=nn.Identity(), feed=lambda b: nested())
@@ -173,6 +175,7 @@ def _hooks(model: nn.Module) -> int:
     return n
 
 
+@pytest.mark.slow
 def test_script_submodule_in_expect_is_skipped_with_a_note():
     batches = [{"image": img(seed=i)} for i in range(2)]
     model = ScriptedEnc()
@@ -184,6 +187,7 @@ def test_script_submodule_in_expect_is_skipped_with_a_note():
     assert _hooks(model) == 0
 
 
+@pytest.mark.slow
 def test_tracer_all_with_script_submodule_leaves_no_hook_behind():
     batches = [{"image": img(seed=i)} for i in range(2)]
     model = ScriptedEnc()
@@ -252,6 +256,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_yaml_alias_bomb_is_a_config_error_in_bounded_memory(tmp_path):
     """343 bytes that alias-expand to 9**9 strings, under every key a config has: `rangewatch check`
     exits 2 with a short message and `RangeWatch.from_yaml` raises ConfigError, in one process whose
@@ -301,6 +306,7 @@ def test_largest_allowed_hist_bins_still_works():
 
 
 # ---------------------------------------------------------------------------------------------- item 8
+@pytest.mark.slow
 def test_meta_tensors_and_an_early_checkpoint(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -336,6 +342,7 @@ def test_find_images_skips_only_the_odd_leaves():
         ["batch.coo", "batch.csr", "batch.jagged", "batch.nested_strided", "batch.meta", "batch.nest.deep[0]"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["coo", "jagged", "nested_strided"])
 def test_one_odd_leaf_does_not_blind_the_batch(kind):
     batches = [{"image": torch.full((2, 3, 16, 16), float("nan")), "odd": odd_tensors()[kind]} for _ in range(2)]
@@ -373,6 +380,7 @@ def _check(capsys, path: str, batches: int = 2) -> tuple[int, str, str]:
 
 
 # ---------------------------------------------------------------------------------------------- item 11
+@pytest.mark.slow
 @pytest.mark.parametrize("conv,channels", [("sdxl_latent", 16), ("imagenet", 2)])
 def test_declared_convention_that_does_not_fit_the_channels_is_a_mismatch(conv, channels):
     batches = [{"image": img(seed=i), "z": img(c=channels, seed=i)} for i in range(2)]
@@ -389,6 +397,7 @@ def test_declared_convention_that_does_not_fit_the_channels_is_a_mismatch(conv, 
 
 
 # ---------------------------------------------------------------------------------------------- item 12
+@pytest.mark.slow
 def test_module_taps_on_token_sequences_of_varying_length_use_per_tensor_statistics():
     lengths = [7, 5, 9]
     batches = [{"image": img(seed=i), "len": torch.tensor(n)} for i, n in enumerate(lengths)]
@@ -426,12 +435,14 @@ def test_bad_tracer_options_are_config_errors(kw, needle):
     assert "allowed" in str(e.value) or "must" in str(e.value)
 
 
+@pytest.mark.slow
 def test_trace_modules_naming_a_missing_module_is_a_config_error():
     watch = RangeWatch(trace_modules=["nope"])
     with pytest.raises(ConfigError, match="trace_modules.*nope"):
         fit(Conv(), [{"image": img()}], watch)
 
 
+@pytest.mark.slow
 def test_trace_modules_patterns_that_exist_work():
     watch = RangeWatch(trace_modules=["en*"], log_every_n_steps=1)
     model = Conv()
@@ -454,6 +465,7 @@ def test_from_yaml_directory_binary_and_bad_callbacks(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- item 15
+@pytest.mark.slow
 def test_expectations_block_and_metadata_read_once_per_fit(caplog, monkeypatch):
     import logging
 
@@ -560,6 +572,7 @@ class _GraphCount(pl.Callback):
         self.graphs.append(int(dynamo.utils.counters["stats"]["unique_graphs"]))
 
 
+@pytest.mark.slow
 def test_hooks_are_invisible_to_torch_compile():
     import torch._dynamo as dynamo
 

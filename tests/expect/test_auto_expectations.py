@@ -11,6 +11,8 @@ from torchvision.transforms import v2
 from helpers.photos import photo_batch
 from rangewatch import RangeWatch, get_convention
 
+pytestmark = pytest.mark.slow  # real Trainer fits (end to end): CI runs them, `pytest -m "not slow"` does not
+
 TINY_VIT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=32, patch_size=8)
 
 

@@ -68,6 +68,7 @@ def loader(x, bs=4):
     return DataLoader(TensorDataset(x), batch_size=bs)
 
 
+@pytest.mark.slow
 def test_vae_range_caught_at_first_batch_with_fix(tmp_path):
     w = RangeWatch(expect={"vae.encoder": "symmetric"})
     with pytest.warns(UserWarning, match=r"vae\.encoder:input.*saw unit.*expected symmetric.*x \* 2 - 1"):
@@ -81,6 +82,7 @@ def test_vae_range_caught_at_first_batch_with_fix(tmp_path):
     assert str(f).startswith("[mismatch] vae.encoder:input at step 0: saw unit; expected symmetric")
 
 
+@pytest.mark.slow
 def test_vae_range_silent_when_right(tmp_path):
     w = RangeWatch(expect={"vae.encoder": "symmetric", "batch[0]": "symmetric"})
     with warnings.catch_warnings():
@@ -89,6 +91,7 @@ def test_vae_range_silent_when_right(tmp_path):
     assert w.findings == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "norms,flagged",
     [
@@ -106,6 +109,7 @@ def test_multi_norm_flags_exactly_the_swapped_taps(tmp_path, norms, flagged):
         assert f.observed == {"vae.encoder:input": norms["vae"], "image_encoder:input": norms["clip"], "dino:input": norms["dino"]}[f.where]
 
 
+@pytest.mark.slow
 def test_policy_raise_stops_at_first_batch(tmp_path):
     w = RangeWatch(expect={"batch[0]": "symmetric"}, policy="raise")
     t = trainer(tmp_path, [w], max_steps=50)
@@ -115,6 +119,7 @@ def test_policy_raise_stops_at_first_batch(tmp_path):
     assert e.value.findings[0].where == "batch[0]"
 
 
+@pytest.mark.slow
 def test_policy_log_does_not_warn(tmp_path):
     w = RangeWatch(expect={"batch[0]": "symmetric"}, policy="log")
     with warnings.catch_warnings():
@@ -133,6 +138,7 @@ def _scalars(logdir):
     return acc
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars_histograms_text(tmp_path):
     x = unit_photos(8, 32) * 2 - 1
     x[5, 1, 3, 4] = float("nan")  # one NaN in the second batch
@@ -168,6 +174,7 @@ def test_tensorboard_scalars_histograms_text(tmp_path):
     assert [f.kind for f in w.findings] == ["nonfinite"]
 
 
+@pytest.mark.slow
 def test_csv_logger_gets_scalars_only(tmp_path):
     w = RangeWatch(expect={"batch[0]": "symmetric"}, policy="log")
     logger = CSVLogger(tmp_path, name="csv")
@@ -176,12 +183,14 @@ def test_csv_logger_gets_scalars_only(tmp_path):
     assert "rangewatch/batch[0]/min/c0" in text and "hist" not in text
 
 
+@pytest.mark.slow
 def test_no_logger_findings_still_listed(tmp_path):
     w = RangeWatch(expect={"batch[0]": "symmetric"}, policy="log")
     trainer(tmp_path, [w], logger=False).fit(VAEModule(), loader(unit_photos()))
     assert [f.kind for f in w.findings] == ["mismatch"]
 
 
+@pytest.mark.slow
 def test_validation_batches_are_watched(tmp_path):
     w = RangeWatch(expect={"batch[0]": "symmetric"}, policy="log")
     t = trainer(tmp_path, [w], max_steps=1, limit_val_batches=1, num_sanity_val_steps=1)
@@ -226,6 +235,7 @@ class OddModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
+@pytest.mark.slow
 def test_odd_tensors_never_traceback(tmp_path):
     w = RangeWatch(modules=["embed", "net"], policy="log")
     trainer(tmp_path, [w], max_steps=2).fit(OddModule(), DataLoader(OddData(), batch_size=4))
@@ -242,6 +252,7 @@ def test_odd_tensors_never_traceback(tmp_path):
     assert w.taps["batch.nan"].inferred.name == "unknown"
 
 
+@pytest.mark.slow
 def test_internal_error_switches_tap_off_and_training_goes_on(tmp_path, monkeypatch):
     from rangewatch.stats.range_stats import RangeStats
 
@@ -275,6 +286,7 @@ def test_bad_options_name_key_value_and_allowed():
         RangeWatch(expect={"vae:inptu": "symmetric"})
 
 
+@pytest.mark.slow
 def test_unknown_module_named_at_fit_start(tmp_path):
     w = RangeWatch(expect={"vae.encodr": "symmetric"})
     with pytest.raises(ConfigError, match=r"no submodule named 'vae.encodr' \(did you mean 'vae.encoder'"):
@@ -300,6 +312,7 @@ def test_from_yaml_and_presets(tmp_path):
     assert w.policy == "raise" and w.expect == {"batch.lq": "symmetric"}
 
 
+@pytest.mark.slow
 def test_lightning_cli_builds_the_callback(tmp_path):
     pytest.importorskip("jsonargparse")
     from lightning.pytorch.cli import LightningCLI
@@ -316,6 +329,7 @@ def test_lightning_cli_builds_the_callback(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- state
+@pytest.mark.slow
 def test_resume_keeps_state_and_does_not_repeat_findings(tmp_path):
     x = unit_photos()
     w1 = RangeWatch(expect={"batch[0]": "symmetric"}, check_first_n=1, log_every_n_steps=100)
@@ -371,6 +385,7 @@ def _no_sync_run(tmp_path, guard, accelerator, x):
     return rw, seen
 
 
+@pytest.mark.slow
 def test_non_logging_steps_never_read_values_back(tmp_path):
     """CPU proof of "no .item(), .cpu(), bool(tensor) on the hot path": on the steps that only
     accumulate, every value-reading entry point raises inside RangeWatch's hooks; a read would
@@ -404,6 +419,7 @@ def test_non_logging_steps_never_read_values_back(tmp_path):
         stats.compute()
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
 def test_non_logging_steps_do_not_sync_on_cuda(tmp_path):

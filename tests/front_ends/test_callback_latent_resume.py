@@ -4,6 +4,7 @@
 import warnings
 from pathlib import Path
 
+import pytest
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -11,6 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from rangewatch import RangeWatch
+
+pytestmark = pytest.mark.slow  # real Trainer fits (end to end): CI runs them, `pytest -m "not slow"` does not
 
 SHAPE = (4, 8, 8)
 

@@ -13,6 +13,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from helpers.models import OverflowModule
 from rangewatch import RangeMismatchError, RangeWatch, get_convention
 
+pytestmark = pytest.mark.slow  # real Trainer fits (end to end): CI runs them, `pytest -m "not slow"` does not
+
 
 def fit(model, data, cb, logger=False, precision="32-true", steps=2, bs=4):
     t = pl.Trainer(

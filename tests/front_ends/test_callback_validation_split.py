@@ -4,6 +4,7 @@ Validation forwards go through the same submodules as training ones; their tenso
 ``val/``-prefixed taps, and the validation-end check must neither compute nor reset the training
 windows (which the next training check step reads)."""
 
+import pytest
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -11,6 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from helpers.models import VAEModule as _VAEModule
 from helpers.photos import photo_batch
 from rangewatch import RangeWatch
+
+pytestmark = pytest.mark.slow  # real Trainer fits (end to end): CI runs them, `pytest -m "not slow"` does not
 
 PIXELS = 32 * 32
 

@@ -14,6 +14,8 @@ from helpers.photos import photo_batch
 from rangewatch import RangeWatch
 from rangewatch.compat.basicsr import enable_basicsr_compat
 
+pytestmark = pytest.mark.slow  # real Trainer fits (end to end): CI runs them, `pytest -m "not slow"` does not
+
 
 class Restorer(pl.LightningModule):
     """basicsr style: works in [-1,1]; validation converts outputs with tensor2img."""

@@ -151,6 +151,7 @@ def run_fit(tmp_path, model: BasicSRStyle) -> TensorBoardLogger:
     return logger
 
 
+@pytest.mark.slow
 def test_dark_preview_caught_in_a_real_run_with_corrected_preview(tmp_path):
     model = BasicSRStyle()
     with pytest.warns(VisualizationWarning, match=r"tensor2img\(x, min_max=\(-1, 1\)\)"):
@@ -210,6 +211,7 @@ def test_dark_preview_caught_in_a_real_run_with_corrected_preview(tmp_path):
     assert any(t.startswith("rangewatch/preview/tensor2img_in_validation_step/finding") for t in acc.Tags()["tensors"])
 
 
+@pytest.mark.slow
 def test_correct_min_max_gives_no_finding(tmp_path):
     model = BasicSRStyle(min_max=(-1, 1))
     with watch_visualization() as watch:

@@ -163,6 +163,7 @@ def scalar_taps(acc) -> dict[str, set[int]]:
     return taps
 
 
+@pytest.mark.slow
 def test_index_and_one_section_per_run(logs, report, capsys):
     root, (w1, lg1, _), (w2, lg2) = logs
     index, page = report
@@ -176,6 +177,7 @@ def test_index_and_one_section_per_run(logs, report, capsys):
     assert [a["data-run"] for a in Page(out.read_text()).find("section", **{"class": "run"})] == ["version_0"]
 
 
+@pytest.mark.slow
 def test_every_tap_charted_per_channel(logs, report):
     root, (w1, lg1, _), (w2, lg2) = logs
     _, page = report
@@ -199,6 +201,7 @@ def test_every_tap_charted_per_channel(logs, report):
     assert rows
 
 
+@pytest.mark.slow
 def test_values_in_tables_equal_event_values(logs, report):
     root, (w1, lg1, x), (w2, lg2) = logs
     _, page = report
@@ -220,6 +223,7 @@ def test_values_in_tables_equal_event_values(logs, report):
     assert page.cells[(run, "batch[0]", 1, "c1", "nonfinite")] == (1.0, "1")
 
 
+@pytest.mark.slow
 def test_findings_table_has_where_and_fix(logs, report):
     root, (w1, lg1, _), (w2, lg2) = logs
     _, page = report
@@ -241,6 +245,7 @@ def test_findings_table_has_where_and_fix(logs, report):
     assert "save_image((x + 1) / 2, ...)" in clip.fix
 
 
+@pytest.mark.slow
 def test_preview_embedded_pixel_equal_to_event_image(logs, report):
     root, (w1, lg1, x), _ = logs
     index, page = report
@@ -268,6 +273,7 @@ def test_preview_embedded_pixel_equal_to_event_image(logs, report):
     assert "Values passed to the call" in page.text and page.find("svg", data_kind="preview-hist")
 
 
+@pytest.mark.slow
 def test_histograms_latest_step(logs, report):
     root, (w1, lg1, _), _ = logs
     _, page = report
@@ -285,6 +291,7 @@ def test_histograms_latest_step(logs, report):
     assert f"n = {int(h.num)}" in html
 
 
+@pytest.mark.slow
 def test_other_rangewatch_tags_shown(report):
     _, page = report
     imgs = page.find("img", data_kind="image", data_tag="rangewatch/latent/unet:input/latent_preview")

@@ -48,6 +48,7 @@ def default_run(tmp_path_factory):
     return w, lg, accumulator(lg.log_dir)
 
 
+@pytest.mark.slow
 def test_default_scalars_are_compact(default_run):
     w, lg, acc = default_run
     scalars = set(acc.Tags()["scalars"])
@@ -67,6 +68,7 @@ def test_default_scalars_are_compact(default_run):
     assert acc.Scalars(tag("batch.gt", "nonfinite"))[0].value == 0.0
 
 
+@pytest.mark.slow
 def test_findings_count_per_kind(default_run):
     w, lg, acc = default_run
     kinds = sorted({f.kind for f in w.findings if f.kind not in ("note", "internal")})
@@ -76,12 +78,14 @@ def test_findings_count_per_kind(default_run):
     assert total[0].step == 0 and total[0].value == 1.0  # shows from the first check step
 
 
+@pytest.mark.slow
 def test_histograms_only_for_flagged_taps(default_run):
     w, lg, acc = default_run
     assert [f.where for f in w.findings if f.kind == "mismatch"] == ["batch.lq"]
     assert sorted(acc.Tags()["histograms"]) == [tag("batch.lq", "hist", c) for c in range(3)]
 
 
+@pytest.mark.slow
 def test_layout_one_category_per_tap_flagged_first(default_run):
     w, lg, acc = default_run
     layout = layout_of(acc)
@@ -102,6 +106,7 @@ def test_layout_one_category_per_tap_flagged_first(default_run):
     assert {t for t in scalars if re.search(findings_chart.multiline.tag[0], t)} == {"rangewatch/findings/total", "rangewatch/findings/mismatch"}
 
 
+@pytest.mark.slow
 def test_findings_text_is_blocks_not_a_table(default_run):
     from tensorboard import plugin_util
     from tensorboard.util import tensor_util
@@ -129,6 +134,7 @@ def test_findings_markdown_round_trip_with_awkward_text():
     assert findings_from_markdown(findings_markdown([])) == []
 
 
+@pytest.mark.slow
 def test_raw_per_channel_scalars_and_all_histograms_behind_options(tmp_path):
     w = RangeWatch(expect=EXPECT, policy="log", per_channel_scalars=True, histograms="all")
     acc = accumulator(fit(tmp_path, w, steps=2).log_dir)
@@ -140,6 +146,7 @@ def test_raw_per_channel_scalars_and_all_histograms_behind_options(tmp_path):
     assert acc.Scalars(tag("batch.gt", "std", 0))[0].value == pytest.approx(x[:, 0].std(), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_histograms_off(tmp_path):
     w = RangeWatch(expect=EXPECT, policy="log", histograms=False)
     assert accumulator(fit(tmp_path, w, steps=2).log_dir).Tags()["histograms"] == []
@@ -154,6 +161,7 @@ def test_option_errors_name_the_option():
         RangeWatch(per_channel_scalars="yes")
 
 
+@pytest.mark.slow
 def test_console_says_once_what_is_watched_and_ends_with_a_summary(tmp_path, caplog):
     w = RangeWatch(expect=EXPECT, policy="log", check_first_n=2)
     with caplog.at_level(logging.INFO):
@@ -174,6 +182,7 @@ def test_console_says_once_what_is_watched_and_ends_with_a_summary(tmp_path, cap
     assert summary[0].endswith(f"rangewatch: {taps} taps checked over 6 training batches: 2 findings (2 mismatch)")
 
 
+@pytest.mark.slow
 def test_summary_line_without_findings(tmp_path, caplog):
     w = RangeWatch(expect={"batch.gt": "symmetric"}, policy="log", batch_keys=["batch.gt"])
     with caplog.at_level(logging.INFO):
@@ -181,6 +190,7 @@ def test_summary_line_without_findings(tmp_path, caplog):
     assert "rangewatch: 1 tap checked over 2 training batches: no findings" in caplog.text
 
 
+@pytest.mark.slow
 def test_watching_lists_what_is_not_watched(tmp_path, caplog):
     class WithMask(Net):
         def __init__(self):

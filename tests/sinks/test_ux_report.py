@@ -12,6 +12,8 @@ from helpers.ux import EXPECT, fit
 from rangewatch import RangeWatch
 from rangewatch.sinks.report import build_report
 
+pytestmark = pytest.mark.slow  # real Trainer fits (end to end): CI runs them, `pytest -m "not slow"` does not
+
 
 class Outline(HTMLParser):
     """Summary items, run sections with their <details> state, tap sections with theirs."""
