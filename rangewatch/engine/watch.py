@@ -741,7 +741,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
                             self._sink.histograms(name, s, step)
                 self._log_overview(summaries, new, step)
                 if self._sink.has_tensorboard:
-                    from ..checks.latents import log_latents
+                    from ..sinks.latents import log_latents
 
                     for name, _ in summaries:
                         if self._taps[name].latent is not None:

@@ -70,9 +70,10 @@ from ..expect.conventions import get_convention
 from ..engine.watch import Watch
 from ..expect.expectation import Expectation
 from ..findings.finding import Finding, RangeMismatchError
-from ..checks.latents import LatentMonitor, latent_preview, log_latents
+from ..checks.latents import LatentMonitor, latent_preview
 from ..expect.models import latent_convention_for
 from ..checks.numerics import ModuleTracer
+from ..sinks.latents import log_latents
 from ..stats.range_stats import RangeStats
 
 __all__ = ["PipelineWatch", "watch_pipeline"]

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from rangewatch.expect.conventions import Convention, get_convention
-from rangewatch.checks.latents import LatentMonitor, hue_name, latent_preview, log_latents, soft_clamp
+from rangewatch.checks.latents import LatentMonitor, hue_name, latent_preview, soft_clamp
+from rangewatch.sinks.latents import log_latents
 
 FAMILIES = ["sd15_latent", "sdxl_latent", "sd3_latent", "flux_latent"]
 
