@@ -111,7 +111,6 @@ class VisualizationWatch:
         self.gate = gate
         self.findings: list[Finding] = []
         self._records: deque[VisRecord] = deque(maxlen=max_records)
-        self._new_findings: list[Finding] = []
         self._seen: set[FindingKey] = set()
         self._previews: dict[str, Preview] = {}  # call site -> preview being filled
         self._done_previews: list[Preview] = []
@@ -173,12 +172,6 @@ class VisualizationWatch:
             self._previews.clear()
             return out
 
-    def pop_findings(self) -> list[Finding]:
-        """New findings since the last pop (``findings`` keeps all of them)."""
-        with self._lock:
-            out, self._new_findings = self._new_findings, []
-            return out
-
     def pop_previews(self) -> list[Preview]:
         """Previews (with images) not yet popped; call sites start new ones afterwards."""
         with self._lock:
@@ -205,7 +198,6 @@ class VisualizationWatch:
         """Forget findings (they will be reported again), records and previews."""
         with self._lock:
             self.findings.clear()
-            self._new_findings.clear()
             self._seen.clear()
             self._record_of.clear()
             self._records.clear()
@@ -221,7 +213,6 @@ class VisualizationWatch:
             if not first_seen([f], self._seen):
                 return False
             self.findings.append(f)
-            self._new_findings.append(f)
         if self.on_finding is not None:
             self.on_finding(f)
         elif self.warn:

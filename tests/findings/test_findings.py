@@ -1,6 +1,7 @@
 """The finding builders and the de-duplication rule (rangewatch.findings.finding)."""
 
-from rangewatch.findings.finding import Finding, first_seen, internal_finding, nonfinite_finding, note_finding
+from rangewatch.findings.finding import (Finding, clipping_finding, first_seen, internal_finding, mismatch_finding,
+                                        nonfinite_finding, note_finding)
 
 
 def test_builders_fix_kind_and_severity():
@@ -11,6 +12,12 @@ def test_builders_fix_kind_and_severity():
     assert (e.kind, e.severity, e.observed, e.expected, e.fix) == ("internal", "info", "KeyError: 'k'", "", "report this to rangewatch")
     n = note_finding("w", "skipped", evidence="why")
     assert (n.kind, n.severity, n.fix, n.expected) == ("note", "info", "", "")
+    m = mismatch_finding("vae.encoder:input", observed="unit", expected="symmetric", evidence="min 0", fix="x * 2 - 1", step=0)
+    assert m == Finding("mismatch", "vae.encoder:input", "unit", "symmetric", "min 0", "x * 2 - 1", "warning", 0, "")
+    c = clipping_finding("save_image", observed="symmetric", expected="unit", evidence="40% to black", fix="(x + 1) / 2",
+                         severity="info", source="torchvision")
+    assert (c.kind, c.severity, c.step, c.source, c.key) == ("clipping", "info", None, "torchvision",
+                                                            ("clipping", "save_image", "symmetric", "unit"))
 
 
 def test_first_seen_reports_each_key_once_across_calls():
