@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import fit as quiet
 from helpers.models import OverflowModule, make_net
 from rangewatch.findings.finding import Finding
 from rangewatch.checks.numerics import (
@@ -43,19 +44,9 @@ class TraceCallback(L.Callback):
 def fit_fp16(model: L.LightningModule, cb: L.Callback, steps: int = 2) -> None:
     g = torch.Generator().manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.rand(16, 8, generator=g) + 0.5)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        precision="16-true",
-        callbacks=[cb],
-    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=4))
+        quiet.fit(model, torch.utils.data.DataLoader(data, batch_size=4), callbacks=[cb], max_steps=steps, precision="16-true")
 
 
 # ---------------------------------------------------------------------------- Lightning runs

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from torchvision.transforms import v2
 
+from helpers import fit as quiet
 from helpers.photos import photo
 from rangewatch import RangeWatch, get_convention, infer_convention
 from rangewatch.expect.conventions import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
@@ -82,8 +83,7 @@ class Net(pl.LightningModule):
 
 def fit(model, dataset, steps: int = 3, bs: int = 4, **kw) -> RangeWatch:
     w = RangeWatch(policy="log", **kw)
-    pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-               enable_model_summary=False, callbacks=[w]).fit(model, DataLoader(dataset, batch_size=bs, shuffle=False))
+    quiet.fit(model, DataLoader(dataset, batch_size=bs, shuffle=False), callbacks=[w], max_steps=steps)
     return w
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from helpers import fit as quiet
 from helpers.idioms import compvis_module, events, loud, namespace
 from helpers.photos import photo_batch
 from rangewatch import RangeWatch
@@ -21,10 +22,8 @@ NAMESPACES = ["lightning.pytorch", "pytorch_lightning"]
 
 
 def trainer(pl, tmp_path=None, **kw):
-    args = dict(max_steps=2, accelerator="cpu", enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                num_sanity_val_steps=0, limit_val_batches=0, logger=pl.loggers.TensorBoardLogger(str(tmp_path), name="tb") if tmp_path else False)
-    args.update(kw)
-    return pl.Trainer(**args)
+    logger = pl.loggers.TensorBoardLogger(str(tmp_path), name="tb") if tmp_path else False
+    return quiet.trainer(namespace=pl, **{"max_steps": 2, "limit_val_batches": 0, "logger": logger, **kw})
 
 
 # ---------------------------------------------------------------------------- idiom 1: pytorch_lightning

@@ -19,6 +19,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from helpers import fit as quiet
 from helpers.idioms import decoded, events, loud, namespace, weights
 from helpers.photos import photo
 import rangewatch.previews.measure as vis_measure
@@ -164,8 +165,8 @@ def fit_gan(tmp_path, ns, normalize_preview, callbacks, max_steps=4, **kw):
     GAN, DM = gan_classes(pl, normalize_preview)
     model = GAN()
     logger = pl.loggers.TensorBoardLogger(str(tmp_path), name="tb")
-    pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=logger, callbacks=callbacks, enable_checkpointing=False,
-               enable_progress_bar=False, enable_model_summary=False, deterministic=True, **kw).fit(model, datamodule=DM())
+    quiet.fit(model, datamodule=DM(), namespace=pl, callbacks=callbacks, logger=logger, max_steps=max_steps,
+              deterministic=True, **kw)  # (no validation loader: no sanity steps either way)
     return model, logger
 
 
@@ -343,9 +344,8 @@ def fit_sr(tmp_path, min_max, callbacks, ns="pytorch_lightning"):
     SRModel, DM = sr_classes(pl, min_max)
     model = SRModel()
     logger = pl.loggers.TensorBoardLogger(str(tmp_path), name="tb")
-    pl.Trainer(max_steps=4, val_check_interval=2, limit_val_batches=2, num_sanity_val_steps=0, accelerator="cpu", logger=logger,
-               callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-               deterministic=True).fit(model, datamodule=DM())
+    quiet.fit(model, datamodule=DM(), namespace=pl, callbacks=callbacks, logger=logger, max_steps=4, val_check_interval=2,
+              limit_val_batches=2, deterministic=True)
     return model, logger
 
 

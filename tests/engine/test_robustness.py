@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from helpers import fit as quiet
 from rangewatch import ConfigError, RangeMismatchError, RangeWatch
 from rangewatch.checks.numerics import ModuleTracer
 from rangewatch.preflight import main_check
@@ -46,15 +47,8 @@ def _loader(batches: list) -> DataLoader:
 
 
 def fit(model: pl.LightningModule, batches: list, watch: RangeWatch | None, steps: int | None = None, **kw) -> pl.Trainer:
-    opts = dict(
-        accelerator="cpu", max_steps=steps or len(batches), logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-    )
-    opts.update(kw)
-    opts.setdefault("callbacks", [watch] if watch is not None else [])
-    trainer = pl.Trainer(**opts)
-    trainer.fit(model, train_dataloaders=_loader(batches))
-    return trainer
+    kw.setdefault("callbacks", [watch] if watch is not None else [])
+    return quiet.fit(model, _loader(batches), **{"max_steps": steps or len(batches), "limit_val_batches": 0, **kw})
 
 
 class Conv(pl.LightningModule):

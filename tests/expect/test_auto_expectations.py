@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import v2
 
+from helpers import fit as quiet
 from helpers.photos import photo_batch
 from rangewatch import RangeWatch, get_convention
 
@@ -58,10 +59,7 @@ class Pipeline(pl.LightningModule):
 
 def fit(model, x, **kw):
     w = RangeWatch(policy="log", **kw)
-    pl.Trainer(
-        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[w],
-    ).fit(model, DataLoader(TensorDataset(x), batch_size=len(x)))
+    quiet.fit(model, DataLoader(TensorDataset(x), batch_size=len(x)), callbacks=[w], max_steps=1)
     return w
 
 
@@ -141,10 +139,7 @@ class PhotoSet(Dataset):
 
 def fit_loader(model, ds, **kw):
     w = RangeWatch(policy="log", **kw)
-    pl.Trainer(
-        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[w],
-    ).fit(model, DataLoader(ds, batch_size=4))
+    quiet.fit(model, DataLoader(ds, batch_size=4), callbacks=[w], max_steps=1)
     return w
 
 

@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from helpers import fit as quiet
 from helpers.models import VAEModule
 from helpers.photos import photo_batch
 from rangewatch import ConfigError, RangeMismatchError, RangeWatch, get_convention
@@ -49,19 +50,8 @@ class MultiEncoder(pl.LightningModule):
 
 
 def trainer(tmp_path, callbacks, logger=None, **kw):
-    opts = dict(
-        max_steps=2,
-        accelerator="cpu",
-        logger=logger if logger is not None else False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
-    opts.update(kw)
-    return pl.Trainer(callbacks=callbacks, **opts)
+    opts = {"max_steps": 2, "logger": logger if logger is not None else False, "limit_val_batches": 0, **kw}
+    return quiet.trainer(callbacks, default_root_dir=tmp_path, **opts)
 
 
 def loader(x, bs=4):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from helpers import fit as quiet
 from rangewatch import RangeWatch
 
 pytestmark = pytest.mark.slow  # real Trainer fits (end to end): CI runs them, `pytest -m "not slow"` does not
@@ -49,9 +50,7 @@ class Denoiser(pl.LightningModule):
 
 
 def _trainer(tmp_path, w, max_steps, ckpt):
-    return pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=ckpt,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                      limit_val_batches=0, default_root_dir=tmp_path, callbacks=[w])
+    return quiet.trainer([w], max_steps=max_steps, enable_checkpointing=ckpt, limit_val_batches=0, default_root_dir=tmp_path)
 
 
 def _watch():

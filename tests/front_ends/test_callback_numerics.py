@@ -10,6 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers import fit as quiet
 from helpers.models import OverflowModule
 from rangewatch import RangeMismatchError, RangeWatch, get_convention
 
@@ -17,14 +18,10 @@ pytestmark = pytest.mark.slow  # real Trainer fits (end to end): CI runs them, `
 
 
 def fit(model, data, cb, logger=False, precision="32-true", steps=2, bs=4):
-    t = pl.Trainer(
-        accelerator="cpu", max_steps=steps, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, precision=precision, callbacks=[cb],
-    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        t.fit(model, DataLoader(TensorDataset(data), batch_size=bs))
-    return t
+        return quiet.fit(model, DataLoader(TensorDataset(data), batch_size=bs), callbacks=[cb], logger=logger,
+                         max_steps=steps, precision=precision)
 
 
 def fp16_data():
@@ -119,6 +116,5 @@ def test_declared_batch_latents_with_16_channels():
             return {"latents": torch.randn(16, 8, 8, generator=g) / 0.3611}  # Flux latents, scale forgotten
 
     w = RangeWatch(expect={"batch.latents": "flux_latent"}, policy="log", log_every_n_steps=1)
-    pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-               enable_model_summary=False, callbacks=[w]).fit(Flux(), DataLoader(DS(), batch_size=8))
+    quiet.fit(Flux(), DataLoader(DS(), batch_size=8), callbacks=[w], max_steps=1)
     assert any(f.kind == "latent_scale" and f.where == "batch.latents" for f in w.findings), w.findings

@@ -5,10 +5,10 @@ Validation forwards go through the same submodules as training ones; their tenso
 windows (which the next training check step reads)."""
 
 import pytest
-import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers import fit as quiet
 from helpers.models import VAEModule as _VAEModule
 from helpers.photos import photo_batch
 from rangewatch import RangeWatch
@@ -48,9 +48,8 @@ def _fit(tmp_path, **kw):
     val = DataLoader(TensorDataset(unit[:2] * 2 - 1), batch_size=2)  # one batch in [-1, 1]
     w = Recorder(expect={"vae.encoder:input": "unit"}, check_first_n=0, log_every_n_steps=4, policy="log",
                  derive_expectations=False, watch_visualization=False, **kw)
-    pl.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-               enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1, val_check_interval=2,
-               default_root_dir=tmp_path, callbacks=[w]).fit(VAEModule(), train, val)
+    quiet.fit(VAEModule(), train, val, callbacks=[w], max_steps=6, limit_val_batches=1, val_check_interval=2,
+              default_root_dir=tmp_path)
     return w
 
 

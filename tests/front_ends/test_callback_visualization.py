@@ -10,6 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers import fit as quiet
 from helpers.photos import photo_batch
 from rangewatch import RangeWatch
 from rangewatch.compat.basicsr import enable_basicsr_compat
@@ -52,10 +53,7 @@ def run(tmp_path, min_max, **kw):
     w = RangeWatch(policy="log", **kw)
     logger = TensorBoardLogger(tmp_path, name="tb")
     model = Restorer(min_max)
-    pl.Trainer(
-        max_steps=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0, accelerator="cpu", logger=logger,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[w],
-    ).fit(model, dl, dl)
+    quiet.fit(model, dl, dl, callbacks=[w], logger=logger, max_steps=1, limit_train_batches=1, limit_val_batches=1)
     return w, logger, model, x
 
 

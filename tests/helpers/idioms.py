@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from helpers import fit as quiet
+
 COMPVIS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "compvis")
 if COMPVIS not in sys.path:
     sys.path.insert(0, COMPVIS)  # tests/compvis/{ldm,taming,sgm}: tiny copies of those repositories
@@ -69,10 +71,8 @@ def fit(pl: Any, model_fn: Any, datamodule_fn: Any, callbacks: list, logdir: Pat
     model = model_fn()
     rec = loss_recorder(pl)
     logger = pl.loggers.TensorBoardLogger(str(logdir), name="tb") if logdir is not None else False
-    kw = dict(max_steps=4, accelerator="cpu", logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, deterministic=True)
-    kw.update(trainer_kw)
-    pl.Trainer(callbacks=[rec] + callbacks, **kw).fit(model, datamodule=datamodule_fn())
+    kw = {"max_steps": 4, "logger": logger, "limit_val_batches": 0, "deterministic": True, **trainer_kw}
+    quiet.fit(model, datamodule=datamodule_fn(), namespace=pl, callbacks=[rec] + callbacks, **kw)
     return model, logger, rec.losses
 
 

@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-import helpers.fit
+from helpers import fit as quiet
 from helpers.photos import photo_batch
 from rangewatch import RangeWatch
 
@@ -52,7 +52,7 @@ def fit(tmp_path: Path, watch: RangeWatch, steps: int = 4, val: bool = False) ->
     """``Net`` on ``Pairs`` for ``steps`` steps with ``watch`` and a TensorBoard logger under ``tmp_path/tb``."""
     logger = TensorBoardLogger(tmp_path, name="tb")
     loader = DataLoader(Pairs(), batch_size=4)
-    helpers.fit.fit(Net(), loader, loader if val else None, callbacks=[watch], logger=logger, max_steps=steps,
-                    limit_val_batches=1 if val else 0, log_every_n_steps=2)
+    quiet.fit(Net(), loader, loader if val else None, callbacks=[watch], logger=logger, max_steps=steps,
+              limit_val_batches=1 if val else 0, log_every_n_steps=2)
     logger.experiment.flush()
     return logger

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.functional import peak_signal_noise_ratio as tm_psnr  # bound at import, as user code does
 
+from helpers import fit as quiet
 from helpers.photos import as_tensor
 from rangewatch import LossWatch, RangeWatch, find_loss_networks, import_basicsr, infer_convention
 
@@ -56,12 +57,7 @@ def run(module: pl.LightningModule, callbacks: list, x: torch.Tensor, steps: int
     gt = x
     loader = DataLoader(TensorDataset(blurred(gt), gt), batch_size=2)
     when = dict(limit_val_batches=1, val_check_interval=steps, check_val_every_n_epoch=None) if val else dict(limit_val_batches=0)
-    trainer = pl.Trainer(
-        max_steps=steps, callbacks=callbacks, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, accelerator="cpu", devices=1, num_sanity_val_steps=0, **when,
-    )
-    trainer.fit(module, loader, loader if val else None)
-    return trainer
+    return quiet.fit(module, loader, loader if val else None, callbacks=callbacks, max_steps=steps, devices=1, **when)
 
 
 class Restorer(pl.LightningModule):

@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers import fit as quiet
 from rangewatch import RangeWatch
 from rangewatch.sinks.report import build_report
 
@@ -53,11 +54,9 @@ def images(seed: int, n: int = 12, size: int = 16) -> torch.Tensor:
 def fit(root: Path, watch: RangeWatch, x: torch.Tensor, val: torch.Tensor | None, steps: int = 3) -> TensorBoardLogger:
     logger = TensorBoardLogger(root, name="tb")
     model = Restorer(root)
-    pl.Trainer(
-        max_steps=steps, limit_val_batches=1 if val is not None else 0, num_sanity_val_steps=0, accelerator="cpu",
-        logger=logger, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[watch],
-    ).fit(model, DataLoader(TensorDataset(x), batch_size=4),
-          DataLoader(TensorDataset(val), batch_size=4) if val is not None else None)
+    quiet.fit(model, DataLoader(TensorDataset(x), batch_size=4),
+              DataLoader(TensorDataset(val), batch_size=4) if val is not None else None,
+              callbacks=[watch], logger=logger, max_steps=steps, limit_val_batches=1 if val is not None else 0)
     return logger
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import re
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -15,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader
 
+from helpers import fit as quiet
 from helpers.ux import EXPECT, Net, Pairs, fit
 from helpers.photos import photo_batch
 from rangewatch import Finding, RangeWatch
@@ -204,8 +204,7 @@ def test_watching_lists_what_is_not_watched(tmp_path, caplog):
     w = RangeWatch(expect=EXPECT, modules=["embed"], policy="log")
     logger = TensorBoardLogger(tmp_path, name="tb")
     with caplog.at_level(logging.INFO):
-        pl.Trainer(max_steps=1, accelerator="cpu", logger=logger, callbacks=[w], enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False).fit(WithMask(), DataLoader(Pairs(), batch_size=4))
+        quiet.fit(WithMask(), DataLoader(Pairs(), batch_size=4), callbacks=[w], logger=logger, max_steps=1)
     assert "not watched: embed:input (not an image-like tensor)" in caplog.text
 
 

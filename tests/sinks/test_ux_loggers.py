@@ -18,6 +18,7 @@ import torchvision.utils as tvu
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers import fit as quiet
 from helpers.photos import photo_batch
 from rangewatch import RangeWatch
 from rangewatch.sinks.loggers import FINDING_COLUMNS, mlflow_key, tag
@@ -48,8 +49,7 @@ X = photo_batch(8, 16).float() / 255  # [0, 1] photos, declared [-1, 1]: a misma
 def fit(logger) -> RangeWatch:
     w = RangeWatch(expect={"batch[0]": "symmetric"}, policy="log")
     loader = DataLoader(TensorDataset(X), batch_size=4)
-    pl.Trainer(max_steps=2, logger=logger, callbacks=[w], accelerator="cpu", enable_progress_bar=False, enable_checkpointing=False,
-               enable_model_summary=False, limit_val_batches=1, num_sanity_val_steps=0, log_every_n_steps=1).fit(Net(), loader, loader)
+    quiet.fit(Net(), loader, loader, callbacks=[w], logger=logger, max_steps=2, limit_val_batches=1, log_every_n_steps=1)
     return w
 
 

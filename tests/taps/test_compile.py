@@ -17,6 +17,7 @@ import torch
 import torch._dynamo as dynamo
 from torch import nn
 
+from helpers import fit as quiet
 from rangewatch.taps import compiled as compile_hooks
 from rangewatch.checks.numerics import ModuleTracer
 from rangewatch.stats.range_stats import RangeStats
@@ -353,9 +354,7 @@ def test_rangewatch_with_validation_under_compile_matches_eager():
         model = _Net(compiled)
         watch = RangeWatch(expect={"body.0": "unit"}, modules=["body.4:output"], trace_modules="all", log_every_n_steps=2)
         count = _Graphs()
-        trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                             limit_val_batches=2, callbacks=[watch, count])
+        trainer = quiet.trainer([watch, count], max_epochs=2, limit_val_batches=2)
         loader = DataLoader(batches, batch_size=None)
         trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
         results.append((model.losses, sorted((f.kind, f.where, f.observed, f.expected) for f in watch.findings), count.graphs))

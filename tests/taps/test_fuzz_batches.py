@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from helpers import fit as quiet
 from rangewatch import RangeMismatchError, RangeWatch
 
 EXAMPLES = int(os.environ.get("RANGEWATCH_FUZZ_EXAMPLES", "12"))
@@ -160,12 +161,8 @@ class Tiny(pl.LightningModule):
 
 def run(batch: Any, watch: RangeWatch | None) -> Tiny:
     model = Tiny()
-    trainer = pl.Trainer(
-        accelerator="cpu", max_steps=STEPS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[watch] if watch else [],
-    )
     loader = DataLoader(_Same(batch), batch_size=None, collate_fn=lambda b: b)
-    trainer.fit(model, train_dataloaders=loader)
+    quiet.fit(model, loader, callbacks=[watch] if watch else [], max_steps=STEPS, limit_val_batches=0)
     return model
 
 

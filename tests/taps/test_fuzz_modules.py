@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from helpers import fit as quiet
 from rangewatch import RangeWatch
 from rangewatch.checks.numerics import ModuleTracer
 
@@ -116,10 +117,8 @@ class Model(pl.LightningModule):
 
 
 def _fit(model: Model, watch: RangeWatch | None) -> None:
-    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                         callbacks=[watch] if watch else [])
-    trainer.fit(model, train_dataloaders=DataLoader(_Steps(), batch_size=None))
+    quiet.fit(model, DataLoader(_Steps(), batch_size=None), callbacks=[watch] if watch else [], max_steps=2,
+              limit_val_batches=0)
 
 
 @pytest.mark.slow
