@@ -181,7 +181,7 @@ class PipelineWatch:
     After the block (or after each pipeline call) ``findings`` holds the de-duplicated findings and
     ``previews`` maps ``(call, step)`` to the ``(N, 3, H, W)`` latent previews in [0, 1] (CPU).
 
-    Example (``pipe`` built offline from tiny components, as in ``tests/test_pipeline.py``)::
+    Example (``pipe`` built offline from tiny components, as in ``tests/pipeline/test_pipeline.py``)::
 
         watch = watch_pipeline(pipe, out_dir="rangewatch_out")
         with watch:
