@@ -61,6 +61,7 @@ def table():
     return out
 
 
+@pytest.mark.slow  # the whole-photo sweep (every photo at full size, every convention): minutes on 2 cores
 def test_accuracy_table(table):
     total = sum(r["n"] for r in table.values())
     print(f"\nconvention inference on {total} real-photo samples (scikit-image), per convention:")
