@@ -8,7 +8,7 @@ others still run; the exit status is non-zero if any check failed):
    (from batch start to batch end: RangeWatch's hooks, its module and tracer hooks, forward,
    backward, optimizer) runs under ``torch.cuda.set_sync_debug_mode("error")``, so any
    synchronising call raises. A sync from outside rangewatch is reported with its frame.
-2. ``fp16``: the fp16-black case (``tests/test_numerics.py``'s third layer overflows float16)
+2. ``fp16``: the fp16-black case (``tests/helpers/models.py``'s ``OverflowModule``: its third layer overflows float16)
    under CUDA AMP ``precision="16-mixed"``: the NaN/Inf finding must name ``net.2``.
 3. ``bench_stats``: ``benchmarks/bench_stats.py``'s CUDA tables (16x3x512x512 float32 and
    bfloat16); target: the every-step ``update(x, moments=False)`` <= 1.3x of one ``x.sum()``.
@@ -235,7 +235,7 @@ def part_nosync(rep: Report, device: str, dry: bool) -> None:
 
 # ---------------------------------------------------------------------------- 2. fp16-black under AMP
 def part_fp16(rep: Report, device: str, dry: bool) -> None:
-    from test_numerics import Model
+    from helpers.models import OverflowModule as Model
 
     w = RangeWatch(trace_modules="all", policy="log", log_every_n_steps=1)
     data = torch.rand(16, 8, generator=torch.Generator().manual_seed(0)) + 0.5

@@ -41,7 +41,7 @@ _EXPORTS = {
     "import_basicsr": "compat.basicsr",
     "LatentMonitor": "checks.latents",
     "latent_preview": "checks.latents",
-    "log_latents": "checks.latents",
+    "log_latents": "sinks.latents",
     "soft_clamp": "checks.latents",
     "latent_convention_of": "expect.vae_latents",
     "FP16_MAX": "checks.numerics",
@@ -89,9 +89,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .findings.finding import Finding, RangeMismatchError
     from .checks.inference import Inference, infer_convention
     from .integrations import LossWatch, find_loss_networks
-    from .checks.latents import LatentMonitor, latent_preview, log_latents, soft_clamp
+    from .checks.latents import LatentMonitor, latent_preview, soft_clamp
     from .expect.vae_latents import latent_convention_of
     from .checks.numerics import FP16_MAX, ModuleTracer, TraceReport, nan_image_finding
     from .pipeline.watch import PipelineWatch, watch_pipeline
+    from .sinks.latents import log_latents
     from .stats.range_stats import RangeStats, RangeSummary
     from .visualization import VisualizationWatch, log_previews, watch_visualization

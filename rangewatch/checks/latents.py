@@ -22,9 +22,9 @@ them into findings:
 * ``latent_outliers``: the share of values a soft clamp (3.5 / 4) would change, and values far
   beyond ±4 ("values reach 31.2 while the decoder's comfortable range is about ±4").
 
-:func:`latent_preview` is the cheap RGB preview (linear factors, no VAE decode) and
-:func:`log_latents` writes the preview grid and per-channel histograms (``add_histogram_raw`` from
-the device histogram counts: no full-tensor host copy) to a TensorBoard ``SummaryWriter``.
+:func:`latent_preview` is the cheap RGB preview (linear factors, no VAE decode);
+:func:`rangewatch.sinks.latents.log_latents` writes it and the per-channel histograms to a TensorBoard
+``SummaryWriter`` (checks never write: see docs/ARCHITECTURE.md, import rules).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import torch
 
 from ..expect.conventions import Convention, get_convention
 from ..findings.finding import Finding, Severity, nonfinite_finding
-from ..sinks.loggers import write_histogram, write_image
 from ..stats.range_stats import RangeStats, RangeSummary
 
 __all__ = [
@@ -44,7 +43,6 @@ __all__ = [
     "LatentCheck",
     "hue_name",
     "latent_preview",
-    "log_latents",
     "soft_clamp",
     "CHANNEL_NAMES",
 ]
@@ -700,63 +698,10 @@ def _fmt(v: torch.Tensor) -> str:
 
 
 # ---------------------------------------------------------------------------- TensorBoard
-#: latent previews narrower than this (pixels per image) are enlarged by :func:`log_latents`
+#: latent previews narrower than this (pixels per image) are enlarged by :func:`rangewatch.sinks.latents.log_latents`
 PREVIEW_MIN_SIZE = 192
 
 
 def preview_scale(width: int) -> int:
-    """The enlargement :func:`log_latents` applies to latent previews ``width`` pixels wide."""
+    """The enlargement :func:`rangewatch.sinks.latents.log_latents` applies to latent previews ``width`` pixels wide."""
     return max(1, min(8, -(-PREVIEW_MIN_SIZE // max(1, width))))
-
-
-def log_latents(
-    experiment: Any,
-    where: str,
-    z_or_monitor: torch.Tensor | LatentMonitor,
-    step: int,
-    *,
-    convention: str | Convention | None = None,
-    channel_dim: int = 1,
-    max_images: int = 4,
-    prefix: str = "rangewatch",
-    scale: int | None = None,
-) -> list[str]:
-    """Log the latent RGB preview grid and per-channel histograms to a TensorBoard ``SummaryWriter``.
-
-    ``z_or_monitor``: a :class:`LatentMonitor` (its accumulated histograms and the last latents it
-    kept) or a latent tensor (then ``convention`` is required). Histograms come from the device
-    counts (``add_histogram_raw``); only the small preview image is copied to the host. Returns the tags.
-
-    The preview is enlarged ``scale`` times (nearest neighbour; default: the smallest factor that
-    makes each latent image at least :data:`PREVIEW_MIN_SIZE` pixels wide, at most 8), so a 32x32
-    latent is readable; ``scale=1`` logs it at latent resolution. Padding between images: 1 pixel
-    at ``scale=1``, else 2.
-    """
-    if isinstance(z_or_monitor, LatentMonitor):
-        mon = z_or_monitor
-    elif isinstance(z_or_monitor, torch.Tensor):
-        if convention is None:
-            raise ValueError("log_latents needs convention= when given a tensor")
-        mon = LatentMonitor(convention, channel_dim=channel_dim, preview_samples=max_images)
-        mon.update(z_or_monitor)
-    else:
-        raise TypeError(f"log_latents takes a LatentMonitor or a tensor, got {type(z_or_monitor).__name__}")
-    tags: list[str] = []
-    base = f"{prefix}/{where}" if prefix else where
-    if mon.last is not None and mon.conv.latent_rgb is not None:
-        from torchvision.utils import make_grid
-
-        prev = latent_preview(mon.last[:max_images], mon.conv, channel_dim=mon.channel_dim)
-        k = preview_scale(int(prev.shape[-1])) if scale is None else max(1, int(scale))
-        if k > 1:
-            prev = prev.repeat_interleave(k, -1).repeat_interleave(k, -2)
-        grid = make_grid(prev.float(), nrow=min(max_images, prev.shape[0]), padding=1 if k == 1 else 2, pad_value=1.0)
-        tag = f"{base}/latent_preview"
-        write_image(experiment, tag, grid.cpu(), step)
-        tags.append(tag)
-    summ = mon.stats.compute()
-    for c in range(summ.channels):
-        tag = f"{base}/latent_channel_{c}"
-        if write_histogram(experiment, tag, summ, c, step):
-            tags.append(tag)
-    return tags

@@ -224,9 +224,6 @@ class TraceReport:
     def nonfinite(self) -> bool:
         return self.origin is not None or self.nonfinite_input is not None
 
-    def least_headroom(self, n: int = 5) -> list[ModulePeak]:
-        return self.peaks[:n]
-
     def format(self, max_frames: int = 21) -> str:
         """A text report in the spirit of ``DebugUnderflowOverflow``'s frame dump."""
         lines: list[str] = []

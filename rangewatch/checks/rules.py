@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..expect.conventions import Convention, get_convention
-from ..findings.finding import Finding
+from ..findings.finding import Finding, mismatch_finding
 from .fixes import conversion_fix
 from .inference import LIKELY_SPILL_CAUSES, Inference
 from ..stats.range_stats import RangeSummary
@@ -92,8 +92,8 @@ def check_expectation(
         if outside is None or outside <= SPILL_SHARE_WARN + noise_share:
             return None
         causes = "; ".join(LIKELY_SPILL_CAUSES)
-        return Finding(
-            kind="mismatch", where=where, observed=inference.name, expected=exp.name,
+        return mismatch_finding(
+            where=where, observed=inference.name, expected=exp.name,
             evidence=(f"{outside:.1%} of the values at {where} lie outside the {exp.label} bounds {_fmt(lo)} .. {_fmt(hi)}, "
                       f"although the data are compatible with {exp.label}: {inference.evidence}"),
             fix=f"not a conversion: look for what spills the values. Likely causes: {causes}",
@@ -124,8 +124,7 @@ def check_expectation(
         if why and "outside its bounds" in why and outside is not None and outside < 0.35:
             fix += ". If the conversion is right, look for what spills the values: " + "; ".join(LIKELY_SPILL_CAUSES)
         sev = "warning"
-    return Finding(
-        kind="mismatch",
+    return mismatch_finding(
         where=where,
         observed=observed,
         expected=exp.name,

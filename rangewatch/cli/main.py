@@ -12,7 +12,7 @@ import sys
 from .. import __version__
 
 #: the demo cases (name -> title), kept here so that the parser needs no torch; equal to
-#: ``{k: c.title for k, c in rangewatch.cli.demo.CASES.items()}`` (tests/test_ux_cli.py checks it)
+#: ``{k: c.title for k, c in rangewatch.cli.demo.CASES.items()}`` (tests/cli/test_ux_cli.py checks it)
 DEMO_CASES = {
     "dark-preview": "CodeFormer stage 2: validation previews through tensor2img's default min_max=(0, 1)",
     "vae-range": "[0,1] photos fed to a VAE built for [-1,1] (diffusers AutoencoderKL)",

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..expect.expectation import Expectation
-from ..findings.finding import Finding
+from ..findings.finding import Finding, mismatch_finding
 from ..taps.hooks import parse_tap_key
 
 __all__ = ["ExpectationSources"]
@@ -107,8 +107,7 @@ class ExpectationSources:
         from ..checks.fixes import conversion_fix
 
         module = tap.rsplit(":", 1)[0]
-        return Finding(
-            kind="mismatch",
+        return mismatch_finding(
             where=f"train dataloader -> {tap}",
             observed=data.convention,
             expected=model.convention,

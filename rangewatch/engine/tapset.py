@@ -16,7 +16,7 @@ import torch
 from ..config import ConfigError
 from .rng import kept_rng
 from ..expect.expectation import Expectation
-from ..findings.finding import Finding, RangeMismatchError
+from ..findings.finding import Finding, RangeMismatchError, mismatch_finding
 from ..checks.inference import Inference
 from ..stats.range_stats import RangeStats
 from ..taps.batches import find_images, image_channel_dim, odd_tensor_kind, resolve_path
@@ -94,8 +94,7 @@ class TapFeeding:
                 return None
             except ValueError:
                 fits = "1 channel, or " + " or ".join(sorted({str(len(conv.mean)), str(len(conv.mean) + 1)})) + " channels"
-        return Finding(
-            kind="mismatch",
+        return mismatch_finding(
             where=name,
             observed=f"{c} channels",
             expected=f"{exp.convention} ({fits})",

@@ -807,9 +807,6 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
     # ------------------------------------------------------------------ taps and checks
     # taps are made, fed and reset in engine_taps.TapFeeding; each tap is judged in engine_checks.TapChecks;
     # the ranks agree (taps, value samples, latent syncs) in collectives_agreement.RankAgreement
-    def _is_check_step(self, step: int) -> bool:
-        return self._train_batches < self.check_first_n or step % self._every == 0
-
     def _check(self, which: Callable[[str], bool], step: int | None = None, train_check: bool = False) -> None:
         step = self._now() if step is None else step
         if self.collectives.world_size > 1 and not self._agree_on_taps():
@@ -852,7 +849,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
                             self._sink.histograms(name, s, step)
                 self._log_overview(summaries, new, step)
                 if self._sink.has_tensorboard:
-                    from ..checks.latents import log_latents
+                    from ..sinks.latents import log_latents
 
                     for name, _ in summaries:
                         if self._taps[name].latent is not None:

@@ -35,6 +35,8 @@ __all__ = [
     "Severity",
     "FINDING_KINDS",
     "nonfinite_finding",
+    "mismatch_finding",
+    "clipping_finding",
     "internal_finding",
     "note_finding",
     "unseen_finding",
@@ -97,6 +99,18 @@ def nonfinite_finding(where: str, *, observed: str, evidence: str, fix: str, exp
     """A ``nonfinite`` finding: NaN/Inf values seen at ``where`` (severity ``error``)."""
     return Finding(kind="nonfinite", where=where, observed=observed, expected=expected, evidence=evidence,
                    fix=fix, severity="error", step=step, source=source)
+
+
+def mismatch_finding(where: str, *, observed: str, expected: str, evidence: str, fix: str,
+                     severity: Severity = "warning", step: int | None = None, source: str = "") -> Finding:
+    """A ``mismatch`` finding: ``where`` carries values in another range (``observed``) than ``expected``."""
+    return Finding("mismatch", where, observed, expected, evidence, fix, severity, step, source)
+
+
+def clipping_finding(where: str, *, observed: str, expected: str, evidence: str, fix: str,
+                     severity: Severity = "warning", step: int | None = None, source: str = "") -> Finding:
+    """A ``clipping`` finding: a preview or decode clamps a meaningful share of the values at ``where``."""
+    return Finding("clipping", where, observed, expected, evidence, fix, severity, step, source)
 
 
 def internal_finding(where: str, error: BaseException, *, evidence: str, fix: str = "report this to rangewatch",

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from ..expect.conventions import get_convention
-from ..findings.finding import Finding, first_seen, internal_finding, note_finding
+from ..findings.finding import Finding, first_seen, internal_finding, mismatch_finding, note_finding
 from ..checks.inference import infer_convention
 from ..taps.sharding import user_class, user_named_modules
 from ..engine.rng import kept_rng
@@ -397,8 +397,7 @@ class LossWatch:
         if not inf.confident or inf.name == "unknown" or inf.name in w.expects.accepts:
             return
         seen = get_convention(inf.name)
-        f = Finding(
-            kind="mismatch",
+        f = mismatch_finding(
             where=w.where,
             observed=inf.name,
             expected=w.expects.accepts[0],

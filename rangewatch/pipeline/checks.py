@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..findings.finding import Finding, nonfinite_finding, note_finding
+from ..findings.finding import Finding, clipping_finding, mismatch_finding, nonfinite_finding, note_finding
 from ..checks.inference import infer_convention
 from ..checks.latents import LatentMonitor
 from ..checks.numerics import ModuleTracer, nan_image_finding
@@ -91,8 +91,8 @@ def input_image(pipe: Any, name: str, st: RangeStats) -> list[Finding]:
     if name == "mask_image":
         if lo >= -1e-3 and hi <= 1 + 1e-3:
             return []
-        return [Finding(
-            kind="mismatch", where="mask_image", observed=f"mask values outside [0, 1] ({lo:.4g} .. {hi:.4g})",
+        return [mismatch_finding(
+            where="mask_image", observed=f"mask values outside [0, 1] ({lo:.4g} .. {hi:.4g})",
             expected="a mask in [0, 1] (1 = repaint)", evidence=f"{seen}; the pipeline's mask_processor does not "
             "normalise, it binarises at 0.5 (mask < 0.5 -> 0), so a soft mask in another range moves its edge",
             fix="pass the mask in [0, 1]: mask / 255 for 0-255 masks, (mask + 1) / 2 for [-1, 1] ones",
@@ -113,16 +113,16 @@ def _ip_adapter(pipe: Any, s: Any, seen: str, lo: float, hi: float) -> list[Find
     if rescale and factor < 0.1:
         top = 1.0 / factor
         if lo >= -1e-3 and hi <= 1 + 1e-3 and hi > 0.05:
-            return [Finding(
-                kind="mismatch", where="ip_adapter_image", observed="ip_adapter_image= tensor already in [0, 1]",
+            return [mismatch_finding(
+                where="ip_adapter_image", observed="ip_adapter_image= tensor already in [0, 1]",
                 expected=f"0 .. {top:.0f} (the processor rescales by {factor:.6g})",
                 evidence=f"{seen}; the image encoder's processor multiplies by {factor:.6g} again, so the encoder sees "
                 f"0 .. {hi * factor:.4g}: a nearly black image (transformers warns 'It looks like you are trying to rescale "
                 "already rescaled images')", fix=f"pass image * {top:.0f} (or a PIL image / uint8 tensor)", severity="error", source=src,
             )]
         if lo < -0.05:
-            return [Finding(
-                kind="mismatch", where="ip_adapter_image", observed="ip_adapter_image= tensor with negative values",
+            return [mismatch_finding(
+                where="ip_adapter_image", observed="ip_adapter_image= tensor with negative values",
                 expected=f"0 .. {top:.0f}", evidence=f"{seen}; the processor rescales by {factor:.6g} and normalises with its "
                 "own mean/std, so an already normalised image is normalised twice",
                 fix=f"pass the un-normalised image in 0 .. {top:.0f} (or a PIL image)", severity="error", source=src,
@@ -130,8 +130,8 @@ def _ip_adapter(pipe: Any, s: Any, seen: str, lo: float, hi: float) -> list[Find
         return []
     inf = infer_convention(s)
     if inf.confident and inf.name not in ("unit", "unknown"):
-        return [Finding(
-            kind="mismatch", where="ip_adapter_image", observed=f"ip_adapter_image= tensor looks like {inf.name}",
+        return [mismatch_finding(
+            where="ip_adapter_image", observed=f"ip_adapter_image= tensor looks like {inf.name}",
             expected="[0, 1] (the processor does not rescale)", evidence=inf.evidence, fix="pass the image in [0, 1]",
             severity="error", source=src,
         )]
@@ -424,8 +424,8 @@ def _decoded(w: "PipelineWatch", img: RangeStats) -> list[Finding]:
     clamped = float((summ.below + summ.above).sum())
     if n and clamped / n > w.clip_share:
         lo, hi = float(summ.finite_min.min()), float(summ.finite_max.max())
-        out.append(Finding(
-            kind="clipping", where="vae.decode output", observed=f"{clamped / n:.1%} of decoded values outside [-1, 1]",
+        out.append(clipping_finding(
+            where="vae.decode output", observed=f"{clamped / n:.1%} of decoded values outside [-1, 1]",
             expected="decoded pixels within [-1, 1]", evidence=f"decoded range {lo:.3g} .. {hi:.3g} (per-channel "
             f"minima {_fmt(summ.finite_min)}, maxima {_fmt(summ.finite_max)}); the pipeline's postprocess clamps "
             "(x / 2 + 0.5) to [0, 1] and they are lost without a warning",

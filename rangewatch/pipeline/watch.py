@@ -71,10 +71,11 @@ from ..expect.conventions import get_convention
 from ..engine.watch import Watch
 from ..expect.expectation import Expectation
 from ..findings.finding import Finding, RangeMismatchError
-from ..checks.latents import LatentMonitor, latent_preview, log_latents
+from ..checks.latents import LatentMonitor, latent_preview
 from ..expect.vae_latents import latent_convention_of
 from ..taps.layout import convention_channel_dim
 from ..checks.numerics import ModuleTracer
+from ..sinks.latents import log_latents
 from ..stats.range_stats import RangeStats
 
 __all__ = ["PipelineWatch", "watch_pipeline"]
@@ -182,7 +183,7 @@ class PipelineWatch:
     After the block (or after each pipeline call) ``findings`` holds the de-duplicated findings and
     ``previews`` maps ``(call, step)`` to the ``(N, 3, H, W)`` latent previews in [0, 1] (CPU).
 
-    Example (``pipe`` built offline from tiny components, as in ``tests/test_pipeline.py``)::
+    Example (``pipe`` built offline from tiny components, as in ``tests/pipeline/test_pipeline.py``)::
 
         watch = watch_pipeline(pipe, out_dir="rangewatch_out")
         with watch:

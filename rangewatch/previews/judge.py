@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from ..expect.conventions import Convention, get_convention
-from ..findings.finding import Finding, nonfinite_finding, note_finding
+from ..findings.finding import Finding, clipping_finding, nonfinite_finding, note_finding
 from ..checks.inference import Inference
 from .measure import Observation
 from .text import fmt_num, fmt_pair, fmt_pct
@@ -165,8 +165,8 @@ class ClippingJudge:
             evidence = (f"`{call.name}` clamps {fmt_pct(frac)} of the values (the data span "
                         f"{fmt_num(float(s.range_min.min()))}..{fmt_num(float(s.range_max.max()))}): the bulk lies inside the "
                         f"range the call assumes and {why}, so the output overshoots it (normal for a young model)")
-            out.append(Finding(
-                kind="clipping", where=where, observed="output overshooting the call's range", expected=expected,
+            out.append(clipping_finding(
+                where=where, observed="output overshooting the call's range", expected=expected,
                 evidence=evidence, fix="the call is right: keep its range (widening it would show the overshoot as a "
                 "washed-out preview); constrain the output (clamp, tanh) only if the overshoot is not intended",
                 severity="info", step=step,
@@ -181,8 +181,8 @@ class ClippingJudge:
         if matched:
             evidence = (f"`{call.name}` clamps {to}: the data follows {conv.label} ({conv.name}), the range the call "
                         f"assumes, but overshoots it; {inf.evidence}")
-            out.append(Finding(
-                kind="clipping", where=where, observed=observed, expected=expected,
+            out.append(clipping_finding(
+                where=where, observed=observed, expected=expected,
                 evidence=evidence, fix="the call is right for this data; constrain the output (clamp, sigmoid, tanh) "
                 "if the overshoot is not intended", severity="info", step=step,
             ))
@@ -190,6 +190,6 @@ class ClippingJudge:
         message = f"{where} clamps {to}: {looks}; {fix}"
         evidence = f"`{call.name}` clamps {to}; {looks}" + (f": {inf.evidence}" if inf is not None else "")
         severity = "error" if inf is not None and inf.confident and frac >= 0.05 else "warning"
-        out.append(Finding(kind="clipping", where=where, observed=observed, expected=expected,
+        out.append(clipping_finding(where=where, observed=observed, expected=expected,
                            evidence=evidence, fix=fix, severity=severity, step=step))
         return out, message

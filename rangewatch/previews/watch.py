@@ -111,7 +111,6 @@ class VisualizationWatch:
         self.gate = gate
         self.findings: list[Finding] = []
         self._records: deque[VisRecord] = deque(maxlen=max_records)
-        self._new_findings: list[Finding] = []
         self._seen: set[FindingKey] = set()
         self._previews: dict[str, Preview] = {}  # call site -> preview being filled
         self._done_previews: list[Preview] = []
@@ -173,12 +172,6 @@ class VisualizationWatch:
             self._previews.clear()
             return out
 
-    def pop_findings(self) -> list[Finding]:
-        """New findings since the last pop (``findings`` keeps all of them)."""
-        with self._lock:
-            out, self._new_findings = self._new_findings, []
-            return out
-
     @property
     def has_previews(self) -> bool:
         """Whether :meth:`pop_previews` has anything to hand out (a cheap look, no lock)."""
@@ -210,7 +203,6 @@ class VisualizationWatch:
         """Forget findings (they will be reported again), records and previews."""
         with self._lock:
             self.findings.clear()
-            self._new_findings.clear()
             self._seen.clear()
             self._record_of.clear()
             self._records.clear()
@@ -226,7 +218,6 @@ class VisualizationWatch:
             if not first_seen([f], self._seen):
                 return False
             self.findings.append(f)
-            self._new_findings.append(f)
         if self.on_finding is not None:
             self.on_finding(f)
         elif self.warn:

@@ -1,0 +1,12 @@
+"""What several test files share (``tests/`` is on ``sys.path``, see ``conftest.py``): ``from helpers.x import y``.
+
+- ``photos``: real scikit-image photos as uint8 batches.
+- ``fit``: the one quiet CPU Lightning ``Trainer`` the tests fit with.
+- ``models``: the small LightningModules more than one test file trains.
+- ``stats_reference``: the numpy float64 reference of ``RangeStats`` and its property tests.
+- ``ux``: the TensorBoard run the console/TensorBoard/report tests read back.
+- ``idioms``: the CompVis/taming copies and event readers of the end-to-end idiom tests.
+- ``fixtures_check``: the datamodules and modules that ``rangewatch check`` configs name by class path.
+
+No test file imports another test file.
+"""
