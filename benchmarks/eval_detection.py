@@ -1061,7 +1061,7 @@ def _pipeline_case(mu, drift: bool) -> list:
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16, norm_num_groups=4,
                                 attention_head_dim=4)
     torch.nn.init.zeros_(unet.conv_out.weight)
-    with torch.no_grad():  # v = -mu everywhere: DDIM settles the image's mean colour at mu early (see tests/test_pipeline_colour.py)
+    with torch.no_grad():  # v = -mu everywhere: DDIM settles the image's mean colour at mu early (see tests/pipeline/test_pipeline_colour.py)
         unet.conv_out.bias.copy_(-torch.as_tensor(mu, dtype=torch.float32))
     vae = AutoencoderKL(block_out_channels=[8, 16], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
                         up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=4, layers_per_block=1)

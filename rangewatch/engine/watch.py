@@ -412,6 +412,8 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         statistics (channels on ``channel_dim``, found when not given), others per-tensor."""
         if ":" not in name and not name.startswith(("batch", "val/")):
             name = self._tap_name_for_key(name)
+        if not self._step_open and not self._phase and not name.startswith("val/"):
+            self.begin_step()  # a loop that feeds tensors and no batch: the step opens here, as batch() opens it
         if not self._unseen_done and not self._phase and len(self._tensor_names) < 64:
             self._tensor_names.append(name)
         if name not in self._taps and self._vae_latents and not name.startswith(("batch", "val/")):
@@ -430,6 +432,9 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         """Close the training step: at a check step, check the training taps; returns the findings
         reported by this call."""
         before = len(self.findings)
+        if not self._step_open:  # step() with no batch(), tensor() or begin_step() in it (module hooks only):
+            self._step_at_start = self._now()  # the step is judged at the clock's step all the same
+            self._check_now = self.is_check_step(self._step_at_start)
         self._train_batches += 1
         self._step_open = False
         try:
@@ -455,7 +460,8 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         return self.findings[before:]
 
     def step(self) -> list[Finding]:
-        """The plain-loop name of :meth:`end_step`: call it once per training step, after ``batch()``."""
+        """The plain-loop name of :meth:`end_step`: call it once per training step (after ``batch()`` when the
+        loop feeds batches; a loop that only runs the attached models is checked at the same steps)."""
         return self.end_step()
 
     def begin_validation(self) -> None:

@@ -197,3 +197,31 @@ def test_accelerate_two_cpu_processes_reduce_statistics_and_log_on_rank_zero(tmp
     assert rank0_alone <= DIM < max(ea.Scalars(rangewatch.sinks.loggers.detail_tag("encoder:input", "max", c))[0].value for c in range(3))
     assert [e.step for e in ea.Scalars(rangewatch.sinks.loggers.detail_tag("encoder:input", "max", 0))] == [0, 2]
     assert not [t for t in read_events(tmp_path / "rank1").Tags()["scalars"] if t.startswith("rangewatch/")]
+
+
+def test_a_loop_that_never_feeds_a_batch_is_still_checked():
+    """A plain loop that only runs the attached model and calls ``step()`` (no ``batch()``, no ``tensor()``,
+    no ``begin_step()``) is checked at the check steps all the same: a frozen diffusers VAE fed [0,1]
+    photos is caught at step 0, and a ``tensor()``-only loop opens its own steps."""
+    from diffusers import AutoencoderKL
+
+    import rangewatch
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=4).eval().requires_grad_(False)
+    x = photo_batch(4, 32).float() / 255  # [0, 1]: the VAE is built for [-1, 1]
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    with rangewatch.watch(vae=vae, policy="log", check_first_n=2) as w:
+        for _ in range(3):
+            with torch.no_grad():
+                vae.encode(x)
+            w.step()
+    hits = [f for f in w.findings if f.kind == "mismatch" and f.where == "vae.encoder:input"]
+    assert hits and hits[0].step == 0 and hits[0].observed == "unit"
+
+    with rangewatch.watch(expect={"pixels": "symmetric"}, policy="log", check_first_n=2) as w2:
+        for _ in range(2):
+            w2.tensor("pixels", x)
+            w2.step()
+    assert [(f.kind, f.where, f.step) for f in w2.findings if f.kind == "mismatch"] == [("mismatch", "pixels:input", 0)]

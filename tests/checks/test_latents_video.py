@@ -24,7 +24,7 @@ import rangewatch  # noqa: E402
 from rangewatch.taps.batches import find_images, image_channel_dim  # noqa: E402
 from rangewatch.taps.layout import channel_dim_for, module_channels, video_channel_dim  # noqa: E402
 
-from photos import as_tensor  # noqa: E402
+from helpers.photos import as_tensor  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 SIDE = 32

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_detection.py"
+PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_detection.py"
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from diffusers import AutoencoderKL  # noqa: E402
 import rangewatch  # noqa: E402
 from rangewatch.checks.latents import LatentMonitor  # noqa: E402
 
-from photos import as_tensor  # noqa: E402
+from helpers.photos import as_tensor  # noqa: E402
 
 SD_SCALE = 0.18215  # the SD 1.x VAE's config.scaling_factor
 MEANS = (0.75, -0.75, 0.75, -0.75)  # the channel means (model space)

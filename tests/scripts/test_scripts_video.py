@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 import rangewatch
-from scripts_models import calibrate_latents
+from helpers.scripts_models import calibrate_latents
 
-from photos import photo_batch
+from helpers.photos import photo_batch
 
 SIZE = 16
 FRAMES = 3

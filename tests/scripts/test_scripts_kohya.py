@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 import rangewatch
-from scripts_models import PhotoDataset, calibrate_latents, sd_transforms
+from helpers.scripts_models import PhotoDataset, calibrate_latents, sd_transforms
 
-from photos import photo_batch
+from helpers.photos import photo_batch
 
 SIZE = 16
 
@@ -264,7 +264,7 @@ def test_other_autoencoder_families_by_class_and_module(module, cls, family):
 
 
 def test_a_wrapper_around_a_known_vae_is_read_inside():
-    from scripts_models import tiny_vae
+    from helpers.scripts_models import tiny_vae
 
     class VAEWrapper(nn.Module):
         def __init__(self):

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts_models import PhotoDataset, rng_states, sd_transforms, tiny_text_encoder, tiny_unet, tiny_vae
+from helpers.scripts_models import PhotoDataset, rng_states, sd_transforms, tiny_text_encoder, tiny_unet, tiny_vae
 
 STEPS = 3
 
@@ -131,7 +131,7 @@ def _worker(rank: int, port: int, out: str, normalize: bool) -> None:
     import json
     import sys
 
-    sys.path.insert(0, os.path.dirname(__file__))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/ (the helpers package)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
     torch.set_num_threads(1)
     from accelerate import Accelerator

@@ -2,7 +2,7 @@
 loops under ``torch.distributed`` (gloo, CPU), each run under a timeout that kills the whole process group
 and fails the test instead of hanging.
 
-The file is also the training script: ``python tests/test_run_killers_ddp.py SCENARIO OUT_DIR`` spawns two
+The file is also the training script: ``python tests/engine/test_run_killers_ddp.py SCENARIO OUT_DIR`` spawns two
 processes (``torch.multiprocessing.spawn``) that train a small conv net under ``DistributedDataParallel``
 with ``rangewatch.watch`` and write ``OUT_DIR/rank<r>.json`` (findings, taps, steps done).
 
@@ -97,7 +97,7 @@ def _launch(scenario: str, out: Path) -> tuple[dict, dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), scenario, str(out)], env=env, cwd=str(out),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)

@@ -11,7 +11,7 @@ is called from inside rangewatch (the run fails without rangewatch's guard: chec
 dataset whether the text / image conditions are dropped, a frozen diffusers ``AutoencoderKL`` encodes the
 images normalised to [-1, 1], and the noise and timesteps come from torch's global generator.
 
-The file is also that script: ``python tests/test_run_killers_rng.py {0|1}`` prints the losses and the
+The file is also that script: ``python tests/engine/test_run_killers_rng.py {0|1}`` prints the losses and the
 generators' final states as JSON (``1``: with ``rangewatch.watch``).
 """
 
@@ -141,7 +141,7 @@ def _script(watched: bool) -> None:
 
 def _run_script(watched: bool) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "1" if watched else "0"], env=env,
                           capture_output=True, text=True, timeout=240)

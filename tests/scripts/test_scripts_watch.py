@@ -11,9 +11,9 @@ from torch import nn
 
 import rangewatch
 from rangewatch import ConfigError, RangeMismatchError
-from scripts_models import SIZE, tiny_image_encoder, tiny_vae
+from helpers.scripts_models import SIZE, tiny_image_encoder, tiny_vae
 
-from photos import photo_batch
+from helpers.photos import photo_batch
 
 
 def photos(n: int = 4) -> torch.Tensor:
@@ -239,7 +239,7 @@ def _unseen_worker(rank: int, port: int, out: str, rank1_has_key: bool) -> None:
     import os
     import sys
 
-    sys.path.insert(0, os.path.dirname(__file__))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/ (the helpers package)
     import torch.distributed as dist
 
     torch.set_num_threads(1)

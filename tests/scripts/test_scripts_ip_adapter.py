@@ -19,7 +19,7 @@ import random
 import torch
 from torch import nn
 
-from scripts_models import photos_pil, sd_transforms, tiny_image_encoder, tiny_text_encoder, tiny_unet, tiny_vae
+from helpers.scripts_models import photos_pil, sd_transforms, tiny_image_encoder, tiny_text_encoder, tiny_unet, tiny_vae
 
 SIZE = 32
 STEPS = 3

@@ -26,7 +26,7 @@ from diffusers import AutoencoderKL  # noqa: E402
 from rangewatch.checks.latent_cache import check_cache, find_cache_files, read_latents  # noqa: E402
 from rangewatch.cli.main import main  # noqa: E402
 
-from photos import as_tensor  # noqa: E402
+from helpers.photos import as_tensor  # noqa: E402
 
 NAMES = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "colorwheel", "hubble_deep_field", "retina"]
 SIDE = 32

@@ -1,6 +1,6 @@
 """Issue 25, items 1a and 5: ``watch_pipeline`` on a colourful generation is silent, on a drifting one it warns.
 
-A real diffusers ``StableDiffusionPipeline`` from tiny random-init components (as tests/test_pipeline.py builds
+A real diffusers ``StableDiffusionPipeline`` from tiny random-init components (as tests/pipeline/test_pipeline.py builds
 them). The UNet's output convolution is zero-initialised (``zero_module(conv_out)``, as the CompVis / OpenAI UNets
 do) and its bias set to ``-mu``: with v-prediction the UNet then predicts ``v = -mu`` everywhere, and DDIM's
 update rotates the latents' mean towards ``mu`` so that ``mean(x_t) / sqrt(abar_t)`` (the clean image's mean)

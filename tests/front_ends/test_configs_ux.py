@@ -10,7 +10,7 @@ import yaml
 
 from rangewatch import RangeWatch
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
 
 def test_default_yaml_holds_the_constructor_defaults():

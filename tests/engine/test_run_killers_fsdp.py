@@ -11,7 +11,7 @@ CPU processes (gloo) under
 * Lightning's ``ModelParallelStrategy`` with ``fully_shard`` in ``configure_model``.
 
 Every run has a timeout that kills its process group and fails the test. The file is also the script:
-``python tests/test_run_killers_fsdp.py SCENARIO OUT_DIR``.
+``python tests/engine/test_run_killers_fsdp.py SCENARIO OUT_DIR``.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def _launch(scenario: str, out: Path) -> tuple[dict, dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "GLOBAL_RANK"):
         env.pop(k, None)
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), scenario, str(out)], env=env, cwd=str(out),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)

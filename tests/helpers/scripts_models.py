@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torchvision import transforms
 
-from photos import photo_batch
+from helpers.photos import photo_batch
 
 SIZE = 16
 

@@ -3,7 +3,7 @@ item 2): ``strategy="ddp_spawn"`` pickles the Trainer with its callbacks into th
 LightningCLI, Ray Tune and Optuna copy callbacks. A ``ddp_spawn`` fit on two CPU processes finishes with
 the findings on the main process.
 
-The file is also the training script: ``python tests/test_run_killers_spawn.py OUT_DIR`` fits under
+The file is also the training script: ``python tests/engine/test_run_killers_spawn.py OUT_DIR`` fits under
 ``ddp_spawn`` and writes ``OUT_DIR/main.json`` from the main process.
 """
 
@@ -99,7 +99,7 @@ def test_ddp_spawn_fit_finishes_with_the_findings_on_the_main_process(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(tmp_path)], env=env, cwd=str(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
