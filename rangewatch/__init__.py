@@ -64,7 +64,7 @@ def __getattr__(name: str) -> Any:
     mod = _EXPORTS.get(name)
     if mod is None:
         raise AttributeError(f"module 'rangewatch' has no attribute {name!r}")
-    from .engine.rng import kept_rng  # importing torch, Lightning, rich, ... never draws from the user's generators
+    from .rng import kept_rng  # importing torch, Lightning, rich, ... never draws from the user's generators
 
     with kept_rng():
         value = getattr(importlib.import_module(f".{mod}", __name__), name)

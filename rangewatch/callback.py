@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 
 from .engine.collectives import LightningCollectives
 from .config import ConfigError, config_path, load_options
-from .engine.rng import rng_kept
+from .rng import rng_kept
 from .engine.watch import OPTIONS, Watch
 from .expect.expectation import Expectation
 from .findings.finding import Finding

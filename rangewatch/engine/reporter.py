@@ -8,7 +8,7 @@ tap it hit; and says a note once.
 
 from __future__ import annotations
 
-from .rng import rng_kept
+from ..rng import rng_kept
 from .tapset import _Tap
 from ..findings.finding import Finding, internal_finding
 

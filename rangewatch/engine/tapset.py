@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
-from .rng import kept_rng
+from ..rng import kept_rng
 from ..expect.expectation import Expectation
 from ..findings.finding import Finding, RangeMismatchError, mismatch_finding
 from ..checks.inference import Inference

@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from .collectives import Collectives, SingleProcess
-from .rng import kept_rng, rng_kept
+from ..rng import kept_rng, rng_kept
 from .agreement import RankAgreement
 from ..config import (
     MAX_CHECK_FIRST_N,

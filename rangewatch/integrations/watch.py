@@ -52,7 +52,7 @@ from ..expect.conventions import get_convention
 from ..findings.finding import Finding, first_seen, internal_finding, mismatch_finding, note_finding
 from ..checks.inference import infer_convention
 from ..taps.sharding import user_class, user_named_modules
-from ..engine.rng import kept_rng
+from ..rng import kept_rng
 from ..stats.range_stats import RangeStats, RangeSummary
 from . import basicsr as _basicsr
 from . import lpips as _lpips
@@ -119,7 +119,7 @@ class _Target:
     previous_update: Any = None
     had_update: bool = False
     seen: set = field(default_factory=set)
-    kept: bool = False  # its first call ran with the user's random state kept (engine/rng.py)
+    kept: bool = False  # its first call ran with the user's random state kept (rangewatch/rng.py)
 
 
 def _as_tensor(x: Any) -> torch.Tensor | None:

@@ -66,7 +66,7 @@ from typing import Any, Callable
 import torch
 
 from . import checks as pc
-from ..engine.rng import kept_rng, rng_kept
+from ..rng import kept_rng, rng_kept
 from ..expect.conventions import get_convention
 from ..engine.watch import Watch
 from ..expect.expectation import Expectation

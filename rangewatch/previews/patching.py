@@ -22,7 +22,7 @@ import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ..engine.rng import kept_rng
+from ..rng import kept_rng
 from ..findings.finding import internal_finding
 from .calls import SPECS
 from .measure import observe

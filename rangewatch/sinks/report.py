@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..engine.rng import rng_kept
+from ..rng import rng_kept
 
 __all__ = ["build_report", "REPORT_DIRNAME", "STATS"]
 

@@ -165,7 +165,7 @@ def _full_state() -> tuple:
 
 
 def test_kept_rng_puts_back_what_a_block_draws_and_nests():
-    from rangewatch.engine.rng import kept_rng
+    from rangewatch.rng import kept_rng
 
     random.seed(3)
     np.random.seed(3)
