@@ -113,11 +113,24 @@ def soft_clamp(z: torch.Tensor, threshold: float = 3.5, boundary: float = 4.0, c
     return torch.where(a > threshold, torch.sign(z) * squeezed, z)
 
 
-def latent_preview(z: torch.Tensor, convention: str | Convention, channel_dim: int = 1) -> torch.Tensor:
+def video_frames(length: int, k: int = 3) -> list[int]:
+    """At most ``k`` frame indices of a clip of ``length`` frames, evenly spaced from the first to the
+    last (``k=3``: first, middle, last), without repeats."""
+    if length <= 0 or k <= 0:
+        return []
+    if k == 1 or length == 1:
+        return [0]
+    return sorted({round(i * (length - 1) / (k - 1)) for i in range(k)})
+
+
+def latent_preview(z: torch.Tensor, convention: str | Convention, channel_dim: int = 1,
+                   frames: int | None = 3) -> torch.Tensor:
     """``(N, 3, H, W)`` RGB preview in [0, 1] from the linear latent-to-RGB factors (no VAE decode).
 
-    Accepts ``(C, H, W)``, ``(N, C, H, W)`` and video ``(N, C, T, H, W)`` latents (frames become
-    images). NaN shows as black.
+    Accepts ``(C, H, W)``, ``(N, C, H, W)`` and video latents, ``(N, C, T, H, W)`` (Wan, HunyuanVideo,
+    Mochi: ``channel_dim=1``) or ``(N, T, C, H, W)`` (CogVideoX pipelines: ``channel_dim=2``). Of a
+    video, ``frames`` evenly spaced frames of each clip become images (3: first, middle, last; ``None``:
+    every frame), clip after clip: ``(N * frames, 3, H, W)``. NaN shows as black.
     """
     conv = _latent_conv(convention)
     if conv.latent_rgb is None:
@@ -129,6 +142,8 @@ def latent_preview(z: torch.Tensor, convention: str | Convention, channel_dim: i
     else:
         raise ValueError(f"latent_preview takes (C,H,W), (N,C,H,W) or (N,C,T,H,W) latents, got shape {tuple(z.shape)}")
     if z.dim() == 5:
+        if frames is not None:
+            z = z[:, :, video_frames(int(z.shape[2]), int(frames))]
         n, c, t, h, w = z.shape
         z = z.permute(0, 2, 1, 3, 4).reshape(n * t, c, h, w)
     return conv.to_display(z.detach(), channel_dim=1)

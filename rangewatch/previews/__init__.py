@@ -13,7 +13,12 @@ torchvision ``utils.make_grid``             nothing unless ``normalize=True``; w
                                            it clamps to it, without it stretches by min/max
                                            (which hides the data's real range: a ``note``)
 TensorBoard ``SummaryWriter.add_image(s)``  floats: [0, 1] (``x * 255`` clipped); uint8 as is
+TensorBoard ``SummaryWriter.add_video``     ``(N, T, C, H, W)``; floats: [0, 1] (``x * 255`` clipped); uint8 as
+                                           is; the preview shows the first clip's first / middle / last frames
 =========================================  ==================================================
+
+A 5-D (video) tensor passed to an image call (``make_grid``, ``save_image``, ``add_image(s)``,
+``tensor2img``) is not measured: one ``note`` per call site (the call itself runs unchanged).
 
 (``SummaryWriter`` is ``torch.utils.tensorboard``'s, which is what Lightning's
 ``TensorBoardLogger.experiment`` is; tensorboardX's is observed too when it is already imported.)

@@ -1,7 +1,8 @@
 """The calls a visualisation watch observes and what each is about to do to its tensors.
 
 :data:`SPECS` maps each observed call's name to a function that reads the call's bound arguments
-and returns a :class:`Call`: the tensors it converts (as ``(N, C, H, W)``-like views), whether it
+and returns a :class:`Call`: the tensors it converts (as ``(N, C, H, W)``-like views, or ``(N, T, C, H, W)``
+videos for ``add_video``), whether it
 clamps them to a range, stretches them by min/max or takes them as they are, and how it quantises
 to 0..255. A new observed call is a new entry here (and its patch target in
 :mod:`rangewatch.previews.patching`).
@@ -20,7 +21,7 @@ from .text import fmt_num, fmt_pair
 __all__ = ["OBSERVED_CALLS", "Call", "SPECS"]
 
 #: the call names a watcher can observe
-OBSERVED_CALLS = ("tensor2img", "tensor2img_fast", "make_grid", "save_image", "add_image", "add_images")
+OBSERVED_CALLS = ("tensor2img", "tensor2img_fast", "make_grid", "save_image", "add_image", "add_images", "add_video")
 
 
 @dataclass
@@ -129,6 +130,19 @@ def _spec_add_image(name: str, bound: inspect.BoundArguments) -> Call | None:
     return Call(name, [t], cd, "clamp", (0.0, 1.0), "a float tensor: x * 255 clipped to 0..255", "unit_0_1", quant="trunc")
 
 
+def _spec_add_video(name: str, bound: inspect.BoundArguments) -> Call | None:
+    """TensorBoard's ``SummaryWriter.add_video(tag, vid_tensor)``: ``(N, T, C, H, W)``; a float video is
+    multiplied by 255 and clipped to 0..255, then cast to uint8 (a [0, 1] assumption), a uint8 one taken as
+    is (pytorch/pytorch torch/utils/tensorboard/summary.py ``video`` and ``_calc_scale_factor``,
+    _utils.py ``_prepare_video``)."""
+    t = _as_tensor(bound.arguments["vid_tensor"])
+    if t is None or t.is_complex() or t.dim() != 5:
+        return None  # add_video raises on anything but 5-D itself
+    if t.dtype == torch.uint8:
+        return Call(name, [t], 2, "none", None, "uint8 taken as is (0..255)", "uint8_as_is")
+    return Call(name, [t], 2, "clamp", (0.0, 1.0), "a float video: x * 255 clipped to 0..255", "unit_0_1", quant="trunc")
+
+
 SPECS: dict[str, Callable[[str, inspect.BoundArguments], Call | None]] = {
     "tensor2img": _spec_tensor2img,
     "tensor2img_fast": _spec_tensor2img,
@@ -136,5 +150,6 @@ SPECS: dict[str, Callable[[str, inspect.BoundArguments], Call | None]] = {
     "save_image": _spec_grid,
     "add_image": _spec_add_image,
     "add_images": _spec_add_image,
+    "add_video": _spec_add_video,
 }
 

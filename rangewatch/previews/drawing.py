@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..checks.latents import video_frames
 from ..expect.conventions import Convention
 from ..findings.finding import Finding
 from ..stats.range_stats import RangeStats, RangeSummary
@@ -51,6 +52,8 @@ class Preview:
         self.data_min = float(s.range_min.min()) if s is not None else 0.0
         self.data_max = float(s.range_max.max()) if s is not None else 1.0
         self.images: list[torch.Tensor] = []
+        self.frames: list[int] = []  # a video call: the frames of its first clip that were kept
+        self.clip_length = 0
         self.stretch: list[tuple[float, float]] = []  # per image: what a min/max stretch used
         self.findings: list[Finding] = list(record.findings)
         self.hist: RangeStats | None = None
@@ -70,7 +73,16 @@ class Preview:
         grid_hi = float(summary.max.max()) if summary is not None else 1.0
         for t in call.items:
             cd = call.channel_dim
-            imgs = torch.movedim(t, cd, 1) if cd not in (None, 1) else t
+            if t.dim() == 5 and cd is not None:
+                # a video ((N, T, C, H, W) for add_video): the first clip's first / middle / last frames
+                v = torch.movedim(t, cd, 2)
+                if self.images or v.shape[0] == 0:
+                    continue
+                self.clip_length = int(v.shape[1])
+                self.frames = video_frames(self.clip_length, max(1, min(3, self.max_images)))
+                imgs = v[0, self.frames]
+            else:
+                imgs = torch.movedim(t, cd, 1) if cd not in (None, 1) else t
             for img in imgs:
                 if self.full:
                     break
@@ -160,6 +172,8 @@ class Preview:
     def labels(self) -> tuple[str, str]:
         """The two panel captions: what the call did, and the mapping the right panel uses."""
         left = f"as logged: {self.call} {self.assumption}"
+        if self.frames:
+            left += f" (frames {', '.join(str(f) for f in self.frames)} of {self.clip_length}, clip 0)"
         conv = self.convention
         if conv is not None and conv.kind == "pixel":
             lo, hi = conv.bounds(3)
@@ -240,6 +254,8 @@ class Preview:
             f"- range the call assumes: {self.assumption}",
             f"- clamped: {fmt_pct(rec.below_fraction)} below, {fmt_pct(rec.above_fraction)} above; NaN {fmt_pct(rec.nan_fraction)}",
             f"- data: {rec.inference}" if rec.inference is not None else "- data: not measured",
+            *([f"- frames shown (one per row): {', '.join(str(f) for f in self.frames)} of the first clip's {self.clip_length}"]
+              if self.frames else []),
             f"- preview: left as the call shows it, right as `{self.convention_name}` "
             f"({self.convention.label if self.convention else 'min/max of the data'})",
         ]

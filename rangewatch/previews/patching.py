@@ -54,6 +54,16 @@ def _caller(frame: Any) -> tuple[str, str]:
     return frame.f_code.co_name, f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
 
 
+def _video_shape(bound: inspect.BoundArguments) -> tuple[int, ...] | None:
+    """The shape of a 5-D tensor (or array) among the call's first argument(s), else None."""
+    for v in list(bound.arguments.values())[:2]:
+        for t in (v if isinstance(v, (list, tuple)) else [v]):
+            shape = getattr(t, "shape", None)
+            if shape is not None and len(shape) == 5:
+                return tuple(int(d) for d in shape)
+    return None
+
+
 def _module_dicts() -> list[dict]:
     out = []
     for mod in list(sys.modules.values()):
@@ -221,7 +231,7 @@ class CallPatcher:
             for i, where in _replace_everywhere(swap).items():
                 funcs[i][3].extend(where)
             for cls in _writer_classes():
-                for call in ("add_image", "add_images"):
+                for call in ("add_image", "add_images", "add_video"):
                     fn = cls.__dict__.get(call)
                     if (id(cls), call) in attrs or fn is None:
                         continue
@@ -274,6 +284,10 @@ class CallPatcher:
         bound.apply_defaults()
         call = SPECS[name](name, bound)
         if call is None:
+            shape = _video_shape(bound)
+            if shape is not None:  # a video passed to an image call: one note, not measured
+                for w in watchers:
+                    w._skipped_video(name, func, site, shape)
             return
         obs = observe(call, func, site)
         for w in watchers:

@@ -15,7 +15,7 @@ from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
-from ..findings.finding import Finding, FindingKey, first_seen
+from ..findings.finding import Finding, FindingKey, first_seen, note_finding
 from .calls import OBSERVED_CALLS
 from .drawing import Preview
 from .judge import ClippingJudge
@@ -225,6 +225,18 @@ class VisualizationWatch:
 
             warn(finding_text(f), VisualizationWarning)  # pointing at the user's preview call
         return True
+
+    def _skipped_video(self, name: str, func: str, site: str, shape: tuple[int, ...]) -> None:
+        """A 5-D (video) tensor passed to an image call: not measured, one ``note`` per call site."""
+        where = f"{self.context} `{name}` ({func}, {site})"
+        self._emit(note_finding(
+            where, f"a 5-D tensor of shape {shape}",
+            expected=f"`{name}` converts images ((N, C, H, W) at most)",
+            evidence=f"`{name}` was given a video-like tensor {shape}; rangewatch did not measure this call",
+            fix="pick frames first (`x[:, :, t]` of (N, C, T, H, W), `x[:, t]` of (N, T, C, H, W)) or log the clip "
+                "with `SummaryWriter.add_video` ((N, T, C, H, W), floats in [0, 1])",
+            step=self.step,
+        ))
 
     def _record(self, obs: Observation) -> None:
         call = obs.call

@@ -33,7 +33,8 @@ def log_latents(
     The preview is enlarged ``scale`` times (nearest neighbour; default: the smallest factor that
     makes each latent image at least :data:`rangewatch.checks.latents.PREVIEW_MIN_SIZE` pixels wide, at most 8), so a 32x32
     latent is readable; ``scale=1`` logs it at latent resolution. Padding between images: 1 pixel
-    at ``scale=1``, else 2.
+    at ``scale=1``, else 2. Video latents (5-D, ``channel_dim`` 1 for ``(N, C, T, H, W)``, 2 for
+    ``(N, T, C, H, W)``): one row per clip (at most ``max_images``) of its first, middle and last frames.
     """
     if isinstance(z_or_monitor, LatentMonitor):
         mon = z_or_monitor
@@ -49,11 +50,14 @@ def log_latents(
     if mon.last is not None and mon.conv.latent_rgb is not None:
         from torchvision.utils import make_grid
 
-        prev = latent_preview(mon.last[:max_images], mon.conv, channel_dim=mon.channel_dim)
+        clips = mon.last[:max_images]
+        prev = latent_preview(clips, mon.conv, channel_dim=mon.channel_dim)
+        # video latents: one row per clip, its first / middle / last frames (latent_preview's pick)
+        per_row = prev.shape[0] // max(1, clips.shape[0]) if clips.dim() == 5 else min(max_images, prev.shape[0])
         k = preview_scale(int(prev.shape[-1])) if scale is None else max(1, int(scale))
         if k > 1:
             prev = prev.repeat_interleave(k, -1).repeat_interleave(k, -2)
-        grid = make_grid(prev.float(), nrow=min(max_images, prev.shape[0]), padding=1 if k == 1 else 2, pad_value=1.0)
+        grid = make_grid(prev.float(), nrow=max(1, per_row), padding=1 if k == 1 else 2, pad_value=1.0)
         tag = f"{base}/latent_preview"
         write_image(experiment, tag, grid.cpu(), step)
         tags.append(tag)
