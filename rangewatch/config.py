@@ -76,9 +76,11 @@ def exit_under_cli_parser(error: ConfigError, owner: str) -> None:
             break
         if str(frame.f_globals.get("__name__", "")).startswith("jsonargparse"):
             under_parser = True
-            parser = frame.f_locals.get("self")
-            if getattr(parser, "exit_on_error", True) is False:
-                exits = False
+            try:
+                if getattr(frame.f_locals.get("self"), "exit_on_error", True) is False:
+                    exits = False
+            except Exception:  # noqa: BLE001  (an object whose attribute raises: not a parser)
+                pass
         frame = frame.f_back
     if under_parser and exits:
         raise ConfigExit(error, owner) from None
