@@ -12,7 +12,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 
 from .engine.collectives import LightningCollectives
-from .config import ConfigError, config_path, load_options
+from .config import ConfigError, config_path, exit_under_cli_parser, load_options
 from .rng import rng_kept
 from .engine.watch import OPTIONS, Watch
 from .expect.expectation import Expectation
@@ -150,7 +150,11 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
         super().__init__()
         options = dict(locals())
         #: the engine this callback drives (public: taps, findings, summaries, state)
-        self.engine = Watch(**{k: options[k] for k in OPTIONS})
+        try:
+            self.engine = Watch(**{k: options[k] for k in OPTIONS})
+        except ConfigError as e:  # named in a LightningCLI config: the message alone, not jsonargparse's Union traceback
+            exit_under_cli_parser(e, f"{type(self).__module__.split('.')[0]}.{type(self).__name__}")
+            raise
         self._home_pid = os.getpid()  # the process the user made it in (spawned ranks hand their findings back)
         self._handback_id = uuid.uuid4().hex  # os.urandom: no draw from the user's generators
 

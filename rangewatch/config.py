@@ -10,6 +10,7 @@ import difflib
 import inspect
 import os
 import reprlib
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +19,7 @@ import yaml
 from .expect.conventions import get_convention, list_conventions
 
 __all__ = ["ConfigError", "load_options", "read_yaml", "check_choice", "check_int", "check_float", "check_expect", "check_str_list",
-           "check_trace_modules", "check_modules", "config_path"]
+           "check_trace_modules", "check_modules", "config_path", "ConfigExit", "exit_under_cli_parser"]
 
 #: upper bounds of the size options (each allocates per tap, per channel or per traced call)
 MAX_HIST_BINS = 4096
@@ -45,6 +46,44 @@ def _short(value: Any, limit: int = 80) -> str:
 
 class ConfigError(ValueError):
     """A bad RangeWatch option: names the key, the value and what is allowed."""
+
+
+class ConfigExit(SystemExit):
+    """A :class:`ConfigError` met while a command-line parser (jsonargparse, as ``LightningCLI`` uses it) builds
+    the object: it ends the command with the error's message alone, as the parser ends it for a value it
+    rejects itself. ``error`` is the :class:`ConfigError`."""
+
+    def __init__(self, error: ConfigError, owner: str) -> None:
+        super().__init__(f"error: {owner}: {error}")
+        self.error = error
+
+
+def exit_under_cli_parser(error: ConfigError, owner: str) -> None:
+    """Raise :class:`ConfigExit` for ``error`` when a jsonargparse parser is building ``owner`` (a class named in a
+    ``LightningCLI`` config) and would exit on its own errors; return otherwise (the caller raises ``error``).
+
+    jsonargparse tries every member of a ``Union`` (``trainer.callbacks`` is ``list[Callback] | Callback | None``)
+    under ``except Exception`` and re-raises the failures as one ``ValueError`` chained to the first
+    (``jsonargparse/_typehints.py``: ``adapt_typehints``, ``raise_union_unexpected_value``): two tracebacks, about
+    90 lines, the message in the middle. A :class:`SystemExit` passes through. Under a parser made with
+    ``exit_on_error=False`` (or with ``JSONARGPARSE_DEBUG`` set) the error goes on to jsonargparse as before."""
+    if os.environ.get("JSONARGPARSE_DEBUG"):
+        return
+    under_parser, exits = False, True
+    frame = sys._getframe(1)
+    for _ in range(200):  # the error path only: a bounded walk up the stack
+        if frame is None:
+            break
+        if str(frame.f_globals.get("__name__", "")).startswith("jsonargparse"):
+            under_parser = True
+            try:
+                if getattr(frame.f_locals.get("self"), "exit_on_error", True) is False:
+                    exits = False
+            except Exception:  # noqa: BLE001  (an object whose attribute raises: not a parser)
+                pass
+        frame = frame.f_back
+    if under_parser and exits:
+        raise ConfigExit(error, owner) from None
 
 
 def _where(key: str, origin: str) -> str:

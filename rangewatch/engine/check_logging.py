@@ -38,7 +38,8 @@ class CheckLogging:
 
     def _log_overview(self, summaries: list[tuple[str, RangeSummary]], new: list[Finding], step: int) -> None:
         """The findings count per kind (``rangewatch/findings/<kind>``, ``.../total``) and, when the
-        taps or their flags changed, TensorBoard's custom-scalars layout (one category per tap)."""
+        taps or their flags changed, TensorBoard's custom-scalars layout (flagged taps first:
+        :func:`~rangewatch.sinks.loggers.scalars_layout`)."""
         if self._sink is None:
             return
         self._sink.scalars(self._log.counts(new), step)
@@ -51,7 +52,7 @@ class CheckLogging:
             if self._taps[name].latent is None:
                 taps[name] = (s.channels, name in flagged)
         taps = {n: (c, n in flagged) for n, (c, _) in taps.items()}
-        # the findings at no tap (a preview call) get a category of their own
+        # the findings at no tap (a preview call) get a chart of their own
         elsewhere = tuple(sorted(w for w in flagged if w not in taps and w not in self._taps))
         key = {**taps, "\0elsewhere": (len(elsewhere), elsewhere)}  # type: ignore[dict-item]
         if key != self._layout_taps:

@@ -17,7 +17,7 @@ import torch
 from ..findings.finding import Finding
 from ..stats.range_stats import RangeSummary
 
-__all__ = ["LoggerSink", "tag", "detail_tag", "DETAIL_GROUP", "findings_markdown", "findings_from_markdown", "scalars_layout", "write_histogram",
+__all__ = ["LoggerSink", "tag", "detail_tag", "DETAIL_GROUP", "findings_markdown", "findings_from_markdown", "scalars_layout", "FINDINGS_CATEGORY", "FLAGGED_CATEGORY", "OTHER_CATEGORY", "write_histogram",
            "write_image", "write_text", "is_tensorboard_logger"]
 
 #: the machine-readable copy of each finding inside the markdown (an HTML comment: TensorBoard's
@@ -108,30 +108,53 @@ def findings_from_markdown(text: str) -> list[Finding] | None:
     return out if out or "**no findings**" in text else None
 
 
+#: the custom-scalars categories, the same titles in every run's layout (see :func:`scalars_layout`)
+FINDINGS_CATEGORY = "rangewatch findings"
+FLAGGED_CATEGORY = "rangewatch flagged (taps and calls with a finding)"
+OTHER_CATEGORY = "rangewatch other taps"
+
+
 def scalars_layout(taps: dict[str, tuple[int, bool]], elsewhere: tuple[str, ...] = ()) -> Any:
-    """TensorBoard's custom-scalars layout (a ``layout_pb2.Layout``): first a "rangewatch findings"
-    category (the findings total as a margin chart, drawn unsmoothed, and the count per kind), a category per
-    finding at no tap (``elsewhere``: a preview call), then one category per tap (``taps``: name -> (channels,
-    flagged)) holding two charts: a margin chart with, per channel, the mean as a line and min..max as
-    its band, plus the expected bounds as a band; and the out-of-range share with the non-finite count.
-    Categories of taps without findings start closed."""
+    """TensorBoard's custom-scalars layout (a ``layout_pb2.Layout``) of three categories, always these three,
+    in this order:
+
+    - :data:`FINDINGS_CATEGORY`: the findings total as a margin chart (drawn unsmoothed) and the count per kind;
+    - :data:`FLAGGED_CATEGORY`, open: a chart per finding at no tap (``elsewhere``: a preview call), then the
+      charts of each tap with a finding;
+    - :data:`OTHER_CATEGORY`, closed: the charts of the other taps.
+
+    ``taps``: name -> (channels, flagged). Each tap is two charts: a margin chart with, per channel, the mean as
+    a line and min..max as its band, plus the expected bounds as a band; and the out-of-range share with the
+    non-finite count.
+
+    Why fixed categories rather than one per tap: TensorBoard serves one layout for all runs, merged in its
+    custom-scalars plugin (``tensorboard/plugins/custom_scalar/custom_scalars_plugin.py``, ``layout_impl``): runs
+    in sorted order, the first run's categories in its order, then each later run's categories whose title was
+    not seen yet appended at the end; a category seen before gets the charts it lacks. With a category per tap,
+    a later run's flagged taps came after the first run's healthy ones. With the same three titles in every
+    run, the flagged charts of every run merge into the second category. A chart is the same proto in every
+    run that has the tap, so TensorBoard draws it once with every run's data: a tap flagged in one run and not
+    in another shows in both categories. The titles are always written, even with no chart, because the
+    plugin keeps merging only into categories of the first run (a category first seen in a later run is
+    stored as that run's copy, and a third run's charts for it are dropped)."""
     import re
 
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     layout = layout_pb2.Layout()
     # the same two charts in every run's layout, so that TensorBoard merges them into one pair across runs
-    cat = layout.category.add(title="rangewatch findings")
+    cat = layout.category.add(title=FINDINGS_CATEGORY)
     total = "rangewatch/findings/total"
     cat.chart.add(title="findings so far (a margin chart: drawn unsmoothed)").margin.series.add(value=total, lower=total, upper=total)
     cat.chart.add(title="findings per kind (count so far)").multiline.tag.append(r"^rangewatch/findings/")
-    for where in elsewhere:  # a finding at no tap (a preview call) gets its own category, open
-        at = layout.category.add(title=f"rangewatch finding at {where}")
-        at.chart.add(title=f"findings so far; {where}: see TEXT rangewatch/findings or the RANGEWATCH tab").margin.series.add(
+    flagged = layout.category.add(title=FLAGGED_CATEGORY, closed=False)
+    other = layout.category.add(title=OTHER_CATEGORY, closed=True)
+    for where in elsewhere:  # a finding at no tap (a preview call): its chart opens the flagged category
+        flagged.chart.add(title=f"finding at {where}: see TEXT rangewatch/findings or the RANGEWATCH tab").margin.series.add(
             value=total, lower=total, upper=total)
-    for name in sorted(taps, key=lambda n: (not taps[n][1], n.startswith("val/"), n)):
-        channels, flagged = taps[name]
-        cat = layout.category.add(title=f"rangewatch tap {name}" + (" (finding)" if flagged else ""), closed=not flagged)
+    for name in sorted(taps, key=lambda n: (n.startswith("val/"), n)):
+        channels, is_flagged = taps[name]
+        cat = flagged if is_flagged else other
         margin = cat.chart.add(title=f"{name}: mean per channel, band min..max; last band: the expected range").margin
         for c in range(channels):
             margin.series.add(value=detail_tag(name, "mean", c), lower=detail_tag(name, "min", c), upper=detail_tag(name, "max", c))

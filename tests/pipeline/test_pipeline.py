@@ -429,10 +429,15 @@ def test_a_failing_piece_is_reported_once_and_the_generation_is_unaffected(monke
     from rangewatch.checks.latents import LatentMonitor
 
     monkeypatch.setattr(LatentMonitor, "update", broken)
-    with watch_pipeline(pipe) as watch:
-        out = generate(pipe).images
-        out2 = generate(pipe).images
+    with pytest.warns(UserWarning, match="rangewatch: internal error") as said:
+        with watch_pipeline(pipe) as watch:
+            out = generate(pipe).images
+            out2 = generate(pipe).images
     assert torch.equal(ref, out) and torch.equal(ref, out2)
+    # said once per piece, not again at the second generation
+    ours = sorted(str(w.message).split(" while ")[0] for w in said if "rangewatch: internal error" in str(w.message))
+    assert ours == ["rangewatch: internal error at rangewatch.pipeline.watch:decode",
+                    "rangewatch: internal error at rangewatch.pipeline.watch:steps"]
     internal = [f for f in watch.findings if f.kind == "internal"]
     assert sorted(f.where for f in internal) == ["rangewatch.pipeline.watch:decode", "rangewatch.pipeline.watch:steps"]
     assert all("odd tensor" in f.observed for f in internal)

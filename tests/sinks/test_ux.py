@@ -18,7 +18,8 @@ from helpers import fit as quiet
 from helpers.ux import EXPECT, Net, Pairs, fit
 from helpers.photos import photo_batch
 from rangewatch import Finding, RangeWatch
-from rangewatch.sinks.loggers import findings_from_markdown, findings_markdown, detail_tag, tag
+from rangewatch.sinks.loggers import (FINDINGS_CATEGORY, FLAGGED_CATEGORY, OTHER_CATEGORY, detail_tag, findings_from_markdown,
+                                      findings_markdown, tag)
 
 
 def accumulator(logdir: str):
@@ -92,22 +93,24 @@ def test_histograms_only_for_flagged_taps(default_run):
 
 
 @pytest.mark.slow
-def test_layout_one_category_per_tap_flagged_first(default_run):
+def test_layout_flagged_taps_first(default_run):
     w, lg, acc = default_run
     layout = layout_of(acc)
     titles = [c.title for c in layout.category]
-    assert titles == ["rangewatch findings", "rangewatch tap batch.lq (finding)", "rangewatch tap batch.gt"]
+    assert titles == [FINDINGS_CATEGORY, FLAGGED_CATEGORY, OTHER_CATEGORY]
     assert [c.closed for c in layout.category] == [False, False, True]  # healthy taps start closed
+    assert [c.title.split(":")[0] for c in layout.category[1].chart] == ["batch.lq"] * 2
+    assert [c.title.split(":")[0] for c in layout.category[2].chart] == ["batch.gt"] * 2
     scalars = set(acc.Tags()["scalars"])
     for cat in layout.category[1:]:
-        assert len(cat.chart) == 2  # a tap is two cards
-        margin = cat.chart[0].margin
-        assert len(margin.series) == 3 + 1  # per channel mean with min..max, plus the expected band
-        for s in margin.series:
-            assert {s.value, s.lower, s.upper} <= scalars  # every tag the layout names exists
-        pattern = re.compile(cat.chart[1].multiline.tag[0])
-        tap = cat.title.split(" ")[2]
-        assert {t for t in scalars if pattern.search(t)} == {detail_tag(tap, "nonfinite"), tag(tap, "out_of_range")}
+        for margin_chart, rates in zip(cat.chart[::2], cat.chart[1::2]):  # a tap is two cards
+            margin = margin_chart.margin
+            assert len(margin.series) == 3 + 1  # per channel mean with min..max, plus the expected band
+            for s in margin.series:
+                assert {s.value, s.lower, s.upper} <= scalars  # every tag the layout names exists
+            pattern = re.compile(rates.multiline.tag[0])
+            tap = margin_chart.title.split(":")[0]
+            assert {t for t in scalars if pattern.search(t)} == {detail_tag(tap, "nonfinite"), tag(tap, "out_of_range")}
     total_chart, findings_chart = layout.category[0].chart
     assert [(s.value, s.lower, s.upper) for s in total_chart.margin.series] == [("rangewatch/findings/total",) * 3]  # unsmoothed
     assert {t for t in scalars if re.search(findings_chart.multiline.tag[0], t)} == {"rangewatch/findings/total", "rangewatch/findings/mismatch"}
