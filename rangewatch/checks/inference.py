@@ -521,9 +521,11 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
     # each sentence says only what was measured: exact piles, values running up to a bound, values stopping near it
     n_clip, n_edge, n_soft = len(d["clipped"]), len(d["exact"]) - len(d["clipped"]), len(d["soft"])
     bounds = f"the {conv.label} bounds {_fmt(blo)} / {_fmt(bhi)}"
-    if n_clip:
-        parts.append(f"{n_clip} of {2 * c} per-channel bounds hold values that sit exactly on {bounds}, in piles with none "
-                     "beyond (what clipped shadows/highlights leave)")
+    if n_clip:  # name the bounds that hold the piles, never the ones that do not (a max of 0.957 is not "on 1")
+        at = ", ".join(f"channel {i} {'min' if side == 0 else 'max'} {(blo if side == 0 else bhi)[i]:.3f}"
+                       for i, side in sorted(d["clipped"])[:6])
+        parts.append(f"{n_clip} of {2 * c} per-channel bounds ({at}) hold values that sit exactly on the {conv.label} bound, "
+                     "in piles with none beyond (what clipped shadows/highlights leave)")
     if n_edge:
         parts.append(f"{'in ' + str(n_edge) + ' more' if n_clip else f'in {n_edge} of {2 * c}'} the values run densely up to "
                      f"{'the bound' if n_clip else bounds} and none lie beyond")

@@ -50,8 +50,11 @@ def test_exactly_on_the_bounds_only_when_values_are_exactly_there(name):
     claims_clipping = "clipped" in inf.evidence
     has_piles = sum(a >= 3 for a, b in exact) + sum(b >= 3 for a, b in exact)
     if claims_exact:
-        n = int(re.search(r"(\d+) of 6 per-channel bounds hold values that sit exactly on", inf.evidence).group(1))
+        m = re.search(r"(\d+) of 6 per-channel bounds \(([^)]*)\) hold values that sit exactly on", inf.evidence)
+        n = int(m.group(1))
         assert n <= has_piles, (n, exact, inf.evidence)
+        named = re.findall(r"channel (\d) (min|max)", m.group(2))  # each bound it names holds a pile there
+        assert named and all(exact[int(i)][side == "max"] >= 3 for i, side in named), (named, exact, inf.evidence)
     else:
         assert not claims_clipping, inf.evidence
     if name == "rand":  # the case in the issue: min 5e-06, max 0.99997
