@@ -12,7 +12,9 @@ them into findings:
   VAE std, ``1/scale``), scaled twice (``scale``);
 * ``latent_shift`` (conventions with a shift: SD3, Flux): ``z_vae * scale`` instead of
   ``(z_vae - shift) * scale`` moves every channel mean by ``+shift*scale``; also "subtracted twice"
-  (``-shift*scale``) and "subtracted after scaling" (``z*scale - shift``: ``shift*(scale-1)``);
+  (``-shift*scale``) and "subtracted after scaling" (``z*scale - shift``: ``shift*(scale-1)``). Judged on
+  samples (images, clips), not values: the offset must stand out from the between-sample spread of the samples'
+  common means (Student's t, 3 sigma); a few images' content moves all channel means together, and then nothing is said;
 * ``color_cast`` (``info``, no fix): the channel-mean vector projected through the latent-to-RGB factors
   gives the direction it pushes the image; its chroma part is named with a hue table ("towards yellow").
   One window's mean colour is content (a sunset, a red car), so it is said, never warned about; a cast is
@@ -585,7 +587,7 @@ class LatentMonitor:
         cse = float(a.common_se)
         if not (math.isfinite(cse) and math.isfinite(common)):
             return None
-        k = _t_quantile(_SHIFT_P, a.samples - 1)
+        k = _t_quantile(_SHIFT_P, min(a.samples - 1, 1000))  # beyond 1000 dof: 3.008, a little above the normal's 3
         if any(abs(common - v) <= k * cse for name, v in targets.items() if name != best):
             return None
         if abs(common - t) > 0.35 * abs(t) + max(3 * se / math.sqrt(c), k * cse) or resid > 0.5 * abs(t) + 3 * se:
