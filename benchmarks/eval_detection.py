@@ -1003,6 +1003,27 @@ def _sd_vae(means: np.ndarray, channel_std: float = 0.7):
     return vae, x
 
 
+@torch.no_grad()
+def _flux_vae_latents() -> torch.Tensor:
+    """mode() of a random-init AutoencoderKL with Flux.1's VAE config factors (scaling_factor 0.3611, shift_factor
+    0.1159, 16 channels) on the 9 colour photos, its moment convolution remapped (hand statistics of its own output)
+    so that (mode() - shift) * scale has channel means 0 and std 1 over these photos."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                        latent_channels=16, norm_num_groups=8, scaling_factor=0.3611, shift_factor=0.1159)
+    x = _latent_photos(len(_sources()["colour"]))
+    z = vae.encode(x).latent_dist.mode().double().numpy()
+    mu, sd = z.mean(axis=(0, 2, 3)), z.std(axis=(0, 2, 3))
+    a = 1 / 0.3611 / sd
+    b = 0.1159 - a * mu
+    vae.quant_conv.weight[:16] *= torch.tensor(a, dtype=torch.float32).view(16, 1, 1, 1)
+    vae.quant_conv.bias[:16] = vae.quant_conv.bias[:16] * torch.tensor(a, dtype=torch.float32) + torch.tensor(b, dtype=torch.float32)
+    return vae.encode(x).latent_dist.mode()
+
+
 def _orange_means(chroma: float = 0.4) -> np.ndarray:
     """Channel means whose push through ComfyUI's SD 1.x latent-to-RGB factors (comfy/latent_formats.py) is orange."""
     f = np.array([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]])
@@ -1132,6 +1153,21 @@ def run_latents(quick: bool, seed: int, log: Callable[[str], None] = print) -> d
 
     cases.append(("Wan video latents normalised with the config's latents_mean/std", True, (), lambda: wan_latents(True)))
     cases.append(("Wan video latents not normalised", False, ("latent_scale",), lambda: wan_latents(False)))
+    def flux_latents(shift_subtracted: bool, top: int | None) -> list:
+        # Flux.1's VAE config (diffusers AutoencoderKL, scaling_factor 0.3611, shift_factor 0.1159), moments remapped
+        # on all 9 colour photos so that (mode() - shift) * scale has channel means 0 and std 1 over them
+        raw = _flux_vae_latents()
+        s_, sh = 0.3611, 0.1159
+        z = (raw - sh) * s_ if shift_subtracted else raw * s_
+        if top is not None:  # the photos whose content lifts the common channel mean most, one batch
+            g = ((raw - sh) * s_).flatten(1).mean(dim=1)
+            z = z[torch.argsort(g, descending=True)[:top]]
+        return _latent_loop([z], "flux_latent")
+
+    cases.append(("Flux latents, shift subtracted, the 2 photos whose content lifts the channel means most", True, (),
+                  lambda: flux_latents(True, 2)))
+    cases.append(("Flux latents, shift not subtracted (z * scale), 9 photos in one batch", False, ("latent_shift",),
+                  lambda: flux_latents(False, None)))
     cases.append(("watch_pipeline: orange generation (colour settled early)", True, (), lambda: _pipeline_case(orange, False)))
     cases.append(("watch_pipeline: drifting generation", False, ("color_cast",), lambda: _pipeline_case(np.zeros(4), True)))
 

@@ -12,7 +12,9 @@ them into findings:
   VAE std, ``1/scale``), scaled twice (``scale``);
 * ``latent_shift`` (conventions with a shift: SD3, Flux): ``z_vae * scale`` instead of
   ``(z_vae - shift) * scale`` moves every channel mean by ``+shift*scale``; also "subtracted twice"
-  (``-shift*scale``) and "subtracted after scaling" (``z*scale - shift``: ``shift*(scale-1)``);
+  (``-shift*scale``) and "subtracted after scaling" (``z*scale - shift``: ``shift*(scale-1)``). Judged on
+  samples (images, clips), not values: the offset must stand out from the between-sample spread of the samples'
+  common means (Student's t, 3 sigma); a few images' content moves all channel means together, and then nothing is said;
 * ``color_cast`` (``info``, no fix): the channel-mean vector projected through the latent-to-RGB factors
   gives the direction it pushes the image; its chroma part is named with a hue table ("towards yellow").
   One window's mean colour is content (a sunset, a red car), so it is said, never warned about; a cast is
@@ -29,6 +31,7 @@ them into findings:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -213,6 +216,11 @@ class LatentMonitor:
         self.unexplained_factor = float(unexplained_factor)
         self.preview_samples = int(preview_samples)
         self._over: torch.Tensor | None = None  # (C,) float64: |x| > soft_threshold
+        # the independent units behind the channel means are samples (images, clips), not values: each
+        # sample's mean over its channels and positions, summed (sum, sum of squares, float64, on the device),
+        # and how many samples (a Python int from the shapes). This rank's own under DDP, like _over.
+        self._img: torch.Tensor | None = None
+        self._img_n = 0
         self.last: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ update (per step, no sync)
@@ -234,6 +242,15 @@ class LatentMonitor:
         dims = [d for d in range(z.dim()) if d != cd]
         over = (z.abs() > self.soft_threshold).sum(dim=dims, dtype=torch.float64) if dims else (z.abs() > self.soft_threshold).double()
         self._over = over if self._over is None else self._over + over
+        # per-sample common mean (mean over channels of the sample's channel means = mean of all its values);
+        # the batch dim is 0 unless the channels are there (then the tensor is one sample)
+        if cd != 0 and z.dim() >= 2:
+            g, k = z.mean(dim=list(range(1, z.dim())), dtype=torch.float32).double(), int(z.shape[0])
+        else:
+            g, k = z.mean(dtype=torch.float32).double().reshape(1), 1
+        img = torch.stack([g.sum(), (g * g).sum()])
+        self._img = img if self._img is None else self._img + img
+        self._img_n += k
         if self.preview_samples and z.dim() >= 4 and cd != 0:
             self.last = z[: self.preview_samples].clone()
         elif self.preview_samples and z.dim() == 3:
@@ -242,6 +259,8 @@ class LatentMonitor:
     def reset(self) -> None:
         self.stats.reset()
         self._over = None
+        self._img = None
+        self._img_n = 0
         self.last = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -249,6 +268,8 @@ class LatentMonitor:
         state: dict[str, Any] = {f"stats.{k}": v.detach().cpu() for k, v in self.stats.state_dict().items()}
         if self._over is not None:
             state["over"] = self._over.detach().cpu()
+        if self._img is not None:
+            state["samples"] = torch.cat([torch.tensor([float(self._img_n)], dtype=torch.float64), self._img.detach().cpu()])
         return state
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str | None = None) -> None:
@@ -258,6 +279,12 @@ class LatentMonitor:
             self.stats.to(device)
         over = state.get("over")
         self._over = None if over is None else over.to(device if device is not None else over.device, torch.float64)
+        samples = state.get("samples")
+        if samples is None:
+            self._img, self._img_n = None, 0
+        else:
+            self._img_n = int(samples[0])
+            self._img = samples[1:].to(device if device is not None else samples.device, torch.float64)
 
     # ------------------------------------------------------------------ check (host)
     def summary(self) -> RangeSummary:
@@ -339,9 +366,21 @@ class LatentMonitor:
             maxabs=maxabs_c,
             max_abs=float(maxabs_c.max()),
             std_se=(std / summ.count.clamp(min=1).sqrt()).nan_to_num(nan=0.0),
+            **self._sample_spread(),
             std_distance=dist_std,
             robust_distance=dist_robust,
         )
+
+    def _sample_spread(self) -> dict[str, Any]:
+        """Samples seen (``samples``), the spread of their common means between samples (``sample_sd``, NaN
+        below two samples) and the standard error of the window's common channel mean (``common_se``)."""
+        n = self._img_n
+        if self._img is None or n < 2:
+            return {"samples": n, "sample_sd": float("nan"), "common_se": float("nan")}
+        s1, s2 = (float(v) for v in self._img.cpu())
+        var = max(s2 - s1 * s1 / n, 0.0) / (n - 1)
+        sd = math.sqrt(var) if math.isfinite(var) else float("nan")
+        return {"samples": n, "sample_sd": sd, "common_se": sd / math.sqrt(n)}
 
     def check(self, step: int | None = None, where: str = "latents") -> list[Finding]:
         """``latent_scale`` / ``latent_shift`` / ``color_cast`` / ``latent_outliers`` findings (host sync).
@@ -538,7 +577,20 @@ class LatentMonitor:
         t = targets[best]
         if best == "right":
             return None
-        if abs(common - t) > 0.35 * abs(t) + 3 * se / math.sqrt(c) or resid > 0.5 * abs(t) + 3 * se:
+        # The independent units are samples (images, clips), not latent values: the values of one image share
+        # its content, which moves all its channel means together (a few photos move the window's common mean
+        # by a few hundredths, as much as Flux's shift*scale, 0.042). The common mean is judged against its
+        # standard error between samples, with Student's t for the few samples a window has (one-sided 3 sigma,
+        # p = 0.00135): the offset must rule out every other hypothesis ("right" included) by that margin.
+        # When it cannot (fewer than two samples, or a spread too wide for them), content and a shift bug are
+        # not told apart, and nothing is said.
+        cse = float(a.common_se)
+        if not (math.isfinite(cse) and math.isfinite(common)):
+            return None
+        k = _t_quantile(_SHIFT_P, min(a.samples - 1, 1000))  # beyond 1000 dof: 3.008, a little above the normal's 3
+        if any(abs(common - v) <= k * cse for name, v in targets.items() if name != best):
+            return None
+        if abs(common - t) > 0.35 * abs(t) + max(3 * se / math.sqrt(c), k * cse) or resid > 0.5 * abs(t) + 3 * se:
             return None
         fixes = {
             "not subtracted": f"subtract the shift before scaling: (z - vae.config.shift_factor ({sh:g})) * scaling_factor ({s:g})",
@@ -551,7 +603,9 @@ class LatentMonitor:
             expected=f"(z - {sh:g}) * {s:g}: channel means about 0",
             evidence=(
                 f"mean of the channel means {common:+.4f} (spread across channels {resid:.4f}); shift*scale = "
-                f"{sh:g}*{s:g} = {sh * s:.4f}, the offset 'shift {best}' gives is {t:+.4f}; channel means {_fmt(m)}"
+                f"{sh:g}*{s:g} = {sh * s:.4f}, the offset 'shift {best}' gives is {t:+.4f}; over {a.samples} samples the "
+                f"common mean has standard error {cse:.4f} (between-sample spread {a.sample_sd:.4f}), so it is "
+                f"{abs(common) / cse:.1f} standard errors from 0 (needed: {k:.1f}); channel means {_fmt(m)}"
             ),
             fix=fixes[best] + " (z_model = (z_vae - shift_factor) * scaling_factor; decode: z / scaling_factor + shift_factor)",
             severity="warning",
@@ -627,6 +681,34 @@ class LatentMonitor:
             "the channel means before decoding; if this is the training target, look for the step that blows them up",
             severity="info" if smooth else "warning",
         )
+
+
+#: one-sided level at which the latent_shift check's common channel mean must rule out the other hypotheses
+#: (the tail of 3 standard deviations of a normal distribution)
+_SHIFT_P = 0.5 * math.erfc(3 / math.sqrt(2))
+
+
+@functools.lru_cache(maxsize=256)
+def _t_quantile(p: float, dof: int) -> float:
+    """``t`` with ``P(T > t) = p`` for Student's t with ``dof`` degrees of freedom (``p < 0.5``; inf for
+    ``dof < 1``): Simpson's rule on the density over ``[0, t]``, bisection on ``t``."""
+    if dof < 1:
+        return float("inf")
+    v = float(dof)
+    c = math.exp(math.lgamma((v + 1) / 2) - math.lgamma(v / 2)) / math.sqrt(v * math.pi)
+
+    def tail(t: float, n: int = 2000) -> float:
+        h = t / n
+        f = [c * (1 + (i * h) ** 2 / v) ** (-(v + 1) / 2) for i in range(n + 1)]
+        return 0.5 - h / 3 * (f[0] + f[n] + 4 * sum(f[1:n:2]) + 2 * sum(f[2:n - 1:2]))
+
+    lo, hi = 0.0, 1.0
+    while tail(hi) > p and hi < 1e6:
+        lo, hi = hi, hi * 2
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if tail(mid) > p else (lo, mid)
+    return hi
 
 
 def _expand(values: Sequence[float], c: int) -> list[float]:

@@ -30,7 +30,7 @@ def latent_figures():
 
 def test_latent_cases_cover_colourful_shifted_and_video(latent_figures):
     names = " | ".join(r["name"] for r in latent_figures["cases"])
-    for what in ("orange content", "shifted channel means", "Wan VAE video", "drifting generation"):
+    for what in ("orange content", "shifted channel means", "Wan VAE video", "drifting generation", "Flux latents, shift"):
         assert what in names
     assert latent_figures["errors"] == []
 
