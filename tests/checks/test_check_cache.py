@@ -27,17 +27,13 @@ from rangewatch.checks.latent_cache import check_cache, find_cache_files, read_l
 from rangewatch.cli.main import main  # noqa: E402
 
 from helpers.photos import as_tensor  # noqa: E402
+from helpers.threads import one_thread  # noqa: E402
 
 NAMES = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "colorwheel", "hubble_deep_field", "retina"]
 SIDE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
 def photos_uint8() -> list[torch.Tensor]:

@@ -25,17 +25,13 @@ from rangewatch.taps.batches import find_images, image_channel_dim  # noqa: E402
 from rangewatch.taps.layout import channel_dim_for, module_channels, video_channel_dim  # noqa: E402
 
 from helpers.photos import as_tensor  # noqa: E402
+from helpers.threads import one_thread  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 SIDE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
 def wan_vae() -> AutoencoderKLWan:

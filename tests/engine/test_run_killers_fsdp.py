@@ -17,10 +17,7 @@ Every run has a timeout that kills its process group and fails the test. The fil
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -146,26 +143,11 @@ def _free_port() -> int:
 
 # ---------------------------------------------------------------------------------- the tests
 def _launch(scenario: str, out: Path) -> tuple[dict, dict]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "GLOBAL_RANK"):
-        env.pop(k, None)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), scenario, str(out)], env=env, cwd=str(out),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
-        pytest.fail(f"{scenario}: the two-process run did not finish in {TIMEOUT_S}s:\n{stderr[-5000:]}")
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    from helpers.procs import run_script  # (here: this file also runs as the script, without tests/ on its path)
+
+    rc, stderr = run_script(__file__, [scenario, str(out)], out, TIMEOUT_S, f"{scenario}: the two-process run")
     files = [out / f"rank{r}.json" for r in range(WORLD)]
-    assert all(f.exists() for f in files), f"{scenario}: rc {proc.returncode}, a rank did not finish:\n{stderr[-5000:]}"
+    assert all(f.exists() for f in files), f"{scenario}: rc {rc}, a rank did not finish:\n{stderr[-5000:]}"
     r0, r1 = (json.loads(f.read_text()) for f in files)
     return r0, r1
 

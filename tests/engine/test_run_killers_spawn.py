@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import pickle
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -96,25 +93,10 @@ def _main(out: str) -> None:
 
 @pytest.mark.slow
 def test_ddp_spawn_fit_finishes_with_the_findings_on_the_main_process(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(tmp_path)], env=env, cwd=str(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
-        pytest.fail(f"the ddp_spawn fit did not finish in {TIMEOUT_S}s:\n{stderr[-5000:]}")
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    assert proc.returncode == 0, stderr[-5000:]
+    from helpers.procs import run_script  # (here: this file also runs as the script, without tests/ on its path)
+
+    rc, stderr = run_script(__file__, [str(tmp_path)], tmp_path, TIMEOUT_S, "the ddp_spawn fit")
+    assert rc == 0, stderr[-5000:]
     rec = json.loads((tmp_path / "main.json").read_text())
     keys = [(f["kind"], f["where"], f["observed"], f["expected"]) for f in rec["findings"]]
     assert ("mismatch", "encoder:input", "unit", "symmetric") in keys, rec

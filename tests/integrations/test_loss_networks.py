@@ -22,18 +22,13 @@ from torchmetrics.functional import peak_signal_noise_ratio as tm_psnr  # bound 
 
 from helpers import fit as quiet
 from helpers.photos import as_tensor
+from helpers.threads import one_thread
 from rangewatch import LossWatch, RangeWatch, find_loss_networks, import_basicsr, infer_convention
 
 lpips = pytest.importorskip("lpips")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these runs are small, and the test machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
 # ---------------------------------------------------------------------------- data and runs

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.threads import one_thread
+
 diffusers = pytest.importorskip("diffusers")
 from diffusers import (  # noqa: E402
     AutoencoderKL,
@@ -36,14 +38,7 @@ SD_SCALE = 0.18215
 SCHED = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="v_prediction", steps_offset=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's spinning
-    threads make a 4-step generation take 20 s instead of under one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
 # ---------------------------------------------------------------------------- builders
