@@ -51,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from types import MappingProxyType
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -59,21 +59,8 @@ from torch import nn
 from .collectives import Collectives, SingleProcess
 from .rng import kept_rng, rng_kept
 from .agreement import RankAgreement
-from ..config import (
-    MAX_CHECK_FIRST_N,
-    MAX_HIST_BINS,
-    MAX_TRACE_HISTORY,
-    ConfigError,
-    _short,
-    check_bool,
-    check_choice,
-    check_expect,
-    check_float,
-    check_int,
-    check_modules,
-    check_str_list,
-    check_trace_modules,
-)
+from ..config import ConfigError, _short, check_choice
+from ..options import OPTIONS, Options
 from ..expect.expectation import Expectation
 from ..findings.finding import Finding, RangeMismatchError
 from ..findings.log import POLICIES, QUIET_KINDS, FindingsLog, Policy
@@ -96,13 +83,6 @@ __all__ = ["Watch", "TapInfo", "OPTIONS", "STATE_VERSION"]
 #: the version of :meth:`Watch.state_dict` this rangewatch writes and reads
 STATE_VERSION = 1
 
-#: the options :class:`Watch` (and each front end) takes, in signature order
-OPTIONS = (
-    "expect", "batch_keys", "skip_keys", "modules", "policy", "check_first_n", "log_every_n_steps", "histograms",
-    "hist_bins", "watch_validation", "watch_visualization", "clip_threshold", "derive_expectations", "trace_modules",
-    "trace_history", "trace_exact", "headroom_share", "check_nonfinite_every_step", "moments_every_step",
-    "image_processors", "per_channel_scalars",
-)
 
 
 def _says(level: str, text: str) -> None:
@@ -119,7 +99,8 @@ def _no_step() -> int | None:
 
 class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLogging, NumericsTracing, PreviewGate,
             FindingsReporting, UnseenTaps):
-    r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there); the
+    r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there; declared once in
+    :class:`rangewatch.options.Options`, given as keywords, ``expect`` also first positional); the
     keyword-only arguments connect it to its surroundings.
 
     Args:
@@ -136,63 +117,36 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
     def __init__(
         self,
         expect: dict[str, str] | None = None,
-        batch_keys: list[str] | None = None,
-        skip_keys: list[str] | None = None,
-        modules: list[str] | None = None,
-        policy: Policy = "warn",
-        check_first_n: int = 3,
-        log_every_n_steps: int | None = None,
-        histograms: bool | Literal["flagged", "all"] = "flagged",
-        hist_bins: int = 64,
-        watch_validation: bool = True,
-        watch_visualization: bool = True,
-        clip_threshold: float = 0.005,
-        derive_expectations: bool = True,
-        trace_modules: str | list[str] | None = None,
-        trace_history: int = 8,
-        trace_exact: bool = False,
-        headroom_share: float = 0.5,
-        check_nonfinite_every_step: bool = False,
-        moments_every_step: bool = False,
-        image_processors: dict[str, Any] | None = None,
-        per_channel_scalars: bool = False,
         *,
         collectives: Collectives | None = None,
         loggers: list[Any] | None = None,
         messages: Callable[[str, str], None] | None = None,
         clock: Callable[[], int | None] | None = None,
+        **options: Any,
     ) -> None:
+        unknown = [k for k in options if k not in OPTIONS]
+        if unknown:  # a misspelt keyword is a TypeError, as for any Python signature
+            raise TypeError(f"Watch() got an unexpected keyword argument {unknown[0]!r}; options: {', '.join(OPTIONS)}")
+        #: the options as given, validated (:class:`~rangewatch.options.Options`)
+        o = Options(expect=expect, **options).checked()
         # module paths as the user named them: FSDP1 / checkpoint-wrapper segments dropped (taps/sharding.py)
-        self.expect = {user_name(k): v for k, v in check_expect(expect).items()}
-        self.batch_keys = check_str_list("batch_keys", batch_keys)
-        self.skip_keys = tuple(check_str_list("skip_keys", skip_keys) or DEFAULT_SKIP_KEYS)
-        self.modules = [user_name(m) for m in check_modules(modules)]
-        policy = check_choice("policy", policy, POLICIES)  # type: ignore[assignment]
-        self.check_first_n = check_int("check_first_n", check_first_n, 0, maximum=MAX_CHECK_FIRST_N)
-        self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, 1, allow_none=True)
-        if histograms is True:
-            histograms = "all"
-        self.histograms: bool | str = histograms if histograms is False else check_choice("histograms", histograms, ("flagged", "all"))
-        self.per_channel_scalars = check_bool("per_channel_scalars", per_channel_scalars)
-        self.hist_bins = check_int("hist_bins", hist_bins, 1, maximum=MAX_HIST_BINS)
-        self.watch_validation = check_bool("watch_validation", watch_validation)
-        self.watch_visualization = check_bool("watch_visualization", watch_visualization)
-        self.clip_threshold = check_float("clip_threshold", clip_threshold, 0.0, 1.0)
-        self.derive_expectations = check_bool("derive_expectations", derive_expectations)
-        self.trace_modules = check_trace_modules(trace_modules)
-        self.trace_history = check_int("trace_history", trace_history, 1, maximum=MAX_TRACE_HISTORY)
-        self.trace_exact = check_bool("trace_exact", trace_exact)
-        self.headroom_share = check_float("headroom_share", headroom_share, 0.0, 1.0, lo_open=True)
-        self.check_nonfinite_every_step = check_bool("check_nonfinite_every_step", check_nonfinite_every_step)
-        self.moments_every_step = check_bool("moments_every_step", moments_every_step)
-        if image_processors is not None and not isinstance(image_processors, dict):
-            raise ConfigError(f"option 'image_processors' = {_short(image_processors)} must map submodule paths to image processors")
-        self.image_processors: dict[str, Any] = dict(image_processors or {})
+        self.expect: dict[str, str] = {user_name(k): v for k, v in (o.expect or {}).items()}
+        self.batch_keys, self.skip_keys = o.batch_keys, tuple(o.skip_keys or DEFAULT_SKIP_KEYS)
+        self.modules = [user_name(m) for m in o.modules or ()]
+        self.histograms: bool | str = o.histograms
+        # sizes and thresholds, then switches (types as Options declares them)
+        self.check_first_n, self.log_every_n_steps, self.hist_bins = o.check_first_n, o.log_every_n_steps, o.hist_bins
+        self.trace_modules, self.trace_history, self.trace_exact = o.trace_modules, o.trace_history, o.trace_exact
+        self.clip_threshold, self.headroom_share = o.clip_threshold, o.headroom_share
+        self.watch_validation, self.watch_visualization = o.watch_validation, o.watch_visualization
+        self.derive_expectations, self.moments_every_step = o.derive_expectations, o.moments_every_step
+        self.check_nonfinite_every_step, self.per_channel_scalars = o.check_nonfinite_every_step, o.per_channel_scalars
+        self.image_processors: dict[str, Any] = dict(o.image_processors or {})
 
         self.messages = messages
         #: where the options came from (a YAML file: ``RangeWatch.from_yaml``), named in ConfigErrors found later
         self.origin: str | None = None
-        self._log = FindingsLog(policy, warn=self._warn)
+        self._log = FindingsLog(o.policy, warn=self._warn)
         self.expectations: dict[str, Expectation] = {}
         self.collectives: Collectives = SingleProcess()
         self._clock: Callable[[], int | None] = _no_step
