@@ -896,7 +896,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
                     continue  # no values to save (a meta tap); a checkpoint must never fail on rangewatch's state
                 taps[name] = {
                     "stats": {k: v.detach().cpu() for k, v in stats.items()},
-                    "bounds": tap.bounds,
+                    "bounds": None if tap.bounds is None else tap.bounds.name,
                     "channel_dim": tap.channel_dim,
                     "dtypes": sorted(tap.stats.dtypes_seen),
                     "steps_checked": tap.steps_checked,
