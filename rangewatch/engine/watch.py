@@ -97,7 +97,7 @@ def _no_step() -> int | None:
     return None
 
 
-class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLogging, NumericsTracing, PreviewGate,
+class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLogging, NumericsTracing,
             FindingsReporting, UnseenTaps):
     r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there; declared once in
     :class:`rangewatch.options.Options`, given as keywords, ``expect`` also first positional); the
@@ -173,12 +173,9 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         self._every = self.log_every_n_steps or 50
         self._sink: LoggerSink | None = None
         self._notes: dict[str, str] = {}
-        self._vis: Any = None
         self._declared_batch_paths = [k if k.startswith("batch") else f"batch.{k}" for k in self.expect if k.startswith("batch")]
-        self._vis_pending: list[Finding] = []
         self._early: list[Finding] = []  # found outside a check (in a hook): reported at the next check
-        self._vis_sites: set[str] = set()  # preview call sites seen (each one's first call is judged)
-        self._vis_judge = False  # judge every preview call now (check steps, epoch ends)
+        self._previews = PreviewGate()  # the preview watch: which calls are measured, their findings (engine/preview_gate.py)
         self._layout_taps: dict[str, tuple[int, bool]] = {}  # what the custom-scalars layout last showed
         self._announced = False
         self._phase = ""  # "val/" while a validation loop runs: module taps are split as batch taps are
@@ -564,51 +561,34 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         if not self.watch_visualization:
             return
         try:
-            if self._vis is None:
-                from ..visualization import VisualizationWatch
-
-                self._vis = VisualizationWatch(
-                    threshold=self.clip_threshold, context=context, on_finding=self._vis_pending.append,
-                    warn=False, hist_bins=self.hist_bins, gate=self._vis_gate,
-                )
-            self._vis.context = context
-            self._vis.step = self._now()
-            if not self._vis.active:
-                self._vis.start()
+            self._previews.start(threshold=self.clip_threshold, hist_bins=self.hist_bins, context=context, step=self._now())
         except Exception as e:
             self.watch_visualization = False
             self._internal("visualization", e, None, what="starting the visualisation watch (previews are not observed)")
 
     def preview_step(self, judge: bool | None = None, context: str | None = None) -> None:
         """Keep the watch's step (and phase) current, so a call is stamped with the step it was made at."""
-        if self._vis is not None:
-            self._vis.step = self._now()
-            if context is not None:
-                self._vis.context = context
-        if judge is not None:
-            self._vis_judge = judge
+        self._previews.at(self._now(), context, judge)
 
     def flush_previews(self, log: bool = True, final: bool = False) -> None:
         """Report the findings of the calls made since the last hook (at the step of each call) and log
         their corrected previews. Under DDP preview calls happen on some ranks only, so their findings
         wait for the next check (or the end of the fit), where every rank takes part."""
-        if not self._vis_pending and (not log or self._vis is None or not self._vis.has_previews):
+        if self._previews.idle(log):
             return  # nothing to report or log (every step: kept cheap)
         with kept_rng():
             self._flush_previews(log, final)
 
     def _flush_previews(self, log: bool, final: bool) -> None:
         if self.collectives.world_size == 1:
-            if self._vis_pending:
-                pending, self._vis_pending[:] = list(self._vis_pending), []
-                self._report(pending, self._now())
+            if self._previews.pending:
+                self._report(self._previews.take(), self._now())
         elif final:  # every rank reaches teardown: a collective decision (policy="raise") is safe here
-            pending, self._vis_pending[:] = list(self._vis_pending), []
-            self._report(pending, self._now())
-        if not log or self._vis is None:
+            self._report(self._previews.take(), self._now())
+        if not log:
             return
         try:
-            previews = self._vis.pop_previews()
+            previews = self._previews.pop_previews()
             if previews and self._sink is not None and self._sink.has_images:
                 from ..visualization import log_previews
 
@@ -619,6 +599,18 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
                     self._sink.other_images(f"rangewatch/preview/{p.image_tag}", p.build_labelled(), step)  # W&B / MLflow
         except Exception as e:
             self._internal("visualization", e, None, what="logging the corrected previews")
+
+    def _stop_previews(self) -> None:
+        """Report the last previews' findings (may raise under ``policy="raise"``), then stop the preview watch."""
+        if not self._previews.active:
+            return
+        try:
+            self.flush_previews(final=True)
+        finally:
+            try:
+                self._previews.halt()
+            except Exception as e:
+                self._internal("visualization", e, None, what="stopping the visualisation watch")
 
     @rng_kept
     def attach(self, model: nn.Module, tensor_taps: bool = False) -> "Watch":
@@ -734,7 +726,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         if self._losses is not None:
             self._losses.detach()
         try:
-            self._stop_visualization()  # may raise RangeMismatchError (policy="raise") for the last previews
+            self._stop_previews()  # may raise RangeMismatchError (policy="raise") for the last previews
         finally:
             if self._tracer is not None:
                 self._tracer.detach()
@@ -760,9 +752,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
                 self._internal("trace_modules", e, None)
             self._tracer.detach()
             self._tracer = None
-        if self._vis is not None:
-            while self._vis.active:
-                self._vis.stop()
+        self._previews.halt()
 
     # ------------------------------------------------------------------ taps and checks
     # taps are made, fed and reset in engine_taps.TapFeeding; each tap is judged in engine_checks.TapChecks;
@@ -773,9 +763,8 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             return  # every rank skips this check together (said once); the windows go on filling
         new: list[Finding] = list(self._early)  # found in hooks since the last check (a declared convention that does not fit)
         self._early.clear()
-        if self._vis_pending and self.collectives.world_size > 1:  # previews judged on some ranks only: reported here, where all ranks are
-            new.extend(self._vis_pending)
-            self._vis_pending.clear()
+        if self._previews.pending and self.collectives.world_size > 1:  # previews judged on some ranks only: reported here, where all ranks are
+            new.extend(self._previews.take())
         metrics: dict[str, float] = {}
         summaries: list[tuple[str, RangeSummary]] = []
         for name in sorted(self._taps):
