@@ -97,8 +97,7 @@ def _no_step() -> int | None:
     return None
 
 
-class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLogging, NumericsTracing,
-            FindingsReporting, UnseenTaps):
+class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLogging, FindingsReporting, UnseenTaps):
     r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there; declared once in
     :class:`rangewatch.options.Options`, given as keywords, ``expect`` also first positional); the
     keyword-only arguments connect it to its surroundings.
@@ -151,7 +150,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         self.collectives: Collectives = SingleProcess()
         self._clock: Callable[[], int | None] = _no_step
         self._own_step = 0  # the step counter when no clock is given (plain loops)
-        self._tracer: Any = None
+        self._numerics = NumericsTracing()  # the module tracer of trace_modules (engine/numerics_tracing.py)
         self._losses: Any = None
         self._derived_keys: set[str] = set()
         self._vae_latents: dict[str, Expectation] = {}  # VAE path -> the scaled latents its config says (no hook sees them)
@@ -230,7 +229,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
     @property
     def tracer(self) -> Any:
         """The :class:`~rangewatch.ModuleTracer` placed by ``trace_modules`` (None without it, or after :meth:`detach`)."""
-        return self._tracer
+        return self._numerics.tracer
 
     @property
     def attached(self) -> bool:
@@ -332,9 +331,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         self._check_now = self.is_check_step(step)
         self._detail = self._check_now if detail is None else bool(detail)
         self._step_open = True
-        if self._tracer is not None:
-            self._tracer.enabled = True
-            self._tracer.start_step(step)
+        self._numerics.start_step(step)
         return self._check_now
 
     def batch(self, batch: Any, split: str = "train", detail: bool | None = None) -> None:
@@ -417,8 +414,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
 
     def begin_validation(self) -> None:
         """Validation forwards from now on feed their own taps (``val/...``), never the training windows."""
-        if self._tracer is not None:
-            self._tracer.enabled = False  # validation forwards would mix into the training step
+        self._numerics.pause()  # validation forwards would mix into the training step
         self._phase = "val/"
 
     def end_validation(self, check: bool = False) -> None:
@@ -457,7 +453,13 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
     def check_nonfinite(self) -> bool:
         """Whether any tap (or the tracer) saw NaN/Inf since the last check: one bool read from the
         device (a small sync; a collective under several processes)."""
-        return self._nonfinite_now()
+        from ..checks.numerics import nonfinite_flag
+
+        flag = self._numerics.nonfinite_flag(nonfinite_flag([t.stats for t in self._taps.values() if not t.disabled]))
+        coll = self.collectives
+        if coll.world_size > 1:  # every rank must then check, or none
+            flag = coll.all_reduce_sum(flag.to(coll.device, torch.float32)) > 0
+        return bool(flag.item())
 
     @rng_kept
     def close(self) -> None:
@@ -631,7 +633,10 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         except Exception as e:
             self._internal("loss networks", e, None)
         try:
-            self._attach_tracer(model)
+            notes = self._numerics.attach(model, self.trace_modules, history=self.trace_history, headroom_share=self.headroom_share,
+                                          exact=self.trace_exact, origin=self.origin)
+            for n in notes:
+                self._note_once(n, f"rangewatch: {n}")
         except ConfigError:
             raise
         except Exception as e:
@@ -659,9 +664,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             self._module_taps.detach()
             if self._losses is not None:  # nothing this attach placed stays behind
                 self._losses.detach()
-            if self._tracer is not None:
-                self._tracer.detach()
-                self._tracer = None
+            self._numerics.detach()
             names = [n for n, _ in user_named_modules(model) if n]
             msgs = []
             for m in missing:
@@ -728,9 +731,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         try:
             self._stop_previews()  # may raise RangeMismatchError (policy="raise") for the last previews
         finally:
-            if self._tracer is not None:
-                self._tracer.detach()
-                self._tracer = None
+            self._numerics.detach()
 
     @rng_kept
     def abort(self, exception: BaseException | None = None) -> None:
@@ -741,17 +742,16 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         self._attached = False
         if self._losses is not None:
             self._losses.detach()
-        if self._tracer is not None and not isinstance(exception, RangeMismatchError):
+        if self._numerics.tracer is not None and not isinstance(exception, RangeMismatchError):
             try:  # a NaN loss that raised: still name where the NaN came from
-                for f in self._tracer.check(self._now()):
+                for f in self._numerics.check(self._now())[0]:
                     if self._log.add(f):
                         from ..sinks.console import finding_text
 
                         self._warn(finding_text(f))
             except Exception as e:
                 self._internal("trace_modules", e, None)
-            self._tracer.detach()
-            self._tracer = None
+            self._numerics.detach()
         self._previews.halt()
 
     # ------------------------------------------------------------------ taps and checks
@@ -812,11 +812,12 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             st.unsync()
         for name, _ in summaries:
             self._reset(self._taps[name])
-        if self._tracer is not None and train_check:
+        if self._numerics.tracer is not None and train_check:
             try:
                 gather = self.collectives.all_gather_bytes if self.collectives.world_size > 1 else None  # every rank checks at the same steps
-                new.extend(self._tracer.check(step, gather=gather))
-                for n in self._tracer.notes:
+                found, notes = self._numerics.check(step, gather)
+                new.extend(found)
+                for n in notes:
                     self._note_once(n, f"rangewatch: {n}")
             except Exception as e:
                 self._internal("trace_modules", e, None)
