@@ -97,7 +97,7 @@ def _no_step() -> int | None:
     return None
 
 
-class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLogging, FindingsReporting, UnseenTaps):
+class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsReporting, UnseenTaps):
     r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there; declared once in
     :class:`rangewatch.options.Options`, given as keywords, ``expect`` also first positional); the
     keyword-only arguments connect it to its surroundings.
@@ -175,7 +175,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         self._declared_batch_paths = [k if k.startswith("batch") else f"batch.{k}" for k in self.expect if k.startswith("batch")]
         self._early: list[Finding] = []  # found outside a check (in a hook): reported at the next check
         self._previews = PreviewGate()  # the preview watch: which calls are measured, their findings (engine/preview_gate.py)
-        self._layout_taps: dict[str, tuple[int, bool]] = {}  # what the custom-scalars layout last showed
+        self._check_logging = CheckLogging()  # a check's histograms, overview and latent previews (engine/check_logging.py)
         self._announced = False
         self._phase = ""  # "val/" while a validation loop runs: module taps are split as batch taps are
         self._set_declared()
@@ -791,21 +791,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
                     self._sink.scalars(metrics, step)
                     if not self._sink.has_images and self._sink.active:
                         self._note_once("histograms", "rangewatch: histograms, images and text need a TensorBoard, W&B or MLflow logger; other loggers get scalars only")
-                if self.histograms:
-                    flagged = self._log.flagged(new)
-                    for name, s in summaries:
-                        if self._taps[name].latent is None and (self.histograms == "all" or name in flagged):
-                            self._sink.histograms(name, s, step)
-                self._log_overview(summaries, new, step)
-                if self._sink.has_tensorboard:
-                    from ..sinks.latents import log_latents
-
-                    for name, _ in summaries:
-                        if self._taps[name].latent is not None:
-                            for w in self._sink.writers:
-                                log_latents(w, name, self._taps[name].latent, step)
-                if self._sink.wandb or self._sink.mlflow:
-                    self._latents_elsewhere(summaries, step)
+                self._check_logging.write(self._sink, self._log, self._taps, summaries, new, step, self.histograms)
             except Exception as e:
                 self._internal("logging", e, None)
         for st in synced:
