@@ -7,22 +7,46 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import lightning.pytorch as pl
 
 from .engine.collectives import LightningCollectives
 from .config import ConfigError, config_path, exit_under_cli_parser, load_options
 from .rng import rng_kept
-from .engine.watch import OPTIONS, Watch
+from .engine.watch import Watch
 from .expect.expectation import Expectation
 from .findings.finding import Finding
 from .findings.log import Policy
+from .options import OPTIONS
 from .compat.namespaces import CALLBACK_BASES
 
 __all__ = ["RangeWatch"]
 
 _TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+
+T = TypeVar("T")
+
+
+class _EngineOption(Generic[T]):
+    """An option of the callback: reads and writes the engine's attribute of the same name (a declared
+    descriptor, so that type checkers see ``watch.policy`` as a :data:`~rangewatch.findings.log.Policy`)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        self.__doc__ = f"The ``{name}`` option (the engine's)."
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> "_EngineOption[T]": ...
+
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> T: ...
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        return self if obj is None else getattr(obj.engine, self.name)
+
+    def __set__(self, obj: Any, value: T) -> None:
+        setattr(obj.engine, self.name, value)
 
 
 class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Callback: either Trainer takes it)
@@ -122,6 +146,29 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
     histograms ``rangewatch/<tap>/hist/c<k>``; the findings as text under ``rangewatch/findings``.
     """
 
+    # each option reads and writes the engine's (the same names as rangewatch.options.Options, in its order)
+    expect: _EngineOption[dict[str, str]] = _EngineOption()
+    batch_keys: _EngineOption[list[str] | None] = _EngineOption()
+    skip_keys: _EngineOption[tuple[str, ...]] = _EngineOption()
+    modules: _EngineOption[list[str]] = _EngineOption()
+    policy: _EngineOption[Policy] = _EngineOption()
+    check_first_n: _EngineOption[int] = _EngineOption()
+    log_every_n_steps: _EngineOption[int | None] = _EngineOption()
+    histograms: _EngineOption[bool | str] = _EngineOption()
+    hist_bins: _EngineOption[int] = _EngineOption()
+    watch_validation: _EngineOption[bool] = _EngineOption()
+    watch_visualization: _EngineOption[bool] = _EngineOption()
+    clip_threshold: _EngineOption[float] = _EngineOption()
+    derive_expectations: _EngineOption[bool] = _EngineOption()
+    trace_modules: _EngineOption[str | list[str] | None] = _EngineOption()
+    trace_history: _EngineOption[int] = _EngineOption()
+    trace_exact: _EngineOption[bool] = _EngineOption()
+    headroom_share: _EngineOption[float] = _EngineOption()
+    check_nonfinite_every_step: _EngineOption[bool] = _EngineOption()
+    moments_every_step: _EngineOption[bool] = _EngineOption()
+    image_processors: _EngineOption[dict[str, Any]] = _EngineOption()
+    per_channel_scalars: _EngineOption[bool] = _EngineOption()
+
     @rng_kept
     def __init__(
         self,
@@ -161,7 +208,7 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RangeWatch":
         """Options from a plain YAML file (top level, under ``rangewatch:``, or a LightningCLI entry)."""
-        options = load_options(path, cls.__init__)  # ConfigErrors name the file
+        options = load_options(path, OPTIONS)  # ConfigErrors name the file
         origin = str(config_path(path))
         try:
             watch = cls(**options)
@@ -371,12 +418,3 @@ class RangeWatch(*CALLBACK_BASES):  # type: ignore[misc]  (both namespaces' Call
     def __repr__(self) -> str:
         return f"RangeWatch(expect={self.expect}, policy={self.policy!r})"
 
-
-def _option(name: str) -> property:
-    return property(lambda self: getattr(self.engine, name), lambda self, value: setattr(self.engine, name, value),
-                    doc=f"The ``{name}`` option (the engine's).")
-
-
-for _name in OPTIONS:  # each option reads and writes the engine's
-    setattr(RangeWatch, _name, _option(_name))
-del _name

@@ -7,12 +7,11 @@ Errors name the key, the bad value and what is allowed. YAML is read with ``yaml
 from __future__ import annotations
 
 import difflib
-import inspect
 import os
 import reprlib
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import yaml
 
@@ -197,16 +196,17 @@ def check_expect(value: Any, origin: str = "") -> dict[str, str]:
     return out
 
 
-def load_options(path: str | Path, accepted: Callable) -> dict[str, Any]:
+def load_options(path: str | Path, accepted: Sequence[str]) -> dict[str, Any]:
     """Read RangeWatch options from a YAML file.
 
     Accepts the options at top level, under a ``rangewatch:`` key, as a LightningCLI callback entry
-    (``class_path``/``init_args``), or a LightningCLI config with ``trainer.callbacks``.
+    (``class_path``/``init_args``), or a LightningCLI config with ``trainer.callbacks``; ``accepted``: the
+    option names (:data:`rangewatch.options.OPTIONS`).
     """
     p = config_path(path)
     data = read_yaml(p)
     data = extract_rangewatch_options(data, str(p))
-    allowed = [n for n in inspect.signature(accepted).parameters if n != "self"]
+    allowed = list(accepted)
     for k in data:
         if k not in allowed:
             close = difflib.get_close_matches(str(k), allowed, n=1)

@@ -59,7 +59,8 @@ from torch import nn
 
 from .config import ConfigError, _short
 from .engine.collectives import Collectives, default_collectives
-from .engine.watch import OPTIONS, Watch
+from .engine.watch import Watch
+from .options import OPTIONS
 
 __all__ = ["watch"]
 

@@ -271,9 +271,9 @@ def load_check_config(path: str | os.PathLike) -> CheckConfig:
         data = data["fit"]  # a LightningCLI config nested under its subcommand
         origin = f"{origin} (fit)"
     allowed = _OWN_KEYS + _CLI_KEYS
-    from .callback import RangeWatch
+    from .options import OPTIONS
 
-    accepted = [n for n in inspect.signature(RangeWatch.__init__).parameters if n != "self"]
+    accepted = list(OPTIONS)
     for k in data:
         if k not in allowed:
             hint = f"; RangeWatch options such as {_short(k)} go under 'rangewatch:'" if k in accepted else _close(k, allowed)

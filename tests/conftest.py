@@ -9,9 +9,9 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers (the package) and
 @pytest.fixture
 def registers_conventions():
     """For a test that registers conventions on purpose: the catalogue is process-wide, so the names it
-    added are unregistered after it. Reading a model or a pipeline registers nothing (expectations carry
-    their Convention), except transform inspection's custom Normalize constants, registered under a
-    value-derived name so that a dataset and a model with the same constants share it."""
+    added are unregistered after it. Reading a model or a pipeline registers nothing: expectations and
+    predictions carry their Convention, custom Normalize constants included (a value-derived name, so that a
+    dataset and a model with the same constants compare equal; tests/expect/test_carried_conventions.py)."""
     from rangewatch.expect.conventions import list_conventions, unregister_convention
 
     before = set(list_conventions())

@@ -38,6 +38,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -127,10 +128,14 @@ class Inference:
     excluded: dict[str, str] = field(default_factory=dict)
     discriminating: bool = False
     images: int = 0
+    #: the convention named (carried: a custom one read from data need not be in the catalogue)
+    conv: Convention | None = field(default=None, repr=False, compare=False)
 
     @property
     def convention(self) -> Convention | None:
-        return None if self.name == "unknown" else get_convention(self.name)
+        if self.name == "unknown":
+            return None
+        return self.conv if self.conv is not None else get_convention(self.name)
 
     @property
     def ambiguous(self) -> bool:
@@ -209,9 +214,15 @@ def _summary(x: torch.Tensor | RangeStats | RangeSummary, channel_dim: int | Non
     return st.compute()
 
 
-def _pixel_candidates(names: list[str] | None) -> list[str]:
-    names = names if names is not None else list_conventions("pixel")
-    return [n for n in names if get_convention(n).kind == "pixel" and not get_convention(n).integer]
+def _pixel_candidates(names: Sequence[str | Convention] | None, extra: Sequence[Convention] = ()) -> dict[str, Convention]:
+    """The candidates by name: ``names`` (default: the catalogue's pixel conventions), then the ``extra``
+    conventions carried from elsewhere that the catalogue does not hold (non-pixel and integer ones dropped)."""
+    out: dict[str, Convention] = {}
+    for n in [*(names if names is not None else list_conventions("pixel")), *extra]:
+        conv = get_convention(n)
+        if conv.kind == "pixel" and not conv.integer and conv.name not in out:
+            out[conv.name] = conv
+    return out
 
 
 def _tolerance(dtypes: tuple[str, ...] | set[str], conv: Convention, c: int) -> float:
@@ -229,31 +240,36 @@ def _tolerance(dtypes: tuple[str, ...] | set[str], conv: Convention, c: int) -> 
 def infer_convention(
     x: torch.Tensor | RangeStats | RangeSummary,
     channel_dim: int | None = 1,
-    candidates: list[str] | None = None,
+    candidates: Sequence[str | Convention] | None = None,
     *,
     sample: np.ndarray | ValueSample | None = None,
     images: int | None = None,
-    prior: str | None = None,
+    prior: str | Convention | None = None,
     noise_share: float = 0.0,
+    extra: Sequence[Convention] = (),
 ) -> Inference:
     """Rank the pixel conventions that could have produced ``x``.
 
     Args:
         x: a tensor (statistics and a value sample are taken here), or a :class:`RangeStats` / its summary.
         channel_dim: channel dimension of a tensor ``x``.
-        candidates: names to consider (default: every registered pixel convention).
+        candidates: names (or conventions) to consider (default: every registered pixel convention).
         sample: with a summary ``x``: a ``(C, n)`` sample of the values (or the :class:`ValueSample`
             that holds it), so that the verdict can use the distribution; without one only the
             extremes are used.
         images: images behind the sample (reported in the evidence).
-        prior: a convention known from elsewhere (the transform pipeline): named when the data
-            are compatible with it and cannot decide.
+        prior: a convention known from elsewhere (the transform pipeline), by name or as the convention
+            itself (then also a candidate): named when the data are compatible with it and cannot decide.
         noise_share: the largest share of values a known augmentation may replace with N(0, 1)
             noise (random-valued erasing); that much spill never rules a candidate out.
+        extra: conventions carried from elsewhere (a loader's or a model's unusual Normalize constants,
+            never registered) that are candidates too.
 
     Returns an :class:`Inference`: ``name`` (or ``"unknown"``), ``confident``, ranked
     ``candidates`` as ``(name, score)`` with higher scores better, ``compatible`` and an ``evidence`` sentence.
     """
+    if isinstance(prior, Convention):
+        extra, prior = (*extra, prior), prior.name
     r = _summary(x, channel_dim)
     if isinstance(x, RangeStats) and sample is None:
         sample = x.value_sample
@@ -283,11 +299,11 @@ def infer_convention(
             "not uint8 pixel data (token ids, labels or a mask?)", tuple(lo.tolist()), tuple(hi.tolist()),
         )
     if sample is None or sample.shape[0] != r.channels or sample.shape[1] == 0:
-        return _infer_extremes(r, _pixel_candidates(candidates))
-    return _infer_sample(r, sample, _pixel_candidates(candidates), images or 0, prior, noise_share)
+        return _infer_extremes(r, _pixel_candidates(candidates, extra))
+    return _infer_sample(r, sample, _pixel_candidates(candidates, extra), images or 0, prior, noise_share)
 
 
-def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int, prior: str | None,
+def _infer_sample(r: RangeSummary, v: np.ndarray, names: dict[str, Convention], images: int, prior: str | None,
                   noise_share: float) -> Inference:
     c = r.channels
     lo_f, hi_f = r.range_min.tolist(), r.range_max.tolist()
@@ -314,8 +330,7 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
     def between(i: int, a: float, b: float) -> int:  # values in [a, b] of channel i
         return int(np.searchsorted(xs[i], b, "right") - np.searchsorted(xs[i], a, "left"))
 
-    for n in names:
-        conv = get_convention(n)
+    for n, conv in names.items():
         try:
             means, stds = conv.mean_for(c), conv.std_for(c)
         except ValueError:  # convention cannot apply to this channel count
@@ -551,16 +566,16 @@ def _infer_sample(r: RangeSummary, v: np.ndarray, names: list[str], images: int,
     if len(compatible) > 1 and not d["piles"] and (strong.get(best) or 0) < _GRID_STRONG:
         name = "unknown"  # nothing speaks for any of them: e.g. noise, or data using little of any range
     return Inference(name, confident, ranked, evidence, *ch, compatible=tuple(compatible), outside=outside,
-                     excluded=excluded, discriminating=discriminating, images=images)
+                     excluded=excluded, discriminating=discriminating, images=images,
+                     conv=convs[name] if name in convs else None)
 
 
-def _infer_extremes(r: RangeSummary, names: list[str]) -> Inference:
+def _infer_extremes(r: RangeSummary, names: dict[str, Convention]) -> Inference:
     """Verdict from the per-channel extremes only (no sample)."""
     lo, hi = r.range_min, r.range_max
     lo_f, hi_f = lo.tolist(), hi.tolist()
     scored = []
-    for n in names:
-        conv = get_convention(n)
+    for n, conv in names.items():
         try:
             cost, spill, gap, hits = _cost(conv, lo_f, hi_f)
         except ValueError:  # convention cannot apply to this channel count
@@ -574,7 +589,7 @@ def _infer_extremes(r: RangeSummary, names: list[str]) -> Inference:
     c = r.channels
     per_ch = f"per-channel minima {_fmt(lo)}, maxima {_fmt(hi)}"
     ch = (tuple(lo_f), tuple(hi_f))
-    conv = get_convention(best)
+    conv = names[best]
     fits = [n for cst, n, sp, gp, _ in scored if sp <= _SPILL_MAX and gp <= _GAP_MAX]
     if spill > _SPILL_MAX or gap > _GAP_MAX:
         why = ("spill past every convention's bounds" if spill > _SPILL_MAX else
@@ -582,7 +597,7 @@ def _infer_extremes(r: RangeSummary, names: list[str]) -> Inference:
         return Inference("unknown", False, ranked, f"{per_ch} {why}: fits no pixel convention", *ch,
                          compatible=tuple(fits))
     runner = scored[1] if len(scored) > 1 else None
-    disc = [h for h in hits if runner is None or not _shared(conv, get_convention(runner[1]), c, *h)]
+    disc = [h for h in hits if runner is None or not _shared(conv, names[runner[1]], c, *h)]
     margin = runner[0] - cost if runner is not None else float("inf")
     confident = margin >= _CONFIDENT_MARGIN and spill <= _CONFIDENT_SPILL and len(disc) >= min(2, c)
     blo, bhi = conv.bounds(c)
@@ -595,4 +610,4 @@ def _infer_extremes(r: RangeSummary, names: list[str]) -> Inference:
     compatible = (best,) if confident else tuple(n for cst, n, sp, gp, _ in scored if sp <= _CONFIDENT_SPILL * 10 and cst - cost < _CONFIDENT_MARGIN) or (best,)
     if not confident and runner is not None:
         evidence += f"; {runner[1]} fits almost as well" if runner[0] - cost < _CONFIDENT_MARGIN else "; too little evidence for a confident verdict"
-    return Inference(best, confident, ranked, evidence, *ch, compatible=compatible, discriminating=bool(disc))
+    return Inference(best, confident, ranked, evidence, *ch, compatible=compatible, discriminating=bool(disc), conv=conv)

@@ -110,8 +110,9 @@ def check_expectation(
             evidence += f", but they overshoot by {spill:.1%} of the range"
     observed = inference.name
     if inference.confident and observed != "unknown":
-        obs_conv = get_convention(observed)
-        fix = conversion_fix(observed, exp, "" if is_batch else target, channels=summary.channels)
+        obs_conv = inference.convention  # carried: a custom convention read from data is not in the catalogue
+        assert obs_conv is not None
+        fix = conversion_fix(obs_conv, exp, "" if is_batch else target, channels=summary.channels)
         if is_batch:
             fix += f" at the end of the dataset transform that produces {target.removeprefix('val/')}"
         fix += _low_range_note(inference, obs_conv, summary.channels)

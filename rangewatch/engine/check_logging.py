@@ -1,16 +1,17 @@
 """The engine's logging at check steps, through its :class:`~rangewatch.sinks.loggers.LoggerSink` (rank zero only).
 
-:class:`CheckLogging` is the part of :class:`rangewatch.Watch` that writes a check's overview (the findings count per
-kind, TensorBoard's custom-scalars layout) and the latent previews for W&B / MLflow; :class:`_WriterScalars` lets a
+:class:`CheckLogging` is a collaborator of :class:`rangewatch.Watch` that writes a check's histograms, its overview (the
+findings count per kind, TensorBoard's custom-scalars layout) and the latent previews; :class:`_WriterScalars` lets a
 plain ``SummaryWriter`` take the scalars that Lightning loggers take through ``log_metrics``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from ..findings.finding import Finding
-from ..sinks.loggers import tag
+from ..findings.log import FindingsLog
+from ..sinks.loggers import LoggerSink, tag
 from ..stats.range_stats import RangeSummary
 
 __all__ = ["CheckLogging"]
@@ -33,47 +34,72 @@ def _is_writer(obj: Any) -> bool:
 
 
 class CheckLogging:
-    """What a check writes beyond the taps' scalars (a mixin of :class:`~rangewatch.engine.watch.Watch`): the findings
-    counts and TensorBoard's custom-scalars layout, and latent previews for W&B / MLflow; all through the sink."""
+    """What a check writes beyond the taps' scalars (a collaborator of :class:`~rangewatch.engine.watch.Watch`, rank
+    zero only): the per-channel histograms, the findings counts and TensorBoard's custom-scalars layout (rewritten only
+    when the taps or their flags change: the one piece of state it keeps), and the latent previews; all through the
+    sink."""
 
-    def _log_overview(self, summaries: list[tuple[str, RangeSummary]], new: list[Finding], step: int) -> None:
+    def __init__(self) -> None:
+        self._layout_taps: dict[str, Any] = {}  # what the custom-scalars layout last showed
+
+    def write(self, sink: LoggerSink, log: FindingsLog, taps: Mapping[str, Any], summaries: list[tuple[str, RangeSummary]],
+              new: list[Finding], step: int, histograms: bool | str) -> None:
+        """A check's writes after the scalars: ``taps`` the engine's taps by name (``latent``: a latent tap's
+        monitor), ``summaries`` the ones computed at this check, ``new`` its findings not reported yet."""
+        if histograms:
+            flagged = log.flagged(new)
+            for name, s in summaries:
+                if taps[name].latent is None and (histograms == "all" or name in flagged):
+                    sink.histograms(name, s, step)
+        self._overview(sink, log, taps, summaries, new, step)
+        if sink.has_tensorboard:
+            from ..sinks.latents import log_latents
+
+            for name, _ in summaries:
+                if taps[name].latent is not None:
+                    for w in sink.writers:
+                        log_latents(w, name, taps[name].latent, step)
+        if sink.wandb or sink.mlflow:
+            self._latents_elsewhere(sink, taps, summaries, step)
+
+    def _overview(self, sink: LoggerSink, log: FindingsLog, taps: Mapping[str, Any], summaries: list[tuple[str, RangeSummary]],
+                  new: list[Finding], step: int) -> None:
         """The findings count per kind (``rangewatch/findings/<kind>``, ``.../total``) and, when the
         taps or their flags changed, TensorBoard's custom-scalars layout (flagged taps first:
         :func:`~rangewatch.sinks.loggers.scalars_layout`)."""
-        if self._sink is None:
+        sink.scalars(log.counts(new), step)
+        if not sink.has_tensorboard:
             return
-        self._sink.scalars(self._log.counts(new), step)
-        if not self._sink.has_tensorboard:
-            return
-        flagged = self._log.flagged(new)
+        flagged = log.flagged(new)
         shown = {k: v for k, v in self._layout_taps.items() if not k.startswith("\0")}
-        taps = dict(shown)
+        layout = dict(shown)
         for name, s in summaries:
-            if self._taps[name].latent is None:
-                taps[name] = (s.channels, name in flagged)
-        taps = {n: (c, n in flagged) for n, (c, _) in taps.items()}
-        # the findings at no tap (a preview call) get a chart of their own
-        elsewhere = tuple(sorted(w for w in flagged if w not in taps and w not in self._taps))
-        key = {**taps, "\0elsewhere": (len(elsewhere), elsewhere)}  # type: ignore[dict-item]
+            if taps[name].latent is None:
+                layout[name] = (s.channels, name in flagged)
+        layout = {n: (c, n in flagged) for n, (c, _) in layout.items()}
+        # the findings at no tap (a preview call) get a category of their own
+        elsewhere = tuple(sorted(w for w in flagged if w not in layout and w not in taps))
+        key = {**layout, "\0elsewhere": (len(elsewhere), elsewhere)}
         if key != self._layout_taps:
             from ..sinks.loggers import scalars_layout
 
-            self._sink.layout(scalars_layout(taps, elsewhere=elsewhere), step)
+            sink.layout(scalars_layout(layout, elsewhere=elsewhere), step)
             self._layout_taps = key
 
-    def _latents_elsewhere(self, summaries: list[tuple[str, RangeSummary]], step: int) -> None:
+    @staticmethod
+    def _latents_elsewhere(sink: LoggerSink, taps: Mapping[str, Any], summaries: list[tuple[str, RangeSummary]], step: int) -> None:
         """The latent RGB preview (and, for W&B, the per-channel histograms) to W&B / MLflow."""
         from torchvision.utils import make_grid
 
         from ..checks.latents import latent_preview, preview_scale
 
         for name, s in summaries:
-            mon = self._taps[name].latent
+            mon = taps[name].latent
             if mon is None:
                 continue
             if mon.last is not None and mon.conv.latent_rgb is not None:
                 prev = latent_preview(mon.last[:4], mon.conv, channel_dim=mon.channel_dim)
                 k = preview_scale(int(prev.shape[-1]))
                 prev = prev.repeat_interleave(k, -1).repeat_interleave(k, -2)
-                self._sink.other_images(f"{tag(name, 'latent_preview')}", make_grid(prev.float(), nrow=4, padding=2, pad_value=1.0), step)
-            self._sink.other_histograms(name, s, step)
+                sink.other_images(f"{tag(name, 'latent_preview')}", make_grid(prev.float(), nrow=4, padding=2, pad_value=1.0), step)
+            sink.other_histograms(name, s, step)

@@ -115,7 +115,7 @@ class ExpectationSources:
                 f"the data pipeline produces {data.conv.label} ({data.source}) while {module} expects {model.conv.label} "
                 f"({model.source}); unless the model re-normalises in between, {module} gets the wrong range"
             ),
-            fix=conversion_fix(data.convention, model.convention, module),
+            fix=conversion_fix(data.conv, model.conv, module),  # the carried conventions: custom ones are not in the catalogue
             severity="info",
             step=self._now(),
             source=model.source,

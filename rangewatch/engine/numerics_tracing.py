@@ -1,52 +1,76 @@
-"""The engine's numerics: the module tracer (NaN/Inf origin, fp16 headroom) and the fail-fast NaN/Inf read.
+"""The engine's numerics: the module tracer (NaN/Inf origin, fp16 headroom).
 
-:class:`NumericsTracing` is the part of :class:`rangewatch.Watch` that attaches a
-:class:`~rangewatch.checks.numerics.ModuleTracer` for ``trace_modules`` (a name the model lacks is a
-:class:`~rangewatch.ConfigError`) and, with ``check_nonfinite_every_step``, reads one NaN/Inf flag from the device
-(every rank together). The tracer's check runs in the engine's check step.
+:class:`NumericsTracing` is a collaborator of :class:`rangewatch.Watch`: it owns the
+:class:`~rangewatch.checks.numerics.ModuleTracer` that ``trace_modules`` asks for (a name the model lacks is a
+:class:`~rangewatch.ConfigError`), steps it with the training steps, pauses it during validation, checks it at the
+engine's check steps and contributes its NaN/Inf flag to the fail-fast read (``check_nonfinite_every_step``).
 """
 
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..config import ConfigError, _short
+from ..findings.finding import Finding
 
 __all__ = ["NumericsTracing"]
 
 
 class NumericsTracing:
-    """The engine's module tracer (a mixin of :class:`~rangewatch.engine.watch.Watch`): attaching the
-    :class:`~rangewatch.checks.numerics.ModuleTracer` that ``trace_modules`` asks for, and the fail-fast NaN/Inf flag."""
+    """The module tracer the engine drives: :meth:`attach` / :meth:`detach` with the model, :meth:`start_step` /
+    :meth:`pause` around training and validation forwards, :meth:`check` at check steps, :meth:`nonfinite_flag`."""
 
-    def _attach_tracer(self, model: nn.Module) -> None:
-        if self.trace_modules is None or self._tracer is not None:
-            return
+    def __init__(self) -> None:
+        #: the :class:`~rangewatch.checks.numerics.ModuleTracer` placed on the model (None without ``trace_modules``)
+        self.tracer: Any = None
+
+    def attach(self, model: nn.Module, modules: str | list[str] | None, *, history: int, headroom_share: float,
+               exact: bool, origin: str | None = None) -> list[str]:
+        """Place the tracer on ``model`` for ``modules`` (once: a placed tracer stays); returns its notes."""
+        if modules is None or self.tracer is not None:
+            return []
         from ..checks.numerics import ModuleTracer, UnknownModuleError
 
         try:
-            tracer = ModuleTracer(
-                model, self.trace_modules, self.trace_history, headroom_share=self.headroom_share,
-                auto_step=False, exact=self.trace_exact,
-            )
+            tracer = ModuleTracer(model, modules, history, headroom_share=headroom_share, auto_step=False, exact=exact)
         except UnknownModuleError as e:
             raise ConfigError(
-                f"{self.origin + ': ' if getattr(self, 'origin', None) else ''}option 'trace_modules' = {_short(self.trace_modules)}: {e}; allowed: 'all' or names / patterns of "
+                f"{origin + ': ' if origin else ''}option 'trace_modules' = {_short(modules)}: {e}; allowed: 'all' or names / patterns of "
                 f"submodules of {type(model).__name__}"
             ) from None
-        self._tracer = tracer.attach()  # attach() removes every hook it placed when one fails
-        for n in tracer.notes:
-            self._note_once(n, f"rangewatch: {n}")
+        self.tracer = tracer.attach()  # attach() removes every hook it placed when one fails
+        return list(tracer.notes)
 
-    def _nonfinite_now(self) -> bool:
-        """Fail-fast: one bool read from the device (a small sync), only with check_nonfinite_every_step."""
-        from ..checks.numerics import nonfinite_flag
+    def detach(self) -> None:
+        if self.tracer is not None:
+            self.tracer.detach()
+            self.tracer = None
 
-        flag = nonfinite_flag([t.stats for t in self._taps.values() if not t.disabled])
-        if self._tracer is not None:
-            flag = flag.to(self._tracer.nonfinite_flag().device) | self._tracer.nonfinite_flag()
-        coll = self.collectives
-        if coll.world_size > 1:  # every rank must then check, or none
-            flag = coll.all_reduce_sum(flag.to(coll.device, torch.float32)) > 0
-        return bool(flag.item())
+    def start_step(self, step: int) -> None:
+        """Training forwards from now on belong to ``step``."""
+        if self.tracer is not None:
+            self.tracer.enabled = True
+            self.tracer.start_step(step)
+
+    def pause(self) -> None:
+        """Validation forwards would mix into the training step: not traced until the next :meth:`start_step`."""
+        if self.tracer is not None:
+            self.tracer.enabled = False
+
+    def check(self, step: int | None, gather: Callable[[bytes], list[bytes]] | None = None) -> tuple[list[Finding], list[str]]:
+        """The tracer's findings (``nonfinite`` origin, ``fp16_headroom``) and notes at a check step; ``gather``: the
+        ranks' byte all-gather, so that every rank reaches the same verdict."""
+        if self.tracer is None:
+            return [], []
+        found = self.tracer.check(step, gather=gather)
+        return found, list(self.tracer.notes)
+
+    def nonfinite_flag(self, flag: torch.Tensor) -> torch.Tensor:
+        """``flag`` (the taps' NaN/Inf flag on the device) or'ed with the tracer's, without a host read."""
+        if self.tracer is None:
+            return flag
+        own = self.tracer.nonfinite_flag()
+        return flag.to(own.device) | own

@@ -1,13 +1,18 @@
-"""The engine's preview watch, private side: which image-conversion calls are measured, and stopping the watch.
+"""The engine's preview watch: which image-conversion calls are measured, what they found, and stopping it.
 
-:class:`PreviewGate` is the part of :class:`rangewatch.Watch` that decides which calls to ``make_grid`` /
-``save_image`` / ``tensor2img`` / ``add_image`` the :class:`~rangewatch.visualization.VisualizationWatch` measures
-(at check steps, and each call site's first call; never rangewatch's own logging), and stops the watch at the end.
+:class:`PreviewGate` is a collaborator of :class:`rangewatch.Watch`: it owns the
+:class:`~rangewatch.visualization.VisualizationWatch` (made at the first start), decides which calls to
+``make_grid`` / ``save_image`` / ``tensor2img`` / ``add_image`` it measures (at check steps, and each call site's
+first call; never rangewatch's own logging), and holds the findings of those calls until the engine reports
+them. The engine's public side is ``Watch.watch_previews`` / ``preview_step`` / ``flush_previews``.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
+
+from ..findings.finding import Finding
 
 __all__ = ["PreviewGate"]
 
@@ -17,27 +22,65 @@ _OWN_LOGGING = tuple(os.path.join(*p.split("/")) for p in (  # rangewatch's own 
 
 
 class PreviewGate:
-    """The engine's private side of the preview watch (a mixin of :class:`~rangewatch.engine.watch.Watch`): which
-    image-conversion calls are measured, and stopping the watch; the public side is ``Watch.watch_previews`` /
-    ``preview_step`` / ``flush_previews``."""
+    """The preview watch the engine drives: :meth:`start`, :meth:`at` (step, phase, judge everything now?),
+    :meth:`take` (the findings since the last take), :meth:`pop_previews` (the corrected previews) and :meth:`halt`."""
 
-    def _vis_gate(self, site: str, filename: str) -> bool:
+    def __init__(self) -> None:
+        self.vis: Any = None  # the VisualizationWatch, made at the first start
+        #: findings of the calls measured since the last :meth:`take` (the watch appends to this list)
+        self.pending: list[Finding] = []
+        self._sites: set[str] = set()  # call sites seen (each one's first call is measured)
+        self._judge = False  # measure every call now (check steps, epoch ends)
+
+    def gate(self, site: str, filename: str) -> bool:
         """Measure this call? At check steps, and at the first call of each call site."""
         if filename.startswith(_OWN_DIR) and filename[len(_OWN_DIR):] in _OWN_LOGGING:
             return False  # rangewatch's own previews
-        first = site not in self._vis_sites
+        first = site not in self._sites
         if first:
-            self._vis_sites.add(site)
-        return first or self._vis_judge
+            self._sites.add(site)
+        return first or self._judge
 
-    def _stop_visualization(self) -> None:
-        if self._vis is None or not self._vis.active:
-            return
-        try:
-            self.flush_previews(final=True)
-        finally:
-            try:
-                while self._vis.active:
-                    self._vis.stop()
-            except Exception as e:
-                self._internal("visualization", e, None, what="stopping the visualisation watch")
+    def start(self, *, threshold: float, hist_bins: int, context: str, step: int | None) -> None:
+        """Observe the image-conversion calls (from now until :meth:`halt`), stamped with ``step`` and ``context``."""
+        if self.vis is None:
+            from ..visualization import VisualizationWatch
+
+            self.vis = VisualizationWatch(threshold=threshold, context=context, on_finding=self.pending.append,
+                                          warn=False, hist_bins=hist_bins, gate=self.gate)
+        self.vis.context = context
+        self.vis.step = step
+        if not self.vis.active:
+            self.vis.start()
+
+    def at(self, step: int | None, context: str | None = None, judge: bool | None = None) -> None:
+        """Keep the watch's step (and phase) current, so a call is stamped with the step it was made at; ``judge``:
+        measure every call from now on (a check step) or only each site's first."""
+        if self.vis is not None:
+            self.vis.step = step
+            if context is not None:
+                self.vis.context = context
+        if judge is not None:
+            self._judge = judge
+
+    @property
+    def active(self) -> bool:
+        return self.vis is not None and self.vis.active
+
+    def idle(self, log: bool) -> bool:
+        """Nothing to report, and (with ``log``) no preview to log: the per-step flush stays cheap."""
+        return not self.pending and (not log or self.vis is None or not self.vis.has_previews)
+
+    def take(self) -> list[Finding]:
+        """The findings since the last take (the list the watch appends to is kept)."""
+        out, self.pending[:] = list(self.pending), []
+        return out
+
+    def pop_previews(self) -> list[Any]:
+        return [] if self.vis is None else self.vis.pop_previews()
+
+    def halt(self) -> None:
+        """Stop observing (every nested start)."""
+        if self.vis is not None:
+            while self.vis.active:
+                self.vis.stop()

@@ -15,6 +15,7 @@ import torch
 
 from ..config import ConfigError
 from ..rng import kept_rng
+from ..expect.conventions import Convention, get_convention
 from ..expect.expectation import Expectation
 from ..findings.finding import Finding, RangeMismatchError, mismatch_finding
 from ..checks.inference import Inference
@@ -33,7 +34,7 @@ class _Tap:
     fed: bool = False
     disabled: bool = False
     inferred: Inference | None = None
-    bounds: str | None = None
+    bounds: Convention | None = None  # the convention whose bounds the statistics count against (carried, not looked up)
     steps_checked: int = 0
     latent: Any = None  # a LatentMonitor for taps expected to carry latents
     error: str | None = None  # why rangewatch switched this tap off (internal error)
@@ -139,7 +140,7 @@ class TapFeeding:
             tap.steps_checked = steps_checked
             self._taps[name] = tap
             return tap
-        bounds = exp.convention if exp is not None and exp.conv.kind == "pixel" else None
+        bounds = exp.conv if exp is not None and exp.conv.kind == "pixel" else None
         stats = self._make_stats(channel_dim, bounds)
         tap = _Tap(name, channel_dim, stats, bounds=bounds)
         if t.dim() == 4 and channel_dim == 3:
@@ -147,7 +148,7 @@ class TapFeeding:
         pending = self._pending_states.pop(name, None)
         if pending is not None:  # a resumed fit goes on with the saved window
             try:
-                saved = pending.get("bounds", bounds)
+                saved = self._saved_bounds(pending.get("bounds", bounds), bounds)
                 stats = self._make_stats(channel_dim, saved)
                 stats.load_state_dict(pending["stats"])
                 stats.dtypes_seen = {str(d) for d in pending.get("dtypes", ())}
@@ -164,7 +165,17 @@ class TapFeeding:
         self._note_once("state", f"rangewatch: the saved window of {name} cannot be read ({type(error).__name__}: {str(error)[:200]}); "
                                  "it is dropped and the tap starts an empty window (later ones are dropped the same way)")
 
-    def _make_stats(self, channel_dim: int | None, bounds: str | None) -> RangeStats:
+    @staticmethod
+    def _saved_bounds(saved: Any, current: Convention | None) -> Convention | None:
+        """The convention a saved window counted against (saved by name): the tap's expected one when the
+        names agree (a custom convention is carried, not in the catalogue), else the catalogue's."""
+        if saved is None or isinstance(saved, Convention):
+            return saved
+        if current is not None and saved == current.name:
+            return current
+        return get_convention(saved)
+
+    def _make_stats(self, channel_dim: int | None, bounds: Convention | None) -> RangeStats:
         # histograms only where they can be logged (decided alike on every rank: the states must match)
         bins = self.hist_bins if self.histograms and self._has_tensorboard else 0
         return RangeStats(channel_dim=channel_dim, bounds=bounds, hist_bins=bins, dist_sync_fn=self._sync_fn())
@@ -260,7 +271,7 @@ class TapFeeding:
             return
         target = tap.bounds
         if target is None and tap.inferred is not None and tap.inferred.confident and tap.inferred.name != "unknown":
-            target = tap.inferred.name
+            target = tap.inferred.convention
         if target != tap.bounds:
             tap.stats.reset_with_bounds(target)
             tap.bounds = target

@@ -51,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from types import MappingProxyType
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -59,21 +59,8 @@ from torch import nn
 from .collectives import Collectives, SingleProcess
 from ..rng import kept_rng, rng_kept
 from .agreement import RankAgreement
-from ..config import (
-    MAX_CHECK_FIRST_N,
-    MAX_HIST_BINS,
-    MAX_TRACE_HISTORY,
-    ConfigError,
-    _short,
-    check_bool,
-    check_choice,
-    check_expect,
-    check_float,
-    check_int,
-    check_modules,
-    check_str_list,
-    check_trace_modules,
-)
+from ..config import ConfigError, _short, check_choice
+from ..options import OPTIONS, Options
 from ..expect.expectation import Expectation
 from ..findings.finding import Finding, RangeMismatchError
 from ..findings.log import POLICIES, QUIET_KINDS, FindingsLog, Policy
@@ -96,13 +83,6 @@ __all__ = ["Watch", "TapInfo", "OPTIONS", "STATE_VERSION"]
 #: the version of :meth:`Watch.state_dict` this rangewatch writes and reads
 STATE_VERSION = 1
 
-#: the options :class:`Watch` (and each front end) takes, in signature order
-OPTIONS = (
-    "expect", "batch_keys", "skip_keys", "modules", "policy", "check_first_n", "log_every_n_steps", "histograms",
-    "hist_bins", "watch_validation", "watch_visualization", "clip_threshold", "derive_expectations", "trace_modules",
-    "trace_history", "trace_exact", "headroom_share", "check_nonfinite_every_step", "moments_every_step",
-    "image_processors", "per_channel_scalars",
-)
 
 
 def _says(level: str, text: str) -> None:
@@ -117,9 +97,9 @@ def _no_step() -> int | None:
     return None
 
 
-class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLogging, NumericsTracing, PreviewGate,
-            FindingsReporting, UnseenTaps):
-    r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there); the
+class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsReporting, UnseenTaps):
+    r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there; declared once in
+    :class:`rangewatch.options.Options`, given as keywords, ``expect`` also first positional); the
     keyword-only arguments connect it to its surroundings.
 
     Args:
@@ -136,68 +116,41 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
     def __init__(
         self,
         expect: dict[str, str] | None = None,
-        batch_keys: list[str] | None = None,
-        skip_keys: list[str] | None = None,
-        modules: list[str] | None = None,
-        policy: Policy = "warn",
-        check_first_n: int = 3,
-        log_every_n_steps: int | None = None,
-        histograms: bool | Literal["flagged", "all"] = "flagged",
-        hist_bins: int = 64,
-        watch_validation: bool = True,
-        watch_visualization: bool = True,
-        clip_threshold: float = 0.005,
-        derive_expectations: bool = True,
-        trace_modules: str | list[str] | None = None,
-        trace_history: int = 8,
-        trace_exact: bool = False,
-        headroom_share: float = 0.5,
-        check_nonfinite_every_step: bool = False,
-        moments_every_step: bool = False,
-        image_processors: dict[str, Any] | None = None,
-        per_channel_scalars: bool = False,
         *,
         collectives: Collectives | None = None,
         loggers: list[Any] | None = None,
         messages: Callable[[str, str], None] | None = None,
         clock: Callable[[], int | None] | None = None,
+        **options: Any,
     ) -> None:
+        unknown = [k for k in options if k not in OPTIONS]
+        if unknown:  # a misspelt keyword is a TypeError, as for any Python signature
+            raise TypeError(f"Watch() got an unexpected keyword argument {unknown[0]!r}; options: {', '.join(OPTIONS)}")
+        #: the options as given, validated (:class:`~rangewatch.options.Options`)
+        o = Options(expect=expect, **options).checked()
         # module paths as the user named them: FSDP1 / checkpoint-wrapper segments dropped (taps/sharding.py)
-        self.expect = {user_name(k): v for k, v in check_expect(expect).items()}
-        self.batch_keys = check_str_list("batch_keys", batch_keys)
-        self.skip_keys = tuple(check_str_list("skip_keys", skip_keys) or DEFAULT_SKIP_KEYS)
-        self.modules = [user_name(m) for m in check_modules(modules)]
-        policy = check_choice("policy", policy, POLICIES)  # type: ignore[assignment]
-        self.check_first_n = check_int("check_first_n", check_first_n, 0, maximum=MAX_CHECK_FIRST_N)
-        self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, 1, allow_none=True)
-        if histograms is True:
-            histograms = "all"
-        self.histograms: bool | str = histograms if histograms is False else check_choice("histograms", histograms, ("flagged", "all"))
-        self.per_channel_scalars = check_bool("per_channel_scalars", per_channel_scalars)
-        self.hist_bins = check_int("hist_bins", hist_bins, 1, maximum=MAX_HIST_BINS)
-        self.watch_validation = check_bool("watch_validation", watch_validation)
-        self.watch_visualization = check_bool("watch_visualization", watch_visualization)
-        self.clip_threshold = check_float("clip_threshold", clip_threshold, 0.0, 1.0)
-        self.derive_expectations = check_bool("derive_expectations", derive_expectations)
-        self.trace_modules = check_trace_modules(trace_modules)
-        self.trace_history = check_int("trace_history", trace_history, 1, maximum=MAX_TRACE_HISTORY)
-        self.trace_exact = check_bool("trace_exact", trace_exact)
-        self.headroom_share = check_float("headroom_share", headroom_share, 0.0, 1.0, lo_open=True)
-        self.check_nonfinite_every_step = check_bool("check_nonfinite_every_step", check_nonfinite_every_step)
-        self.moments_every_step = check_bool("moments_every_step", moments_every_step)
-        if image_processors is not None and not isinstance(image_processors, dict):
-            raise ConfigError(f"option 'image_processors' = {_short(image_processors)} must map submodule paths to image processors")
-        self.image_processors: dict[str, Any] = dict(image_processors or {})
+        self.expect: dict[str, str] = {user_name(k): v for k, v in (o.expect or {}).items()}
+        self.batch_keys, self.skip_keys = o.batch_keys, tuple(o.skip_keys or DEFAULT_SKIP_KEYS)
+        self.modules = [user_name(m) for m in o.modules or ()]
+        self.histograms: bool | str = o.histograms
+        # sizes and thresholds, then switches (types as Options declares them)
+        self.check_first_n, self.log_every_n_steps, self.hist_bins = o.check_first_n, o.log_every_n_steps, o.hist_bins
+        self.trace_modules, self.trace_history, self.trace_exact = o.trace_modules, o.trace_history, o.trace_exact
+        self.clip_threshold, self.headroom_share = o.clip_threshold, o.headroom_share
+        self.watch_validation, self.watch_visualization = o.watch_validation, o.watch_visualization
+        self.derive_expectations, self.moments_every_step = o.derive_expectations, o.moments_every_step
+        self.check_nonfinite_every_step, self.per_channel_scalars = o.check_nonfinite_every_step, o.per_channel_scalars
+        self.image_processors: dict[str, Any] = dict(o.image_processors or {})
 
         self.messages = messages
         #: where the options came from (a YAML file: ``RangeWatch.from_yaml``), named in ConfigErrors found later
         self.origin: str | None = None
-        self._log = FindingsLog(policy, warn=self._warn)
+        self._log = FindingsLog(o.policy, warn=self._warn)
         self.expectations: dict[str, Expectation] = {}
         self.collectives: Collectives = SingleProcess()
         self._clock: Callable[[], int | None] = _no_step
         self._own_step = 0  # the step counter when no clock is given (plain loops)
-        self._tracer: Any = None
+        self._numerics = NumericsTracing()  # the module tracer of trace_modules (engine/numerics_tracing.py)
         self._losses: Any = None
         self._derived_keys: set[str] = set()
         self._vae_latents: dict[str, Expectation] = {}  # VAE path -> the scaled latents its config says (no hook sees them)
@@ -219,13 +172,10 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         self._every = self.log_every_n_steps or 50
         self._sink: LoggerSink | None = None
         self._notes: dict[str, str] = {}
-        self._vis: Any = None
         self._declared_batch_paths = [k if k.startswith("batch") else f"batch.{k}" for k in self.expect if k.startswith("batch")]
-        self._vis_pending: list[Finding] = []
         self._early: list[Finding] = []  # found outside a check (in a hook): reported at the next check
-        self._vis_sites: set[str] = set()  # preview call sites seen (each one's first call is judged)
-        self._vis_judge = False  # judge every preview call now (check steps, epoch ends)
-        self._layout_taps: dict[str, tuple[int, bool]] = {}  # what the custom-scalars layout last showed
+        self._previews = PreviewGate()  # the preview watch: which calls are measured, their findings (engine/preview_gate.py)
+        self._check_logging = CheckLogging()  # a check's histograms, overview and latent previews (engine/check_logging.py)
         self._announced = False
         self._phase = ""  # "val/" while a validation loop runs: module taps are split as batch taps are
         self._set_declared()
@@ -279,7 +229,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
     @property
     def tracer(self) -> Any:
         """The :class:`~rangewatch.ModuleTracer` placed by ``trace_modules`` (None without it, or after :meth:`detach`)."""
-        return self._tracer
+        return self._numerics.tracer
 
     @property
     def attached(self) -> bool:
@@ -381,9 +331,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         self._check_now = self.is_check_step(step)
         self._detail = self._check_now if detail is None else bool(detail)
         self._step_open = True
-        if self._tracer is not None:
-            self._tracer.enabled = True
-            self._tracer.start_step(step)
+        self._numerics.start_step(step)
         return self._check_now
 
     def batch(self, batch: Any, split: str = "train", detail: bool | None = None) -> None:
@@ -466,8 +414,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
 
     def begin_validation(self) -> None:
         """Validation forwards from now on feed their own taps (``val/...``), never the training windows."""
-        if self._tracer is not None:
-            self._tracer.enabled = False  # validation forwards would mix into the training step
+        self._numerics.pause()  # validation forwards would mix into the training step
         self._phase = "val/"
 
     def end_validation(self, check: bool = False) -> None:
@@ -506,7 +453,13 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
     def check_nonfinite(self) -> bool:
         """Whether any tap (or the tracer) saw NaN/Inf since the last check: one bool read from the
         device (a small sync; a collective under several processes)."""
-        return self._nonfinite_now()
+        from ..checks.numerics import nonfinite_flag
+
+        flag = self._numerics.nonfinite_flag(nonfinite_flag([t.stats for t in self._taps.values() if not t.disabled]))
+        coll = self.collectives
+        if coll.world_size > 1:  # every rank must then check, or none
+            flag = coll.all_reduce_sum(flag.to(coll.device, torch.float32)) > 0
+        return bool(flag.item())
 
     @rng_kept
     def close(self) -> None:
@@ -610,51 +563,34 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         if not self.watch_visualization:
             return
         try:
-            if self._vis is None:
-                from ..visualization import VisualizationWatch
-
-                self._vis = VisualizationWatch(
-                    threshold=self.clip_threshold, context=context, on_finding=self._vis_pending.append,
-                    warn=False, hist_bins=self.hist_bins, gate=self._vis_gate,
-                )
-            self._vis.context = context
-            self._vis.step = self._now()
-            if not self._vis.active:
-                self._vis.start()
+            self._previews.start(threshold=self.clip_threshold, hist_bins=self.hist_bins, context=context, step=self._now())
         except Exception as e:
             self.watch_visualization = False
             self._internal("visualization", e, None, what="starting the visualisation watch (previews are not observed)")
 
     def preview_step(self, judge: bool | None = None, context: str | None = None) -> None:
         """Keep the watch's step (and phase) current, so a call is stamped with the step it was made at."""
-        if self._vis is not None:
-            self._vis.step = self._now()
-            if context is not None:
-                self._vis.context = context
-        if judge is not None:
-            self._vis_judge = judge
+        self._previews.at(self._now(), context, judge)
 
     def flush_previews(self, log: bool = True, final: bool = False) -> None:
         """Report the findings of the calls made since the last hook (at the step of each call) and log
         their corrected previews. Under DDP preview calls happen on some ranks only, so their findings
         wait for the next check (or the end of the fit), where every rank takes part."""
-        if not self._vis_pending and (not log or self._vis is None or not self._vis.has_previews):
+        if self._previews.idle(log):
             return  # nothing to report or log (every step: kept cheap)
         with kept_rng():
             self._flush_previews(log, final)
 
     def _flush_previews(self, log: bool, final: bool) -> None:
         if self.collectives.world_size == 1:
-            if self._vis_pending:
-                pending, self._vis_pending[:] = list(self._vis_pending), []
-                self._report(pending, self._now())
+            if self._previews.pending:
+                self._report(self._previews.take(), self._now())
         elif final:  # every rank reaches teardown: a collective decision (policy="raise") is safe here
-            pending, self._vis_pending[:] = list(self._vis_pending), []
-            self._report(pending, self._now())
-        if not log or self._vis is None:
+            self._report(self._previews.take(), self._now())
+        if not log:
             return
         try:
-            previews = self._vis.pop_previews()
+            previews = self._previews.pop_previews()
             if previews and self._sink is not None and self._sink.has_images:
                 from ..visualization import log_previews
 
@@ -665,6 +601,18 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
                     self._sink.other_images(f"rangewatch/preview/{p.image_tag}", p.build_labelled(), step)  # W&B / MLflow
         except Exception as e:
             self._internal("visualization", e, None, what="logging the corrected previews")
+
+    def _stop_previews(self) -> None:
+        """Report the last previews' findings (may raise under ``policy="raise"``), then stop the preview watch."""
+        if not self._previews.active:
+            return
+        try:
+            self.flush_previews(final=True)
+        finally:
+            try:
+                self._previews.halt()
+            except Exception as e:
+                self._internal("visualization", e, None, what="stopping the visualisation watch")
 
     @rng_kept
     def attach(self, model: nn.Module, tensor_taps: bool = False) -> "Watch":
@@ -685,7 +633,10 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         except Exception as e:
             self._internal("loss networks", e, None)
         try:
-            self._attach_tracer(model)
+            notes = self._numerics.attach(model, self.trace_modules, history=self.trace_history, headroom_share=self.headroom_share,
+                                          exact=self.trace_exact, origin=self.origin)
+            for n in notes:
+                self._note_once(n, f"rangewatch: {n}")
         except ConfigError:
             raise
         except Exception as e:
@@ -713,9 +664,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             self._module_taps.detach()
             if self._losses is not None:  # nothing this attach placed stays behind
                 self._losses.detach()
-            if self._tracer is not None:
-                self._tracer.detach()
-                self._tracer = None
+            self._numerics.detach()
             names = [n for n, _ in user_named_modules(model) if n]
             msgs = []
             for m in missing:
@@ -780,11 +729,9 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         if self._losses is not None:
             self._losses.detach()
         try:
-            self._stop_visualization()  # may raise RangeMismatchError (policy="raise") for the last previews
+            self._stop_previews()  # may raise RangeMismatchError (policy="raise") for the last previews
         finally:
-            if self._tracer is not None:
-                self._tracer.detach()
-                self._tracer = None
+            self._numerics.detach()
 
     @rng_kept
     def abort(self, exception: BaseException | None = None) -> None:
@@ -795,20 +742,17 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
         self._attached = False
         if self._losses is not None:
             self._losses.detach()
-        if self._tracer is not None and not isinstance(exception, RangeMismatchError):
+        if self._numerics.tracer is not None and not isinstance(exception, RangeMismatchError):
             try:  # a NaN loss that raised: still name where the NaN came from
-                for f in self._tracer.check(self._now()):
+                for f in self._numerics.check(self._now())[0]:
                     if self._log.add(f):
                         from ..sinks.console import finding_text
 
                         self._warn(finding_text(f))
             except Exception as e:
                 self._internal("trace_modules", e, None)
-            self._tracer.detach()
-            self._tracer = None
-        if self._vis is not None:
-            while self._vis.active:
-                self._vis.stop()
+            self._numerics.detach()
+        self._previews.halt()
 
     # ------------------------------------------------------------------ taps and checks
     # taps are made, fed and reset in engine_taps.TapFeeding; each tap is judged in engine_checks.TapChecks;
@@ -819,9 +763,8 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
             return  # every rank skips this check together (said once); the windows go on filling
         new: list[Finding] = list(self._early)  # found in hooks since the last check (a declared convention that does not fit)
         self._early.clear()
-        if self._vis_pending and self.collectives.world_size > 1:  # previews judged on some ranks only: reported here, where all ranks are
-            new.extend(self._vis_pending)
-            self._vis_pending.clear()
+        if self._previews.pending and self.collectives.world_size > 1:  # previews judged on some ranks only: reported here, where all ranks are
+            new.extend(self._previews.take())
         metrics: dict[str, float] = {}
         summaries: list[tuple[str, RangeSummary]] = []
         for name in sorted(self._taps):
@@ -848,32 +791,19 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
                     self._sink.scalars(metrics, step)
                     if not self._sink.has_images and self._sink.active:
                         self._note_once("histograms", "rangewatch: histograms, images and text need a TensorBoard, W&B or MLflow logger; other loggers get scalars only")
-                if self.histograms:
-                    flagged = self._log.flagged(new)
-                    for name, s in summaries:
-                        if self._taps[name].latent is None and (self.histograms == "all" or name in flagged):
-                            self._sink.histograms(name, s, step)
-                self._log_overview(summaries, new, step)
-                if self._sink.has_tensorboard:
-                    from ..sinks.latents import log_latents
-
-                    for name, _ in summaries:
-                        if self._taps[name].latent is not None:
-                            for w in self._sink.writers:
-                                log_latents(w, name, self._taps[name].latent, step)
-                if self._sink.wandb or self._sink.mlflow:
-                    self._latents_elsewhere(summaries, step)
+                self._check_logging.write(self._sink, self._log, self._taps, summaries, new, step, self.histograms)
             except Exception as e:
                 self._internal("logging", e, None)
         for st in synced:
             st.unsync()
         for name, _ in summaries:
             self._reset(self._taps[name])
-        if self._tracer is not None and train_check:
+        if self._numerics.tracer is not None and train_check:
             try:
                 gather = self.collectives.all_gather_bytes if self.collectives.world_size > 1 else None  # every rank checks at the same steps
-                new.extend(self._tracer.check(step, gather=gather))
-                for n in self._tracer.notes:
+                found, notes = self._numerics.check(step, gather)
+                new.extend(found)
+                for n in notes:
                     self._note_once(n, f"rangewatch: {n}")
             except Exception as e:
                 self._internal("trace_modules", e, None)
@@ -942,7 +872,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, CheckLoggi
                     continue  # no values to save (a meta tap); a checkpoint must never fail on rangewatch's state
                 taps[name] = {
                     "stats": {k: v.detach().cpu() for k, v in stats.items()},
-                    "bounds": tap.bounds,
+                    "bounds": None if tap.bounds is None else tap.bounds.name,
                     "channel_dim": tap.channel_dim,
                     "dtypes": sorted(tap.stats.dtypes_seen),
                     "steps_checked": tap.steps_checked,

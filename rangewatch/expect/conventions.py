@@ -28,6 +28,7 @@ __all__ = [
     "UnknownConventionError",
     "get_convention",
     "list_conventions",
+    "is_registered",
     "register_convention",
     "unregister_convention",
     "IMAGENET_MEAN",
@@ -183,6 +184,12 @@ def _add(conv: Convention, *, overwrite: bool = False) -> Convention:
 def list_conventions(kind: ConventionKind | None = None) -> list[str]:
     """Names of the registered conventions, optionally only ``"pixel"`` or ``"latent"`` ones."""
     return [n for n, c in _CATALOGUE.items() if kind is None or c.kind == kind]
+
+
+def is_registered(conv: Convention) -> bool:
+    """Whether the catalogue holds ``conv`` under its name (a convention read from data or a config is carried,
+    not registered)."""
+    return _CATALOGUE.get(conv.name) == conv
 
 
 def get_convention(name: str | Convention) -> Convention:

@@ -44,9 +44,9 @@ order of :data:`READERS`; sources in each file)
 - ``image_processors={path: processor}`` applies to any module path (a processor, a processor holding an
   ``image_processor``, or a torchvision transform) and wins over the module's metadata.
 
-Mean/std that match no catalogue entry are registered through
-:func:`rangewatch.expect.transforms.convention_for_normalize`, whose names derive from the values, so
-a dataset transform and a model with the same constants share one name. A VAE's latent scaling that
+Mean/std that match no catalogue entry become a custom convention through
+:func:`rangewatch.expect.transforms.normalize_convention`, carried by the expectation and never registered,
+whose name derives from the values, so a dataset transform and a model with the same constants share one name. A VAE's latent scaling that
 matches no catalogue entry is not registered: the expectation carries its own
 :class:`~rangewatch.expect.conventions.Convention` (see :func:`latent_convention_for`).
 
@@ -78,7 +78,7 @@ from ..integrations import transformers as _transformers
 from ..integrations import video_vaes as _video_vaes
 from ..integrations.metadata import Deriving
 from ..integrations.transformers import HF_MODEL_TYPES
-from .transforms import Prediction, convention_for_normalize, predict_transform
+from .transforms import Prediction, normalize_convention, predict_transform
 
 __all__ = ["derive_expectations", "latent_convention_for", "HF_MODEL_TYPES", "READERS"]
 
@@ -238,14 +238,14 @@ class _Deriver:
 
     # ------------------------------------------------------------ processors
     def put_normalize(self, path: str, mean: Any, std: Any, src: str) -> bool:
-        """An input expectation from a model's own mean/std (a catalogue name, or a registered one)."""
-        name, note = convention_for_normalize(tuple(mean), tuple(std), source=src)
-        if name == "unknown":
+        """An input expectation from a model's own mean/std (a catalogue convention, or a custom one it carries)."""
+        conv, note = normalize_convention(tuple(mean), tuple(std), source=src)
+        if conv is None:
             self.note(f"{src}: {note}")
             return True
         if note:
             src += f"; {note}"
-        self.put(path, "input", name, src)
+        self.put(path, "input", conv, src)
         return True
 
     def from_processor(self, path: str, tap: str, processor: Any, how: str) -> bool:
@@ -253,7 +253,7 @@ class _Deriver:
         if not pred.known:
             self.note(f"{how}: cannot tell the convention ({'; '.join(pred.notes[1:]) or pred.source})")
             return False
-        self.put(tap, "input", pred.convention, f"{pred.source}, for {path or 'the root module'}")
+        self.put(tap, "input", pred.conv or pred.convention, f"{pred.source}, for {path or 'the root module'}")
         return True
 
     def attached_processor(self, m: nn.Module) -> tuple[str, Any] | None:

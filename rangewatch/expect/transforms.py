@@ -22,10 +22,11 @@ image (PIL or uint8: ``x = 255 u``) and applies each step it recognises:
   note saying it assumed so).
 
 The final map is matched against the catalogue's pixel conventions (mean within 1e-4, std within a
-relative 1e-4; constants rounded to three decimals match with a note); a map that matches nothing is
-registered as a custom convention with a deterministic, value-derived name (see
-:func:`convention_for_normalize`), so a dataset and a model that use the same unusual constants get the
-same name.
+relative 1e-4; constants rounded to three decimals match with a note); a map that matches nothing becomes
+a custom :class:`~rangewatch.expect.conventions.Convention` with a deterministic, value-derived name (see
+:func:`normalize_convention`), carried on the prediction and never registered (reading data writes nothing
+to the process-wide catalogue), so a dataset and a model that use the same unusual constants get the same
+name.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from .conventions import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, get_convention, list_conventions, register_convention
+from .conventions import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Convention, get_convention, list_conventions
 from .expectation import Expectation
 
-__all__ = ["Prediction", "predict_transform", "predict_dataset", "convention_for_normalize"]
+__all__ = ["Prediction", "predict_transform", "predict_dataset", "convention_for_normalize", "normalize_convention"]
 
 UNKNOWN = "unknown"
 
@@ -73,8 +74,8 @@ _NAMED_CONSTANTS = {
 class Prediction:
     """What a transform pipeline hands the model.
 
-    ``convention`` is a catalogue name (possibly one registered here for unusual constants) or
-    ``"unknown"``; ``source`` says which steps decided it and where they sit; ``steps`` lists every step
+    ``convention`` is a convention name or ``"unknown"``; ``conv`` the convention itself (a custom one for
+    unusual Normalize constants is carried here, not registered); ``source`` says which steps decided it and where they sit; ``steps`` lists every step
     walked with its effect; ``notes`` holds assumptions and the reasons for ``"unknown"``.
     ``noise_share``: the largest share of one image's values that random-valued erasing
     (``RandomErasing(value="random")``, timm ``RandomErasing(mode="pixel"/"rand")``) replaces with
@@ -86,6 +87,12 @@ class Prediction:
     steps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     noise_share: float = 0.0
+    #: the convention itself (None when unknown; resolved from the catalogue when only a name is given)
+    conv: Convention | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.conv is None and self.convention != UNKNOWN:
+            self.conv = get_convention(self.convention)
 
     @property
     def known(self) -> bool:
@@ -95,7 +102,7 @@ class Prediction:
         """The prediction as an :class:`Expectation` (origin ``"transform"``), or None when unknown."""
         if not self.known:
             return None
-        return Expectation(self.convention, source=self.source, origin="transform", target=target)  # type: ignore[arg-type]
+        return Expectation(self.conv or self.convention, source=self.source, origin="transform", target=target)  # type: ignore[arg-type]
 
     def __str__(self) -> str:
         s = f"{self.convention}: {self.source}"
@@ -159,12 +166,23 @@ def _match(mean: Sequence[float], std: Sequence[float], integer: bool = False) -
 def convention_for_normalize(
     mean: Sequence[float] | float, std: Sequence[float] | float, *, source: str, integer: bool = False
 ) -> tuple[str, str | None]:
-    """Catalogue name for ``x = (u - mean) / std`` (u in [0, 1]), registering a custom one if needed.
+    """The name of the convention for ``x = (u - mean) / std`` (u in [0, 1]): :func:`normalize_convention`'s
+    name (``"unknown"`` when none) and note. Registers nothing."""
+    conv, note = normalize_convention(mean, std, source=source, integer=integer)
+    return (UNKNOWN if conv is None else conv.name), note
 
-    Returns ``(name, note)``; ``note`` says when the constants only matched after rounding or when a
-    custom convention was registered. Custom names are derived from the values
-    (``norm_m0p1307_s0p3081``, per-channel values joined by ``-``, ``n`` for a minus sign), so the
-    same constants always get the same name.
+
+def normalize_convention(
+    mean: Sequence[float] | float, std: Sequence[float] | float, *, source: str, integer: bool = False
+) -> tuple[Convention | None, str | None]:
+    """The convention for ``x = (u - mean) / std`` (u in [0, 1]): a catalogue entry, or a custom
+    :class:`~rangewatch.expect.conventions.Convention` that is returned, not registered (reading data
+    never writes to the process-wide catalogue); None when the map is no valid convention.
+
+    Returns ``(convention, note)``; ``note`` says when the constants only matched after rounding or when a
+    custom convention was made. Custom names are derived from the values (``norm_m0p1307_s0p3081``,
+    per-channel values joined by ``-``, ``n`` for a minus sign), so the same constants always get the same
+    name (a dataset and a model with the same constants compare equal).
     """
     m = tuple(float(v) for v in (mean if isinstance(mean, (list, tuple)) else [mean]))  # type: ignore[union-attr]
     s = tuple(float(v) for v in (std if isinstance(std, (list, tuple)) else [std]))  # type: ignore[union-attr]
@@ -176,23 +194,23 @@ def convention_for_normalize(
         m, s = m2, s2
     name, exact = _match(m, s, integer)
     if name is not None:
-        if exact:
-            return name, None
         c = get_convention(name)
-        return name, f"mean={_fmt_values(m)}, std={_fmt_values(s)} match {name} (mean={_fmt_values(c.mean)}, std={_fmt_values(c.std)}) after rounding"
+        if exact:
+            return c, None
+        return c, f"mean={_fmt_values(m)}, std={_fmt_values(s)} match {name} (mean={_fmt_values(c.mean)}, std={_fmt_values(c.std)}) after rounding"
     if integer:
-        return UNKNOWN, f"integer values with mean={_fmt_values(m)}, std={_fmt_values(s)} match no convention"
+        return None, f"integer values with mean={_fmt_values(m)}, std={_fmt_values(s)} match no convention"
     if any(v <= 0 or not math.isfinite(v) for v in s) or not all(math.isfinite(v) for v in m):
-        return UNKNOWN, f"the value map (mean={_fmt_values(m)}, std={_fmt_values(s)}) is not a valid convention"
+        return None, f"the value map (mean={_fmt_values(m)}, std={_fmt_values(s)}) is not a valid convention"
     cname = f"norm_m{_name_part(m)}_s{_name_part(s)}"
-    try:
+    label = f"Normalize(mean={_fmt_values(m)}, std={_fmt_values(s)})"
+    try:  # registered by the user under this name: theirs
         existing = get_convention(cname)
         if _close(m, s, existing.mean, existing.std, _MEAN_TOL, _STD_RTOL):
-            return cname, f"custom convention {cname} (Normalize(mean={_fmt_values(m)}, std={_fmt_values(s)}))"
+            return existing, f"custom convention {cname} ({label})"
     except KeyError:
         pass
-    register_convention(cname, mean=m, std=s, label=f"Normalize(mean={_fmt_values(m)}, std={_fmt_values(s)})", source=source, overwrite=True)
-    return cname, f"registered custom convention {cname} (Normalize(mean={_fmt_values(m)}, std={_fmt_values(s)})): matches nothing in the catalogue"
+    return Convention(cname, "pixel", label, source, mean=m, std=s), f"custom convention {cname} ({label}): matches nothing in the catalogue"
 
 
 # ---------------------------------------------------------------------------- walk state
@@ -657,10 +675,12 @@ def _finish(st: _State, w: _Walk) -> Prediction:
         return Prediction(UNKNOWN, source, w.steps, w.notes, w.noise_share)
     m, s = st.mean_std()
     m, s = tuple(round(v, 10) for v in m), tuple(round(v, 10) for v in s)  # drop float noise of the composition
-    name, note = convention_for_normalize(m, s, source=source, integer=st.integer)
+    conv, note = normalize_convention(m, s, source=source, integer=st.integer)
     if note:
         w.note(note)
-    return Prediction(name, source, w.steps, w.notes, w.noise_share)
+    if conv is None:
+        return Prediction(UNKNOWN, source, w.steps, w.notes, w.noise_share)
+    return Prediction(conv.name, source, w.steps, w.notes, w.noise_share, conv=conv)
 
 
 # ---------------------------------------------------------------------------- public API

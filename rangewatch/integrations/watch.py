@@ -48,7 +48,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..expect.conventions import get_convention
 from ..findings.finding import Finding, first_seen, internal_finding, mismatch_finding, note_finding
 from ..checks.inference import infer_convention
 from ..taps.sharding import user_class, user_named_modules
@@ -396,7 +395,8 @@ class LossWatch:
         inf = inf if inf.confident else infer_convention(s)  # when the sample cannot decide, the extremes stand
         if not inf.confident or inf.name == "unknown" or inf.name in w.expects.accepts:
             return
-        seen = get_convention(inf.name)
+        seen = inf.convention
+        assert seen is not None  # a confident, named verdict
         f = mismatch_finding(
             where=w.where,
             observed=inf.name,

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import v2
 
 from helpers import fit as quiet
-from helpers.photos import photo_batch
+from helpers.photos import PhotoSet, photo_batch
 from rangewatch import RangeWatch, get_convention
 
 pytestmark = pytest.mark.slow  # real Trainer fits (end to end): CI runs them, `pytest -m "not slow"` does not
@@ -123,18 +123,6 @@ def test_multi_norm_with_real_encoders(norms, flagged):
     assert {k: e.convention for k, e in w.expectations.items()} == {
         "vae.encoder:input": "symmetric", "vae.decoder:output": "symmetric", "image_encoder:input": "clip", "dino:input": "imagenet",
     }
-
-
-class PhotoSet(Dataset):
-    def __init__(self, transform):
-        self.images = [img.permute(1, 2, 0).numpy() for img in photo_batch(4, 32)]
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.transform(self.images[i])
 
 
 def fit_loader(model, ds, **kw):

@@ -146,19 +146,22 @@ def test_timm_inception_style_symmetric(name, kw):
     assert derive_expectations(Holder(enc=m))["enc:input"].convention == "symmetric"
 
 
-def test_timm_custom_mean_std_registers_shared_name(registers_conventions):
+def test_timm_custom_mean_std_carries_a_shared_name():
     timm = pytest.importorskip("timm")
     from torchvision import transforms as T
 
+    before = list_conventions()
     mean, std = (0.1, 0.2, 0.3), (0.3, 0.3, 0.3)
     m = timm.create_model("resnet10t", pretrained=False, pretrained_cfg_overlay=dict(mean=mean, std=std))
     exps = derive_expectations(Holder(backbone=m))
     name = exps["backbone:input"].convention
     assert name == "norm_m0p1-0p2-0p3_s0p3"
-    conv = get_convention(name)
+    conv = exps["backbone:input"].conv  # carried by the expectation, not registered
     assert conv.mean == mean and conv.std == (0.3,) * 3
-    # a dataset normalising with the same constants gets the same name, so the two compare equal
-    assert predict_transform(T.Compose([T.ToTensor(), T.Normalize(mean, std)])).convention == name
+    # a dataset normalising with the same constants gets the same name and convention, so the two compare equal
+    pred = predict_transform(T.Compose([T.ToTensor(), T.Normalize(mean, std)]))
+    assert pred.convention == name and (pred.conv.mean, pred.conv.std) == (conv.mean, conv.std)
+    assert list_conventions() == before
 
 
 # ---------------------------------------------------------------------------- transformers
@@ -224,13 +227,15 @@ def test_transformers_processor_given_and_attached():
     assert any("nope" in n for n in notes)
 
 
-def test_transformers_custom_processor_constants(registers_conventions):
+def test_transformers_custom_processor_constants():
     tr = pytest.importorskip("transformers")
+    before = list_conventions()
     proc = tr.CLIPImageProcessor(image_mean=[0.45, 0.45, 0.45], image_std=[0.27, 0.27, 0.27])
     exps = derive_expectations(Holder(enc=tr.CLIPVisionModel(tr.CLIPVisionConfig(**TINY_VIT))), {"enc": proc})
     name = exps["enc:input"].convention
     assert name == "norm_m0p45_s0p27"
-    assert get_convention(name).bounds(3)[0][0] == pytest.approx(-0.45 / 0.27)
+    assert exps["enc:input"].conv.bounds(3)[0][0] == pytest.approx(-0.45 / 0.27)
+    assert list_conventions() == before
 
 
 def test_model_type_table_is_consistent_with_installed_processors():

@@ -15,7 +15,7 @@ from torchvision.datasets import VisionDataset
 from torchvision.transforms import v2
 
 from helpers.photos import photo
-from rangewatch.expect.conventions import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, get_convention
+from rangewatch.expect.conventions import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, get_convention, list_conventions
 from rangewatch.expect.transforms import Prediction, convention_for_normalize, predict_dataset, predict_transform
 
 
@@ -39,8 +39,8 @@ def as_chw(out) -> torch.Tensor:
     return out
 
 
-def check_runs_in(out, name: str, tol: float = 0.02) -> None:
-    """The pipeline's real output sits inside ``name``'s per-channel bounds and uses most of them."""
+def check_runs_in(out, name, tol: float = 0.02) -> None:
+    """The pipeline's real output sits inside the per-channel bounds of ``name`` (or the convention itself) and uses most of them."""
     x = as_chw(out)
     conv = get_convention(name)
     if conv.integer:
@@ -158,15 +158,17 @@ def test_random_choice_disagreeing_is_unknown():
     assert any("RandomChoice" in n for n in pred.notes)
 
 
-def test_custom_normalize_registers_a_shared_convention(registers_conventions):
+def test_custom_normalize_carries_a_shared_convention():
+    before = list_conventions()
     mean, std = (0.2, 0.3, 0.4), (0.25, 0.2, 0.3)
     pipeline = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
     pred = predict_transform(pipeline)
     assert pred.convention == "norm_m0p2-0p3-0p4_s0p25-0p2-0p3"
-    assert any("registered custom convention" in n for n in pred.notes)
-    conv = get_convention(pred.convention)
-    assert conv.mean == mean and conv.std == std
-    check_runs_in(pipeline(pil()), pred.convention)
+    assert any("custom convention norm_m0p2-0p3-0p4_s0p25-0p2-0p3" in n for n in pred.notes)
+    conv = pred.conv  # carried on the prediction (and its expectation), not registered
+    assert conv.mean == mean and conv.std == std and pred.expectation().conv is conv
+    assert list_conventions() == before
+    check_runs_in(pipeline(pil()), conv)
     # the same constants elsewhere get the same name
     assert convention_for_normalize(mean, std, source="x")[0] == pred.convention
 

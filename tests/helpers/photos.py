@@ -7,6 +7,7 @@ import functools
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import Dataset
 
 COLOUR = ["astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "rocket", "colorwheel"]
 GRAY = ["camera", "moon", "coins", "page", "grass", "gravel", "cell"]
@@ -50,3 +51,18 @@ def photo_batch(n: int = 8, size: int = 64, names: list[str] | None = None) -> t
         t = v2.functional.center_crop(t, [min(t.shape[-2:])] * 2)
         out.append(v2.functional.resize(t, [size, size], antialias=True))
     return torch.stack(out)
+
+
+class PhotoSet(Dataset):
+    """The first ``n`` photos at ``size`` (:func:`photo_batch`) as HWC uint8 arrays, as a dataset decoding image
+    files hands them to its ``transform`` (an attribute, where transform inspection reads it)."""
+
+    def __init__(self, transform, n: int = 4, size: int = 32):
+        self.images = [img.permute(1, 2, 0).numpy() for img in photo_batch(n, size)]
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i])
