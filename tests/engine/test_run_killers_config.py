@@ -57,12 +57,25 @@ def test_every_config_error_from_a_yaml_file_names_the_file(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- item 6: foreign state
+_OPEN: list = []
+
+
+@pytest.fixture(autouse=True)
+def _close_watches():
+    """Each watch a test trains is closed after it: an attached watch keeps its process-wide patches
+    (torchmetrics' functions among them), which would leak into the tests that run after this file."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 def _trained_watch(**kw) -> tuple[rangewatch.Watch, nn.Module]:
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
     notes: list[str] = []
     w = rangewatch.watch(model, expect={"0": "symmetric"}, policy="log", watch_visualization=False,
                          messages=lambda level, text: notes.append(text), **kw)
     w.said = notes  # type: ignore[attr-defined]
+    _OPEN.append(w)
     g = torch.Generator().manual_seed(0)
     for _ in range(2):
         x = torch.rand(4, 3, 16, 16, generator=g)
