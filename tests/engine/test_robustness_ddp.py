@@ -113,12 +113,9 @@ def _run(scenario: str, out: str) -> None:
 
 # ---------------------------------------------------------------------------------- the test
 def _launch(scenario: str, out: Path) -> tuple[dict, dict, str]:
-    from helpers.procs import run_script  # (here: this file also runs as the script, without tests/ on its path)
+    from helpers.procs import run_ranks  # (here: this file also runs as the script, without tests/ on its path)
 
-    rc, stderr = run_script(__file__, [scenario, str(out)], out, TIMEOUT_S, f"{scenario}: the DDP run")
-    files = [out / f"rank{r}.json" for r in range(WORLD)]
-    assert all(f.exists() for f in files), f"{scenario}: rc {rc}, a rank did not finish:\n{stderr[-5000:]}"
-    r0, r1 = (json.loads(f.read_text()) for f in files)
+    (r0, r1), stderr = run_ranks(__file__, scenario, out, WORLD, TIMEOUT_S, "the DDP run")
     return r0, r1, stderr
 
 

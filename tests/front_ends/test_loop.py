@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
 import warnings
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import pytest
 import torch
 
 from helpers.photos import photo_batch
+from helpers.procs import free_port, spawn_ranks
 
 SIZE = 16
 DIM = 0.8  # rank 0's photos are dimmed: its own maximum stays below rank 1's
@@ -113,11 +112,6 @@ def test_plain_loop_is_silent_on_correct_data(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- accelerate
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _rank_data(rank: int, steps: int) -> list[torch.Tensor]:
     """Rank 0: photos dimmed to [0, 0.8]; rank 1: the photos, [0, 1]."""
@@ -164,21 +158,9 @@ def _accelerate_worker(rank: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_accelerate_two_cpu_processes_reduce_statistics_and_log_on_rank_zero(tmp_path):
-    import torch.multiprocessing as mp
-
     import rangewatch
 
-    ctx = mp.start_processes(_accelerate_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + 240
-    try:
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail("the two-process accelerate run did not finish in 240 s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = spawn_ranks(_accelerate_worker, (free_port(), str(tmp_path)), tmp_path, 2, 240, "the two-process accelerate run")
     assert "TorchDistributed(rank=0, world_size=2" in ranks[0]["collectives"]
     # the same verdicts on both ranks (from the reduced statistics); only rank zero speaks
     assert ranks[0]["findings"] == ranks[1]["findings"]

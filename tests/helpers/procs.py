@@ -37,3 +37,44 @@ def run_script(script: str | Path, args: list[str], cwd: Path, timeout_s: float,
         except ProcessLookupError:
             pass
     return proc.returncode, stderr
+
+
+def run_ranks(script: str | Path, scenario: str, out: Path, world: int, timeout_s: float, what: str) -> tuple[list[dict], str]:
+    """Run ``python script scenario out`` (a multi-process script that writes ``out/rank<r>.json`` per rank)
+    and read every rank's record; a rank that wrote none fails the test with the run's stderr."""
+    import json
+
+    rc, stderr = run_script(script, [scenario, str(out)], out, timeout_s, f"{scenario}: {what}")
+    files = [out / f"rank{r}.json" for r in range(world)]
+    assert all(f.exists() for f in files), f"{scenario}: rc {rc}, a rank did not finish:\n{stderr[-5000:]}"
+    return [json.loads(f.read_text()) for f in files], stderr
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback address (for a process group's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_ranks(fn, args: tuple, out: Path, nprocs: int, timeout_s: float, what: str) -> list[dict]:
+    """``torch.multiprocessing`` spawns ``fn(rank, *args)`` in ``nprocs`` processes that each write
+    ``out/rank<r>.json``; a run past ``timeout_s`` kills them and fails the test. Returns every rank's record."""
+    import json
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} did not finish in {timeout_s:g} s (a rank waits for the other?)")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nprocs)]

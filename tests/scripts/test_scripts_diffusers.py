@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 
 import numpy as np
 
@@ -24,6 +23,7 @@ import pytest
 import torch
 
 from helpers.scripts_models import PhotoDataset, rng_states, sd_transforms, tiny_text_encoder, tiny_unet, tiny_vae
+from helpers.procs import free_port, spawn_ranks
 
 STEPS = 3
 
@@ -121,11 +121,6 @@ def test_missing_scaling_factor_is_caught_at_the_first_check():
 
 
 # ---------------------------------------------------------------------------------------------- two processes
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _worker(rank: int, port: int, out: str, normalize: bool) -> None:
     import json
@@ -148,22 +143,7 @@ def _worker(rank: int, port: int, out: str, normalize: bool) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("normalize", [True, False])
 def test_accelerate_two_cpu_processes(tmp_path, normalize):
-    import json
-    import time
-
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(tmp_path), normalize), nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + 240
-    try:
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail("the two-process accelerate run did not finish in 240 s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    r0, r1 = spawn_ranks(_worker, (free_port(), str(tmp_path), normalize), tmp_path, 2, 240, "the two-process accelerate run")
     assert r0 == r1  # every rank reaches the same verdicts
     found = {(k, w) for k, w, _ in r0["found"]}
     if normalize:

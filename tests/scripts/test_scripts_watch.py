@@ -14,6 +14,7 @@ from rangewatch import ConfigError, RangeMismatchError
 from helpers.scripts_models import SIZE, tiny_image_encoder, tiny_vae
 
 from helpers.photos import photo_batch
+from helpers.procs import free_port, spawn_ranks
 
 
 def photos(n: int = 4) -> torch.Tensor:
@@ -267,26 +268,8 @@ def _unseen_worker(rank: int, port: int, out: str, rank1_has_key: bool) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("rank1_has_key", [False, True])
 def test_unseen_under_ddp_stops_every_rank_alike(tmp_path, rank1_has_key):
-    import json
-    import socket
-    import time
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.start_processes(_unseen_worker, args=(port, str(tmp_path), rank1_has_key), nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + 180
-    try:
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail("the two-process run did not finish in 180 s (a rank waits for the other)")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    port = free_port()
+    r0, r1 = spawn_ranks(_unseen_worker, (port, str(tmp_path), rank1_has_key), tmp_path, 2, 180, "the two-process run")
     assert r0 == r1  # the same decision on both ranks
     if rank1_has_key:  # seen on one rank is seen: the ranks agreed on their taps
         assert r0["stopped_at"] is None
