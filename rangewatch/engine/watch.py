@@ -69,7 +69,7 @@ from ..stats.range_stats import RangeSummary
 from .checker import TapChecks
 from .expectations import ExpectationSources
 from .reporter import FindingsReporting
-from .check_logging import CheckLogging, _is_writer, _WriterScalars
+from .check_logging import CheckLogging
 from .numerics_tracing import NumericsTracing
 from .preview_gate import PreviewGate
 from .tapset import TapFeeding, TapInfo, _Tap
@@ -253,24 +253,17 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         """Where the engine runs: its collectives, its loggers (kept on rank zero only), the step
         clock, the default check interval (``log_every_n_steps`` wins) and whether histograms can be
         logged (decide it alike on every rank: the statistics' states must match across ranks)."""
-        from ..sinks.loggers import is_tensorboard_logger
+        from ..sinks.loggers import takes_histograms
 
         self.collectives = collectives if collectives is not None else SingleProcess()
         self._clock = clock if clock is not None else self._own_clock
         if every is not None:
             self._every = self.log_every_n_steps or max(1, int(every))
         loggers = list(loggers or [])
-        writers = [lg for lg in loggers if _is_writer(lg)]
         if histograms_logged is None:
-            histograms_logged = bool(writers) or any(is_tensorboard_logger(lg) or type(lg).__name__ == "WandbLogger" for lg in loggers)
+            histograms_logged = takes_histograms(loggers)
         self._has_tensorboard = bool(histograms_logged)
-        self._sink = None
-        if self.collectives.rank == 0:
-            self._sink = LoggerSink([lg for lg in loggers if lg not in writers])
-            for w in writers:  # a SummaryWriter: histograms, text and images directly, scalars through add_scalar
-                self._sink.writers.append(w)
-                self._sink.metric_loggers.append(_WriterScalars(w))
-            self._sink.has_tensorboard = bool(self._sink.writers)
+        self._sink = LoggerSink(loggers) if self.collectives.rank == 0 else None  # a SummaryWriter among them too
 
     def _own_clock(self) -> int:
         return self._own_step
@@ -591,14 +584,8 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
             return
         try:
             previews = self._previews.pop_previews()
-            if previews and self._sink is not None and self._sink.has_images:
-                from ..visualization import log_previews
-
-                for p in previews:
-                    step = p.record.step if p.record.step is not None else self._now()
-                    for w in self._sink.writers:
-                        log_previews(w, p, step=step)
-                    self._sink.other_images(f"rangewatch/preview/{p.image_tag}", p.build_labelled(), step)  # W&B / MLflow
+            if previews and self._sink is not None:
+                self._sink.previews(previews, self._now())  # each at its call's step
         except Exception as e:
             self._internal("visualization", e, None, what="logging the corrected previews")
 

@@ -80,13 +80,12 @@ class FindingsLog:
         return {f.where for f in [*self.findings, *new] if f.kind not in QUIET_KINDS}
 
     def counts(self, new: Iterable[Finding] = ()) -> dict[str, float]:
-        """Problems per kind (``rangewatch/findings/<kind>``) and in all (``.../total``), counting
-        the ``new`` ones not reported yet."""
-        out: dict[str, float] = {"rangewatch/findings/total": 0.0}
+        """Problems per kind (kind -> number, in the order first seen), counting the ``new`` ones not reported
+        yet; the sinks write them as ``rangewatch/findings/<kind>`` and their sum as ``.../total``."""
+        out: dict[str, float] = {}
         for f in [*self.findings, *(f for f in new if f.key not in self.reported)]:
             if f.kind not in QUIET_KINDS:
-                out["rangewatch/findings/total"] += 1
-                out[f"rangewatch/findings/{f.kind}"] = out.get(f"rangewatch/findings/{f.kind}", 0.0) + 1
+                out[f.kind] = out.get(f.kind, 0.0) + 1
         return out
 
     # ------------------------------------------------------------------ the policy

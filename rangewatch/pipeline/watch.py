@@ -75,7 +75,6 @@ from ..checks.latents import LatentMonitor, latent_preview
 from ..expect.vae_latents import latent_convention_of
 from ..taps.layout import convention_channel_dim
 from ..checks.numerics import ModuleTracer
-from ..sinks.latents import log_latents
 from ..stats.range_stats import RangeStats
 
 __all__ = ["PipelineWatch", "watch_pipeline"]
@@ -621,10 +620,10 @@ class PipelineWatch:
         sink = self.engine.sink
         if sink is None or not sink.active or not call.steps:
             return
-        from ..sinks.loggers import tag
+        from ..sinks.tags import pipeline_latents_tap, tag
 
         rows = torch.stack(call.steps).double().cpu()  # (S, C, 4), after the call: one transfer
-        name = f"pipeline.call{call.index}.latents"
+        name = pipeline_latents_tap(call.index)
         for i in range(rows.shape[0]):
             m = {}
             for c in range(rows.shape[1]):
@@ -634,25 +633,21 @@ class PipelineWatch:
             sink.scalars(m, i)
 
     def _previews(self, call: _Call) -> None:
+        """Per denoising step, the latent RGB preview: kept in :attr:`previews`, saved as a PNG in ``out_dir`` and
+        written (with the latents' histograms) to the engine's sinks at ``rangewatch/pipeline/step_latents/call<k>``."""
         conv = self.latent_convention
         if conv is None or conv.latent_rgb is None:
             return
+        from ..sinks.files import save_png
+        from ..sinks.tags import latents_png, pipeline_latents_where
+
         for i, mon in sorted(call.monitors.items()):
             if mon.last is None or mon.last.dim() != 4:
                 continue
             prev = latent_preview(mon.last, conv).cpu()
             self.previews[(call.index, i)] = prev
             if self.out_dir:
-                from torchvision.utils import save_image
-
-                os.makedirs(self.out_dir, exist_ok=True)
-                save_image(prev, os.path.join(self.out_dir, f"latents_call{call.index}_step{i:03d}.png"))
+                save_png(self.out_dir, latents_png(call.index, i), prev)
             sink = self.engine.sink
             if sink is not None:
-                where = f"pipeline/step_latents/call{call.index}"
-                for w in sink.writers:  # TensorBoard: the preview grid and per-channel histograms
-                    log_latents(w, where, mon, i)
-                if sink.wandb or sink.mlflow:
-                    from torchvision.utils import make_grid
-
-                    sink.other_images(f"rangewatch/{where}/latent_preview", make_grid(prev[:4].float(), nrow=4, padding=2, pad_value=1.0), i)
+                sink.latents(pipeline_latents_where(call.index), mon, i)

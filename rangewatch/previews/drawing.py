@@ -243,7 +243,9 @@ class Preview:
 
     @property
     def image_tag(self) -> str:
-        return f"{self.slug}/broken_{self.assumption_slug}-vs-corrected_{self.convention_name}"
+        from ..sinks.tags import preview_name
+
+        return preview_name(self.slug, self.assumption_slug, self.convention_name)
 
     def text(self) -> str:
         rec = self.record

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..findings.finding import Finding
 from ..sinks.loggers import write_histogram, write_image, write_text
+from ..sinks.tags import PREVIEW_GROUP, preview_histogram_tag, preview_tag, preview_text_tag
 from .drawing import Preview
 from .patching import PATCHER
 from .records import VisRecord
@@ -58,7 +59,7 @@ def _histogram(writer: Any, preview: Preview, prefix: str, step: int | None) -> 
     tags = []
     clamp = f"clamp_{fmt_num(preview.assumed[0])}_{fmt_num(preview.assumed[1])}" if preview.assumed else preview.assumption_slug
     for c in range(s.channels):
-        tag = tag_safe(f"{prefix}/{preview.slug}/histogram_{clamp}/c{c}")
+        tag = preview_histogram_tag(preview.slug, clamp, c, prefix)
         with PATCHER.suppressed():
             if not write_histogram(writer, tag, s, c, step):
                 continue
@@ -67,7 +68,7 @@ def _histogram(writer: Any, preview: Preview, prefix: str, step: int | None) -> 
 
 
 def log_previews(
-    experiment: Any, items: Any, step: int | None = None, tag_prefix: str = "rangewatch/preview"
+    experiment: Any, items: Any, step: int | None = None, tag_prefix: str = PREVIEW_GROUP
 ) -> list[str]:
     """Write corrected previews to TensorBoard; returns the tags written.
 
@@ -96,14 +97,14 @@ def log_previews(
             p.slug = tag_safe(f"{p.slug}_line{p.site.rsplit(':', 1)[-1]}")
         used.add(p.slug)
         grid = p.build_labelled()
-        tag = tag_safe(f"{prefix}/{p.image_tag}")
+        tag = preview_tag(p.image_tag, prefix)
         with PATCHER.suppressed():
             write_image(writer, tag, grid, step)
         tags.append(tag)
         if hasattr(writer, "add_histogram_raw"):
             tags += _histogram(writer, p, prefix, step)
         if hasattr(writer, "add_text"):
-            ttag = tag_safe(f"{prefix}/{p.slug}/finding")
+            ttag = preview_text_tag(p.slug, prefix)
             with PATCHER.suppressed():
                 write_text(writer, ttag, p.text(), step)
             tags.append(ttag)

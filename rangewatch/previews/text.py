@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Sequence
 
-_TAG_BAD = re.compile(r"[^-/\w.]")
+from ..sinks.tags import tag_safe  # noqa: F401  (the tag layout's; previews name their call sites with it)
 
 
 def fmt_num(v: float) -> str:
@@ -25,8 +24,3 @@ def fmt_pair(p: Sequence[float]) -> str:
 def fmt_pct(f: float) -> str:
     """A share as a percentage: one decimal from 1%, two significant digits below."""
     return f"{100 * f:.1f}%" if f >= 0.01 or f == 0 else f"{100 * f:.2g}%"
-
-
-def tag_safe(s: str) -> str:
-    """TensorBoard-safe tag text: only letters, digits, ``_ - . /``."""
-    return re.sub(r"_+", "_", _TAG_BAD.sub("_", s)).strip("_/") or "untitled"

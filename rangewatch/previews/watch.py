@@ -22,6 +22,7 @@ from .judge import ClippingJudge
 from .measure import Observation
 from .patching import PATCHER, load_basicsr
 from .records import VisRecord
+from ..sinks.tags import PREVIEW_GROUP
 from .text import tag_safe
 
 __all__ = ["VisualizationWarning", "VisualizationWatch", "watch_visualization", "watches"]
@@ -185,7 +186,7 @@ class VisualizationWatch:
             self._previews.clear()
             return out
 
-    def log_previews(self, experiment: Any, step: int | None = None, tag_prefix: str = "rangewatch/preview") -> list[str]:
+    def log_previews(self, experiment: Any, step: int | None = None, tag_prefix: str = PREVIEW_GROUP) -> list[str]:
         """:func:`~rangewatch.previews.log.log_previews` of this watcher's pending previews."""
         from .log import log_previews
 

@@ -10,6 +10,25 @@ import torch
 from ..checks.latents import LatentMonitor, latent_preview, preview_scale
 from ..expect.conventions import Convention
 from .loggers import write_histogram, write_image
+from .tags import GROUP, latent_channel_tag, latent_preview_tag
+
+
+def latent_grid(monitor: LatentMonitor, max_images: int = 4, scale: int | None = None) -> torch.Tensor | None:
+    """The RGB preview grid of the last latents ``monitor`` kept (on the host), as :func:`log_latents` writes it;
+    None when it kept none or its convention has no RGB projection."""
+    mon = monitor
+    if mon.last is None or mon.conv.latent_rgb is None:
+        return None
+    from torchvision.utils import make_grid
+
+    clips = mon.last[:max_images]
+    prev = latent_preview(clips, mon.conv, channel_dim=mon.channel_dim)
+    # video latents: one row per clip, its first / middle / last frames (latent_preview's pick)
+    per_row = prev.shape[0] // max(1, clips.shape[0]) if clips.dim() == 5 else min(max_images, prev.shape[0])
+    k = preview_scale(int(prev.shape[-1])) if scale is None else max(1, int(scale))
+    if k > 1:
+        prev = prev.repeat_interleave(k, -1).repeat_interleave(k, -2)
+    return make_grid(prev.float(), nrow=max(1, per_row), padding=1 if k == 1 else 2, pad_value=1.0).cpu()
 
 
 def log_latents(
@@ -21,7 +40,7 @@ def log_latents(
     convention: str | Convention | None = None,
     channel_dim: int = 1,
     max_images: int = 4,
-    prefix: str = "rangewatch",
+    prefix: str = GROUP,
     scale: int | None = None,
 ) -> list[str]:
     """Log the latent RGB preview grid and per-channel histograms to a TensorBoard ``SummaryWriter``.
@@ -45,25 +64,21 @@ def log_latents(
         mon.update(z_or_monitor)
     else:
         raise TypeError(f"log_latents takes a LatentMonitor or a tensor, got {type(z_or_monitor).__name__}")
-    tags: list[str] = []
-    base = f"{prefix}/{where}" if prefix else where
-    if mon.last is not None and mon.conv.latent_rgb is not None:
-        from torchvision.utils import make_grid
+    return write_latents(experiment, where, mon, latent_grid(mon, max_images, scale), step, prefix)
 
-        clips = mon.last[:max_images]
-        prev = latent_preview(clips, mon.conv, channel_dim=mon.channel_dim)
-        # video latents: one row per clip, its first / middle / last frames (latent_preview's pick)
-        per_row = prev.shape[0] // max(1, clips.shape[0]) if clips.dim() == 5 else min(max_images, prev.shape[0])
-        k = preview_scale(int(prev.shape[-1])) if scale is None else max(1, int(scale))
-        if k > 1:
-            prev = prev.repeat_interleave(k, -1).repeat_interleave(k, -2)
-        grid = make_grid(prev.float(), nrow=max(1, per_row), padding=1 if k == 1 else 2, pad_value=1.0)
-        tag = f"{base}/latent_preview"
-        write_image(experiment, tag, grid.cpu(), step)
+
+def write_latents(experiment: Any, where: str, monitor: LatentMonitor, grid: torch.Tensor | None, step: int,
+                  prefix: str = GROUP) -> list[str]:
+    """The preview ``grid`` (:func:`latent_grid`; None: no preview) and ``monitor``'s per-channel histograms to a
+    TensorBoard writer at ``<prefix>/<where>/latent_preview`` and ``.../latent_channel_<k>``; returns the tags."""
+    tags: list[str] = []
+    if grid is not None:
+        tag = latent_preview_tag(where, prefix)
+        write_image(experiment, tag, grid, step)
         tags.append(tag)
-    summ = mon.stats.compute()
+    summ = monitor.stats.compute()
     for c in range(summ.channels):
-        tag = f"{base}/latent_channel_{c}"
+        tag = latent_channel_tag(where, c, prefix)
         if write_histogram(experiment, tag, summ, c, step):
             tags.append(tag)
     return tags

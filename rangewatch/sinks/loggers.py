@@ -1,10 +1,11 @@
 """Sinks: where findings and statistics go (TensorBoard, any Lightning logger, the console).
 
-Only this module touches a writer: :class:`LoggerSink` for the trainer's loggers, and the
-``write_*`` functions (:func:`write_image`, :func:`write_text`, :func:`write_histogram`,
-:func:`write_layout`) for one TensorBoard ``SummaryWriter``, which :func:`rangewatch.log_latents`
-and :func:`rangewatch.log_previews` use. Call these on global rank zero only; the callback takes
-care of that.
+Only this module touches a writer: :class:`LoggerSink` for the trainer's loggers (TensorBoard, W&B, MLflow,
+a plain ``SummaryWriter``: the choice among them is made here only), and the ``write_*`` functions
+(:func:`write_image`, :func:`write_text`, :func:`write_histogram`, :func:`write_layout`) for one TensorBoard
+``SummaryWriter``, which :func:`rangewatch.log_latents` and :func:`rangewatch.log_previews` use. The tags come
+from :mod:`rangewatch.sinks.tags`; image files from :mod:`rangewatch.sinks.files`. Call these on global rank
+zero only; the callback takes care of that.
 """
 
 from __future__ import annotations
@@ -16,29 +17,15 @@ import torch
 
 from ..findings.finding import Finding
 from ..stats.range_stats import RangeSummary
+from .tags import (DETAIL_GROUP, FINDINGS, FINDINGS_CATEGORY, FINDINGS_JSON, FINDINGS_MD, FINDINGS_TOTAL, FLAGGED_CATEGORY,
+                   LATENT_PREVIEW, OTHER_CATEGORY, detail_tag, findings_count, hist_tag, findings_counts_pattern, preview_tag, tag, tap_charts_pattern)
 
-__all__ = ["LoggerSink", "tag", "detail_tag", "DETAIL_GROUP", "findings_markdown", "findings_from_markdown", "scalars_layout", "FINDINGS_CATEGORY", "FLAGGED_CATEGORY", "OTHER_CATEGORY", "write_histogram",
+__all__ = ["LoggerSink", "WriterScalars", "is_summary_writer", "takes_histograms", "tag", "detail_tag", "DETAIL_GROUP", "findings_markdown", "findings_from_markdown", "scalars_layout", "FINDINGS_CATEGORY", "FLAGGED_CATEGORY", "OTHER_CATEGORY", "write_histogram",
            "write_image", "write_text", "is_tensorboard_logger"]
 
 #: the machine-readable copy of each finding inside the markdown (an HTML comment: TensorBoard's
 #: markdown sanitiser drops comments, so the page shows only the blocks)
 _FINDING_COMMENT = "<!-- rangewatch-finding "
-
-
-def tag(tap: str, stat: str, channel: int | None = None, group: str = "rangewatch") -> str:
-    """The one tag layout: ``<group>/<tap>/<stat>/c<k>``; tap names keep dots and colons."""
-    safe = tap.replace(" ", "_").replace("/", ".")
-    return f"{group}/{safe}/{stat}" + (f"/c{channel}" if channel is not None else "")
-
-
-#: the group of the per-channel detail (TensorBoard shows each group as its own section), beside the compact
-#: ``rangewatch/`` group (per tap its ``min``, ``max`` and ``out_of_range``, and the findings counts)
-DETAIL_GROUP = "rangewatch_channels"
-
-
-def detail_tag(tap: str, stat: str, channel: int | None = None) -> str:
-    """``rangewatch_channels/<tap>/<stat>/c<k>``: per-channel statistics, the non-finite count, the expected range."""
-    return tag(tap, stat, channel, DETAIL_GROUP)
 
 
 def _code_span(s: str) -> str:
@@ -108,12 +95,6 @@ def findings_from_markdown(text: str) -> list[Finding] | None:
     return out if out or "**no findings**" in text else None
 
 
-#: the custom-scalars categories, the same titles in every run's layout (see :func:`scalars_layout`)
-FINDINGS_CATEGORY = "rangewatch findings"
-FLAGGED_CATEGORY = "rangewatch flagged (taps and calls with a finding)"
-OTHER_CATEGORY = "rangewatch other taps"
-
-
 def scalars_layout(taps: dict[str, tuple[int, bool]], elsewhere: tuple[str, ...] = ()) -> Any:
     """TensorBoard's custom-scalars layout (a ``layout_pb2.Layout``) of three categories, always these three,
     in this order:
@@ -137,20 +118,18 @@ def scalars_layout(taps: dict[str, tuple[int, bool]], elsewhere: tuple[str, ...]
     in another shows in both categories. The titles are always written, even with no chart, because the
     plugin keeps merging only into categories of the first run (a category first seen in a later run is
     stored as that run's copy, and a third run's charts for it are dropped)."""
-    import re
-
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     layout = layout_pb2.Layout()
     # the same two charts in every run's layout, so that TensorBoard merges them into one pair across runs
     cat = layout.category.add(title=FINDINGS_CATEGORY)
-    total = "rangewatch/findings/total"
+    total = FINDINGS_TOTAL
     cat.chart.add(title="findings so far (a margin chart: drawn unsmoothed)").margin.series.add(value=total, lower=total, upper=total)
-    cat.chart.add(title="findings per kind (count so far)").multiline.tag.append(r"^rangewatch/findings/")
+    cat.chart.add(title="findings per kind (count so far)").multiline.tag.append(findings_counts_pattern())
     flagged = layout.category.add(title=FLAGGED_CATEGORY, closed=False)
     other = layout.category.add(title=OTHER_CATEGORY, closed=True)
     for where in elsewhere:  # a finding at no tap (a preview call): its chart opens the flagged category
-        flagged.chart.add(title=f"finding at {where}: see TEXT rangewatch/findings or the RANGEWATCH tab").margin.series.add(
+        flagged.chart.add(title=f"finding at {where}: see TEXT {FINDINGS} or the RANGEWATCH tab").margin.series.add(
             value=total, lower=total, upper=total)
     for name in sorted(taps, key=lambda n: (n.startswith("val/"), n)):
         channels, is_flagged = taps[name]
@@ -160,9 +139,7 @@ def scalars_layout(taps: dict[str, tuple[int, bool]], elsewhere: tuple[str, ...]
             margin.series.add(value=detail_tag(name, "mean", c), lower=detail_tag(name, "min", c), upper=detail_tag(name, "max", c))
         margin.series.add(value=detail_tag(name, "expected_min"), lower=detail_tag(name, "expected_min"),
                           upper=detail_tag(name, "expected_max"))
-        t = re.escape(tag(name, "", group="GROUP")).replace("GROUP", f"(rangewatch|{DETAIL_GROUP})")
-        cat.chart.add(title=f"{name}: out-of-range share and non-finite count").multiline.tag.append(
-            f"^{t}(out_of_range|nonfinite)(/c[0-9]+)?$")
+        cat.chart.add(title=f"{name}: out-of-range share and non-finite count").multiline.tag.append(tap_charts_pattern(name))
     return layout
 
 
@@ -258,20 +235,47 @@ def mlflow_key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_/. -]", "_", name)
 
 
+def is_summary_writer(obj: Any) -> bool:
+    """A ``torch.utils.tensorboard.SummaryWriter`` (or tensorboardX's): not a Lightning logger."""
+    return hasattr(obj, "add_scalar") and hasattr(obj, "add_histogram_raw") and not hasattr(obj, "log_metrics")
+
+
+def takes_histograms(loggers: list[Any]) -> bool:
+    """Whether any of ``loggers`` shows histograms (a ``SummaryWriter``, a TensorBoard or W&B logger)."""
+    return any(is_summary_writer(lg) or is_tensorboard_logger(lg) or type(lg).__name__ == "WandbLogger" for lg in loggers)
+
+
+class WriterScalars:
+    """A ``SummaryWriter`` as a metrics logger (``log_metrics``): one ``add_scalar`` per metric."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        for k, v in metrics.items():
+            self.writer.add_scalar(k, v, global_step=step)
+
+
 class LoggerSink:
     """Writes to the trainer's loggers: scalars to every logger with ``log_metrics``; histograms,
     text, images and the custom-scalars layout to TensorBoard loggers; to a ``WandbLogger`` the
     preview images (``wandb.Image``), histograms (``wandb.Histogram``) and the findings as a
     ``wandb.Table``; to an ``MLFlowLogger`` the preview images (``log_image`` with a step) and the
     findings as ``rangewatch/findings.json`` (columns + data, the layout of ``log_table``) and
-    ``rangewatch/findings.md`` artifacts (MLflow has no histograms)."""
+    ``rangewatch/findings.md`` artifacts (MLflow has no histograms). A plain ``SummaryWriter`` among
+    ``loggers`` takes what a TensorBoard logger takes (its scalars through ``add_scalar``).
+
+    Every write of rangewatch to a logger goes through one of these methods: the choice of backends (TensorBoard,
+    W&B, MLflow) is made here only, the tags come from :mod:`rangewatch.sinks.tags`."""
 
     def __init__(self, loggers: list[Any]):
-        self.metric_loggers = [lg for lg in loggers if hasattr(lg, "log_metrics")]
-        self.writers = []
-        for lg in loggers:
-            if is_tensorboard_logger(lg):
-                self.writers.append(lg.experiment)
+        own = [lg for lg in loggers if is_summary_writer(lg)]
+        loggers = [lg for lg in loggers if not is_summary_writer(lg)]
+        self.metric_loggers: list[Any] = [lg for lg in loggers if hasattr(lg, "log_metrics")]
+        self.writers: list[Any] = [lg.experiment for lg in loggers if is_tensorboard_logger(lg)]
+        for w in own:  # a SummaryWriter: histograms, text and images directly, scalars through add_scalar
+            self.writers.append(w)
+            self.metric_loggers.append(WriterScalars(w))
         self.has_tensorboard = bool(self.writers)
         # by class name: lightning.pytorch and pytorch_lightning each have their own classes
         self.wandb = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"]
@@ -282,6 +286,28 @@ class LoggerSink:
         """Whether any attached logger takes images (TensorBoard, W&B, MLflow)."""
         return bool(self.writers or self.wandb or self.mlflow)
 
+    @property
+    def active(self) -> bool:
+        return bool(self.metric_loggers)
+
+    # ------------------------------------------------------------ scalars, text, layout
+    def scalars(self, metrics: dict[str, float], step: int) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        for lg in self.metric_loggers:
+            if lg in self.mlflow:  # MLflow keys take letters, digits, "_", "/", ".", " " and "-" only
+                lg.log_metrics({mlflow_key(k): v for k, v in clean.items()}, step=step)
+            else:
+                lg.log_metrics(clean, step=step)
+
+    def finding_counts(self, counts: dict[str, float], step: int) -> None:
+        """The problems so far per kind (``counts``: kind -> number) as ``rangewatch/findings/<kind>`` and their sum
+        as ``rangewatch/findings/total``."""
+        self.scalars({FINDINGS_TOTAL: float(sum(counts.values())), **{findings_count(k): v for k, v in counts.items()}}, step)
+
+    def text(self, name: str, text: str, step: int) -> None:
+        for w in self.writers:
+            write_text(w, name, text, step)
+
     def layout(self, layout: Any, step: int) -> None:
         for w in self.writers:
             write_layout(w, layout, step)
@@ -289,16 +315,25 @@ class LoggerSink:
     def findings(self, findings: list[Finding], step: int) -> None:
         """The findings so far: markdown blocks to TensorBoard, a table to W&B and MLflow."""
         if self.writers:
-            self.text("rangewatch/findings", findings_markdown(findings), step)
+            self.text(FINDINGS, findings_markdown(findings), step)
         rows = _finding_rows(findings)
         for lg in self.wandb:
-            lg.log_table("rangewatch/findings", columns=FINDING_COLUMNS, data=rows, step=step)
+            lg.log_table(FINDINGS, columns=FINDING_COLUMNS, data=rows, step=step)
         for lg in self.mlflow:
-            lg.experiment.log_dict(lg.run_id, {"columns": FINDING_COLUMNS, "data": rows}, "rangewatch/findings.json")
-            lg.experiment.log_text(lg.run_id, findings_markdown(findings), "rangewatch/findings.md")
+            lg.experiment.log_dict(lg.run_id, {"columns": FINDING_COLUMNS, "data": rows}, FINDINGS_JSON)
+            lg.experiment.log_text(lg.run_id, findings_markdown(findings), FINDINGS_MD)
+
+    # ------------------------------------------------------------ images
+    def image(self, name: str, img: torch.Tensor, step: int, other_name: str | None = None) -> None:
+        """One image (``(C, H, W)``, uint8 or float in [0, 1]) to every logger that takes images: TensorBoard at
+        ``name``, W&B and MLflow at ``other_name`` (default ``name``)."""
+        for w in self.writers:
+            write_image(w, name, img, step)
+        self.other_images(other_name or name, img, step)
 
     def other_images(self, name: str, img: torch.Tensor, step: int) -> None:
-        """An image to the W&B and MLflow loggers (TensorBoard writers get theirs directly)."""
+        """An image to the W&B and MLflow loggers only (TensorBoard's is written with more: see :meth:`previews`,
+        :meth:`latents`)."""
         if not (self.wandb or self.mlflow):
             return
         arr = _hwc(img)
@@ -306,6 +341,48 @@ class LoggerSink:
             lg.log_image(name, images=[arr], step=step)
         for lg in self.mlflow:
             lg.experiment.log_image(lg.run_id, arr, key=mlflow_key(name), step=step)
+
+    def previews(self, previews: list[Any], step: int) -> None:
+        """Corrected previews (:class:`~rangewatch.previews.drawing.Preview`), each at the step of its call (``step``
+        when it has none): to TensorBoard the image, histogram and text of
+        :func:`~rangewatch.previews.log.log_previews`; to W&B and MLflow the same image at the same tag."""
+        if not self.has_images:
+            return
+        from ..previews.log import log_previews
+
+        for p in previews:
+            at = p.record.step if p.record.step is not None else step
+            for w in self.writers:
+                log_previews(w, p, step=at)
+            self.other_images(preview_tag(p.image_tag), p.build_labelled(), at)
+
+    def latents(self, where: str, monitor: Any, step: int, other_name: str | None = None) -> None:
+        """A :class:`~rangewatch.checks.latents.LatentMonitor`'s RGB preview grid, to TensorBoard with its
+        per-channel histograms (:func:`~rangewatch.sinks.latents.log_latents` at ``where``), the same grid to W&B and
+        MLflow at ``other_name`` (default: TensorBoard's tag)."""
+        if not self.has_images:
+            return
+        from .latents import latent_grid, write_latents
+        from .tags import latent_preview_tag
+
+        grid = latent_grid(monitor)
+        for w in self.writers:
+            write_latents(w, where, monitor, grid, step)
+        if grid is not None:
+            self.other_images(other_name or latent_preview_tag(where), grid, step)
+
+    def latent_tap(self, tap: str, monitor: Any, s: RangeSummary, step: int) -> None:
+        """An engine latent tap at a check: :meth:`latents` at ``rangewatch/<tap>/...`` (W&B and MLflow at
+        ``rangewatch/<tap as in tag()>/latent_preview``) and, for W&B, the tap's per-channel histograms."""
+        self.latents(tap, monitor, step, other_name=tag(tap, LATENT_PREVIEW))
+        self.other_histograms(tap, s, step)
+
+    # ------------------------------------------------------------ histograms
+    def histograms(self, tap: str, s: RangeSummary, step: int) -> None:
+        for w in self.writers:
+            for c in range(s.channels):
+                write_histogram(w, hist_tag(tap, c), s, c, step)
+        self.other_histograms(tap, s, step)
 
     def other_histograms(self, tap: str, s: RangeSummary, step: int) -> None:
         """Per-channel histograms to W&B (``wandb.Histogram`` from the bin counts and edges)."""
@@ -326,29 +403,7 @@ class LoggerSink:
                 edges = np.concatenate([[lo], edges, [hi]])
             if counts.sum() <= 0:
                 continue
-            metrics[tag(tap, "hist", c)] = wandb.Histogram(np_histogram=(counts, edges))
+            metrics[hist_tag(tap, c)] = wandb.Histogram(np_histogram=(counts, edges))
         if metrics:
             for lg in self.wandb:
                 lg.log_metrics(metrics, step=step)
-
-    @property
-    def active(self) -> bool:
-        return bool(self.metric_loggers)
-
-    def scalars(self, metrics: dict[str, float], step: int) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
-        for lg in self.metric_loggers:
-            if lg in self.mlflow:  # MLflow keys take letters, digits, "_", "/", ".", " " and "-" only
-                lg.log_metrics({mlflow_key(k): v for k, v in clean.items()}, step=step)
-            else:
-                lg.log_metrics(clean, step=step)
-
-    def histograms(self, tap: str, s: RangeSummary, step: int) -> None:
-        for w in self.writers:
-            for c in range(s.channels):
-                write_histogram(w, tag(tap, "hist", c), s, c, step)
-        self.other_histograms(tap, s, step)
-
-    def text(self, name: str, text: str, step: int) -> None:
-        for w in self.writers:
-            write_text(w, name, text, step)

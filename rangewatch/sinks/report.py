@@ -40,24 +40,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..rng import rng_kept
+from .tags import FINDINGS, HIST, PREFIX, REPORT_DIRNAME, is_rangewatch_tag, preview_slug
+from .tags import ungrouped as _ungrouped
 
 __all__ = ["build_report", "REPORT_DIRNAME", "STATS"]
 
-#: default output folder name, inside LOGDIR
-REPORT_DIRNAME = "rangewatch_report"
 #: per-channel statistics the callback logs as scalars
 STATS = ("min", "max", "mean", "std", "nonfinite", "out_of_range")
 _RANGE_STATS = ("min", "max", "mean", "std")
 _EXPECTED = ("expected_min", "expected_max")  # the tap's expected range (one value for all channels)
-_PREFIX = "rangewatch/"
-_DETAIL = "rangewatch_channels/"  # the per-channel detail group (rangewatch.sinks.loggers.detail_tag)
-
-
-def _ungrouped(tag: str) -> str:
-    """A tag without its group (``rangewatch/`` or ``rangewatch_channels/``)."""
-    return tag[len(_DETAIL):] if tag.startswith(_DETAIL) else tag[len(_PREFIX):]
-_PREVIEW = "rangewatch/preview/"
-_FINDINGS = "rangewatch/findings"
 _CHANNEL = re.compile(r"^c(\d+)$")
 _TEXT_SUFFIX = "/text_summary"
 _TABLE_STEPS = 10  # the values table shows the first and last this many steps
@@ -219,10 +210,10 @@ def _decode_tensor(acc: Any, tag: str, events: list[Any]) -> tuple[str, list[Any
 
 
 def _add_text(run: _Run, name: str, items: list[_Text]) -> None:
-    if name == _FINDINGS:
+    if name == FINDINGS:
         run.findings.extend(items)
-    elif name.startswith(_PREVIEW):
-        slug, _, rest = name[len(_PREVIEW):].partition("/")
+    elif (sr := preview_slug(name)) is not None:
+        slug, rest = sr
         p = run.previews.setdefault(slug, _Preview(slug))
         if rest == "finding":
             p.texts.extend(items)
@@ -240,9 +231,9 @@ def _add_scalar(run: _Run, tag: str, items: list[_Scalar]) -> None:
         stat, channel, tap = parts[-2], int(parts[-1][1:]), "/".join(parts[:-2])
     elif len(parts) >= 2 and (parts[-1] in STATS or parts[-1] in _EXPECTED):
         stat, tap = parts[-1], "/".join(parts[:-1])
-    if tag.startswith(_FINDINGS + "/"):  # the findings counts: the summary says them
+    if tag.startswith(FINDINGS + "/"):  # the findings counts: the summary says them
         return
-    if stat is None or not tap or tag.startswith(_PREVIEW):
+    if stat is None or not tap or preview_slug(tag) is not None:
         run.scalars.setdefault(tag, []).extend(items)
         return
     t = run.taps.setdefault(tap, _Tap(tap))
@@ -255,15 +246,15 @@ def _add_hist(run: _Run, tag: str, items: list[_Hist]) -> None:
     if not items:
         return
     last = _latest(items)
-    if tag.startswith(_PREVIEW):
-        slug, _, _rest = tag[len(_PREVIEW):].partition("/")
+    if (sr := preview_slug(tag)) is not None:
+        slug = sr[0]
         run.previews.setdefault(slug, _Preview(slug)).hists[tag] = last
         return
     parts = _ungrouped(tag).split("/")
-    if len(parts) >= 3 and parts[-2] == "hist" and _CHANNEL.match(parts[-1]):
+    if len(parts) >= 3 and parts[-2] == HIST and _CHANNEL.match(parts[-1]):
         tap = "/".join(parts[:-2])
         run.taps.setdefault(tap, _Tap(tap)).hists[int(parts[-1][1:])] = last
-    elif len(parts) >= 2 and parts[-1] == "hist":
+    elif len(parts) >= 2 and parts[-1] == HIST:
         tap = "/".join(parts[:-1])
         run.taps.setdefault(tap, _Tap(tap)).hists[None] = last
     else:
@@ -271,8 +262,8 @@ def _add_hist(run: _Run, tag: str, items: list[_Hist]) -> None:
 
 
 def _add_images(run: _Run, tag: str, items: list[_Image]) -> None:
-    if tag.startswith(_PREVIEW):
-        slug, _, _rest = tag[len(_PREVIEW):].partition("/")
+    if (sr := preview_slug(tag)) is not None:
+        slug = sr[0]
         run.previews.setdefault(slug, _Preview(slug)).images.setdefault(tag, []).extend(items)
     else:
         run.images.setdefault(tag, []).extend(items)
@@ -289,7 +280,7 @@ def _read_run(path: Path, name: str) -> _Run:
     tags = acc.Tags()
     run = _Run(name, path)
     for kind in ("scalars", "histograms", "images", "tensors", "audio"):
-        run.all_tags[kind] = sorted(t for t in tags.get(kind, []) if t.startswith((_PREFIX, _DETAIL)))
+        run.all_tags[kind] = sorted(t for t in tags.get(kind, []) if is_rangewatch_tag(t))
     for tag in run.all_tags["scalars"]:
         _add_scalar(run, tag, [_Scalar(int(e.step), float(e.wall_time), float(e.value)) for e in acc.Scalars(tag)])
     for tag in run.all_tags["histograms"]:
@@ -801,7 +792,7 @@ class _Writer:
     def image(self, run: _Run, tag: str, ev: _Image) -> tuple[str, str]:
         """(data URI, file name) of one image event; the file is written."""
         mime, ext = _image_type(ev.data)
-        stem = f"{_slug(run.name, limit=40)}--{_slug(tag[len(_PREFIX):], limit=110)}--step{ev.step}"
+        stem = f"{_slug(run.name, limit=40)}--{_slug(tag[len(PREFIX):], limit=110)}--step{ev.step}"
         name = _slug(stem, self.used, limit=200) + f".{ext}"
         path = self.out_dir / name
         path.write_bytes(ev.data)
@@ -1076,7 +1067,7 @@ def _other_section(run: _Run, w: _Writer) -> str:
         figs = []
         for tag in sorted(run.hists, key=_channel_sort):
             h = run.hists[tag]
-            svg = _hist_chart(h, f"{tag[len(_PREFIX):]} · step {h.step}", under_over=False, attrs=f'data-kind="other-hist" data-tag="{_e(tag)}"')
+            svg = _hist_chart(h, f"{tag[len(PREFIX):]} · step {h.step}", under_over=False, attrs=f'data-kind="other-hist" data-tag="{_e(tag)}"')
             figs.append(f"<figure>{svg}<figcaption>{_e(_hist_caption(h))}</figcaption></figure>")
         out.append("<h3>Histograms (latest step)</h3>" + '<div class="charts histograms">' + "".join(figs) + "</div>")
     if run.scalars:
@@ -1087,7 +1078,7 @@ def _other_section(run: _Run, w: _Writer) -> str:
             for e in sorted(run.scalars[tag], key=lambda e: (e.step, e.wall)):
                 evs[e.step] = e.value
             xs = sorted(evs)
-            figs.append("<figure>" + _line_chart(tag[len(_PREFIX):], [_Line("value", _PALETTE[0], xs, [evs[x] for x in xs])],
+            figs.append("<figure>" + _line_chart(tag[len(PREFIX):], [_Line("value", _PALETTE[0], xs, [evs[x] for x in xs])],
                                                  attrs=f'data-kind="other-scalar" data-tag="{_e(tag)}"', legend=False) + "</figure>")
             rows.append(f'<tr><td><code>{_e(tag)}</code></td><td class="num">{xs[-1]}</td>'
                         f'<td class="num" data-value="{evs[xs[-1]]!r}">{_fmt(evs[xs[-1]])}</td></tr>')
@@ -1105,14 +1096,14 @@ def _other_section(run: _Run, w: _Writer) -> str:
 
 def _known(tag: str, kind: str) -> bool:
     """Tags of the documented layout (everything else is listed as 'other')."""
-    if tag.startswith(_PREVIEW) or tag.startswith(_FINDINGS + "/") or tag == _FINDINGS:
+    if preview_slug(tag) is not None or tag.startswith(FINDINGS + "/") or tag == FINDINGS:
         return True
     parts = _ungrouped(tag).split("/")
     if kind == "scalars":
         return (len(parts) >= 3 and parts[-2] in STATS and bool(_CHANNEL.match(parts[-1]))) or (
             len(parts) >= 2 and (parts[-1] in STATS or parts[-1] in _EXPECTED))
     if kind == "histograms":
-        return (len(parts) >= 3 and parts[-2] == "hist" and bool(_CHANNEL.match(parts[-1]))) or parts[-1] == "hist"
+        return (len(parts) >= 3 and parts[-2] == HIST and bool(_CHANNEL.match(parts[-1]))) or parts[-1] == HIST
     return False
 
 

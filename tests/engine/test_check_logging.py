@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from rangewatch.engine.check_logging import CheckLogging, _WriterScalars
+from rangewatch.engine.check_logging import CheckLogging
 from rangewatch.findings.finding import mismatch_finding
 from rangewatch.findings.log import FindingsLog
 from rangewatch.sinks.loggers import LoggerSink
@@ -33,10 +33,8 @@ def _events(logdir):
 
 def test_overview_counts_histograms_of_flagged_taps_and_the_layout_once_per_change(tmp_path):
     writer = SummaryWriter(str(tmp_path))
-    sink = LoggerSink([])
-    sink.writers.append(writer)
-    sink.metric_loggers.append(_WriterScalars(writer))  # as Watch.connect sets a SummaryWriter up
-    sink.has_tensorboard = True
+    sink = LoggerSink([writer])  # as Watch.connect sets a SummaryWriter up
+    assert sink.has_tensorboard and sink.active
     log = FindingsLog("log")
     taps = {"batch.a": SimpleNamespace(latent=None), "batch.b": SimpleNamespace(latent=None)}
     summaries = [("batch.a", _summary(torch.rand(2, 3, 8, 8))), ("batch.b", _summary(torch.rand(2, 3, 8, 8)))]
