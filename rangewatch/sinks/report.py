@@ -851,7 +851,8 @@ def _parse_findings(text: str) -> tuple[list[str], list[list[str]]] | None:
 
 def _findings_section(run: _Run, link: Callable[[str], str | None]) -> tuple[str, list[list[str]], list[str]]:
     if not run.findings:
-        return '<p class="muted">No findings table was logged (<code>rangewatch/findings</code>): nothing was found, or the run logged no text.</p>', [], []
+        return (f'<p class="muted">No findings table was logged (<code>{FINDINGS}</code>): nothing was found, or the run logged '
+                'no text.</p>'), [], []
     last = _latest(run.findings)
     parsed = _parse_findings(last.text)
     note = (f'<p class="small muted">The latest findings table (step {last.step}; '

@@ -117,3 +117,53 @@ def test_checks_never_import_the_engine_or_sinks_and_nothing_below_the_engine_im
     assert not new, "import rules broken (docs/ARCHITECTURE.md):\n" + "\n".join(sorted(new.values()))
     gone = set(ALLOWED_FOR_NOW) - set(found)
     assert not gone, f"fixed: take these out of ALLOWED_FOR_NOW: {sorted(gone)}"
+
+
+# ---------------------------------------------------------------------------------------------- one write path
+#: the calls that write to a logger: TensorBoard's ``SummaryWriter`` (and its file writer), Lightning's loggers, W&B's
+#: and MLflow's clients
+WRITER_CALLS = frozenset({
+    "add_scalar", "add_scalars", "add_image", "add_images", "add_text", "add_histogram", "add_histogram_raw",
+    "add_figure", "add_video", "add_custom_scalars", "add_summary", "log_metrics", "log_image", "log_table",
+    "log_dict", "log_text", "log_artifact", "log_hyperparams"})
+#: what a rangewatch tag starts with (its two groups; sinks/tags.py)
+TAG_TEXT = ("rangewatch/", "rangewatch_channels")
+
+
+def _writes_and_tags(path: Path) -> tuple[list[str], list[str]]:
+    """(writer calls, tag texts) in ``path``: every call of a :data:`WRITER_CALLS` method, and every string (f-string
+    parts included, docstrings not) that holds a rangewatch tag's group."""
+    tree = ast.parse(path.read_text(), str(path))
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
+            and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    calls, texts = [], []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in WRITER_CALLS:
+            calls.append(f"{path.name}:{n.lineno}: .{n.func.attr}(...)")
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs and any(t in n.value for t in TAG_TEXT):
+            texts.append(f"{path.name}:{n.lineno}: {n.value[:60]!r}")
+    return calls, texts
+
+
+def test_the_scan_sees_writer_calls_and_tag_texts(tmp_path):
+    made_up = tmp_path / "made_up.py"
+    made_up.write_text('"""Docs may name rangewatch/findings."""\n\n\ndef f(writer, lg, step, name):\n'
+                       '    writer.add_image(f"rangewatch/{name}/latent_preview", None, step)\n'
+                       '    lg.log_metrics({"rangewatch_channels/x/min/c0": 0.0}, step=step)\n    print("rangewatch: fine")\n')
+    calls, texts = _writes_and_tags(made_up)
+    assert calls == ["made_up.py:5: .add_image(...)", "made_up.py:6: .log_metrics(...)"]
+    assert texts == ["made_up.py:5: 'rangewatch/'", "made_up.py:6: 'rangewatch_channels/x/min/c0'"]
+
+
+def test_only_sinks_write_and_only_the_tag_layout_spells_a_tag():
+    """One write path: no module outside ``sinks/`` calls a writer, and no module but ``sinks/tags.py`` spells a tag
+    (the report and the TensorBoard plugin read back what the writers write, from the same builders)."""
+    calls, texts = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        c, t = _writes_and_tags(path)
+        calls += [] if rel.startswith("sinks/") else [f"{rel}: {x}" for x in c]
+        texts += [] if rel == "sinks/tags.py" else [f"{rel}: {x}" for x in t]
+    assert not calls, "writer calls outside rangewatch/sinks/ (write through a LoggerSink):\n" + "\n".join(calls)
+    assert not texts, "tags spelled outside rangewatch/sinks/tags.py (build them there):\n" + "\n".join(texts)
