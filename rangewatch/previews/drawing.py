@@ -11,6 +11,7 @@ import torch
 from ..checks.latents import video_frames
 from ..expect.conventions import Convention
 from ..findings.finding import Finding
+from ..sinks.tags import preview_name
 from ..stats.range_stats import RangeStats, RangeSummary
 from .calls import Call
 from .patching import PATCHER, original_make_grid
@@ -243,8 +244,6 @@ class Preview:
 
     @property
     def image_tag(self) -> str:
-        from ..sinks.tags import preview_name
-
         return preview_name(self.slug, self.assumption_slug, self.convention_name)
 
     def text(self) -> str:

@@ -8,11 +8,11 @@ from typing import Any
 
 from ..findings.finding import Finding
 from ..sinks.loggers import write_histogram, write_image, write_text
-from ..sinks.tags import PREVIEW_GROUP, preview_histogram_tag, preview_tag, preview_text_tag
+from ..sinks.tags import PREVIEW_GROUP, preview_histogram_tag, preview_tag, preview_text_tag, tag_safe
 from .drawing import Preview
 from .patching import PATCHER
 from .records import VisRecord
-from .text import fmt_num, tag_safe
+from .text import fmt_num
 from .watch import VisualizationWatch, watches
 
 __all__ = ["log_previews"]

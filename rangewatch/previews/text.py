@@ -1,11 +1,9 @@
-"""Short text of numbers, ranges and shares for findings and tags, and TensorBoard-safe tag text."""
+"""Short text of numbers, ranges and shares for findings and messages (tag text: rangewatch.sinks.tags.tag_safe)."""
 
 from __future__ import annotations
 
 import math
 from typing import Sequence
-
-from ..sinks.tags import tag_safe  # noqa: F401  (the tag layout's; previews name their call sites with it)
 
 
 def fmt_num(v: float) -> str:

@@ -22,8 +22,7 @@ from .judge import ClippingJudge
 from .measure import Observation
 from .patching import PATCHER, load_basicsr
 from .records import VisRecord
-from ..sinks.tags import PREVIEW_GROUP
-from .text import tag_safe
+from ..sinks.tags import PREVIEW_GROUP, tag_safe
 
 __all__ = ["VisualizationWarning", "VisualizationWatch", "watch_visualization", "watches"]
 
