@@ -366,10 +366,10 @@ class LoggerSink:
         from .tags import latent_preview_tag
 
         grid = latent_grid(monitor)
-        for w in self.writers:
-            write_latents(w, where, monitor, grid, step)
         if grid is not None:
-            self.other_images(other_name or latent_preview_tag(where), grid, step)
+            self.image(latent_preview_tag(where), grid, step, other_name)
+        for w in self.writers:
+            write_latents(w, where, monitor, None, step)  # the channels' histograms
 
     def latent_tap(self, tap: str, monitor: Any, s: RangeSummary, step: int) -> None:
         """An engine latent tap at a check: :meth:`latents` at ``rangewatch/<tap>/...`` (W&B and MLflow at
