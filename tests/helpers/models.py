@@ -2,29 +2,80 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import lightning.pytorch as pl
 import torch
 from torch import nn
 
 
-class VAEModule(pl.LightningModule):
-    """A VAE-shaped module: self.vae.encoder / self.vae.decoder, fed batch[0]."""
+class ConvAutoEncoder(pl.LightningModule):
+    """A conv encoder (3 -> ``latent_channels``) and decoder trained to reconstruct ``batch[key]`` (MSE, SGD
+    at ``lr``): VAE-shaped as ``self.vae.encoder`` / ``self.vae.decoder`` (taps ``vae.encoder:input`` ...), or
+    with ``nested=False`` as ``self.encoder`` / ``self.decoder``. No validation step."""
 
-    def __init__(self):
+    def __init__(self, latent_channels: int = 4, key: int | str = 0, nested: bool = True, lr: float = 0.01):
         super().__init__()
-        self.vae = nn.Module()
-        self.vae.encoder = nn.Conv2d(3, 4, 3, padding=1)
-        self.vae.decoder = nn.Conv2d(4, 3, 3, padding=1)
+        encoder, decoder = nn.Conv2d(3, latent_channels, 3, padding=1), nn.Conv2d(latent_channels, 3, 3, padding=1)
+        if nested:
+            self.vae = nn.Module()
+            self.vae.encoder, self.vae.decoder = encoder, decoder
+        else:
+            self.encoder, self.decoder = encoder, decoder
+        self.key, self.nested, self.lr = key, nested, lr
 
     def training_step(self, batch, batch_idx):
-        x = batch[0]
-        return nn.functional.mse_loss(self.vae.decoder(self.vae.encoder(x)), x)
+        x = batch[self.key]
+        ae = self.vae if self.nested else self
+        return nn.functional.mse_loss(ae.decoder(ae.encoder(x)), x)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class VAEModule(ConvAutoEncoder):
+    """The VAE-shaped ``ConvAutoEncoder`` (``self.vae.encoder`` / ``self.vae.decoder``, fed ``batch[0]``) whose
+    validation step runs the same forward."""
+
+    def __init__(self, lr: float = 0.01):
+        super().__init__(lr=lr)
 
     def validation_step(self, batch, batch_idx):
         self.training_step(batch, batch_idx)
 
+
+class LibraryModules(pl.LightningModule):
+    """Real library modules (a diffusers VAE, a transformers vision model, timm / torchvision backbones) fed
+    the batch image the way published training code feeds each: ``vae.encode(x).latent_dist.mean``,
+    ``image_encoder(pixel_values=x).last_hidden_state``, any other module called on the tensor. ``key`` picks
+    the image in the batch, ``prep(name, x)`` what each module gets (default: the image as it comes). The loss
+    sums the mean outputs; learning rate 0, so the weights stay."""
+
+    def __init__(self, mods: dict[str, nn.Module], key: int | str = "image",
+                 prep: Callable[[str, torch.Tensor], torch.Tensor] | None = None):
+        super().__init__()
+        self.names = list(mods)
+        for k, m in mods.items():
+            setattr(self, k, m)
+        self.key, self.prep = key, prep
+
+    def training_step(self, batch, batch_idx):
+        x = batch[self.key]
+        loss = torch.zeros(())
+        for k in self.names:
+            m = getattr(self, k)
+            y = self.prep(k, x) if self.prep is not None else x
+            if k == "vae":
+                out = m.encode(y).latent_dist.mean
+            elif k == "image_encoder":
+                out = m(pixel_values=y).last_hidden_state
+            else:
+                out = m(y)
+            loss = loss + out.float().mean()
+        return loss
+
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
+        return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
 def make_net(third_scale: float) -> nn.Sequential:
