@@ -44,6 +44,26 @@ class VAEModule(ConvAutoEncoder):
         self.training_step(batch, batch_idx)
 
 
+class ConvNet(pl.LightningModule):
+    """One 3x3 conv, ``self.net`` (3 -> 3 channels), trained to restore ``batch[key]``: L1 to ``batch[target]``
+    (default: the input itself), SGD at ``lr`` (default 0: the weights stay). Validation runs the forward."""
+
+    def __init__(self, key: int | str = 0, target: int | str | None = None, lr: float = 0.0):
+        super().__init__()
+        self.net = nn.Conv2d(3, 3, 3, padding=1)
+        self.key, self.target, self.lr = key, target, lr
+
+    def training_step(self, batch, batch_idx):
+        x = batch[self.key]
+        return nn.functional.l1_loss(self.net(x), x if self.target is None else batch[self.target])
+
+    def validation_step(self, batch, batch_idx):
+        self.net(batch[self.key])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
 class LibraryModules(pl.LightningModule):
     """Real library modules (a diffusers VAE, a transformers vision model, timm / torchvision backbones) fed
     the batch image the way published training code feeds each: ``vae.encode(x).latent_dist.mean``,
