@@ -26,6 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from torch import nn  # noqa: E402
 from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
+from helpers import fit as quiet  # noqa: E402
 from helpers.photos import as_tensor  # noqa: E402
 from rangewatch.visualization import VisualizationWarning, is_patched, log_previews, watch_visualization  # noqa: E402
 
@@ -143,10 +144,9 @@ class BasicSRStyle(L.LightningModule):
 
 def run_fit(tmp_path, model: BasicSRStyle) -> TensorBoardLogger:
     logger = TensorBoardLogger(tmp_path)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, accelerator="cpu", logger=logger,
-                        enable_checkpointing=False, enable_progress_bar=False)
     loader = torch.utils.data.DataLoader(PairData(), batch_size=2)
-    trainer.fit(model, loader, loader)
+    quiet.fit(model, loader, loader, logger=logger, max_epochs=1, limit_train_batches=1, limit_val_batches=1,
+              num_sanity_val_steps=2)  # Lightning's default sanity check: validation runs before training too
     logger.experiment.flush()
     return logger
 
