@@ -1,7 +1,6 @@
 """RangeWatch() with no expect=: expectations read from real diffusers / timm / transformers objects
 and from the data loaders' torchvision transforms, under real Trainer runs."""
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from torch import nn
@@ -109,18 +108,11 @@ def fit_loader(model, ds, **kw):
     return w
 
 
-class Direct(pl.LightningModule):
+class Direct(LibraryModules):
     """Feeds the batch straight into the VAE."""
 
     def __init__(self):
-        super().__init__()
-        self.vae = tiny_vae()
-
-    def training_step(self, batch, batch_idx):
-        return self.vae.encode(batch).latent_dist.mean.mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.0)
+        super().__init__({"vae": tiny_vae()}, key=None)
 
 
 def test_transform_prediction_warns_before_step_0():

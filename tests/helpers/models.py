@@ -68,10 +68,10 @@ class LibraryModules(pl.LightningModule):
     """Real library modules (a diffusers VAE, a transformers vision model, timm / torchvision backbones) fed
     the batch image the way published training code feeds each: ``vae.encode(x).latent_dist.mean``,
     ``image_encoder(pixel_values=x).last_hidden_state``, any other module called on the tensor. ``key`` picks
-    the image in the batch, ``prep(name, x)`` what each module gets (default: the image as it comes). The loss
-    sums the mean outputs; learning rate 0, so the weights stay."""
+    the image in the batch (``None``: the batch is the image), ``prep(name, x)`` what each module gets
+    (default: the image as it comes). The loss sums the mean outputs; learning rate 0, so the weights stay."""
 
-    def __init__(self, mods: dict[str, nn.Module], key: int | str = "image",
+    def __init__(self, mods: dict[str, nn.Module], key: int | str | None = "image",
                  prep: Callable[[str, torch.Tensor], torch.Tensor] | None = None):
         super().__init__()
         self.names = list(mods)
@@ -80,7 +80,7 @@ class LibraryModules(pl.LightningModule):
         self.key, self.prep = key, prep
 
     def training_step(self, batch, batch_idx):
-        x = batch[self.key]
+        x = batch if self.key is None else batch[self.key]
         loss = torch.zeros(())
         for k in self.names:
             m = getattr(self, k)
@@ -93,6 +93,26 @@ class LibraryModules(pl.LightningModule):
                 out = m(y)
             loss = loss + out.float().mean()
         return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+class LatentDenoiser(pl.LightningModule):
+    """A denoiser, ``self.unet`` (a 4-channel conv), fed the latents ``batch[key]``, multiplied by ``scale`` first
+    when given (the VAE scaling factor, where the training code applies it); learning rate 0. ``seen`` keeps the
+    latents of every training step, in order."""
+
+    def __init__(self, key: int | str = 0, scale: float | None = None):
+        super().__init__()
+        self.unet = nn.Conv2d(4, 4, 3, padding=1)
+        self.key, self.scale = key, scale
+        self.seen: list[torch.Tensor] = []
+
+    def training_step(self, batch, batch_idx):
+        z = batch[self.key] if self.scale is None else batch[self.key] * self.scale
+        self.seen.append(z.detach().clone())
+        return (self.unet(z) - z).pow(2).mean()
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.0)
