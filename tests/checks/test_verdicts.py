@@ -385,21 +385,12 @@ CONFIDENTLY_WRONG_AT_8311778 = [
 
 @pytest.fixture(scope="module")
 def matrix():
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from helpers.bench import eval_detection
 
     for mod in ("skimage", "timm", "kornia", "albumentations"):
         pytest.importorskip(mod)
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_detection.py"
-    spec = importlib.util.spec_from_file_location("eval_detection", path)
-    ev = importlib.util.module_from_spec(spec)
-    sys.modules["eval_detection"] = ev  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(ev)
+    with eval_detection() as ev:
         yield ev
-    finally:
-        sys.modules.pop("eval_detection", None)
 
 
 @pytest.mark.slow
