@@ -56,10 +56,11 @@ the negative half to black::
     [('clipping', 'symmetric')]
     >>> watch.findings[0].fix
     'pass `make_grid(x, normalize=True, value_range=(-1, 1))`'
-    >>> writer = SummaryWriter(tempfile.mkdtemp())
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> writer = SummaryWriter(tmp.name)
     >>> log_previews(writer, watch, step=0)[0]
     'rangewatch/preview/make_grid_in_.../broken_value_range_0_1-vs-corrected_symmetric'
-    >>> writer.close()
+    >>> writer.close(); tmp.cleanup()
 
 Patching is global and scoped: the first active watcher replaces the functions where they are
 referenced (module attributes whose value is the original function, in every imported module,
