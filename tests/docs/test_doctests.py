@@ -5,7 +5,6 @@ an example added to a new module runs without anyone adding it here."""
 
 import doctest
 import importlib
-import importlib.util
 import pathlib
 
 import pytest
@@ -33,7 +32,6 @@ def test_examples_are_discovered():
     for name in ("rangewatch.engine.watch", "rangewatch.callback", "rangewatch.findings.finding",
                  "rangewatch.checks.inference", "rangewatch.stats.evidence"):
         assert name in MODULES, name
-    assert all(importlib.util.find_spec(n) is not None for n in MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)
