@@ -43,6 +43,25 @@ or, from a callback::
     watch.start(); ...; watch.stop()
     log_previews(trainer.logger.experiment, watch, step=trainer.global_step)
 
+For example, generator outputs in [-1, 1] shown with ``make_grid(..., value_range=(0, 1))``, which clamps
+the negative half to black::
+
+    >>> import tempfile, torch, torchvision
+    >>> from torch.utils.tensorboard import SummaryWriter
+    >>> from rangewatch.visualization import log_previews, watch_visualization
+    >>> out = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    >>> with watch_visualization() as watch:
+    ...     grid = torchvision.utils.make_grid(out, normalize=True, value_range=(0, 1))
+    >>> [(f.kind, f.observed) for f in watch.findings]
+    [('clipping', 'symmetric')]
+    >>> watch.findings[0].fix
+    'pass `make_grid(x, normalize=True, value_range=(-1, 1))`'
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> writer = SummaryWriter(tmp.name)
+    >>> log_previews(writer, watch, step=0)[0]
+    'rangewatch/preview/make_grid_in_.../broken_value_range_0_1-vs-corrected_symmetric'
+    >>> writer.close(); tmp.cleanup()
+
 Patching is global and scoped: the first active watcher replaces the functions where they are
 referenced (module attributes whose value is the original function, in every imported module,
 e.g. ``basicsr.utils.tensor2img`` and ``basicsr.models.sr_model.tensor2img``; class attributes

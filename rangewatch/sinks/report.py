@@ -24,6 +24,27 @@ Usage::
 
     from rangewatch.sinks.report import build_report
     index = build_report("lightning_logs")          # lightning_logs/rangewatch_report/index.html
+
+Example (a plain loop logs one check to TensorBoard; the report reads it back)::
+
+    >>> import tempfile, torch, rangewatch
+    >>> from torch import nn
+    >>> from torch.utils.tensorboard import SummaryWriter
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> logdir = tmp.name
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 3, 3, padding=1))
+    >>> with rangewatch.watch(model, expect={"0": "symmetric"}, logger=SummaryWriter(logdir), policy="log") as watch:
+    ...     x = torch.rand(4, 3, 16, 16)                  # [0, 1] photos; the first conv expects [-1, 1]
+    ...     watch.batch(x)
+    ...     _ = model(x)
+    ...     _ = watch.step()
+    >>> index = build_report(logdir)
+    >>> index.parent.name, index.name
+    ('rangewatch_report', 'index.html')
+    >>> page = index.read_text(encoding="utf-8")
+    >>> "1 finding" in page and "apply x * 2 - 1" in page   # the finding and its fix, read back from the events
+    True
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

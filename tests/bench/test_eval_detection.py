@@ -4,13 +4,11 @@ and one small run returns the documented structure. The targets themselves are n
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+
+from helpers.bench import eval_detection
 
 pytest.importorskip("skimage")
 pytest.importorskip("timm")
@@ -18,17 +16,11 @@ pytest.importorskip("kornia")
 pytest.importorskip("albumentations")
 pytest.importorskip("diffusers")
 
-PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_detection.py"
-
 
 @pytest.fixture(scope="module")
 def ev():
-    spec = importlib.util.spec_from_file_location("eval_detection", PATH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["eval_detection"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop("eval_detection", None)
+    with eval_detection() as mod:
+        yield mod
 
 
 # the published constants, typed from their sources: torchvision's ImageNet presets and OpenAI CLIP's

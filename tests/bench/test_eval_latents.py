@@ -5,27 +5,18 @@ warning/error on a correct case, every seed bug caught, no internal error."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_detection.py"
+from helpers.bench import eval_detection
+
 
 
 @pytest.fixture(scope="module")
 def latent_figures():
     for mod in ("skimage", "timm", "diffusers"):
         pytest.importorskip(mod)
-    spec = importlib.util.spec_from_file_location("eval_detection", PATH)
-    ev = importlib.util.module_from_spec(spec)
-    sys.modules["eval_detection"] = ev  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(ev)
+    with eval_detection() as ev:
         yield ev.run_latents(quick=True, seed=0, log=lambda s: None)
-    finally:
-        sys.modules.pop("eval_detection", None)
 
 
 def test_latent_cases_cover_colourful_shifted_and_video(latent_figures):

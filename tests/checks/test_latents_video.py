@@ -24,6 +24,7 @@ import rangewatch  # noqa: E402
 from rangewatch.taps.batches import find_images, image_channel_dim  # noqa: E402
 from rangewatch.taps.layout import channel_dim_for, module_channels, video_channel_dim  # noqa: E402
 
+from helpers import fit as quiet  # noqa: E402
 from helpers.photos import as_tensor  # noqa: E402
 from helpers.threads import one_thread  # noqa: E402
 
@@ -222,11 +223,9 @@ def test_lightning_fit_on_video_batches(tmp_path, convention):
             return torch.optim.SGD(self.net.parameters(), lr=1e-3)
 
     cb = rangewatch.RangeWatch(policy="log", check_first_n=2)
-    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[cb], default_root_dir=tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(VideoLatentDiffusion(), DataLoader(Clips(), batch_size=2))
+        quiet.fit(VideoLatentDiffusion(), DataLoader(Clips(), batch_size=2), callbacks=[cb], max_steps=2, default_root_dir=tmp_path)
     assert [f for f in cb.findings if f.kind == "internal"] == []
     assert cb.taps["vae.encoder:input"].channel_dim == 1 and cb.taps["vae.encoder:input"].channels == 3
     if convention == "unit":
@@ -269,11 +268,9 @@ def test_lightning_fit_on_cached_video_latents(tmp_path):
             return torch.optim.SGD(self.parameters(), lr=1e-3)
 
     cb = rangewatch.RangeWatch(policy="log", check_first_n=2)
-    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[cb], default_root_dir=tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(Denoiser(), DataLoader(Cached(), batch_size=2))
+        quiet.fit(Denoiser(), DataLoader(Cached(), batch_size=2), callbacks=[cb], max_steps=2, default_root_dir=tmp_path)
     tap = cb.taps["batch.latents"]
     assert tap.channels == 16 and tap.channel_dim == 1 and tap.steps_checked == 2
     assert kinds(cb.findings) == [] and [f for f in cb.findings if f.kind == "internal"] == []

@@ -4,14 +4,13 @@ check window, confidently wrong at most 0.1% of confident verdicts, no fix that 
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_detection.py"
+from helpers.bench import EVAL_DETECTION, eval_detection
+
+PATH = EVAL_DETECTION
 
 
 @pytest.fixture(scope="module")
@@ -19,14 +18,8 @@ def figures():
     assert PATH.is_file(), f"{PATH} is missing: the targets below are measured by it"
     for mod in ("skimage", "timm", "kornia", "albumentations", "diffusers", "transformers"):
         pytest.importorskip(mod)
-    spec = importlib.util.spec_from_file_location("eval_detection", PATH)
-    ev = importlib.util.module_from_spec(spec)
-    sys.modules["eval_detection"] = ev  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(ev)
+    with eval_detection() as ev:
         yield ev.run(quick=True)
-    finally:
-        sys.modules.pop("eval_detection", None)
 
 
 @pytest.mark.slow

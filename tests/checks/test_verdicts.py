@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -17,6 +16,7 @@ from torchvision import transforms as T
 from torchvision.transforms import v2
 
 from helpers import fit as quiet
+from helpers.models import LibraryModules
 from helpers.photos import photo
 from rangewatch import RangeWatch, get_convention, infer_convention
 from rangewatch.expect.conventions import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
@@ -52,33 +52,9 @@ class Photos(Dataset):
         return {"image": self.transform(self.images[i]), "label": i % 3}
 
 
-class Net(pl.LightningModule):
-    """Real library modules fed the batch image as published training code does."""
-
-    def __init__(self, **mods: nn.Module):
-        super().__init__()
-        self.names = list(mods)
-        for k, m in mods.items():
-            setattr(self, k, m)
-        self.scale_inside = False
-
-    def training_step(self, batch, batch_idx):
-        x = batch["image"]
-        loss = torch.zeros(())
-        for k in self.names:
-            m = getattr(self, k)
-            if k == "vae":
-                y = x * 2 - 1 if self.scale_inside else x  # train_text_to_image.py-style models may do it themselves
-                out = m.encode(y).latent_dist.mean
-            elif k == "image_encoder":
-                out = m(pixel_values=x).last_hidden_state
-            else:
-                out = m(x)
-            loss = loss + out.float().mean()
-        return loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.0)
+def Net(**mods: nn.Module) -> LibraryModules:
+    """Real library modules fed ``batch["image"]`` as published training code does."""
+    return LibraryModules(mods, key="image")
 
 
 def fit(model, dataset, steps: int = 3, bs: int = 4, **kw) -> RangeWatch:
@@ -276,8 +252,7 @@ def test_heavy_tailed_latents_scaled_by_global_std_no_scale_error(kind):
 # ------------------------------------------------------------------------------- loader [0,1], model does x*2-1
 @pytest.mark.slow
 def test_loader_unit_model_scales_itself_prediction_withdrawn():
-    net = Net(vae=tiny_vae())
-    net.scale_inside = True
+    net = LibraryModules({"vae": tiny_vae()}, key="image", prep=lambda name, x: x * 2 - 1)  # train_text_to_image.py-style: the model scales
     w = fit(net, Photos(T.Compose([T.RandomResizedCrop(32), T.ToTensor()])))
     assert w.engine.loader_expectations["train"].convention == "unit"
     assert not [f for f in w.findings if "x * 2 - 1" in f.fix], [str(f) for f in w.findings]
@@ -410,21 +385,12 @@ CONFIDENTLY_WRONG_AT_8311778 = [
 
 @pytest.fixture(scope="module")
 def matrix():
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from helpers.bench import eval_detection
 
     for mod in ("skimage", "timm", "kornia", "albumentations"):
         pytest.importorskip(mod)
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_detection.py"
-    spec = importlib.util.spec_from_file_location("eval_detection", path)
-    ev = importlib.util.module_from_spec(spec)
-    sys.modules["eval_detection"] = ev  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(ev)
+    with eval_detection() as ev:
         yield ev
-    finally:
-        sys.modules.pop("eval_detection", None)
 
 
 @pytest.mark.slow

@@ -324,7 +324,7 @@ def test_pytorch_lightning_trainer_rank_reaches_rangewatch_warnings(recwarn):
 
     from rangewatch.compat.namespaces import sync_rank_zero
 
-    t = ptl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    t = quiet.trainer(namespace=ptl)
     before = rank_zero_only.rank
     try:
         with mock.patch.object(ptl.Trainer, "global_rank", new_callable=mock.PropertyMock, return_value=1):

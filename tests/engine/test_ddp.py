@@ -77,6 +77,7 @@ def _run(mode: str, out: str) -> None:
     from torch.nn import functional as F
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+    from helpers import fit as quiet
     from rangewatch import RangeWatch
 
     torch.set_num_threads(1)
@@ -129,21 +130,9 @@ def _run(mode: str, out: str) -> None:
 
     watch = RangeWatch(expect={TAP: "symmetric"}, modules=[MOD_TAP, ODD_TAP, BOOM_TAP], log_every_n_steps=1, check_first_n=2, hist_bins=HIST_BINS,
                        per_channel_scalars=True, histograms="all")  # the raw per-channel layout and every histogram
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=WORLD if mode == "ddp" else 1,
-        strategy="ddp" if mode == "ddp" else "auto",
-        max_steps=MAX_STEPS,
-        logger=TensorBoardLogger(out, name="tb", version=0),
-        callbacks=[watch],
-        use_distributed_sampler=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet.trainer([watch], devices=WORLD if mode == "ddp" else 1, strategy="ddp" if mode == "ddp" else "auto",
+                            max_steps=MAX_STEPS, logger=TensorBoardLogger(out, name="tb", version=0),
+                            use_distributed_sampler=False, limit_val_batches=0, log_every_n_steps=1)
     trainer.fit(Net())
     record_ = {
         "rank": trainer.global_rank,
@@ -325,4 +314,5 @@ def test_ddp_matches_single_process_and_numpy(tmp_path: Path) -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the helpers package, as under pytest
     _run(sys.argv[1], sys.argv[2])

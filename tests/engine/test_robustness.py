@@ -15,10 +15,10 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from helpers import fit as quiet
+from helpers.compiled import CompiledBody, GraphCount
 from rangewatch import ConfigError, RangeMismatchError, RangeWatch
 from rangewatch.checks.numerics import ModuleTracer
 from rangewatch.preflight import main_check
@@ -52,13 +52,14 @@ def fit(model: pl.LightningModule, batches: list, watch: RangeWatch | None, step
 
 
 class Conv(pl.LightningModule):
-    """A small conv net; ``pick`` says where the image is in the batch; ``extra`` is run through ``side``."""
+    """A small conv net; ``pick`` says where the image is in the batch; ``feed(batch)`` is run through ``side``;
+    ``enc()`` builds the encoder (default: a 3 -> 4 conv)."""
 
-    def __init__(self, pick=lambda b: b["image"], side: nn.Module | None = None, feed=None) -> None:
+    def __init__(self, pick=lambda b: b["image"], side: nn.Module | None = None, feed=None, enc=None) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.pick, self.feed = pick, feed
-        self.enc = nn.Conv2d(3, 4, 3, padding=1)
+        self.enc = enc() if enc is not None else nn.Conv2d(3, 4, 3, padding=1)
         self.head = nn.Linear(4, 1)
         self.side = side if side is not None else nn.Identity()
         self.losses: list[float] = []
@@ -146,18 +147,11 @@ def test_module_taps_on_nested_tensors_skip_with_a_note():
 
 
 # ---------------------------------------------------------------------------------------------- item 4
-class ScriptedEnc(pl.LightningModule):
+class ScriptedEnc(Conv):
+    """``Conv`` with a TorchScript encoder (conv + ReLU, scripted)."""
+
     def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.enc = torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()))
-        self.head = nn.Linear(4, 1)
-
-    def training_step(self, batch, batch_idx):
-        return self.head(self.enc(batch["image"]).mean(dim=(2, 3))).pow(2).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
+        super().__init__(enc=lambda: torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())))
 
 
 def _hooks(model: nn.Module) -> int:
@@ -313,8 +307,7 @@ def test_meta_tensors_and_an_early_checkpoint(tmp_path):
     model = MetaProbe()
     watch = RangeWatch(modules=["side"], log_every_n_steps=1)
     ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[watch, ckpt], default_root_dir=tmp_path)
+    trainer = quiet.trainer([watch, ckpt], max_steps=3, enable_checkpointing=True, default_root_dir=tmp_path)
     trainer.fit(model, train_dataloaders=_loader(batches))
     assert trainer.global_step == 3
     assert not internal(watch), internal(watch)
@@ -476,9 +469,7 @@ def test_expectations_block_and_metadata_read_once_per_fit(caplog, monkeypatch):
     batches = [{"image": img(seed=i)} for i in range(2)]
     watch = RangeWatch(expect={"batch.image": "unit"})
     with caplog.at_level(logging.INFO):
-        trainer = pl.Trainer(accelerator="cpu", max_epochs=5, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, callbacks=[watch])
-        trainer.fit(WithVal(), train_dataloaders=_loader(batches), val_dataloaders=_loader(batches))
+        quiet.fit(WithVal(), _loader(batches), _loader(batches), callbacks=[watch], max_epochs=5, num_sanity_val_steps=2)
     assert caplog.text.count("rangewatch expectations") == 1, caplog.text.count("rangewatch expectations")
     assert len(calls) == 1
 
@@ -536,34 +527,12 @@ def test_check_help_and_readme_say_a_config_is_code():
 
 
 # ---------------------------------------------------------------------------------------------- item 5
-class CompiledBody(pl.LightningModule):
-    """A conv body compiled in place (``nn.Module.compile``: the submodule names stay), taps inside it."""
-
-    def __init__(self, compiled: bool) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
-        if compiled:
-            self.body.compile(backend="eager")  # dynamo's tracing and guards, without inductor's C++ build
-        self.losses: list[float] = []
-
-    def training_step(self, batch, batch_idx):
-        loss = self.body(batch["image"]).pow(2).mean()
-        self.losses.append(float(loss))
-        return loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
-class _GraphCount(pl.Callback):
-    def __init__(self) -> None:
-        self.graphs: list[int] = []
-
-    def on_train_batch_end(self, *args) -> None:
-        import torch._dynamo as dynamo
-
-        self.graphs.append(int(dynamo.utils.counters["stats"]["unique_graphs"]))
+def compiled_body(compiled: bool) -> CompiledBody:
+    """A conv body compiled in place (``nn.Module.compile``: the submodule names stay), taps inside it; ``eager``:
+    dynamo's tracing and guards, without inductor's C++ build."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+    return CompiledBody(body, "eager" if compiled else None, key="image")
 
 
 @pytest.mark.slow
@@ -575,9 +544,9 @@ def test_hooks_are_invisible_to_torch_compile():
     for compiled in (False, True):
         dynamo.reset()
         dynamo.utils.counters.clear()
-        model = CompiledBody(compiled)
+        model = compiled_body(compiled)
         watch = RangeWatch(expect={"body.0": "symmetric"}, modules=["body.2:output"], trace_modules="all", log_every_n_steps=1)
-        count = _GraphCount()
+        count = GraphCount()
         fit(model, batches, watch, callbacks=[watch, count])
         results.append((model.losses, sorted((f.kind, f.where, f.observed, f.expected) for f in watch.findings), count.graphs))
     (eager_losses, eager_findings, _), (comp_losses, comp_findings, graphs) = results

@@ -45,6 +45,7 @@ def _run(scenario: str, out: str) -> None:
     from torch.utils.data import DataLoader, TensorDataset
     from torchvision.utils import make_grid
 
+    from helpers import fit as quiet
     from rangewatch import RangeMismatchError, RangeWatch
 
     torch.set_num_threads(1)
@@ -95,12 +96,8 @@ def _run(scenario: str, out: str) -> None:
     if scenario == "latents":
         kw.update(expect={"batch[2]": "sdxl_latent"}, log_every_n_steps=1)
     watch = RangeWatch(**kw)
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=WORLD, strategy="ddp", max_steps=STEPS,
-        logger=TensorBoardLogger(out, name="tb", version=0), callbacks=[watch],
-        limit_val_batches=1, val_check_interval=2, num_sanity_val_steps=0, log_every_n_steps=1,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-    )
+    trainer = quiet.trainer([watch], devices=WORLD, strategy="ddp", max_steps=STEPS, logger=TensorBoardLogger(out, name="tb", version=0),
+                            limit_val_batches=1, val_check_interval=2, log_every_n_steps=1)
     raised = None
     try:
         trainer.fit(Net(), train_dataloaders=DataLoader(ds, batch_size=4), val_dataloaders=DataLoader(ds, batch_size=4))
@@ -177,4 +174,5 @@ def test_ddp_raise_is_a_collective_decision(tmp_path, scenario):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the helpers package, as under pytest
     _run(sys.argv[1], sys.argv[2])

@@ -130,30 +130,19 @@ def test_a_tampered_window_starts_empty_with_a_note_and_a_good_state_resumes():
 
 @pytest.mark.slow
 def test_lightning_resume_from_a_checkpoint_with_foreign_rangewatch_state(tmp_path):
-    import lightning.pytorch as pl
-    from torch.nn import functional as F
     from torch.utils.data import DataLoader, TensorDataset
 
-    class AE(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = nn.Conv2d(3, 4, 3, padding=1)
-
-        def training_step(self, batch, batch_idx):
-            return F.mse_loss(self.encoder(batch[0]).mean(1, keepdim=True), batch[0][:, :1])
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.01)
+    from helpers import fit as quiet
+    from helpers.models import ConvAutoEncoder
 
     data = DataLoader(TensorDataset(torch.rand(8, 3, 16, 16)), batch_size=4)
 
     def trainer(steps, watch):
-        return pl.Trainer(max_steps=steps, callbacks=[watch], accelerator="cpu", logger=False, enable_progress_bar=False,
-                          enable_model_summary=False, enable_checkpointing=False)
+        return quiet.trainer([watch], max_steps=steps)
 
     first = RangeWatch(expect={"encoder": "symmetric"}, policy="log")
     t = trainer(2, first)
-    t.fit(AE(), data)
+    t.fit(ConvAutoEncoder(nested=False), data)  # encoder / decoder
     ckpt = tmp_path / "a.ckpt"
     t.save_checkpoint(ckpt)
     blob = torch.load(ckpt, weights_only=False)
@@ -162,7 +151,7 @@ def test_lightning_resume_from_a_checkpoint_with_foreign_rangewatch_state(tmp_pa
     torch.save(blob, ckpt)
     second = RangeWatch(expect={"encoder": "symmetric"}, policy="log")
     t2 = trainer(4, second)
-    t2.fit(AE(), data, ckpt_path=ckpt)  # the resume goes on
+    t2.fit(ConvAutoEncoder(nested=False), data, ckpt_path=ckpt)  # the resume goes on
     assert t2.global_step == 4
     assert [n for n in second.notes if "saved rangewatch state cannot be read" in n], second.notes
     assert ("mismatch", "encoder:input") in [(f.kind, f.where) for f in second.findings]

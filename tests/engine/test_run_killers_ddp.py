@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -84,12 +83,6 @@ def _worker(rank: int, scenario: str, out: str, port: int) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ---------------------------------------------------------------------------------- the test
 def _launch(scenario: str, out: Path) -> tuple[dict, dict]:
     from helpers.procs import run_ranks  # (here: this file also runs as the script, without tests/ on its path)
@@ -149,4 +142,7 @@ def test_ddp_agreement_failure_on_one_rank_is_every_ranks_decision(tmp_path):
 if __name__ == "__main__":
     import torch.multiprocessing as mp
 
-    mp.spawn(_worker, args=(sys.argv[1], sys.argv[2], _free_port()), nprocs=WORLD, join=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the helpers package, as under pytest
+    from helpers.procs import free_port
+
+    mp.spawn(_worker, args=(sys.argv[1], sys.argv[2], free_port()), nprocs=WORLD, join=True)

@@ -17,7 +17,6 @@ Every run has a timeout that kills its process group and fails the test. The fil
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -101,6 +100,7 @@ def _lightning(out: str) -> None:
     from torch.nn import functional as F
     from torch.utils.data import DataLoader, TensorDataset
 
+    from helpers import fit as quiet
     from rangewatch import RangeWatch
 
     warnings.filterwarnings("ignore")
@@ -127,18 +127,11 @@ def _lightning(out: str) -> None:
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
     watch = RangeWatch(policy="log", check_first_n=2)
-    trainer = pl.Trainer(accelerator="cpu", devices=WORLD, strategy=ModelParallelStrategy(data_parallel_size=WORLD, tensor_parallel_size=1),
-                         max_steps=STEPS, callbacks=[watch], logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False)
+    trainer = quiet.trainer([watch], devices=WORLD, strategy=ModelParallelStrategy(data_parallel_size=WORLD, tensor_parallel_size=1),
+                            max_steps=STEPS)
     model = Model()
     trainer.fit(model, DataLoader(TensorDataset(torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))), batch_size=2))
     _record(out, trainer.global_rank, watch, {"class": type(model.vae).__name__})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------- the tests
@@ -187,9 +180,12 @@ def test_lightning_model_parallel_strategy_fsdp2_on_cpu(tmp_path):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the helpers package, as under pytest
     if sys.argv[1] == "lightning":
         _lightning(sys.argv[2])
     else:
         import torch.multiprocessing as mp
 
-        mp.spawn(_worker, args=(sys.argv[1], sys.argv[2], _free_port()), nprocs=WORLD, join=True)
+        from helpers.procs import free_port
+
+        mp.spawn(_worker, args=(sys.argv[1], sys.argv[2], free_port()), nprocs=WORLD, join=True)

@@ -255,6 +255,7 @@ def _lightning_fit(with_watch: bool) -> tuple[list[float], tuple]:
     from torch.utils.data import DataLoader
     from torchvision.utils import make_grid
 
+    from helpers import fit as quiet
     from rangewatch import RangeWatch
 
     class AE(pl.LightningModule):
@@ -282,10 +283,8 @@ def _lightning_fit(with_watch: bool) -> tuple[list[float], tuple]:
     torch.manual_seed(7)
     model = AE()
     callbacks = [RangeWatch(expect={"encoder": "symmetric"}, check_first_n=2, log_every_n_steps=2, trace_modules="all")] if with_watch else []
-    trainer = pl.Trainer(max_steps=6, callbacks=callbacks, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, limit_val_batches=1, val_check_interval=3,
-                         num_sanity_val_steps=1)
-    trainer.fit(model, DataLoader(_Data(), batch_size=4, shuffle=True), DataLoader(_Data(), batch_size=4))
+    quiet.fit(model, DataLoader(_Data(), batch_size=4, shuffle=True), DataLoader(_Data(), batch_size=4), callbacks=callbacks,
+              max_steps=6, limit_val_batches=1, val_check_interval=3, num_sanity_val_steps=1)
     if with_watch:
         assert [f.kind for f in callbacks[0].findings if f.kind == "mismatch"], callbacks[0].findings
     return model.losses, _full_state()

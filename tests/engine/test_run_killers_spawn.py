@@ -15,36 +15,23 @@ import pickle
 import sys
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
-from torch import nn
-from torch.nn import functional as F
+
+if __name__ == "__main__":  # run as the training script: tests/ on the path (for helpers), as under pytest
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from helpers import fit as quiet  # noqa: E402
+from helpers.models import ConvAutoEncoder  # noqa: E402  (module level: ddp_spawn pickles the model too)
 
 TIMEOUT_S = 240
-
-
-class AE(pl.LightningModule):
-    """A module-level class: ddp_spawn pickles the model too."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.encoder = nn.Conv2d(3, 4, 3, padding=1)
-        self.decoder = nn.Conv2d(4, 3, 3, padding=1)
-
-    def training_step(self, batch, batch_idx):
-        x = batch[0]
-        return F.mse_loss(self.decoder(self.encoder(x)), x)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
 def _model_and_data():
     from torch.utils.data import DataLoader, TensorDataset
 
     x = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # [0, 1] where [-1, 1] is expected
-    return AE(), DataLoader(TensorDataset(x), batch_size=4)
+    return ConvAutoEncoder(nested=False), DataLoader(TensorDataset(x), batch_size=4)  # encoder / decoder
 
 
 def _keys(findings) -> list[tuple]:
@@ -53,9 +40,7 @@ def _keys(findings) -> list[tuple]:
 
 def _fit(watch, **kw) -> None:
     model, data = _model_and_data()
-    trainer = pl.Trainer(max_steps=3, callbacks=[watch], accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, **kw)
-    trainer.fit(model, data)
+    quiet.fit(model, data, callbacks=[watch], max_steps=3, **kw)
 
 
 def test_pickle_and_deepcopy_before_and_after_a_fit_keep_options_and_findings():

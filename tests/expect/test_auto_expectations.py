@@ -1,7 +1,6 @@
 """RangeWatch() with no expect=: expectations read from real diffusers / timm / transformers objects
 and from the data loaders' torchvision transforms, under real Trainer runs."""
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from torch import nn
@@ -9,6 +8,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import v2
 
 from helpers import fit as quiet
+from helpers.models import LibraryModules
 from helpers.photos import PhotoSet, photo_batch
 from rangewatch import RangeWatch, get_convention
 
@@ -29,32 +29,9 @@ def unit_photos(n=4, size=32):
     return photo_batch(n, size).float() / 255
 
 
-class Pipeline(pl.LightningModule):
-    """Holds real library modules; each gets the [0,1] batch through its own normalisation."""
-
-    def __init__(self, mods: dict[str, nn.Module], norms: dict[str, str]):
-        super().__init__()
-        for k, m in mods.items():
-            setattr(self, k, m)
-        self.norms = norms
-
-    def training_step(self, batch, batch_idx):
-        u = batch[0]
-        loss = 0.0
-        for k, conv in self.norms.items():
-            x = get_convention(conv).from_unit(u)
-            m = getattr(self, k)
-            if k == "vae":
-                out = m.encode(x).latent_dist.mean
-            elif k == "image_encoder":
-                out = m(pixel_values=x).last_hidden_state
-            else:
-                out = m(x)
-            loss = loss + out.float().mean()
-        return loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.0)
+def Pipeline(mods: dict[str, nn.Module], norms: dict[str, str]) -> LibraryModules:
+    """Real library modules; each gets the [0,1] ``batch[0]`` through its own normalisation (``norms``)."""
+    return LibraryModules({k: mods[k] for k in norms}, key=0, prep=lambda k, u: get_convention(norms[k]).from_unit(u))
 
 
 def fit(model, x, **kw):
@@ -131,18 +108,11 @@ def fit_loader(model, ds, **kw):
     return w
 
 
-class Direct(pl.LightningModule):
+class Direct(LibraryModules):
     """Feeds the batch straight into the VAE."""
 
     def __init__(self):
-        super().__init__()
-        self.vae = tiny_vae()
-
-    def training_step(self, batch, batch_idx):
-        return self.vae.encode(batch).latent_dist.mean.mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.0)
+        super().__init__({"vae": tiny_vae()}, key=None)
 
 
 def test_transform_prediction_warns_before_step_0():

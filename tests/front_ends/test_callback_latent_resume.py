@@ -5,13 +5,12 @@ import warnings
 from pathlib import Path
 
 import pytest
-import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from helpers import fit as quiet
+from helpers.models import LatentDenoiser
 from rangewatch import RangeWatch
 
 pytestmark = pytest.mark.slow  # real Trainer fits (end to end): CI runs them, `pytest -m "not slow"` does not
@@ -35,18 +34,9 @@ class Latents(Dataset):
         return {"latents": self.z[i]}
 
 
-class Denoiser(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.unet = nn.Conv2d(4, 4, 3, padding=1)
-        self.seen: list[torch.Tensor] = []  # the latents of every training step, in order
-
-    def training_step(self, batch, batch_idx):
-        self.seen.append(batch["latents"].detach().clone())
-        return self.unet(batch["latents"]).pow(2).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.0)
+def Denoiser() -> LatentDenoiser:
+    """A denoiser fed ``batch["latents"]``; ``seen``: the latents of every training step, in order."""
+    return LatentDenoiser(key="latents")
 
 
 def _trainer(tmp_path, w, max_steps, ckpt):

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import fit as quiet
-from helpers.models import OverflowModule
+from helpers.models import LatentDenoiser, OverflowModule
 from rangewatch import RangeMismatchError, RangeWatch, get_convention
 
 pytestmark = pytest.mark.slow  # real Trainer fits (end to end): CI runs them, `pytest -m "not slow"` does not
@@ -51,21 +51,10 @@ def test_fail_fast_every_step_raises_at_the_first_nan_step():
     assert w.findings[0].step == 0
 
 
-class LatentModel(pl.LightningModule):
-    """A denoiser fed SDXL-space latents: ``scaled`` decides whether the VAE scaling factor was applied."""
-
-    def __init__(self, scaled: bool):
-        super().__init__()
-        self.unet = nn.Conv2d(4, 4, 3, padding=1)
-        self.scaled = scaled
-
-    def training_step(self, batch, batch_idx):
-        z_vae = batch[0]  # what vae.encode(...).latent_dist.sample() returns
-        z = z_vae * get_convention("sdxl_latent").scale if self.scaled else z_vae
-        return (self.unet(z) - z).pow(2).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.0)
+def LatentModel(scaled: bool) -> LatentDenoiser:
+    """A denoiser fed SDXL-space latents (``batch[0]``, what ``vae.encode(...).latent_dist.sample()`` returns):
+    ``scaled`` decides whether the VAE scaling factor was applied."""
+    return LatentDenoiser(key=0, scale=get_convention("sdxl_latent").scale if scaled else None)
 
 
 def raw_latents():

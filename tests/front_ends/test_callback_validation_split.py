@@ -5,24 +5,16 @@ Validation forwards go through the same submodules as training ones; their tenso
 windows (which the next training check step reads)."""
 
 import pytest
-import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import fit as quiet
-from helpers.models import VAEModule as _VAEModule
+from helpers.models import VAEModule
 from helpers.photos import photo_batch
 from rangewatch import RangeWatch
 
 pytestmark = pytest.mark.slow  # real Trainer fits (end to end): CI runs them, `pytest -m "not slow"` does not
 
 PIXELS = 32 * 32
-
-
-class VAEModule(_VAEModule):
-    """test_callback's VAE-shaped module with frozen weights: the windows' statistics stay the data's."""
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
 class Recorder(RangeWatch):
@@ -48,7 +40,8 @@ def _fit(tmp_path, **kw):
     val = DataLoader(TensorDataset(unit[:2] * 2 - 1), batch_size=2)  # one batch in [-1, 1]
     w = Recorder(expect={"vae.encoder:input": "unit"}, check_first_n=0, log_every_n_steps=4, policy="log",
                  derive_expectations=False, watch_visualization=False, **kw)
-    quiet.fit(VAEModule(), train, val, callbacks=[w], max_steps=6, limit_val_batches=1, val_check_interval=2,
+    # learning rate 0: frozen weights, so the windows' statistics stay the data's
+    quiet.fit(VAEModule(lr=0.0), train, val, callbacks=[w], max_steps=6, limit_val_batches=1, val_check_interval=2,
               default_root_dir=tmp_path)
     return w
 

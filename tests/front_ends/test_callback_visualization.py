@@ -2,15 +2,13 @@
 
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
-import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import fit as quiet
+from helpers.models import ConvNet
 from helpers.photos import photo_batch
 from rangewatch import RangeWatch
 from rangewatch.compat.basicsr import enable_basicsr_compat
@@ -18,17 +16,13 @@ from rangewatch.compat.basicsr import enable_basicsr_compat
 pytestmark = pytest.mark.slow  # real Trainer fits (end to end): CI runs them, `pytest -m "not slow"` does not
 
 
-class Restorer(pl.LightningModule):
+class Restorer(ConvNet):
     """basicsr style: works in [-1,1]; validation converts outputs with tensor2img."""
 
     def __init__(self, min_max):
         super().__init__()
-        self.net = nn.Conv2d(3, 3, 3, padding=1)
         self.min_max = min_max
         self.previews = []
-
-    def training_step(self, batch, batch_idx):
-        return (self.net(batch[0]) - batch[0]).abs().mean()
 
     def validation_step(self, batch, batch_idx):
         from basicsr.utils import tensor2img
@@ -36,9 +30,6 @@ class Restorer(pl.LightningModule):
         out = batch[0]  # a perfect model: the output is the [-1,1] ground truth
         kw = {} if self.min_max is None else {"min_max": self.min_max}
         self.previews.append(tensor2img(out[:1], **kw))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
 @pytest.fixture(scope="module")

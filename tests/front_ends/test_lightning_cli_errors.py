@@ -21,26 +21,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = textwrap.dedent(
     '''
     import torch
-    from torch import nn
-    import lightning.pytorch as pl
     from lightning.pytorch.cli import LightningCLI
     from torch.utils.data import DataLoader, TensorDataset
 
+    from helpers.models import ConvAutoEncoder
 
-    class AutoEncoder(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.vae = nn.Module()
-            self.vae.encoder = nn.Conv2d(3, 4, 3, padding=1)
-            self.vae.decoder = nn.Conv2d(4, 3, 3, padding=1)
 
-        def training_step(self, batch, batch_idx):
-            x = batch[0]
-            return nn.functional.mse_loss(self.vae.decoder(self.vae.encoder(x)), x)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.01)
-
+    class AutoEncoder(ConvAutoEncoder):  # vae.encoder / vae.decoder, trained to reconstruct batch[0]
         def train_dataloader(self):
             images = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # [0, 1]
             return DataLoader(TensorDataset(images), batch_size=4)
@@ -69,7 +56,7 @@ def run_cli(tmp_path: Path, cfg: str) -> subprocess.CompletedProcess:
     path.parent.mkdir()
     path.write_text(cfg)
     env = {k: v for k, v in os.environ.items() if k != "JSONARGPARSE_DEBUG"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])  # tests/: helpers
     return subprocess.run([sys.executable, str(script), "fit", "--config", str(path)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
 

@@ -66,16 +66,15 @@ def test_finding_fields_as_printed():
 def test_the_warning_the_trainer_example_shows(tmp_path):
     """The example's comment is the warning a real fit gives for [0, 1] photos into ``vae.encoder`` declared
     symmetric, pointing at the line that called ``trainer.fit``."""
-    import lightning.pytorch as pl
     from torch.utils.data import DataLoader, TensorDataset
 
+    from helpers import fit as quiet
     from helpers.models import VAEModule
     from helpers.photos import photo_batch
     from rangewatch import RangeWatch
 
     watch = RangeWatch(expect={"vae.encoder": "symmetric"}, policy="warn")
-    trainer = pl.Trainer(max_steps=1, callbacks=[watch], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+    trainer = quiet.trainer([watch], max_steps=1, default_root_dir=tmp_path)
     images = TensorDataset(photo_batch(4, 32).float() / 255)
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")

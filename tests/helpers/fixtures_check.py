@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from helpers.models import ConvAutoEncoder
 from helpers.photos import photo_batch
 
 NORMALIZE = ("unit", "symmetric", "imagenet", "uint8")
@@ -86,24 +86,17 @@ class ScaleOnDeviceDataModule(PhotoDataModule):
         return batch
 
 
-class ConvVAEModule(pl.LightningModule):
+class ConvVAEModule(ConvAutoEncoder):
     """A VAE-shaped module: ``self.vae.encoder`` / ``self.vae.decoder`` convs; training_step encodes
     ``batch["image"]`` as it comes (no re-normalisation)."""
 
     def __init__(self, latent_channels: int = 4):
-        super().__init__()
-        self.vae = nn.Module()
-        self.vae.encoder = nn.Conv2d(3, latent_channels, 3, padding=1)
-        self.vae.decoder = nn.Conv2d(latent_channels, 3, 3, padding=1)
+        super().__init__(latent_channels, key="image")
 
     def training_step(self, batch, batch_idx):
-        x = batch["image"]
-        loss = nn.functional.mse_loss(self.vae.decoder(self.vae.encoder(x)), x)
+        loss = super().training_step(batch, batch_idx)
         self.log("train/loss", loss)  # no Trainer in a pre-flight check: Lightning warns, the check hides it
         return loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
 class DiffusersVAEModule(pl.LightningModule):
@@ -142,8 +135,7 @@ class ManualOptModule(ConvVAEModule):
         opt.step()
 
     def validation_step(self, batch, batch_idx):
-        x = batch["image"]
-        return nn.functional.mse_loss(self.vae.decoder(self.vae.encoder(x)), x)
+        return ConvAutoEncoder.training_step(self, batch, batch_idx)  # the reconstruction loss, not logged
 
 
 class BrokenModule(ConvVAEModule):

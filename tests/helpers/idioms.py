@@ -3,7 +3,6 @@ sys.path, a loss recorder, a Trainer runner for either Lightning namespace, Tens
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from helpers import fit as quiet
+from helpers.events import decode_png, read_events
 
 COMPVIS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "compvis")
 if COMPVIS not in sys.path:
@@ -81,20 +81,12 @@ def loud(findings: list) -> list:
     return [f for f in findings if f.severity in ("warning", "error")]
 
 
-def events(logdir: str | Path) -> Any:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(logdir), size_guidance={"images": 0, "scalars": 0, "histograms": 0, "tensors": 0})
-    acc.Reload()
-    return acc
+events = read_events  # every event kept
 
 
 def decoded(acc: Any, tag: str) -> list[tuple[int, np.ndarray]]:
     """(step, HxWx3 float array) of each image event under ``tag``."""
-    from PIL import Image
-
-    return [(e.step, np.asarray(Image.open(io.BytesIO(e.encoded_image_string)).convert("RGB")).astype(float))
-            for e in acc.Images(tag)]
+    return [(e.step, decode_png(e.encoded_image_string).astype(float)) for e in acc.Images(tag)]
 
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -101,6 +101,17 @@ def cases(draw):
                 specials=specials, bounds=bounds, hist_bins=hist_bins, hist_range=hist_range)
 
 
+def kernel_case(shape: list[int], **kw) -> dict:
+    """A fixed case for the kernel tests (``test_stats_native.py``, ``test_stats_inductor.py``): float32 of
+    ``shape``, channels on dim 1, every special value (NaN, infinities, the dtype's max, values on the bounds and
+    on bin edges, a subnormal, -0.0), ImageNet bounds and 64 bins; ``kw`` overrides any of them."""
+    case = dict(shape=shape, dtype=torch.float32, channel_dim=1, layout="contiguous", seed=3, scale=3.0,
+                specials=["nan", "inf", "-inf", "max", "bound", "bound", "edge", "edge", "tiny", "negzero"],
+                bounds=(IMAGENET_LO, IMAGENET_HI), hist_bins=64, hist_range=None)
+    case.update(kw)
+    return case
+
+
 def make_tensor(case: dict, edges: np.ndarray | None = None) -> torch.Tensor:
     rng = np.random.default_rng(case["seed"])
     dtype, shape = case["dtype"], case["shape"]

@@ -5,7 +5,6 @@ preview read back from the TensorBoard event file."""
 from __future__ import annotations
 
 import importlib.util
-import io
 import os
 import sys
 
@@ -26,6 +25,9 @@ from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from torch import nn  # noqa: E402
 from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
+from helpers import fit as quiet  # noqa: E402
+from helpers import events  # noqa: E402
+from helpers.events import decode_png, read_events  # noqa: E402
 from helpers.photos import as_tensor  # noqa: E402
 from rangewatch.visualization import VisualizationWarning, is_patched, log_previews, watch_visualization  # noqa: E402
 
@@ -42,23 +44,8 @@ def to_sym(u8: torch.Tensor) -> torch.Tensor:
     return u8.float() / 255 * 2 - 1  # Normalize(0.5, 0.5): what CodeFormer trains on
 
 
-def read_events(logdir):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(logdir), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
-    acc.Reload()
-    return acc
-
-
-def decode_png(encoded: bytes) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
-
-
-def panel(grid: np.ndarray, row: int, col: int, pad: int = 2) -> np.ndarray:
-    y, x = pad + row * (SIZE + pad), pad + col * (SIZE + pad)
-    return grid[y : y + SIZE, x : x + SIZE]
+def panel(grid: np.ndarray, row: int, col: int) -> np.ndarray:
+    return events.panel(grid, row, col, SIZE, SIZE)
 
 
 # ----------------------------------------------------------------------------- compat
@@ -143,10 +130,9 @@ class BasicSRStyle(L.LightningModule):
 
 def run_fit(tmp_path, model: BasicSRStyle) -> TensorBoardLogger:
     logger = TensorBoardLogger(tmp_path)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, accelerator="cpu", logger=logger,
-                        enable_checkpointing=False, enable_progress_bar=False)
     loader = torch.utils.data.DataLoader(PairData(), batch_size=2)
-    trainer.fit(model, loader, loader)
+    quiet.fit(model, loader, loader, logger=logger, max_epochs=1, limit_train_batches=1, limit_val_batches=1,
+              num_sanity_val_steps=2)  # Lightning's default sanity check: validation runs before training too
     logger.experiment.flush()
     return logger
 

@@ -5,7 +5,6 @@ image call (one note, never an internal error) and the latent preview of 5-D vid
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.transforms.v2 import functional as TF
 
 from helpers import fit as quiet
+from helpers.events import decode_png, panel, read_events
 from helpers.photos import as_tensor
 from rangewatch import RangeWatch, log_latents
 from rangewatch.expect.conventions import get_convention
@@ -35,25 +35,6 @@ def clip_u8(name: str, t: int = T, size: int = SIZE) -> torch.Tensor:
 def video_u8(names=("astronaut", "coffee")) -> torch.Tensor:
     """(N, T, C, H, W) uint8, the layout add_video takes."""
     return torch.stack([clip_u8(n) for n in names])
-
-
-def read_events(logdir):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(logdir), size_guidance={"images": 0, "histograms": 0, "tensors": 0, "scalars": 0})
-    acc.Reload()
-    return acc
-
-
-def decode_png(encoded: bytes) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
-
-
-def panel(grid: np.ndarray, row: int, col: int, h: int, w: int, pad: int = 2) -> np.ndarray:
-    y, x = pad + row * (h + pad), pad + col * (w + pad)
-    return grid[y : y + h, x : x + w]
 
 
 def assert_preview_matches(acc, tag: str, video: np.ndarray, frames=FRAMES, event: int = 0) -> None:

@@ -3,7 +3,6 @@ observed for real, previews written to and read back from real event files."""
 
 from __future__ import annotations
 
-import io
 import sys
 import threading
 import types
@@ -15,6 +14,7 @@ import torchvision.utils as tvu
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.transforms.v2 import functional as TF
 
+from helpers.events import decode_png, panel, read_events
 from helpers.photos import as_tensor
 from rangewatch.findings.finding import Finding
 from rangewatch.visualization import (
@@ -55,26 +55,6 @@ def assert_restored() -> None:
     assert tvu.make_grid is ORIG["make_grid"] and tvu.save_image is ORIG["save_image"]
     assert SummaryWriter.add_image is ORIG["add_image"] and SummaryWriter.add_images is ORIG["add_images"]
     assert sys.modules[__name__].__dict__["tvu"].make_grid is ORIG["make_grid"]
-
-
-def read_events(logdir) -> "EventAccumulator":
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(logdir), size_guidance={"images": 0, "histograms": 0, "tensors": 0, "scalars": 0})
-    acc.Reload()
-    return acc
-
-
-def decode_png(encoded: bytes) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
-
-
-def panel(grid: np.ndarray, row: int, col: int, h: int, w: int, pad: int = 2) -> np.ndarray:
-    """One image of a torchvision make_grid layout (padding ``pad``) as HWC."""
-    y, x = pad + row * (h + pad), pad + col * (w + pad)
-    return grid[y : y + h, x : x + w]
 
 
 # ----------------------------------------------------------------------------- save_image

@@ -209,27 +209,15 @@ def test_a_run_shorter_than_the_window_reports_at_close():
 
 @pytest.mark.slow
 def test_lightning_fit_reports_an_unseen_batch_key(tmp_path):
-    import lightning.pytorch as pl
-
+    from helpers import fit as quiet
+    from helpers.models import ConvNet
     from rangewatch import RangeWatch
-
-    class Module(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Conv2d(3, 3, 3, padding=1)
-
-        def training_step(self, batch, batch_idx):
-            return self.net(batch[0]).square().mean()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.01)
 
     data = torch.utils.data.TensorDataset(photos(8) * 2 - 1, torch.zeros(8))
     cb = RangeWatch(expect={"batch.image": "symmetric"}, policy="raise", watch_visualization=False)
-    trainer = pl.Trainer(max_steps=4, callbacks=[cb], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path)
     with pytest.raises(RangeMismatchError) as e:
-        trainer.fit(Module(), torch.utils.data.DataLoader(data, batch_size=2))
+        quiet.fit(ConvNet(lr=0.01), torch.utils.data.DataLoader(data, batch_size=2), callbacks=[cb], max_steps=4,
+                  default_root_dir=tmp_path)
     f = e.value.findings[0]
     assert (f.kind, f.where, f.step) == ("unseen", "batch.image", 2) and "batch[0]" in f.evidence
 

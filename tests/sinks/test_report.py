@@ -8,43 +8,32 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import fit as quiet
+from helpers.models import ConvAutoEncoder
 from rangewatch import RangeWatch
 from rangewatch.sinks.report import build_report
 
 PIL = pytest.importorskip("PIL.Image", reason="Pillow decodes the embedded previews")
 
 
-class Restorer(pl.LightningModule):
+class Restorer(ConvAutoEncoder):
     """vae.encoder / vae.decoder convs (taps with dots and colons); validation saves a [-1,1] preview
     with torchvision's save_image, which assumes [0, 1] (RangeWatch flags the clipping)."""
 
     def __init__(self, preview_dir: Path | None = None):
         super().__init__()
-        self.vae = nn.Module()
-        self.vae.encoder = nn.Conv2d(3, 4, 3, padding=1)
-        self.vae.decoder = nn.Conv2d(4, 3, 3, padding=1)
         self.preview_dir = preview_dir
-
-    def training_step(self, batch, batch_idx):
-        x = batch[0]
-        return nn.functional.mse_loss(self.vae.decoder(self.vae.encoder(x)), x)
 
     def validation_step(self, batch, batch_idx):
         from torchvision.utils import save_image
 
         save_image(batch[0] * 2 - 1, self.preview_dir / f"val_{batch_idx}.png")
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
 def images(seed: int, n: int = 12, size: int = 16) -> torch.Tensor:

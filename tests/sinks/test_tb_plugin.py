@@ -7,7 +7,6 @@ import contextlib
 import importlib.metadata
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,13 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.procs import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 30.0) -> bytes:
@@ -35,7 +30,7 @@ def _get(url: str, timeout: float = 30.0) -> bytes:
 @contextlib.contextmanager
 def _tensorboard(logdir: Path, deadline_s: float = 120.0):
     """`rangewatch tensorboard` in a subprocess on 127.0.0.1 and a free port; yields its base URL; always terminated."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = open(logdir.parent / f"tb-{port}.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "rangewatch.cli.main", "tensorboard", "--logdir", str(logdir),

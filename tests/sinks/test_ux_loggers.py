@@ -10,15 +10,13 @@ import time
 import os
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
-import torch
 import torchvision.utils as tvu
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import fit as quiet
+from helpers.models import ConvNet
 from helpers.photos import photo_batch
 from rangewatch import RangeWatch
 from rangewatch.sinks.loggers import FINDING_COLUMNS, detail_tag, mlflow_key, tag
@@ -26,21 +24,11 @@ from rangewatch.sinks.loggers import FINDING_COLUMNS, detail_tag, mlflow_key, ta
 pytestmark = pytest.mark.slow
 
 
-class Net(pl.LightningModule):
+class Net(ConvNet):
     """Validation writes its outputs with torchvision's save_image as if they were in [0, 1]; they are in [-1, 1]."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Conv2d(3, 3, 3, padding=1)
-
-    def training_step(self, batch, batch_idx):
-        return self.net(batch[0]).abs().mean()
 
     def validation_step(self, batch, batch_idx):
         tvu.save_image(batch[0] * 2 - 1, io.BytesIO(), format="png")
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
 X = photo_batch(8, 16).float() / 255  # [0, 1] photos, declared [-1, 1]: a mismatch

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.stats_reference import IMAGENET_HI, IMAGENET_LO, channel_rows, check_fused_updates, check_summary, make_tensor, stats_for
+from helpers.stats_reference import channel_rows, check_fused_updates, check_summary, kernel_case, make_tensor, stats_for
 from rangewatch.stats import inductor as stats_inductor
 from rangewatch.stats.range_stats import RangeStats
 
@@ -28,11 +28,7 @@ def compiled(monkeypatch):
 
 
 def _case(**kw):
-    case = dict(shape=[2, 3, 4, 256], dtype=torch.float32, channel_dim=1, layout="contiguous", seed=3, scale=3.0,
-                specials=["nan", "inf", "-inf", "max", "bound", "bound", "edge", "edge", "tiny", "negzero"],
-                bounds=(IMAGENET_LO, IMAGENET_HI), hist_bins=64, hist_range=None)
-    case.update(kw)
-    return case
+    return kernel_case(**{"shape": [2, 3, 4, 256], **kw})
 
 
 @pytest.mark.slow

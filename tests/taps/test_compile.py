@@ -10,7 +10,6 @@ inductor's C++ build; one test per hook kind runs inductor itself.
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -18,6 +17,7 @@ import torch._dynamo as dynamo
 from torch import nn
 
 from helpers import fit as quiet
+from helpers.compiled import CompiledBody, GraphCount
 from rangewatch.taps import compiled as compile_hooks
 from rangewatch.checks.numerics import ModuleTracer
 from rangewatch.stats.range_stats import RangeStats
@@ -310,36 +310,6 @@ def test_auto_step_root_hook_runs_in_the_graph():
 
 
 # ---------------------------------------------------------------------------------------------- RangeWatch
-class _Net(pl.LightningModule):
-    """A body compiled in place (``nn.Module.compile``), with a validation loop (inference mode: another graph)."""
-
-    def __init__(self, compiled: bool) -> None:
-        super().__init__()
-        self.body = _body()
-        if compiled:
-            self.body.compile(backend="aot_eager")
-        self.losses: list[float] = []
-
-    def training_step(self, batch, batch_idx):
-        loss = self.body(batch).pow(2).mean()
-        self.losses.append(float(loss))
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        self.body(batch * 0.5 + 0.5)  # validation data in [0, 1]: its own taps (val/...)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
-class _Graphs(pl.Callback):
-    def __init__(self) -> None:
-        self.graphs: list[int] = []
-
-    def on_train_batch_end(self, *args) -> None:
-        self.graphs.append(_graphs())
-
-
 @pytest.mark.slow
 def test_rangewatch_with_validation_under_compile_matches_eager():
     from torch.utils.data import DataLoader
@@ -351,9 +321,9 @@ def test_rangewatch_with_validation_under_compile_matches_eager():
     for compiled in (False, True):
         dynamo.reset()
         dynamo.utils.counters.clear()
-        model = _Net(compiled)
+        model = CompiledBody(_body(), "aot_eager" if compiled else None)  # validation: data in [0, 1], its own taps
         watch = RangeWatch(expect={"body.0": "unit"}, modules=["body.4:output"], trace_modules="all", log_every_n_steps=2)
-        count = _Graphs()
+        count = GraphCount()
         trainer = quiet.trainer([watch, count], max_epochs=2, limit_val_batches=2)
         loader = DataLoader(batches, batch_size=None)
         trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
