@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -26,9 +26,7 @@ from ..checks.inference import infer_convention
 from ..checks.latents import LatentMonitor
 from ..checks.numerics import ModuleTracer, nan_image_finding
 from ..stats.range_stats import RangeStats
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .watch import PipelineWatch, _Call
+from .call import Call, Setup
 
 __all__ = ["decode", "decode_fix", "input_image", "steps", "traced", "user_latents"]
 
@@ -139,7 +137,7 @@ def _ip_adapter(pipe: Any, s: Any, seen: str, lo: float, hi: float) -> list[Find
 
 
 # ---------------------------------------------------------------------------- latents= (starting noise)
-def user_latents(w: "PipelineWatch", call: "_Call") -> list[Finding]:
+def user_latents(w: Setup, call: Call) -> list[Finding]:
     mon = call.user_latents
     assert mon is not None
     nf = mon.check(where="latents=")
@@ -190,7 +188,7 @@ def user_latents(w: "PipelineWatch", call: "_Call") -> list[Finding]:
 
 
 # ---------------------------------------------------------------------------- denoising steps
-def steps(w: "PipelineWatch", call: "_Call", *, skip: bool = False) -> list[Finding]:
+def steps(w: Setup, call: Call, *, skip: bool = False) -> list[Finding]:
     """``skip``: the latents= finding already explains the latents' range (outliers are not judged)."""
     if not call.steps:
         return []
@@ -217,9 +215,9 @@ def steps(w: "PipelineWatch", call: "_Call", *, skip: bool = False) -> list[Find
         a = mon.analyse()
         if a is None or bool(a.summary.nonfinite_seen.any()):
             continue
-        b, t = mon.conv.boundary, mon.soft_threshold
-        if not (a.over_share > mon.outlier_share or a.max_abs > mon.extreme_factor * b):
+        if not mon.outlying(a):
             continue
+        b, t = mon.conv.boundary, mon.soft_threshold
         out.append(Finding(
             kind="latent_outliers", where="denoising latents", observed=f"latent values beyond ±{b:g} while denoising",
             expected=f"noise-normalised latents within about ±{b:g}",
@@ -237,7 +235,7 @@ def steps(w: "PipelineWatch", call: "_Call", *, skip: bool = False) -> list[Find
 
 
 # ---------------------------------------------------------------------------- decode
-def decode(w: "PipelineWatch", call: "_Call", mon: LatentMonitor, img: RangeStats, *, skip_scale: bool,
+def decode(w: Setup, call: Call, mon: LatentMonitor, img: RangeStats, *, skip_scale: bool,
            steps_nonfinite: bool = False) -> list[Finding]:
     """The decode's input latents and output image. NaN in the input is reported once (by the denoising
     steps when they saw it first), and the decoded image is not judged then: its NaN is the input's."""
@@ -249,7 +247,7 @@ def decode(w: "PipelineWatch", call: "_Call", mon: LatentMonitor, img: RangeStat
     return _judge_cast(w, call, mon, out) + _decoded(w, img)
 
 
-def _judge_cast(w: "PipelineWatch", call: "_Call", mon: LatentMonitor, found: list[Finding]) -> list[Finding]:
+def _judge_cast(w: Setup, call: Call, mon: LatentMonitor, found: list[Finding]) -> list[Finding]:
     """The final latents' mean colour is content unless the denoising steps show it drifting there: then the
     ``color_cast`` finding is a warning with the drift as evidence; otherwise it is dropped (a colourful image
     is silent)."""
@@ -271,7 +269,7 @@ def _judge_cast(w: "PipelineWatch", call: "_Call", mon: LatentMonitor, found: li
     return out
 
 
-def _final_latents(w: "PipelineWatch", mon: LatentMonitor, where: str, *, manual: bool, step: int | None = None) -> list[Finding]:
+def _final_latents(w: Setup, mon: LatentMonitor, where: str, *, manual: bool, step: int | None = None) -> list[Finding]:
     """The full latent checks on the final (model-space) latents, with fixes for a pipeline."""
     out: list[Finding] = []
     s, sh = float(w.scale or 1.0), float(w.shift or 0.0)
@@ -334,7 +332,7 @@ def _signal(scheduler: Any, i: int, steps: int) -> tuple[float, float] | None:
     return None
 
 
-def drift(w: "PipelineWatch", call: "_Call", mon: LatentMonitor) -> str | None:
+def drift(w: Setup, call: Call, mon: LatentMonitor) -> str | None:
     """Evidence of a colour cast the generation *drifted* into: the channel means, read as estimates of the
     clean image's (latents / signal coefficient), moving through the last denoising steps up to the decode in
     a direction the latent-to-RGB factors turn into a hue. A correct generation of a colourful image settles
@@ -403,14 +401,10 @@ def _latent_checks(mon: LatentMonitor, step: int | None, where: str) -> list[Fin
     if not (len(found) == 1 and found[0].kind == "latent_scale" and not _certain_scale(found[0])):
         return found
     a = mon.analyse()
-    if a is None:
-        return []
-    shift = mon._check_shift(a, step, where)
-    rest = [shift, mon._check_cast(a, step, where, shifted=shift is not None), mon._check_outliers(a, step, where)]
-    return [f for f in rest if f is not None]
+    return [] if a is None else mon.check_beyond_scale(a, step, where)
 
 
-def _decoded(w: "PipelineWatch", img: RangeStats) -> list[Finding]:
+def _decoded(w: Setup, img: RangeStats) -> list[Finding]:
     """NaN/Inf in the decoded image and the share its postprocess clamps."""
     out: list[Finding] = []
     summ = img.compute()
@@ -436,7 +430,7 @@ def _decoded(w: "PipelineWatch", img: RangeStats) -> list[Finding]:
     return out
 
 
-def traced(w: "PipelineWatch", tracer: ModuleTracer) -> list[Finding]:
+def traced(w: Setup, tracer: ModuleTracer) -> list[Finding]:
     is_vae = tracer.model is w.vae
     prefix = "vae." if is_vae else ("unet." if tracer.model is getattr(w.pipe, "unet", None) else "transformer.")
     out = []

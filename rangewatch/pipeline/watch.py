@@ -66,6 +66,7 @@ from typing import Any, Callable
 import torch
 
 from . import checks as pc
+from .call import Call as _Call  # the per-call record (pipeline/call.py: the checks read it without importing this module)
 from ..rng import kept_rng, rng_kept
 from ..expect.conventions import get_convention
 from ..engine.watch import Watch
@@ -121,24 +122,6 @@ def _config_get(cfg: Any, key: str) -> Any:
     if cfg is None:
         return None
     return cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
-
-
-class _Call:
-    """What one pipeline call recorded (device tensors until :meth:`PipelineWatch._judge`)."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.inputs: list[str] = []  # input arguments fed to the engine's taps
-        self.steps: list[torch.Tensor] = []  # per step (C, 4): mean, std, max|x|, non-finite (model space)
-        self.num_steps: int | None = None
-        self.checked: list[int] | None = None
-        self.monitors: dict[int, LatentMonitor] = {}  # checked step -> monitor of noise-normalised latents
-        self.user_latents: LatentMonitor | None = None
-        self.init_sigma: Any = 1.0  # scheduler.init_noise_sigma (a float or a tensor)
-        self.decodes: list[tuple[LatentMonitor, RangeStats]] = []
-        self.height: int | None = None
-        self.width: int | None = None
-        self.levels: torch.Tensor | float | None = None  # noise level per scheduler step (see _levels)
 
 
 def _levels(scheduler: Any, init_sigma: Any, device: torch.device) -> torch.Tensor | float:
