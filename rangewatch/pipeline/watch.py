@@ -36,13 +36,14 @@ tensors, and no host sync happens per step. Every hook, wrapper and callback is 
 also after an exception. A failure inside rangewatch is reported once as an ``internal`` finding and
 switches that piece off; it never breaks the generation.
 
-This is a front end of the engine (:class:`rangewatch.Watch`, held as :attr:`PipelineWatch.engine`):
+This is a front end of the engine (:class:`rangewatch.Watch`, held as :attr:`PipelineWatch.engine`), driven
+through its public API only:
 
 * the input images are engine taps (``image:input``, ``mask_image:input``, ``ip_adapter_image:input``),
   fed through :meth:`~rangewatch.Watch.tensor` and checked at the start of each call (one read of
   their statistics); ``image:input`` carries the expectation of ``VaeImageProcessor`` ([0, 1], the
   convention object), so the engine's own verdict judges it;
-* every finding goes through the engine's findings log (:meth:`~rangewatch.Watch.report`): each
+* every finding goes through the engine's findings log (:meth:`~rangewatch.Watch.report`, once per call): each
   reported once across calls, the policy applied (``policy="raise"`` raises
   :class:`~rangewatch.RangeMismatchError` after every hook and wrapper is taken off), written to the
   engine's sinks (``logger=``: a ``SummaryWriter`` or a Lightning logger);
@@ -50,8 +51,16 @@ This is a front end of the engine (:class:`rangewatch.Watch`, held as :attr:`Pip
   piece switched off);
 * the latent previews and per-step latent scalars are written through :attr:`~rangewatch.Watch.sink`.
 
-The pipeline-specific findings (latents= scale, steps, decode, traced modules, masks, IP-Adapter
-images) are built in :mod:`rangewatch.pipeline.checks`, once per pipeline call.
+What a call records is a :class:`rangewatch.pipeline.call.Call`; the pipeline-specific findings (latents= as
+unit noise, the noise-normalised denoising steps, the decode's input and the colour-cast drift across steps,
+the decoded range, traced modules, masks, IP-Adapter images) are built from it in
+:mod:`rangewatch.pipeline.checks`, once per pipeline call, on the public APIs of
+:class:`~rangewatch.checks.latents.LatentMonitor`, :class:`~rangewatch.stats.range_stats.RangeStats` and
+:class:`~rangewatch.checks.numerics.ModuleTracer`. Those three still run here, beside the engine, for the
+denoising latents, the decode and the tracers: the engine's own tap checks and module tracing would judge and
+name them differently (an info ``color_cast`` on every colourful image, a second ``nonfinite`` for a decode of
+NaN latents, one tracer stepped per engine step); docs/ARCHITECTURE.md ("The pipeline front end") says what
+the engine would need for them to move.
 """
 
 from __future__ import annotations
