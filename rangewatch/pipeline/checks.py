@@ -6,7 +6,9 @@ the mask processor and the image encoder's processor; ``image=`` is judged by th
 :func:`user_latents` (``latents=`` as the unit-Gaussian starting noise), :func:`steps` (NaN/Inf and
 outliers while denoising), :func:`decode` (the decode's input latents and the decoded image's range)
 and :func:`traced` (a :class:`~rangewatch.checks.numerics.ModuleTracer`'s findings with the fix in
-diffusers' terms). Sources: diffusers ``image_processor.py`` (``VaeImageProcessor.preprocess`` expects
+diffusers' terms). Each reads the call's record (:class:`~rangewatch.pipeline.call.Call`) and what it needs of the
+watch (:class:`~rangewatch.pipeline.call.Setup`), never the watch's module, and the latent monitors through their
+public API. Sources: diffusers ``image_processor.py`` (``VaeImageProcessor.preprocess`` expects
 [0, 1] and maps it to [-1, 1], skipping that with a FutureWarning when ``image.min() < 0``;
 ``postprocess`` clamps ``x / 2 + 0.5`` to [0, 1]), the pipelines' ``prepare_latents`` (``latents *
 scheduler.init_noise_sigma``) and decode (``vae.decode(latents / scaling_factor + shift_factor)``).
@@ -23,7 +25,7 @@ import torch
 
 from ..findings.finding import Finding, clipping_finding, mismatch_finding, nonfinite_finding, note_finding
 from ..checks.inference import infer_convention
-from ..checks.latents import LatentMonitor
+from ..checks.latents import LatentMonitor, hue_name
 from ..checks.numerics import ModuleTracer, nan_image_finding
 from ..stats.range_stats import RangeStats
 from .call import Call, Setup
@@ -374,8 +376,6 @@ def drift(w: Setup, call: Call, mon: LatentMonitor) -> str | None:
         size, fsize = float(chroma.norm()), float(fin_chroma.norm())
         if size <= mon.cast_threshold or fsize <= mon.cast_threshold or size < 0.5 * fsize:
             return None
-        from ..checks.latents import hue_name
-
         what = f"through the latent-to-RGB factors a push of chroma {size:.3f} towards {hue_name(chroma.tolist())}"
     else:
         rms = float(delta.pow(2).mean().sqrt())
