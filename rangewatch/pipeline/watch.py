@@ -58,7 +58,7 @@ the decoded range, traced modules, masks, IP-Adapter images) are built from it i
 :class:`~rangewatch.checks.latents.LatentMonitor`, :class:`~rangewatch.stats.range_stats.RangeStats` and
 :class:`~rangewatch.checks.numerics.ModuleTracer`. Those three still run here, beside the engine, for the
 denoising latents, the decode and the tracers: the engine's own tap checks and module tracing would judge and
-name them differently (an info ``color_cast`` on every colourful image, a second ``nonfinite`` for a decode of
+name them differently (an info ``color_cast`` on a correct, colourful image, a second ``nonfinite`` for a decode of
 NaN latents, one tracer stepped per engine step); docs/ARCHITECTURE.md ("The pipeline front end") says what
 the engine would need for them to move.
 """
