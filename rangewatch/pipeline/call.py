@@ -9,18 +9,20 @@ in a circle.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 
 from ..checks.latents import LatentMonitor
-from ..stats.range_stats import RangeStats
 
 __all__ = ["Call", "Setup"]
 
 
 class Call:
-    """What one pipeline call recorded (device tensors until the watch judges it)."""
+    """What one pipeline call recorded (device tensors until the watch judges it).
+
+    The statistics themselves are the engine's (judged taps, :mod:`rangewatch.engine.judged_taps`): ``monitors`` is
+    the window of the checked steps' tap, ``decodes`` the keys of this call's decodes in the decode taps' windows."""
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -28,10 +30,9 @@ class Call:
         self.steps: list[torch.Tensor] = []  # per step (C, 4): mean, std, max|x|, non-finite (model space)
         self.num_steps: int | None = None
         self.checked: list[int] | None = None
-        self.monitors: dict[int, LatentMonitor] = {}  # checked step -> monitor of noise-normalised latents
-        self.user_latents: LatentMonitor | None = None
+        self.monitors: Mapping[int, LatentMonitor] = {}  # checked step -> monitor of noise-normalised latents (the engine's window)
         self.init_sigma: Any = 1.0  # scheduler.init_noise_sigma (a float or a tensor)
-        self.decodes: list[tuple[LatentMonitor, RangeStats]] = []
+        self.decodes: list[int] = []  # keys of the completed decodes (their input and output taps' windows)
         self.height: int | None = None
         self.width: int | None = None
         self.levels: torch.Tensor | float | None = None  # noise level per scheduler step (see watch._levels)

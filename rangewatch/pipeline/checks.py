@@ -139,9 +139,8 @@ def _ip_adapter(pipe: Any, s: Any, seen: str, lo: float, hi: float) -> list[Find
 
 
 # ---------------------------------------------------------------------------- latents= (starting noise)
-def user_latents(w: Setup, call: Call) -> list[Finding]:
-    mon = call.user_latents
-    assert mon is not None
+def user_latents(w: Setup, mon: LatentMonitor) -> list[Finding]:
+    """``latents=`` (``mon``: their monitor) judged as the unit Gaussian starting noise."""
     nf = mon.check(where="latents=")
     if nf and nf[0].kind == "nonfinite":
         return nf
@@ -237,16 +236,17 @@ def steps(w: Setup, call: Call, *, skip: bool = False) -> list[Finding]:
 
 
 # ---------------------------------------------------------------------------- decode
-def decode(w: Setup, call: Call, mon: LatentMonitor, img: RangeStats, *, skip_scale: bool,
+def decode(w: Setup, call: Call, mon: LatentMonitor, img: RangeStats | None, *, skip_scale: bool,
            steps_nonfinite: bool = False) -> list[Finding]:
-    """The decode's input latents and output image. NaN in the input is reported once (by the denoising
-    steps when they saw it first), and the decoded image is not judged then: its NaN is the input's."""
+    """The decode's input latents and output image (``img``: None when the decode returned no float image). NaN
+    in the input is reported once (by the denoising steps when they saw it first), and the decoded image is not
+    judged then: its NaN is the input's."""
     bad_input = bool(mon.summary().nonfinite_seen.any())
     if bad_input:
         return [] if steps_nonfinite else [f for f in _final_latents(w, mon, "vae.decode input", manual=call.index == 0)
                                            if f.kind == "nonfinite"]
     out = [] if skip_scale else _final_latents(w, mon, "vae.decode input", manual=call.index == 0)
-    return _judge_cast(w, call, mon, out) + _decoded(w, img)
+    return _judge_cast(w, call, mon, out) + ([] if img is None else _decoded(w, img))
 
 
 def _judge_cast(w: Setup, call: Call, mon: LatentMonitor, found: list[Finding]) -> list[Finding]:
