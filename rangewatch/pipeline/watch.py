@@ -15,7 +15,7 @@ While the block runs:
   front of the user's own (which still runs, sees the tensors it asked for, and whose return value
   the pipeline honours). Per denoising step it queues per-channel mean / std / max |x| / non-finite
   counts of the latents on their device; at a few steps (first, a few in between, last) it also
-  feeds a :class:`~rangewatch.checks.latents.LatentMonitor` and keeps an RGB preview. Flux-style packed
+  feeds the engine's :class:`~rangewatch.checks.latents.LatentMonitor` of that step and keeps an RGB preview. Flux-style packed
   token latents are unpacked with the pipeline's own ``_unpack_latents``. Nothing is read to the
   host until the call returns;
 * the latents are in the *model* space ``(z_vae - shift) * scale``. They start as unit Gaussian noise
@@ -37,30 +37,35 @@ also after an exception. A failure inside rangewatch is reported once as an ``in
 switches that piece off; it never breaks the generation.
 
 This is a front end of the engine (:class:`rangewatch.Watch`, held as :attr:`PipelineWatch.engine`), driven
-through its public API only:
+through its public API only; everything it measures runs in the engine:
 
 * the input images are engine taps (``image:input``, ``mask_image:input``, ``ip_adapter_image:input``),
   fed through :meth:`~rangewatch.Watch.tensor` and checked at the start of each call (one read of
   their statistics); ``image:input`` carries the expectation of ``VaeImageProcessor`` ([0, 1], the
   convention object), so the engine's own verdict judges it;
-* every finding goes through the engine's findings log (:meth:`~rangewatch.Watch.report`, once per call): each
-  reported once across calls, the policy applied (``policy="raise"`` raises
-  :class:`~rangewatch.RangeMismatchError` after every hook and wrapper is taken off), written to the
-  engine's sinks (``logger=``: a ``SummaryWriter`` or a Lightning logger);
-* a failing piece of the watch goes through :meth:`~rangewatch.Watch.internal` (reported once, that
-  piece switched off);
+* ``latents=``, the checked denoising steps (divided by their noise level), the decode's input (model space)
+  and the decoded image are the engine's *judged taps* (:meth:`~rangewatch.Watch.judged_tap`,
+  :mod:`rangewatch.engine.judged_taps`): the engine holds their statistics (a
+  :class:`~rangewatch.checks.latents.LatentMonitor` or :class:`~rangewatch.stats.range_stats.RangeStats` with
+  this front end's settings, keyed by call, step or decode, fed on the device), and judges them at the end
+  of each call with this front end's judges, the rules of :mod:`rangewatch.pipeline.checks` (the engine's own
+  tap checks would judge and name them differently: an info ``color_cast`` on a correct, colourful image, a
+  second ``nonfinite`` for a decode of NaN latents; nor does the engine write per-tap scalars for them);
+* the VAE's and (``trace="all"``) the denoiser's :class:`~rangewatch.checks.numerics.ModuleTracer` are the
+  engine's front-end tracers (:meth:`~rangewatch.Watch.trace_module`): placed, owned and taken off by the engine,
+  stepped by this front end per decode (:meth:`~rangewatch.Watch.trace_step`) or by each denoiser forward, and
+  judged with the judged taps;
+* every finding goes through the engine's findings log in one report per call
+  (:meth:`~rangewatch.Watch.check_judged`; a decode outside a call at once): each reported once across calls, in
+  the order latents=, steps, traced modules (the module that overflowed first, before what it caused), decodes;
+  the policy applied (``policy="raise"`` raises :class:`~rangewatch.RangeMismatchError` after every hook and
+  wrapper is taken off), written to the engine's sinks (``logger=``: a ``SummaryWriter`` or a Lightning logger);
+* a failing tap goes through the engine's internal-error path (reported once, only that tap switched off, and
+  the piece of this watch that feeds it), a failing piece of the watch through :meth:`~rangewatch.Watch.internal`;
 * the latent previews and per-step latent scalars are written through :attr:`~rangewatch.Watch.sink`.
 
-What a call records is a :class:`rangewatch.pipeline.call.Call`; the pipeline-specific findings (latents= as
-unit noise, the noise-normalised denoising steps, the decode's input and the colour-cast drift across steps,
-the decoded range, traced modules, masks, IP-Adapter images) are built from it in
-:mod:`rangewatch.pipeline.checks`, once per pipeline call, on the public APIs of
-:class:`~rangewatch.checks.latents.LatentMonitor`, :class:`~rangewatch.stats.range_stats.RangeStats` and
-:class:`~rangewatch.checks.numerics.ModuleTracer`. Those three still run here, beside the engine, for the
-denoising latents, the decode and the tracers: the engine's own tap checks and module tracing would judge and
-name them differently (an info ``color_cast`` on a correct, colourful image, a second ``nonfinite`` for a decode of
-NaN latents, one tracer stepped per engine step); docs/ARCHITECTURE.md ("The pipeline front end") says what
-the engine would need for them to move.
+What a call records is a :class:`rangewatch.pipeline.call.Call` (the per-step rows on the device, the checked
+steps' window, the keys of the call's decodes); the judges read it as their check's context.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ import inspect
 import logging
 import os
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -78,6 +83,7 @@ from . import checks as pc
 from .call import Call as _Call  # the per-call record (pipeline/call.py: the checks read it without importing this module)
 from ..rng import kept_rng, rng_kept
 from ..expect.conventions import get_convention
+from ..engine.judged_taps import Judging
 from ..engine.watch import Watch
 from ..expect.expectation import Expectation
 from ..findings.finding import Finding, RangeMismatchError
@@ -615,18 +621,18 @@ class PipelineWatch:
                         fh.write(f"call {call.index}: {f}\n")
 
     # the judges (the engine runs them at check_judged; pipeline/checks.py holds the rules)
-    def _judge_user(self, window: Any, judging: Any) -> list[Finding]:
+    def _judge_user(self, window: Mapping[Any, Any], judging: Judging) -> list[Finding]:
         mon = window.get(judging.context.index)
         return [] if mon is None else pc.user_latents(self, mon)
 
-    def _judge_steps(self, window: Any, judging: Any) -> list[Finding]:
+    def _judge_steps(self, window: Mapping[Any, Any], judging: Judging) -> list[Finding]:
         # call.monitors is this window (judged_window at the call's start): the latents= finding explains the range
         return pc.steps(self, judging.context, skip=bool(judging.found.get(_USER)))
 
-    def _judge_tracer(self, window: Any, judging: Any) -> list[Finding]:
+    def _judge_tracer(self, window: Mapping[Any, Any], judging: Judging) -> list[Finding]:
         return pc.traced(self, window[None])
 
-    def _judge_decodes(self, window: Any, judging: Any) -> list[Finding]:
+    def _judge_decodes(self, window: Mapping[Any, Any], judging: Judging) -> list[Finding]:
         call, found = judging.context, []
         user = bool(judging.found.get(_USER))
         steps_nonfinite = any(f.kind == "nonfinite" for f in judging.found.get(_STEPS, ()))
