@@ -111,14 +111,6 @@ class JudgedTaps:
         """Forget the tap ``name`` (nothing when there is none)."""
         self._taps.pop(name, None)
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._taps
-
-    def disabled(self, name: str) -> bool:
-        """Whether ``name`` was switched off after an internal error (False for an unknown name)."""
-        tap = self._taps.get(name)
-        return tap is not None and tap.disabled
-
     # ------------------------------------------------------------------ feeding (device only)
     def feed(self, name: str, t: torch.Tensor, key: Hashable = None, **update: Any) -> bool:
         """Feed ``t`` to the statistics of ``key`` in the window of ``name`` (``stats.update(t, **update)``, on the

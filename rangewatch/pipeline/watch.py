@@ -307,7 +307,7 @@ class PipelineWatch:
         self.vae.decode = decode  # instance attribute shadows the class method
         self._decode_patched = True
         # the tracers are the engine's, judged here: the VAE's stepped per decode, the denoiser's per forward
-        judge = {"where": f"{_SRC}:judge", "what": _PIECES["judge"], "consequence": _CONSEQUENCE}
+        judge = {"where": f"{_SRC}:judge", "consequence": _CONSEQUENCE}
         if self.trace != "none":
             self.engine.trace_module(_VAE, self.vae, self._judge_tracer, enabled=False, headroom_share=self.headroom_share, **judge)
         if self.trace == "all" and isinstance(self.denoiser, torch.nn.Module):
