@@ -411,20 +411,23 @@ class LatentMonitor:
                     source="rangewatch.checks.latents",
                 )
             ]
-        findings: list[Finding] = []
         scale = self._check_scale(a, step, where)
         if scale is not None:
             return [scale]
+        return self.check_beyond_scale(a, step, where)
+
+    def check_beyond_scale(self, a: LatentCheck, step: int | None = None, where: str = "latents") -> list[Finding]:
+        """The checks :meth:`check` runs once the scale is right, on the numbers of :meth:`analyse`: ``latent_shift``,
+        ``color_cast`` (said to come partly from the shift when there is one) and ``latent_outliers``. For a caller that
+        judges the scale itself (a pipeline drops a scale verdict it cannot be sure of, and then wants these)."""
         shift = self._check_shift(a, step, where)
-        if shift is not None:
-            findings.append(shift)
         cast = self._check_cast(a, step, where, shifted=shift is not None)
-        if cast is not None:
-            findings.append(cast)
-        out = self._check_outliers(a, step, where)
-        if out is not None:
-            findings.append(out)
-        return findings
+        return [f for f in (shift, cast, self._check_outliers(a, step, where)) if f is not None]
+
+    def outlying(self, a: LatentCheck) -> bool:
+        """Whether the window of :meth:`analyse` has outliers: more than ``outlier_share`` of the values past the soft
+        clamp's threshold, or a value beyond ``extreme_factor`` times the decoder's boundary (``latent_outliers``)."""
+        return a.over_share > self.outlier_share or a.max_abs > self.extreme_factor * self.conv.boundary
 
     def _finding(self, kind: str, where: str, step: int | None, *, observed: str, expected: str, evidence: str,
                  fix: str, severity: Severity) -> Finding:
@@ -657,9 +660,9 @@ class LatentMonitor:
 
     # -- outliers
     def _check_outliers(self, a: LatentCheck, step: int | None, where: str) -> Finding | None:
-        b, t = self.conv.boundary, self.soft_threshold
-        if not (a.over_share > self.outlier_share or a.max_abs > self.extreme_factor * b):
+        if not self.outlying(a):
             return None
+        b, t = self.conv.boundary, self.soft_threshold
         worst = torch.argsort(a.maxabs, descending=True)[:3].tolist()
         cn = CHANNEL_NAMES.get(self.conv.name)
         # a smooth heavy tail (fewer values past the boundary than past the soft threshold, as in any

@@ -4,6 +4,14 @@
 :class:`~rangewatch.checks.numerics.ModuleTracer` that ``trace_modules`` asks for (a name the model lacks is a
 :class:`~rangewatch.ConfigError`), steps it with the training steps, pauses it during validation, checks it at the
 engine's check steps and contributes its NaN/Inf flag to the fail-fast read (``check_nonfinite_every_step``).
+
+A front end may also place tracers of its own (:meth:`NumericsTracing.add`, through
+:meth:`rangewatch.Watch.trace_module`): each on one module, under the front end's prefix, stepped by the front end
+(:meth:`NumericsTracing.step_front` / :meth:`NumericsTracing.pause_front`, or by each forward of its module with
+``auto_step``) and judged by it (a judged tap of :mod:`rangewatch.engine.judged_taps`), never by the engine's
+checks; the engine owns them and takes them off (:meth:`NumericsTracing.remove`, and :meth:`NumericsTracing.detach`
+with its own). The diffusers pipeline front end traces its VAE this way, stepped per decode, and with
+``trace="all"`` its denoiser, stepped per forward.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ class NumericsTracing:
     def __init__(self) -> None:
         #: the :class:`~rangewatch.checks.numerics.ModuleTracer` placed on the model (None without ``trace_modules``)
         self.tracer: Any = None
+        #: the front ends' own tracers by prefix (:meth:`add`), in the order placed
+        self.front: dict[str, Any] = {}
 
     def attach(self, model: nn.Module, modules: str | list[str] | None, *, history: int, headroom_share: float,
                exact: bool, origin: str | None = None) -> list[str]:
@@ -45,9 +55,11 @@ class NumericsTracing:
         return list(tracer.notes)
 
     def detach(self) -> None:
+        """Take the tracer off, and the front ends' tracers with it."""
         if self.tracer is not None:
             self.tracer.detach()
             self.tracer = None
+        self.remove()
 
     def start_step(self, step: int) -> None:
         """Training forwards from now on belong to ``step``."""
@@ -74,3 +86,37 @@ class NumericsTracing:
             return flag
         own = self.tracer.nonfinite_flag()
         return flag.to(own.device) | own
+
+    # ------------------------------------------------------------------ a front end's own tracers
+    def add(self, prefix: str, model: nn.Module, *, auto_step: bool, history: int, headroom_share: float,
+            enabled: bool = True) -> Any:
+        """Place a :class:`~rangewatch.checks.numerics.ModuleTracer` over every leaf module of ``model`` under
+        ``prefix`` (replacing one there): stepped by each forward of ``model`` with ``auto_step``, else by
+        :meth:`step_front`; ``enabled=False`` records nothing until the first :meth:`step_front`. Returns it."""
+        from ..checks.numerics import ModuleTracer
+
+        self.remove(prefix)
+        tracer = ModuleTracer(model, "all", history, headroom_share=headroom_share, auto_step=auto_step)
+        tracer.enabled = enabled
+        self.front[prefix] = tracer.attach()  # attach() removes every hook it placed when one fails
+        return tracer
+
+    def step_front(self, prefix: str, step: int | None) -> None:
+        """The forwards of ``prefix``'s module from now on belong to ``step`` (recorded again after :meth:`pause_front`)."""
+        tracer = self.front.get(prefix)
+        if tracer is not None:
+            tracer.start_step(step)
+            tracer.enabled = True
+
+    def pause_front(self, prefix: str) -> None:
+        """Record nothing of ``prefix``'s module until the next :meth:`step_front`."""
+        tracer = self.front.get(prefix)
+        if tracer is not None:
+            tracer.enabled = False
+
+    def remove(self, prefix: str | None = None) -> list[str]:
+        """Take the front-end tracer ``prefix`` off (every one with None); returns the prefixes taken off."""
+        gone = [p for p in self.front if prefix is None or p == prefix]
+        for p in gone:
+            self.front.pop(p).detach()
+        return gone

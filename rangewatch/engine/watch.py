@@ -71,6 +71,7 @@ from .expectations import ExpectationSources
 from .reporter import FindingsReporting
 from .check_logging import CheckLogging
 from .numerics_tracing import NumericsTracing
+from .judged_taps import Judge, JudgedTaps
 from .preview_gate import PreviewGate
 from .tapset import TapFeeding, TapInfo, _Tap
 from .unseen import UnseenTaps
@@ -151,6 +152,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         self._clock: Callable[[], int | None] = _no_step
         self._own_step = 0  # the step counter when no clock is given (plain loops)
         self._numerics = NumericsTracing()  # the module tracer of trace_modules (engine/numerics_tracing.py)
+        self._judged = JudgedTaps(self.report, self.internal)  # taps a front end judges (engine/judged_taps.py)
         self._losses: Any = None
         self._derived_keys: set[str] = set()
         self._vae_latents: dict[str, Expectation] = {}  # VAE path -> the scaled latents its config says (no hook sees them)
@@ -907,3 +909,58 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         self._log.reported, self._log.findings = log.reported, log.findings
         self._taps.clear()
         self._pending_states = dict(taps)
+
+    # ------------------------------------------------------------------ taps and tracers a front end judges itself
+    # The engine holds them (engine/judged_taps.py, engine/numerics_tracing.py); the front end brings the judges
+    # (the diffusers pipeline front end: its latents, its decode's range, its VAE and denoiser tracers).
+    def judged_tap(self, name: str, stats: Callable[[], Any], judge: Judge | None, *, where: str | None = None,
+                   what: str | None = None, consequence: str | None = None) -> None:
+        """Register a tap the front end judges itself: ``stats()`` makes its statistics (a ``RangeStats`` or a
+        ``LatentMonitor`` with the front end's settings) per key of its window; ``judge(window, judging)``
+        returns its findings at :meth:`check_judged` (None: a tap another judge reads). ``where`` / ``what`` /
+        ``consequence`` say an internal error of the tap. No per-tap scalars or histograms are written."""
+        self._judged.add(name, judge, stats, where=where, what=what, consequence=consequence)
+
+    def feed_judged(self, name: str, t: torch.Tensor, key: Any = None, **update: Any) -> bool:
+        """Feed ``t`` to the statistics of ``key`` in the judged tap ``name`` (device only); False once the tap
+        is switched off (an internal error, reported once)."""
+        return self._judged.feed(name, t, key, **update)
+
+    def judged_window(self, name: str) -> Mapping[Any, Any]:
+        """The judged tap ``name``'s current window, key -> statistics (read-only, until its next check)."""
+        return self._judged.window(name)
+
+    @rng_kept
+    def check_judged(self, names: list[str], step: int | None = None, context: Any = None) -> list[Finding]:
+        """Judge the judged taps ``names`` in order, report their findings in one report (each once, the policy
+        applied: may raise :class:`~rangewatch.RangeMismatchError`), start their next windows; returns the fresh
+        findings. ``context`` reaches every judge (:class:`~rangewatch.engine.judged_taps.Judging`)."""
+        return self._judged.check(names, step, context)
+
+    @rng_kept
+    def trace_module(self, prefix: str, module: nn.Module, judge: Judge | None = None, *, auto_step: bool = False,
+                     enabled: bool = True, history: int = 4, headroom_share: float | None = None,
+                     where: str | None = None, what: str | None = None, consequence: str | None = None) -> Any:
+        """Trace ``module``'s leaf modules (NaN/Inf origin, fp16 headroom) for a front end, under ``prefix``:
+        stepped by its forwards (``auto_step``) or by :meth:`trace_step`; with ``judge``, a judged tap ``prefix``
+        whose window is the tracer (reset at each :meth:`check_judged` naming it). The engine takes it off
+        (:meth:`untrace`, :meth:`detach`). Returns the :class:`~rangewatch.ModuleTracer`."""
+        share = self.headroom_share if headroom_share is None else headroom_share
+        tracer = self._numerics.add(prefix, module, auto_step=auto_step, history=history, headroom_share=share, enabled=enabled)
+        if judge is not None:
+            self._judged.add(prefix, judge, source=tracer, where=where, what=what or f"tracing {prefix}",
+                             consequence=consequence, off=lambda: self._numerics.remove(prefix))
+        return tracer
+
+    def trace_step(self, prefix: str, step: int | None) -> None:
+        """The forwards of the front-end tracer ``prefix`` from now on belong to ``step``."""
+        self._numerics.step_front(prefix, step)
+
+    def trace_pause(self, prefix: str) -> None:
+        """The front-end tracer ``prefix`` records nothing until the next :meth:`trace_step`."""
+        self._numerics.pause_front(prefix)
+
+    def untrace(self, prefix: str | None = None) -> None:
+        """Take the front-end tracer ``prefix`` off (every one with None), with its judged tap."""
+        for p in self._numerics.remove(prefix):
+            self._judged.remove(p)

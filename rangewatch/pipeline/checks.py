@@ -6,7 +6,9 @@ the mask processor and the image encoder's processor; ``image=`` is judged by th
 :func:`user_latents` (``latents=`` as the unit-Gaussian starting noise), :func:`steps` (NaN/Inf and
 outliers while denoising), :func:`decode` (the decode's input latents and the decoded image's range)
 and :func:`traced` (a :class:`~rangewatch.checks.numerics.ModuleTracer`'s findings with the fix in
-diffusers' terms). Sources: diffusers ``image_processor.py`` (``VaeImageProcessor.preprocess`` expects
+diffusers' terms). Each reads the call's record (:class:`~rangewatch.pipeline.call.Call`) and what it needs of the
+watch (:class:`~rangewatch.pipeline.call.Setup`), never the watch's module, and the latent monitors through their
+public API. Sources: diffusers ``image_processor.py`` (``VaeImageProcessor.preprocess`` expects
 [0, 1] and maps it to [-1, 1], skipping that with a FutureWarning when ``image.min() < 0``;
 ``postprocess`` clamps ``x / 2 + 0.5`` to [0, 1]), the pipelines' ``prepare_latents`` (``latents *
 scheduler.init_noise_sigma``) and decode (``vae.decode(latents / scaling_factor + shift_factor)``).
@@ -17,18 +19,16 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..findings.finding import Finding, clipping_finding, mismatch_finding, nonfinite_finding, note_finding
 from ..checks.inference import infer_convention
-from ..checks.latents import LatentMonitor
+from ..checks.latents import LatentMonitor, hue_name
 from ..checks.numerics import ModuleTracer, nan_image_finding
 from ..stats.range_stats import RangeStats
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .watch import PipelineWatch, _Call
+from .call import Call, Setup
 
 __all__ = ["decode", "decode_fix", "input_image", "steps", "traced", "user_latents"]
 
@@ -139,9 +139,8 @@ def _ip_adapter(pipe: Any, s: Any, seen: str, lo: float, hi: float) -> list[Find
 
 
 # ---------------------------------------------------------------------------- latents= (starting noise)
-def user_latents(w: "PipelineWatch", call: "_Call") -> list[Finding]:
-    mon = call.user_latents
-    assert mon is not None
+def user_latents(w: Setup, mon: LatentMonitor) -> list[Finding]:
+    """``latents=`` (``mon``: their monitor) judged as the unit Gaussian starting noise."""
     nf = mon.check(where="latents=")
     if nf and nf[0].kind == "nonfinite":
         return nf
@@ -190,7 +189,7 @@ def user_latents(w: "PipelineWatch", call: "_Call") -> list[Finding]:
 
 
 # ---------------------------------------------------------------------------- denoising steps
-def steps(w: "PipelineWatch", call: "_Call", *, skip: bool = False) -> list[Finding]:
+def steps(w: Setup, call: Call, *, skip: bool = False) -> list[Finding]:
     """``skip``: the latents= finding already explains the latents' range (outliers are not judged)."""
     if not call.steps:
         return []
@@ -217,9 +216,9 @@ def steps(w: "PipelineWatch", call: "_Call", *, skip: bool = False) -> list[Find
         a = mon.analyse()
         if a is None or bool(a.summary.nonfinite_seen.any()):
             continue
-        b, t = mon.conv.boundary, mon.soft_threshold
-        if not (a.over_share > mon.outlier_share or a.max_abs > mon.extreme_factor * b):
+        if not mon.outlying(a):
             continue
+        b, t = mon.conv.boundary, mon.soft_threshold
         out.append(Finding(
             kind="latent_outliers", where="denoising latents", observed=f"latent values beyond ±{b:g} while denoising",
             expected=f"noise-normalised latents within about ±{b:g}",
@@ -237,19 +236,20 @@ def steps(w: "PipelineWatch", call: "_Call", *, skip: bool = False) -> list[Find
 
 
 # ---------------------------------------------------------------------------- decode
-def decode(w: "PipelineWatch", call: "_Call", mon: LatentMonitor, img: RangeStats, *, skip_scale: bool,
+def decode(w: Setup, call: Call, mon: LatentMonitor, img: RangeStats | None, *, skip_scale: bool,
            steps_nonfinite: bool = False) -> list[Finding]:
-    """The decode's input latents and output image. NaN in the input is reported once (by the denoising
-    steps when they saw it first), and the decoded image is not judged then: its NaN is the input's."""
+    """The decode's input latents and output image (``img``: None when the decode returned no float image). NaN
+    in the input is reported once (by the denoising steps when they saw it first), and the decoded image is not
+    judged then: its NaN is the input's."""
     bad_input = bool(mon.summary().nonfinite_seen.any())
     if bad_input:
         return [] if steps_nonfinite else [f for f in _final_latents(w, mon, "vae.decode input", manual=call.index == 0)
                                            if f.kind == "nonfinite"]
     out = [] if skip_scale else _final_latents(w, mon, "vae.decode input", manual=call.index == 0)
-    return _judge_cast(w, call, mon, out) + _decoded(w, img)
+    return _judge_cast(w, call, mon, out) + ([] if img is None else _decoded(w, img))
 
 
-def _judge_cast(w: "PipelineWatch", call: "_Call", mon: LatentMonitor, found: list[Finding]) -> list[Finding]:
+def _judge_cast(w: Setup, call: Call, mon: LatentMonitor, found: list[Finding]) -> list[Finding]:
     """The final latents' mean colour is content unless the denoising steps show it drifting there: then the
     ``color_cast`` finding is a warning with the drift as evidence; otherwise it is dropped (a colourful image
     is silent)."""
@@ -271,7 +271,7 @@ def _judge_cast(w: "PipelineWatch", call: "_Call", mon: LatentMonitor, found: li
     return out
 
 
-def _final_latents(w: "PipelineWatch", mon: LatentMonitor, where: str, *, manual: bool, step: int | None = None) -> list[Finding]:
+def _final_latents(w: Setup, mon: LatentMonitor, where: str, *, manual: bool, step: int | None = None) -> list[Finding]:
     """The full latent checks on the final (model-space) latents, with fixes for a pipeline."""
     out: list[Finding] = []
     s, sh = float(w.scale or 1.0), float(w.shift or 0.0)
@@ -334,7 +334,7 @@ def _signal(scheduler: Any, i: int, steps: int) -> tuple[float, float] | None:
     return None
 
 
-def drift(w: "PipelineWatch", call: "_Call", mon: LatentMonitor) -> str | None:
+def drift(w: Setup, call: Call, mon: LatentMonitor) -> str | None:
     """Evidence of a colour cast the generation *drifted* into: the channel means, read as estimates of the
     clean image's (latents / signal coefficient), moving through the last denoising steps up to the decode in
     a direction the latent-to-RGB factors turn into a hue. A correct generation of a colourful image settles
@@ -376,8 +376,6 @@ def drift(w: "PipelineWatch", call: "_Call", mon: LatentMonitor) -> str | None:
         size, fsize = float(chroma.norm()), float(fin_chroma.norm())
         if size <= mon.cast_threshold or fsize <= mon.cast_threshold or size < 0.5 * fsize:
             return None
-        from ..checks.latents import hue_name
-
         what = f"through the latent-to-RGB factors a push of chroma {size:.3f} towards {hue_name(chroma.tolist())}"
     else:
         rms = float(delta.pow(2).mean().sqrt())
@@ -403,14 +401,10 @@ def _latent_checks(mon: LatentMonitor, step: int | None, where: str) -> list[Fin
     if not (len(found) == 1 and found[0].kind == "latent_scale" and not _certain_scale(found[0])):
         return found
     a = mon.analyse()
-    if a is None:
-        return []
-    shift = mon._check_shift(a, step, where)
-    rest = [shift, mon._check_cast(a, step, where, shifted=shift is not None), mon._check_outliers(a, step, where)]
-    return [f for f in rest if f is not None]
+    return [] if a is None else mon.check_beyond_scale(a, step, where)
 
 
-def _decoded(w: "PipelineWatch", img: RangeStats) -> list[Finding]:
+def _decoded(w: Setup, img: RangeStats) -> list[Finding]:
     """NaN/Inf in the decoded image and the share its postprocess clamps."""
     out: list[Finding] = []
     summ = img.compute()
@@ -436,7 +430,7 @@ def _decoded(w: "PipelineWatch", img: RangeStats) -> list[Finding]:
     return out
 
 
-def traced(w: "PipelineWatch", tracer: ModuleTracer) -> list[Finding]:
+def traced(w: Setup, tracer: ModuleTracer) -> list[Finding]:
     is_vae = tracer.model is w.vae
     prefix = "vae." if is_vae else ("unet." if tracer.model is getattr(w.pipe, "unet", None) else "transformer.")
     out = []

@@ -15,7 +15,7 @@ While the block runs:
   front of the user's own (which still runs, sees the tensors it asked for, and whose return value
   the pipeline honours). Per denoising step it queues per-channel mean / std / max |x| / non-finite
   counts of the latents on their device; at a few steps (first, a few in between, last) it also
-  feeds a :class:`~rangewatch.checks.latents.LatentMonitor` and keeps an RGB preview. Flux-style packed
+  feeds the engine's :class:`~rangewatch.checks.latents.LatentMonitor` of that step and keeps an RGB preview. Flux-style packed
   token latents are unpacked with the pipeline's own ``_unpack_latents``. Nothing is read to the
   host until the call returns;
 * the latents are in the *model* space ``(z_vae - shift) * scale``. They start as unit Gaussian noise
@@ -36,22 +36,36 @@ tensors, and no host sync happens per step. Every hook, wrapper and callback is 
 also after an exception. A failure inside rangewatch is reported once as an ``internal`` finding and
 switches that piece off; it never breaks the generation.
 
-This is a front end of the engine (:class:`rangewatch.Watch`, held as :attr:`PipelineWatch.engine`):
+This is a front end of the engine (:class:`rangewatch.Watch`, held as :attr:`PipelineWatch.engine`), driven
+through its public API only; everything it measures runs in the engine:
 
 * the input images are engine taps (``image:input``, ``mask_image:input``, ``ip_adapter_image:input``),
   fed through :meth:`~rangewatch.Watch.tensor` and checked at the start of each call (one read of
   their statistics); ``image:input`` carries the expectation of ``VaeImageProcessor`` ([0, 1], the
   convention object), so the engine's own verdict judges it;
-* every finding goes through the engine's findings log (:meth:`~rangewatch.Watch.report`): each
-  reported once across calls, the policy applied (``policy="raise"`` raises
-  :class:`~rangewatch.RangeMismatchError` after every hook and wrapper is taken off), written to the
-  engine's sinks (``logger=``: a ``SummaryWriter`` or a Lightning logger);
-* a failing piece of the watch goes through :meth:`~rangewatch.Watch.internal` (reported once, that
-  piece switched off);
+* ``latents=``, the checked denoising steps (divided by their noise level), the decode's input (model space)
+  and the decoded image are the engine's *judged taps* (:meth:`~rangewatch.Watch.judged_tap`,
+  :mod:`rangewatch.engine.judged_taps`): the engine holds their statistics (a
+  :class:`~rangewatch.checks.latents.LatentMonitor` or :class:`~rangewatch.stats.range_stats.RangeStats` with
+  this front end's settings, keyed by call, step or decode, fed on the device), and judges them at the end
+  of each call with this front end's judges, the rules of :mod:`rangewatch.pipeline.checks` (the engine's own
+  tap checks would judge and name them differently: an info ``color_cast`` on a correct, colourful image, a
+  second ``nonfinite`` for a decode of NaN latents; nor does the engine write per-tap scalars for them);
+* the VAE's and (``trace="all"``) the denoiser's :class:`~rangewatch.checks.numerics.ModuleTracer` are the
+  engine's front-end tracers (:meth:`~rangewatch.Watch.trace_module`): placed, owned and taken off by the engine,
+  stepped by this front end per decode (:meth:`~rangewatch.Watch.trace_step`) or by each denoiser forward, and
+  judged with the judged taps;
+* every finding goes through the engine's findings log in one report per call
+  (:meth:`~rangewatch.Watch.check_judged`; a decode outside a call at once): each reported once across calls, in
+  the order latents=, steps, traced modules (the module that overflowed first, before what it caused), decodes;
+  the policy applied (``policy="raise"`` raises :class:`~rangewatch.RangeMismatchError` after every hook and
+  wrapper is taken off), written to the engine's sinks (``logger=``: a ``SummaryWriter`` or a Lightning logger);
+* a failing tap goes through the engine's internal-error path (reported once, only that tap switched off, and
+  the piece of this watch that feeds it), a failing piece of the watch through :meth:`~rangewatch.Watch.internal`;
 * the latent previews and per-step latent scalars are written through :attr:`~rangewatch.Watch.sink`.
 
-The pipeline-specific findings (latents= scale, steps, decode, traced modules, masks, IP-Adapter
-images) are built in :mod:`rangewatch.pipeline.checks`, once per pipeline call.
+What a call records is a :class:`rangewatch.pipeline.call.Call` (the per-step rows on the device, the checked
+steps' window, the keys of the call's decodes); the judges read it as their check's context.
 """
 
 from __future__ import annotations
@@ -61,21 +75,23 @@ import inspect
 import logging
 import os
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
 from . import checks as pc
+from .call import Call as _Call  # the per-call record (pipeline/call.py: the checks read it without importing this module)
 from ..rng import kept_rng, rng_kept
 from ..expect.conventions import get_convention
+from ..engine.judged_taps import Judging
 from ..engine.watch import Watch
 from ..expect.expectation import Expectation
 from ..findings.finding import Finding, RangeMismatchError
 from ..checks.latents import LatentMonitor, latent_preview
 from ..expect.vae_latents import latent_convention_of
 from ..taps.layout import convention_channel_dim
-from ..checks.numerics import ModuleTracer
 from ..stats.range_stats import RangeStats
+from ..sinks.files import append_findings
 
 __all__ = ["PipelineWatch", "watch_pipeline"]
 
@@ -93,6 +109,13 @@ _PIECES = {
     "write": "writing the latent previews and scalars",
 }
 _log = logging.getLogger("rangewatch.pipeline.watch")
+#: the engine's judged taps and tracers of this front end, in the order a call's findings are judged and reported:
+#: latents= (keyed by call), the checked denoising steps (keyed by step), the VAE and denoiser tracers, the decodes'
+#: input latents (keyed by decode; their judge reads the decoded images' tap of the same key)
+_USER, _STEPS, _VAE, _DENOISER, _DECODE_IN, _DECODE_OUT = (
+    "latents=", "denoising latents", "vae", "denoiser", "vae.decode:input", "vae.decode:output")
+_JUDGED = (_USER, _STEPS, _VAE, _DENOISER, _DECODE_IN, _DECODE_OUT)
+_CONSEQUENCE = "that part of the pipeline watch is switched off; the generation is unaffected"
 
 
 def _say(level: str, text: str) -> None:
@@ -120,24 +143,6 @@ def _config_get(cfg: Any, key: str) -> Any:
     if cfg is None:
         return None
     return cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
-
-
-class _Call:
-    """What one pipeline call recorded (device tensors until :meth:`PipelineWatch._judge`)."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.inputs: list[str] = []  # input arguments fed to the engine's taps
-        self.steps: list[torch.Tensor] = []  # per step (C, 4): mean, std, max|x|, non-finite (model space)
-        self.num_steps: int | None = None
-        self.checked: list[int] | None = None
-        self.monitors: dict[int, LatentMonitor] = {}  # checked step -> monitor of noise-normalised latents
-        self.user_latents: LatentMonitor | None = None
-        self.init_sigma: Any = 1.0  # scheduler.init_noise_sigma (a float or a tensor)
-        self.decodes: list[tuple[LatentMonitor, RangeStats]] = []
-        self.height: int | None = None
-        self.width: int | None = None
-        self.levels: torch.Tensor | float | None = None  # noise level per scheduler step (see _levels)
 
 
 def _levels(scheduler: Any, init_sigma: Any, device: torch.device) -> torch.Tensor | float:
@@ -240,14 +245,21 @@ class PipelineWatch:
         proc = getattr(pipe, "image_processor", None)
         if proc is None or pc._cfg(proc, "do_normalize", True):  # the processor maps [0, 1] to [-1, 1]
             self.engine.expectations["image:input"] = Expectation(get_convention("unit"), source=_IMAGE_SRC, origin="model")
+        if self.latent_convention is not None:  # the latents' and the decode's statistics: judged taps of the engine
+            conv = self.latent_convention
+            for name, piece, make, judge in (
+                (_USER, "inputs", lambda: LatentMonitor(conv, preview_samples=0, sync_on_compute=False), self._judge_user),
+                (_STEPS, "steps", lambda: LatentMonitor(conv, preview_samples=1, sync_on_compute=False), self._judge_steps),
+                (_DECODE_IN, "decode", lambda: LatentMonitor(conv, preview_samples=1, sync_on_compute=False), self._judge_decodes),
+                (_DECODE_OUT, "decode", lambda: RangeStats(channel_dim=1, bounds="symmetric", sync_on_compute=False), None),
+            ):
+                self.engine.judged_tap(name, make, judge, where=f"{_SRC}:{piece}", what=_PIECES[piece], consequence=_CONSEQUENCE)
         self.previews: dict[tuple[int, int], torch.Tensor] = {}
         self._off: set[str] = set()
         self._orig_class: type | None = None
         self._sub: type | None = None
         self._decode_patched = False
         self._prev_decode: Any = _MISSING
-        self._tracers: list[ModuleTracer] = []
-        self._vae_tracer: ModuleTracer | None = None
         self._call: _Call | None = None
         self._calls = 0
         self._decode_count = 0
@@ -294,12 +306,13 @@ class PipelineWatch:
         self._prev_decode = self.vae.__dict__.get("decode", _MISSING)  # another watch's wrapper, if any
         self.vae.decode = decode  # instance attribute shadows the class method
         self._decode_patched = True
+        # the tracers are the engine's, judged here: the VAE's stepped per decode, the denoiser's per forward
+        judge = {"where": f"{_SRC}:judge", "consequence": _CONSEQUENCE}
         if self.trace != "none":
-            self._vae_tracer = ModuleTracer(self.vae, "all", history=4, headroom_share=self.headroom_share, auto_step=False)
-            self._vae_tracer.enabled = False
-            self._tracers.append(self._vae_tracer.attach())
+            self.engine.trace_module(_VAE, self.vae, self._judge_tracer, enabled=False, headroom_share=self.headroom_share, **judge)
         if self.trace == "all" and isinstance(self.denoiser, torch.nn.Module):
-            self._tracers.append(ModuleTracer(self.denoiser, "all", history=4, headroom_share=self.headroom_share).attach())
+            self.engine.trace_module(_DENOISER, self.denoiser, self._judge_tracer, auto_step=True,
+                                     headroom_share=self.headroom_share, **judge)
 
     @rng_kept
     def detach(self) -> None:
@@ -313,8 +326,7 @@ class PipelineWatch:
             else:
                 self.vae.__dict__["decode"] = self._prev_decode
             self._decode_patched = False
-        for t in self._tracers:
-            t.detach()
+        self.engine.untrace()
         self._active = False
 
     @property
@@ -355,6 +367,8 @@ class PipelineWatch:
             return orig_call(pipe, *args, **kwargs)
         self._calls += 1
         call = self._call = _Call(self._calls)
+        if self.latent_convention is not None:  # the checked steps' monitors: the engine's window (read by the previews)
+            call.monitors = self.engine.judged_window(_STEPS)
         try:
             try:
                 bound = inspect.signature(orig_call).bind(pipe, *args, **kwargs)
@@ -432,9 +446,9 @@ class PipelineWatch:
         call.width = a.get("width") or (size * vsf if isinstance(size, int) else None)
         z = a.get("latents")
         if isinstance(z, torch.Tensor) and z.is_floating_point() and self.latent_convention is not None:
-            zz = self._unpack(z, call)
-            call.user_latents = LatentMonitor(self.latent_convention, preview_samples=0, sync_on_compute=False)
-            call.user_latents.update(zz)
+            if not self.engine.feed_judged(_USER, self._unpack(z, call), key=call.index):
+                self._off.add("inputs")  # the engine said it once and switched the tap off
+                return
         engine, found = self.engine, []
         for name in _INPUTS:
             x = a.get(name)
@@ -503,11 +517,9 @@ class PipelineWatch:
             clean.mean(dim=dims), clean.std(dim=dims), clean.abs().amax(dim=dims), (~finite).sum(dim=dims).float(),
         ], dim=1)
         call.steps.append(row)
-        if i in call.checked:  # tensor operations only above; a monitor here: the user's random state kept
-            with kept_rng():
-                mon = LatentMonitor(self.latent_convention, preview_samples=1, sync_on_compute=False)
-                mon.update(zf / self._noise_level(pipe.scheduler, zf))
-                call.monitors[i] = mon
+        if i in call.checked:  # tensor operations only above; the engine's monitor keeps the user's random state
+            if not self.engine.feed_judged(_STEPS, zf / self._noise_level(pipe.scheduler, zf), key=i):
+                self._off.add("steps")  # the engine said it once and switched the tap off
 
     def _noise_level(self, scheduler: Any, z: torch.Tensor) -> torch.Tensor | float:
         """Std of x_t for unit-std data after the current step: sqrt(sigma**2 + 1) for sigma-parameterised
@@ -545,38 +557,39 @@ class PipelineWatch:
         try:
             out = orig(z, *args, **kwargs)
         finally:
-            if self._vae_tracer is not None:
-                self._vae_tracer.enabled = False
+            self.engine.trace_pause(_VAE)
         if rec is not None:
             with kept_rng():
                 self._decode_result(rec, out)
         return out
 
-    def _decode_record(self, z: torch.Tensor) -> Any:
-        """rangewatch's part before a decode: the latents' monitor, the VAE tracer on (None when it failed)."""
-        rec = None
+    def _decode_record(self, z: torch.Tensor) -> int | None:
+        """rangewatch's part before a decode: its input latents to the engine's judged tap, the VAE tracer
+        stepped and on; returns the decode's key (None when it failed)."""
+        key = self._decode_count
         try:
-            mon = LatentMonitor(self.latent_convention, preview_samples=1, sync_on_compute=False)
-            mon.update(self._to_model(z))
-            rec = (mon, RangeStats(channel_dim=1, bounds="symmetric", sync_on_compute=False))
-            if self._vae_tracer is not None:
-                self._vae_tracer.start_step(self._decode_count)
-                self._vae_tracer.enabled = True
+            if not self.engine.feed_judged(_DECODE_IN, self._to_model(z), key=key):
+                self._off.add("decode")  # the engine said it once and switched the tap off
+                return None
+            self.engine.trace_step(_VAE, key)
         except Exception as e:  # noqa: BLE001
             self._internal("decode", e)
-        return rec
+            return None
+        return key
 
-    def _decode_result(self, rec: Any, out: Any) -> None:
+    def _decode_result(self, key: int, out: Any) -> None:
         """rangewatch's part after a decode: the decoded image's statistics; judged at once outside a call."""
         try:
             img = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", None)
             if isinstance(img, torch.Tensor) and img.is_floating_point():
-                rec[1].update(img.detach(), detail=True)
+                if not self.engine.feed_judged(_DECODE_OUT, img.detach(), key=key, detail=True):
+                    self._off.add("decode")  # the engine said it once and switched the tap off
+                    return
             if self._call is not None:
-                self._call.decodes.append(rec)
+                self._call.decodes.append(key)
             else:  # a decode outside a pipeline call (e.g. pipe.vae.decode(latents) by hand)
                 c = _Call(0)
-                c.decodes.append(rec)
+                c.decodes.append(key)
                 self._judge(c)
         except RangeMismatchError:
             self._stop()
@@ -586,17 +599,10 @@ class PipelineWatch:
 
     # ------------------------------------------------------------------ judging (host, once per call)
     def _judge(self, call: _Call) -> None:
-        found: list[Finding] = []
-        user = pc.user_latents(self, call) if call.user_latents is not None else []
-        found += user
-        step_found = pc.steps(self, call, skip=bool(user))
-        found += step_found
-        steps_nonfinite = any(f.kind == "nonfinite" for f in step_found)
-        for t in self._tracers:  # the module that overflowed first, before what it caused
-            found += pc.traced(self, t)
-            t.reset()
-        for mon, img in call.decodes:
-            found += pc.decode(self, call, mon, img, skip_scale=bool(user), steps_nonfinite=steps_nonfinite)
+        """Write the call's previews and scalars, then the engine's check of this front end's judged taps: each judge
+        below on its window, in the order of ``_JUDGED`` (latents=, the steps, the module that overflowed first,
+        before what it caused, the decodes), all findings in one report (each once, the policy applied, the sinks
+        written), the next windows started."""
         if "write" not in self._off:
             try:
                 self._previews(call)
@@ -605,14 +611,34 @@ class PipelineWatch:
                 self._internal("write", e)
         before = len(self.engine.findings)
         try:
-            self.engine.report(found, step=call.index)  # each once, the policy applied, the sinks written
+            self.engine.check_judged(list(_JUDGED), step=call.index, context=call)
         finally:
             fresh = self.engine.findings[before:]
             if self.out_dir and fresh:
-                os.makedirs(self.out_dir, exist_ok=True)
-                with open(os.path.join(self.out_dir, "findings.txt"), "a", encoding="utf-8") as fh:
-                    for f in fresh:
-                        fh.write(f"call {call.index}: {f}\n")
+                append_findings(self.out_dir, [f"call {call.index}: {f}" for f in fresh])
+
+    # the judges (the engine runs them at check_judged; pipeline/checks.py holds the rules)
+    def _judge_user(self, window: Mapping[Any, Any], judging: Judging) -> list[Finding]:
+        mon = window.get(judging.context.index)
+        return [] if mon is None else pc.user_latents(self, mon)
+
+    def _judge_steps(self, window: Mapping[Any, Any], judging: Judging) -> list[Finding]:
+        # call.monitors is this window (judged_window at the call's start): the latents= finding explains the range
+        return pc.steps(self, judging.context, skip=bool(judging.found.get(_USER)))
+
+    def _judge_tracer(self, window: Mapping[Any, Any], judging: Judging) -> list[Finding]:
+        return pc.traced(self, window[None])
+
+    def _judge_decodes(self, window: Mapping[Any, Any], judging: Judging) -> list[Finding]:
+        call, found = judging.context, []
+        user = bool(judging.found.get(_USER))
+        steps_nonfinite = any(f.kind == "nonfinite" for f in judging.found.get(_STEPS, ()))
+        images = judging.windows.get(_DECODE_OUT, {})
+        for key in call.decodes:
+            mon = window.get(key)
+            if mon is not None:
+                found += pc.decode(self, call, mon, images.get(key), skip_scale=user, steps_nonfinite=steps_nonfinite)
+        return found
 
     def _scalars(self, call: _Call) -> None:
         """Per denoising step, the latents' per-channel mean, std and max |x| (model space) to the

@@ -1,4 +1,4 @@
-"""Image files in a folder (a front end's ``out_dir``): the one place rangewatch saves a PNG of its own."""
+"""Files in a folder (a front end's ``out_dir``): the one place rangewatch saves a PNG or a findings list of its own."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import torch
 
-__all__ = ["save_png"]
+__all__ = ["save_png", "append_findings"]
 
 
 def save_png(out_dir: str | os.PathLike, name: str, img: torch.Tensor) -> str:
@@ -17,4 +17,13 @@ def save_png(out_dir: str | os.PathLike, name: str, img: torch.Tensor) -> str:
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name)
     save_image(img, path)
+    return path
+
+
+def append_findings(out_dir: str | os.PathLike, lines: list[str], name: str = "findings.txt") -> str:
+    """``lines`` appended to ``<out_dir>/<name>`` (UTF-8, one a line; the folder made when missing); returns the path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, name)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.writelines(f"{line}\n" for line in lines)
     return path

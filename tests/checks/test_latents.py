@@ -204,6 +204,47 @@ def test_gaussian_tail_is_not_an_outlier():
     assert findings(z, "sd15_latent") == []
 
 
+# ---------------------------------------------------------------------------- the checks beyond the scale (public)
+def test_check_beyond_scale_runs_the_other_checks_when_the_caller_sets_the_scale_verdict_aside():
+    """A caller that judges the scale itself (watch_pipeline drops a scale verdict it cannot be sure of) gets the
+    outlier check that check() suppresses behind a scale finding; the figures against numpy's."""
+    z = unit_latents("sdxl_latent") * 3.0  # an unexplained scale: check() reports it alone
+    z[0, 2, 5, 5] = -30.0
+    mon = LatentMonitor("sdxl_latent")
+    mon.update(z)
+    assert kinds(mon.check(step=3, where="vae.decode input")) == ["latent_scale"]
+    a = mon.analyse()
+    rest = mon.check_beyond_scale(a, step=3, where="vae.decode input")
+    assert kinds(rest) == ["latent_outliers"]  # centred channel means: no shift, no cast
+    (f,) = rest
+    share = float(np.mean(np.abs(z.numpy()) > 3.5))
+    assert f"{share:.2%} of values have |x| > 3.5" in f.evidence and "values reach 30.0" in f.evidence
+    assert (f.step, f.where) == (3, "vae.decode input")
+    assert mon.outlying(a)
+
+
+def test_check_beyond_scale_is_what_check_says_once_the_scale_is_right():
+    conv = get_convention("flux_latent")
+    z = unit_latents("flux_latent", n=16) + conv.shift * conv.scale  # shift not subtracted
+    flat = z.view(-1)
+    flat[::97] = 31.2
+    flat[50::97] = -31.2  # symmetric: the channel means stay
+    mon = LatentMonitor("flux_latent")
+    mon.update(z)
+    found = mon.check(step=1, where="latents")
+    assert "latent_shift" in kinds(found) and "latent_outliers" in kinds(found)
+    assert mon.check_beyond_scale(mon.analyse(), step=1, where="latents") == found
+
+
+def test_outlying_against_numpy():
+    for z, expected in ((unit_latents("sd15_latent"), False), (unit_latents("sd15_latent") * 2.0, True)):
+        mon = LatentMonitor("sd15_latent")
+        mon.update(z)
+        v = np.abs(z.numpy())
+        assert expected == bool(np.mean(v > 3.5) > 5e-3 or v.max() > 2 * 4)  # the documented defaults
+        assert mon.outlying(mon.analyse()) is expected
+
+
 def test_nonfinite_latents():
     z = unit_latents("sdxl_latent")
     z[0, 3, :2, :2] = float("nan")

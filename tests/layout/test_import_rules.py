@@ -167,3 +167,46 @@ def test_only_sinks_write_and_only_the_tag_layout_spells_a_tag():
         texts += [] if rel == "sinks/tags.py" else [f"{rel}: {x}" for x in t]
     assert not calls, "writer calls outside rangewatch/sinks/ (write through a LoggerSink):\n" + "\n".join(calls)
     assert not texts, "tags spelled outside rangewatch/sinks/tags.py (build them there):\n" + "\n".join(texts)
+
+
+def _cycles(graph: dict[str, list[tuple[int, str]]]) -> list[set[str]]:
+    """The import circles among the package's modules (strongly connected groups of two or more), every import
+    statement counted (``TYPE_CHECKING`` and function-local ones too)."""
+    mods = {_module_name(PACKAGE.parent / p, PACKAGE): {t for _, t in imps} for p, imps in graph.items()}
+    edges = {m: {t for t in ts if t in mods and t != m} for m, ts in mods.items()}
+    seen: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[set[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm
+        seen[v] = low[v] = len(seen)
+        stack.append(v)
+        for w in edges[v]:
+            if w not in seen:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], seen[w])
+        if low[v] == seen[v]:
+            group = set()
+            while True:
+                w = stack.pop()
+                group.add(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(group)
+
+    for v in sorted(edges):
+        if v not in seen:
+            visit(v)
+    return out
+
+
+def test_the_pipeline_front_end_is_in_no_import_circle():
+    """pipeline/checks.py reads the per-call record and the watch's setup from pipeline/call.py, never pipeline/watch.py."""
+    made_up = {"rangewatch/a.py": [(1, "rangewatch.b")], "rangewatch/b.py": [(1, "rangewatch.a")], "rangewatch/c.py": [(1, "rangewatch.a")]}
+    assert _cycles(made_up) == [{"rangewatch.a", "rangewatch.b"}]  # the scan finds a circle
+    circles = [c for c in _cycles(_graph()) if any(m.startswith("rangewatch.pipeline") for m in c)]
+    assert not circles, circles
