@@ -89,7 +89,7 @@ class RankAgreement:
         if float(failed.reshape(-1)[0]) > 0:  # every rank: the same words, from the first rank that failed
             texts = coll.all_gather_bytes((failure or "").encode("utf-8", "backslashreplace"))
             r, why = next((r, t.decode("utf-8", "replace")) for r, t in enumerate(texts) if t)
-            self._internal("ddp", RuntimeError(f"on rank {r}: {why}"), None,
+            self._reporter.internal("ddp", RuntimeError(f"on rank {r}: {why}"), None,
                            consequence="every rank skips this check; training goes on")
             return False
         return True
@@ -107,13 +107,13 @@ class RankAgreement:
                 if why and not tap.disabled:
                     tap.disabled = True
                     if why != "-":  # an internal error on another rank: said here too (rank zero warns)
-                        self._internal(name, RuntimeError(f"on rank {rank}: {why}"), tap)
+                        self._reporter.internal(name, RuntimeError(f"on rank {rank}: {why}"), tap)
         for name, by_rank in sorted(channels.items()):
             tap = self._taps[name]
             if len(set(by_rank.values())) > 1 and not tap.disabled:
                 tap.disabled = True
                 tap.error = "its channel count differs between ranks"
-                self._early.append(_ranks_differ(name, by_rank, self._clock()))
+                self._early.append(_ranks_differ(name, by_rank, self._env.step()))
 
     def _placeholder_tap(self, name: str, channel_dim: int | None) -> _Tap:
         """An empty tap for one that another rank has: it takes part in the reductions with no data."""
@@ -136,7 +136,7 @@ class RankAgreement:
                 if tap.stats.synced:
                     out.append(tap.stats)
             except Exception as e:  # noqa: BLE001
-                self._internal(name, e, tap)
+                self._reporter.internal(name, e, tap)
         return out
 
     def _gather_sample(self, tap: _Tap, channels: int) -> None:

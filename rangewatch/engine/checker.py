@@ -111,17 +111,17 @@ class TapChecks:
         if loader in inf.compatible:  # the tap cannot tell the loader's convention from the module's
             return
         self._withdrawn.add(where)
-        self._log.withdraw("mismatch", where)
+        self._reporter.log.withdraw("mismatch", where)
         module = tap.rsplit(":", 1)[0]
         note = note_finding(
             where, "withdrawn", expected=exp.convention,
             evidence=(f"the loader prediction ({loader}) is withdrawn: the values that reach {tap} follow "
                       f"{exp.conv.label}, as {module} expects, and rule out {loader} ({inf.excluded.get(loader, 'see the tap')}); "
                       f"the model converts the loader's output itself"),
-            fix="nothing to do", step=self._clock(), source=exp.source,
+            fix="nothing to do", step=self._env.step(), source=exp.source,
         )
-        self._log.add(note)
-        self._info(f"rangewatch: {note}")
+        self._reporter.log.add(note)
+        self._env.info(f"rangewatch: {note}")
 
     def _metrics(self, tap: _Tap, s: RangeSummary) -> dict[str, float]:
         """Per tap in the compact ``rangewatch/`` group its ``min``, ``max`` and ``out_of_range`` share (three

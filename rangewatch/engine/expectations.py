@@ -54,7 +54,7 @@ class ExpectationSources:
         try:
             derived = derive_expectations(model, image_processors=self.image_processors or None, notes=notes)
         except Exception as e:
-            self._internal("derive_expectations", e, None)
+            self._reporter.internal("derive_expectations", e, None)
             return
         for key, exp in derived.items():
             name, side = key.rsplit(":", 1)
@@ -69,7 +69,7 @@ class ExpectationSources:
             self.expectations[tap] = exp
             self._derived_keys.add(tap)
         for n in notes:
-            self._note_once(n, f"rangewatch: {n}")
+            self._reporter.note_once(n, f"rangewatch: {n}")
 
     def _bind_latent(self, name: str, t: torch.Tensor) -> int | None:
         """A tensor handed to :meth:`~rangewatch.Watch.tensor` under a latents name (``latents``,
@@ -82,7 +82,7 @@ class ExpectationSources:
             return None
         if len(self._vae_latents) > 1:
             vaes = ", ".join(p or "the root module" for p in sorted(self._vae_latents))
-            self._note_once(f"latents {name}", f"rangewatch: {name}: several VAEs are attached ({vaes}); the latents are not "
+            self._reporter.note_once(f"latents {name}", f"rangewatch: {name}: several VAEs are attached ({vaes}); the latents are not "
                             "judged against either; declare which: expect={" + repr(name.split(':')[0]) + ": '<latent convention>'}")
             return None
         (path, exp), = self._vae_latents.items()
@@ -92,7 +92,7 @@ class ExpectationSources:
 
         dim = convention_channel_dim(t, conv) if t.dim() in (4, 5) else None
         if t.dim() not in (4, 5) or (c is not None and dim is None):
-            self._note_once(f"latents {name}", (
+            self._reporter.note_once(f"latents {name}", (
                 f"rangewatch: {name} has shape {tuple(t.shape)}, not the {c or 'N'}-channel (N, C, H, W) or (N, C, F, H, W) "
                 f"latents of the attached VAE ({path or 'the root module'}): not judged against its latent scaling "
                 "(packed token latents must be unpacked first); declare it with expect={" + repr(name.split(':')[0]) + ": ...} if meant"))
@@ -117,6 +117,6 @@ class ExpectationSources:
             ),
             fix=conversion_fix(data.conv, model.conv, module),  # the carried conventions: custom ones are not in the catalogue
             severity="info",
-            step=self._now(),
+            step=self._env.now(),
             source=model.source,
         )

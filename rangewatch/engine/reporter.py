@@ -1,18 +1,25 @@
 """The engine's findings reporting: through its findings log, to the sinks, and the internal-error rule.
 
-FindingsReporting (a mixin) is the part of :class:`rangewatch.Watch` that sends a check's findings through the
+:class:`FindingsReporter` is a collaborator of :class:`rangewatch.Watch`: it owns the
 :class:`~rangewatch.findings.log.FindingsLog` (each finding once, the policy applied, every rank together under
-``policy="raise"``) and the fresh ones to the sinks; reports an internal error once and switches off only the
-tap it hit; and says a note once.
+``policy="raise"``) and the notes said once; it sends the fresh findings to the sinks, and reports an internal error
+once, switching off only the tap it hit. It reads the collectives, the sinks, the clock and the voice from the
+engine's :class:`~rangewatch.engine.surroundings.Surroundings`.
 """
 
 from __future__ import annotations
 
-from ..rng import rng_kept
-from .tapset import _Tap
-from ..findings.finding import Finding, internal_finding
+from typing import TYPE_CHECKING
 
-__all__ = ["FindingsReporting"]
+from ..findings.finding import Finding, internal_finding
+from ..findings.log import FindingsLog, Policy
+from ..rng import rng_kept
+from .surroundings import Surroundings
+
+if TYPE_CHECKING:
+    from .tapset import _Tap
+
+__all__ = ["FindingsReporter"]
 
 # what an internal error at a place that is no tap interrupted
 _INTERNAL_WHAT = {
@@ -25,29 +32,39 @@ _INTERNAL_WHAT = {
 }
 
 
-class FindingsReporting:
-    """The engine's findings reporting (a mixin of :class:`~rangewatch.engine.watch.Watch`): the findings log and
-    the sinks, internal errors (each reported once, only the tap it hit switched off) and notes said once."""
+class FindingsReporter:
+    """Where the engine's findings and notes go: :meth:`report` (through the findings log, the fresh ones to the
+    sinks), :meth:`internal` (an internal error, reported once; only the tap it hit switched off), :meth:`note_once`."""
+
+    def __init__(self, policy: Policy, surroundings: Surroundings) -> None:
+        self._at = surroundings
+        #: each finding once, the policy applied (:class:`~rangewatch.findings.log.FindingsLog`)
+        self.log = FindingsLog(policy, warn=surroundings.warn)
+        #: what was said once, by key
+        self.notes: dict[str, str] = {}
 
     @rng_kept
-    def _report(self, new: list[Finding], step: int) -> list[Finding]:
+    def report(self, new: list[Finding], step: int) -> list[Finding]:
         """Through the findings log (each finding once, the policy applied); the fresh ones to the sinks.
         Under several processes with ``policy="raise"``, every rank must call this together."""
-        coll = self.collectives
-        gather = coll.all_gather_bytes if self.policy == "raise" and coll.world_size > 1 else None
+        coll = self._at.collectives
+        gather = coll.all_gather_bytes if self.log.policy == "raise" and coll.world_size > 1 else None
 
         def write(fresh: list[Finding]) -> None:
-            if self._sink is not None:
+            sink = self._at.sink
+            if sink is not None:
                 try:
-                    self._sink.findings(self.findings, step)
+                    sink.findings(self.log.findings, step)
                 except Exception as e:
-                    self._internal("logging", e, None)
+                    self.internal("logging", e, None)
 
-        return self._log.report(new, gather=gather, on_fresh=write)
+        return self.log.report(new, gather=gather, on_fresh=write)
 
     @rng_kept
-    def _internal(self, where: str, error: BaseException, tap: _Tap | None, what: str | None = None,
-                  consequence: str | None = None) -> None:
+    def internal(self, where: str, error: BaseException, tap: _Tap | None = None, what: str | None = None,
+                 consequence: str | None = None) -> None:
+        """``where`` failed with ``error`` while doing ``what``: an ``internal`` finding and one warning, once; ``tap``
+        (the tap it hit, if any) is switched off."""
         if tap is not None:
             tap.disabled = True
             if tap.error is None:
@@ -63,12 +80,13 @@ class FindingsReporting:
             evidence = f"rangewatch failed while {what}; that step is skipped, training goes on"
             consequence = "no tap is switched off; training goes on"
         f = internal_finding(where, error, evidence=evidence, fix="please report this with the tensor's shape and dtype",
-                             step=self._clock())
-        if self._log.add(f):
-            self._warn(f"rangewatch: internal error at {where} while {what} ({type(error).__name__}: {error}); {consequence}")
+                             step=self._at.step())
+        if self.log.add(f):
+            self._at.warn(f"rangewatch: internal error at {where} while {what} ({type(error).__name__}: {error}); {consequence}")
 
-    def _note_once(self, key: str, text: str) -> None:
-        if key in self._notes:
+    def note_once(self, key: str, text: str) -> None:
+        """Say ``text`` once per ``key``."""
+        if key in self.notes:
             return
-        self._notes[key] = text
-        self._info(text)
+        self.notes[key] = text
+        self._at.info(text)

@@ -109,7 +109,7 @@ class TapFeeding:
                 "or sd3_latent for 16-channel latents), or name the tap that carries the data you meant"
             ),
             severity="error",
-            step=self._clock(),
+            step=self._env.step(),
             source=exp.source,
         )
 
@@ -162,7 +162,7 @@ class TapFeeding:
 
     def _unreadable_window(self, name: str, error: BaseException) -> None:
         """A saved window that cannot be read (a tampered or foreign checkpoint): said once, the tap starts empty."""
-        self._note_once("state", f"rangewatch: the saved window of {name} cannot be read ({type(error).__name__}: {str(error)[:200]}); "
+        self._reporter.note_once("state", f"rangewatch: the saved window of {name} cannot be read ({type(error).__name__}: {str(error)[:200]}); "
                                  "it is dropped and the tap starts an empty window (later ones are dropped the same way)")
 
     @staticmethod
@@ -203,11 +203,11 @@ class TapFeeding:
         except (ConfigError, RangeMismatchError):
             raise
         except Exception as e:  # rangewatch must never be the cause of a failed run
-            self._internal(name, e, tap)
+            self._reporter.internal(name, e, tap)
 
     def _on_module_error(self, tap_name: str, error: BaseException) -> None:
         """A module hook failed (ModuleTaps never lets it reach the model): that tap is switched off."""
-        self._internal(tap_name, error, self._taps.get(tap_name))
+        self._reporter.internal(tap_name, error, self._taps.get(tap_name))
 
     def _on_module_tensor(self, tap_name: str, t: torch.Tensor) -> None:
         if self._phase:  # a validation forward: its own tap (val/...), never the training window
@@ -220,11 +220,11 @@ class TapFeeding:
         if type(t) is not torch.Tensor or t.layout is not torch.strided or t.is_nested or t.is_meta:
             kind = odd_tensor_kind(t)
             if kind is not None:  # this call is skipped; the tap stays on for the dense tensors it carries
-                self._note_once(f"{tap_name}:{kind}", f"rangewatch: {tap_name} carries a {kind} tensor: rangewatch reads dense tensors only, so it is not watched")
+                self._reporter.note_once(f"{tap_name}:{kind}", f"rangewatch: {tap_name} carries a {kind} tensor: rangewatch reads dense tensors only, so it is not watched")
                 return
         if tap is None:
             if not (t.is_floating_point() or t.dtype == torch.uint8) or t.dim() < 2 or t.numel() == 0:
-                self._note_once(tap_name, f"{tap_name} carries a {t.dtype} tensor of shape {tuple(t.shape)}: not image-like, not watched")
+                self._reporter.note_once(tap_name, f"{tap_name} carries a {t.dtype} tensor of shape {tuple(t.shape)}: not image-like, not watched")
                 self._taps[tap_name] = _Tap(tap_name, 1, RangeStats(), disabled=True)
                 return
             exp = self.expectation_for(tap_name)
@@ -247,9 +247,9 @@ class TapFeeding:
         try:
             images = find_images(batch, self.batch_keys, self.skip_keys, notes=skipped)
             for path, why in skipped:  # said once per path: what is not watched, and why
-                self._note_once(f"skipped {prefix}{path}", f"rangewatch: {prefix}{path} is not watched: {why}")
+                self._reporter.note_once(f"skipped {prefix}{path}", f"rangewatch: {prefix}{path} is not watched: {why}")
         except Exception as e:
-            self._internal(f"{prefix}batch", e, None, what="looking for the image tensors in the batch (this batch is not watched)")
+            self._reporter.internal(f"{prefix}batch", e, None, what="looking for the image tensors in the batch (this batch is not watched)")
             return
         seen = set()
         for img in images:

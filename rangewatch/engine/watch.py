@@ -68,7 +68,8 @@ from ..sinks.loggers import LoggerSink
 from ..stats.range_stats import RangeSummary
 from .checker import TapChecks
 from .expectations import ExpectationSources
-from .reporter import FindingsReporting
+from .reporter import FindingsReporter
+from .surroundings import Surroundings
 from .check_logging import CheckLogging, _is_writer, _WriterScalars
 from .numerics_tracing import NumericsTracing
 from .preview_gate import PreviewGate
@@ -85,19 +86,7 @@ STATE_VERSION = 1
 
 
 
-def _says(level: str, text: str) -> None:
-    """The default voice (the engine gates on its rank): a warning that points at the user's code, or a line
-    said once (the ``rangewatch`` logger when the program configured logging, else stderr)."""
-    from ..sinks import console
-
-    (console.warn if level == "warn" else console.info)(text)
-
-
-def _no_step() -> int | None:
-    return None
-
-
-class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsReporting, UnseenTaps):
+class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, UnseenTaps):
     r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there; declared once in
     :class:`rangewatch.options.Options`, given as keywords, ``expect`` also first positional); the
     keyword-only arguments connect it to its surroundings.
@@ -142,14 +131,11 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         self.check_nonfinite_every_step, self.per_channel_scalars = o.check_nonfinite_every_step, o.per_channel_scalars
         self.image_processors: dict[str, Any] = dict(o.image_processors or {})
 
-        self.messages = messages
+        self._env = Surroundings(messages)  # collectives, sinks, clock, voice: set by connect() (engine/surroundings.py)
         #: where the options came from (a YAML file: ``RangeWatch.from_yaml``), named in ConfigErrors found later
         self.origin: str | None = None
-        self._log = FindingsLog(o.policy, warn=self._warn)
+        self._reporter = FindingsReporter(o.policy, self._env)  # findings log, notes, internal errors (engine/reporter.py)
         self.expectations: dict[str, Expectation] = {}
-        self.collectives: Collectives = SingleProcess()
-        self._clock: Callable[[], int | None] = _no_step
-        self._own_step = 0  # the step counter when no clock is given (plain loops)
         self._numerics = NumericsTracing()  # the module tracer of trace_modules (engine/numerics_tracing.py)
         self._losses: Any = None
         self._derived_keys: set[str] = set()
@@ -170,8 +156,6 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         self._step_at_start = 0
         self._has_tensorboard = False
         self._every = self.log_every_n_steps or 50
-        self._sink: LoggerSink | None = None
-        self._notes: dict[str, str] = {}
         self._declared_batch_paths = [k if k.startswith("batch") else f"batch.{k}" for k in self.expect if k.startswith("batch")]
         self._early: list[Finding] = []  # found outside a check (in a hook): reported at the next check
         self._previews = PreviewGate()  # the preview watch: which calls are measured, their findings (engine/preview_gate.py)
@@ -181,23 +165,21 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         self._set_declared()
         if collectives is not None or loggers is not None or clock is not None:
             self.connect(collectives=collectives, loggers=loggers, clock=clock)
-        else:
-            self._clock = self._own_clock
 
     # ------------------------------------------------------------------ public surface
     @property
     def policy(self) -> Policy:
         """``"warn"``, ``"raise"`` or ``"log"`` (may be changed between steps)."""
-        return self._log.policy
+        return self._reporter.log.policy
 
     @policy.setter
     def policy(self, value: Policy) -> None:
-        self._log.policy = check_choice("policy", value, POLICIES)  # type: ignore[assignment]
+        self._reporter.log.policy = check_choice("policy", value, POLICIES)  # type: ignore[assignment]
 
     @property
     def findings(self) -> list[Finding]:
         """Every finding so far, each once, in the order found (notes and internal errors included)."""
-        return self._log.findings
+        return self._reporter.log.findings
 
     @property
     def taps(self) -> Mapping[str, TapInfo]:
@@ -212,9 +194,13 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         return MappingProxyType(out)
 
     @property
+    def _notes(self) -> dict[str, str]:  # what was said once, by key (the callback's checkpoint carries it)
+        return self._reporter.notes
+
+    @property
     def notes(self) -> list[str]:
         """What was said once (skipped tensors, modules without hooks, ...), in the order said."""
-        return [t.removeprefix("rangewatch: ") for t in self._notes.values()]
+        return [t.removeprefix("rangewatch: ") for t in self._reporter.notes.values()]
 
     @property
     def loader_expectations(self) -> Mapping[str, Expectation]:
@@ -255,8 +241,8 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         logged (decide it alike on every rank: the statistics' states must match across ranks)."""
         from ..sinks.loggers import is_tensorboard_logger
 
-        self.collectives = collectives if collectives is not None else SingleProcess()
-        self._clock = clock if clock is not None else self._own_clock
+        self._env.collectives = collectives if collectives is not None else SingleProcess()
+        self._env.clock = clock  # None: the engine's own step counter
         if every is not None:
             self._every = self.log_every_n_steps or max(1, int(every))
         loggers = list(loggers or [])
@@ -264,38 +250,33 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         if histograms_logged is None:
             histograms_logged = bool(writers) or any(is_tensorboard_logger(lg) or type(lg).__name__ == "WandbLogger" for lg in loggers)
         self._has_tensorboard = bool(histograms_logged)
-        self._sink = None
+        self._env.sink = sink = None
         if self.collectives.rank == 0:
-            self._sink = LoggerSink([lg for lg in loggers if lg not in writers])
+            self._env.sink = sink = LoggerSink([lg for lg in loggers if lg not in writers])
             for w in writers:  # a SummaryWriter: histograms, text and images directly, scalars through add_scalar
-                self._sink.writers.append(w)
-                self._sink.metric_loggers.append(_WriterScalars(w))
-            self._sink.has_tensorboard = bool(self._sink.writers)
+                sink.writers.append(w)
+                sink.metric_loggers.append(_WriterScalars(w))
+            sink.has_tensorboard = bool(sink.writers)
 
-    def _own_clock(self) -> int:
-        return self._own_step
+    @property
+    def collectives(self) -> Collectives:
+        """The cross-process operations given to :meth:`connect` (default: one process)."""
+        return self._env.collectives
 
-    def _now(self) -> int:
-        step = self._clock()
-        return int(step) if step is not None else 0
+    @property
+    def messages(self) -> Callable[[str, str], None] | None:
+        """``fn(level, text)`` for every line the engine says (rank zero only); None: the default voice."""
+        return self._env.messages
 
-    def _info(self, text: str) -> None:
-        self._say("info", text)
-
-    def _warn(self, text: str) -> None:
-        self._say("warn", text)
-
-    @rng_kept
-    def _say(self, level: str, text: str) -> None:
-        if self.collectives.rank != 0:
-            return
-        (self.messages or _says)(level, text)
+    @messages.setter
+    def messages(self, value: Callable[[str, str], None] | None) -> None:
+        self._env.messages = value
 
     @property
     def sink(self) -> LoggerSink | None:
         """The sinks the loggers given to :meth:`connect` became (rank zero only; None elsewhere and
         without loggers): a front end writes its own images, scalars and text through them."""
-        return self._sink
+        return self._env.sink
 
     @rng_kept
     def report(self, findings: list[Finding], step: int | None = None) -> list[Finding]:
@@ -303,19 +284,19 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         findings log (each once, the policy applied: may raise :class:`~rangewatch.RangeMismatchError`)
         and the sinks; returns the fresh ones. Under several processes with ``policy="raise"``, every
         rank must call this together."""
-        return self._report(list(findings), self._now() if step is None else int(step))
+        return self._reporter.report(list(findings), self._env.now() if step is None else int(step))
 
     @rng_kept
     def internal(self, where: str, error: BaseException, what: str, consequence: str | None = None) -> None:
         """A front end's own piece ``where`` failed with ``error`` while doing ``what``: reported once
         (an ``internal`` finding and one warning), as the engine reports its own; the front end switches
         that piece off and says so in ``consequence`` (default: the step is skipped, the run goes on)."""
-        self._internal(where, error, None, what=what, consequence=consequence)
+        self._reporter.internal(where, error, None, what=what, consequence=consequence)
 
     @rng_kept
     def note(self, text: str, key: str | None = None) -> None:
         """Say ``text`` once (per ``key``, default the text itself)."""
-        self._note_once(key or text, text)
+        self._reporter.note_once(key or text, text)
 
     def is_check_step(self, step: int) -> bool:
         """Whether ``step`` is a check step: one of the first ``check_first_n`` training batches, or a
@@ -326,7 +307,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
     def begin_step(self, step: int | None = None, detail: bool | None = None) -> bool:
         """Open training step ``step`` (default: the clock's); returns whether it is a check step.
         ``detail`` (default: at check steps) takes full statistics of this step's tensors."""
-        step = self._now() if step is None else int(step)
+        step = self._env.now() if step is None else int(step)
         self._step_at_start = step
         self._check_now = self.is_check_step(step)
         self._detail = self._check_now if detail is None else bool(detail)
@@ -370,7 +351,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
                 if bound is not None and channel_dim is None and self._phase + name not in self._taps:
                     channel_dim = bound
             except Exception as e:  # noqa: BLE001
-                self._internal(name, e, None, what="binding the latents to the attached VAE's config")
+                self._reporter.internal(name, e, None, what="binding the latents to the attached VAE's config")
         if channel_dim is None or name in self._taps:
             self._on_module_tensor(name, t)
         elif not self._phase or self.watch_validation:
@@ -381,7 +362,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         reported by this call."""
         before = len(self.findings)
         if not self._step_open:  # step() with no batch(), tensor() or begin_step() in it (module hooks only):
-            self._step_at_start = self._now()  # the step is judged at the clock's step all the same
+            self._step_at_start = self._env.now()  # the step is judged at the clock's step all the same
             self._check_now = self.is_check_step(self._step_at_start)
         self._train_batches += 1
         self._step_open = False
@@ -391,20 +372,20 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
                 if not self._announced:
                     self._announced = True
                     try:
-                        self._info(self.watching())
+                        self._env.info(self.watching())
                     except Exception as e:  # noqa: BLE001
-                        self._internal("console", e, None)
+                        self._reporter.internal("console", e, None)
             elif self.check_nonfinite_every_step and self.check_nonfinite():
                 self.check(self._step_at_start, "train")
             if not self._unseen_done and self._window_closed():  # every rank alike: the same batch count
-                self._report(self._check_unseen(self._step_at_start), self._step_at_start)
+                self._reporter.report(self._check_unseen(self._step_at_start), self._step_at_start)
             elif self._probes:
                 self._drop_probes_once_seen()
         finally:
             self._detail = False
             self._check_now = False
-            if self._clock == self._own_clock:
-                self._own_step += 1
+            if self._env.clock is None:
+                self._env.own_step += 1
         return self.findings[before:]
 
     def step(self) -> list[Finding]:
@@ -447,7 +428,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
             try:
                 out[name] = tap.stats.compute()
             except Exception as e:  # noqa: BLE001
-                self._internal(name, e, tap)
+                self._reporter.internal(name, e, tap)
         return out
 
     def check_nonfinite(self) -> bool:
@@ -478,26 +459,26 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
             return []
         try:
             fresh = []
-            for f in self._check_unseen(self._now()):
+            for f in self._check_unseen(self._env.now()):
                 f = dataclasses.replace(f, severity="warning")
-                if self._log.add(f):
+                if self._reporter.log.add(f):
                     fresh.append(f)
                     if self.policy != "log":
-                        self._warn(f"rangewatch: {f}")
-            if fresh and self._sink is not None:
-                self._sink.findings(self.findings, self._now())
+                        self._env.warn(f"rangewatch: {f}")
+            if fresh and self._env.sink is not None:
+                self._env.sink.findings(self.findings, self._env.now())
             return fresh
         except Exception as e:  # noqa: BLE001
-            self._internal("console", e, None)
+            self._reporter.internal("console", e, None)
             return []
 
     @rng_kept
     def say_summary(self) -> None:
         """Say :meth:`summary_line` (rank zero)."""
         try:
-            self._info(self.summary_line())
+            self._env.info(self.summary_line())
         except Exception as e:  # noqa: BLE001
-            self._internal("console", e, None)
+            self._reporter.internal("console", e, None)
 
     def __enter__(self) -> "Watch":
         return self
@@ -529,16 +510,16 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         options["skip_keys"] = list(self.skip_keys)
         options["policy"] = self.policy
         return {
-            "options": options, "messages": messages, "state": self.state_dict(), "notes": dict(self._notes),
-            "every": self._every, "own_step": self._own_step, "announced": self._announced, "origin": self.origin,
+            "options": options, "messages": messages, "state": self.state_dict(), "notes": dict(self._reporter.notes),
+            "every": self._every, "own_step": self._env.own_step, "announced": self._announced, "origin": self.origin,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state["options"], messages=state.get("messages"))  # type: ignore[misc]
         self.load_state_dict(state["state"])
-        self._notes.update(state.get("notes", {}))
+        self._reporter.notes.update(state.get("notes", {}))
         self._every = int(state.get("every", self._every))
-        self._own_step = int(state.get("own_step", 0))
+        self._env.own_step = int(state.get("own_step", 0))
         self._announced = bool(state.get("announced", False))
         self.origin = state.get("origin")
 
@@ -563,14 +544,14 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         if not self.watch_visualization:
             return
         try:
-            self._previews.start(threshold=self.clip_threshold, hist_bins=self.hist_bins, context=context, step=self._now())
+            self._previews.start(threshold=self.clip_threshold, hist_bins=self.hist_bins, context=context, step=self._env.now())
         except Exception as e:
             self.watch_visualization = False
-            self._internal("visualization", e, None, what="starting the visualisation watch (previews are not observed)")
+            self._reporter.internal("visualization", e, None, what="starting the visualisation watch (previews are not observed)")
 
     def preview_step(self, judge: bool | None = None, context: str | None = None) -> None:
         """Keep the watch's step (and phase) current, so a call is stamped with the step it was made at."""
-        self._previews.at(self._now(), context, judge)
+        self._previews.at(self._env.now(), context, judge)
 
     def flush_previews(self, log: bool = True, final: bool = False) -> None:
         """Report the findings of the calls made since the last hook (at the step of each call) and log
@@ -584,23 +565,23 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
     def _flush_previews(self, log: bool, final: bool) -> None:
         if self.collectives.world_size == 1:
             if self._previews.pending:
-                self._report(self._previews.take(), self._now())
+                self._reporter.report(self._previews.take(), self._env.now())
         elif final:  # every rank reaches teardown: a collective decision (policy="raise") is safe here
-            self._report(self._previews.take(), self._now())
+            self._reporter.report(self._previews.take(), self._env.now())
         if not log:
             return
         try:
             previews = self._previews.pop_previews()
-            if previews and self._sink is not None and self._sink.has_images:
+            if previews and self._env.sink is not None and self._env.sink.has_images:
                 from ..visualization import log_previews
 
                 for p in previews:
-                    step = p.record.step if p.record.step is not None else self._now()
-                    for w in self._sink.writers:
+                    step = p.record.step if p.record.step is not None else self._env.now()
+                    for w in self._env.sink.writers:
                         log_previews(w, p, step=step)
-                    self._sink.other_images(f"rangewatch/preview/{p.image_tag}", p.build_labelled(), step)  # W&B / MLflow
+                    self._env.sink.other_images(f"rangewatch/preview/{p.image_tag}", p.build_labelled(), step)  # W&B / MLflow
         except Exception as e:
-            self._internal("visualization", e, None, what="logging the corrected previews")
+            self._reporter.internal("visualization", e, None, what="logging the corrected previews")
 
     def _stop_previews(self) -> None:
         """Report the last previews' findings (may raise under ``policy="raise"``), then stop the preview watch."""
@@ -612,7 +593,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
             try:
                 self._previews.halt()
             except Exception as e:
-                self._internal("visualization", e, None, what="stopping the visualisation watch")
+                self._reporter.internal("visualization", e, None, what="stopping the visualisation watch")
 
     @rng_kept
     def attach(self, model: nn.Module, tensor_taps: bool = False) -> "Watch":
@@ -631,16 +612,16 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
             if self.derive_expectations:
                 self._losses = (self._losses or LossWatch()).attach(model)
         except Exception as e:
-            self._internal("loss networks", e, None)
+            self._reporter.internal("loss networks", e, None)
         try:
             notes = self._numerics.attach(model, self.trace_modules, history=self.trace_history, headroom_share=self.headroom_share,
                                           exact=self.trace_exact, origin=self.origin)
             for n in notes:
-                self._note_once(n, f"rangewatch: {n}")
+                self._reporter.note_once(n, f"rangewatch: {n}")
         except ConfigError:
             raise
         except Exception as e:
-            self._internal("trace_modules", e, None)
+            self._reporter.internal("trace_modules", e, None)
         wanted: dict[str, set[str]] = {}
         for tap in self._derived_keys:
             name, side = tap.rsplit(":", 1)
@@ -659,7 +640,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         missing = self._module_taps.attach(model, wanted)
         self._probe_unseen(model)
         for n in self._module_taps.skipped:  # TorchScript modules, hooks that cannot be placed
-            self._note_once(n, f"rangewatch: {n}")
+            self._reporter.note_once(n, f"rangewatch: {n}")
         if missing:
             self._module_taps.detach()
             if self._losses is not None:  # nothing this attach placed stays behind
@@ -676,7 +657,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
             )
         if self.expectations:
             lines = [f"  {tap}: {e.convention} ({e.source})" for tap, e in sorted(self.expectations.items())]
-            self._info("rangewatch expectations:\n" + "\n".join(lines))
+            self._env.info("rangewatch expectations:\n" + "\n".join(lines))
         return self
 
     @rng_kept
@@ -699,7 +680,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
                 exp = pred.expectation("batch")
                 if exp is None:
                     for n in pred.notes:
-                        self._note_once(n, f"rangewatch: {n}")
+                        self._reporter.note_once(n, f"rangewatch: {n}")
                     continue
                 self._loader_expect[stage] = exp
                 self._loader_noise[stage] = float(getattr(pred, "noise_share", 0.0) or 0.0)
@@ -711,12 +692,12 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
                     if mexp.convention != exp.convention:
                         early.append(self._pipeline_finding(tap, exp, mexp))
             if self._loader_expect:
-                self._info("rangewatch loader predictions: " + ", ".join(f"{k}: {v.convention} ({v.source})" for k, v in self._loader_expect.items()))
-            self._report(early, self._now())
+                self._env.info("rangewatch loader predictions: " + ", ".join(f"{k}: {v.convention} ({v.source})" for k, v in self._loader_expect.items()))
+            self._reporter.report(early, self._env.now())
         except (ConfigError, RangeMismatchError):
             raise
         except Exception as e:
-            self._internal("transform inspection", e, None)
+            self._reporter.internal("transform inspection", e, None)
 
     @rng_kept
     def detach(self) -> None:
@@ -744,13 +725,13 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
             self._losses.detach()
         if self._numerics.tracer is not None and not isinstance(exception, RangeMismatchError):
             try:  # a NaN loss that raised: still name where the NaN came from
-                for f in self._numerics.check(self._now())[0]:
-                    if self._log.add(f):
+                for f in self._numerics.check(self._env.now())[0]:
+                    if self._reporter.log.add(f):
                         from ..sinks.console import finding_text
 
-                        self._warn(finding_text(f))
+                        self._env.warn(finding_text(f))
             except Exception as e:
-                self._internal("trace_modules", e, None)
+                self._reporter.internal("trace_modules", e, None)
             self._numerics.detach()
         self._previews.halt()
 
@@ -758,7 +739,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
     # taps are made, fed and reset in engine_taps.TapFeeding; each tap is judged in engine_checks.TapChecks;
     # the ranks agree (taps, value samples, latent syncs) in collectives_agreement.RankAgreement
     def _check(self, which: Callable[[str], bool], step: int | None = None, train_check: bool = False) -> None:
-        step = self._now() if step is None else step
+        step = self._env.now() if step is None else step
         if self.collectives.world_size > 1 and not self._agree_on_taps():
             return  # every rank skips this check together (said once); the windows go on filling
         new: list[Finding] = list(self._early)  # found in hooks since the last check (a declared convention that does not fit)
@@ -783,17 +764,17 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
             except (ConfigError, RangeMismatchError):
                 raise
             except Exception as e:
-                self._internal(name, e, tap)
+                self._reporter.internal(name, e, tap)
         synced = self._sync_latents(summaries) if self.collectives.world_size > 1 else []
-        if self._sink is not None and self.collectives.rank == 0:
+        if self._env.sink is not None and self.collectives.rank == 0:
             try:
                 if metrics:
-                    self._sink.scalars(metrics, step)
-                    if not self._sink.has_images and self._sink.active:
-                        self._note_once("histograms", "rangewatch: histograms, images and text need a TensorBoard, W&B or MLflow logger; other loggers get scalars only")
-                self._check_logging.write(self._sink, self._log, self._taps, summaries, new, step, self.histograms)
+                    self._env.sink.scalars(metrics, step)
+                    if not self._env.sink.has_images and self._env.sink.active:
+                        self._reporter.note_once("histograms", "rangewatch: histograms, images and text need a TensorBoard, W&B or MLflow logger; other loggers get scalars only")
+                self._check_logging.write(self._env.sink, self._reporter.log, self._taps, summaries, new, step, self.histograms)
             except Exception as e:
-                self._internal("logging", e, None)
+                self._reporter.internal("logging", e, None)
         for st in synced:
             st.unsync()
         for name, _ in summaries:
@@ -804,12 +785,12 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
                 found, notes = self._numerics.check(step, gather)
                 new.extend(found)
                 for n in notes:
-                    self._note_once(n, f"rangewatch: {n}")
+                    self._reporter.note_once(n, f"rangewatch: {n}")
             except Exception as e:
-                self._internal("trace_modules", e, None)
+                self._reporter.internal("trace_modules", e, None)
         if self._losses is not None:
             new.extend(self._losses.check(step))
-        self._report(new, step)
+        self._reporter.report(new, step)
 
     def watching(self) -> str:
         """What is watched, said once per fit after the first checked batch: each tap with its
@@ -855,7 +836,6 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         return (f"rangewatch: {len(checked)} tap{'s' if len(checked) != 1 else ''} checked over {self._train_batches} "
                 f"training batch{'es' if self._train_batches != 1 else ''}: {found}{extra}")
 
-    # findings are reported in engine_findings.FindingsReporting
 
     # ------------------------------------------------------------------ state
     @rng_kept
@@ -880,11 +860,11 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
                 if tap.latent is not None:  # its soft-clamp counts too (LatentMonitor's own state)
                     taps[name]["latent"] = tap.latent.state_dict()
             except Exception as e:  # noqa: BLE001
-                self._internal(name, e, tap)
+                self._reporter.internal(name, e, tap)
         return {
             "version": STATE_VERSION,
             "train_batches": self._train_batches,
-            **self._log.state_dict(),
+            **self._reporter.log.state_dict(),
             "taps": taps,
         }
 
@@ -910,13 +890,13 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
             log = FindingsLog(self.policy)
             log.load_state_dict(state_dict)  # into a fresh log first: a bad findings list changes nothing
         except Exception as e:  # noqa: BLE001  (a resume never fails on rangewatch's state)
-            self._note_once("state", f"rangewatch: the saved rangewatch state cannot be read ({type(e).__name__}: {str(e)[:200]}); "
+            self._reporter.note_once("state", f"rangewatch: the saved rangewatch state cannot be read ({type(e).__name__}: {str(e)[:200]}); "
                                      "it is dropped and the run goes on from an empty rangewatch state")
             return
         self._train_batches = batches
         if self._window_closed():  # the saved run held its declared taps to account at its window's end
             self._unseen_done = True
             self._unprobe()
-        self._log.reported, self._log.findings = log.reported, log.findings
+        self._reporter.log.reported, self._reporter.log.findings = log.reported, log.findings
         self._taps.clear()
         self._pending_states = dict(taps)
