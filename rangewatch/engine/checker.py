@@ -14,7 +14,6 @@ import math
 from typing import Any
 
 from .tapset import _Tap
-from ..expect.conventions import Convention, is_registered
 from ..expect.expectation import Expectation
 from ..findings.finding import Finding, nonfinite_finding, note_finding
 from ..checks.inference import Inference, infer_convention
@@ -51,12 +50,12 @@ class TapChecks:
         if tap.latent is not None:
             return tap.latent.check(step, where=tap.name)
         stage = "val" if tap.name.startswith("val/") else "train"
-        loader = self._loader_expect.get(stage)
-        noise = self._loader_noise.get(stage, 0.0)
+        loader = self._sources.loader.get(stage)
+        noise = self._sources.loader_noise.get(stage, 0.0)
         sample = self._take_evidence(tap)
         images = tap.images
         prior = loader.conv if loader is not None and tap.name.removeprefix("val/").startswith("batch") else None
-        inf = infer_convention(s, sample=sample, images=images, prior=prior, noise_share=noise, extra=self._carried_conventions())
+        inf = infer_convention(s, sample=sample, images=images, prior=prior, noise_share=noise, extra=self._sources.carried_conventions())
         tap.inferred = inf
         exp = self.expectation_for(tap.name)
         # a model's *outputs* (an untrained decoder, say) are not held to a convention: watched, not judged
@@ -81,16 +80,6 @@ class TapChecks:
                 step=step,
             ))
         return out
-
-    def _carried_conventions(self) -> list[Convention]:
-        """The pixel conventions this run's expectations carry that the catalogue does not hold (a model's or a
-        loader's unusual Normalize constants, never registered): candidates at every tap, beside the catalogue's."""
-        out: dict[str, Convention] = {}
-        for exp in [*self.expectations.values(), *self._loader_expect.values()]:
-            conv = exp.conv
-            if conv.kind == "pixel" and conv.name not in out and not is_registered(conv):
-                out[conv.name] = conv
-        return list(out.values())
 
     def _last_look(self, tap: _Tap) -> bool:
         """Whether this check is the last of the check window for ``tap`` (then judge on what there is)."""

@@ -24,6 +24,7 @@ from torch import nn
 from ..findings.finding import Finding, unseen_finding
 from ..taps.batches import tensor_paths
 from ..taps.hooks import parse_tap_key
+from .expectations import tap_name_for_key
 
 __all__ = ["UnseenTaps"]
 
@@ -50,7 +51,7 @@ class UnseenTaps:
         children = {n for n, _ in model.named_children()}
         out = {}
         for name, sides in wanted.items():
-            if name in names or name in self._derived_names():
+            if name in names or name in self._sources.derived_names():
                 out[name] = sides
                 continue
             head = name.split(".", 1)[0]
@@ -60,9 +61,6 @@ class UnseenTaps:
                 continue
             self._tensor_keys.add(name)
         return out
-
-    def _derived_names(self) -> set[str]:
-        return {t.rsplit(":", 1)[0] for t in self._derived_keys}
 
     def _declared(self) -> list[tuple[list[str], str, str]]:
         """Each declared tap: (its tap names (one of them seen is enough), how it was declared, kind)."""
@@ -74,7 +72,7 @@ class UnseenTaps:
                 out.append(([key], f"expect={{{key!r}: {conv!r}}}", "batch"))
                 continue
             name = parse_tap_key(key)[0]
-            out.append(([self._tap_name_for_key(key)], f"expect={{{key!r}: {conv!r}}}", self._key_kind(name)))
+            out.append(([tap_name_for_key(key)], f"expect={{{key!r}: {conv!r}}}", self._key_kind(name)))
         for key in self.modules:
             if key.startswith("val/"):
                 continue

@@ -67,7 +67,7 @@ from ..findings.log import POLICIES, QUIET_KINDS, FindingsLog, Policy
 from ..sinks.loggers import LoggerSink
 from ..stats.range_stats import RangeSummary
 from .checker import TapChecks
-from .expectations import ExpectationSources
+from .expectations import ExpectationSources, tap_name_for_key
 from .reporter import FindingsReporter
 from .surroundings import Surroundings
 from .check_logging import CheckLogging, _is_writer, _WriterScalars
@@ -76,7 +76,7 @@ from .preview_gate import PreviewGate
 from .tapset import TapFeeding, TapInfo, _Tap
 from .unseen import UnseenTaps
 from ..taps.batches import DEFAULT_SKIP_KEYS
-from ..taps.hooks import ModuleTaps, parse_tap_key
+from ..taps.hooks import ModuleTaps
 from ..taps.sharding import user_name, user_named_modules
 
 __all__ = ["Watch", "TapInfo", "OPTIONS", "STATE_VERSION"]
@@ -86,7 +86,7 @@ STATE_VERSION = 1
 
 
 
-class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, UnseenTaps):
+class Watch(TapFeeding, TapChecks, RankAgreement, UnseenTaps):
     r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there; declared once in
     :class:`rangewatch.options.Options`, given as keywords, ``expect`` also first positional); the
     keyword-only arguments connect it to its surroundings.
@@ -135,20 +135,15 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, UnseenTaps
         #: where the options came from (a YAML file: ``RangeWatch.from_yaml``), named in ConfigErrors found later
         self.origin: str | None = None
         self._reporter = FindingsReporter(o.policy, self._env)  # findings log, notes, internal errors (engine/reporter.py)
-        self.expectations: dict[str, Expectation] = {}
+        self._sources = ExpectationSources(self.expect, self._reporter, self._env)  # expectations (engine/expectations.py)
         self._numerics = NumericsTracing()  # the module tracer of trace_modules (engine/numerics_tracing.py)
         self._losses: Any = None
-        self._derived_keys: set[str] = set()
-        self._vae_latents: dict[str, Expectation] = {}  # VAE path -> the scaled latents its config says (no hook sees them)
         self._init_unseen()  # declared taps never seen by the end of the check window (engine/unseen.py)
-        self._loader_expect: dict[str, Expectation] = {}
-        self._loader_noise: dict[str, float] = {}  # stage -> share of values random erasing may replace by noise
         self._withdrawn: set[str] = set()
         self._taps: dict[str, _Tap] = {}
         self._pending_states: dict[str, dict[str, Any]] = {}
         self._module_taps = ModuleTaps(lambda name, t: self.tensor(name, t), self._on_module_error)  # through the public entry
         self._attached = False  # hooks placed, expectations said: once per fit
-        self._derived_done = False  # model metadata read: once per fit
         self._train_batches = 0
         self._detail = False
         self._check_now = False
@@ -162,7 +157,6 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, UnseenTaps
         self._check_logging = CheckLogging()  # a check's histograms, overview and latent previews (engine/check_logging.py)
         self._announced = False
         self._phase = ""  # "val/" while a validation loop runs: module taps are split as batch taps are
-        self._set_declared()
         if collectives is not None or loggers is not None or clock is not None:
             self.connect(collectives=collectives, loggers=loggers, clock=clock)
 
@@ -203,9 +197,15 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, UnseenTaps
         return [t.removeprefix("rangewatch: ") for t in self._reporter.notes.values()]
 
     @property
+    def expectations(self) -> dict[str, Expectation]:
+        """The expectation of each tap, by tap name: declared (``expect=``), read from the model's metadata (at
+        :meth:`attach`), bound to a tensor named as latents."""
+        return self._sources.expectations
+
+    @property
     def loader_expectations(self) -> Mapping[str, Expectation]:
         """What the loaders produce, predicted from their transforms (``"train"``, ``"val"``)."""
-        return MappingProxyType(self._loader_expect)
+        return MappingProxyType(self._sources.loader)
 
     @property
     def skipped_modules(self) -> list[str]:
@@ -340,14 +340,14 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, UnseenTaps
         ``expect`` reads it: ``"latents"`` is ``"latents:input"``): image-like tensors get per-channel
         statistics (channels on ``channel_dim``, found when not given), others per-tensor."""
         if ":" not in name and not name.startswith(("batch", "val/")):
-            name = self._tap_name_for_key(name)
+            name = tap_name_for_key(name)
         if not self._step_open and not self._phase and not name.startswith("val/"):
             self.begin_step()  # a loop that feeds tensors and no batch: the step opens here, as batch() opens it
         if not self._unseen_done and not self._phase and len(self._tensor_names) < 64:
             self._tensor_names.append(name)
-        if name not in self._taps and self._vae_latents and not name.startswith(("batch", "val/")):
+        if name not in self._taps and self._sources.vae_latents and not name.startswith(("batch", "val/")):
             try:  # once per tap: a tensor named as latents is judged against the attached VAE's config
-                bound = self._bind_latent(name, t)
+                bound = self._sources.bind_latent(name, t)
                 if bound is not None and channel_dim is None and self._phase + name not in self._taps:
                     channel_dim = bound
             except Exception as e:  # noqa: BLE001
@@ -524,18 +524,9 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, UnseenTaps
         self.origin = state.get("origin")
 
     # ------------------------------------------------------------------ expectations
-    # declared, derived and loader-contradiction pieces: engine_expectations.ExpectationSources
-
     def expectation_for(self, tap: str) -> Expectation | None:
         """The expectation that applies to a tap (validation batch taps share the train key)."""
-        if tap in self.expectations:
-            return self.expectations[tap]
-        if tap.startswith("val/"):  # a validation module tap takes its module's expectation, never the loader's
-            inner = tap[4:]
-            return self.expectations.get(inner) or (self._loader_expect.get("val") if inner.startswith("batch") else None)
-        if tap.startswith("batch"):
-            return self._loader_expect.get("train")
-        return None
+        return self._sources.for_tap(tap)
 
     @rng_kept
     def watch_previews(self, context: str = "training preview") -> None:
@@ -605,7 +596,8 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, UnseenTaps
         a submodule's name (``vae.encodr``) is a tensor tap instead (``latents``), fed by :meth:`tensor`; one
         never fed is reported at the end of the check window, as every declared tap that never appears."""
         self._attached = True
-        self._derive(model)
+        if self.derive_expectations:
+            self._sources.derive(model, self.image_processors)
         try:  # loss networks and metrics (LPIPS, FID, PSNR, VGG losses): rangewatch.integrations
             from ..integrations import LossWatch
 
@@ -622,19 +614,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, UnseenTaps
             raise
         except Exception as e:
             self._reporter.internal("trace_modules", e, None)
-        wanted: dict[str, set[str]] = {}
-        for tap in self._derived_keys:
-            name, side = tap.rsplit(":", 1)
-            wanted.setdefault(name, set()).add(side)
-        for key in list(self.expect) + list(self.modules):
-            if key.startswith("batch") or key.startswith("val/"):
-                continue
-            name, side = parse_tap_key(key)
-            sides = wanted.setdefault(name, set())
-            if ":" in key or key in self.expect:
-                sides.add(side)
-            else:  # modules=[...] without a side: both
-                sides.update(("input", "output"))
+        wanted = self._sources.hooked_sides(self.expect, self.modules)
         if tensor_taps:
             wanted = self._split_tensor_keys(model, wanted)
         missing = self._module_taps.attach(model, wanted)
@@ -655,9 +635,9 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, UnseenTaps
                 f"{self.origin + ': ' if self.origin else ''}RangeWatch: no submodule named {', '.join(msgs)} in {type(model).__name__}; "
                 f"named submodules include: {', '.join(names[:25])}{' ...' if len(names) > 25 else ''}"
             )
-        if self.expectations:
-            lines = [f"  {tap}: {e.convention} ({e.source})" for tap, e in sorted(self.expectations.items())]
-            self._env.info("rangewatch expectations:\n" + "\n".join(lines))
+        said = self._sources.describe()
+        if said:
+            self._env.info(said)
         return self
 
     @rng_kept
@@ -665,39 +645,9 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, UnseenTaps
         """What the loaders' transforms produce (read from their datasets' transforms, no batch is
         pulled); a disagreement with a module's expectation is reported at once (the cheapest possible
         warning). Once per fit; nothing with ``derive_expectations=False``."""
-        if not self.derive_expectations or self._loader_expect:
+        if not self.derive_expectations or self._sources.loader:
             return
-        try:
-            from ..expect.transforms import predict_dataset
-
-            early: list[Finding] = []
-            for stage, loader in (("train", train), ("val", val)):
-                if loader is None:
-                    continue
-                pred = predict_dataset(loader, where=f"{stage} dataloader")
-                if pred is None:
-                    continue
-                exp = pred.expectation("batch")
-                if exp is None:
-                    for n in pred.notes:
-                        self._reporter.note_once(n, f"rangewatch: {n}")
-                    continue
-                self._loader_expect[stage] = exp
-                self._loader_noise[stage] = float(getattr(pred, "noise_share", 0.0) or 0.0)
-                if stage != "train":
-                    continue
-                for tap, mexp in sorted(self.expectations.items()):
-                    if tap.startswith(("batch", "val/")) or not tap.endswith(":input") or mexp.conv.kind != "pixel":
-                        continue
-                    if mexp.convention != exp.convention:
-                        early.append(self._pipeline_finding(tap, exp, mexp))
-            if self._loader_expect:
-                self._env.info("rangewatch loader predictions: " + ", ".join(f"{k}: {v.convention} ({v.source})" for k, v in self._loader_expect.items()))
-            self._reporter.report(early, self._env.now())
-        except (ConfigError, RangeMismatchError):
-            raise
-        except Exception as e:
-            self._reporter.internal("transform inspection", e, None)
+        self._reporter.report(self._sources.predict_loaders(train, val), self._env.now())
 
     @rng_kept
     def detach(self) -> None:
@@ -706,7 +656,7 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, UnseenTaps
         self._module_taps.detach()
         self._unprobe()
         self._attached = False
-        self._derived_done = False
+        self._sources.new_fit()
         if self._losses is not None:
             self._losses.detach()
         try:
