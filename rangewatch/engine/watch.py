@@ -86,7 +86,7 @@ STATE_VERSION = 1
 
 
 
-class Watch(TapFeeding, TapChecks, RankAgreement, UnseenTaps):
+class Watch(TapFeeding, TapChecks, RankAgreement):
     r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there; declared once in
     :class:`rangewatch.options.Options`, given as keywords, ``expect`` also first positional); the
     keyword-only arguments connect it to its surroundings.
@@ -138,7 +138,6 @@ class Watch(TapFeeding, TapChecks, RankAgreement, UnseenTaps):
         self._sources = ExpectationSources(self.expect, self._reporter, self._env)  # expectations (engine/expectations.py)
         self._numerics = NumericsTracing()  # the module tracer of trace_modules (engine/numerics_tracing.py)
         self._losses: Any = None
-        self._init_unseen()  # declared taps never seen by the end of the check window (engine/unseen.py)
         self._withdrawn: set[str] = set()
         self._taps: dict[str, _Tap] = {}
         self._pending_states: dict[str, dict[str, Any]] = {}
@@ -152,6 +151,8 @@ class Watch(TapFeeding, TapChecks, RankAgreement, UnseenTaps):
         self._has_tensorboard = False
         self._every = self.log_every_n_steps or 50
         self._declared_batch_paths = [k if k.startswith("batch") else f"batch.{k}" for k in self.expect if k.startswith("batch")]
+        # declared taps never seen by the end of the check window (engine/unseen.py)
+        self._unseen = UnseenTaps(lambda: (self.expect, self.modules), bool(self._declared_batch_paths))
         self._early: list[Finding] = []  # found outside a check (in a hook): reported at the next check
         self._previews = PreviewGate()  # the preview watch: which calls are measured, their findings (engine/preview_gate.py)
         self._check_logging = CheckLogging()  # a check's histograms, overview and latent previews (engine/check_logging.py)
@@ -324,8 +325,8 @@ class Watch(TapFeeding, TapChecks, RankAgreement, UnseenTaps):
                 self.begin_step()
             if detail is not None:
                 self._detail = bool(detail)
-            if not self._unseen_done:
-                self._record_batch(batch)
+            if not self._unseen.done:
+                self._unseen.record_batch(batch)
             self._feed_batch(batch, "")
         elif split == "val":
             if detail is not None:
@@ -343,8 +344,8 @@ class Watch(TapFeeding, TapChecks, RankAgreement, UnseenTaps):
             name = tap_name_for_key(name)
         if not self._step_open and not self._phase and not name.startswith("val/"):
             self.begin_step()  # a loop that feeds tensors and no batch: the step opens here, as batch() opens it
-        if not self._unseen_done and not self._phase and len(self._tensor_names) < 64:
-            self._tensor_names.append(name)
+        if not self._phase and not self._unseen.done:
+            self._unseen.saw_tensor(name)
         if name not in self._taps and self._sources.vae_latents and not name.startswith(("batch", "val/")):
             try:  # once per tap: a tensor named as latents is judged against the attached VAE's config
                 bound = self._sources.bind_latent(name, t)
@@ -377,10 +378,10 @@ class Watch(TapFeeding, TapChecks, RankAgreement, UnseenTaps):
                         self._reporter.internal("console", e, None)
             elif self.check_nonfinite_every_step and self.check_nonfinite():
                 self.check(self._step_at_start, "train")
-            if not self._unseen_done and self._window_closed():  # every rank alike: the same batch count
+            if not self._unseen.done and self._window_closed():  # every rank alike: the same batch count
                 self._reporter.report(self._check_unseen(self._step_at_start), self._step_at_start)
-            elif self._probes:
-                self._drop_probes_once_seen()
+            elif self._unseen.probing:
+                self._unseen.drop_probes_once_seen(self._taps, self._hooked())
         finally:
             self._detail = False
             self._check_now = False
@@ -451,11 +452,20 @@ class Watch(TapFeeding, TapChecks, RankAgreement, UnseenTaps):
         finally:
             self.say_summary()
 
+    def _window_closed(self) -> bool:
+        return self._train_batches >= max(1, self.check_first_n)
+
+    def _hooked(self) -> Any:
+        return self._module_taps.attached if self._attached else None  # the modules with hooks (None before attach)
+
+    def _check_unseen(self, step: int) -> list[Finding]:
+        return self._unseen.check(step, self._train_batches, self._taps, self._hooked(), raising=self.policy == "raise")
+
     def report_unseen(self) -> list[Finding]:
         """A run that ends before its check window closed: the declared taps not seen so far are
         ``unseen`` warnings (logged and said on rank zero; never raised, nothing exchanged between
         ranks: the run is over). Nothing once the window has closed, or before any training batch."""
-        if self._unseen_done or not self._train_batches:
+        if self._unseen.done or not self._train_batches:
             return []
         try:
             fresh = []
@@ -616,9 +626,9 @@ class Watch(TapFeeding, TapChecks, RankAgreement, UnseenTaps):
             self._reporter.internal("trace_modules", e, None)
         wanted = self._sources.hooked_sides(self.expect, self.modules)
         if tensor_taps:
-            wanted = self._split_tensor_keys(model, wanted)
+            wanted = self._unseen.split_tensor_keys(model, wanted, self._sources.derived_names())
         missing = self._module_taps.attach(model, wanted)
-        self._probe_unseen(model)
+        self._unseen.probe(model, self._module_taps.attached)
         for n in self._module_taps.skipped:  # TorchScript modules, hooks that cannot be placed
             self._reporter.note_once(n, f"rangewatch: {n}")
         if missing:
@@ -654,7 +664,7 @@ class Watch(TapFeeding, TapChecks, RankAgreement, UnseenTaps):
         """Take every hook off the model and stop observing previews (their last findings are
         reported: under ``policy="raise"`` this may raise). A later :meth:`attach` starts a new fit."""
         self._module_taps.detach()
-        self._unprobe()
+        self._unseen.unprobe()
         self._attached = False
         self._sources.new_fit()
         if self._losses is not None:
@@ -669,7 +679,7 @@ class Watch(TapFeeding, TapChecks, RankAgreement, UnseenTaps):
         """The run failed with ``exception``: take every hook off; unless rangewatch itself stopped
         the run, let the tracer still name where NaN/Inf came from (a NaN loss that raised)."""
         self._module_taps.detach()
-        self._unprobe()
+        self._unseen.unprobe()
         self._attached = False
         if self._losses is not None:
             self._losses.detach()
@@ -845,8 +855,7 @@ class Watch(TapFeeding, TapChecks, RankAgreement, UnseenTaps):
             return
         self._train_batches = batches
         if self._window_closed():  # the saved run held its declared taps to account at its window's end
-            self._unseen_done = True
-            self._unprobe()
+            self._unseen.close()
         self._reporter.log.reported, self._reporter.log.findings = log.reported, log.findings
         self._taps.clear()
         self._pending_states = dict(taps)
