@@ -22,6 +22,7 @@ from ..checks.inference import Inference
 from ..stats.range_stats import RangeStats
 from ..taps.batches import find_images, image_channel_dim, odd_tensor_kind, resolve_path
 from ..taps.layout import channel_dim_for, convention_channel_dim
+from .agreement import stats_sync_fn
 
 __all__ = ["TapInfo", "TapFeeding"]
 
@@ -124,7 +125,7 @@ class TapFeeding:
         if exp is not None and exp.conv.kind == "latent":
             from ..checks.latents import LatentMonitor
 
-            mon = LatentMonitor(exp.conv, channel_dim=channel_dim, dist_sync_fn=self._sync_fn())
+            mon = LatentMonitor(exp.conv, channel_dim=channel_dim, dist_sync_fn=stats_sync_fn(self.collectives))
             pending = self._pending_states.pop(name, None)
             steps_checked = 0
             if pending is not None:  # a resumed fit goes on with the saved window
@@ -134,7 +135,7 @@ class TapFeeding:
                         mon.stats.dtypes_seen = set(pending.get("dtypes", ()))
                     steps_checked = _count(pending.get("steps_checked", 0))
                 except Exception as e:  # noqa: BLE001
-                    mon = LatentMonitor(exp.conv, channel_dim=channel_dim, dist_sync_fn=self._sync_fn())
+                    mon = LatentMonitor(exp.conv, channel_dim=channel_dim, dist_sync_fn=stats_sync_fn(self.collectives))
                     self._unreadable_window(name, e)
             tap = _Tap(name, channel_dim, mon.stats, latent=mon)
             tap.steps_checked = steps_checked
@@ -160,6 +161,13 @@ class TapFeeding:
         self._taps[name] = tap
         return tap
 
+    def _placeholder_tap(self, name: str, channel_dim: int | None) -> _Tap:
+        """An empty tap for one that another rank has: it takes part in the reductions with no data."""
+        probe = torch.empty(0, device=self.collectives.device)
+        tap = self._new_tap(name, probe, channel_dim)
+        tap.stats.to(probe.device)
+        return tap
+
     def _unreadable_window(self, name: str, error: BaseException) -> None:
         """A saved window that cannot be read (a tampered or foreign checkpoint): said once, the tap starts empty."""
         self._reporter.note_once("state", f"rangewatch: the saved window of {name} cannot be read ({type(error).__name__}: {str(error)[:200]}); "
@@ -178,7 +186,7 @@ class TapFeeding:
     def _make_stats(self, channel_dim: int | None, bounds: Convention | None) -> RangeStats:
         # histograms only where they can be logged (decided alike on every rank: the states must match)
         bins = self.hist_bins if self.histograms and self._has_tensorboard else 0
-        return RangeStats(channel_dim=channel_dim, bounds=bounds, hist_bins=bins, dist_sync_fn=self._sync_fn())
+        return RangeStats(channel_dim=channel_dim, bounds=bounds, hist_bins=bins, dist_sync_fn=stats_sync_fn(self.collectives))
 
     def _feed(self, name: str, t: torch.Tensor, channel_dim: int | None) -> None:
         tap = self._taps.get(name)

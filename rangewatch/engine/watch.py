@@ -86,7 +86,7 @@ STATE_VERSION = 1
 
 
 
-class Watch(TapFeeding, TapChecks, RankAgreement):
+class Watch(TapFeeding, TapChecks):
     r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there; declared once in
     :class:`rangewatch.options.Options`, given as keywords, ``expect`` also first positional); the
     keyword-only arguments connect it to its surroundings.
@@ -135,6 +135,7 @@ class Watch(TapFeeding, TapChecks, RankAgreement):
         #: where the options came from (a YAML file: ``RangeWatch.from_yaml``), named in ConfigErrors found later
         self.origin: str | None = None
         self._reporter = FindingsReporter(o.policy, self._env)  # findings log, notes, internal errors (engine/reporter.py)
+        self._agreement = RankAgreement(self._env, self._reporter)  # the ranks' agreement before checks (engine/agreement.py)
         self._sources = ExpectationSources(self.expect, self._reporter, self._env)  # expectations (engine/expectations.py)
         self._numerics = NumericsTracing()  # the module tracer of trace_modules (engine/numerics_tracing.py)
         self._losses: Any = None
@@ -700,7 +701,7 @@ class Watch(TapFeeding, TapChecks, RankAgreement):
     # the ranks agree (taps, value samples, latent syncs) in collectives_agreement.RankAgreement
     def _check(self, which: Callable[[str], bool], step: int | None = None, train_check: bool = False) -> None:
         step = self._env.now() if step is None else step
-        if self.collectives.world_size > 1 and not self._agree_on_taps():
+        if self.collectives.world_size > 1 and not self._agreement.agree_on_taps(self._taps, self._placeholder_tap, self._early):
             return  # every rank skips this check together (said once); the windows go on filling
         new: list[Finding] = list(self._early)  # found in hooks since the last check (a declared convention that does not fit)
         self._early.clear()
@@ -717,7 +718,7 @@ class Watch(TapFeeding, TapChecks, RankAgreement):
                 s = tap.stats.compute()  # the host transfer (and the cross-rank reduction)
                 tap.channels = s.channels
                 if self.collectives.world_size > 1 and tap.latent is None:
-                    self._gather_sample(tap, s.channels)
+                    self._agreement.gather_sample(tap, s.channels)
                 new.extend(self._judge(tap, s, step))
                 metrics.update(self._metrics(tap, s))
                 summaries.append((name, s))
@@ -725,7 +726,7 @@ class Watch(TapFeeding, TapChecks, RankAgreement):
                 raise
             except Exception as e:
                 self._reporter.internal(name, e, tap)
-        synced = self._sync_latents(summaries) if self.collectives.world_size > 1 else []
+        synced = self._agreement.sync_latents(self._taps, summaries) if self.collectives.world_size > 1 else []
         if self._env.sink is not None and self.collectives.rank == 0:
             try:
                 if metrics:
