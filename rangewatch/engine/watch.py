@@ -73,7 +73,7 @@ from .surroundings import Surroundings
 from .check_logging import CheckLogging, _is_writer, _WriterScalars
 from .numerics_tracing import NumericsTracing
 from .preview_gate import PreviewGate
-from .tapset import TapFeeding, TapInfo, _Tap
+from .tapset import TapInfo, TapSet
 from .unseen import UnseenTaps
 from ..taps.batches import DEFAULT_SKIP_KEYS
 from ..taps.hooks import ModuleTaps
@@ -86,7 +86,7 @@ STATE_VERSION = 1
 
 
 
-class Watch(TapFeeding, TapChecks):
+class Watch:
     r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there; declared once in
     :class:`rangewatch.options.Options`, given as keywords, ``expect`` also first positional); the
     keyword-only arguments connect it to its surroundings.
@@ -126,39 +126,36 @@ class Watch(TapFeeding, TapChecks):
         self.check_first_n, self.log_every_n_steps, self.hist_bins = o.check_first_n, o.log_every_n_steps, o.hist_bins
         self.trace_modules, self.trace_history, self.trace_exact = o.trace_modules, o.trace_history, o.trace_exact
         self.clip_threshold, self.headroom_share = o.clip_threshold, o.headroom_share
-        self.watch_validation, self.watch_visualization = o.watch_validation, o.watch_visualization
-        self.derive_expectations, self.moments_every_step = o.derive_expectations, o.moments_every_step
+        self.derive_expectations, self.watch_visualization = o.derive_expectations, o.watch_visualization
         self.check_nonfinite_every_step, self.per_channel_scalars = o.check_nonfinite_every_step, o.per_channel_scalars
         self.image_processors: dict[str, Any] = dict(o.image_processors or {})
-
-        self._env = Surroundings(messages)  # collectives, sinks, clock, voice: set by connect() (engine/surroundings.py)
         #: where the options came from (a YAML file: ``RangeWatch.from_yaml``), named in ConfigErrors found later
         self.origin: str | None = None
-        self._reporter = FindingsReporter(o.policy, self._env)  # findings log, notes, internal errors (engine/reporter.py)
-        self._agreement = RankAgreement(self._env, self._reporter)  # the ranks' agreement before checks (engine/agreement.py)
-        self._sources = ExpectationSources(self.expect, self._reporter, self._env)  # expectations (engine/expectations.py)
-        self._numerics = NumericsTracing()  # the module tracer of trace_modules (engine/numerics_tracing.py)
-        self._losses: Any = None
-        self._withdrawn: set[str] = set()
-        self._taps: dict[str, _Tap] = {}
-        self._pending_states: dict[str, dict[str, Any]] = {}
-        self._module_taps = ModuleTaps(lambda name, t: self.tensor(name, t), self._on_module_error)  # through the public entry
+
+        # the collaborators, each with its own state (docs/ARCHITECTURE.md, "The engine's files")
+        self._env = Surroundings(messages)  # collectives, sinks, clock, voice: set by connect()
+        self._reporter = FindingsReporter(o.policy, self._env)  # the findings log, notes said once, internal errors
+        self._sources = ExpectationSources(self.expect, self._reporter, self._env)  # declared, derived, loader-predicted
+        self._module_taps = ModuleTaps(lambda name, t: self.tensor(name, t),  # the hooks feed through the public entry
+                                       lambda name, e: self._tapset.on_module_error(name, e))
+        batch_paths = [k if k.startswith("batch") else f"batch.{k}" for k in self.expect if k.startswith("batch")]
+        self._tapset = TapSet(self._reporter, self._env, self._sources.for_tap, batch_paths, self._module_taps.channels)
+        self._tapset.moments, self._tapset.validation = o.moments_every_step, o.watch_validation
+        self._agreement = RankAgreement(self._env, self._reporter)  # the ranks agree on the taps before each check
+        self._checks = TapChecks(self._sources, self._reporter, self._env)  # judging each tap at a check step
+        self._unseen = UnseenTaps(lambda: (self.expect, self.modules), bool(batch_paths))  # declared taps never seen
+        self._numerics = NumericsTracing()  # the module tracer of trace_modules
+        self._previews = PreviewGate()  # the preview watch: which calls are measured, their findings
+        self._check_logging = CheckLogging()  # a check's histograms, overview and latent previews
+        self._losses: Any = None  # the loss networks' watch (rangewatch.integrations), placed by attach
+
         self._attached = False  # hooks placed, expectations said: once per fit
         self._train_batches = 0
-        self._detail = False
         self._check_now = False
         self._step_open = False
         self._step_at_start = 0
-        self._has_tensorboard = False
         self._every = self.log_every_n_steps or 50
-        self._declared_batch_paths = [k if k.startswith("batch") else f"batch.{k}" for k in self.expect if k.startswith("batch")]
-        # declared taps never seen by the end of the check window (engine/unseen.py)
-        self._unseen = UnseenTaps(lambda: (self.expect, self.modules), bool(self._declared_batch_paths))
-        self._early: list[Finding] = []  # found outside a check (in a hook): reported at the next check
-        self._previews = PreviewGate()  # the preview watch: which calls are measured, their findings (engine/preview_gate.py)
-        self._check_logging = CheckLogging()  # a check's histograms, overview and latent previews (engine/check_logging.py)
         self._announced = False
-        self._phase = ""  # "val/" while a validation loop runs: module taps are split as batch taps are
         if collectives is not None or loggers is not None or clock is not None:
             self.connect(collectives=collectives, loggers=loggers, clock=clock)
 
@@ -180,14 +177,25 @@ class Watch(TapFeeding, TapChecks):
     @property
     def taps(self) -> Mapping[str, TapInfo]:
         """Every tap seen so far (``batch.image``, ``vae.encoder:input``, ``val/...``), read-only."""
-        out = {}
-        for name, t in sorted(self._taps.items()):
-            out[name] = TapInfo(
-                name=name, channel_dim=t.channel_dim, channels=t.channels, disabled=t.disabled, error=t.error,
-                inferred=t.inferred, expectation=self.expectation_for(name), steps_checked=t.steps_checked, fed=t.fed,
-                dtypes=tuple(sorted(t.stats.dtypes_seen)), stats=t.stats, latent=t.latent,
-            )
-        return MappingProxyType(out)
+        return self._tapset.snapshot()
+
+    @property
+    def watch_validation(self) -> bool:
+        """The ``watch_validation`` option (the tap set's: validation forwards feed ``val/...`` taps)."""
+        return self._tapset.validation
+
+    @watch_validation.setter
+    def watch_validation(self, value: bool) -> None:
+        self._tapset.validation = value
+
+    @property
+    def moments_every_step(self) -> bool:
+        """The ``moments_every_step`` option (the tap set's: mean and std on every step)."""
+        return self._tapset.moments
+
+    @moments_every_step.setter
+    def moments_every_step(self, value: bool) -> None:
+        self._tapset.moments = value
 
     @property
     def _notes(self) -> dict[str, str]:  # what was said once, by key (the callback's checkpoint carries it)
@@ -251,7 +259,7 @@ class Watch(TapFeeding, TapChecks):
         writers = [lg for lg in loggers if _is_writer(lg)]
         if histograms_logged is None:
             histograms_logged = bool(writers) or any(is_tensorboard_logger(lg) or type(lg).__name__ == "WandbLogger" for lg in loggers)
-        self._has_tensorboard = bool(histograms_logged)
+        self._tapset.hist_bins = self.hist_bins if self.histograms and histograms_logged else 0  # alike on every rank
         self._env.sink = sink = None
         if self.collectives.rank == 0:
             self._env.sink = sink = LoggerSink([lg for lg in loggers if lg not in writers])
@@ -312,7 +320,7 @@ class Watch(TapFeeding, TapChecks):
         step = self._env.now() if step is None else int(step)
         self._step_at_start = step
         self._check_now = self.is_check_step(step)
-        self._detail = self._check_now if detail is None else bool(detail)
+        self._tapset.detail = self._check_now if detail is None else bool(detail)
         self._step_open = True
         self._numerics.start_step(step)
         return self._check_now
@@ -325,15 +333,15 @@ class Watch(TapFeeding, TapChecks):
             if not self._step_open:
                 self.begin_step()
             if detail is not None:
-                self._detail = bool(detail)
+                self._tapset.detail = bool(detail)
             if not self._unseen.done:
                 self._unseen.record_batch(batch)
-            self._feed_batch(batch, "")
+            self._tapset.feed_batch(batch, "", self.batch_keys, self.skip_keys)
         elif split == "val":
             if detail is not None:
-                self._detail = bool(detail)
-            if self.watch_validation:
-                self._feed_batch(batch, "val/")
+                self._tapset.detail = bool(detail)
+            if self._tapset.validation:
+                self._tapset.feed_batch(batch, "val/", self.batch_keys, self.skip_keys)
         else:
             raise ConfigError(f"split = {_short(split)} must be 'train' or 'val'")
 
@@ -343,21 +351,22 @@ class Watch(TapFeeding, TapChecks):
         statistics (channels on ``channel_dim``, found when not given), others per-tensor."""
         if ":" not in name and not name.startswith(("batch", "val/")):
             name = tap_name_for_key(name)
-        if not self._step_open and not self._phase and not name.startswith("val/"):
+        taps, phase = self._tapset, self._tapset.phase
+        if not self._step_open and not phase and not name.startswith("val/"):
             self.begin_step()  # a loop that feeds tensors and no batch: the step opens here, as batch() opens it
-        if not self._phase and not self._unseen.done:
+        if not phase and not self._unseen.done:
             self._unseen.saw_tensor(name)
-        if name not in self._taps and self._sources.vae_latents and not name.startswith(("batch", "val/")):
+        if name not in taps.taps and self._sources.vae_latents and not name.startswith(("batch", "val/")):
             try:  # once per tap: a tensor named as latents is judged against the attached VAE's config
                 bound = self._sources.bind_latent(name, t)
-                if bound is not None and channel_dim is None and self._phase + name not in self._taps:
+                if bound is not None and channel_dim is None and phase + name not in taps.taps:
                     channel_dim = bound
             except Exception as e:  # noqa: BLE001
                 self._reporter.internal(name, e, None, what="binding the latents to the attached VAE's config")
-        if channel_dim is None or name in self._taps:
-            self._on_module_tensor(name, t)
-        elif not self._phase or self.watch_validation:
-            self._feed(self._phase + name, t, channel_dim)
+        if channel_dim is None or name in taps.taps:
+            taps.on_module_tensor(name, t)
+        elif not phase or taps.validation:
+            taps.feed(phase + name, t, channel_dim)
 
     def end_step(self) -> list[Finding]:
         """Close the training step: at a check step, check the training taps; returns the findings
@@ -382,9 +391,9 @@ class Watch(TapFeeding, TapChecks):
             if not self._unseen.done and self._window_closed():  # every rank alike: the same batch count
                 self._reporter.report(self._check_unseen(self._step_at_start), self._step_at_start)
             elif self._unseen.probing:
-                self._unseen.drop_probes_once_seen(self._taps, self._hooked())
+                self._unseen.drop_probes_once_seen(self._tapset.taps, self._hooked())
         finally:
-            self._detail = False
+            self._tapset.detail = False
             self._check_now = False
             if self._env.clock is None:
                 self._env.own_step += 1
@@ -398,13 +407,13 @@ class Watch(TapFeeding, TapChecks):
     def begin_validation(self) -> None:
         """Validation forwards from now on feed their own taps (``val/...``), never the training windows."""
         self._numerics.pause()  # validation forwards would mix into the training step
-        self._phase = "val/"
+        self._tapset.phase = "val/"
 
     def end_validation(self, check: bool = False) -> None:
         """Back to training; with ``check``, check the validation taps first."""
         if check:
             self.check(split="val")
-        self._phase = ""
+        self._tapset.phase = ""
 
     @rng_kept
     def check(self, step: int | None = None, split: str = "train") -> None:
@@ -416,29 +425,20 @@ class Watch(TapFeeding, TapChecks):
         which = (lambda n: n.startswith("val/")) if split == "val" else (lambda n: not n.startswith("val/"))
         self._check(which, step=step, train_check=split == "train")
         if split == "val":
-            self._detail = False
+            self._tapset.detail = False
 
     @rng_kept
     def summaries(self, split: str = "train") -> dict[str, RangeSummary]:
         """The current window of each fed tap of ``split``, computed without starting a new one (a
         collective under several processes)."""
-        out: dict[str, RangeSummary] = {}
-        for name in sorted(self._taps):
-            tap = self._taps[name]
-            if tap.disabled or not tap.fed or name.startswith("val/") != (split == "val"):
-                continue
-            try:
-                out[name] = tap.stats.compute()
-            except Exception as e:  # noqa: BLE001
-                self._reporter.internal(name, e, tap)
-        return out
+        return self._tapset.summaries(split)
 
     def check_nonfinite(self) -> bool:
         """Whether any tap (or the tracer) saw NaN/Inf since the last check: one bool read from the
         device (a small sync; a collective under several processes)."""
         from ..checks.numerics import nonfinite_flag
 
-        flag = self._numerics.nonfinite_flag(nonfinite_flag([t.stats for t in self._taps.values() if not t.disabled]))
+        flag = self._numerics.nonfinite_flag(nonfinite_flag([t.stats for t in self._tapset.taps.values() if not t.disabled]))
         coll = self.collectives
         if coll.world_size > 1:  # every rank must then check, or none
             flag = coll.all_reduce_sum(flag.to(coll.device, torch.float32)) > 0
@@ -460,7 +460,7 @@ class Watch(TapFeeding, TapChecks):
         return self._module_taps.attached if self._attached else None  # the modules with hooks (None before attach)
 
     def _check_unseen(self, step: int) -> list[Finding]:
-        return self._unseen.check(step, self._train_batches, self._taps, self._hooked(), raising=self.policy == "raise")
+        return self._unseen.check(step, self._train_batches, self._tapset.taps, self._hooked(), raising=self.policy == "raise")
 
     def report_unseen(self) -> list[Finding]:
         """A run that ends before its check window closed: the declared taps not seen so far are
@@ -701,45 +701,31 @@ class Watch(TapFeeding, TapChecks):
     # the ranks agree (taps, value samples, latent syncs) in collectives_agreement.RankAgreement
     def _check(self, which: Callable[[str], bool], step: int | None = None, train_check: bool = False) -> None:
         step = self._env.now() if step is None else step
-        if self.collectives.world_size > 1 and not self._agreement.agree_on_taps(self._taps, self._placeholder_tap, self._early):
+        if self.collectives.world_size > 1 and not self._agreement.agree_on_taps(self._tapset.taps, self._tapset.placeholder, self._tapset.early):
             return  # every rank skips this check together (said once); the windows go on filling
-        new: list[Finding] = list(self._early)  # found in hooks since the last check (a declared convention that does not fit)
-        self._early.clear()
+        new: list[Finding] = list(self._tapset.early)  # found in hooks since the last check (a declared convention that does not fit)
+        self._tapset.early.clear()
         if self._previews.pending and self.collectives.world_size > 1:  # previews judged on some ranks only: reported here, where all ranks are
             new.extend(self._previews.take())
-        metrics: dict[str, float] = {}
-        summaries: list[tuple[str, RangeSummary]] = []
-        for name in sorted(self._taps):
-            tap = self._taps[name]
-            # under DDP every rank takes part in every tap's reduction, fed this window or not
-            if tap.disabled or not which(name) or (not tap.fed and self.collectives.world_size == 1):
-                continue
-            try:
-                s = tap.stats.compute()  # the host transfer (and the cross-rank reduction)
-                tap.channels = s.channels
-                if self.collectives.world_size > 1 and tap.latent is None:
-                    self._agreement.gather_sample(tap, s.channels)
-                new.extend(self._judge(tap, s, step))
-                metrics.update(self._metrics(tap, s))
-                summaries.append((name, s))
-            except (ConfigError, RangeMismatchError):
-                raise
-            except Exception as e:
-                self._reporter.internal(name, e, tap)
-        synced = self._agreement.sync_latents(self._taps, summaries) if self.collectives.world_size > 1 else []
+        taps = self._tapset.taps
+        gather = self._agreement.gather_sample if self.collectives.world_size > 1 else None
+        found, metrics, summaries = self._checks.check_taps(taps, which, step, check_first_n=self.check_first_n,
+                                                            per_channel=self.per_channel_scalars, gather=gather)
+        new.extend(found)
+        synced = self._agreement.sync_latents(taps, summaries) if self.collectives.world_size > 1 else []
         if self._env.sink is not None and self.collectives.rank == 0:
             try:
                 if metrics:
                     self._env.sink.scalars(metrics, step)
                     if not self._env.sink.has_images and self._env.sink.active:
                         self._reporter.note_once("histograms", "rangewatch: histograms, images and text need a TensorBoard, W&B or MLflow logger; other loggers get scalars only")
-                self._check_logging.write(self._env.sink, self._reporter.log, self._taps, summaries, new, step, self.histograms)
+                self._check_logging.write(self._env.sink, self._reporter.log, taps, summaries, new, step, self.histograms)
             except Exception as e:
                 self._reporter.internal("logging", e, None)
         for st in synced:
             st.unsync()
         for name, _ in summaries:
-            self._reset(self._taps[name])
+            self._tapset.reset(taps[name])
         if self._numerics.tracer is not None and train_check:
             try:
                 gather = self.collectives.all_gather_bytes if self.collectives.world_size > 1 else None  # every rank checks at the same steps
@@ -758,8 +744,8 @@ class Watch(TapFeeding, TapChecks):
         channels and its expectation (and where that comes from) or what the data looks like, the
         taps not watched and why, expectations whose tap has not been seen yet, and the check cadence."""
         lines = []
-        live = {n: t for n, t in sorted(self._taps.items()) if not t.disabled}
-        off = {n: t for n, t in sorted(self._taps.items()) if t.disabled}
+        live = {n: t for n, t in sorted(self._tapset.taps.items()) if not t.disabled}
+        off = {n: t for n, t in sorted(self._tapset.taps.items()) if t.disabled}
         width = min(36, max([len(n) for n in live] + [4]))
         for name, t in live.items():
             exp = self.expectation_for(name)
@@ -774,7 +760,7 @@ class Watch(TapFeeding, TapChecks):
             lines.append(f"  {name:<{width}} {ch:>5}  {what}")
         for name, t in off.items():
             lines.append(f"  not watched: {name} ({t.error or 'not an image-like tensor'})")
-        unseen = [n for n in sorted(self.expectations) if n not in self._taps and not n.startswith("val/")]
+        unseen = [n for n in sorted(self.expectations) if n not in self._tapset.taps and not n.startswith("val/")]
         for n in unseen:
             lines.append(f"  not seen yet: {n} (expects {self.expectations[n].convention})")
         cadence = f"checked at the first {self.check_first_n} batches, then every {self._every} steps"
@@ -787,7 +773,7 @@ class Watch(TapFeeding, TapChecks):
         """One line for the end of a fit: taps checked, batches, findings by kind."""
         from collections import Counter
 
-        checked = [t for t in self._taps.values() if t.steps_checked]
+        checked = [t for t in self._tapset.taps.values() if t.steps_checked]
         problems = [f for f in self.findings if f.kind not in QUIET_KINDS]
         counts = Counter(f.kind for f in problems)
         found = (f"{len(problems)} finding{'s' if len(problems) != 1 else ''} (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
@@ -803,25 +789,7 @@ class Watch(TapFeeding, TapChecks):
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps: the findings log, the batch count and each tap's open window (statistics,
         bounds, latent monitor state), so that a resumed run neither repeats findings nor loses data."""
-        taps = {}
-        for name, tap in self._taps.items():
-            if tap.disabled:
-                continue
-            try:
-                stats = tap.stats.state_dict()
-                if any(v.is_meta for v in stats.values()):
-                    continue  # no values to save (a meta tap); a checkpoint must never fail on rangewatch's state
-                taps[name] = {
-                    "stats": {k: v.detach().cpu() for k, v in stats.items()},
-                    "bounds": None if tap.bounds is None else tap.bounds.name,
-                    "channel_dim": tap.channel_dim,
-                    "dtypes": sorted(tap.stats.dtypes_seen),
-                    "steps_checked": tap.steps_checked,
-                }
-                if tap.latent is not None:  # its soft-clamp counts too (LatentMonitor's own state)
-                    taps[name]["latent"] = tap.latent.state_dict()
-            except Exception as e:  # noqa: BLE001
-                self._reporter.internal(name, e, tap)
+        taps = self._tapset.state_dict()
         return {
             "version": STATE_VERSION,
             "train_batches": self._train_batches,
@@ -858,5 +826,4 @@ class Watch(TapFeeding, TapChecks):
         if self._window_closed():  # the saved run held its declared taps to account at its window's end
             self._unseen.close()
         self._reporter.log.reported, self._reporter.log.findings = log.reported, log.findings
-        self._taps.clear()
-        self._pending_states = dict(taps)
+        self._tapset.load(taps)
