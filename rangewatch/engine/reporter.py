@@ -9,10 +9,12 @@ engine's :class:`~rangewatch.engine.surroundings.Surroundings`.
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from ..findings.finding import Finding, internal_finding
-from ..findings.log import FindingsLog, Policy
+from ..findings.log import QUIET_KINDS, FindingsLog, Policy
 from ..rng import rng_kept
 from .surroundings import Surroundings
 
@@ -59,6 +61,31 @@ class FindingsReporter:
                     self.internal("logging", e, None)
 
         return self.log.report(new, gather=gather, on_fresh=write)
+
+    def report_as_warnings(self, found: list[Finding], step: int) -> list[Finding]:
+        """Findings at the end of a run (``unseen`` ones when the run ended before its check window closed): logged as
+        warnings and said on rank zero, never raised, nothing exchanged between ranks; returns the fresh ones."""
+        fresh = []
+        for f in found:
+            f = dataclasses.replace(f, severity="warning")
+            if self.log.add(f):
+                fresh.append(f)
+                if self.log.policy != "log":
+                    self._at.warn(f"rangewatch: {f}")
+        if fresh and self._at.sink is not None:
+            self._at.sink.findings(self.log.findings, step)
+        return fresh
+
+    def summary_line(self, checked: int, batches: int) -> str:
+        """One line for the end of a fit: ``checked`` taps over ``batches`` training batches, findings by kind."""
+        problems = [f for f in self.log.findings if f.kind not in QUIET_KINDS]
+        counts = Counter(f.kind for f in problems)
+        found = (f"{len(problems)} finding{'s' if len(problems) != 1 else ''} (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
+                 if problems else "no findings")
+        internal = sum(f.kind == "internal" for f in self.log.findings)
+        extra = f"; {internal} tap{'s' if internal != 1 else ''} switched off after an internal error" if internal else ""
+        return (f"rangewatch: {checked} tap{'s' if checked != 1 else ''} checked over {batches} "
+                f"training batch{'es' if batches != 1 else ''}: {found}{extra}")
 
     @rng_kept
     def internal(self, where: str, error: BaseException, tap: _Tap | None = None, what: str | None = None,

@@ -8,10 +8,11 @@ operations (:mod:`rangewatch.engine.collectives`), the sinks the loggers became 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from ..rng import rng_kept
 from ..sinks.loggers import LoggerSink
+from .check_logging import _is_writer, _WriterScalars
 from .collectives import Collectives, SingleProcess
 
 __all__ = ["Surroundings"]
@@ -36,6 +37,25 @@ class Surroundings:
         self.clock: Callable[[], int | None] | None = None
         self.own_step = 0
         self.messages = messages
+
+    def connect(self, collectives: Collectives | None, loggers: list[Any] | None, clock: Callable[[], int | None] | None) -> bool:
+        """Run under ``collectives`` (None: one process) and ``clock`` (None: the own counter); the ``loggers`` become
+        the sink on rank zero (Lightning loggers, and ``SummaryWriter`` objects: histograms, text and images directly,
+        scalars through ``add_scalar``). Returns whether these loggers can show histograms."""
+        from ..sinks.loggers import is_tensorboard_logger
+
+        self.collectives = collectives if collectives is not None else SingleProcess()
+        self.clock = clock
+        loggers = list(loggers or [])
+        writers = [lg for lg in loggers if _is_writer(lg)]
+        self.sink = None
+        if self.collectives.rank == 0:
+            self.sink = LoggerSink([lg for lg in loggers if lg not in writers])
+            for w in writers:
+                self.sink.writers.append(w)
+                self.sink.metric_loggers.append(_WriterScalars(w))
+            self.sink.has_tensorboard = bool(self.sink.writers)
+        return bool(writers) or any(is_tensorboard_logger(lg) or type(lg).__name__ == "WandbLogger" for lg in loggers)
 
     def step(self) -> int | None:
         """The clock's step (None when the given clock has none)."""

@@ -329,6 +329,35 @@ class TapSet:
             )
         return MappingProxyType(out)
 
+    def watching(self, expectations: Mapping[str, Expectation], cadence: str) -> str:
+        """What is watched (said once per fit after the first checked batch): each tap with its channels and its
+        expectation (and where that comes from, unless it is one of ``expectations``, said at fit start) or what the
+        data looks like, the taps not watched and why, ``expectations`` whose tap has not been seen yet, the ``cadence``."""
+        lines = []
+        live = {n: t for n, t in sorted(self.taps.items()) if not t.disabled}
+        off = {n: t for n, t in sorted(self.taps.items()) if t.disabled}
+        width = min(36, max([len(n) for n in live] + [4]))
+        for name, t in live.items():
+            exp = self._expectation_for(name)
+            ch = f"{t.channels} ch" if t.channels else ""
+            if exp is not None:
+                listed = any(exp is e for e in expectations.values())
+                what = f"expects {exp.convention}" + ("" if listed else f" ({exp.source})")
+            elif t.inferred is not None and t.inferred.name != "unknown":
+                what = f"no expectation; the data looks like {t.inferred.name}" + ("" if t.inferred.confident else " (not sure)")
+            else:
+                what = "no expectation; watched for NaN/Inf and range only"
+            lines.append(f"  {name:<{width}} {ch:>5}  {what}")
+        for name, t in off.items():
+            lines.append(f"  not watched: {name} ({t.error or 'not an image-like tensor'})")
+        for n in sorted(expectations):
+            if n not in self.taps and not n.startswith("val/"):
+                lines.append(f"  not seen yet: {n} (expects {expectations[n].convention})")
+        head = f"rangewatch: watching {len(live)} tap{'s' if len(live) != 1 else ''} ({cadence})"
+        if not live:
+            head += ": no image-like tensor in the batches; name tensors with expect= / modules="
+        return head + ("\n" + "\n".join(lines) if lines else "")
+
     def summaries(self, split: str) -> dict[str, Any]:
         """The current window of each fed tap of ``split``, computed without starting a new one (a collective under
         several processes)."""

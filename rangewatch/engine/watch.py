@@ -48,7 +48,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -56,21 +55,22 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .collectives import Collectives, SingleProcess
+from .collectives import Collectives
 from ..rng import kept_rng, rng_kept
 from .agreement import RankAgreement
 from ..config import ConfigError, _short, check_choice
 from ..options import OPTIONS, Options
 from ..expect.expectation import Expectation
 from ..findings.finding import Finding, RangeMismatchError
-from ..findings.log import POLICIES, QUIET_KINDS, FindingsLog, Policy
+from ..findings.log import POLICIES, Policy
 from ..sinks.loggers import LoggerSink
 from ..stats.range_stats import RangeSummary
 from .checker import TapChecks
 from .expectations import ExpectationSources, tap_name_for_key
 from .reporter import FindingsReporter
+from .state import STATE_VERSION, engine_state, read_state
 from .surroundings import Surroundings
-from .check_logging import CheckLogging, _is_writer, _WriterScalars
+from .check_logging import CheckLogging
 from .numerics_tracing import NumericsTracing
 from .preview_gate import PreviewGate
 from .tapset import TapInfo, TapSet
@@ -80,10 +80,6 @@ from ..taps.hooks import ModuleTaps
 from ..taps.sharding import user_name, user_named_modules
 
 __all__ = ["Watch", "TapInfo", "OPTIONS", "STATE_VERSION"]
-
-#: the version of :meth:`Watch.state_dict` this rangewatch writes and reads
-STATE_VERSION = 1
-
 
 
 class Watch:
@@ -249,24 +245,12 @@ class Watch:
         """Where the engine runs: its collectives, its loggers (kept on rank zero only), the step
         clock, the default check interval (``log_every_n_steps`` wins) and whether histograms can be
         logged (decide it alike on every rank: the statistics' states must match across ranks)."""
-        from ..sinks.loggers import is_tensorboard_logger
-
-        self._env.collectives = collectives if collectives is not None else SingleProcess()
-        self._env.clock = clock  # None: the engine's own step counter
+        logged = self._env.connect(collectives, loggers, clock)
         if every is not None:
             self._every = self.log_every_n_steps or max(1, int(every))
-        loggers = list(loggers or [])
-        writers = [lg for lg in loggers if _is_writer(lg)]
         if histograms_logged is None:
-            histograms_logged = bool(writers) or any(is_tensorboard_logger(lg) or type(lg).__name__ == "WandbLogger" for lg in loggers)
+            histograms_logged = logged
         self._tapset.hist_bins = self.hist_bins if self.histograms and histograms_logged else 0  # alike on every rank
-        self._env.sink = sink = None
-        if self.collectives.rank == 0:
-            self._env.sink = sink = LoggerSink([lg for lg in loggers if lg not in writers])
-            for w in writers:  # a SummaryWriter: histograms, text and images directly, scalars through add_scalar
-                sink.writers.append(w)
-                sink.metric_loggers.append(_WriterScalars(w))
-            sink.has_tensorboard = bool(sink.writers)
 
     @property
     def collectives(self) -> Collectives:
@@ -469,16 +453,7 @@ class Watch:
         if self._unseen.done or not self._train_batches:
             return []
         try:
-            fresh = []
-            for f in self._check_unseen(self._env.now()):
-                f = dataclasses.replace(f, severity="warning")
-                if self._reporter.log.add(f):
-                    fresh.append(f)
-                    if self.policy != "log":
-                        self._env.warn(f"rangewatch: {f}")
-            if fresh and self._env.sink is not None:
-                self._env.sink.findings(self.findings, self._env.now())
-            return fresh
+            return self._reporter.report_as_warnings(self._check_unseen(self._env.now()), self._env.now())
         except Exception as e:  # noqa: BLE001
             self._reporter.internal("console", e, None)
             return []
@@ -743,59 +718,20 @@ class Watch:
         """What is watched, said once per fit after the first checked batch: each tap with its
         channels and its expectation (and where that comes from) or what the data looks like, the
         taps not watched and why, expectations whose tap has not been seen yet, and the check cadence."""
-        lines = []
-        live = {n: t for n, t in sorted(self._tapset.taps.items()) if not t.disabled}
-        off = {n: t for n, t in sorted(self._tapset.taps.items()) if t.disabled}
-        width = min(36, max([len(n) for n in live] + [4]))
-        for name, t in live.items():
-            exp = self.expectation_for(name)
-            ch = f"{t.channels} ch" if t.channels else ""
-            if exp is not None:  # the sources of self.expectations were said at fit start ("rangewatch expectations")
-                listed = any(exp is e for e in self.expectations.values())
-                what = f"expects {exp.convention}" + ("" if listed else f" ({exp.source})")
-            elif t.inferred is not None and t.inferred.name != "unknown":
-                what = f"no expectation; the data looks like {t.inferred.name}" + ("" if t.inferred.confident else " (not sure)")
-            else:
-                what = "no expectation; watched for NaN/Inf and range only"
-            lines.append(f"  {name:<{width}} {ch:>5}  {what}")
-        for name, t in off.items():
-            lines.append(f"  not watched: {name} ({t.error or 'not an image-like tensor'})")
-        unseen = [n for n in sorted(self.expectations) if n not in self._tapset.taps and not n.startswith("val/")]
-        for n in unseen:
-            lines.append(f"  not seen yet: {n} (expects {self.expectations[n].convention})")
         cadence = f"checked at the first {self.check_first_n} batches, then every {self._every} steps"
-        head = f"rangewatch: watching {len(live)} tap{'s' if len(live) != 1 else ''} ({cadence})"
-        if not live:
-            head += ": no image-like tensor in the batches; name tensors with expect= / modules="
-        return head + ("\n" + "\n".join(lines) if lines else "")
+        return self._tapset.watching(self.expectations, cadence)
 
     def summary_line(self) -> str:
         """One line for the end of a fit: taps checked, batches, findings by kind."""
-        from collections import Counter
-
-        checked = [t for t in self._tapset.taps.values() if t.steps_checked]
-        problems = [f for f in self.findings if f.kind not in QUIET_KINDS]
-        counts = Counter(f.kind for f in problems)
-        found = (f"{len(problems)} finding{'s' if len(problems) != 1 else ''} (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
-                 if problems else "no findings")
-        internal = sum(f.kind == "internal" for f in self.findings)
-        extra = f"; {internal} tap{'s' if internal != 1 else ''} switched off after an internal error" if internal else ""
-        return (f"rangewatch: {len(checked)} tap{'s' if len(checked) != 1 else ''} checked over {self._train_batches} "
-                f"training batch{'es' if self._train_batches != 1 else ''}: {found}{extra}")
-
+        checked = sum(1 for t in self._tapset.taps.values() if t.steps_checked)
+        return self._reporter.summary_line(checked, self._train_batches)
 
     # ------------------------------------------------------------------ state
     @rng_kept
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps: the findings log, the batch count and each tap's open window (statistics,
         bounds, latent monitor state), so that a resumed run neither repeats findings nor loses data."""
-        taps = self._tapset.state_dict()
-        return {
-            "version": STATE_VERSION,
-            "train_batches": self._train_batches,
-            **self._reporter.log.state_dict(),
-            "taps": taps,
-        }
+        return engine_state(self._train_batches, self._reporter.log, self._tapset.state_dict())
 
     @rng_kept
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -805,19 +741,7 @@ class Watch:
         resume: it is noted once and dropped (the run goes on from an empty state); a tap whose saved window
         cannot be read starts an empty one."""
         try:
-            if not isinstance(state_dict, Mapping):
-                raise ValueError(f"a {type(state_dict).__name__}, not a mapping")
-            version = state_dict.get("version")
-            if version != STATE_VERSION:
-                raise ValueError(f"version {_short(version)}; this rangewatch reads version {STATE_VERSION}")
-            batches = state_dict.get("train_batches", 0)
-            if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
-                raise ValueError(f"train_batches = {_short(batches)} is not a count")
-            taps = state_dict.get("taps") or {}
-            if not isinstance(taps, Mapping) or not all(isinstance(k, str) and isinstance(v, Mapping) for k, v in taps.items()):
-                raise ValueError(f"taps = {_short(taps)} is not a mapping of tap names to saved windows")
-            log = FindingsLog(self.policy)
-            log.load_state_dict(state_dict)  # into a fresh log first: a bad findings list changes nothing
+            batches, taps, log = read_state(state_dict, self.policy)
         except Exception as e:  # noqa: BLE001  (a resume never fails on rangewatch's state)
             self._reporter.note_once("state", f"rangewatch: the saved rangewatch state cannot be read ({type(e).__name__}: {str(e)[:200]}); "
                                      "it is dropped and the run goes on from an empty rangewatch state")
