@@ -48,7 +48,6 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
@@ -71,13 +70,13 @@ from .reporter import FindingsReporter
 from .state import STATE_VERSION, engine_state, read_state
 from .surroundings import Surroundings
 from .check_logging import CheckLogging
+from .model_hooks import ModelHooks
 from .numerics_tracing import NumericsTracing
 from .preview_gate import PreviewGate
 from .tapset import TapInfo, TapSet
 from .unseen import UnseenTaps
 from ..taps.batches import DEFAULT_SKIP_KEYS
-from ..taps.hooks import ModuleTaps
-from ..taps.sharding import user_name, user_named_modules
+from ..taps.sharding import user_name
 
 __all__ = ["Watch", "TapInfo", "OPTIONS", "STATE_VERSION"]
 
@@ -132,20 +131,19 @@ class Watch:
         self._env = Surroundings(messages)  # collectives, sinks, clock, voice: set by connect()
         self._reporter = FindingsReporter(o.policy, self._env)  # the findings log, notes said once, internal errors
         self._sources = ExpectationSources(self.expect, self._reporter, self._env)  # declared, derived, loader-predicted
-        self._module_taps = ModuleTaps(lambda name, t: self.tensor(name, t),  # the hooks feed through the public entry
-                                       lambda name, e: self._tapset.on_module_error(name, e))
+        self._numerics = NumericsTracing()  # the module tracer of trace_modules
+        self._hooks = ModelHooks(self._reporter, self._env, self._numerics,  # module hooks, loss networks, the tracer
+                                 lambda name, t: self.tensor(name, t),  # the hooks feed through the public entry
+                                 lambda name, e: self._tapset.on_module_error(name, e))
         batch_paths = [k if k.startswith("batch") else f"batch.{k}" for k in self.expect if k.startswith("batch")]
-        self._tapset = TapSet(self._reporter, self._env, self._sources.for_tap, batch_paths, self._module_taps.channels)
+        self._tapset = TapSet(self._reporter, self._env, self._sources.for_tap, batch_paths, self._hooks.module_taps.channels)
         self._tapset.moments, self._tapset.validation = o.moments_every_step, o.watch_validation
         self._agreement = RankAgreement(self._env, self._reporter)  # the ranks agree on the taps before each check
         self._checks = TapChecks(self._sources, self._reporter, self._env)  # judging each tap at a check step
         self._unseen = UnseenTaps(lambda: (self.expect, self.modules), bool(batch_paths))  # declared taps never seen
-        self._numerics = NumericsTracing()  # the module tracer of trace_modules
         self._previews = PreviewGate()  # the preview watch: which calls are measured, their findings
         self._check_logging = CheckLogging()  # a check's histograms, overview and latent previews
-        self._losses: Any = None  # the loss networks' watch (rangewatch.integrations), placed by attach
 
-        self._attached = False  # hooks placed, expectations said: once per fit
         self._train_batches = 0
         self._check_now = False
         self._step_open = False
@@ -216,7 +214,7 @@ class Watch:
     @property
     def skipped_modules(self) -> list[str]:
         """Why named submodules carry no hooks (TorchScript modules, hooks that cannot be placed)."""
-        return list(self._module_taps.skipped)
+        return list(self._hooks.module_taps.skipped)
 
     @property
     def tracer(self) -> Any:
@@ -226,7 +224,7 @@ class Watch:
     @property
     def attached(self) -> bool:
         """Whether :meth:`attach` placed the hooks (until :meth:`detach`)."""
-        return self._attached
+        return self._hooks.attached
 
     @property
     def train_batches(self) -> int:
@@ -375,7 +373,7 @@ class Watch:
             if not self._unseen.done and self._window_closed():  # every rank alike: the same batch count
                 self._reporter.report(self._check_unseen(self._step_at_start), self._step_at_start)
             elif self._unseen.probing:
-                self._unseen.drop_probes_once_seen(self._tapset.taps, self._hooked())
+                self._unseen.drop_probes_once_seen(self._tapset.taps, self._hooks.hooked)
         finally:
             self._tapset.detail = False
             self._check_now = False
@@ -440,11 +438,8 @@ class Watch:
     def _window_closed(self) -> bool:
         return self._train_batches >= max(1, self.check_first_n)
 
-    def _hooked(self) -> Any:
-        return self._module_taps.attached if self._attached else None  # the modules with hooks (None before attach)
-
     def _check_unseen(self, step: int) -> list[Finding]:
-        return self._unseen.check(step, self._train_batches, self._tapset.taps, self._hooked(), raising=self.policy == "raise")
+        return self._unseen.check(step, self._train_batches, self._tapset.taps, self._hooks.hooked, raising=self.policy == "raise")
 
     def report_unseen(self) -> list[Finding]:
         """A run that ends before its check window closed: the declared taps not seen so far are
@@ -581,46 +576,18 @@ class Watch:
         ``modules`` key that names no submodule, is no near miss of one (``encodr``) and does not start with
         a submodule's name (``vae.encodr``) is a tensor tap instead (``latents``), fed by :meth:`tensor`; one
         never fed is reported at the end of the check window, as every declared tap that never appears."""
-        self._attached = True
         if self.derive_expectations:
             self._sources.derive(model, self.image_processors)
-        try:  # loss networks and metrics (LPIPS, FID, PSNR, VGG losses): rangewatch.integrations
-            from ..integrations import LossWatch
-
-            if self.derive_expectations:
-                self._losses = (self._losses or LossWatch()).attach(model)
-        except Exception as e:
-            self._reporter.internal("loss networks", e, None)
-        try:
-            notes = self._numerics.attach(model, self.trace_modules, history=self.trace_history, headroom_share=self.headroom_share,
-                                          exact=self.trace_exact, origin=self.origin)
-            for n in notes:
-                self._reporter.note_once(n, f"rangewatch: {n}")
-        except ConfigError:
-            raise
-        except Exception as e:
-            self._reporter.internal("trace_modules", e, None)
+        self._hooks.attach_watchers(model, losses=self.derive_expectations, trace_modules=self.trace_modules,
+                                    history=self.trace_history, headroom_share=self.headroom_share, exact=self.trace_exact,
+                                    origin=self.origin)
         wanted = self._sources.hooked_sides(self.expect, self.modules)
         if tensor_taps:
             wanted = self._unseen.split_tensor_keys(model, wanted, self._sources.derived_names())
-        missing = self._module_taps.attach(model, wanted)
-        self._unseen.probe(model, self._module_taps.attached)
-        for n in self._module_taps.skipped:  # TorchScript modules, hooks that cannot be placed
-            self._reporter.note_once(n, f"rangewatch: {n}")
+        missing = self._hooks.attach_taps(model, wanted)
+        self._unseen.probe(model, self._hooks.module_taps.attached)
         if missing:
-            self._module_taps.detach()
-            if self._losses is not None:  # nothing this attach placed stays behind
-                self._losses.detach()
-            self._numerics.detach()
-            names = [n for n, _ in user_named_modules(model) if n]
-            msgs = []
-            for m in missing:
-                close = difflib.get_close_matches(m, names, n=3)
-                msgs.append(f"{m!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
-            raise ConfigError(
-                f"{self.origin + ': ' if self.origin else ''}RangeWatch: no submodule named {', '.join(msgs)} in {type(model).__name__}; "
-                f"named submodules include: {', '.join(names[:25])}{' ...' if len(names) > 25 else ''}"
-            )
+            raise self._hooks.unknown(model, missing, self.origin)
         said = self._sources.describe()
         if said:
             self._env.info(said)
@@ -639,12 +606,9 @@ class Watch:
     def detach(self) -> None:
         """Take every hook off the model and stop observing previews (their last findings are
         reported: under ``policy="raise"`` this may raise). A later :meth:`attach` starts a new fit."""
-        self._module_taps.detach()
+        self._hooks.detach()
         self._unseen.unprobe()
-        self._attached = False
         self._sources.new_fit()
-        if self._losses is not None:
-            self._losses.detach()
         try:
             self._stop_previews()  # may raise RangeMismatchError (policy="raise") for the last previews
         finally:
@@ -654,64 +618,42 @@ class Watch:
     def abort(self, exception: BaseException | None = None) -> None:
         """The run failed with ``exception``: take every hook off; unless rangewatch itself stopped
         the run, let the tracer still name where NaN/Inf came from (a NaN loss that raised)."""
-        self._module_taps.detach()
+        self._hooks.abort(exception)
         self._unseen.unprobe()
-        self._attached = False
-        if self._losses is not None:
-            self._losses.detach()
-        if self._numerics.tracer is not None and not isinstance(exception, RangeMismatchError):
-            try:  # a NaN loss that raised: still name where the NaN came from
-                for f in self._numerics.check(self._env.now())[0]:
-                    if self._reporter.log.add(f):
-                        from ..sinks.console import finding_text
-
-                        self._env.warn(finding_text(f))
-            except Exception as e:
-                self._reporter.internal("trace_modules", e, None)
-            self._numerics.detach()
         self._previews.halt()
 
-    # ------------------------------------------------------------------ taps and checks
-    # taps are made, fed and reset in engine_taps.TapFeeding; each tap is judged in engine_checks.TapChecks;
-    # the ranks agree (taps, value samples, latent syncs) in collectives_agreement.RankAgreement
+    # ------------------------------------------------------------------ the check
     def _check(self, which: Callable[[str], bool], step: int | None = None, train_check: bool = False) -> None:
+        """The check loop: the ranks agree on the taps, each tap is read and judged (engine/checker.py), the sinks
+        written, the windows reset, the tracer and the loss networks checked, and every finding reported at once."""
         step = self._env.now() if step is None else step
-        if self.collectives.world_size > 1 and not self._agreement.agree_on_taps(self._tapset.taps, self._tapset.placeholder, self._tapset.early):
+        coll, taps = self.collectives, self._tapset.taps
+        several = coll.world_size > 1
+        if several and not self._agreement.agree_on_taps(taps, self._tapset.placeholder, self._tapset.early):
             return  # every rank skips this check together (said once); the windows go on filling
         new: list[Finding] = list(self._tapset.early)  # found in hooks since the last check (a declared convention that does not fit)
         self._tapset.early.clear()
-        if self._previews.pending and self.collectives.world_size > 1:  # previews judged on some ranks only: reported here, where all ranks are
+        if self._previews.pending and several:  # previews judged on some ranks only: reported here, where all ranks are
             new.extend(self._previews.take())
-        taps = self._tapset.taps
-        gather = self._agreement.gather_sample if self.collectives.world_size > 1 else None
-        found, metrics, summaries = self._checks.check_taps(taps, which, step, check_first_n=self.check_first_n,
-                                                            per_channel=self.per_channel_scalars, gather=gather)
+        found, metrics, summaries = self._checks.check_taps(taps, which, step, check_first_n=self.check_first_n, per_channel=self.per_channel_scalars,
+                                                            gather=self._agreement.gather_sample if several else None)
         new.extend(found)
-        synced = self._agreement.sync_latents(taps, summaries) if self.collectives.world_size > 1 else []
-        if self._env.sink is not None and self.collectives.rank == 0:
+        synced = self._agreement.sync_latents(taps, summaries) if several else []
+        sink = self._env.sink
+        if sink is not None and coll.rank == 0:
             try:
                 if metrics:
-                    self._env.sink.scalars(metrics, step)
-                    if not self._env.sink.has_images and self._env.sink.active:
+                    sink.scalars(metrics, step)
+                    if not sink.has_images and sink.active:
                         self._reporter.note_once("histograms", "rangewatch: histograms, images and text need a TensorBoard, W&B or MLflow logger; other loggers get scalars only")
-                self._check_logging.write(self._env.sink, self._reporter.log, taps, summaries, new, step, self.histograms)
+                self._check_logging.write(sink, self._reporter.log, taps, summaries, new, step, self.histograms)
             except Exception as e:
                 self._reporter.internal("logging", e, None)
         for st in synced:
             st.unsync()
         for name, _ in summaries:
             self._tapset.reset(taps[name])
-        if self._numerics.tracer is not None and train_check:
-            try:
-                gather = self.collectives.all_gather_bytes if self.collectives.world_size > 1 else None  # every rank checks at the same steps
-                found, notes = self._numerics.check(step, gather)
-                new.extend(found)
-                for n in notes:
-                    self._reporter.note_once(n, f"rangewatch: {n}")
-            except Exception as e:
-                self._reporter.internal("trace_modules", e, None)
-        if self._losses is not None:
-            new.extend(self._losses.check(step))
+        new.extend(self._hooks.check(step, train_check, coll.all_gather_bytes if several else None))  # tracer, loss networks
         self._reporter.report(new, step)
 
     def watching(self) -> str:
