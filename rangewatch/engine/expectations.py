@@ -184,7 +184,15 @@ class ExpectationSources:
         convention of the attached VAE's own config (scaling / shift factor, ``latents_mean/std``, latent
         channels). Bound only when exactly one VAE is attached and the tensor carries its latent channel count
         on dim 1 (packed token latents and other shapes are said once, not guessed). Returns the channel dim
-        to feed it with (1), or None when it is not bound. Once per tap (at its first tensor)."""
+        to feed it with (1), or None when it is not bound (or binding failed: an internal error). Once per tap (at its
+        first tensor)."""
+        try:
+            return self._bind_latent(name, t)
+        except Exception as e:  # noqa: BLE001
+            self._reporter.internal(name, e, None, what="binding the latents to the attached VAE's config")
+            return None
+
+    def _bind_latent(self, name: str, t: torch.Tensor) -> int | None:
         if name in self.expectations or not _LATENT_NAME.fullmatch(name.rsplit(":", 1)[0].rsplit(".", 1)[-1]):
             return None
         if len(self.vae_latents) > 1:

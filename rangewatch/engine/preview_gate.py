@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from ..findings.finding import Finding
+from ..sinks.loggers import LoggerSink
 
 __all__ = ["PreviewGate"]
 
@@ -23,7 +24,8 @@ _OWN_LOGGING = tuple(os.path.join(*p.split("/")) for p in (  # rangewatch's own 
 
 class PreviewGate:
     """The preview watch the engine drives: :meth:`start`, :meth:`at` (step, phase, judge everything now?),
-    :meth:`take` (the findings since the last take), :meth:`pop_previews` (the corrected previews) and :meth:`halt`."""
+    :meth:`take` (the findings since the last take), :meth:`due` (those to report now), :meth:`pop_previews` (the
+    corrected previews), :meth:`log` (written to the sinks) and :meth:`halt`."""
 
     def __init__(self) -> None:
         self.vis: Any = None  # the VisualizationWatch, made at the first start
@@ -76,8 +78,28 @@ class PreviewGate:
         out, self.pending[:] = list(self.pending), []
         return out
 
+    def due(self, several: bool, final: bool) -> list[Finding] | None:
+        """The findings to report now (None: nothing to report). In one process, those since the last take; under
+        ``several`` processes preview calls happen on some ranks only, so their findings wait for the next check, or
+        the ``final`` flush at teardown, where every rank takes part (a collective decision is safe there)."""
+        if not several:
+            return self.take() if self.pending else None
+        return self.take() if final else None
+
     def pop_previews(self) -> list[Any]:
         return [] if self.vis is None else self.vis.pop_previews()
+
+    def log(self, sink: LoggerSink | None, now: int) -> None:
+        """Write the corrected previews made since the last call through ``sink`` (at the step of each call, else ``now``)."""
+        previews = self.pop_previews()
+        if previews and sink is not None and sink.has_images:
+            from ..visualization import log_previews
+
+            for p in previews:
+                step = p.record.step if p.record.step is not None else now
+                for w in sink.writers:
+                    log_previews(w, p, step=step)
+                sink.other_images(f"rangewatch/preview/{p.image_tag}", p.build_labelled(), step)  # W&B / MLflow
 
     def halt(self) -> None:
         """Stop observing (every nested start)."""

@@ -57,6 +57,17 @@ class Surroundings:
             self.sink.has_tensorboard = bool(self.sink.writers)
         return bool(writers) or any(is_tensorboard_logger(lg) or type(lg).__name__ == "WandbLogger" for lg in loggers)
 
+    def picklable_messages(self) -> Callable[[str, str], None] | None:
+        """``messages`` when it can be pickled (a lambda cannot: a pickle falls back to the default voice)."""
+        import pickle
+
+        if self.messages is not None:
+            try:
+                pickle.dumps(self.messages)
+            except Exception:  # noqa: BLE001
+                return None
+        return self.messages
+
     def step(self) -> int | None:
         """The clock's step (None when the given clock has none)."""
         return self.own_step if self.clock is None else self.clock()

@@ -358,6 +358,12 @@ class TapSet:
             head += ": no image-like tensor in the batches; name tensors with expect= / modules="
         return head + ("\n" + "\n".join(lines) if lines else "")
 
+    def nonfinite_flag(self) -> torch.Tensor:
+        """Whether a live tap saw NaN/Inf since the last check, on the device (no host read)."""
+        from ..checks.numerics import nonfinite_flag
+
+        return nonfinite_flag([t.stats for t in self.taps.values() if not t.disabled])
+
     def summaries(self, split: str) -> dict[str, Any]:
         """The current window of each fed tap of ``split``, computed without starting a new one (a collective under
         several processes)."""

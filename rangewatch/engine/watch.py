@@ -1,29 +1,14 @@
 """The engine: taps -> statistics -> checks -> findings -> sinks, driven by any front end.
 
-:class:`Watch` owns everything between a tensor and a finding: the taps (batch tensors found by path,
-module inputs/outputs through forward hooks, tensors handed to :meth:`Watch.tensor`), the expectations
-(declared, read from the model's metadata, predicted from the loaders' transforms), the per-tap
-statistics (accumulated on the tensor's device, brought to the host only at check steps), the checks
-(convention inference, pixel rules, latent monitors, the module tracer, loss networks, previews), the
-findings log (:class:`~rangewatch.findings.log.FindingsLog`: each finding once, the policy applied) and
-the sinks (Lightning loggers or ``SummaryWriter`` objects; rank zero only).
-
-The front ends only drive it:
-
-- :class:`~rangewatch.RangeWatch`, the Lightning callback: its hooks each call one method here;
-- :func:`rangewatch.watch`, for hand-written PyTorch loops (and HF Accelerate): ``batch()`` / ``step()``;
-- ``rangewatch check`` (:mod:`rangewatch.preflight`): a few batches, one check, no training.
-
-A training step, as the engine sees it::
-
-    watch.begin_step(step)       # optional: batch() opens one at the engine's own step counter
-    watch.batch(batch)           # the batch's image-like tensors; module hooks feed themselves
-    ...forward, backward...
-    watch.end_step()             # checks at check steps: the first check_first_n, then every log_every_n_steps
-
-Distributed runs pass the collectives the engine needs (:mod:`rangewatch.engine.collectives`): every rank
-takes part in each check's reductions, so every rank reaches the same verdicts, and only rank zero
-writes or speaks.
+:class:`Watch` owns everything between a tensor and a finding, through collaborators that each hold one step of
+the flow (docs/ARCHITECTURE.md, "The engine's files"): the taps (batch tensors found by path, module inputs/outputs
+through forward hooks, tensors handed to :meth:`Watch.tensor`), the expectations (declared, read from the model's
+metadata, predicted from the loaders' transforms), the checks at check steps (statistics brought to the host only
+then), the findings log (each finding once, the policy applied) and the sinks (rank zero only). The front ends
+(:class:`~rangewatch.RangeWatch`, :func:`rangewatch.watch`, ``rangewatch check``) only drive it: per training step
+``begin_step`` (optional), ``batch``, the forward and backward, ``end_step`` (a check at check steps: the first
+``check_first_n``, then every ``log_every_n_steps``). Under several processes every rank takes part in each
+check's reductions (:mod:`rangewatch.engine.collectives`), so every rank reaches the same verdicts.
 
 Example::
 
@@ -311,21 +296,18 @@ class Watch:
         """Feed a batch (a tensor, or any nest of dicts, lists, tuples and dataclasses): its image-like
         tensors become taps named by path (``batch.image``, ``batch[0]``; ``val/...`` for ``split="val"``).
         A training batch opens a step at the clock's step when none is open."""
+        if split not in ("train", "val"):
+            raise ConfigError(f"split = {_short(split)} must be 'train' or 'val'")
+        if split == "train" and not self._step_open:
+            self.begin_step()
+        if detail is not None:
+            self._tapset.detail = bool(detail)
         if split == "train":
-            if not self._step_open:
-                self.begin_step()
-            if detail is not None:
-                self._tapset.detail = bool(detail)
             if not self._unseen.done:
                 self._unseen.record_batch(batch)
             self._tapset.feed_batch(batch, "", self.batch_keys, self.skip_keys)
-        elif split == "val":
-            if detail is not None:
-                self._tapset.detail = bool(detail)
-            if self._tapset.validation:
-                self._tapset.feed_batch(batch, "val/", self.batch_keys, self.skip_keys)
-        else:
-            raise ConfigError(f"split = {_short(split)} must be 'train' or 'val'")
+        elif self._tapset.validation:
+            self._tapset.feed_batch(batch, "val/", self.batch_keys, self.skip_keys)
 
     def tensor(self, name: str, t: torch.Tensor, channel_dim: int | None = None) -> None:
         """Feed one tensor to the tap ``name`` (as a module hook does; a name without a side is read as
@@ -339,12 +321,9 @@ class Watch:
         if not phase and not self._unseen.done:
             self._unseen.saw_tensor(name)
         if name not in taps.taps and self._sources.vae_latents and not name.startswith(("batch", "val/")):
-            try:  # once per tap: a tensor named as latents is judged against the attached VAE's config
-                bound = self._sources.bind_latent(name, t)
-                if bound is not None and channel_dim is None and phase + name not in taps.taps:
-                    channel_dim = bound
-            except Exception as e:  # noqa: BLE001
-                self._reporter.internal(name, e, None, what="binding the latents to the attached VAE's config")
+            bound = self._sources.bind_latent(name, t)  # once per tap: a tensor named as latents, judged against the VAE's config
+            if bound is not None and channel_dim is None and phase + name not in taps.taps:
+                channel_dim = bound
         if channel_dim is None or name in taps.taps:
             taps.on_module_tensor(name, t)
         elif not phase or taps.validation:
@@ -418,9 +397,7 @@ class Watch:
     def check_nonfinite(self) -> bool:
         """Whether any tap (or the tracer) saw NaN/Inf since the last check: one bool read from the
         device (a small sync; a collective under several processes)."""
-        from ..checks.numerics import nonfinite_flag
-
-        flag = self._numerics.nonfinite_flag(nonfinite_flag([t.stats for t in self._tapset.taps.values() if not t.disabled]))
+        flag = self._numerics.nonfinite_flag(self._tapset.nonfinite_flag())
         coll = self.collectives
         if coll.world_size > 1:  # every rank must then check, or none
             flag = coll.all_reduce_sum(flag.to(coll.device, torch.float32)) > 0
@@ -479,19 +456,11 @@ class Watch:
         the hooks, the tracer, the preview watch, the loggers, the collectives or the step clock, which the next
         :meth:`connect` and :meth:`attach` place again. A ``messages`` callable that cannot be pickled (a lambda)
         falls back to the default voice in a pickle."""
-        import pickle
-
-        messages = self.messages
-        if messages is not None:
-            try:
-                pickle.dumps(messages)
-            except Exception:  # noqa: BLE001
-                messages = None
         options = {k: getattr(self, k) for k in OPTIONS}
         options["skip_keys"] = list(self.skip_keys)
         options["policy"] = self.policy
         return {
-            "options": options, "messages": messages, "state": self.state_dict(), "notes": dict(self._reporter.notes),
+            "options": options, "messages": self._env.picklable_messages(), "state": self.state_dict(), "notes": dict(self._reporter.notes),
             "every": self._every, "own_step": self._env.own_step, "announced": self._announced, "origin": self.origin,
         }
 
@@ -532,28 +501,14 @@ class Watch:
         if self._previews.idle(log):
             return  # nothing to report or log (every step: kept cheap)
         with kept_rng():
-            self._flush_previews(log, final)
-
-    def _flush_previews(self, log: bool, final: bool) -> None:
-        if self.collectives.world_size == 1:
-            if self._previews.pending:
-                self._reporter.report(self._previews.take(), self._env.now())
-        elif final:  # every rank reaches teardown: a collective decision (policy="raise") is safe here
-            self._reporter.report(self._previews.take(), self._env.now())
-        if not log:
-            return
-        try:
-            previews = self._previews.pop_previews()
-            if previews and self._env.sink is not None and self._env.sink.has_images:
-                from ..visualization import log_previews
-
-                for p in previews:
-                    step = p.record.step if p.record.step is not None else self._env.now()
-                    for w in self._env.sink.writers:
-                        log_previews(w, p, step=step)
-                    self._env.sink.other_images(f"rangewatch/preview/{p.image_tag}", p.build_labelled(), step)  # W&B / MLflow
-        except Exception as e:
-            self._reporter.internal("visualization", e, None, what="logging the corrected previews")
+            due = self._previews.due(self.collectives.world_size > 1, final)
+            if due is not None:
+                self._reporter.report(due, self._env.now())
+            try:
+                if log:
+                    self._previews.log(self._env.sink, self._env.now())
+            except Exception as e:
+                self._reporter.internal("visualization", e, None, what="logging the corrected previews")
 
     def _stop_previews(self) -> None:
         """Report the last previews' findings (may raise under ``policy="raise"``), then stop the preview watch."""
