@@ -49,6 +49,7 @@ from ..findings.finding import Finding, RangeMismatchError
 from ..findings.log import POLICIES, Policy
 from ..sinks.loggers import LoggerSink
 from ..stats.range_stats import RangeSummary
+from .cadence import StepCadence
 from .checker import TapChecks
 from .expectations import ExpectationSources, tap_name_for_key
 from .reporter import FindingsReporter
@@ -129,11 +130,7 @@ class Watch:
         self._previews = PreviewGate()  # the preview watch: which calls are measured, their findings
         self._check_logging = CheckLogging()  # a check's histograms, overview and latent previews
 
-        self._train_batches = 0
-        self._check_now = False
-        self._step_open = False
-        self._step_at_start = 0
-        self._every = self.log_every_n_steps or 50
+        self._steps = StepCadence(self.log_every_n_steps or 50)  # check steps, the open step, batches so far
         self._announced = False
         if collectives is not None or loggers is not None or clock is not None:
             self.connect(collectives=collectives, loggers=loggers, clock=clock)
@@ -214,12 +211,12 @@ class Watch:
     @property
     def train_batches(self) -> int:
         """Training batches seen (steps closed by :meth:`end_step`), across a resume."""
-        return self._train_batches
+        return self._steps.batches
 
     @property
     def every(self) -> int:
         """The check interval in steps."""
-        return self._every
+        return self._steps.every
 
     @rng_kept
     def connect(self, collectives: Collectives | None = None, loggers: list[Any] | None = None,
@@ -230,7 +227,7 @@ class Watch:
         logged (decide it alike on every rank: the statistics' states must match across ranks)."""
         logged = self._env.connect(collectives, loggers, clock)
         if every is not None:
-            self._every = self.log_every_n_steps or max(1, int(every))
+            self._steps.every = self.log_every_n_steps or max(1, int(every))
         if histograms_logged is None:
             histograms_logged = logged
         self._tapset.hist_bins = self.hist_bins if self.histograms and histograms_logged else 0  # alike on every rank
@@ -278,19 +275,17 @@ class Watch:
     def is_check_step(self, step: int) -> bool:
         """Whether ``step`` is a check step: one of the first ``check_first_n`` training batches, or a
         multiple of the check interval."""
-        return self._train_batches < self.check_first_n or step % self._every == 0
+        return self._steps.is_check_step(step, self.check_first_n)
 
     # ------------------------------------------------------------------ the training step
     def begin_step(self, step: int | None = None, detail: bool | None = None) -> bool:
         """Open training step ``step`` (default: the clock's); returns whether it is a check step.
         ``detail`` (default: at check steps) takes full statistics of this step's tensors."""
         step = self._env.now() if step is None else int(step)
-        self._step_at_start = step
-        self._check_now = self.is_check_step(step)
-        self._tapset.detail = self._check_now if detail is None else bool(detail)
-        self._step_open = True
+        check = self._steps.begin(step, self.check_first_n)
+        self._tapset.detail = check if detail is None else bool(detail)
         self._numerics.start_step(step)
-        return self._check_now
+        return check
 
     def batch(self, batch: Any, split: str = "train", detail: bool | None = None) -> None:
         """Feed a batch (a tensor, or any nest of dicts, lists, tuples and dataclasses): its image-like
@@ -298,7 +293,7 @@ class Watch:
         A training batch opens a step at the clock's step when none is open."""
         if split not in ("train", "val"):
             raise ConfigError(f"split = {_short(split)} must be 'train' or 'val'")
-        if split == "train" and not self._step_open:
+        if split == "train" and not self._steps.open:
             self.begin_step()
         if detail is not None:
             self._tapset.detail = bool(detail)
@@ -316,7 +311,7 @@ class Watch:
         if ":" not in name and not name.startswith(("batch", "val/")):
             name = tap_name_for_key(name)
         taps, phase = self._tapset, self._tapset.phase
-        if not self._step_open and not phase and not name.startswith("val/"):
+        if not self._steps.open and not phase and not name.startswith("val/"):
             self.begin_step()  # a loop that feeds tensors and no batch: the step opens here, as batch() opens it
         if not phase and not self._unseen.done:
             self._unseen.saw_tensor(name)
@@ -333,14 +328,11 @@ class Watch:
         """Close the training step: at a check step, check the training taps; returns the findings
         reported by this call."""
         before = len(self.findings)
-        if not self._step_open:  # step() with no batch(), tensor() or begin_step() in it (module hooks only):
-            self._step_at_start = self._env.now()  # the step is judged at the clock's step all the same
-            self._check_now = self.is_check_step(self._step_at_start)
-        self._train_batches += 1
-        self._step_open = False
+        steps = self._steps
+        steps.close(self._env.now, self.check_first_n)  # a step with no batch(), tensor() or begin_step(): the clock's
         try:
-            if self._check_now:
-                self.check(self._step_at_start, "train")
+            if steps.check:
+                self.check(steps.at, "train")
                 if not self._announced:
                     self._announced = True
                     try:
@@ -348,14 +340,14 @@ class Watch:
                     except Exception as e:  # noqa: BLE001
                         self._reporter.internal("console", e, None)
             elif self.check_nonfinite_every_step and self.check_nonfinite():
-                self.check(self._step_at_start, "train")
-            if not self._unseen.done and self._window_closed():  # every rank alike: the same batch count
-                self._reporter.report(self._check_unseen(self._step_at_start), self._step_at_start)
+                self.check(steps.at, "train")
+            if not self._unseen.done and steps.window_closed(self.check_first_n):  # every rank alike: the same batch count
+                self._reporter.report(self._check_unseen(steps.at), steps.at)
             elif self._unseen.probing:
                 self._unseen.drop_probes_once_seen(self._tapset.taps, self._hooks.hooked)
         finally:
             self._tapset.detail = False
-            self._check_now = False
+            steps.check = False
             if self._env.clock is None:
                 self._env.own_step += 1
         return self.findings[before:]
@@ -412,17 +404,14 @@ class Watch:
         finally:
             self.say_summary()
 
-    def _window_closed(self) -> bool:
-        return self._train_batches >= max(1, self.check_first_n)
-
     def _check_unseen(self, step: int) -> list[Finding]:
-        return self._unseen.check(step, self._train_batches, self._tapset.taps, self._hooks.hooked, raising=self.policy == "raise")
+        return self._unseen.check(step, self._steps.batches, self._tapset.taps, self._hooks.hooked, raising=self.policy == "raise")
 
     def report_unseen(self) -> list[Finding]:
         """A run that ends before its check window closed: the declared taps not seen so far are
         ``unseen`` warnings (logged and said on rank zero; never raised, nothing exchanged between
         ranks: the run is over). Nothing once the window has closed, or before any training batch."""
-        if self._unseen.done or not self._train_batches:
+        if self._unseen.done or not self._steps.batches:
             return []
         try:
             return self._reporter.report_as_warnings(self._check_unseen(self._env.now()), self._env.now())
@@ -461,14 +450,14 @@ class Watch:
         options["policy"] = self.policy
         return {
             "options": options, "messages": self._env.picklable_messages(), "state": self.state_dict(), "notes": dict(self._reporter.notes),
-            "every": self._every, "own_step": self._env.own_step, "announced": self._announced, "origin": self.origin,
+            "every": self._steps.every, "own_step": self._env.own_step, "announced": self._announced, "origin": self.origin,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state["options"], messages=state.get("messages"))  # type: ignore[misc]
         self.load_state_dict(state["state"])
         self._reporter.notes.update(state.get("notes", {}))
-        self._every = int(state.get("every", self._every))
+        self._steps.every = int(state.get("every", self._steps.every))
         self._env.own_step = int(state.get("own_step", 0))
         self._announced = bool(state.get("announced", False))
         self.origin = state.get("origin")
@@ -482,13 +471,9 @@ class Watch:
     def watch_previews(self, context: str = "training preview") -> None:
         """Observe the calls that turn tensors into images (until :meth:`detach`); ``context`` names
         the phase in the findings (``"training preview"``, ``"validation preview"``)."""
-        if not self.watch_visualization:
-            return
-        try:
-            self._previews.start(threshold=self.clip_threshold, hist_bins=self.hist_bins, context=context, step=self._env.now())
-        except Exception as e:
+        if self.watch_visualization and not self._previews.watch(self._reporter, self._env, threshold=self.clip_threshold,
+                                                                 hist_bins=self.hist_bins, context=context):
             self.watch_visualization = False
-            self._reporter.internal("visualization", e, None, what="starting the visualisation watch (previews are not observed)")
 
     def preview_step(self, judge: bool | None = None, context: str | None = None) -> None:
         """Keep the watch's step (and phase) current, so a call is stamped with the step it was made at."""
@@ -501,26 +486,7 @@ class Watch:
         if self._previews.idle(log):
             return  # nothing to report or log (every step: kept cheap)
         with kept_rng():
-            due = self._previews.due(self.collectives.world_size > 1, final)
-            if due is not None:
-                self._reporter.report(due, self._env.now())
-            try:
-                if log:
-                    self._previews.log(self._env.sink, self._env.now())
-            except Exception as e:
-                self._reporter.internal("visualization", e, None, what="logging the corrected previews")
-
-    def _stop_previews(self) -> None:
-        """Report the last previews' findings (may raise under ``policy="raise"``), then stop the preview watch."""
-        if not self._previews.active:
-            return
-        try:
-            self.flush_previews(final=True)
-        finally:
-            try:
-                self._previews.halt()
-            except Exception as e:
-                self._reporter.internal("visualization", e, None, what="stopping the visualisation watch")
+            self._previews.flush(self._reporter, self._env, log=log, final=final)
 
     @rng_kept
     def attach(self, model: nn.Module, tensor_taps: bool = False) -> "Watch":
@@ -565,7 +531,7 @@ class Watch:
         self._unseen.unprobe()
         self._sources.new_fit()
         try:
-            self._stop_previews()  # may raise RangeMismatchError (policy="raise") for the last previews
+            self._previews.stop(self._reporter, self._env)  # may raise RangeMismatchError (policy="raise") for the last previews
         finally:
             self._numerics.detach()
 
@@ -615,20 +581,20 @@ class Watch:
         """What is watched, said once per fit after the first checked batch: each tap with its
         channels and its expectation (and where that comes from) or what the data looks like, the
         taps not watched and why, expectations whose tap has not been seen yet, and the check cadence."""
-        cadence = f"checked at the first {self.check_first_n} batches, then every {self._every} steps"
+        cadence = f"checked at the first {self.check_first_n} batches, then every {self._steps.every} steps"
         return self._tapset.watching(self.expectations, cadence)
 
     def summary_line(self) -> str:
         """One line for the end of a fit: taps checked, batches, findings by kind."""
         checked = sum(1 for t in self._tapset.taps.values() if t.steps_checked)
-        return self._reporter.summary_line(checked, self._train_batches)
+        return self._reporter.summary_line(checked, self._steps.batches)
 
     # ------------------------------------------------------------------ state
     @rng_kept
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps: the findings log, the batch count and each tap's open window (statistics,
         bounds, latent monitor state), so that a resumed run neither repeats findings nor loses data."""
-        return engine_state(self._train_batches, self._reporter.log, self._tapset.state_dict())
+        return engine_state(self._steps.batches, self._reporter.log, self._tapset.state_dict())
 
     @rng_kept
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -643,8 +609,8 @@ class Watch:
             self._reporter.note_once("state", f"rangewatch: the saved rangewatch state cannot be read ({type(e).__name__}: {str(e)[:200]}); "
                                      "it is dropped and the run goes on from an empty rangewatch state")
             return
-        self._train_batches = batches
-        if self._window_closed():  # the saved run held its declared taps to account at its window's end
+        self._steps.batches = batches
+        if self._steps.window_closed(self.check_first_n):  # the saved run held its declared taps to account at its window's end
             self._unseen.close()
         self._reporter.log.reported, self._reporter.log.findings = log.reported, log.findings
         self._tapset.load(taps)
