@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..findings.finding import Finding, internal_finding
 from ..findings.log import QUIET_KINDS, FindingsLog, Policy
@@ -62,19 +62,31 @@ class FindingsReporter:
 
         return self.log.report(new, gather=gather, on_fresh=write)
 
-    def report_as_warnings(self, found: list[Finding], step: int) -> list[Finding]:
-        """Findings at the end of a run (``unseen`` ones when the run ended before its check window closed): logged as
-        warnings and said on rank zero, never raised, nothing exchanged between ranks; returns the fresh ones."""
-        fresh = []
-        for f in found:
-            f = dataclasses.replace(f, severity="warning")
-            if self.log.add(f):
-                fresh.append(f)
-                if self.log.policy != "log":
-                    self._at.warn(f"rangewatch: {f}")
-        if fresh and self._at.sink is not None:
-            self._at.sink.findings(self.log.findings, step)
-        return fresh
+    def report_as_warnings(self, found: Callable[[], list[Finding]], step: int) -> list[Finding]:
+        """Findings at the end of a run (``unseen`` ones when the run ended before its check window closed), made by
+        ``found()``: logged as warnings and said on rank zero, never raised, nothing exchanged between ranks; returns
+        the fresh ones (none when making or writing them failed: an internal error at ``console``)."""
+        try:
+            fresh = []
+            for f in found():
+                f = dataclasses.replace(f, severity="warning")
+                if self.log.add(f):
+                    fresh.append(f)
+                    if self.log.policy != "log":
+                        self._at.warn(f"rangewatch: {f}")
+            if fresh and self._at.sink is not None:
+                self._at.sink.findings(self.log.findings, step)
+            return fresh
+        except Exception as e:  # noqa: BLE001
+            self.internal("console", e, None)
+            return []
+
+    def say(self, line: Callable[[], str]) -> None:
+        """Say the line that ``line()`` builds (rank zero); a failure to build it is an internal error at ``console``."""
+        try:
+            self._at.info(line())
+        except Exception as e:  # noqa: BLE001
+            self.internal("console", e, None)
 
     def summary_line(self, checked: int, batches: int) -> str:
         """One line for the end of a fit: ``checked`` taps over ``batches`` training batches, findings by kind."""

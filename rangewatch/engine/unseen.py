@@ -57,8 +57,11 @@ class UnseenTaps:
 
     # ------------------------------------------------------------------ attach time
     def split_tensor_keys(self, model: nn.Module, wanted: dict[str, set[str]], derived: Collection[str] = ()) -> dict[str, set[str]]:
-        """Take the keys that name tensors, not submodules, out of ``wanted`` (see :meth:`Watch.attach`); ``derived``:
-        the modules the model's metadata named (never tensors)."""
+        """Take the keys that name tensors, not submodules, out of ``wanted`` (``Watch.attach(tensor_taps=True)``): an
+        ``expect`` / ``modules`` key that names no submodule, is no near miss of one (``encodr``) and does not start with
+        a child's name (``vae.encodr``) is a tensor tap (``latents``), fed by ``Watch.tensor``; one never fed is reported
+        at the end of the check window, as every declared tap that never appears. ``derived``: the modules the model's
+        metadata named (never tensors)."""
         names = {n for n, _ in model.named_modules(remove_duplicate=False)}
         children = {n for n, _ in model.named_children()}
         out = {}

@@ -96,8 +96,7 @@ class Watch:
         unknown = [k for k in options if k not in OPTIONS]
         if unknown:  # a misspelt keyword is a TypeError, as for any Python signature
             raise TypeError(f"Watch() got an unexpected keyword argument {unknown[0]!r}; options: {', '.join(OPTIONS)}")
-        #: the options as given, validated (:class:`~rangewatch.options.Options`)
-        o = Options(expect=expect, **options).checked()
+        o = Options(expect=expect, **options).checked()  # the options as given, validated
         # module paths as the user named them: FSDP1 / checkpoint-wrapper segments dropped (taps/sharding.py)
         self.expect: dict[str, str] = {user_name(k): v for k, v in (o.expect or {}).items()}
         self.batch_keys, self.skip_keys = o.batch_keys, tuple(o.skip_keys or DEFAULT_SKIP_KEYS)
@@ -225,12 +224,11 @@ class Watch:
         """Where the engine runs: its collectives, its loggers (kept on rank zero only), the step
         clock, the default check interval (``log_every_n_steps`` wins) and whether histograms can be
         logged (decide it alike on every rank: the statistics' states must match across ranks)."""
-        logged = self._env.connect(collectives, loggers, clock)
+        logged = self._env.connect(collectives, loggers, clock)  # whether these loggers can show histograms
         if every is not None:
             self._steps.every = self.log_every_n_steps or max(1, int(every))
-        if histograms_logged is None:
-            histograms_logged = logged
-        self._tapset.hist_bins = self.hist_bins if self.histograms and histograms_logged else 0  # alike on every rank
+        logged = logged if histograms_logged is None else histograms_logged
+        self._tapset.hist_bins = self.hist_bins if self.histograms and logged else 0  # alike on every rank
 
     @property
     def collectives(self) -> Collectives:
@@ -273,8 +271,7 @@ class Watch:
         self._reporter.note_once(key or text, text)
 
     def is_check_step(self, step: int) -> bool:
-        """Whether ``step`` is a check step: one of the first ``check_first_n`` training batches, or a
-        multiple of the check interval."""
+        """Whether ``step`` is a check step: one of the first ``check_first_n`` batches, or a multiple of :attr:`every`."""
         return self._steps.is_check_step(step, self.check_first_n)
 
     # ------------------------------------------------------------------ the training step
@@ -335,10 +332,7 @@ class Watch:
                 self.check(steps.at, "train")
                 if not self._announced:
                     self._announced = True
-                    try:
-                        self._env.info(self.watching())
-                    except Exception as e:  # noqa: BLE001
-                        self._reporter.internal("console", e, None)
+                    self._reporter.say(self.watching)
             elif self.check_nonfinite_every_step and self.check_nonfinite():
                 self.check(steps.at, "train")
             if not self._unseen.done and steps.window_closed(self.check_first_n):  # every rank alike: the same batch count
@@ -413,19 +407,12 @@ class Watch:
         ranks: the run is over). Nothing once the window has closed, or before any training batch."""
         if self._unseen.done or not self._steps.batches:
             return []
-        try:
-            return self._reporter.report_as_warnings(self._check_unseen(self._env.now()), self._env.now())
-        except Exception as e:  # noqa: BLE001
-            self._reporter.internal("console", e, None)
-            return []
+        return self._reporter.report_as_warnings(lambda: self._check_unseen(self._env.now()), self._env.now())
 
     @rng_kept
     def say_summary(self) -> None:
         """Say :meth:`summary_line` (rank zero)."""
-        try:
-            self._env.info(self.summary_line())
-        except Exception as e:  # noqa: BLE001
-            self._reporter.internal("console", e, None)
+        self._reporter.say(self.summary_line)
 
     def __enter__(self) -> "Watch":
         return self
@@ -493,10 +480,8 @@ class Watch:
         """Read what the model expects from its metadata (unless ``derive_expectations=False``), hook
         the named submodules, the loss networks and the tracer. Raises :class:`~rangewatch.ConfigError`
         (leaving nothing behind) when ``expect``, ``modules`` or ``trace_modules`` name a submodule the
-        model lacks. With ``tensor_taps`` (a front end whose user feeds :meth:`tensor`), an ``expect`` /
-        ``modules`` key that names no submodule, is no near miss of one (``encodr``) and does not start with
-        a submodule's name (``vae.encodr``) is a tensor tap instead (``latents``), fed by :meth:`tensor`; one
-        never fed is reported at the end of the check window, as every declared tap that never appears."""
+        model lacks. With ``tensor_taps`` (a front end whose user feeds :meth:`tensor`), a key that names no
+        submodule (nor a near miss of one) is a tensor tap instead (``latents``): see ``UnseenTaps.split_tensor_keys``."""
         if self.derive_expectations:
             self._sources.derive(model, self.image_processors)
         self._hooks.attach_watchers(model, losses=self.derive_expectations, trace_modules=self.trace_modules,
@@ -578,9 +563,8 @@ class Watch:
         self._reporter.report(new, step)
 
     def watching(self) -> str:
-        """What is watched, said once per fit after the first checked batch: each tap with its
-        channels and its expectation (and where that comes from) or what the data looks like, the
-        taps not watched and why, expectations whose tap has not been seen yet, and the check cadence."""
+        """What is watched, said once per fit after the first checked batch: each tap with its channels and its
+        expectation or what the data looks like, the taps not watched and why, expectations not seen yet, the cadence."""
         cadence = f"checked at the first {self.check_first_n} batches, then every {self._steps.every} steps"
         return self._tapset.watching(self.expectations, cadence)
 
