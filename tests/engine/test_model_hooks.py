@@ -62,13 +62,19 @@ def test_an_unknown_submodule_leaves_nothing_behind_and_names_near_misses():
     assert fed == [] and hooks._numerics.tracer is None  # no hook, no tracer left
 
 
-def test_the_tracer_names_where_nan_starts_at_a_check_and_when_the_run_fails():
-    said = []
+def _traced_step(said):
+    """Hooks with the tracer on every module, after one training forward that makes NaN."""
     net = Net()
     hooks, rep, _ = _hooks(said)
     hooks.attach_watchers(net, losses=False, trace_modules="all", history=4, headroom_share=0.5, exact=True, origin=None)
     hooks._numerics.start_step(0)
     net(torch.rand(1, 3, 8, 8))
+    return net, hooks, rep
+
+
+def test_the_tracer_names_where_nan_starts_at_a_check_and_when_the_run_fails():
+    said = []
+    net, hooks, _ = _traced_step(said)
     assert hooks.check(0, trace=False, gather=None) == []  # a validation check: the tracer is not read
     found = hooks.check(0, trace=True, gather=None)
     assert [(f.kind, f.where) for f in found if f.kind == "nonfinite"] == [("nonfinite", "decoder")]
@@ -80,11 +86,7 @@ def test_the_tracer_names_where_nan_starts_at_a_check_and_when_the_run_fails():
 
 def test_a_failed_run_still_names_the_nan_origin():
     said = []
-    net = Net()
-    hooks, rep, _ = _hooks(said)
-    hooks.attach_watchers(net, losses=False, trace_modules="all", history=4, headroom_share=0.5, exact=True, origin=None)
-    hooks._numerics.start_step(0)
-    net(torch.rand(1, 3, 8, 8))
+    net, hooks, rep = _traced_step(said)
     hooks.abort(RuntimeError("loss is NaN"))
     assert [f.where for f in rep.log.findings if f.kind == "nonfinite"] == ["decoder"]
     assert [lvl for lvl, _ in said] == ["warn"] and "decoder" in said[0][1]
