@@ -1,8 +1,8 @@
 """The engine's distributed agreement protocol: every rank takes part in the same reductions, in the same order.
 
-:class:`RankAgreement` is the part of :class:`rangewatch.Watch` that keeps the ranks of a multi-process run in step,
-through the operations of :mod:`rangewatch.engine.collectives` (a Lightning strategy, ``torch.distributed``, or one
-process): the sync function of each tap's statistics, the exchange of taps before each check (a tap one rank
+:class:`RankAgreement` is a collaborator of :class:`rangewatch.Watch` that keeps the ranks of a multi-process run in
+step, through the operations of :mod:`rangewatch.engine.collectives` (a Lightning strategy, ``torch.distributed``, or
+one process): the sync function of each tap's statistics (:func:`stats_sync_fn`), the exchange of taps before each check (a tap one rank
 lacks is added empty, a tap switched off on one rank is switched off on all), the gather of every rank's value
 sample (so every rank reaches the same verdict) and the sync of latent taps before rank zero logs them.
 Stopping together under ``policy="raise"`` is the findings log's (:mod:`rangewatch.findings.log`).
@@ -11,15 +11,32 @@ Stopping together under ``policy="raise"`` is the findings log's (:mod:`rangewat
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from .tapset import _Tap
 from ..findings.finding import Finding
 from ..stats.range_stats import RangeStats, RangeSummary
+from .collectives import Collectives
+from .reporter import FindingsReporter
+from .surroundings import Surroundings
 
-__all__ = ["RankAgreement"]
+if TYPE_CHECKING:
+    from .tapset import _Tap
+
+__all__ = ["RankAgreement", "stats_sync_fn"]
+
+
+def stats_sync_fn(coll: Collectives) -> Any:
+    """The sync function a tap's statistics reduce with across ranks (None in one process)."""
+    if coll.world_size <= 1:
+        return None
+
+    def sync_fn(t: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
+        # RangeStats gathers one flat packed tensor; a rank that saw no data sends an empty one
+        return coll.all_gather_varlen(t)
+
+    return sync_fn
 
 
 def _ranks_differ(name: str, by_rank: dict[int, int], step: int | None) -> Finding:
@@ -38,22 +55,14 @@ def _ranks_differ(name: str, by_rank: dict[int, int], step: int | None) -> Findi
 
 
 class RankAgreement:
-    """The engine's cross-rank agreement (a mixin of :class:`~rangewatch.engine.watch.Watch`), over the collectives it
-    was given (:mod:`rangewatch.engine.collectives`): the statistics' sync function, agreeing on the taps before each
-    check, gathering every rank's value sample, and syncing latent taps before rank zero logs them."""
+    """The engine's cross-rank agreement, over the collectives of its surroundings: :meth:`agree_on_taps` before each
+    check, :meth:`gather_sample` (every rank's value sample), :meth:`sync_latents` before rank zero logs them. It keeps
+    no state: the taps are given to each call."""
 
-    def _sync_fn(self) -> Any:
-        coll = self.collectives
-        sync_fn = None
-        if coll.world_size > 1:
+    def __init__(self, surroundings: Surroundings, reporter: FindingsReporter) -> None:
+        self._env, self._reporter = surroundings, reporter
 
-            def sync_fn(t: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
-                # RangeStats gathers one flat packed tensor; a rank that saw no data sends an empty one
-                return coll.all_gather_varlen(t)
-
-        return sync_fn
-
-    def _agree_on_taps(self) -> bool:
+    def agree_on_taps(self, taps: dict[str, _Tap], placeholder: Callable[[str, int | None], _Tap], early: list[Finding]) -> bool:
         """Under DDP every rank must take part in the same reductions, in the same order. Ranks
         exchange their taps (name, channel dim, channel count, and why rangewatch switched one off),
         add the ones they lack as empty taps (a module called on one rank only, a batch key one rank
@@ -64,12 +73,15 @@ class RankAgreement:
         Returns whether the ranks agree. The exchange is lossless for any tap name (JSON, non-ASCII and
         lone surrogates escaped: names made from file names or prompts hold newlines, tabs and
         ``os.fsdecode`` surrogates), and any failure in it, on any rank, is a decision every rank takes
-        together: all report it (once) and skip this check, so no rank runs a collective the others do not."""
-        coll = self.collectives
+        together: all report it (once) and skip this check, so no rank runs a collective the others do not.
+
+        ``taps``: the engine's taps by name (a tap another rank has is added by ``placeholder(name, channel_dim)``);
+        the ``mismatch`` findings go to ``early`` (reported at this check)."""
+        coll = self._env.collectives
         failure: str | None = None
         try:
             entries = [[n, t.channel_dim, int(t.stats.channels) if t.stats is not None else 0,
-                        (t.error or "-") if t.disabled else ""] for n, t in sorted(self._taps.items())]
+                        (t.error or "-") if t.disabled else ""] for n, t in sorted(taps.items())]
             payload = b"\x00" + json.dumps(entries, ensure_ascii=True).encode("ascii")
         except Exception as e:  # noqa: BLE001  (said by every rank below, from the flag)
             failure = f"{type(e).__name__}: {e}"
@@ -81,7 +93,7 @@ class RankAgreement:
                 r, why = remote[0]
                 raise RuntimeError(f"rank {r} could not list its taps ({why or 'nothing sent'})")
             tables = [json.loads(p[1:].decode("ascii")) for p in parts]
-            self._apply_agreement(tables)
+            self._apply_agreement(tables, taps, placeholder, early)
         except Exception as e:  # noqa: BLE001
             failure = f"{type(e).__name__}: {e}"
         # a failure on one rank only (applying the tables) must be every rank's decision
@@ -89,46 +101,40 @@ class RankAgreement:
         if float(failed.reshape(-1)[0]) > 0:  # every rank: the same words, from the first rank that failed
             texts = coll.all_gather_bytes((failure or "").encode("utf-8", "backslashreplace"))
             r, why = next((r, t.decode("utf-8", "replace")) for r, t in enumerate(texts) if t)
-            self._internal("ddp", RuntimeError(f"on rank {r}: {why}"), None,
+            self._reporter.internal("ddp", RuntimeError(f"on rank {r}: {why}"), None,
                            consequence="every rank skips this check; training goes on")
             return False
         return True
 
-    def _apply_agreement(self, tables: list[list[list[Any]]]) -> None:
+    def _apply_agreement(self, tables: list[list[list[Any]]], taps: dict[str, _Tap],
+                         placeholder: Callable[[str, int | None], _Tap], early: list[Finding]) -> None:
         channels: dict[str, dict[int, int]] = {}
         for rank, table in enumerate(tables):
             for name, cd, c, why in table:
                 name, why = str(name), str(why)
-                tap = self._taps.get(name)
+                tap = taps.get(name)
                 if tap is None:
-                    tap = self._placeholder_tap(name, None if cd is None else int(cd))
+                    tap = placeholder(name, None if cd is None else int(cd))
                 if int(c) > 0:
                     channels.setdefault(name, {})[rank] = int(c)
                 if why and not tap.disabled:
                     tap.disabled = True
                     if why != "-":  # an internal error on another rank: said here too (rank zero warns)
-                        self._internal(name, RuntimeError(f"on rank {rank}: {why}"), tap)
+                        self._reporter.internal(name, RuntimeError(f"on rank {rank}: {why}"), tap)
         for name, by_rank in sorted(channels.items()):
-            tap = self._taps[name]
+            tap = taps[name]
             if len(set(by_rank.values())) > 1 and not tap.disabled:
                 tap.disabled = True
                 tap.error = "its channel count differs between ranks"
-                self._early.append(_ranks_differ(name, by_rank, self._clock()))
+                early.append(_ranks_differ(name, by_rank, self._env.step()))
 
-    def _placeholder_tap(self, name: str, channel_dim: int | None) -> _Tap:
-        """An empty tap for one that another rank has: it takes part in the reductions with no data."""
-        probe = torch.empty(0, device=self.collectives.device)
-        tap = self._new_tap(name, probe, channel_dim)
-        tap.stats.to(probe.device)
-        return tap
-
-    def _sync_latents(self, summaries: list[tuple[str, RangeSummary]]) -> list[RangeStats]:
+    def sync_latents(self, taps: dict[str, _Tap], summaries: list[tuple[str, RangeSummary]]) -> list[RangeStats]:
         """Under DDP, reduce the latent taps' states on every rank before rank zero logs their
         histograms (``log_latents`` reads them again): a sync of rank zero's own there would wait
         forever for the other ranks. Returns the synced stats, to ``unsync()`` after the logging."""
         out = []
         for name, _ in summaries:
-            tap = self._taps[name]
+            tap = taps[name]
             if tap.latent is None:
                 continue
             try:
@@ -136,10 +142,10 @@ class RankAgreement:
                 if tap.stats.synced:
                     out.append(tap.stats)
             except Exception as e:  # noqa: BLE001
-                self._internal(name, e, tap)
+                self._reporter.internal(name, e, tap)
         return out
 
-    def _gather_sample(self, tap: _Tap, channels: int) -> None:
+    def gather_sample(self, tap: _Tap, channels: int) -> None:
         """Every rank's sampled values, so that every rank reaches the same verdict (a verdict that
         differs between ranks would make one rank raise alone). Every rank takes part, fed or not."""
         vs = tap.stats.value_sample
@@ -150,7 +156,7 @@ class RankAgreement:
                 flat = torch.zeros(0, dtype=torch.float64)
         except Exception as e:  # noqa: BLE001  (this rank still takes part, with nothing: no rank waits alone)
             failed, flat = e, torch.zeros(0, dtype=torch.float64)
-        parts = self.collectives.all_gather_varlen(flat)
+        parts = self._env.collectives.all_gather_varlen(flat)
         if failed is not None:  # this tap is switched off here (the caller reports it), everywhere at the next agreement
             raise failed
         vs.replace_pending(torch.cat([p.to(torch.float64).cpu() for p in parts]), channels)

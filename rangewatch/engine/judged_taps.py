@@ -39,7 +39,7 @@ import torch
 from ..findings.finding import Finding
 from ..rng import kept_rng
 
-__all__ = ["Judge", "Judging", "JudgedTaps"]
+__all__ = ["Judge", "Judging", "JudgedTaps", "FrontEndTaps"]
 
 #: a tap's window: key -> statistics (read-only for judges)
 Window = Mapping[Hashable, Any]
@@ -190,3 +190,70 @@ class JudgedTaps:
             except Exception:  # noqa: BLE001 - switched off all the same; the first error is the one said
                 pass
         self._internal(tap.where, error, what, tap.consequence)
+
+
+class FrontEndTaps:
+    """What a front end drives of :class:`JudgedTaps` and of the engine's tracing (``Watch.judged``): the
+    diffusers pipeline front end registers its latents, its decode's range and its VAE / denoiser tracers here.
+
+    Args:
+        report, internal: the engine's report and internal-error path (see :class:`JudgedTaps`).
+        numerics: the engine's :class:`~rangewatch.engine.numerics_tracing.NumericsTracing` (front-end tracers).
+        headroom_share: the engine's ``headroom_share`` option, read when a tracer is placed.
+    """
+
+    def __init__(self, report: Callable[[list[Finding], int | None], list[Finding]],
+                 internal: Callable[[str, BaseException, str, str], None], numerics: Any, headroom_share: Callable[[], float]) -> None:
+        self._judged, self._numerics, self._share = JudgedTaps(report, internal), numerics, headroom_share
+
+    def tap(self, name: str, stats: Callable[[], Any], judge: Judge | None, *, where: str | None = None,
+            what: str | None = None, consequence: str | None = None) -> None:
+        """Register a tap the front end judges itself: ``stats()`` makes its statistics (a ``RangeStats`` or a
+        ``LatentMonitor`` with the front end's settings) per key of its window; ``judge(window, judging)``
+        returns its findings at :meth:`check` (None: a tap another judge reads). ``where`` / ``what`` /
+        ``consequence`` say an internal error of the tap. No per-tap scalars or histograms are written."""
+        self._judged.add(name, judge, stats, where=where, what=what, consequence=consequence)
+
+    def feed(self, name: str, t: torch.Tensor, key: Any = None, **update: Any) -> bool:
+        """Feed ``t`` to the statistics of ``key`` in the judged tap ``name`` (device only); False once the tap
+        is switched off (an internal error, reported once)."""
+        return self._judged.feed(name, t, key, **update)
+
+    def window(self, name: str) -> Window:
+        """The judged tap ``name``'s current window, key -> statistics (read-only, until its next check)."""
+        return self._judged.window(name)
+
+    def check(self, names: list[str], step: int | None = None, context: Any = None) -> list[Finding]:
+        """Judge the judged taps ``names`` in order, report their findings in one report (each once, the policy
+        applied: may raise :class:`~rangewatch.RangeMismatchError`), start their next windows; returns the fresh
+        findings. ``context`` reaches every judge (:class:`Judging`)."""
+        with kept_rng():
+            return self._judged.check(names, step, context)
+
+    def trace(self, prefix: str, module: Any, judge: Judge | None = None, *, auto_step: bool = False,
+              enabled: bool = True, history: int = 4, headroom_share: float | None = None,
+              where: str | None = None, what: str | None = None, consequence: str | None = None) -> Any:
+        """Trace ``module``'s leaf modules (NaN/Inf origin, fp16 headroom) for a front end, under ``prefix``:
+        stepped by its forwards (``auto_step``) or by :meth:`trace_step`; with ``judge``, a judged tap ``prefix``
+        whose window is the tracer (reset at each :meth:`check` naming it). The engine takes it off
+        (:meth:`untrace`, ``Watch.detach``). Returns the :class:`~rangewatch.ModuleTracer`."""
+        share = self._share() if headroom_share is None else headroom_share
+        with kept_rng():
+            tracer = self._numerics.add(prefix, module, auto_step=auto_step, history=history, headroom_share=share, enabled=enabled)
+        if judge is not None:
+            self._judged.add(prefix, judge, source=tracer, where=where, what=what or f"tracing {prefix}",
+                             consequence=consequence, off=lambda: self._numerics.remove(prefix))
+        return tracer
+
+    def trace_step(self, prefix: str, step: int | None) -> None:
+        """The forwards of the front-end tracer ``prefix`` from now on belong to ``step``."""
+        self._numerics.step_front(prefix, step)
+
+    def trace_pause(self, prefix: str) -> None:
+        """The front-end tracer ``prefix`` records nothing until the next :meth:`trace_step`."""
+        self._numerics.pause_front(prefix)
+
+    def untrace(self, prefix: str | None = None) -> None:
+        """Take the front-end tracer ``prefix`` off (every one with None), with its judged tap."""
+        for p in self._numerics.remove(prefix):
+            self._judged.remove(p)

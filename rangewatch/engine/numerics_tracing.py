@@ -6,7 +6,7 @@
 engine's check steps and contributes its NaN/Inf flag to the fail-fast read (``check_nonfinite_every_step``).
 
 A front end may also place tracers of its own (:meth:`NumericsTracing.add`, through
-:meth:`rangewatch.Watch.trace_module`): each on one module, under the front end's prefix, stepped by the front end
+:meth:`rangewatch.Watch.judged.trace`): each on one module, under the front end's prefix, stepped by the front end
 (:meth:`NumericsTracing.step_front` / :meth:`NumericsTracing.pause_front`, or by each forward of its module with
 ``auto_step``) and judged by it (a judged tap of :mod:`rangewatch.engine.judged_taps`), never by the engine's
 checks; the engine owns them and takes them off (:meth:`NumericsTracing.remove`, and :meth:`NumericsTracing.detach`

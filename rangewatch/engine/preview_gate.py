@@ -10,9 +10,14 @@ them. The engine's public side is ``Watch.watch_previews`` / ``preview_step`` / 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..findings.finding import Finding
+from ..sinks.loggers import LoggerSink
+
+if TYPE_CHECKING:
+    from .reporter import FindingsReporter
+    from .surroundings import Surroundings
 
 __all__ = ["PreviewGate"]
 
@@ -23,7 +28,9 @@ _OWN_LOGGING = tuple(os.path.join(*p.split("/")) for p in (  # rangewatch's own 
 
 class PreviewGate:
     """The preview watch the engine drives: :meth:`start`, :meth:`at` (step, phase, judge everything now?),
-    :meth:`take` (the findings since the last take), :meth:`pop_previews` (the corrected previews) and :meth:`halt`."""
+    :meth:`take` (the findings since the last take), :meth:`pop_previews` (the corrected previews) and :meth:`halt`;
+    with the engine's reporter and surroundings given: :meth:`watch` (start, or report why not), :meth:`flush` (report
+    the findings due, log the corrected previews) and :meth:`stop` (the last flush, then halt)."""
 
     def __init__(self) -> None:
         self.vis: Any = None  # the VisualizationWatch, made at the first start
@@ -79,8 +86,55 @@ class PreviewGate:
     def pop_previews(self) -> list[Any]:
         return [] if self.vis is None else self.vis.pop_previews()
 
+    def log(self, sink: LoggerSink | None, now: int) -> None:
+        """Write the corrected previews made since the last call through ``sink`` (at the step of each call, else ``now``)."""
+        previews = self.pop_previews()
+        if previews and sink is not None:
+            sink.previews(previews, now)  # each at its call's step; TensorBoard, W&B and MLflow alike
+
     def halt(self) -> None:
         """Stop observing (every nested start)."""
         if self.vis is not None:
             while self.vis.active:
                 self.vis.stop()
+
+    # ------------------------------------------------------------------ driven by the engine
+    def watch(self, reporter: FindingsReporter, surroundings: Surroundings, *, threshold: float, hist_bins: int,
+              context: str) -> bool:
+        """:meth:`start`; False when it failed (reported as an internal error: previews are not observed)."""
+        try:
+            self.start(threshold=threshold, hist_bins=hist_bins, context=context, step=surroundings.now())
+            return True
+        except Exception as e:
+            reporter.internal("visualization", e, None, what="starting the visualisation watch (previews are not observed)")
+            return False
+
+    def flush(self, reporter: FindingsReporter, surroundings: Surroundings, *, log: bool, final: bool) -> None:
+        """Report the findings of the calls measured since the last flush and, with ``log``, write their corrected
+        previews through the sinks (at the step of each call). Under several processes preview calls happen on some
+        ranks only, so their findings wait for the next check, or the ``final`` flush at teardown, where every rank
+        takes part (a collective decision, ``policy="raise"``, is safe there)."""
+        if surroundings.collectives.world_size == 1:
+            if self.pending:
+                reporter.report(self.take(), surroundings.now())
+        elif final:
+            reporter.report(self.take(), surroundings.now())
+        if not log:
+            return
+        try:
+            self.log(surroundings.sink, surroundings.now())
+        except Exception as e:
+            reporter.internal("visualization", e, None, what="logging the corrected previews")
+
+    def stop(self, reporter: FindingsReporter, surroundings: Surroundings) -> None:
+        """Report the last previews' findings (may raise under ``policy="raise"``), then halt."""
+        if not self.active:
+            return
+        try:
+            if not self.idle(True):
+                self.flush(reporter, surroundings, log=True, final=True)
+        finally:
+            try:
+                self.halt()
+            except Exception as e:
+                reporter.internal("visualization", e, None, what="stopping the visualisation watch")

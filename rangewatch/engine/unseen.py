@@ -1,6 +1,6 @@
 """The engine's declared taps that never appear: tensor-tap keys, the probes that say what ran instead, the finding.
 
-:class:`UnseenTaps` is the part of :class:`rangewatch.Watch` that holds every declared tap to account. A tap named in
+:class:`UnseenTaps` is a collaborator of :class:`rangewatch.Watch` that holds every declared tap to account. A tap named in
 ``expect=`` or ``modules=`` (a batch path, a submodule's input or output, a tensor fed by
 :meth:`rangewatch.Watch.tensor`) that has not appeared by the end of the check window (the first
 ``check_first_n`` training batches, at least one) is an ``unseen`` finding (a warning; an error under
@@ -17,13 +17,14 @@ they reach the same verdict) that says what was seen instead:
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from torch import nn
 
 from ..findings.finding import Finding, unseen_finding
 from ..taps.batches import tensor_paths
 from ..taps.hooks import parse_tap_key
+from .expectations import tap_name_for_key
 
 __all__ = ["UnseenTaps"]
 
@@ -32,25 +33,40 @@ _MAX_LISTED = 8
 
 
 class UnseenTaps:
-    """Declared taps that never appear (a mixin of :class:`~rangewatch.engine.watch.Watch`)."""
+    """Declared taps that never appear: :meth:`split_tensor_keys` and :meth:`probe` at attach time, :meth:`saw_tensor`
+    / :meth:`record_batch` during the check window (what was fed instead), :meth:`check` at its end (once per fit:
+    ``done``). ``declared`` returns the ``expect=`` and ``modules=`` keys; the taps seen and the hooked modules are
+    given to each call."""
 
-    def _init_unseen(self) -> None:
-        self._tensor_keys: set[str] = set()  # declared keys that name no submodule: taps fed by tensor()
-        self._unseen_done = False
+    def __init__(self, declared: Callable[[], tuple[Mapping[str, str], Sequence[str]]], batch_declared: bool) -> None:
+        self._keys = declared
+        self._batch_declared = batch_declared  # a declared batch path (worth recording the batches' tensor paths)
+        self.tensor_keys: set[str] = set()  # declared keys that name no submodule: taps fed by tensor()
+        #: the check window's end was reached (the finding made, the probes off): nothing more to record
+        self.done = False
         self._probes: list[Any] = []
         self._ran: set[str] = set()  # probed submodules whose forward ran in the check window
         self._probed: set[str] = set()  # declared modules that have submodules (probed)
         self._batch_paths: dict[str, tuple[int, ...]] = {}  # tensor paths the training batches carried (window only)
         self._tensor_names: list[str] = []  # names given to tensor() (window only)
 
+    @property
+    def probing(self) -> bool:
+        """Whether probes are placed (taken off at the window's end, or once every declared module ran)."""
+        return bool(self._probes)
+
     # ------------------------------------------------------------------ attach time
-    def _split_tensor_keys(self, model: nn.Module, wanted: dict[str, set[str]]) -> dict[str, set[str]]:
-        """Take the keys that name tensors, not submodules, out of ``wanted`` (see :meth:`Watch.attach`)."""
+    def split_tensor_keys(self, model: nn.Module, wanted: dict[str, set[str]], derived: Collection[str] = ()) -> dict[str, set[str]]:
+        """Take the keys that name tensors, not submodules, out of ``wanted`` (``Watch.attach(tensor_taps=True)``): an
+        ``expect`` / ``modules`` key that names no submodule, is no near miss of one (``encodr``) and does not start with
+        a child's name (``vae.encodr``) is a tensor tap (``latents``), fed by ``Watch.tensor``; one never fed is reported
+        at the end of the check window, as every declared tap that never appears. ``derived``: the modules the model's
+        metadata named (never tensors)."""
         names = {n for n, _ in model.named_modules(remove_duplicate=False)}
         children = {n for n, _ in model.named_children()}
         out = {}
         for name, sides in wanted.items():
-            if name in names or name in self._derived_names():
+            if name in names or name in derived:
                 out[name] = sides
                 continue
             head = name.split(".", 1)[0]
@@ -58,24 +74,23 @@ class UnseenTaps:
             if ("." in name and head in children) or near:
                 out[name] = sides  # a module path after all: attach says "no submodule named ..."
                 continue
-            self._tensor_keys.add(name)
+            self.tensor_keys.add(name)
         return out
 
-    def _derived_names(self) -> set[str]:
-        return {t.rsplit(":", 1)[0] for t in self._derived_keys}
-
-    def _declared(self) -> list[tuple[list[str], str, str]]:
-        """Each declared tap: (its tap names (one of them seen is enough), how it was declared, kind)."""
+    def _declared(self, hooked: Collection[str] | None) -> list[tuple[list[str], str, str]]:
+        """Each declared tap: (its tap names (one of them seen is enough), how it was declared, kind); ``hooked``:
+        the modules that carry hooks (None before attach)."""
         out: list[tuple[list[str], str, str]] = []
-        for key, conv in self.expect.items():
+        expect, modules = self._keys()
+        for key, conv in expect.items():
             if key.startswith("val/"):
                 continue
             if key.startswith("batch"):
                 out.append(([key], f"expect={{{key!r}: {conv!r}}}", "batch"))
                 continue
             name = parse_tap_key(key)[0]
-            out.append(([self._tap_name_for_key(key)], f"expect={{{key!r}: {conv!r}}}", self._key_kind(name)))
-        for key in self.modules:
+            out.append(([tap_name_for_key(key)], f"expect={{{key!r}: {conv!r}}}", self._key_kind(name, hooked)))
+        for key in modules:
             if key.startswith("val/"):
                 continue
             if key.startswith("batch"):
@@ -83,26 +98,27 @@ class UnseenTaps:
                 continue
             name, side = parse_tap_key(key)
             taps = [f"{name}:{side}"] if ":" in key else [f"{name}:input", f"{name}:output"]
-            out.append((taps, f"modules=[{key!r}]", self._key_kind(name)))
+            out.append((taps, f"modules=[{key!r}]", self._key_kind(name, hooked)))
         return out
 
-    def _key_kind(self, name: str) -> str:
-        if name in self._tensor_keys or not self._attached:
+    def _key_kind(self, name: str, hooked: Collection[str] | None) -> str:
+        if name in self.tensor_keys or hooked is None:
             return "tensor"
-        if name not in self._module_taps.attached:
+        if name not in hooked:
             return "skipped"  # a TorchScript module (said when attached)
         return "module"
 
-    def _probe_unseen(self, model: nn.Module) -> None:
-        """Probes on the declared modules' submodules: a forward pre-hook that records the name, nothing
-        else, for the check window (taken off at its end, or as soon as every declared module has run)."""
-        self._unprobe()
+    def probe(self, model: nn.Module, hooked: Collection[str]) -> None:
+        """Probes on the declared (and ``hooked``) modules' submodules: a forward pre-hook that records the name,
+        nothing else, for the check window (taken off at its end, or as soon as every declared module has run)."""
+        self.unprobe()
         self._ran = set()
-        if self._unseen_done:
+        if self.done:
             return
         modules = dict(model.named_modules(remove_duplicate=False))
-        declared = {parse_tap_key(k)[0] for k in list(self.expect) + list(self.modules)
-                    if not k.startswith(("batch", "val/"))} & set(self._module_taps.attached)
+        expect, keys = self._keys()
+        declared = {parse_tap_key(k)[0] for k in list(expect) + list(keys)
+                    if not k.startswith(("batch", "val/"))} & set(hooked)
         for name in sorted(declared):
             mod = modules.get(name)
             if mod is None:
@@ -113,12 +129,12 @@ class UnseenTaps:
                 if sub == name:
                     continue
                 try:
-                    self._probes.append(m.register_forward_pre_hook(self._probe(sub)))
+                    self._probes.append(m.register_forward_pre_hook(self._probe_for(sub)))
                     self._probed.add(name)
                 except Exception:  # noqa: BLE001  (a TorchScript submodule: no probe, nothing else changes)
                     pass
 
-    def _probe(self, name: str) -> Any:
+    def _probe_for(self, name: str) -> Any:
         ran = self._ran
 
         def probe(module: nn.Module, args: Any) -> None:
@@ -126,56 +142,63 @@ class UnseenTaps:
 
         return probe
 
-    def _unprobe(self) -> None:
+    def unprobe(self) -> None:
         for h in self._probes:
             h.remove()
         self._probes.clear()
 
     # ------------------------------------------------------------------ during the window
-    def _record_batch(self, batch: Any) -> None:
+    def saw_tensor(self, name: str) -> None:
+        """A name given to ``tensor()`` in the check window (the first 64 kept)."""
+        if not self.done and len(self._tensor_names) < 64:
+            self._tensor_names.append(name)
+
+    def record_batch(self, batch: Any) -> None:
         """The tensor paths of a training batch, while a declared batch path has not been seen."""
-        if self._unseen_done or len(self._batch_paths) >= 64 or not self._declared_batch_paths:
+        if self.done or len(self._batch_paths) >= 64 or not self._batch_declared:
             return
         for path, shape in tensor_paths(batch):
             self._batch_paths.setdefault(path, shape)
 
-    def _drop_probes_once_seen(self) -> None:
-        """Every declared module has been seen: the probes have nothing left to tell (taken off early)."""
-        for taps, _, kind in self._declared():
-            if kind == "module" and not any(t in self._taps for t in taps):
+    def drop_probes_once_seen(self, seen: Collection[str], hooked: Collection[str] | None) -> None:
+        """Every declared module has been ``seen`` (a tap): the probes have nothing left to tell (taken off early)."""
+        for taps, _, kind in self._declared(hooked):
+            if kind == "module" and not any(t in seen for t in taps):
                 return
-        self._unprobe()
+        self.unprobe()
 
     # ------------------------------------------------------------------ the end of the check window
-    def _window_closed(self) -> bool:
-        return self._train_batches >= max(1, self.check_first_n)
+    def close(self) -> None:
+        """The window's end was passed (a resumed run): nothing more to record, the probes off."""
+        self.done = True
+        self.unprobe()
 
-    def _check_unseen(self, step: int) -> list[Finding]:
-        """The ``unseen`` findings at the end of the check window (once per fit); the probes come off."""
-        if self._unseen_done:
+    def check(self, step: int, batches: int, seen: Collection[str], hooked: Collection[str] | None, raising: bool) -> list[Finding]:
+        """The ``unseen`` findings at the end of the check window (once per fit), after ``batches`` training batches,
+        for the declared taps not among the taps ``seen``; ``raising``: ``policy="raise"`` (severity error). The probes
+        come off."""
+        if self.done:
             return []
-        self._unseen_done = True
-        self._unprobe()
+        self.close()
         out: list[Finding] = []
-        n = self._train_batches
-        raising = self.policy == "raise"
-        for taps, declared, kind in self._declared():
-            if kind == "skipped" or any(t in self._taps for t in taps):
+        n = batches
+        for taps, declared, kind in self._declared(hooked):
+            if kind == "skipped" or any(t in seen for t in taps):
                 continue
             where = taps[0] if len(taps) == 1 else taps[0].rsplit(":", 1)[0]
-            evidence, fix = self._why_unseen(where, taps, kind, n)
+            evidence, fix = self._why_unseen(where, taps, kind, n, seen)
             out.append(unseen_finding(where, declared=declared, batches=n, evidence=evidence, fix=fix, raising=raising, step=step))
         self._batch_paths.clear()
         self._tensor_names.clear()
         return out
 
-    def _why_unseen(self, where: str, taps: list[str], kind: str, n: int) -> tuple[str, str]:
+    def _why_unseen(self, where: str, taps: list[str], kind: str, n: int, seen: Collection[str]) -> tuple[str, str]:
         batches = f"{n} training batch{'es' if n != 1 else ''}"
         if kind == "batch":
             paths = sorted(self._batch_paths.items())
             if paths:
                 listed = ", ".join(f"{p} {list(s)}" for p, s in paths[:_MAX_LISTED]) + (" ..." if len(paths) > _MAX_LISTED else "")
-                images = [t for t in sorted(self._taps) if t.startswith("batch")]  # the image-like ones
+                images = [t for t in sorted(seen) if t.startswith("batch")]  # the image-like ones
                 near = difflib.get_close_matches(where, images, n=2, cutoff=0.5) or images[:2] or [paths[0][0]]
                 return (f"no tensor at {where} in the first {batches}; the batches carry {listed}",
                         f"name the path that holds the images ({', '.join(map(repr, near))}), "

@@ -1,29 +1,12 @@
 """The engine: taps -> statistics -> checks -> findings -> sinks, driven by any front end.
 
-:class:`Watch` owns everything between a tensor and a finding: the taps (batch tensors found by path,
-module inputs/outputs through forward hooks, tensors handed to :meth:`Watch.tensor`), the expectations
-(declared, read from the model's metadata, predicted from the loaders' transforms), the per-tap
-statistics (accumulated on the tensor's device, brought to the host only at check steps), the checks
-(convention inference, pixel rules, latent monitors, the module tracer, loss networks, previews), the
-findings log (:class:`~rangewatch.findings.log.FindingsLog`: each finding once, the policy applied) and
-the sinks (Lightning loggers or ``SummaryWriter`` objects; rank zero only).
-
-The front ends only drive it:
-
-- :class:`~rangewatch.RangeWatch`, the Lightning callback: its hooks each call one method here;
-- :func:`rangewatch.watch`, for hand-written PyTorch loops (and HF Accelerate): ``batch()`` / ``step()``;
-- ``rangewatch check`` (:mod:`rangewatch.preflight`): a few batches, one check, no training.
-
-A training step, as the engine sees it::
-
-    watch.begin_step(step)       # optional: batch() opens one at the engine's own step counter
-    watch.batch(batch)           # the batch's image-like tensors; module hooks feed themselves
-    ...forward, backward...
-    watch.end_step()             # checks at check steps: the first check_first_n, then every log_every_n_steps
-
-Distributed runs pass the collectives the engine needs (:mod:`rangewatch.engine.collectives`): every rank
-takes part in each check's reductions, so every rank reaches the same verdicts, and only rank zero
-writes or speaks.
+:class:`Watch` owns everything between a tensor and a finding, through collaborators that each hold one step of
+the flow (docs/ARCHITECTURE.md, "The engine's files"). The front ends (:class:`~rangewatch.RangeWatch`,
+:func:`rangewatch.watch`, ``rangewatch check``, ``watch_pipeline``) only drive it: per training step ``begin_step``
+(optional), ``batch``, the forward and backward, ``end_step`` (a check at check steps: the first ``check_first_n``,
+then every ``log_every_n_steps``; statistics are brought to the host only then). Under several processes every
+rank takes part in each check's reductions (:mod:`rangewatch.engine.collectives`), so every rank reaches the same
+verdicts; only rank zero writes.
 
 Example::
 
@@ -48,57 +31,42 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from .collectives import Collectives, SingleProcess
+from .collectives import Collectives
 from ..rng import kept_rng, rng_kept
 from .agreement import RankAgreement
 from ..config import ConfigError, _short, check_choice
 from ..options import OPTIONS, Options
 from ..expect.expectation import Expectation
 from ..findings.finding import Finding, RangeMismatchError
-from ..findings.log import POLICIES, QUIET_KINDS, FindingsLog, Policy
+from ..findings.log import POLICIES, Policy
 from ..sinks.loggers import LoggerSink
 from ..stats.range_stats import RangeSummary
+from .cadence import StepCadence
 from .checker import TapChecks
-from .expectations import ExpectationSources
-from .reporter import FindingsReporting
+from .expectations import ExpectationSources, tap_name_for_key
+from .reporter import FindingsReporter
+from .state import STATE_VERSION, engine_state, read_state
+from .surroundings import Surroundings
 from .check_logging import CheckLogging
+from .model_hooks import ModelHooks
 from .numerics_tracing import NumericsTracing
-from .judged_taps import Judge, JudgedTaps
+from .judged_taps import FrontEndTaps
 from .preview_gate import PreviewGate
-from .tapset import TapFeeding, TapInfo, _Tap
+from .tapset import TapInfo, TapSet
 from .unseen import UnseenTaps
 from ..taps.batches import DEFAULT_SKIP_KEYS
-from ..taps.hooks import ModuleTaps, parse_tap_key
-from ..taps.sharding import user_name, user_named_modules
+from ..taps.sharding import user_name
 
 __all__ = ["Watch", "TapInfo", "OPTIONS", "STATE_VERSION"]
 
-#: the version of :meth:`Watch.state_dict` this rangewatch writes and reads
-STATE_VERSION = 1
 
-
-
-def _says(level: str, text: str) -> None:
-    """The default voice (the engine gates on its rank): a warning that points at the user's code, or a line
-    said once (the ``rangewatch`` logger when the program configured logging, else stderr)."""
-    from ..sinks import console
-
-    (console.warn if level == "warn" else console.info)(text)
-
-
-def _no_step() -> int | None:
-    return None
-
-
-class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsReporting, UnseenTaps):
+class Watch:
     r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there; declared once in
     :class:`rangewatch.options.Options`, given as keywords, ``expect`` also first positional); the
     keyword-only arguments connect it to its surroundings.
@@ -127,10 +95,8 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         unknown = [k for k in options if k not in OPTIONS]
         if unknown:  # a misspelt keyword is a TypeError, as for any Python signature
             raise TypeError(f"Watch() got an unexpected keyword argument {unknown[0]!r}; options: {', '.join(OPTIONS)}")
-        #: the options as given, validated (:class:`~rangewatch.options.Options`)
-        o = Options(expect=expect, **options).checked()
-        # module paths as the user named them: FSDP1 / checkpoint-wrapper segments dropped (taps/sharding.py)
-        self.expect: dict[str, str] = {user_name(k): v for k, v in (o.expect or {}).items()}
+        o = Options(expect=expect, **options).checked()  # the options as given, validated
+        self.expect: dict[str, str] = {user_name(k): v for k, v in (o.expect or {}).items()}  # FSDP1 segments dropped
         self.batch_keys, self.skip_keys = o.batch_keys, tuple(o.skip_keys or DEFAULT_SKIP_KEYS)
         self.modules = [user_name(m) for m in o.modules or ()]
         self.histograms: bool | str = o.histograms
@@ -138,95 +104,96 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         self.check_first_n, self.log_every_n_steps, self.hist_bins = o.check_first_n, o.log_every_n_steps, o.hist_bins
         self.trace_modules, self.trace_history, self.trace_exact = o.trace_modules, o.trace_history, o.trace_exact
         self.clip_threshold, self.headroom_share = o.clip_threshold, o.headroom_share
-        self.watch_validation, self.watch_visualization = o.watch_validation, o.watch_visualization
-        self.derive_expectations, self.moments_every_step = o.derive_expectations, o.moments_every_step
+        self.derive_expectations, self.watch_visualization = o.derive_expectations, o.watch_visualization
         self.check_nonfinite_every_step, self.per_channel_scalars = o.check_nonfinite_every_step, o.per_channel_scalars
         self.image_processors: dict[str, Any] = dict(o.image_processors or {})
-
-        self.messages = messages
         #: where the options came from (a YAML file: ``RangeWatch.from_yaml``), named in ConfigErrors found later
         self.origin: str | None = None
-        self._log = FindingsLog(o.policy, warn=self._warn)
-        self.expectations: dict[str, Expectation] = {}
-        self.collectives: Collectives = SingleProcess()
-        self._clock: Callable[[], int | None] = _no_step
-        self._own_step = 0  # the step counter when no clock is given (plain loops)
-        self._numerics = NumericsTracing()  # the module tracer of trace_modules (engine/numerics_tracing.py)
-        self._judged = JudgedTaps(self.report, self.internal)  # taps a front end judges (engine/judged_taps.py)
-        self._losses: Any = None
-        self._derived_keys: set[str] = set()
-        self._vae_latents: dict[str, Expectation] = {}  # VAE path -> the scaled latents its config says (no hook sees them)
-        self._init_unseen()  # declared taps never seen by the end of the check window (engine/unseen.py)
-        self._loader_expect: dict[str, Expectation] = {}
-        self._loader_noise: dict[str, float] = {}  # stage -> share of values random erasing may replace by noise
-        self._withdrawn: set[str] = set()
-        self._taps: dict[str, _Tap] = {}
-        self._pending_states: dict[str, dict[str, Any]] = {}
-        self._module_taps = ModuleTaps(lambda name, t: self.tensor(name, t), self._on_module_error)  # through the public entry
-        self._attached = False  # hooks placed, expectations said: once per fit
-        self._derived_done = False  # model metadata read: once per fit
-        self._train_batches = 0
-        self._detail = False
-        self._check_now = False
-        self._step_open = False
-        self._step_at_start = 0
-        self._has_tensorboard = False
-        self._every = self.log_every_n_steps or 50
-        self._sink: LoggerSink | None = None
-        self._notes: dict[str, str] = {}
-        self._declared_batch_paths = [k if k.startswith("batch") else f"batch.{k}" for k in self.expect if k.startswith("batch")]
-        self._early: list[Finding] = []  # found outside a check (in a hook): reported at the next check
-        self._previews = PreviewGate()  # the preview watch: which calls are measured, their findings (engine/preview_gate.py)
-        self._check_logging = CheckLogging()  # a check's histograms, overview and latent previews (engine/check_logging.py)
+
+        # the collaborators, each with its own state (docs/ARCHITECTURE.md, "The engine's files")
+        self._env = Surroundings(messages)  # collectives, sinks, clock, voice: set by connect()
+        self._reporter = FindingsReporter(o.policy, self._env)  # the findings log, notes said once, internal errors
+        self._sources = ExpectationSources(self.expect, self._reporter, self._env)  # declared, derived, loader-predicted
+        self._numerics = NumericsTracing()  # the module tracer of trace_modules
+        self._front = FrontEndTaps(self.report, self.internal, self._numerics, lambda: self.headroom_share)  # Watch.judged
+        self._hooks = ModelHooks(self._reporter, self._env, self._numerics,  # module hooks, loss networks, the tracer
+                                 lambda name, t: self.tensor(name, t),  # the hooks feed through the public entry
+                                 lambda name, e: self._tapset.on_module_error(name, e))
+        batch_paths = [k if k.startswith("batch") else f"batch.{k}" for k in self.expect if k.startswith("batch")]
+        self._tapset = TapSet(self._reporter, self._env, self._sources.for_tap, batch_paths, self._hooks.module_taps.channels)
+        self._tapset.moments, self._tapset.validation = o.moments_every_step, o.watch_validation
+        self._agreement = RankAgreement(self._env, self._reporter)  # the ranks agree on the taps before each check
+        self._checks = TapChecks(self._sources, self._reporter, self._env)  # judging each tap at a check step
+        self._unseen = UnseenTaps(lambda: (self.expect, self.modules), bool(batch_paths))  # declared taps never seen
+        self._previews = PreviewGate()  # the preview watch: which calls are measured, their findings
+        self._check_logging = CheckLogging()  # a check's histograms, overview and latent previews
+        self._steps = StepCadence(self.log_every_n_steps or 50)  # check steps, the open step, batches so far
         self._announced = False
-        self._phase = ""  # "val/" while a validation loop runs: module taps are split as batch taps are
-        self._set_declared()
         if collectives is not None or loggers is not None or clock is not None:
             self.connect(collectives=collectives, loggers=loggers, clock=clock)
-        else:
-            self._clock = self._own_clock
 
     # ------------------------------------------------------------------ public surface
     @property
     def policy(self) -> Policy:
         """``"warn"``, ``"raise"`` or ``"log"`` (may be changed between steps)."""
-        return self._log.policy
+        return self._reporter.log.policy
 
     @policy.setter
     def policy(self, value: Policy) -> None:
-        self._log.policy = check_choice("policy", value, POLICIES)  # type: ignore[assignment]
+        self._reporter.log.policy = check_choice("policy", value, POLICIES)  # type: ignore[assignment]
 
     @property
     def findings(self) -> list[Finding]:
         """Every finding so far, each once, in the order found (notes and internal errors included)."""
-        return self._log.findings
+        return self._reporter.log.findings
 
     @property
     def taps(self) -> Mapping[str, TapInfo]:
         """Every tap seen so far (``batch.image``, ``vae.encoder:input``, ``val/...``), read-only."""
-        out = {}
-        for name, t in sorted(self._taps.items()):
-            out[name] = TapInfo(
-                name=name, channel_dim=t.channel_dim, channels=t.channels, disabled=t.disabled, error=t.error,
-                inferred=t.inferred, expectation=self.expectation_for(name), steps_checked=t.steps_checked, fed=t.fed,
-                dtypes=tuple(sorted(t.stats.dtypes_seen)), stats=t.stats, latent=t.latent,
-            )
-        return MappingProxyType(out)
+        return self._tapset.snapshot()
+
+    @property
+    def watch_validation(self) -> bool:
+        """The ``watch_validation`` option (the tap set's: validation forwards feed ``val/...`` taps)."""
+        return self._tapset.validation
+
+    @watch_validation.setter
+    def watch_validation(self, value: bool) -> None:
+        self._tapset.validation = value
+
+    @property
+    def moments_every_step(self) -> bool:
+        """The ``moments_every_step`` option (the tap set's: mean and std on every step)."""
+        return self._tapset.moments
+
+    @moments_every_step.setter
+    def moments_every_step(self, value: bool) -> None:
+        self._tapset.moments = value
+
+    @property
+    def _notes(self) -> dict[str, str]:  # what was said once, by key (the callback's checkpoint carries it)
+        return self._reporter.notes
 
     @property
     def notes(self) -> list[str]:
         """What was said once (skipped tensors, modules without hooks, ...), in the order said."""
-        return [t.removeprefix("rangewatch: ") for t in self._notes.values()]
+        return [t.removeprefix("rangewatch: ") for t in self._reporter.notes.values()]
+
+    @property
+    def expectations(self) -> dict[str, Expectation]:
+        """The expectation of each tap, by tap name: declared (``expect=``), read from the model's metadata (at
+        :meth:`attach`), bound to a tensor named as latents."""
+        return self._sources.expectations
 
     @property
     def loader_expectations(self) -> Mapping[str, Expectation]:
         """What the loaders produce, predicted from their transforms (``"train"``, ``"val"``)."""
-        return MappingProxyType(self._loader_expect)
+        return MappingProxyType(self._sources.loader)
 
     @property
     def skipped_modules(self) -> list[str]:
         """Why named submodules carry no hooks (TorchScript modules, hooks that cannot be placed)."""
-        return list(self._module_taps.skipped)
+        return list(self._hooks.module_taps.skipped)
 
     @property
     def tracer(self) -> Any:
@@ -236,17 +203,17 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
     @property
     def attached(self) -> bool:
         """Whether :meth:`attach` placed the hooks (until :meth:`detach`)."""
-        return self._attached
+        return self._hooks.attached
 
     @property
     def train_batches(self) -> int:
         """Training batches seen (steps closed by :meth:`end_step`), across a resume."""
-        return self._train_batches
+        return self._steps.batches
 
     @property
     def every(self) -> int:
         """The check interval in steps."""
-        return self._every
+        return self._steps.every
 
     @rng_kept
     def connect(self, collectives: Collectives | None = None, loggers: list[Any] | None = None,
@@ -255,42 +222,36 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         """Where the engine runs: its collectives, its loggers (kept on rank zero only), the step
         clock, the default check interval (``log_every_n_steps`` wins) and whether histograms can be
         logged (decide it alike on every rank: the statistics' states must match across ranks)."""
-        from ..sinks.loggers import takes_histograms
-
-        self.collectives = collectives if collectives is not None else SingleProcess()
-        self._clock = clock if clock is not None else self._own_clock
+        logged = self._env.connect(collectives, loggers, clock)  # whether these loggers can show histograms
         if every is not None:
-            self._every = self.log_every_n_steps or max(1, int(every))
-        loggers = list(loggers or [])
-        if histograms_logged is None:
-            histograms_logged = takes_histograms(loggers)
-        self._has_tensorboard = bool(histograms_logged)
-        self._sink = LoggerSink(loggers) if self.collectives.rank == 0 else None  # a SummaryWriter among them too
+            self._steps.every = self.log_every_n_steps or max(1, int(every))
+        logged = logged if histograms_logged is None else histograms_logged
+        self._tapset.hist_bins = self.hist_bins if self.histograms and logged else 0  # alike on every rank
 
-    def _own_clock(self) -> int:
-        return self._own_step
+    @property
+    def collectives(self) -> Collectives:
+        """The cross-process operations given to :meth:`connect` (default: one process)."""
+        return self._env.collectives
 
-    def _now(self) -> int:
-        step = self._clock()
-        return int(step) if step is not None else 0
+    @property
+    def messages(self) -> Callable[[str, str], None] | None:
+        """``fn(level, text)`` for every line the engine says (rank zero only); None: the default voice."""
+        return self._env.messages
 
-    def _info(self, text: str) -> None:
-        self._say("info", text)
+    @messages.setter
+    def messages(self, value: Callable[[str, str], None] | None) -> None:
+        self._env.messages = value
 
-    def _warn(self, text: str) -> None:
-        self._say("warn", text)
-
-    @rng_kept
-    def _say(self, level: str, text: str) -> None:
-        if self.collectives.rank != 0:
-            return
-        (self.messages or _says)(level, text)
+    @property
+    def judged(self) -> "FrontEndTaps":
+        """Taps and tracers a front end judges itself (:class:`~rangewatch.engine.judged_taps.FrontEndTaps`)."""
+        return self._front
 
     @property
     def sink(self) -> LoggerSink | None:
         """The sinks the loggers given to :meth:`connect` became (rank zero only; None elsewhere and
         without loggers): a front end writes its own images, scalars and text through them."""
-        return self._sink
+        return self._env.sink
 
     @rng_kept
     def report(self, findings: list[Finding], step: int | None = None) -> list[Finding]:
@@ -298,108 +259,94 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         findings log (each once, the policy applied: may raise :class:`~rangewatch.RangeMismatchError`)
         and the sinks; returns the fresh ones. Under several processes with ``policy="raise"``, every
         rank must call this together."""
-        return self._report(list(findings), self._now() if step is None else int(step))
+        return self._reporter.report(list(findings), self._env.now() if step is None else int(step))
 
     @rng_kept
     def internal(self, where: str, error: BaseException, what: str, consequence: str | None = None) -> None:
         """A front end's own piece ``where`` failed with ``error`` while doing ``what``: reported once
         (an ``internal`` finding and one warning), as the engine reports its own; the front end switches
         that piece off and says so in ``consequence`` (default: the step is skipped, the run goes on)."""
-        self._internal(where, error, None, what=what, consequence=consequence)
+        self._reporter.internal(where, error, None, what=what, consequence=consequence)
 
     @rng_kept
     def note(self, text: str, key: str | None = None) -> None:
         """Say ``text`` once (per ``key``, default the text itself)."""
-        self._note_once(key or text, text)
+        self._reporter.note_once(key or text, text)
 
     def is_check_step(self, step: int) -> bool:
-        """Whether ``step`` is a check step: one of the first ``check_first_n`` training batches, or a
-        multiple of the check interval."""
-        return self._train_batches < self.check_first_n or step % self._every == 0
+        """Whether ``step`` is a check step: one of the first ``check_first_n`` batches, or a multiple of :attr:`every`."""
+        return self._steps.is_check_step(step, self.check_first_n)
 
     # ------------------------------------------------------------------ the training step
     def begin_step(self, step: int | None = None, detail: bool | None = None) -> bool:
         """Open training step ``step`` (default: the clock's); returns whether it is a check step.
         ``detail`` (default: at check steps) takes full statistics of this step's tensors."""
-        step = self._now() if step is None else int(step)
-        self._step_at_start = step
-        self._check_now = self.is_check_step(step)
-        self._detail = self._check_now if detail is None else bool(detail)
-        self._step_open = True
+        step = self._env.now() if step is None else int(step)
+        check = self._steps.begin(step, self.check_first_n)
+        self._tapset.detail = check if detail is None else bool(detail)
         self._numerics.start_step(step)
-        return self._check_now
+        return check
 
     def batch(self, batch: Any, split: str = "train", detail: bool | None = None) -> None:
         """Feed a batch (a tensor, or any nest of dicts, lists, tuples and dataclasses): its image-like
         tensors become taps named by path (``batch.image``, ``batch[0]``; ``val/...`` for ``split="val"``).
         A training batch opens a step at the clock's step when none is open."""
-        if split == "train":
-            if not self._step_open:
-                self.begin_step()
-            if detail is not None:
-                self._detail = bool(detail)
-            if not self._unseen_done:
-                self._record_batch(batch)
-            self._feed_batch(batch, "")
-        elif split == "val":
-            if detail is not None:
-                self._detail = bool(detail)
-            if self.watch_validation:
-                self._feed_batch(batch, "val/")
-        else:
+        if split not in ("train", "val"):
             raise ConfigError(f"split = {_short(split)} must be 'train' or 'val'")
+        if split == "train" and not self._steps.open:
+            self.begin_step()
+        if detail is not None:
+            self._tapset.detail = bool(detail)
+        if split == "train":
+            if not self._unseen.done:
+                self._unseen.record_batch(batch)
+            self._tapset.feed_batch(batch, "", self.batch_keys, self.skip_keys)
+        elif self._tapset.validation:
+            self._tapset.feed_batch(batch, "val/", self.batch_keys, self.skip_keys)
 
     def tensor(self, name: str, t: torch.Tensor, channel_dim: int | None = None) -> None:
         """Feed one tensor to the tap ``name`` (as a module hook does; a name without a side is read as
         ``expect`` reads it: ``"latents"`` is ``"latents:input"``): image-like tensors get per-channel
         statistics (channels on ``channel_dim``, found when not given), others per-tensor."""
         if ":" not in name and not name.startswith(("batch", "val/")):
-            name = self._tap_name_for_key(name)
-        if not self._step_open and not self._phase and not name.startswith("val/"):
+            name = tap_name_for_key(name)
+        taps, phase = self._tapset, self._tapset.phase
+        if not self._steps.open and not phase and not name.startswith("val/"):
             self.begin_step()  # a loop that feeds tensors and no batch: the step opens here, as batch() opens it
-        if not self._unseen_done and not self._phase and len(self._tensor_names) < 64:
-            self._tensor_names.append(name)
-        if name not in self._taps and self._vae_latents and not name.startswith(("batch", "val/")):
-            try:  # once per tap: a tensor named as latents is judged against the attached VAE's config
-                bound = self._bind_latent(name, t)
-                if bound is not None and channel_dim is None and self._phase + name not in self._taps:
-                    channel_dim = bound
-            except Exception as e:  # noqa: BLE001
-                self._internal(name, e, None, what="binding the latents to the attached VAE's config")
-        if channel_dim is None or name in self._taps:
-            self._on_module_tensor(name, t)
-        elif not self._phase or self.watch_validation:
-            self._feed(self._phase + name, t, channel_dim)
+        if not phase and not self._unseen.done:
+            self._unseen.saw_tensor(name)
+        if name not in taps.taps and self._sources.vae_latents and not name.startswith(("batch", "val/")):
+            bound = self._sources.bind_latent(name, t)  # once per tap: a tensor named as latents, judged against the VAE's config
+            if bound is not None and channel_dim is None and phase + name not in taps.taps:
+                channel_dim = bound
+        if channel_dim is None or name in taps.taps:
+            taps.on_module_tensor(name, t)
+        elif not phase or taps.validation:
+            taps.feed(phase + name, t, channel_dim)
 
     def end_step(self) -> list[Finding]:
         """Close the training step: at a check step, check the training taps; returns the findings
         reported by this call."""
         before = len(self.findings)
-        if not self._step_open:  # step() with no batch(), tensor() or begin_step() in it (module hooks only):
-            self._step_at_start = self._now()  # the step is judged at the clock's step all the same
-            self._check_now = self.is_check_step(self._step_at_start)
-        self._train_batches += 1
-        self._step_open = False
+        steps = self._steps
+        steps.close(self._env.now, self.check_first_n)  # a step with no batch(), tensor() or begin_step(): the clock's
         try:
-            if self._check_now:
-                self.check(self._step_at_start, "train")
+            if steps.check:
+                self.check(steps.at, "train")
                 if not self._announced:
                     self._announced = True
-                    try:
-                        self._info(self.watching())
-                    except Exception as e:  # noqa: BLE001
-                        self._internal("console", e, None)
+                    self._reporter.say(self.watching)
             elif self.check_nonfinite_every_step and self.check_nonfinite():
-                self.check(self._step_at_start, "train")
-            if not self._unseen_done and self._window_closed():  # every rank alike: the same batch count
-                self._report(self._check_unseen(self._step_at_start), self._step_at_start)
-            elif self._probes:
-                self._drop_probes_once_seen()
+                self.check(steps.at, "train")
+            if not self._unseen.done and steps.window_closed(self.check_first_n):  # every rank alike: the same batch count
+                self._reporter.report(self._check_unseen(steps.at), steps.at)
+            elif self._unseen.probing:
+                self._unseen.drop_probes_once_seen(self._tapset.taps, self._hooks.hooked)
         finally:
-            self._detail = False
-            self._check_now = False
-            if self._clock == self._own_clock:
-                self._own_step += 1
+            self._tapset.detail = False
+            steps.check = False
+            if self._env.clock is None:
+                self._env.own_step += 1
         return self.findings[before:]
 
     def step(self) -> list[Finding]:
@@ -410,13 +357,13 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
     def begin_validation(self) -> None:
         """Validation forwards from now on feed their own taps (``val/...``), never the training windows."""
         self._numerics.pause()  # validation forwards would mix into the training step
-        self._phase = "val/"
+        self._tapset.phase = "val/"
 
     def end_validation(self, check: bool = False) -> None:
         """Back to training; with ``check``, check the validation taps first."""
         if check:
             self.check(split="val")
-        self._phase = ""
+        self._tapset.phase = ""
 
     @rng_kept
     def check(self, step: int | None = None, split: str = "train") -> None:
@@ -428,29 +375,18 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         which = (lambda n: n.startswith("val/")) if split == "val" else (lambda n: not n.startswith("val/"))
         self._check(which, step=step, train_check=split == "train")
         if split == "val":
-            self._detail = False
+            self._tapset.detail = False
 
     @rng_kept
     def summaries(self, split: str = "train") -> dict[str, RangeSummary]:
         """The current window of each fed tap of ``split``, computed without starting a new one (a
         collective under several processes)."""
-        out: dict[str, RangeSummary] = {}
-        for name in sorted(self._taps):
-            tap = self._taps[name]
-            if tap.disabled or not tap.fed or name.startswith("val/") != (split == "val"):
-                continue
-            try:
-                out[name] = tap.stats.compute()
-            except Exception as e:  # noqa: BLE001
-                self._internal(name, e, tap)
-        return out
+        return self._tapset.summaries(split)
 
     def check_nonfinite(self) -> bool:
         """Whether any tap (or the tracer) saw NaN/Inf since the last check: one bool read from the
         device (a small sync; a collective under several processes)."""
-        from ..checks.numerics import nonfinite_flag
-
-        flag = self._numerics.nonfinite_flag(nonfinite_flag([t.stats for t in self._taps.values() if not t.disabled]))
+        flag = self._numerics.nonfinite_flag(self._tapset.nonfinite_flag())
         coll = self.collectives
         if coll.world_size > 1:  # every rank must then check, or none
             flag = coll.all_reduce_sum(flag.to(coll.device, torch.float32)) > 0
@@ -465,34 +401,21 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         finally:
             self.say_summary()
 
+    def _check_unseen(self, step: int) -> list[Finding]:
+        return self._unseen.check(step, self._steps.batches, self._tapset.taps, self._hooks.hooked, raising=self.policy == "raise")
+
     def report_unseen(self) -> list[Finding]:
         """A run that ends before its check window closed: the declared taps not seen so far are
         ``unseen`` warnings (logged and said on rank zero; never raised, nothing exchanged between
         ranks: the run is over). Nothing once the window has closed, or before any training batch."""
-        if self._unseen_done or not self._train_batches:
+        if self._unseen.done or not self._steps.batches:
             return []
-        try:
-            fresh = []
-            for f in self._check_unseen(self._now()):
-                f = dataclasses.replace(f, severity="warning")
-                if self._log.add(f):
-                    fresh.append(f)
-                    if self.policy != "log":
-                        self._warn(f"rangewatch: {f}")
-            if fresh and self._sink is not None:
-                self._sink.findings(self.findings, self._now())
-            return fresh
-        except Exception as e:  # noqa: BLE001
-            self._internal("console", e, None)
-            return []
+        return self._reporter.report_as_warnings(lambda: self._check_unseen(self._env.now()), self._env.now())
 
     @rng_kept
     def say_summary(self) -> None:
         """Say :meth:`summary_line` (rank zero)."""
-        try:
-            self._info(self.summary_line())
-        except Exception as e:  # noqa: BLE001
-            self._internal("console", e, None)
+        self._reporter.say(self.summary_line)
 
     def __enter__(self) -> "Watch":
         return self
@@ -512,60 +435,36 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         the hooks, the tracer, the preview watch, the loggers, the collectives or the step clock, which the next
         :meth:`connect` and :meth:`attach` place again. A ``messages`` callable that cannot be pickled (a lambda)
         falls back to the default voice in a pickle."""
-        import pickle
-
-        messages = self.messages
-        if messages is not None:
-            try:
-                pickle.dumps(messages)
-            except Exception:  # noqa: BLE001
-                messages = None
-        options = {k: getattr(self, k) for k in OPTIONS}
-        options["skip_keys"] = list(self.skip_keys)
-        options["policy"] = self.policy
+        options = {**{k: getattr(self, k) for k in OPTIONS}, "skip_keys": list(self.skip_keys), "policy": self.policy}
         return {
-            "options": options, "messages": messages, "state": self.state_dict(), "notes": dict(self._notes),
-            "every": self._every, "own_step": self._own_step, "announced": self._announced, "origin": self.origin,
+            "options": options, "messages": self._env.picklable_messages(), "state": self.state_dict(), "notes": dict(self._reporter.notes),
+            "every": self._steps.every, "own_step": self._env.own_step, "announced": self._announced, "origin": self.origin,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state["options"], messages=state.get("messages"))  # type: ignore[misc]
         self.load_state_dict(state["state"])
-        self._notes.update(state.get("notes", {}))
-        self._every = int(state.get("every", self._every))
-        self._own_step = int(state.get("own_step", 0))
-        self._announced = bool(state.get("announced", False))
-        self.origin = state.get("origin")
+        self._reporter.notes.update(state.get("notes", {}))
+        self._steps.every = int(state.get("every", self._steps.every))
+        self._env.own_step = int(state.get("own_step", 0))
+        self._announced, self.origin = bool(state.get("announced", False)), state.get("origin")
 
     # ------------------------------------------------------------------ expectations
-    # declared, derived and loader-contradiction pieces: engine_expectations.ExpectationSources
-
     def expectation_for(self, tap: str) -> Expectation | None:
         """The expectation that applies to a tap (validation batch taps share the train key)."""
-        if tap in self.expectations:
-            return self.expectations[tap]
-        if tap.startswith("val/"):  # a validation module tap takes its module's expectation, never the loader's
-            inner = tap[4:]
-            return self.expectations.get(inner) or (self._loader_expect.get("val") if inner.startswith("batch") else None)
-        if tap.startswith("batch"):
-            return self._loader_expect.get("train")
-        return None
+        return self._sources.for_tap(tap)
 
     @rng_kept
     def watch_previews(self, context: str = "training preview") -> None:
         """Observe the calls that turn tensors into images (until :meth:`detach`); ``context`` names
         the phase in the findings (``"training preview"``, ``"validation preview"``)."""
-        if not self.watch_visualization:
-            return
-        try:
-            self._previews.start(threshold=self.clip_threshold, hist_bins=self.hist_bins, context=context, step=self._now())
-        except Exception as e:
+        if self.watch_visualization and not self._previews.watch(self._reporter, self._env, threshold=self.clip_threshold,
+                                                                 hist_bins=self.hist_bins, context=context):
             self.watch_visualization = False
-            self._internal("visualization", e, None, what="starting the visualisation watch (previews are not observed)")
 
     def preview_step(self, judge: bool | None = None, context: str | None = None) -> None:
         """Keep the watch's step (and phase) current, so a call is stamped with the step it was made at."""
-        self._previews.at(self._now(), context, judge)
+        self._previews.at(self._env.now(), context, judge)
 
     def flush_previews(self, log: bool = True, final: bool = False) -> None:
         """Report the findings of the calls made since the last hook (at the step of each call) and log
@@ -574,98 +473,30 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         if self._previews.idle(log):
             return  # nothing to report or log (every step: kept cheap)
         with kept_rng():
-            self._flush_previews(log, final)
-
-    def _flush_previews(self, log: bool, final: bool) -> None:
-        if self.collectives.world_size == 1:
-            if self._previews.pending:
-                self._report(self._previews.take(), self._now())
-        elif final:  # every rank reaches teardown: a collective decision (policy="raise") is safe here
-            self._report(self._previews.take(), self._now())
-        if not log:
-            return
-        try:
-            previews = self._previews.pop_previews()
-            if previews and self._sink is not None:
-                self._sink.previews(previews, self._now())  # each at its call's step
-        except Exception as e:
-            self._internal("visualization", e, None, what="logging the corrected previews")
-
-    def _stop_previews(self) -> None:
-        """Report the last previews' findings (may raise under ``policy="raise"``), then stop the preview watch."""
-        if not self._previews.active:
-            return
-        try:
-            self.flush_previews(final=True)
-        finally:
-            try:
-                self._previews.halt()
-            except Exception as e:
-                self._internal("visualization", e, None, what="stopping the visualisation watch")
+            self._previews.flush(self._reporter, self._env, log=log, final=final)
 
     @rng_kept
     def attach(self, model: nn.Module, tensor_taps: bool = False) -> "Watch":
         """Read what the model expects from its metadata (unless ``derive_expectations=False``), hook
         the named submodules, the loss networks and the tracer. Raises :class:`~rangewatch.ConfigError`
         (leaving nothing behind) when ``expect``, ``modules`` or ``trace_modules`` name a submodule the
-        model lacks. With ``tensor_taps`` (a front end whose user feeds :meth:`tensor`), an ``expect`` /
-        ``modules`` key that names no submodule, is no near miss of one (``encodr``) and does not start with
-        a submodule's name (``vae.encodr``) is a tensor tap instead (``latents``), fed by :meth:`tensor`; one
-        never fed is reported at the end of the check window, as every declared tap that never appears."""
-        self._attached = True
-        self._derive(model)
-        try:  # loss networks and metrics (LPIPS, FID, PSNR, VGG losses): rangewatch.integrations
-            from ..integrations import LossWatch
-
-            if self.derive_expectations:
-                self._losses = (self._losses or LossWatch()).attach(model)
-        except Exception as e:
-            self._internal("loss networks", e, None)
-        try:
-            notes = self._numerics.attach(model, self.trace_modules, history=self.trace_history, headroom_share=self.headroom_share,
-                                          exact=self.trace_exact, origin=self.origin)
-            for n in notes:
-                self._note_once(n, f"rangewatch: {n}")
-        except ConfigError:
-            raise
-        except Exception as e:
-            self._internal("trace_modules", e, None)
-        wanted: dict[str, set[str]] = {}
-        for tap in self._derived_keys:
-            name, side = tap.rsplit(":", 1)
-            wanted.setdefault(name, set()).add(side)
-        for key in list(self.expect) + list(self.modules):
-            if key.startswith("batch") or key.startswith("val/"):
-                continue
-            name, side = parse_tap_key(key)
-            sides = wanted.setdefault(name, set())
-            if ":" in key or key in self.expect:
-                sides.add(side)
-            else:  # modules=[...] without a side: both
-                sides.update(("input", "output"))
+        model lacks. With ``tensor_taps`` (a front end whose user feeds :meth:`tensor`), a key that names no
+        submodule (nor a near miss of one) is a tensor tap instead (``latents``): see ``UnseenTaps.split_tensor_keys``."""
+        if self.derive_expectations:
+            self._sources.derive(model, self.image_processors)
+        self._hooks.attach_watchers(model, losses=self.derive_expectations, trace_modules=self.trace_modules,
+                                    history=self.trace_history, headroom_share=self.headroom_share, exact=self.trace_exact,
+                                    origin=self.origin)
+        wanted = self._sources.hooked_sides(self.expect, self.modules)
         if tensor_taps:
-            wanted = self._split_tensor_keys(model, wanted)
-        missing = self._module_taps.attach(model, wanted)
-        self._probe_unseen(model)
-        for n in self._module_taps.skipped:  # TorchScript modules, hooks that cannot be placed
-            self._note_once(n, f"rangewatch: {n}")
+            wanted = self._unseen.split_tensor_keys(model, wanted, self._sources.derived_names())
+        missing = self._hooks.attach_taps(model, wanted)
+        self._unseen.probe(model, self._hooks.module_taps.attached)
         if missing:
-            self._module_taps.detach()
-            if self._losses is not None:  # nothing this attach placed stays behind
-                self._losses.detach()
-            self._numerics.detach()
-            names = [n for n, _ in user_named_modules(model) if n]
-            msgs = []
-            for m in missing:
-                close = difflib.get_close_matches(m, names, n=3)
-                msgs.append(f"{m!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
-            raise ConfigError(
-                f"{self.origin + ': ' if self.origin else ''}RangeWatch: no submodule named {', '.join(msgs)} in {type(model).__name__}; "
-                f"named submodules include: {', '.join(names[:25])}{' ...' if len(names) > 25 else ''}"
-            )
-        if self.expectations:
-            lines = [f"  {tap}: {e.convention} ({e.source})" for tap, e in sorted(self.expectations.items())]
-            self._info("rangewatch expectations:\n" + "\n".join(lines))
+            raise self._hooks.unknown(model, missing, self.origin)
+        said = self._sources.describe()
+        if said:
+            self._env.info(said)
         return self
 
     @rng_kept
@@ -673,52 +504,19 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         """What the loaders' transforms produce (read from their datasets' transforms, no batch is
         pulled); a disagreement with a module's expectation is reported at once (the cheapest possible
         warning). Once per fit; nothing with ``derive_expectations=False``."""
-        if not self.derive_expectations or self._loader_expect:
+        if not self.derive_expectations or self._sources.loader:
             return
-        try:
-            from ..expect.transforms import predict_dataset
-
-            early: list[Finding] = []
-            for stage, loader in (("train", train), ("val", val)):
-                if loader is None:
-                    continue
-                pred = predict_dataset(loader, where=f"{stage} dataloader")
-                if pred is None:
-                    continue
-                exp = pred.expectation("batch")
-                if exp is None:
-                    for n in pred.notes:
-                        self._note_once(n, f"rangewatch: {n}")
-                    continue
-                self._loader_expect[stage] = exp
-                self._loader_noise[stage] = float(getattr(pred, "noise_share", 0.0) or 0.0)
-                if stage != "train":
-                    continue
-                for tap, mexp in sorted(self.expectations.items()):
-                    if tap.startswith(("batch", "val/")) or not tap.endswith(":input") or mexp.conv.kind != "pixel":
-                        continue
-                    if mexp.convention != exp.convention:
-                        early.append(self._pipeline_finding(tap, exp, mexp))
-            if self._loader_expect:
-                self._info("rangewatch loader predictions: " + ", ".join(f"{k}: {v.convention} ({v.source})" for k, v in self._loader_expect.items()))
-            self._report(early, self._now())
-        except (ConfigError, RangeMismatchError):
-            raise
-        except Exception as e:
-            self._internal("transform inspection", e, None)
+        self._reporter.report(self._sources.predict_loaders(train, val), self._env.now())
 
     @rng_kept
     def detach(self) -> None:
         """Take every hook off the model and stop observing previews (their last findings are
         reported: under ``policy="raise"`` this may raise). A later :meth:`attach` starts a new fit."""
-        self._module_taps.detach()
-        self._unprobe()
-        self._attached = False
-        self._derived_done = False
-        if self._losses is not None:
-            self._losses.detach()
+        self._hooks.detach()
+        self._unseen.unprobe()
+        self._sources.new_fit()
         try:
-            self._stop_previews()  # may raise RangeMismatchError (policy="raise") for the last previews
+            self._previews.stop(self._reporter, self._env)  # may raise RangeMismatchError (policy="raise") for the last previews
         finally:
             self._numerics.detach()
 
@@ -726,156 +524,61 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
     def abort(self, exception: BaseException | None = None) -> None:
         """The run failed with ``exception``: take every hook off; unless rangewatch itself stopped
         the run, let the tracer still name where NaN/Inf came from (a NaN loss that raised)."""
-        self._module_taps.detach()
-        self._unprobe()
-        self._attached = False
-        if self._losses is not None:
-            self._losses.detach()
-        if self._numerics.tracer is not None and not isinstance(exception, RangeMismatchError):
-            try:  # a NaN loss that raised: still name where the NaN came from
-                for f in self._numerics.check(self._now())[0]:
-                    if self._log.add(f):
-                        from ..sinks.console import finding_text
-
-                        self._warn(finding_text(f))
-            except Exception as e:
-                self._internal("trace_modules", e, None)
-            self._numerics.detach()
+        self._hooks.abort(exception)
+        self._unseen.unprobe()
         self._previews.halt()
 
-    # ------------------------------------------------------------------ taps and checks
-    # taps are made, fed and reset in engine_taps.TapFeeding; each tap is judged in engine_checks.TapChecks;
-    # the ranks agree (taps, value samples, latent syncs) in collectives_agreement.RankAgreement
+    # ------------------------------------------------------------------ the check
     def _check(self, which: Callable[[str], bool], step: int | None = None, train_check: bool = False) -> None:
-        step = self._now() if step is None else step
-        if self.collectives.world_size > 1 and not self._agree_on_taps():
+        """The check loop: the ranks agree on the taps, each tap is read and judged (engine/checker.py), the sinks
+        written, the windows reset, the tracer and the loss networks checked, and every finding reported at once."""
+        step = self._env.now() if step is None else step
+        coll, taps = self.collectives, self._tapset.taps
+        several = coll.world_size > 1
+        if several and not self._agreement.agree_on_taps(taps, self._tapset.placeholder, self._tapset.early):
             return  # every rank skips this check together (said once); the windows go on filling
-        new: list[Finding] = list(self._early)  # found in hooks since the last check (a declared convention that does not fit)
-        self._early.clear()
-        if self._previews.pending and self.collectives.world_size > 1:  # previews judged on some ranks only: reported here, where all ranks are
+        new: list[Finding] = list(self._tapset.early)  # found in hooks since the last check (a declared convention that does not fit)
+        self._tapset.early.clear()
+        if self._previews.pending and several:  # previews judged on some ranks only: reported here, where all ranks are
             new.extend(self._previews.take())
-        metrics: dict[str, float] = {}
-        summaries: list[tuple[str, RangeSummary]] = []
-        for name in sorted(self._taps):
-            tap = self._taps[name]
-            # under DDP every rank takes part in every tap's reduction, fed this window or not
-            if tap.disabled or not which(name) or (not tap.fed and self.collectives.world_size == 1):
-                continue
-            try:
-                s = tap.stats.compute()  # the host transfer (and the cross-rank reduction)
-                tap.channels = s.channels
-                if self.collectives.world_size > 1 and tap.latent is None:
-                    self._gather_sample(tap, s.channels)
-                new.extend(self._judge(tap, s, step))
-                metrics.update(self._metrics(tap, s))
-                summaries.append((name, s))
-            except (ConfigError, RangeMismatchError):
-                raise
-            except Exception as e:
-                self._internal(name, e, tap)
-        synced = self._sync_latents(summaries) if self.collectives.world_size > 1 else []
-        if self._sink is not None and self.collectives.rank == 0:
+        found, metrics, summaries = self._checks.check_taps(taps, which, step, check_first_n=self.check_first_n, per_channel=self.per_channel_scalars,
+                                                            gather=self._agreement.gather_sample if several else None)
+        new.extend(found)
+        synced = self._agreement.sync_latents(taps, summaries) if several else []
+        sink = self._env.sink
+        if sink is not None and coll.rank == 0:
             try:
                 if metrics:
-                    self._sink.scalars(metrics, step)
-                    if not self._sink.has_images and self._sink.active:
-                        self._note_once("histograms", "rangewatch: histograms, images and text need a TensorBoard, W&B or MLflow logger; other loggers get scalars only")
-                self._check_logging.write(self._sink, self._log, self._taps, summaries, new, step, self.histograms)
+                    sink.scalars(metrics, step)
+                    if not sink.has_images and sink.active:
+                        self._reporter.note_once("histograms", "rangewatch: histograms, images and text need a TensorBoard, W&B or MLflow logger; other loggers get scalars only")
+                self._check_logging.write(sink, self._reporter.log, taps, summaries, new, step, self.histograms)
             except Exception as e:
-                self._internal("logging", e, None)
+                self._reporter.internal("logging", e, None)
         for st in synced:
             st.unsync()
         for name, _ in summaries:
-            self._reset(self._taps[name])
-        if self._numerics.tracer is not None and train_check:
-            try:
-                gather = self.collectives.all_gather_bytes if self.collectives.world_size > 1 else None  # every rank checks at the same steps
-                found, notes = self._numerics.check(step, gather)
-                new.extend(found)
-                for n in notes:
-                    self._note_once(n, f"rangewatch: {n}")
-            except Exception as e:
-                self._internal("trace_modules", e, None)
-        if self._losses is not None:
-            new.extend(self._losses.check(step))
-        self._report(new, step)
+            self._tapset.reset(taps[name])
+        new.extend(self._hooks.check(step, train_check, coll.all_gather_bytes if several else None))  # tracer, loss networks
+        self._reporter.report(new, step)
 
     def watching(self) -> str:
-        """What is watched, said once per fit after the first checked batch: each tap with its
-        channels and its expectation (and where that comes from) or what the data looks like, the
-        taps not watched and why, expectations whose tap has not been seen yet, and the check cadence."""
-        lines = []
-        live = {n: t for n, t in sorted(self._taps.items()) if not t.disabled}
-        off = {n: t for n, t in sorted(self._taps.items()) if t.disabled}
-        width = min(36, max([len(n) for n in live] + [4]))
-        for name, t in live.items():
-            exp = self.expectation_for(name)
-            ch = f"{t.channels} ch" if t.channels else ""
-            if exp is not None:  # the sources of self.expectations were said at fit start ("rangewatch expectations")
-                listed = any(exp is e for e in self.expectations.values())
-                what = f"expects {exp.convention}" + ("" if listed else f" ({exp.source})")
-            elif t.inferred is not None and t.inferred.name != "unknown":
-                what = f"no expectation; the data looks like {t.inferred.name}" + ("" if t.inferred.confident else " (not sure)")
-            else:
-                what = "no expectation; watched for NaN/Inf and range only"
-            lines.append(f"  {name:<{width}} {ch:>5}  {what}")
-        for name, t in off.items():
-            lines.append(f"  not watched: {name} ({t.error or 'not an image-like tensor'})")
-        unseen = [n for n in sorted(self.expectations) if n not in self._taps and not n.startswith("val/")]
-        for n in unseen:
-            lines.append(f"  not seen yet: {n} (expects {self.expectations[n].convention})")
-        cadence = f"checked at the first {self.check_first_n} batches, then every {self._every} steps"
-        head = f"rangewatch: watching {len(live)} tap{'s' if len(live) != 1 else ''} ({cadence})"
-        if not live:
-            head += ": no image-like tensor in the batches; name tensors with expect= / modules="
-        return head + ("\n" + "\n".join(lines) if lines else "")
+        """What is watched, said once per fit after the first checked batch: each tap with its channels and its
+        expectation or what the data looks like, the taps not watched and why, expectations not seen yet, the cadence."""
+        cadence = f"checked at the first {self.check_first_n} batches, then every {self._steps.every} steps"
+        return self._tapset.watching(self.expectations, cadence)
 
     def summary_line(self) -> str:
         """One line for the end of a fit: taps checked, batches, findings by kind."""
-        from collections import Counter
-
-        checked = [t for t in self._taps.values() if t.steps_checked]
-        problems = [f for f in self.findings if f.kind not in QUIET_KINDS]
-        counts = Counter(f.kind for f in problems)
-        found = (f"{len(problems)} finding{'s' if len(problems) != 1 else ''} (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
-                 if problems else "no findings")
-        internal = sum(f.kind == "internal" for f in self.findings)
-        extra = f"; {internal} tap{'s' if internal != 1 else ''} switched off after an internal error" if internal else ""
-        return (f"rangewatch: {len(checked)} tap{'s' if len(checked) != 1 else ''} checked over {self._train_batches} "
-                f"training batch{'es' if self._train_batches != 1 else ''}: {found}{extra}")
-
-    # findings are reported in engine_findings.FindingsReporting
+        checked = sum(1 for t in self._tapset.taps.values() if t.steps_checked)
+        return self._reporter.summary_line(checked, self._steps.batches)
 
     # ------------------------------------------------------------------ state
     @rng_kept
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps: the findings log, the batch count and each tap's open window (statistics,
         bounds, latent monitor state), so that a resumed run neither repeats findings nor loses data."""
-        taps = {}
-        for name, tap in self._taps.items():
-            if tap.disabled:
-                continue
-            try:
-                stats = tap.stats.state_dict()
-                if any(v.is_meta for v in stats.values()):
-                    continue  # no values to save (a meta tap); a checkpoint must never fail on rangewatch's state
-                taps[name] = {
-                    "stats": {k: v.detach().cpu() for k, v in stats.items()},
-                    "bounds": None if tap.bounds is None else tap.bounds.name,
-                    "channel_dim": tap.channel_dim,
-                    "dtypes": sorted(tap.stats.dtypes_seen),
-                    "steps_checked": tap.steps_checked,
-                }
-                if tap.latent is not None:  # its soft-clamp counts too (LatentMonitor's own state)
-                    taps[name]["latent"] = tap.latent.state_dict()
-            except Exception as e:  # noqa: BLE001
-                self._internal(name, e, tap)
-        return {
-            "version": STATE_VERSION,
-            "train_batches": self._train_batches,
-            **self._log.state_dict(),
-            "taps": taps,
-        }
+        return engine_state(self._steps.batches, self._reporter.log, self._tapset.state_dict())
 
     @rng_kept
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -885,82 +588,13 @@ class Watch(ExpectationSources, TapFeeding, TapChecks, RankAgreement, FindingsRe
         resume: it is noted once and dropped (the run goes on from an empty state); a tap whose saved window
         cannot be read starts an empty one."""
         try:
-            if not isinstance(state_dict, Mapping):
-                raise ValueError(f"a {type(state_dict).__name__}, not a mapping")
-            version = state_dict.get("version")
-            if version != STATE_VERSION:
-                raise ValueError(f"version {_short(version)}; this rangewatch reads version {STATE_VERSION}")
-            batches = state_dict.get("train_batches", 0)
-            if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
-                raise ValueError(f"train_batches = {_short(batches)} is not a count")
-            taps = state_dict.get("taps") or {}
-            if not isinstance(taps, Mapping) or not all(isinstance(k, str) and isinstance(v, Mapping) for k, v in taps.items()):
-                raise ValueError(f"taps = {_short(taps)} is not a mapping of tap names to saved windows")
-            log = FindingsLog(self.policy)
-            log.load_state_dict(state_dict)  # into a fresh log first: a bad findings list changes nothing
+            batches, taps, log = read_state(state_dict, self.policy)
         except Exception as e:  # noqa: BLE001  (a resume never fails on rangewatch's state)
-            self._note_once("state", f"rangewatch: the saved rangewatch state cannot be read ({type(e).__name__}: {str(e)[:200]}); "
+            self._reporter.note_once("state", f"rangewatch: the saved rangewatch state cannot be read ({type(e).__name__}: {str(e)[:200]}); "
                                      "it is dropped and the run goes on from an empty rangewatch state")
             return
-        self._train_batches = batches
-        if self._window_closed():  # the saved run held its declared taps to account at its window's end
-            self._unseen_done = True
-            self._unprobe()
-        self._log.reported, self._log.findings = log.reported, log.findings
-        self._taps.clear()
-        self._pending_states = dict(taps)
-
-    # ------------------------------------------------------------------ taps and tracers a front end judges itself
-    # The engine holds them (engine/judged_taps.py, engine/numerics_tracing.py); the front end brings the judges
-    # (the diffusers pipeline front end: its latents, its decode's range, its VAE and denoiser tracers).
-    def judged_tap(self, name: str, stats: Callable[[], Any], judge: Judge | None, *, where: str | None = None,
-                   what: str | None = None, consequence: str | None = None) -> None:
-        """Register a tap the front end judges itself: ``stats()`` makes its statistics (a ``RangeStats`` or a
-        ``LatentMonitor`` with the front end's settings) per key of its window; ``judge(window, judging)``
-        returns its findings at :meth:`check_judged` (None: a tap another judge reads). ``where`` / ``what`` /
-        ``consequence`` say an internal error of the tap. No per-tap scalars or histograms are written."""
-        self._judged.add(name, judge, stats, where=where, what=what, consequence=consequence)
-
-    def feed_judged(self, name: str, t: torch.Tensor, key: Any = None, **update: Any) -> bool:
-        """Feed ``t`` to the statistics of ``key`` in the judged tap ``name`` (device only); False once the tap
-        is switched off (an internal error, reported once)."""
-        return self._judged.feed(name, t, key, **update)
-
-    def judged_window(self, name: str) -> Mapping[Any, Any]:
-        """The judged tap ``name``'s current window, key -> statistics (read-only, until its next check)."""
-        return self._judged.window(name)
-
-    @rng_kept
-    def check_judged(self, names: list[str], step: int | None = None, context: Any = None) -> list[Finding]:
-        """Judge the judged taps ``names`` in order, report their findings in one report (each once, the policy
-        applied: may raise :class:`~rangewatch.RangeMismatchError`), start their next windows; returns the fresh
-        findings. ``context`` reaches every judge (:class:`~rangewatch.engine.judged_taps.Judging`)."""
-        return self._judged.check(names, step, context)
-
-    @rng_kept
-    def trace_module(self, prefix: str, module: nn.Module, judge: Judge | None = None, *, auto_step: bool = False,
-                     enabled: bool = True, history: int = 4, headroom_share: float | None = None,
-                     where: str | None = None, what: str | None = None, consequence: str | None = None) -> Any:
-        """Trace ``module``'s leaf modules (NaN/Inf origin, fp16 headroom) for a front end, under ``prefix``:
-        stepped by its forwards (``auto_step``) or by :meth:`trace_step`; with ``judge``, a judged tap ``prefix``
-        whose window is the tracer (reset at each :meth:`check_judged` naming it). The engine takes it off
-        (:meth:`untrace`, :meth:`detach`). Returns the :class:`~rangewatch.ModuleTracer`."""
-        share = self.headroom_share if headroom_share is None else headroom_share
-        tracer = self._numerics.add(prefix, module, auto_step=auto_step, history=history, headroom_share=share, enabled=enabled)
-        if judge is not None:
-            self._judged.add(prefix, judge, source=tracer, where=where, what=what or f"tracing {prefix}",
-                             consequence=consequence, off=lambda: self._numerics.remove(prefix))
-        return tracer
-
-    def trace_step(self, prefix: str, step: int | None) -> None:
-        """The forwards of the front-end tracer ``prefix`` from now on belong to ``step``."""
-        self._numerics.step_front(prefix, step)
-
-    def trace_pause(self, prefix: str) -> None:
-        """The front-end tracer ``prefix`` records nothing until the next :meth:`trace_step`."""
-        self._numerics.pause_front(prefix)
-
-    def untrace(self, prefix: str | None = None) -> None:
-        """Take the front-end tracer ``prefix`` off (every one with None), with its judged tap."""
-        for p in self._numerics.remove(prefix):
-            self._judged.remove(p)
+        self._steps.batches = batches
+        if self._steps.window_closed(self.check_first_n):  # the saved run held its declared taps to account at its window's end
+            self._unseen.close()
+        self._reporter.log.reported, self._reporter.log.findings = log.reported, log.findings
+        self._tapset.load(taps)

@@ -44,7 +44,7 @@ through its public API only; everything it measures runs in the engine:
   their statistics); ``image:input`` carries the expectation of ``VaeImageProcessor`` ([0, 1], the
   convention object), so the engine's own verdict judges it;
 * ``latents=``, the checked denoising steps (divided by their noise level), the decode's input (model space)
-  and the decoded image are the engine's *judged taps* (:meth:`~rangewatch.Watch.judged_tap`,
+  and the decoded image are the engine's *judged taps* (:meth:`~rangewatch.Watch.judged.tap`,
   :mod:`rangewatch.engine.judged_taps`): the engine holds their statistics (a
   :class:`~rangewatch.checks.latents.LatentMonitor` or :class:`~rangewatch.stats.range_stats.RangeStats` with
   this front end's settings, keyed by call, step or decode, fed on the device), and judges them at the end
@@ -52,11 +52,11 @@ through its public API only; everything it measures runs in the engine:
   tap checks would judge and name them differently: an info ``color_cast`` on a correct, colourful image, a
   second ``nonfinite`` for a decode of NaN latents; nor does the engine write per-tap scalars for them);
 * the VAE's and (``trace="all"``) the denoiser's :class:`~rangewatch.checks.numerics.ModuleTracer` are the
-  engine's front-end tracers (:meth:`~rangewatch.Watch.trace_module`): placed, owned and taken off by the engine,
+  engine's front-end tracers (:meth:`~rangewatch.Watch.judged.trace`): placed, owned and taken off by the engine,
   stepped by this front end per decode (:meth:`~rangewatch.Watch.trace_step`) or by each denoiser forward, and
   judged with the judged taps;
 * every finding goes through the engine's findings log in one report per call
-  (:meth:`~rangewatch.Watch.check_judged`; a decode outside a call at once): each reported once across calls, in
+  (:meth:`~rangewatch.Watch.judged.check`; a decode outside a call at once): each reported once across calls, in
   the order latents=, steps, traced modules (the module that overflowed first, before what it caused), decodes;
   the policy applied (``policy="raise"`` raises :class:`~rangewatch.RangeMismatchError` after every hook and
   wrapper is taken off), written to the engine's sinks (``logger=``: a ``SummaryWriter`` or a Lightning logger);
@@ -253,7 +253,7 @@ class PipelineWatch:
                 (_DECODE_IN, "decode", lambda: LatentMonitor(conv, preview_samples=1, sync_on_compute=False), self._judge_decodes),
                 (_DECODE_OUT, "decode", lambda: RangeStats(channel_dim=1, bounds="symmetric", sync_on_compute=False), None),
             ):
-                self.engine.judged_tap(name, make, judge, where=f"{_SRC}:{piece}", what=_PIECES[piece], consequence=_CONSEQUENCE)
+                self.engine.judged.tap(name, make, judge, where=f"{_SRC}:{piece}", what=_PIECES[piece], consequence=_CONSEQUENCE)
         self.previews: dict[tuple[int, int], torch.Tensor] = {}
         self._off: set[str] = set()
         self._orig_class: type | None = None
@@ -309,9 +309,9 @@ class PipelineWatch:
         # the tracers are the engine's, judged here: the VAE's stepped per decode, the denoiser's per forward
         judge = {"where": f"{_SRC}:judge", "consequence": _CONSEQUENCE}
         if self.trace != "none":
-            self.engine.trace_module(_VAE, self.vae, self._judge_tracer, enabled=False, headroom_share=self.headroom_share, **judge)
+            self.engine.judged.trace(_VAE, self.vae, self._judge_tracer, enabled=False, headroom_share=self.headroom_share, **judge)
         if self.trace == "all" and isinstance(self.denoiser, torch.nn.Module):
-            self.engine.trace_module(_DENOISER, self.denoiser, self._judge_tracer, auto_step=True,
+            self.engine.judged.trace(_DENOISER, self.denoiser, self._judge_tracer, auto_step=True,
                                      headroom_share=self.headroom_share, **judge)
 
     @rng_kept
@@ -326,7 +326,7 @@ class PipelineWatch:
             else:
                 self.vae.__dict__["decode"] = self._prev_decode
             self._decode_patched = False
-        self.engine.untrace()
+        self.engine.judged.untrace()
         self._active = False
 
     @property
@@ -368,7 +368,7 @@ class PipelineWatch:
         self._calls += 1
         call = self._call = _Call(self._calls)
         if self.latent_convention is not None:  # the checked steps' monitors: the engine's window (read by the previews)
-            call.monitors = self.engine.judged_window(_STEPS)
+            call.monitors = self.engine.judged.window(_STEPS)
         try:
             try:
                 bound = inspect.signature(orig_call).bind(pipe, *args, **kwargs)
@@ -446,7 +446,7 @@ class PipelineWatch:
         call.width = a.get("width") or (size * vsf if isinstance(size, int) else None)
         z = a.get("latents")
         if isinstance(z, torch.Tensor) and z.is_floating_point() and self.latent_convention is not None:
-            if not self.engine.feed_judged(_USER, self._unpack(z, call), key=call.index):
+            if not self.engine.judged.feed(_USER, self._unpack(z, call), key=call.index):
                 self._off.add("inputs")  # the engine said it once and switched the tap off
                 return
         engine, found = self.engine, []
@@ -518,7 +518,7 @@ class PipelineWatch:
         ], dim=1)
         call.steps.append(row)
         if i in call.checked:  # tensor operations only above; the engine's monitor keeps the user's random state
-            if not self.engine.feed_judged(_STEPS, zf / self._noise_level(pipe.scheduler, zf), key=i):
+            if not self.engine.judged.feed(_STEPS, zf / self._noise_level(pipe.scheduler, zf), key=i):
                 self._off.add("steps")  # the engine said it once and switched the tap off
 
     def _noise_level(self, scheduler: Any, z: torch.Tensor) -> torch.Tensor | float:
@@ -557,7 +557,7 @@ class PipelineWatch:
         try:
             out = orig(z, *args, **kwargs)
         finally:
-            self.engine.trace_pause(_VAE)
+            self.engine.judged.trace_pause(_VAE)
         if rec is not None:
             with kept_rng():
                 self._decode_result(rec, out)
@@ -568,10 +568,10 @@ class PipelineWatch:
         stepped and on; returns the decode's key (None when it failed)."""
         key = self._decode_count
         try:
-            if not self.engine.feed_judged(_DECODE_IN, self._to_model(z), key=key):
+            if not self.engine.judged.feed(_DECODE_IN, self._to_model(z), key=key):
                 self._off.add("decode")  # the engine said it once and switched the tap off
                 return None
-            self.engine.trace_step(_VAE, key)
+            self.engine.judged.trace_step(_VAE, key)
         except Exception as e:  # noqa: BLE001
             self._internal("decode", e)
             return None
@@ -582,7 +582,7 @@ class PipelineWatch:
         try:
             img = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", None)
             if isinstance(img, torch.Tensor) and img.is_floating_point():
-                if not self.engine.feed_judged(_DECODE_OUT, img.detach(), key=key, detail=True):
+                if not self.engine.judged.feed(_DECODE_OUT, img.detach(), key=key, detail=True):
                     self._off.add("decode")  # the engine said it once and switched the tap off
                     return
             if self._call is not None:
@@ -611,19 +611,19 @@ class PipelineWatch:
                 self._internal("write", e)
         before = len(self.engine.findings)
         try:
-            self.engine.check_judged(list(_JUDGED), step=call.index, context=call)
+            self.engine.judged.check(list(_JUDGED), step=call.index, context=call)
         finally:
             fresh = self.engine.findings[before:]
             if self.out_dir and fresh:
                 append_findings(self.out_dir, [f"call {call.index}: {f}" for f in fresh])
 
-    # the judges (the engine runs them at check_judged; pipeline/checks.py holds the rules)
+    # the judges (the engine runs them at judged.check; pipeline/checks.py holds the rules)
     def _judge_user(self, window: Mapping[Any, Any], judging: Judging) -> list[Finding]:
         mon = window.get(judging.context.index)
         return [] if mon is None else pc.user_latents(self, mon)
 
     def _judge_steps(self, window: Mapping[Any, Any], judging: Judging) -> list[Finding]:
-        # call.monitors is this window (judged_window at the call's start): the latents= finding explains the range
+        # call.monitors is this window (judged.window at the call's start): the latents= finding explains the range
         return pc.steps(self, judging.context, skip=bool(judging.found.get(_USER)))
 
     def _judge_tracer(self, window: Mapping[Any, Any], judging: Judging) -> list[Finding]:

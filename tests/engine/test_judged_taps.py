@@ -48,11 +48,11 @@ def test_the_judge_gets_its_window_and_its_findings_are_reported_once():
         top = max((float(s.compute().max.max()) for s in window.values()), default=0.0)
         return [too_bright("x", 2.0)] if top > 1 else []
 
-    w.judged_tap("x", stats, judge)
+    w.judged.tap("x", stats, judge)
     for key, t in ((0, a), (0, b), (1, c)):
-        assert w.feed_judged("x", t, key=key)
-    assert sorted(w.judged_window("x")) == [0, 1]
-    fresh = w.check_judged(["x"], step=7, context="call 1")
+        assert w.judged.feed("x", t, key=key)
+    assert sorted(w.judged.window("x")) == [0, 1]
+    fresh = w.judged.check(["x"], step=7, context="call 1")
     (window, step, context), = seen
     assert (step, context) == (7, "call 1") and sorted(window) == [0, 1]
     ref = per_channel(a, b)
@@ -63,10 +63,10 @@ def test_the_judge_gets_its_window_and_its_findings_are_reported_once():
     assert [f.kind for f in fresh] == ["mismatch"] and w.findings == fresh
 
     # a new window: empty after the check, and the next check sees only what was fed since
-    assert dict(w.judged_window("x")) == {}
+    assert dict(w.judged.window("x")) == {}
     d = torch.full((1, 3, 2, 2), 4.0)
-    w.feed_judged("x", d, key=0)
-    assert w.check_judged(["x"], step=8) == []  # the same finding again: reported once
+    w.judged.feed("x", d, key=0)
+    assert w.judged.check(["x"], step=8) == []  # the same finding again: reported once
     assert sorted(seen[1][0]) == [0] and seen[1][0][0].min.tolist() == [4.0, 4.0, 4.0]
     assert [f.kind for f in w.findings] == ["mismatch"]
 
@@ -85,14 +85,14 @@ def test_judges_run_in_the_order_named_and_see_what_the_earlier_ones_found():
         assert sorted(sibling) == ["k"]
         return [] if judging.found.get("first") else [too_bright("second", 3.0)]
 
-    w.judged_tap("first", stats, first)
-    w.judged_tap("second", stats, second)
-    w.judged_tap("side", stats, None)  # fed for "second", judged by nobody
-    w.feed_judged("first", torch.full((1, 3, 2, 2), 3.0))
-    w.feed_judged("side", torch.zeros(1, 3, 2, 2), key="k")
-    fresh = w.check_judged(["first", "second", "side", "unknown"], step=1)
+    w.judged.tap("first", stats, first)
+    w.judged.tap("second", stats, second)
+    w.judged.tap("side", stats, None)  # fed for "second", judged by nobody
+    w.judged.feed("first", torch.full((1, 3, 2, 2), 3.0))
+    w.judged.feed("side", torch.zeros(1, 3, 2, 2), key="k")
+    fresh = w.judged.check(["first", "second", "side", "unknown"], step=1)
     assert order == ["first", "second"] and [f.where for f in fresh] == ["first"]
-    assert dict(w.judged_window("side")) == {}  # named in the check: a new window too
+    assert dict(w.judged.window("side")) == {}  # named in the check: a new window too
 
 
 def test_a_failing_judge_is_one_internal_finding_and_only_its_tap_is_switched_off():
@@ -108,14 +108,14 @@ def test_a_failing_judge_is_one_internal_finding_and_only_its_tap_is_switched_of
         calls["good"] += 1
         return [too_bright("good", float(s.compute().max.max())) for s in window.values()]
 
-    w.judged_tap("bad", stats, bad, where="front:bad", consequence="that check is off")
-    w.judged_tap("good", stats, good)
+    w.judged.tap("bad", stats, bad, where="front:bad", consequence="that check is off")
+    w.judged.tap("good", stats, good)
     for _ in range(2):
-        w.feed_judged("bad", torch.ones(1, 3, 2, 2))
-        w.feed_judged("good", torch.full((1, 3, 2, 2), 2.0))
-        w.check_judged(["bad", "good"], step=1)
+        w.judged.feed("bad", torch.ones(1, 3, 2, 2))
+        w.judged.feed("good", torch.full((1, 3, 2, 2), 2.0))
+        w.judged.check(["bad", "good"], step=1)
     assert calls == {"bad": 1, "good": 2}  # the failing judge is not run again; the other goes on
-    assert not w.feed_judged("bad", torch.ones(1, 3, 2, 2))  # switched off
+    assert not w.judged.feed("bad", torch.ones(1, 3, 2, 2))  # switched off
     internal = [f for f in w.findings if f.kind == "internal"]
     assert [f.where for f in internal] == ["front:bad"] and "judge broke" in internal[0].observed
     assert [f.where for f in w.findings if f.kind == "mismatch"] == ["good"]
@@ -127,28 +127,28 @@ def test_a_failing_feed_is_one_internal_finding_and_switches_only_that_tap_off()
     said: list = []
     w = engine(said)
     # SDXL latents have 4 channels: the monitor refuses a 3-channel tensor (ValueError), an error of the feed
-    w.judged_tap("latents", lambda: LatentMonitor("sdxl_latent", sync_on_compute=False), lambda window, j: [],
+    w.judged.tap("latents", lambda: LatentMonitor("sdxl_latent", sync_on_compute=False), lambda window, j: [],
                  where="front:latents", what="watching the latents")
-    w.judged_tap("image", stats, lambda window, j: [too_bright("image", 2.0)] if window else [])
-    assert not w.feed_judged("latents", torch.zeros(1, 3, 8, 8))
-    assert not w.feed_judged("latents", torch.zeros(1, 4, 8, 8))  # stays off, said once
-    assert w.feed_judged("image", torch.full((1, 3, 2, 2), 2.0))
-    fresh = w.check_judged(["latents", "image"], step=0)
+    w.judged.tap("image", stats, lambda window, j: [too_bright("image", 2.0)] if window else [])
+    assert not w.judged.feed("latents", torch.zeros(1, 3, 8, 8))
+    assert not w.judged.feed("latents", torch.zeros(1, 4, 8, 8))  # stays off, said once
+    assert w.judged.feed("image", torch.full((1, 3, 2, 2), 2.0))
+    fresh = w.judged.check(["latents", "image"], step=0)
     assert [f.where for f in fresh] == ["image"]
     assert [(f.kind, f.where) for f in w.findings if f.kind == "internal"] == [("internal", "front:latents")]
     assert [t.split(" (")[0] for _, t in said if "internal error" in t] == [
         "rangewatch: internal error at front:latents while watching the latents"]
     with pytest.raises(KeyError):
-        w.feed_judged("never registered", torch.zeros(1))
+        w.judged.feed("never registered", torch.zeros(1))
 
 
 def test_policy_raise_stops_after_the_report_and_still_starts_new_windows():
     w = engine(policy="raise")
-    w.judged_tap("x", stats, lambda window, j: [too_bright("x", 2.0)] if window else [])
-    w.feed_judged("x", torch.full((1, 3, 2, 2), 2.0))
+    w.judged.tap("x", stats, lambda window, j: [too_bright("x", 2.0)] if window else [])
+    w.judged.feed("x", torch.full((1, 3, 2, 2), 2.0))
     with pytest.raises(RangeMismatchError):
-        w.check_judged(["x"], step=0)
-    assert [f.where for f in w.findings] == ["x"] and dict(w.judged_window("x")) == {}
+        w.judged.check(["x"], step=0)
+    assert [f.where for f in w.findings] == ["x"] and dict(w.judged.window("x")) == {}
 
 
 def test_judged_taps_write_no_per_tap_scalars_or_histograms(tmp_path):
@@ -162,9 +162,9 @@ def test_judged_taps_write_no_per_tap_scalars_or_histograms(tmp_path):
     w.begin_step(0, detail=True)
     w.tensor("plain:input", x, channel_dim=1)  # an ordinary engine tap: its scalars and histograms are written
     w.end_step()
-    w.judged_tap("judged:input", stats, lambda window, j: [too_bright("judged:input", 2.0)])
-    w.feed_judged("judged:input", x, detail=True)
-    assert [f.where for f in w.check_judged(["judged:input"], step=0)] == ["judged:input"]
+    w.judged.tap("judged:input", stats, lambda window, j: [too_bright("judged:input", 2.0)])
+    w.judged.feed("judged:input", x, detail=True)
+    assert [f.where for f in w.judged.check(["judged:input"], step=0)] == ["judged:input"]
     writer.close()
     acc = events(tmp_path)
     tags = acc.Tags()
@@ -197,36 +197,36 @@ def test_a_front_end_tracer_is_stepped_by_the_front_end_judged_by_it_and_taken_o
         judged.append((judging.step, [f.kind for f in found]))
         return found
 
-    w.trace_module("net", model, judge, enabled=False)
+    w.judged.trace("net", model, judge, enabled=False)
     assert hooked(model)
     model(x)  # before the front end steps it: not recorded
-    assert w.check_judged(["net"], step=0) == [] and judged == [(0, [])]
-    w.trace_step("net", 3)
+    assert w.judged.check(["net"], step=0) == [] and judged == [(0, [])]
+    w.judged.trace_step("net", 3)
     model(x)
-    w.trace_pause("net")
-    fresh = w.check_judged(["net"], step=3)
+    w.judged.trace_pause("net")
+    fresh = w.judged.check(["net"], step=3)
     assert [f.kind for f in fresh] == ["nonfinite"] and fresh[0].where == "1"
     model(x)  # paused, and the check started a new window: the tracer reports nothing
-    w.check_judged(["net"], step=4)
+    w.judged.check(["net"], step=4)
     assert judged[1:] == [(3, ["nonfinite"]), (4, [])]
-    w.trace_step("net", 5)
+    w.judged.trace_step("net", 5)
     model(x)  # stepped again: recorded again
-    w.check_judged(["net"], step=5)
+    w.judged.check(["net"], step=5)
     assert judged[-1] == (5, ["nonfinite"])
-    w.untrace("net")
+    w.judged.untrace("net")
     assert not hooked(model)
-    assert w.check_judged(["net"], step=6) == [] and len(judged) == 4  # no longer a judged tap
+    assert w.judged.check(["net"], step=6) == [] and len(judged) == 4  # no longer a judged tap
 
 
 def test_a_front_end_tracer_with_auto_step_and_one_whose_judge_fails():
     said: list = []
     w = engine(said)
     auto, broken, x = net(), net(), torch.rand(2, 3, 8, 8)
-    w.trace_module("auto", auto, lambda window, j: window[None].check(j.step), auto_step=True)
-    w.trace_module("broken", broken, lambda window, j: 1 / 0, where="front:broken")
+    w.judged.trace("auto", auto, lambda window, j: window[None].check(j.step), auto_step=True)
+    w.judged.trace("broken", broken, lambda window, j: 1 / 0, where="front:broken")
     auto(x)  # stepped by its own forward
     broken(x)
-    fresh = w.check_judged(["broken", "auto"], step=1)
+    fresh = w.judged.check(["broken", "auto"], step=1)
     assert [f.kind for f in fresh] == ["nonfinite"] and fresh[0].where == "1"
     assert [f.where for f in w.findings if f.kind == "internal"] == ["front:broken"]
     assert not hooked(broken) and hooked(auto)  # the failing tracer's hooks are taken off, the other stays

@@ -39,3 +39,24 @@ def test_a_clamping_save_image_is_held_until_taken(tmp_path):
     # the share it names is the share of values save_image clamps, measured independently here
     assert f"clamps {float((x < 0).float().mean()):.1%} of values to black" in found[0].evidence
     assert gate.take() == [] and gate.pending == []
+
+
+def test_flush_reports_the_findings_once_and_stop_halts(tmp_path):
+    import torchvision
+
+    from rangewatch.engine.reporter import FindingsReporter
+    from rangewatch.engine.surroundings import Surroundings
+
+    said = []
+    env = Surroundings(lambda level, text: said.append(text))
+    env.clock = lambda: 11
+    rep = FindingsReporter("warn", env)
+    gate = PreviewGate()
+    assert gate.watch(rep, env, threshold=0.005, hist_bins=0, context="training preview")
+    torchvision.utils.save_image(photo_batch(2, 32).float() / 127.5 - 1, tmp_path / "a.png")  # clamps [-1, 0) to black
+    assert not gate.idle(log=False)
+    gate.flush(rep, env, log=False, final=False)  # one process: reported at once, at the call's step
+    assert [(f.kind, f.step) for f in rep.log.findings] == [("clipping", 11)] and len(said) == 1
+    assert gate.idle(log=False)
+    gate.stop(rep, env)
+    assert not gate.active and len(rep.log.findings) == 1

@@ -56,7 +56,7 @@ def _worker(rank: int, scenario: str, out: str, port: int) -> None:
         def broken(name, channel_dim):  # noqa: ANN001  (an injected fault on rank 1 only)
             raise MemoryError("injected: no room for the empty tap")
 
-        w._placeholder_tap = broken
+        w._tapset.placeholder = broken  # the tap set makes the empty taps (rangewatch/engine/tapset.py)
     g = torch.Generator().manual_seed(rank)
     steps = 0
     for step in range(STEPS):
