@@ -154,3 +154,20 @@ class OverflowModule(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class EncodeBypassAE(nn.Module):
+    """An autoencoder whose ``encode()`` calls its submodules directly, so its ``forward`` never runs while it encodes
+    (BFL Flux's ``AutoEncoder.encode``, sd-scripts' ``SDVAE.encode`` do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Conv2d(3, 4, 3, padding=1)
+        self.quant_conv = nn.Conv2d(4, 4, 1)
+        self.decoder = nn.Conv2d(4, 3, 3, padding=1)
+
+    def encode(self, x):
+        return self.quant_conv(self.encoder(x))
+
+    def forward(self, x):
+        return self.decoder(self.encode(x))

@@ -13,6 +13,7 @@ import rangewatch
 from rangewatch import ConfigError, RangeMismatchError
 from helpers.scripts_models import SIZE, tiny_image_encoder, tiny_vae
 
+from helpers.models import EncodeBypassAE
 from helpers.photos import photo_batch
 from helpers.procs import free_port, spawn_ranks
 
@@ -134,24 +135,8 @@ def test_a_module_path_typo_is_still_a_config_error():
 
 
 # ---------------------------------------------------------------------------------------------- never seen
-class TinyAE(nn.Module):
-    """An autoencoder whose encode() calls its submodules directly (BFL Flux, sd-scripts SDVAE do)."""
-
-    def __init__(self):
-        super().__init__()
-        self.encoder = nn.Conv2d(3, 4, 3, padding=1)
-        self.quant_conv = nn.Conv2d(4, 4, 1)
-        self.decoder = nn.Conv2d(4, 3, 3, padding=1)
-
-    def encode(self, x):
-        return self.quant_conv(self.encoder(x))
-
-    def forward(self, x):
-        return self.decoder(self.encode(x))
-
-
 def test_unseen_taps_say_what_was_seen_instead():
-    ae = TinyAE()
+    ae = EncodeBypassAE()
     watch = rangewatch.watch(ae=ae, expect={"batch.image": "symmetric", "ae": "symmetric", "latents": "sd15_latent"},
                              modules=["ae.decoder"], policy="log", watch_visualization=False, check_first_n=2)
     for step in range(4):
@@ -175,7 +160,7 @@ def test_unseen_taps_say_what_was_seen_instead():
 
 
 def test_unseen_tap_stops_the_run_under_raise():
-    ae = TinyAE()
+    ae = EncodeBypassAE()
     watch = rangewatch.watch(ae=ae, expect={"ae": "symmetric"}, policy="raise", watch_visualization=False, check_first_n=1)
     x = photos()
     ae.encode(x * 2 - 1)
@@ -186,7 +171,7 @@ def test_unseen_tap_stops_the_run_under_raise():
 
 
 def test_seen_taps_give_no_unseen_finding_and_probes_cost_nothing_after():
-    ae = TinyAE()
+    ae = EncodeBypassAE()
     watch = rangewatch.watch(ae=ae, expect={"ae": "symmetric"}, modules=["ae.decoder"], policy="log", watch_visualization=False)
     assert ae.quant_conv._forward_pre_hooks  # a probe, until ae is seen
     ae(photos() * 2 - 1)
