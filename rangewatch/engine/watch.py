@@ -66,6 +66,11 @@ from ..taps.sharding import user_name
 __all__ = ["Watch", "TapInfo", "OPTIONS", "STATE_VERSION"]
 
 
+def _tapset_option(attr: str, doc: str) -> property:
+    """An option the tap set holds (``Watch._tapset.<attr>``), read and set through the engine."""
+    return property(lambda self: getattr(self._tapset, attr), lambda self, value: setattr(self._tapset, attr, value), doc=doc)
+
+
 class Watch:
     r"""The rangewatch engine. Options are those of :class:`~rangewatch.RangeWatch` (see there; declared once in
     :class:`rangewatch.options.Options`, given as keywords, ``expect`` also first positional); the
@@ -152,23 +157,8 @@ class Watch:
         """Every tap seen so far (``batch.image``, ``vae.encoder:input``, ``val/...``), read-only."""
         return self._tapset.snapshot()
 
-    @property
-    def watch_validation(self) -> bool:
-        """The ``watch_validation`` option (the tap set's: validation forwards feed ``val/...`` taps)."""
-        return self._tapset.validation
-
-    @watch_validation.setter
-    def watch_validation(self, value: bool) -> None:
-        self._tapset.validation = value
-
-    @property
-    def moments_every_step(self) -> bool:
-        """The ``moments_every_step`` option (the tap set's: mean and std on every step)."""
-        return self._tapset.moments
-
-    @moments_every_step.setter
-    def moments_every_step(self, value: bool) -> None:
-        self._tapset.moments = value
+    watch_validation = _tapset_option("validation", "The ``watch_validation`` option (validation forwards feed ``val/...`` taps).")
+    moments_every_step = _tapset_option("moments", "The ``moments_every_step`` option (mean and std on every step).")
 
     @property
     def _notes(self) -> dict[str, str]:  # what was said once, by key (the callback's checkpoint carries it)
