@@ -104,7 +104,6 @@ def test_the_pipeline_writes_the_layout_and_the_report_reads_it_back(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
     from rangewatch import watch_pipeline
-    from rangewatch.checks.latents import latent_preview, preview_scale
 
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(
@@ -161,10 +160,15 @@ def test_the_pipeline_writes_the_layout_and_the_report_reads_it_back(tmp_path):
         [float(z[:, 0].abs().max()) for z in seen], rel=1e-5)
     back = findings_from_markdown(run.findings[-1].text)
     assert back and [f.key for f in back] == [f.key for f in watch.findings]
-    # the event file's preview is the enlarged latent preview of the step's latents
-    k = preview_scale(16)
-    last = latent_preview(seen[-1], "sd15_latent").repeat_interleave(k, -1).repeat_interleave(k, -2)[0]
-    want = (last.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    # the event file's preview is the enlarged latent preview of the step's latents, computed here in numpy from
+    # ComfyUI's SD 1.x latent-to-RGB factors (comfy/latent_formats.py, class SD15: latent_rgb_factors), read as
+    # [-1, 1] and shown as (rgb + 1) / 2; a 16-pixel-wide latent is enlarged by 8 (the largest enlargement;
+    # 192 / 16 = 12 would be more)
+    sd15_rgb = np.array([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350],
+                         [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]])
+    rgb = np.einsum("chw,cr->hwr", seen[-1][0].double().numpy(), sd15_rgb)
+    last = np.clip(rgb * 0.5 + 0.5, 0, 1).repeat(8, axis=0).repeat(8, axis=1)
+    want = np.round(last * 255).astype(np.uint8)
     got = _png(acc.Images(preview)[-1].encoded_image_string)
     assert got.shape == want.shape  # one image: make_grid returns it without padding
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
