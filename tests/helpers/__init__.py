@@ -6,6 +6,7 @@
 - ``stats_reference``: the numpy float64 reference of ``RangeStats`` and its property tests.
 - ``ux``: the TensorBoard run the console/TensorBoard/report tests read back.
 - ``idioms``: the CompVis/taming copies and event readers of the end-to-end idiom tests.
+- ``script_runs``: the seeded plain-vs-watched run and the findings filter of the ``tests/scripts`` loops.
 - ``fixtures_check``: the datamodules and modules that ``rangewatch check`` configs name by class path.
 
 No test file imports another test file.

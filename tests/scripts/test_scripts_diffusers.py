@@ -24,6 +24,7 @@ import torch
 
 from helpers.scripts_models import PhotoDataset, rng_states, sd_transforms, tiny_text_encoder, tiny_unet, tiny_vae
 from helpers.procs import free_port, spawn_ranks
+from helpers.script_runs import problems, trains_identically
 
 STEPS = 3
 
@@ -77,19 +78,9 @@ def train_text_to_image(watch_it: bool, normalize: bool = True, scale: bool = Tr
     return losses, watch
 
 
-def _problems(watch):
-    """Warnings and errors. (An info-level ``latent_outliers`` remark may come from the tiny VAE's heavy-tailed
-    latents, which are not a real VAE's; it says so itself: "a heavy-tailed distribution rather than a fault".)"""
-    return [f for f in watch.findings if f.kind not in ("note", "internal") and f.severity != "info"]
-
-
 def test_correct_script_is_silent_and_trains_identically():
-    torch.manual_seed(123)
-    plain, _ = train_text_to_image(False)
-    torch.manual_seed(123)
-    watched, watch = train_text_to_image(True)
-    assert watched == plain  # bit for bit: watching changes no result
-    assert _problems(watch) == [], [str(f) for f in _problems(watch)]
+    watch = trains_identically(train_text_to_image, seed=lambda: torch.manual_seed(123))
+    assert problems(watch) == [], [str(f) for f in problems(watch)]
     names = set(watch.taps)
     assert {"vae.encoder:input", "latents:input", "batch.pixel_values"} <= names
     assert watch.expectation_for("latents:input").conv.scale == pytest.approx(0.18215)  # from vae.config, nothing declared
@@ -133,7 +124,7 @@ def _worker(rank: int, port: int, out: str, normalize: bool) -> None:
 
     accelerator = Accelerator(cpu=True)
     losses, watch = train_text_to_image(True, normalize=normalize, accelerator=accelerator)
-    found = sorted((f.kind, f.where, f.step) for f in _problems(watch))
+    found = sorted((f.kind, f.where, f.step) for f in problems(watch))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
         json.dump({"found": found, "taps": sorted(watch.taps)}, fh)
     accelerator.end_training()

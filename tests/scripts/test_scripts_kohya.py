@@ -24,6 +24,7 @@ from torch import nn
 
 import rangewatch
 from helpers.scripts_models import PhotoDataset, calibrate_latents, sd_transforms
+from helpers.script_runs import problems, trains_identically
 
 from helpers.photos import photo_batch
 
@@ -185,11 +186,8 @@ def test_flux_autoencoder_is_recognised_by_class_and_module():
 
 
 def test_correct_flux_script_is_silent_and_trains_identically():
-    plain, _ = flux_train_network(False)
-    watched, watch = flux_train_network(True)
-    assert watched == plain
-    problems = [str(f) for f in watch.findings if f.kind not in ("note", "internal") and f.severity != "info"]
-    assert problems == []
+    watch = trains_identically(flux_train_network)
+    assert [str(f) for f in problems(watch)] == []
     latent = watch.expectation_for("latents:input")
     assert latent.convention == "flux_latent"  # from ae.scale_factor / shift_factor / params.z_channels
     assert watch.taps["latents:input"].latent is not None

@@ -23,6 +23,7 @@ from torch import nn
 
 import rangewatch
 from helpers.scripts_models import calibrate_latents
+from helpers.script_runs import problems, trains_identically
 
 from helpers.photos import photo_batch
 
@@ -153,11 +154,8 @@ def hv_train_network(watch_it: bool, unit: bool = False, scale: bool = True, ste
 
 
 def test_correct_video_script_is_silent_and_trains_identically():
-    plain, _ = hv_train_network(False)
-    watched, watch = hv_train_network(True)
-    assert watched == plain
-    problems = [str(f) for f in watch.findings if f.kind not in ("note", "internal") and f.severity != "info"]
-    assert problems == []
+    watch = trains_identically(hv_train_network)
+    assert [str(f) for f in problems(watch)] == []
     assert watch.expectation_for("vae.encoder:input").convention == "symmetric"
     assert watch.expectation_for("latents:input").conv.scale == SCALE  # from vae.config, nothing declared
     assert watch.taps["latents:input"].channels == 16
