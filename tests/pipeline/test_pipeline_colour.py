@@ -14,12 +14,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.latent_rgb import SD15_LATENT_RGB, hsv_hue
 from helpers.threads import one_thread
 
 pytest.importorskip("diffusers")
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
 
-from rangewatch import get_convention, watch_pipeline  # noqa: E402
+from rangewatch import watch_pipeline  # noqa: E402
 from rangewatch.checks.latents import hue_name  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
@@ -31,8 +32,8 @@ _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
 def orange_means() -> np.ndarray:
-    """Channel means whose push through SD 1.x's latent-to-RGB factors is orange with chroma 0.4."""
-    f = np.asarray(get_convention("sd15_latent").latent_rgb)
+    """Channel means whose push through SD 1.x's latent-to-RGB factors (ComfyUI's) is orange with chroma 0.4."""
+    f = SD15_LATENT_RGB
     target = np.array([1.0, 0.0, -1.0])
     target = target / np.linalg.norm(target - target.mean()) * 0.4
     m, *_ = np.linalg.lstsq(f.T, target, rcond=None)
@@ -77,10 +78,10 @@ def test_colourful_generation_is_silent():
     pipe = sd_pipe(mu)
     z = generate(pipe, output_type="latent").images  # what the decode gets (model space)
     m = z.double().mean(dim=(0, 2, 3)).numpy()
-    f = np.asarray(get_convention("sd15_latent").latent_rgb)
-    rgb = m @ f
+    rgb = m @ SD15_LATENT_RGB
     assert m @ mu / np.linalg.norm(m) / np.linalg.norm(mu) > 0.98  # the picture's colour is along mu ...
     assert np.linalg.norm(rgb - rgb.mean()) > 0.3 and hue_name(rgb - rgb.mean()) in ("orange", "red")  # ... orange
+    assert 0 < hsv_hue(rgb) < 45  # (colorsys: between red and yellow)
     with watch_pipeline(pipe) as watch:
         generate(pipe)
     assert problems(watch) == [], [str(f) for f in watch.findings]

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.latent_rgb import SD15_LATENT_RGB
 from helpers.photos import photo_batch
 from rangewatch.sinks import tags
 from rangewatch.sinks.loggers import findings_from_markdown
@@ -161,12 +162,9 @@ def test_the_pipeline_writes_the_layout_and_the_report_reads_it_back(tmp_path):
     back = findings_from_markdown(run.findings[-1].text)
     assert back and [f.key for f in back] == [f.key for f in watch.findings]
     # the event file's preview is the enlarged latent preview of the step's latents, computed here in numpy from
-    # ComfyUI's SD 1.x latent-to-RGB factors (comfy/latent_formats.py, class SD15: latent_rgb_factors), read as
-    # [-1, 1] and shown as (rgb + 1) / 2; a 16-pixel-wide latent is enlarged by 8 (the largest enlargement;
-    # 192 / 16 = 12 would be more)
-    sd15_rgb = np.array([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350],
-                         [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]])
-    rgb = np.einsum("chw,cr->hwr", seen[-1][0].double().numpy(), sd15_rgb)
+    # ComfyUI's SD 1.x latent-to-RGB factors, read as [-1, 1] and shown as (rgb + 1) / 2; a 16-pixel-wide latent
+    # is enlarged by 8 (the largest enlargement; 192 / 16 = 12 would be more)
+    rgb = np.einsum("chw,cr->hwr", seen[-1][0].double().numpy(), SD15_LATENT_RGB)
     last = np.clip(rgb * 0.5 + 0.5, 0, 1).repeat(8, axis=0).repeat(8, axis=1)
     want = np.round(last * 255).astype(np.uint8)
     got = _png(acc.Images(preview)[-1].encoded_image_string)
