@@ -14,17 +14,12 @@ import pytest
 import torch
 import torchvision.utils as tvu
 
+from helpers.events import decode_png
 from helpers.photos import photo_batch
 from rangewatch.sinks import tags
 from rangewatch.sinks.loggers import LoggerSink, mlflow_key
 
 pytestmark = pytest.mark.slow  # W&B starts its service process
-
-
-def _png(data: bytes) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def _wandb_pngs(run_dir: Path, names: list[str], timeout: float = 60.0) -> dict[str, np.ndarray]:
@@ -34,7 +29,7 @@ def _wandb_pngs(run_dir: Path, names: list[str], timeout: float = 60.0) -> dict[
     while True:
         found = {n: sorted(media.glob(f"{n}_*.png")) for n in names}
         if all(found.values()) or time.monotonic() > deadline:
-            return {n: _png(p[-1].read_bytes()) for n, p in found.items() if p}
+            return {n: decode_png(p[-1].read_bytes()) for n, p in found.items() if p}
         time.sleep(0.2)
 
 
@@ -74,7 +69,7 @@ def test_tensorboard_wandb_and_mlflow_get_the_same_images(tmp_path, monkeypatch)
 
     names = [tags.preview_tag(preview.image_tag), tags.tag("latents:input", tags.LATENT_PREVIEW)]
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
-    tb = {n: _png(acc.Images(n)[-1].encoded_image_string) for n in names}
+    tb = {n: decode_png(acc.Images(n)[-1].encoded_image_string) for n in names}
     assert [acc.Images(n)[-1].step for n in names] == [3, 3]
     (run_dir,) = list((tmp_path / "wandb").glob("offline-run-*"))
     wb_imgs = _wandb_pngs(run_dir, names)
@@ -83,7 +78,7 @@ def test_tensorboard_wandb_and_mlflow_get_the_same_images(tmp_path, monkeypatch)
     for n in names:
         key = mlflow_key(n).replace("/", "~")  # MLflow's file name of an image key
         (p,) = [p for p in run.glob("*.png") if p.name.startswith(key + "+step+3+")]
-        ml_imgs[n] = _png(p.read_bytes())
+        ml_imgs[n] = decode_png(p.read_bytes())
     assert set(wb_imgs) == set(ml_imgs) == set(names)
     # the preview pair is uint8: the same pixels everywhere, and the labelled image the preview draws
     want = preview.build_labelled().permute(1, 2, 0).numpy()

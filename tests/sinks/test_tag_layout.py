@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from helpers.latent_rgb import SD15_LATENT_RGB
+from helpers.events import decode_png, read_events
 from helpers.photos import photo_batch
 from rangewatch.sinks import tags
 from rangewatch.sinks.loggers import findings_from_markdown
@@ -25,18 +26,6 @@ from rangewatch.sinks.report import _read_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 diffusers = pytest.importorskip("diffusers")
-
-
-def _events(logdir):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    return EventAccumulator(str(logdir), size_guidance={"images": 0, "histograms": 0, "tensors": 0, "scalars": 0}).Reload()
-
-
-def _png(data: bytes) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def _vae():
@@ -65,7 +54,7 @@ def test_the_engine_writes_the_layout_and_the_report_reads_it_back(tmp_path):
         watch.step()
     writer.close()
     assert sorted(f.kind for f in watch.findings) == ["clipping", "latent_scale", "mismatch"]
-    acc = _events(tmp_path)
+    acc = read_events(tmp_path)
     scalars, images, hists = acc.Tags()["scalars"], acc.Tags()["images"], acc.Tags()["histograms"]
 
     # the taps' scalars and the flagged tap's histograms, under the layout's tags, against numpy
@@ -98,7 +87,7 @@ def test_the_engine_writes_the_layout_and_the_report_reads_it_back(tmp_path):
     assert set(run.previews) == {slug} and run.previews[slug].images and run.previews[slug].hists and run.previews[slug].texts
     (img,) = run.images[tags.latent_preview_tag("latents:input")]
     (tb,) = acc.Images(tags.latent_preview_tag("latents:input"))
-    np.testing.assert_array_equal(_png(img.data), _png(tb.encoded_image_string))
+    np.testing.assert_array_equal(decode_png(img.data), decode_png(tb.encoded_image_string))
 
 
 def test_the_pipeline_writes_the_layout_and_the_report_reads_it_back(tmp_path):
@@ -135,7 +124,7 @@ def test_the_pipeline_writes_the_layout_and_the_report_reads_it_back(tmp_path):
              generator=torch.Generator().manual_seed(0), output_type="pt", latents=latents, callback_on_step_end=record)
     writer.close()
     assert "latent_scale" in {f.kind for f in watch.findings}
-    acc = _events(tmp_path / "tb")
+    acc = read_events(tmp_path / "tb")
 
     where, name = tags.pipeline_latents_where(1), tags.pipeline_latents_tap(1)
     preview = tags.latent_preview_tag(where)
@@ -149,7 +138,7 @@ def test_the_pipeline_writes_the_layout_and_the_report_reads_it_back(tmp_path):
     # the PNG files in out_dir: watch.previews, as torchvision's save_image writes them
     for (k, i), prev in sorted(watch.previews.items()):
         want = (prev[0].clamp(0, 1) * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-        np.testing.assert_array_equal(_png((tmp_path / "out" / tags.latents_png(k, i)).read_bytes()), want)
+        np.testing.assert_array_equal(decode_png((tmp_path / "out" / tags.latents_png(k, i)).read_bytes()), want)
 
     run = _read_run(tmp_path / "tb", "pipeline")
     assert [e.step for e in run.images[preview]] == steps
@@ -167,6 +156,6 @@ def test_the_pipeline_writes_the_layout_and_the_report_reads_it_back(tmp_path):
     rgb = np.einsum("chw,cr->hwr", seen[-1][0].double().numpy(), SD15_LATENT_RGB)
     last = np.clip(rgb * 0.5 + 0.5, 0, 1).repeat(8, axis=0).repeat(8, axis=1)
     want = np.round(last * 255).astype(np.uint8)
-    got = _png(acc.Images(preview)[-1].encoded_image_string)
+    got = decode_png(acc.Images(preview)[-1].encoded_image_string)
     assert got.shape == want.shape  # one image: make_grid returns it without padding
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
