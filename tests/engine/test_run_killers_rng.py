@@ -302,23 +302,13 @@ def test_lightning_fit_seeded_losses_and_generators_unchanged_by_the_callback():
 @pytest.mark.slow
 def test_pipeline_watch_keeps_the_generators_and_the_image():
     diffusers = pytest.importorskip("diffusers")
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler
 
+    from helpers.pipelines import tiny_sd_pipe
     from rangewatch import watch_pipeline
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=4, attention_head_dim=4,
-    )
-    vae = AutoencoderKL(block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
-                        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=4, layers_per_block=1)
-    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                          set_alpha_to_one=False, prediction_type="v_prediction", steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=sched, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_sd_pipe(DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                                      set_alpha_to_one=False, prediction_type="v_prediction", steps_offset=1))
     pe = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(1))
 
     def generate():

@@ -6,6 +6,7 @@
 - ``stats_reference``: the numpy float64 reference of ``RangeStats`` and its property tests.
 - ``ux``: the TensorBoard run the console/TensorBoard/report tests read back.
 - ``idioms``: the CompVis/taming copies and event readers of the end-to-end idiom tests.
+- ``pipelines``: the tiny random-init Stable Diffusion pipeline the pipeline, tag-layout and RNG tests generate with.
 - ``latent_rgb``: ComfyUI's published latent-to-RGB factors and a ``colorsys`` hue, for previews and colours.
 - ``script_runs``: the seeded plain-vs-watched run and the findings filter of the ``tests/scripts`` loops.
 - ``fixtures_check``: the datamodules and modules that ``rangewatch check`` configs name by class path.

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.pipelines import tiny_sd_components
 from helpers.threads import one_thread
 
 diffusers = pytest.importorskip("diffusers")
@@ -48,21 +49,11 @@ def _zero_out(conv: torch.nn.Module) -> None:
 
 
 def _sd_components(scheduler: str = "ddim", seed: int = 0) -> dict:
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=4, attention_head_dim=4,
-    )
-    _zero_out(unet.conv_out)
-    vae = AutoencoderKL(
-        block_out_channels=[8, 16], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=4, layers_per_block=1,
-    )
     sched = (DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **SCHED) if scheduler == "ddim"
              else EulerDiscreteScheduler(**SCHED))
-    return dict(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=sched, safety_checker=None,
-                feature_extractor=None, requires_safety_checker=False)
+    comps = tiny_sd_components(sched, seed)
+    _zero_out(comps["unet"].conv_out)
+    return comps
 
 
 def sd_pipe(scheduler: str = "ddim", cls=StableDiffusionPipeline):

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 from helpers.latent_rgb import SD15_LATENT_RGB, hsv_hue
+from helpers.pipelines import tiny_sd_pipe
 from helpers.threads import one_thread
 
 pytest.importorskip("diffusers")
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
+from diffusers import DDIMScheduler, StableDiffusionPipeline  # noqa: E402
 
 from rangewatch import watch_pipeline  # noqa: E402
 from rangewatch.checks.latents import hue_name  # noqa: E402
@@ -41,23 +42,10 @@ def orange_means() -> np.ndarray:
 
 
 def sd_pipe(mu=None) -> StableDiffusionPipeline:
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=4, attention_head_dim=4,
-    )
-    torch.nn.init.zeros_(unet.conv_out.weight)
+    pipe = tiny_sd_pipe(DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **SCHED))
+    torch.nn.init.zeros_(pipe.unet.conv_out.weight)
     with torch.no_grad():
-        unet.conv_out.bias.copy_(torch.zeros(4) if mu is None else -torch.as_tensor(mu, dtype=torch.float32))
-    vae = AutoencoderKL(
-        block_out_channels=[8, 16], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=4, layers_per_block=1,
-    )
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet,
-                                   scheduler=DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **SCHED),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+        pipe.unet.conv_out.bias.copy_(torch.zeros(4) if mu is None else -torch.as_tensor(mu, dtype=torch.float32))
     return pipe
 
 

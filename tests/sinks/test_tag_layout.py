@@ -20,6 +20,7 @@ import torch
 from helpers.latent_rgb import SD15_LATENT_RGB
 from helpers.events import decode_png, read_events
 from helpers.photos import photo_batch
+from helpers.pipelines import tiny_sd_pipe
 from rangewatch.sinks import tags
 from rangewatch.sinks.loggers import findings_from_markdown
 from rangewatch.sinks.report import _read_run
@@ -95,21 +96,8 @@ def test_the_pipeline_writes_the_layout_and_the_report_reads_it_back(tmp_path):
 
     from rangewatch import watch_pipeline
 
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=4, attention_head_dim=4,
-    )
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=[8, 16], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=4, layers_per_block=1,
-    )
-    sched = diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=False, beta_start=0.00085, beta_end=0.012,
-                                    beta_schedule="scaled_linear", steps_offset=1)
-    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=sched,
-                                             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_sd_pipe(diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=False, beta_start=0.00085,
+                                                beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1))
     pe = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(1))
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3)) / 0.18215  # divided: too wide
     seen: list[torch.Tensor] = []
