@@ -3,8 +3,6 @@ engine: which calls it measures, what it holds until taken, and stopping it."""
 
 from __future__ import annotations
 
-import torch
-
 from helpers.photos import photo_batch
 from rangewatch.engine.preview_gate import PreviewGate
 

@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
-import torch
-
 from helpers.photos import photo_batch
 from rangewatch.sinks.loggers import (FINDINGS_CATEGORY, FLAGGED_CATEGORY, OTHER_CATEGORY, detail_tag, scalars_layout,
                                       tag)
