@@ -304,7 +304,7 @@ class Watch:
         if not self._steps.open and not phase and not name.startswith("val/"):
             self.begin_step()  # a loop that feeds tensors and no batch: the step opens here, as batch() opens it
         if not phase and not self._unseen.done:
-            self._unseen.saw_tensor(name)
+            self._unseen.saw_tensor(name, self._hooks.hooked)
         if name not in taps.taps and self._sources.vae_latents and not name.startswith(("batch", "val/")):
             bound = self._sources.bind_latent(name, t)  # once per tap: a tensor named as latents, judged against the VAE's config
             if bound is not None and channel_dim is None and phase + name not in taps.taps:

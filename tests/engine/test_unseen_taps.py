@@ -62,3 +62,23 @@ def test_batch_paths_and_tensor_names_say_what_was_fed_instead():
     assert found["latents:input"].evidence == ("watch.tensor('latents', ...) was never called in the first 2 training "
                                                "batches; watch.tensor was given 'latent'")
     assert found["latents:input"].fix.endswith("or declare the name it is fed as ('latent')")
+
+
+def test_the_tensor_names_said_are_the_users_not_the_hooked_modules():
+    """Module hooks feed through Watch.tensor too; an unseen tensor tap lists only the names the loop gave, each once."""
+    from rangewatch import Watch
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1))
+    w = Watch(expect={"0": "unit", "latents": "sd15_latent"}, modules=["1"], policy="log", watch_visualization=False,
+              derive_expectations=False, check_first_n=2, messages=lambda level, text: None)
+    w.attach(model, tensor_taps=True)
+    for _ in range(3):
+        model(torch.rand(2, 3, 8, 8))  # hooks on 0 (input) and 1 (input and output)
+        w.tensor("latent", torch.randn(2, 4, 8, 8))
+        w.tensor("latent:output", torch.randn(2, 4, 8, 8))
+        w.end_step()
+    [f] = [f for f in w.findings if f.kind == "unseen"]
+    assert f.where == "latents:input"
+    assert f.evidence == ("watch.tensor('latents', ...) was never called in the first 2 training batches; "
+                          "watch.tensor was given 'latent'")
+    w.close()
