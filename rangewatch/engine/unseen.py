@@ -38,9 +38,8 @@ class UnseenTaps:
     ``done``). ``declared`` returns the ``expect=`` and ``modules=`` keys; the taps seen and the hooked modules are
     given to each call."""
 
-    def __init__(self, declared: Callable[[], tuple[Mapping[str, str], Sequence[str]]], batch_declared: bool) -> None:
+    def __init__(self, declared: Callable[[], tuple[Mapping[str, str], Sequence[str]]]) -> None:
         self._keys = declared
-        self._batch_declared = batch_declared  # a declared batch path (worth recording the batches' tensor paths)
         self.tensor_keys: set[str] = set()  # declared keys that name no submodule: taps fed by tensor()
         #: the check window's end was reached (the finding made, the probes off): nothing more to record
         self.done = False
@@ -156,9 +155,13 @@ class UnseenTaps:
                 self._tensor_names[name] = None
 
     def record_batch(self, batch: Any) -> None:
-        """The tensor paths of a training batch, while a declared batch path has not been seen."""
-        if self.done or len(self._batch_paths) >= 64 or not self._batch_declared:
+        """The tensor paths of a training batch, while a declared batch path (``expect=`` or ``modules=``) has not been
+        seen."""
+        if self.done or len(self._batch_paths) >= 64:
             return
+        expect, modules = self._keys()
+        if not any(k.startswith("batch") for k in (*expect, *modules)):
+            return  # no declared batch path: nothing to say about the batches
         for path, shape in tensor_paths(batch):
             self._batch_paths.setdefault(path, shape)
 

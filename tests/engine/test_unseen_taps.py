@@ -19,7 +19,7 @@ class Model(nn.Module):
 
 
 def test_keys_that_name_no_submodule_are_tensor_taps_and_near_misses_stay_modules():
-    un = UnseenTaps(lambda: ({}, []), batch_declared=False)
+    un = UnseenTaps(lambda: ({}, []))
     wanted = {"ae": {"input"}, "latents": {"input"}, "ae.encodr": {"input"}, "heads": {"output"}, "unet": {"input"},
               "noise": {"input"}}
     kept = un.split_tensor_keys(Model(), wanted, derived={"unet"})
@@ -31,7 +31,7 @@ def test_keys_that_name_no_submodule_are_tensor_taps_and_near_misses_stay_module
 
 def test_an_encode_that_bypasses_forward_is_named_with_the_submodules_that_ran():
     model = Model()
-    un = UnseenTaps(lambda: ({"ae": "symmetric"}, []), batch_declared=False)
+    un = UnseenTaps(lambda: ({"ae": "symmetric"}, []))
     hooked = {"ae": ("input",)}
     un.probe(model, hooked)
     assert un.probing
@@ -48,7 +48,7 @@ def test_an_encode_that_bypasses_forward_is_named_with_the_submodules_that_ran()
 
 
 def test_batch_paths_and_tensor_names_say_what_was_fed_instead():
-    un = UnseenTaps(lambda: ({"batch.image": "unit", "latents": "sd15_latent"}, ["batch.mask"]), batch_declared=True)
+    un = UnseenTaps(lambda: ({"batch.image": "unit", "latents": "sd15_latent"}, ["batch.mask"]))
     un.split_tensor_keys(Model(), {"latents": {"input"}})
     for _ in range(2):
         un.record_batch((torch.rand(4, 3, 8, 8), torch.zeros(4)))  # a tuple batch
@@ -81,4 +81,21 @@ def test_the_tensor_names_said_are_the_users_not_the_hooked_modules():
     assert f.where == "latents:input"
     assert f.evidence == ("watch.tensor('latents', ...) was never called in the first 2 training batches; "
                           "watch.tensor was given 'latent'")
+    w.close()
+
+
+def test_a_batch_path_declared_in_modules_says_what_the_batches_carry():
+    """``modules=["batch.img"]`` alone declares a batch path, as ``expect=`` does: the finding lists the paths the
+    batches did carry, not "no tensor at all"."""
+    from rangewatch import Watch
+
+    w = Watch(modules=["batch.img"], policy="log", watch_visualization=False, derive_expectations=False, check_first_n=1,
+              messages=lambda level, text: None)
+    for _ in range(2):
+        w.batch({"image": torch.rand(2, 3, 16, 16)})
+        w.end_step()
+    [f] = [f for f in w.findings if f.kind == "unseen"]
+    assert (f.where, f.expected) == ("batch.img", "declared: modules=['batch.img']")
+    assert f.evidence == "no tensor at batch.img in the first 1 training batch; the batches carry batch.image [2, 3, 16, 16]"
+    assert "'batch.image'" in f.fix
     w.close()
