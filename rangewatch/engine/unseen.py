@@ -201,6 +201,11 @@ class UnseenTaps:
         batches = f"{n} training batch{'es' if n != 1 else ''}"
         if kind == "batch":
             paths = sorted(self._batch_paths.items())
+            if where in self._batch_paths:  # there, but never a tap: not a tensor rangewatch can watch as images
+                shape = list(self._batch_paths[where])
+                return (f"the batches carry {where} {shape}, but it was never watched in the first {batches}: not an "
+                        "image-like floating-point tensor (integer ids, labels and masks are not watched)",
+                        "name the path that holds the images, or watch this tensor by name with watch.tensor(name, tensor)")
             if paths:
                 listed = ", ".join(f"{p} {list(s)}" for p, s in paths[:_MAX_LISTED]) + (" ..." if len(paths) > _MAX_LISTED else "")
                 images = [t for t in sorted(seen) if t.startswith("batch")]  # the image-like ones

@@ -99,3 +99,20 @@ def test_a_batch_path_declared_in_modules_says_what_the_batches_carry():
     assert f.evidence == "no tensor at batch.img in the first 1 training batch; the batches carry batch.image [2, 3, 16, 16]"
     assert "'batch.image'" in f.fix
     w.close()
+
+
+def test_a_declared_batch_path_that_is_there_but_not_watchable_is_said_to_be_there():
+    """A declared path the batches carry that never became a tap (integer ids): the finding says it is there and why
+    it was not watched, never "no tensor at" a path the batches carry."""
+    from rangewatch import Watch
+
+    w = Watch(expect={"batch.ids": "unit"}, policy="log", watch_visualization=False, derive_expectations=False,
+              check_first_n=1, messages=lambda level, text: None)
+    for _ in range(2):
+        w.batch({"image": torch.rand(2, 3, 16, 16), "ids": torch.zeros(2, 7, dtype=torch.long)})
+        w.end_step()
+    [f] = [f for f in w.findings if f.kind == "unseen"]
+    assert f.where == "batch.ids" and "batch.ids" not in w.taps
+    assert f.evidence == ("the batches carry batch.ids [2, 7], but it was never watched in the first 1 training batch: not an "
+                          "image-like floating-point tensor (integer ids, labels and masks are not watched)")
+    w.close()
