@@ -67,13 +67,15 @@ class FindingsReporter:
         ``found()``: logged as warnings and said on rank zero, never raised, nothing exchanged between ranks; returns
         the fresh ones (none when making or writing them failed: an internal error at ``console``)."""
         try:
+            from ..sinks.console import finding_text  # said as the findings log says every finding
+
             fresh = []
             for f in found():
                 f = dataclasses.replace(f, severity="warning")
                 if self.log.add(f):
                     fresh.append(f)
                     if self.log.policy != "log":
-                        self._at.warn(f"rangewatch: {f}")
+                        self._at.warn(finding_text(f))
             if fresh and self._at.sink is not None:
                 self._at.sink.findings(self.log.findings, step)
             return fresh

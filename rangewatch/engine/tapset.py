@@ -273,7 +273,7 @@ class TapSet:
             if cd is None:
                 # not image-like ((B, L, D) token sequences whose L varies, say): per-tensor statistics, which
                 # assume no channel axis; a tap with an expectation keeps dim 1 (its convention is per channel)
-                cd = 1 if self._expectation_for(tap_name) is not None else None
+                cd = 1 if exp is not None else None
             self.feed(tap_name, t, cd)
             return
         self.feed(tap_name, t, tap.channel_dim)
@@ -297,6 +297,10 @@ class TapSet:
             if key not in seen:
                 t = resolve_path(batch, key)
                 if t is not None and odd_tensor_kind(t) is None and t.is_floating_point() and t.dim() >= 3 and t.numel():
+                    tap = self.taps.get(prefix + key)
+                    if tap is not None:  # its channel dim was found at its first tensor
+                        self.feed(prefix + key, t, tap.channel_dim)
+                        continue
                     exp = self._expectation_for(prefix + key)
                     cd = convention_channel_dim(t, exp.conv) if exp is not None else None  # (N, T, C, H, W) latents too
                     self.feed(prefix + key, t, 1 if cd is None else cd)

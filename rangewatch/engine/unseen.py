@@ -38,9 +38,8 @@ class UnseenTaps:
     ``done``). ``declared`` returns the ``expect=`` and ``modules=`` keys; the taps seen and the hooked modules are
     given to each call."""
 
-    def __init__(self, declared: Callable[[], tuple[Mapping[str, str], Sequence[str]]], batch_declared: bool) -> None:
+    def __init__(self, declared: Callable[[], tuple[Mapping[str, str], Sequence[str]]]) -> None:
         self._keys = declared
-        self._batch_declared = batch_declared  # a declared batch path (worth recording the batches' tensor paths)
         self.tensor_keys: set[str] = set()  # declared keys that name no submodule: taps fed by tensor()
         #: the check window's end was reached (the finding made, the probes off): nothing more to record
         self.done = False
@@ -48,7 +47,7 @@ class UnseenTaps:
         self._ran: set[str] = set()  # probed submodules whose forward ran in the check window
         self._probed: set[str] = set()  # declared modules that have submodules (probed)
         self._batch_paths: dict[str, tuple[int, ...]] = {}  # tensor paths the training batches carried (window only)
-        self._tensor_names: list[str] = []  # names given to tensor() (window only)
+        self._tensor_names: dict[str, None] = {}  # distinct names given to tensor(), in order (window only)
 
     @property
     def probing(self) -> bool:
@@ -148,15 +147,21 @@ class UnseenTaps:
         self._probes.clear()
 
     # ------------------------------------------------------------------ during the window
-    def saw_tensor(self, name: str) -> None:
-        """A name given to ``tensor()`` in the check window (the first 64 kept)."""
-        if not self.done and len(self._tensor_names) < 64:
-            self._tensor_names.append(name)
+    def saw_tensor(self, name: str, hooked: Collection[str] | None = None) -> None:
+        """A name given to ``tensor()`` in the check window (the first 64 distinct kept); the taps of the ``hooked``
+        modules (their hooks feed through ``tensor()`` too) are not what the user fed instead, so they are left out."""
+        if not self.done and len(self._tensor_names) < 64 and name not in self._tensor_names:
+            if hooked is None or name.split(":", 1)[0] not in hooked:
+                self._tensor_names[name] = None
 
     def record_batch(self, batch: Any) -> None:
-        """The tensor paths of a training batch, while a declared batch path has not been seen."""
-        if self.done or len(self._batch_paths) >= 64 or not self._batch_declared:
+        """The tensor paths of a training batch, while a declared batch path (``expect=`` or ``modules=``) has not been
+        seen."""
+        if self.done or len(self._batch_paths) >= 64:
             return
+        expect, modules = self._keys()
+        if not any(k.startswith("batch") for k in (*expect, *modules)):
+            return  # no declared batch path: nothing to say about the batches
         for path, shape in tensor_paths(batch):
             self._batch_paths.setdefault(path, shape)
 
@@ -196,6 +201,11 @@ class UnseenTaps:
         batches = f"{n} training batch{'es' if n != 1 else ''}"
         if kind == "batch":
             paths = sorted(self._batch_paths.items())
+            if where in self._batch_paths:  # there, but never a tap: not a tensor rangewatch can watch as images
+                shape = list(self._batch_paths[where])
+                return (f"the batches carry {where} {shape}, but it was never watched in the first {batches}: not an "
+                        "image-like floating-point tensor (integer ids, labels and masks are not watched)",
+                        "name the path that holds the images, or watch this tensor by name with watch.tensor(name, tensor)")
             if paths:
                 listed = ", ".join(f"{p} {list(s)}" for p, s in paths[:_MAX_LISTED]) + (" ..." if len(paths) > _MAX_LISTED else "")
                 images = [t for t in sorted(seen) if t.startswith("batch")]  # the image-like ones
@@ -219,10 +229,10 @@ class UnseenTaps:
             return (f"{name}.forward was never called in the first {batches}{subs}: "
                     f"{name} is not used in training (or runs outside the watched steps)",
                     f"name a module the training step calls, or watch the tensor itself with watch.tensor({name!r}, t)")
-        given = sorted(set(self._tensor_names))
-        near = difflib.get_close_matches(name, [g.split(":", 1)[0] for g in given], n=2, cutoff=0.6)
+        given = sorted({g.split(":", 1)[0] for g in self._tensor_names})  # each name once (both sides fed: one name)
+        near = difflib.get_close_matches(name, given, n=2, cutoff=0.6)
         if given:
-            listed = ", ".join(repr(g.split(":", 1)[0]) for g in given[:_MAX_LISTED])
+            listed = ", ".join(repr(g) for g in given[:_MAX_LISTED])
             return (f"watch.tensor({name!r}, ...) was never called in the first {batches}; watch.tensor was given {listed}",
                     f"call watch.tensor({name!r}, tensor) in the training step" + (f", or declare the name it is fed as ({', '.join(map(repr, near))})" if near else ""))
         return (f"watch.tensor({name!r}, ...) was never called in the first {batches}, and no submodule is named {name!r}",

@@ -129,7 +129,7 @@ class Watch:
         self._tapset.moments, self._tapset.validation = o.moments_every_step, o.watch_validation
         self._agreement = RankAgreement(self._env, self._reporter)  # the ranks agree on the taps before each check
         self._checks = TapChecks(self._sources, self._reporter, self._env)  # judging each tap at a check step
-        self._unseen = UnseenTaps(lambda: (self.expect, self.modules), bool(batch_paths))  # declared taps never seen
+        self._unseen = UnseenTaps(lambda: (self.expect, self.modules))  # declared taps never seen
         self._previews = PreviewGate()  # the preview watch: which calls are measured, their findings
         self._check_logging = CheckLogging()  # a check's histograms, overview and latent previews
         self._steps = StepCadence(self.log_every_n_steps or 50)  # check steps, the open step, batches so far
@@ -304,7 +304,7 @@ class Watch:
         if not self._steps.open and not phase and not name.startswith("val/"):
             self.begin_step()  # a loop that feeds tensors and no batch: the step opens here, as batch() opens it
         if not phase and not self._unseen.done:
-            self._unseen.saw_tensor(name)
+            self._unseen.saw_tensor(name, self._hooks.hooked)
         if name not in taps.taps and self._sources.vae_latents and not name.startswith(("batch", "val/")):
             bound = self._sources.bind_latent(name, t)  # once per tap: a tensor named as latents, judged against the VAE's config
             if bound is not None and channel_dim is None and phase + name not in taps.taps:

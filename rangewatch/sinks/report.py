@@ -244,19 +244,35 @@ def _add_text(run: _Run, name: str, items: list[_Text]) -> None:
         run.texts.setdefault(name, []).extend(items)
 
 
-def _add_scalar(run: _Run, tag: str, items: list[_Scalar]) -> None:
+def _stat_parts(tag: str) -> tuple[str, str, int | None] | None:
+    """(tap, stat, channel) of a tap's statistic (``<group>/<tap>/<stat>[/c<k>]``, read from the right); None for
+    any other tag."""
     parts = _ungrouped(tag).split("/")
-    stat = channel = None
-    tap = ""
     if len(parts) >= 3 and _CHANNEL.match(parts[-1]) and parts[-2] in STATS:
-        stat, channel, tap = parts[-2], int(parts[-1][1:]), "/".join(parts[:-2])
-    elif len(parts) >= 2 and (parts[-1] in STATS or parts[-1] in _EXPECTED):
-        stat, tap = parts[-1], "/".join(parts[:-1])
+        return "/".join(parts[:-2]), parts[-2], int(parts[-1][1:])
+    if len(parts) >= 2 and (parts[-1] in STATS or parts[-1] in _EXPECTED):
+        return "/".join(parts[:-1]), parts[-1], None
+    return None
+
+
+def _hist_parts(tag: str) -> tuple[str, int | None] | None:
+    """(tap, channel) of a tap's histogram (``<group>/<tap>/hist[/c<k>]``); None for any other tag."""
+    parts = _ungrouped(tag).split("/")
+    if len(parts) >= 3 and parts[-2] == HIST and _CHANNEL.match(parts[-1]):
+        return "/".join(parts[:-2]), int(parts[-1][1:])
+    if len(parts) >= 2 and parts[-1] == HIST:
+        return "/".join(parts[:-1]), None
+    return None
+
+
+def _add_scalar(run: _Run, tag: str, items: list[_Scalar]) -> None:
     if tag.startswith(FINDINGS + "/"):  # the findings counts: the summary says them
         return
-    if stat is None or not tap or preview_slug(tag) is not None:
+    parsed = _stat_parts(tag)
+    if parsed is None or not parsed[0] or preview_slug(tag) is not None:
         run.scalars.setdefault(tag, []).extend(items)
         return
+    tap, stat, channel = parsed
     t = run.taps.setdefault(tap, _Tap(tap))
     vals = t.series.setdefault(stat, {}).setdefault(channel, {})
     for ev in sorted(items, key=lambda e: (e.step, e.wall)):
@@ -271,15 +287,12 @@ def _add_hist(run: _Run, tag: str, items: list[_Hist]) -> None:
         slug = sr[0]
         run.previews.setdefault(slug, _Preview(slug)).hists[tag] = last
         return
-    parts = _ungrouped(tag).split("/")
-    if len(parts) >= 3 and parts[-2] == HIST and _CHANNEL.match(parts[-1]):
-        tap = "/".join(parts[:-2])
-        run.taps.setdefault(tap, _Tap(tap)).hists[int(parts[-1][1:])] = last
-    elif len(parts) >= 2 and parts[-1] == HIST:
-        tap = "/".join(parts[:-1])
-        run.taps.setdefault(tap, _Tap(tap)).hists[None] = last
-    else:
+    parsed = _hist_parts(tag)
+    if parsed is None:
         run.hists[tag] = last
+        return
+    tap, channel = parsed
+    run.taps.setdefault(tap, _Tap(tap)).hists[channel] = last
 
 
 def _add_images(run: _Run, tag: str, items: list[_Image]) -> None:
@@ -1120,12 +1133,10 @@ def _known(tag: str, kind: str) -> bool:
     """Tags of the documented layout (everything else is listed as 'other')."""
     if preview_slug(tag) is not None or tag.startswith(FINDINGS + "/") or tag == FINDINGS:
         return True
-    parts = _ungrouped(tag).split("/")
     if kind == "scalars":
-        return (len(parts) >= 3 and parts[-2] in STATS and bool(_CHANNEL.match(parts[-1]))) or (
-            len(parts) >= 2 and (parts[-1] in STATS or parts[-1] in _EXPECTED))
+        return _stat_parts(tag) is not None
     if kind == "histograms":
-        return (len(parts) >= 3 and parts[-2] == HIST and bool(_CHANNEL.match(parts[-1]))) or parts[-1] == HIST
+        return _hist_parts(tag) is not None
     return False
 
 

@@ -86,3 +86,26 @@ def test_notes_are_said_once_per_key_and_the_clock_reads_the_own_counter():
     assert env.now() == 7
     env.clock = lambda: None  # a clock that has no step yet
     assert (env.step(), env.now()) == (None, 0)
+
+
+def test_findings_at_the_end_of_a_run_are_warnings_said_as_every_finding_is_said():
+    """``report_as_warnings`` (a run that ended before its check window closed): never raised, even under
+    ``policy="raise"``, each once, and said in the console layout of the findings log (headline, fix, pointer)."""
+    from rangewatch.findings.finding import unseen_finding
+
+    said = []
+    env = Surroundings(lambda level, text: said.append((level, text)))
+    rep = FindingsReporter("raise", env)
+    f = unseen_finding("batch.image", declared="expect={'batch.image': 'unit'}", batches=1, evidence="no tensor at batch.image",
+                       fix="name the path that holds the images", raising=True, step=0)
+    fresh = rep.report_as_warnings(lambda: [f], 0)
+    assert [(g.kind, g.severity) for g in fresh] == [("unseen", "warning")] and rep.report_as_warnings(lambda: [f], 1) == []
+    [(level, text)] = said
+    assert level == "warn"
+    assert text.splitlines() == [
+        "rangewatch: [unseen] batch.image at step 0: saw never seen in the first 1 training batch; expected declared: "
+        "expect={'batch.image': 'unit'}",
+        "  evidence: no tensor at batch.image ...",
+        "  fix: name the path that holds the images",
+        "  full evidence: Finding.evidence, `rangewatch report LOGDIR`, TensorBoard's RANGEWATCH tab",
+    ]

@@ -34,6 +34,26 @@ def test_a_batch_makes_its_image_taps_with_per_channel_statistics():
     assert taps.taps["batch.image"].fed and taps.taps["batch.image"].channel_dim == 1
 
 
+def test_declared_latents_in_a_batch_keep_their_channel_axis_over_steps():
+    """A declared path that is not image-like (16-channel latents under a key find_images does not take, read as
+    (N, T, C, H, W)): its channels found on dim 2 at the first batch, and every later batch counted into the same
+    per-channel statistics (numpy reference)."""
+    exp = Expectation("sd3_latent", "declared in RangeWatch(expect={'batch.z': 'sd3_latent'})", "declared", "batch")
+    env = Surroundings(lambda level, text: None)
+    taps = TapSet(FindingsReporter("log", env), env, {"batch.z": exp}.get, ["batch.z"], {})
+    g = torch.Generator().manual_seed(0)
+    zs = [torch.randn(2, 3, 16, 4, 4, generator=g) for _ in range(3)]
+    for z in zs:
+        taps.feed_batch({"z": z}, "", None, ())
+    assert list(taps.taps) == ["batch.z"]
+    tap = taps.taps["batch.z"]
+    assert tap.channel_dim == 2 and not tap.disabled
+    s = tap.stats.compute()
+    ref = np.concatenate([z.numpy().transpose(2, 0, 1, 3, 4).reshape(16, -1) for z in zs], axis=1)
+    assert s.count.tolist() == [ref.shape[1]] * 16
+    assert np.allclose(s.min.numpy(), ref.min(1)) and np.allclose(s.max.numpy(), ref.max(1))
+
+
 def test_a_declared_convention_that_does_not_fit_is_a_finding_for_the_next_check():
     exp = Expectation("imagenet", "declared in RangeWatch(expect={'batch.image': 'imagenet'})", "declared", "batch")
     taps, _ = _tapset({"batch.image": exp})

@@ -19,7 +19,7 @@ class Model(nn.Module):
 
 
 def test_keys_that_name_no_submodule_are_tensor_taps_and_near_misses_stay_modules():
-    un = UnseenTaps(lambda: ({}, []), batch_declared=False)
+    un = UnseenTaps(lambda: ({}, []))
     wanted = {"ae": {"input"}, "latents": {"input"}, "ae.encodr": {"input"}, "heads": {"output"}, "unet": {"input"},
               "noise": {"input"}}
     kept = un.split_tensor_keys(Model(), wanted, derived={"unet"})
@@ -31,7 +31,7 @@ def test_keys_that_name_no_submodule_are_tensor_taps_and_near_misses_stay_module
 
 def test_an_encode_that_bypasses_forward_is_named_with_the_submodules_that_ran():
     model = Model()
-    un = UnseenTaps(lambda: ({"ae": "symmetric"}, []), batch_declared=False)
+    un = UnseenTaps(lambda: ({"ae": "symmetric"}, []))
     hooked = {"ae": ("input",)}
     un.probe(model, hooked)
     assert un.probing
@@ -48,7 +48,7 @@ def test_an_encode_that_bypasses_forward_is_named_with_the_submodules_that_ran()
 
 
 def test_batch_paths_and_tensor_names_say_what_was_fed_instead():
-    un = UnseenTaps(lambda: ({"batch.image": "unit", "latents": "sd15_latent"}, ["batch.mask"]), batch_declared=True)
+    un = UnseenTaps(lambda: ({"batch.image": "unit", "latents": "sd15_latent"}, ["batch.mask"]))
     un.split_tensor_keys(Model(), {"latents": {"input"}})
     for _ in range(2):
         un.record_batch((torch.rand(4, 3, 8, 8), torch.zeros(4)))  # a tuple batch
@@ -62,3 +62,57 @@ def test_batch_paths_and_tensor_names_say_what_was_fed_instead():
     assert found["latents:input"].evidence == ("watch.tensor('latents', ...) was never called in the first 2 training "
                                                "batches; watch.tensor was given 'latent'")
     assert found["latents:input"].fix.endswith("or declare the name it is fed as ('latent')")
+
+
+def test_the_tensor_names_said_are_the_users_not_the_hooked_modules():
+    """Module hooks feed through Watch.tensor too; an unseen tensor tap lists only the names the loop gave, each once."""
+    from rangewatch import Watch
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1))
+    w = Watch(expect={"0": "unit", "latents": "sd15_latent"}, modules=["1"], policy="log", watch_visualization=False,
+              derive_expectations=False, check_first_n=2, messages=lambda level, text: None)
+    w.attach(model, tensor_taps=True)
+    for _ in range(3):
+        model(torch.rand(2, 3, 8, 8))  # hooks on 0 (input) and 1 (input and output)
+        w.tensor("latent", torch.randn(2, 4, 8, 8))
+        w.tensor("latent:output", torch.randn(2, 4, 8, 8))
+        w.end_step()
+    [f] = [f for f in w.findings if f.kind == "unseen"]
+    assert f.where == "latents:input"
+    assert f.evidence == ("watch.tensor('latents', ...) was never called in the first 2 training batches; "
+                          "watch.tensor was given 'latent'")
+    w.close()
+
+
+def test_a_batch_path_declared_in_modules_says_what_the_batches_carry():
+    """``modules=["batch.img"]`` alone declares a batch path, as ``expect=`` does: the finding lists the paths the
+    batches did carry, not "no tensor at all"."""
+    from rangewatch import Watch
+
+    w = Watch(modules=["batch.img"], policy="log", watch_visualization=False, derive_expectations=False, check_first_n=1,
+              messages=lambda level, text: None)
+    for _ in range(2):
+        w.batch({"image": torch.rand(2, 3, 16, 16)})
+        w.end_step()
+    [f] = [f for f in w.findings if f.kind == "unseen"]
+    assert (f.where, f.expected) == ("batch.img", "declared: modules=['batch.img']")
+    assert f.evidence == "no tensor at batch.img in the first 1 training batch; the batches carry batch.image [2, 3, 16, 16]"
+    assert "'batch.image'" in f.fix
+    w.close()
+
+
+def test_a_declared_batch_path_that_is_there_but_not_watchable_is_said_to_be_there():
+    """A declared path the batches carry that never became a tap (integer ids): the finding says it is there and why
+    it was not watched, never "no tensor at" a path the batches carry."""
+    from rangewatch import Watch
+
+    w = Watch(expect={"batch.ids": "unit"}, policy="log", watch_visualization=False, derive_expectations=False,
+              check_first_n=1, messages=lambda level, text: None)
+    for _ in range(2):
+        w.batch({"image": torch.rand(2, 3, 16, 16), "ids": torch.zeros(2, 7, dtype=torch.long)})
+        w.end_step()
+    [f] = [f for f in w.findings if f.kind == "unseen"]
+    assert f.where == "batch.ids" and "batch.ids" not in w.taps
+    assert f.evidence == ("the batches carry batch.ids [2, 7], but it was never watched in the first 1 training batch: not an "
+                          "image-like floating-point tensor (integer ids, labels and masks are not watched)")
+    w.close()
