@@ -32,6 +32,7 @@ from typing import Any, Callable
 import torch
 
 from ..expect.conventions import Convention
+from ..expect.vae_latents import latents_to_model, latents_to_raw
 from ..findings.finding import Finding, nonfinite_finding
 
 __all__ = ["CACHE_SUFFIXES", "CacheReport", "check_cache", "find_cache_files", "read_latents", "resolve_vae"]
@@ -185,25 +186,11 @@ class CacheReport:
 
 
 def _raw_to_model(z: torch.Tensor, conv: Convention, cd: int) -> torch.Tensor:
-    s = float(conv.scale or 1.0)
-    if conv.latents_mean is not None and conv.latents_std is not None:
-        shape = [1] * z.dim()
-        shape[cd] = -1
-        m = torch.tensor(conv.latents_mean, dtype=z.dtype).reshape(shape)
-        sd = torch.tensor(conv.latents_std, dtype=z.dtype).reshape(shape)
-        return (z - m) * s / sd
-    return (z - float(conv.shift or 0.0)) * s
+    return latents_to_model(z, conv.scale, conv.shift, conv.latents_mean, conv.latents_std, cd)
 
 
 def _model_to_raw(z: torch.Tensor, conv: Convention, cd: int) -> torch.Tensor:
-    s = float(conv.scale or 1.0)
-    if conv.latents_mean is not None and conv.latents_std is not None:
-        shape = [1] * z.dim()
-        shape[cd] = -1
-        m = torch.tensor(conv.latents_mean, dtype=z.dtype).reshape(shape)
-        sd = torch.tensor(conv.latents_std, dtype=z.dtype).reshape(shape)
-        return z * sd / s + m
-    return z / s + float(conv.shift or 0.0)
+    return latents_to_raw(z, conv.scale, conv.shift, conv.latents_mean, conv.latents_std, cd)
 
 
 def _raw_std(conv: Convention, c: int) -> float:
