@@ -193,22 +193,6 @@ def _model_to_raw(z: torch.Tensor, conv: Convention, cd: int) -> torch.Tensor:
     return latents_to_raw(z, conv.scale, conv.shift, conv.latents_mean, conv.latents_std, cd)
 
 
-def _raw_std(conv: Convention, c: int) -> float:
-    """The flattened std of raw VAE latents the convention describes (1 / scale, or from latents_std/mean)."""
-    if conv.latents_std is not None:
-        ls = torch.tensor(conv.latents_std, dtype=torch.float64)
-        var = float((ls ** 2).mean())
-        if conv.latents_mean is not None:
-            lm = torch.tensor(conv.latents_mean, dtype=torch.float64)
-            var += float(((lm - lm.mean()) ** 2).mean())
-        return math.sqrt(var)
-    return 1.0 / float(conv.scale or 1.0)
-
-
-def _model_std(conv: Convention) -> float:
-    return float(conv.scale or 1.0) if conv.latents_std is not None else 1.0
-
-
 def _png(img: torch.Tensor) -> bytes:
     """(3, H, W) in [0, 1] -> PNG bytes (nearest-neighbour enlarged to at least 128 px wide)."""
     from PIL import Image
@@ -245,7 +229,7 @@ def check_cache(root: str | os.PathLike, vae: str | None = None, *, sample: int 
     ``stored``: ``"auto"`` (read from the data), ``"raw"`` or ``"scaled"``."""
     from tqdm.auto import tqdm
 
-    from .latents import LatentMonitor, _global_std
+    from .latents import LatentMonitor, _global_expected, _global_std, expected_stds
 
     conv, folder = resolve_vae(vae)
     files = find_cache_files(root)
@@ -317,7 +301,8 @@ def check_cache(root: str | os.PathLike, vae: str | None = None, *, sample: int 
                          "convention name such as sdxl_latent); NaN/Inf and outliers are checked")
         monitor_conv = None
     else:
-        want = {"raw": _raw_std(conv, c), "scaled": _model_std(conv)}
+        model_sd, raw_sd = expected_stds(conv, c)  # the std of all values, raw and scaled (checks/latents.py)
+        want = {"raw": _global_expected(raw_sd, conv, "missing"), "scaled": _global_expected(model_sd, conv, "right")}
         d = {k: abs(math.log(rep.global_std) - math.log(v)) if rep.global_std > 0 else float("inf") for k, v in want.items()}
         if stored in ("raw", "scaled"):
             rep.storage = stored

@@ -292,11 +292,7 @@ class LatentMonitor:
 
     def _expected(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (expected model-space std, raw unscaled VAE std)."""
-        s = float(self.conv.scale or 1.0)
-        if self.conv.latents_std is not None:
-            raw = torch.tensor(_expand(self.conv.latents_std, c), dtype=torch.float64)
-            return torch.full((c,), s, dtype=torch.float64), raw
-        return torch.ones(c, dtype=torch.float64), torch.full((c,), 1.0 / s, dtype=torch.float64)
+        return expected_stds(self.conv, c)
 
     def analyse(self) -> LatentCheck | None:
         """The numbers behind :meth:`check` (one host transfer); ``None`` before any update."""
@@ -712,6 +708,17 @@ def _t_quantile(p: float, dof: int) -> float:
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if tail(mid) > p else (lo, mid)
     return hi
+
+
+def expected_stds(conv: Convention, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (expected model-space std, raw unscaled VAE std) of ``c``-channel latents under ``conv``:
+    ``(scale, latents_std)`` when the VAE declares ``latents_std`` (``(z - mean) * scale / std``), else
+    ``(1, 1 / scale)``. :func:`_global_expected` turns either into the std of all values."""
+    s = float(conv.scale or 1.0)
+    if conv.latents_std is not None:
+        raw = torch.tensor(_expand(conv.latents_std, c), dtype=torch.float64)
+        return torch.full((c,), s, dtype=torch.float64), raw
+    return torch.ones(c, dtype=torch.float64), torch.full((c,), 1.0 / s, dtype=torch.float64)
 
 
 def _expand(values: Sequence[float], c: int) -> list[float]:
