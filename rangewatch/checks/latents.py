@@ -737,11 +737,7 @@ def _global_std(summ: RangeSummary) -> float:
     ok = (n > 0) & torch.isfinite(summ.mean) & torch.isfinite(summ.std)
     if not bool(ok.any()):
         return float("nan")
-    n, m, sd = n[ok], summ.mean.double()[ok], summ.std.double()[ok]
-    big = float(n.sum())
-    mu = float((n * m).sum()) / big
-    var = float((n * (sd * sd + (m - mu) ** 2)).sum()) / big
-    return math.sqrt(var) if var > 0 else float("nan")
+    return _pooled_std(n[ok], summ.mean.double()[ok], summ.std.double()[ok])
 
 
 def _global_robust_std(summ: RangeSummary, robust: torch.Tensor) -> float:
@@ -753,10 +749,15 @@ def _global_robust_std(summ: RangeSummary, robust: torch.Tensor) -> float:
     ok = (n > 0) & torch.isfinite(summ.mean)
     if not bool(ok.any()) or not bool(torch.isfinite(robust[ok]).all()):
         return float("nan")
-    n, m, r = n[ok], summ.mean.double()[ok], robust.double()[ok]
+    return _pooled_std(n[ok], summ.mean.double()[ok], robust.double()[ok])
+
+
+def _pooled_std(n: torch.Tensor, m: torch.Tensor, spread: torch.Tensor) -> float:
+    """The std of channels pooled (counts ``n``, means ``m``, spreads ``spread``, float64): within-channel
+    variance plus the spread of the channel means; NaN when it is 0."""
     big = float(n.sum())
     mu = float((n * m).sum()) / big
-    var = float((n * (r * r + (m - mu) ** 2)).sum()) / big
+    var = float((n * (spread * spread + (m - mu) ** 2)).sum()) / big
     return math.sqrt(var) if var > 0 else float("nan")
 
 
