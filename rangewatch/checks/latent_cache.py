@@ -114,15 +114,19 @@ def resolve_vae(vae: str | None) -> tuple[Convention | None, str | None]:
 
 def _batched(t: torch.Tensor, conv: Convention | None) -> tuple[torch.Tensor, int]:
     """``(tensor with a batch dim, channel dim)``: a cache file holds one sample ``(C, H, W)`` / ``(C, T, H, W)``
-    or a batch ``(N, C, H, W)`` / ``(N, C, T, H, W)``."""
+    or a batch ``(N, C, H, W)`` / ``(N, C, T, H, W)``; under a convention whose pipelines keep ``(N, T, C, H, W)``
+    (CogVideoX, ``layout == "NTCHW"``) one clip ``(T, C, H, W)`` or a batch ``(N, T, C, H, W)``."""
     c = conv.channels if conv is not None else None
     if c:
+        if conv is not None and conv.layout == "NTCHW":  # before the channels-first reading, which would take T for N
+            if t.dim() == 5 and t.shape[2] == c:
+                return t, 2
+            if t.dim() == 4 and t.shape[1] == c and t.shape[0] != c:
+                return t[None], 2
         if t.shape[0] == c:
             return t[None], 1
         if t.dim() >= 4 and t.shape[1] == c:
             return t, 1
-        if conv is not None and conv.layout == "NTCHW" and t.dim() == 4 and t.shape[1] == c:
-            return t[None], 2
     return t[None], 1
 
 
