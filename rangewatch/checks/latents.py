@@ -645,10 +645,7 @@ class LatentMonitor:
                 f"channel means {_fmt(m)} through the latent-to-RGB factors give RGB {_fmt(rgb)} "
                 f"({_signs(rgb.tolist())}; about {', '.join(f'{v:+.0%}' for v in disp)} of the display range), "
                 f"chroma {size:.3f} towards {name} (hue {hue_angle(chroma.tolist()):.0f} deg), brightness {lum:+.3f}; "
-                f"mostly from {', '.join(parts) or 'several channels'}{note}. The mean colour of the images "
-                "in one window is their content (a sunset is orange, a red car red), not a cast: nothing to fix "
-                "on this evidence; a cast shows as a drift of the channel means across denoising steps, which "
-                "watch_pipeline judges"
+                f"mostly from {', '.join(parts) or 'several channels'}{note}" + CAST_IS_CONTENT
             ),
             fix="",
             severity="info",
@@ -680,6 +677,13 @@ class LatentMonitor:
             "the channel means before decoding; if this is the training target, look for the step that blows them up",
             severity="info" if smooth else "warning",
         )
+
+
+#: the end of every ``color_cast`` finding's evidence; :mod:`rangewatch.pipeline.checks` cuts it off when the
+#: denoising steps show a drift (then the cast is judged, not content)
+CAST_IS_CONTENT = (". The mean colour of the images in one window is their content (a sunset is orange, a red car red), "
+                   "not a cast: nothing to fix on this evidence; a cast shows as a drift of the channel means across "
+                   "denoising steps, which watch_pipeline judges")
 
 
 #: one-sided level at which the latent_shift check's common channel mean must rule out the other hypotheses
