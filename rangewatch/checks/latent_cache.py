@@ -32,6 +32,7 @@ from typing import Any, Callable
 import torch
 
 from ..expect.conventions import Convention
+from ..expect.vae_latents import latents_to_model, latents_to_raw
 from ..findings.finding import Finding, nonfinite_finding
 
 __all__ = ["CACHE_SUFFIXES", "CacheReport", "check_cache", "find_cache_files", "read_latents", "resolve_vae"]
@@ -113,15 +114,19 @@ def resolve_vae(vae: str | None) -> tuple[Convention | None, str | None]:
 
 def _batched(t: torch.Tensor, conv: Convention | None) -> tuple[torch.Tensor, int]:
     """``(tensor with a batch dim, channel dim)``: a cache file holds one sample ``(C, H, W)`` / ``(C, T, H, W)``
-    or a batch ``(N, C, H, W)`` / ``(N, C, T, H, W)``."""
+    or a batch ``(N, C, H, W)`` / ``(N, C, T, H, W)``; under a convention whose pipelines keep ``(N, T, C, H, W)``
+    (CogVideoX, ``layout == "NTCHW"``) one clip ``(T, C, H, W)`` or a batch ``(N, T, C, H, W)``."""
     c = conv.channels if conv is not None else None
     if c:
+        if conv is not None and conv.layout == "NTCHW":  # before the channels-first reading, which would take T for N
+            if t.dim() == 5 and t.shape[2] == c:
+                return t, 2
+            if t.dim() == 4 and t.shape[1] == c and t.shape[0] != c:
+                return t[None], 2
         if t.shape[0] == c:
             return t[None], 1
         if t.dim() >= 4 and t.shape[1] == c:
             return t, 1
-        if conv is not None and conv.layout == "NTCHW" and t.dim() == 4 and t.shape[1] == c:
-            return t[None], 2
     return t[None], 1
 
 
@@ -185,41 +190,11 @@ class CacheReport:
 
 
 def _raw_to_model(z: torch.Tensor, conv: Convention, cd: int) -> torch.Tensor:
-    s = float(conv.scale or 1.0)
-    if conv.latents_mean is not None and conv.latents_std is not None:
-        shape = [1] * z.dim()
-        shape[cd] = -1
-        m = torch.tensor(conv.latents_mean, dtype=z.dtype).reshape(shape)
-        sd = torch.tensor(conv.latents_std, dtype=z.dtype).reshape(shape)
-        return (z - m) * s / sd
-    return (z - float(conv.shift or 0.0)) * s
+    return latents_to_model(z, conv.scale, conv.shift, conv.latents_mean, conv.latents_std, cd)
 
 
 def _model_to_raw(z: torch.Tensor, conv: Convention, cd: int) -> torch.Tensor:
-    s = float(conv.scale or 1.0)
-    if conv.latents_mean is not None and conv.latents_std is not None:
-        shape = [1] * z.dim()
-        shape[cd] = -1
-        m = torch.tensor(conv.latents_mean, dtype=z.dtype).reshape(shape)
-        sd = torch.tensor(conv.latents_std, dtype=z.dtype).reshape(shape)
-        return z * sd / s + m
-    return z / s + float(conv.shift or 0.0)
-
-
-def _raw_std(conv: Convention, c: int) -> float:
-    """The flattened std of raw VAE latents the convention describes (1 / scale, or from latents_std/mean)."""
-    if conv.latents_std is not None:
-        ls = torch.tensor(conv.latents_std, dtype=torch.float64)
-        var = float((ls ** 2).mean())
-        if conv.latents_mean is not None:
-            lm = torch.tensor(conv.latents_mean, dtype=torch.float64)
-            var += float(((lm - lm.mean()) ** 2).mean())
-        return math.sqrt(var)
-    return 1.0 / float(conv.scale or 1.0)
-
-
-def _model_std(conv: Convention) -> float:
-    return float(conv.scale or 1.0) if conv.latents_std is not None else 1.0
+    return latents_to_raw(z, conv.scale, conv.shift, conv.latents_mean, conv.latents_std, cd)
 
 
 def _png(img: torch.Tensor) -> bytes:
@@ -258,7 +233,7 @@ def check_cache(root: str | os.PathLike, vae: str | None = None, *, sample: int 
     ``stored``: ``"auto"`` (read from the data), ``"raw"`` or ``"scaled"``."""
     from tqdm.auto import tqdm
 
-    from .latents import LatentMonitor, _global_std
+    from .latents import LatentMonitor, _global_expected, _global_std, expected_stds
 
     conv, folder = resolve_vae(vae)
     files = find_cache_files(root)
@@ -330,7 +305,8 @@ def check_cache(root: str | os.PathLike, vae: str | None = None, *, sample: int 
                          "convention name such as sdxl_latent); NaN/Inf and outliers are checked")
         monitor_conv = None
     else:
-        want = {"raw": _raw_std(conv, c), "scaled": _model_std(conv)}
+        model_sd, raw_sd = expected_stds(conv, c)  # the std of all values, raw and scaled (checks/latents.py)
+        want = {"raw": _global_expected(raw_sd, conv, "missing"), "scaled": _global_expected(model_sd, conv, "right")}
         d = {k: abs(math.log(rep.global_std) - math.log(v)) if rep.global_std > 0 else float("inf") for k, v in want.items()}
         if stored in ("raw", "scaled"):
             rep.storage = stored

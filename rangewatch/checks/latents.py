@@ -292,11 +292,7 @@ class LatentMonitor:
 
     def _expected(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (expected model-space std, raw unscaled VAE std)."""
-        s = float(self.conv.scale or 1.0)
-        if self.conv.latents_std is not None:
-            raw = torch.tensor(_expand(self.conv.latents_std, c), dtype=torch.float64)
-            return torch.full((c,), s, dtype=torch.float64), raw
-        return torch.ones(c, dtype=torch.float64), torch.full((c,), 1.0 / s, dtype=torch.float64)
+        return expected_stds(self.conv, c)
 
     def analyse(self) -> LatentCheck | None:
         """The numbers behind :meth:`check` (one host transfer); ``None`` before any update."""
@@ -649,10 +645,7 @@ class LatentMonitor:
                 f"channel means {_fmt(m)} through the latent-to-RGB factors give RGB {_fmt(rgb)} "
                 f"({_signs(rgb.tolist())}; about {', '.join(f'{v:+.0%}' for v in disp)} of the display range), "
                 f"chroma {size:.3f} towards {name} (hue {hue_angle(chroma.tolist()):.0f} deg), brightness {lum:+.3f}; "
-                f"mostly from {', '.join(parts) or 'several channels'}{note}. The mean colour of the images "
-                "in one window is their content (a sunset is orange, a red car red), not a cast: nothing to fix "
-                "on this evidence; a cast shows as a drift of the channel means across denoising steps, which "
-                "watch_pipeline judges"
+                f"mostly from {', '.join(parts) or 'several channels'}{note}" + CAST_IS_CONTENT
             ),
             fix="",
             severity="info",
@@ -686,6 +679,13 @@ class LatentMonitor:
         )
 
 
+#: the end of every ``color_cast`` finding's evidence; :mod:`rangewatch.pipeline.checks` cuts it off when the
+#: denoising steps show a drift (then the cast is judged, not content)
+CAST_IS_CONTENT = (". The mean colour of the images in one window is their content (a sunset is orange, a red car red), "
+                   "not a cast: nothing to fix on this evidence; a cast shows as a drift of the channel means across "
+                   "denoising steps, which watch_pipeline judges")
+
+
 #: one-sided level at which the latent_shift check's common channel mean must rule out the other hypotheses
 #: (the tail of 3 standard deviations of a normal distribution)
 _SHIFT_P = 0.5 * math.erfc(3 / math.sqrt(2))
@@ -714,6 +714,17 @@ def _t_quantile(p: float, dof: int) -> float:
     return hi
 
 
+def expected_stds(conv: Convention, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (expected model-space std, raw unscaled VAE std) of ``c``-channel latents under ``conv``:
+    ``(scale, latents_std)`` when the VAE declares ``latents_std`` (``(z - mean) * scale / std``), else
+    ``(1, 1 / scale)``. :func:`_global_expected` turns either into the std of all values."""
+    s = float(conv.scale or 1.0)
+    if conv.latents_std is not None:
+        raw = torch.tensor(_expand(conv.latents_std, c), dtype=torch.float64)
+        return torch.full((c,), s, dtype=torch.float64), raw
+    return torch.ones(c, dtype=torch.float64), torch.full((c,), 1.0 / s, dtype=torch.float64)
+
+
 def _expand(values: Sequence[float], c: int) -> list[float]:
     v = list(values)
     if len(v) == c:
@@ -730,11 +741,7 @@ def _global_std(summ: RangeSummary) -> float:
     ok = (n > 0) & torch.isfinite(summ.mean) & torch.isfinite(summ.std)
     if not bool(ok.any()):
         return float("nan")
-    n, m, sd = n[ok], summ.mean.double()[ok], summ.std.double()[ok]
-    big = float(n.sum())
-    mu = float((n * m).sum()) / big
-    var = float((n * (sd * sd + (m - mu) ** 2)).sum()) / big
-    return math.sqrt(var) if var > 0 else float("nan")
+    return _pooled_std(n[ok], summ.mean.double()[ok], summ.std.double()[ok])
 
 
 def _global_robust_std(summ: RangeSummary, robust: torch.Tensor) -> float:
@@ -746,10 +753,15 @@ def _global_robust_std(summ: RangeSummary, robust: torch.Tensor) -> float:
     ok = (n > 0) & torch.isfinite(summ.mean)
     if not bool(ok.any()) or not bool(torch.isfinite(robust[ok]).all()):
         return float("nan")
-    n, m, r = n[ok], summ.mean.double()[ok], robust.double()[ok]
+    return _pooled_std(n[ok], summ.mean.double()[ok], robust.double()[ok])
+
+
+def _pooled_std(n: torch.Tensor, m: torch.Tensor, spread: torch.Tensor) -> float:
+    """The std of channels pooled (counts ``n``, means ``m``, spreads ``spread``, float64): within-channel
+    variance plus the spread of the channel means; NaN when it is 0."""
     big = float(n.sum())
     mu = float((n * m).sum()) / big
-    var = float((n * (r * r + (m - mu) ** 2)).sum()) / big
+    var = float((n * (spread * spread + (m - mu) ** 2)).sum()) / big
     return math.sqrt(var) if var > 0 else float("nan")
 
 

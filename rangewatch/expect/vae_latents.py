@@ -47,9 +47,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from .conventions import Convention, get_convention
 
-__all__ = ["latent_convention_of", "vae_config"]
+__all__ = ["latent_convention_of", "latents_to_model", "latents_to_raw", "vae_config"]
 
 _VIDEO_NTCHW = {"AutoencoderKLCogVideoX"}
 _VIDEO = {"AutoencoderKLWan", "AutoencoderKLQwenImage", "AutoencoderKLCogVideoX", "AutoencoderKLHunyuanVideo", "AutoencoderKLLTXVideo",
@@ -168,3 +170,31 @@ def named_latent_convention(name: str) -> Convention:
     if conv.kind != "latent":
         raise ValueError(f"{conv.name} is a pixel convention, not a latent one")
     return conv
+
+
+def _per_channel(z: torch.Tensor, values: Any, channel_dim: int) -> torch.Tensor:
+    shape = [1] * z.dim()
+    shape[channel_dim] = -1
+    return torch.tensor(list(values), dtype=z.dtype, device=z.device).reshape(shape)
+
+
+def latents_to_model(z: torch.Tensor, scale: float | None, shift: float | None, latents_mean: Any = None,
+                     latents_std: Any = None, channel_dim: int = 1) -> torch.Tensor:
+    """Raw VAE latents in the diffusion model's space, as the diffusers pipelines scale them after encode:
+    ``(z - latents_mean) * scale / latents_std`` per channel when the VAE declares both, else
+    ``(z - shift) * scale`` (the table above)."""
+    s = float(scale or 1.0)
+    if latents_mean is not None and latents_std is not None:
+        m, sd = _per_channel(z, latents_mean, channel_dim), _per_channel(z, latents_std, channel_dim)
+        return (z - m) * s / sd
+    return (z - float(shift or 0.0)) * s
+
+
+def latents_to_raw(z: torch.Tensor, scale: float | None, shift: float | None, latents_mean: Any = None,
+                   latents_std: Any = None, channel_dim: int = 1) -> torch.Tensor:
+    """The inverse of :func:`latents_to_model`: what the pipelines hand ``vae.decode``."""
+    s = float(scale or 1.0)
+    if latents_mean is not None and latents_std is not None:
+        m, sd = _per_channel(z, latents_mean, channel_dim), _per_channel(z, latents_std, channel_dim)
+        return z * sd / s + m
+    return z / s + float(shift or 0.0)

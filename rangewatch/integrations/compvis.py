@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .metadata import Deriving, library_of
+from .metadata import Deriving, put_autoencoder
 from ..taps.sharding import user_class
 
 __all__ = ["read_expectations"]
@@ -62,12 +62,5 @@ def read_expectations(d: Deriving, path: str, m: nn.Module) -> bool:
     if origin is None:
         return False
     repo, qual = origin
-    children = dict(m.named_children())
-    enc = d.child(path, "encoder") if "encoder" in children else path
-    where = path or "the root module"
-    why = _COMPVIS_DATA[repo]
-    d.put(enc, "input", "symmetric", f"{repo} {qual} at {where}: pixel input in [-1, 1]; {why}")
-    if "decoder" in children:
-        d.put(d.child(path, "decoder"), "output", "symmetric",
-                 f"{repo} {qual} at {where}: the decoder reconstructs that input, in [-1, 1]")
+    put_autoencoder(d, path, m, repo, qual, _COMPVIS_DATA[repo], None, "")
     return True

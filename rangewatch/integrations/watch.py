@@ -269,6 +269,7 @@ class LossWatch:
         self.detach()
         self.root = root
         self.watched = find_loss_networks(root)
+        modules = dict(user_named_modules(root))  # once, not per watched network
         for name, w in self.watched.items():
             if w.note:  # recognised, never judged: said once, not hooked
                 if f"{w.name}: {w.note}" not in self.notes:
@@ -276,7 +277,7 @@ class LossWatch:
                     self._pending.append(note_finding(f"{w.name}:input", w.what, evidence=w.note, fix="none needed"))
                 continue
             t = _Target(w)
-            m = dict(user_named_modules(root)).get(name, root) if name else root
+            m = modules.get(name, root) if name else root
             t.module = m
             if w.method == "forward":
                 t.handle = m.register_forward_pre_hook(self._pre_hook(t), with_kwargs=True)
@@ -328,12 +329,9 @@ class LossWatch:
     def _observe(self, name: str, t: _Target, args: tuple, kwargs: dict) -> None:
         if torch.compiler.is_compiling():
             return
-        if t.kept:
+        with contextlib.nullcontext() if t.kept else kept_rng():  # the first call (lazy imports, first reading): the user's random state kept
             self._observe_call(name, t, args, kwargs)
-        else:  # the first call (lazy imports, first reading): the user's random state kept
-            with kept_rng():
-                self._observe_call(name, t, args, kwargs)
-            t.kept = True
+        t.kept = True
 
     def _observe_call(self, name: str, t: _Target, args: tuple, kwargs: dict) -> None:
         try:

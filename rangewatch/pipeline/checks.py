@@ -25,7 +25,7 @@ import torch
 
 from ..findings.finding import Finding, clipping_finding, mismatch_finding, nonfinite_finding, note_finding
 from ..checks.inference import infer_convention
-from ..checks.latents import LatentMonitor, hue_name
+from ..checks.latents import CAST_IS_CONTENT, LatentMonitor, hue_name
 from ..checks.numerics import ModuleTracer, nan_image_finding
 from ..stats.range_stats import RangeStats
 from .call import Call, Setup
@@ -261,7 +261,7 @@ def _judge_cast(w: Setup, call: Call, mon: LatentMonitor, found: list[Finding]) 
         ev = drift(w, call, mon) if call.decodes or call.steps else None
         if ev is None:
             continue
-        content = f.evidence.split(". The mean colour of the images")[0]
+        content = f.evidence.removesuffix(CAST_IS_CONTENT)
         out.append(replace(
             f, severity="warning", evidence=ev + "; " + content,
             fix="find what pushes the means during sampling (a noise offset or latents_mean added in a callback, a shift "

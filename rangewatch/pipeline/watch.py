@@ -88,7 +88,7 @@ from ..engine.watch import Watch
 from ..expect.expectation import Expectation
 from ..findings.finding import Finding, RangeMismatchError
 from ..checks.latents import LatentMonitor, latent_preview
-from ..expect.vae_latents import latent_convention_of
+from ..expect.vae_latents import latent_convention_of, latents_to_model
 from ..taps.layout import convention_channel_dim
 from ..stats.range_stats import RangeStats
 from ..sinks.files import append_findings
@@ -539,14 +539,7 @@ class PipelineWatch:
 
     # ------------------------------------------------------------------ decode
     def _to_model(self, z: torch.Tensor) -> torch.Tensor:
-        zf = z.detach().float()
-        s = float(self.scale or 1.0)
-        if self.latents_mean is not None and self.latents_std is not None:
-            shape = [1, -1] + [1] * (zf.dim() - 2)
-            m = torch.tensor(list(self.latents_mean), dtype=torch.float32, device=zf.device).reshape(shape)
-            sd = torch.tensor(list(self.latents_std), dtype=torch.float32, device=zf.device).reshape(shape)
-            return (zf - m) * s / sd
-        return (zf - float(self.shift)) * s
+        return latents_to_model(z.detach().float(), self.scale, self.shift, self.latents_mean, self.latents_std)
 
     def _decode(self, orig: Callable, z: Any, args: tuple, kwargs: dict) -> Any:
         rec = None

@@ -234,3 +234,30 @@ def test_video_cache_of_wan_latents(tmp_path, normalised):
     rep = check_cache(tmp_path / "cache", str(cfg_dir), progress=False)
     assert rep.convention.name == "wan21_latent" and rep.storage == ("scaled" if normalised else "raw") and rep.ok, rep.format()
     assert len(rep.previews) == 4
+
+
+def test_cogvideox_cache_in_its_pipelines_layout(tmp_path):
+    """A cache of CogVideoX latents kept the way its pipelines keep them, ``(N, T, C, H, W)`` batches and one
+    ``(T, C, H, W)`` clip (diffusers pipeline_cogvideox.py permutes the VAE's (N, C, T, H, W) output): the 16
+    channels are read on dim 2, so no channel-count mismatch is claimed, and the std of all values is numpy's."""
+    from safetensors.torch import save_file
+
+    scale = 1.15258426  # AutoencoderKLCogVideoX's scaling_factor (diffusers autoencoder_kl_cogvideox.py)
+    cfg_dir = tmp_path / "cogvideox_vae"
+    cfg_dir.mkdir()
+    (cfg_dir / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLCogVideoX", "scaling_factor": scale,
+                                                     "latent_channels": 16, "temporal_compression_ratio": 4}))
+    (tmp_path / "cache").mkdir()
+    arrays = []
+    for i in range(4):
+        g = torch.Generator().manual_seed(i)
+        shape = (3, 16, 8, 8) if i == 0 else (2, 3, 16, 8, 8)  # one clip, then batches of two (T = 3 frames)
+        z = torch.randn(shape, generator=g) / scale  # raw VAE latents: std 1 / scaling_factor
+        arrays.append(z.numpy().astype(np.float64))
+        save_file({"latents": z}, str(tmp_path / "cache" / f"clip{i}.safetensors"))
+    rep = check_cache(tmp_path / "cache", str(cfg_dir), progress=False, previews=0)
+    assert not [f for f in rep.findings if f.kind == "mismatch"], rep.format()
+    assert not [n for n in rep.notes if "another channel count" in n], rep.format()  # every file read
+    assert rep.storage == "raw" and rep.ok and len(rep.channel_std) == 16, rep.format()
+    every = np.concatenate([a.ravel() for a in arrays])
+    assert rep.global_std == pytest.approx(every.std(), rel=1e-4)
