@@ -224,8 +224,10 @@ class LatentMonitor:
         self.last: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ update (per step, no sync)
-    def update(self, z: torch.Tensor) -> None:
-        """Accumulate ``z`` (model-space latents). Device ops only."""
+    def update(self, z: torch.Tensor, preview: bool = True) -> None:
+        """Accumulate ``z`` (model-space latents). Device ops only. ``preview=False`` (the engine's ordinary,
+        non-check steps) keeps the preview sample already held instead of copying this one: a window's preview is
+        then its check step's latents, or its first latents when none came at a check step."""
         if not isinstance(z, torch.Tensor):
             raise TypeError(f"LatentMonitor.update takes a tensor, got {type(z).__name__}")
         z = z.detach()
@@ -251,9 +253,11 @@ class LatentMonitor:
         img = torch.stack([g.sum(), (g * g).sum()])
         self._img = img if self._img is None else self._img + img
         self._img_n += k
-        if self.preview_samples and z.dim() >= 4 and cd != 0:
+        if not self.preview_samples or (not preview and self.last is not None):
+            return
+        if z.dim() >= 4 and cd != 0:
             self.last = z[: self.preview_samples].clone()
-        elif self.preview_samples and z.dim() == 3:
+        elif z.dim() == 3:
             self.last = z.clone()
 
     def reset(self) -> None:

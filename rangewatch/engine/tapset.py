@@ -230,7 +230,7 @@ class TapSet:
             if tap.disabled:
                 return
             if tap.latent is not None:
-                tap.latent.update(t)
+                tap.latent.update(t, preview=self.detail)  # the preview sample copied at check steps only
             else:
                 tap.stats.update(t, detail=self.detail, moments=self.moments)
             tap.fed = True

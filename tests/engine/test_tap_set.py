@@ -101,3 +101,30 @@ def test_a_saved_window_is_resumed_when_its_tap_is_first_seen_again():
     assert s.range_min.tolist() == [-0.5] * 3 and s.range_max.tolist() == [0.75] * 3  # both windows' values
     again.reset(again.taps["batch.image"])
     assert not again.taps["batch.image"].fed
+
+
+def test_a_latent_tap_copies_its_preview_sample_at_check_steps_only():
+    """Ordinary steps keep the preview sample the window already holds (no copy of the step's latents); a check step
+    takes its own latents' first samples, which is what the latent preview of that check shows."""
+    from rangewatch import Watch
+
+    watch = Watch(expect={"latents": "sd15_latent"}, check_first_n=1, log_every_n_steps=3, policy="log",
+                  watch_visualization=False, derive_expectations=False)
+    gen = torch.Generator().manual_seed(0)
+    held = []
+    for step in range(7):
+        check = watch.begin_step(step)
+        z = torch.randn(2, 4, 8, 8, generator=gen) * 0.9  # SD latents after the 0.18215 factor: std about 1
+        watch.tensor("latents", z)
+        mon = watch.taps["latents:input"].latent
+        last, k = mon.last, mon.preview_samples
+        assert check == (step == 0 or step % 3 == 0)
+        if check or len(held) == 0 or held[-1][0]:  # a check step, or the first latents after a check: copied
+            np.testing.assert_array_equal(last.numpy(), z[:k].numpy())
+            assert last.data_ptr() != z.data_ptr()  # a copy, not a view the loop could change
+        else:  # an ordinary step: the sample held is kept, the same storage, not this step's latents
+            assert last.data_ptr() == held[-1][1]
+            assert not torch.equal(last, z[:k])
+        held.append((check, last.data_ptr()))
+        watch.end_step()
+    watch.close()
